@@ -1,0 +1,33 @@
+//! The one trait through which the policy core asks its host for anything it cannot compute
+//! itself: time, keys fetched by the host, native crypto, caches that outlive a request.
+//! The proxy-wasm filter implements it over Envoy; unit tests implement it in memory.
+
+use crate::jwks::{Key, KeySet};
+use std::sync::Arc;
+
+/// What the host knows about one JWKS URL.
+#[derive(Debug, Clone)]
+pub enum KeyLookup {
+    /// Keys are available (possibly stale while a refresh runs or the endpoint is down).
+    Ready(Arc<KeySet>),
+    /// No keys yet; a fetch is in flight. The request waits (bounded by `jwks_max_wait`).
+    Pending,
+    /// No keys and the last fetch failed: nothing to verify with.
+    Unavailable,
+}
+
+pub trait Host {
+    /// Current time, seconds since the Unix epoch.
+    fn now(&self) -> u64;
+
+    /// Keys of a JWKS URL. Never blocks; the host fetches in the background.
+    fn keys(&mut self, jwks_url: &str) -> KeyLookup;
+
+    /// A token carried a `kid` that none of `jwks_urls` has: the host may re-fetch them
+    /// (rate limited on its side, so a flood of random kids costs at most one fetch per interval).
+    fn unknown_kid(&mut self, jwks_urls: &[String]);
+
+    /// Verifies a signature with the host's native crypto, when it has it. `None` means the host
+    /// cannot (unsupported algorithm or no such facility) and the core falls back to pure Rust.
+    fn verify_native(&mut self, alg: jsonwebtoken::Algorithm, key: &Key, message: &[u8], signature: &[u8]) -> Option<bool>;
+}
