@@ -1,0 +1,1 @@
+//! Not yet built: see docs/architecture.md for who owns this crate.
