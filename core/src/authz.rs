@@ -1,0 +1,212 @@
+//! Authorizers: may this subject do this? Oathkeeper's `allow`, `deny` and `remote_json`.
+
+use crate::callout::{Callout, CalloutResponse, Endpoint};
+use crate::config::{ConfigError, Globals, HandlerKind, parse_handler_config, resolve_endpoint};
+use crate::duration::parse_millis;
+use crate::error_handler::{ErrorKind, PolicyError};
+use crate::request::Request;
+use crate::rule::Handler;
+use crate::session::Session;
+use crate::template::Template;
+use serde::Deserialize;
+use std::collections::BTreeMap;
+
+const DEFAULT_REMOTE_TIMEOUT_MS: u64 = 1_000;
+
+#[derive(Debug)]
+pub struct RemoteJson {
+    pub endpoint: Endpoint,
+    pub payload: Template,
+    pub headers: Vec<(String, Template)>,
+    /// Headers of the authorizer's answer copied onto the upstream request (lower-case).
+    pub forward_response_headers: Vec<String>,
+    pub timeout_ms: u64,
+}
+
+#[derive(Debug)]
+pub enum Authorizer {
+    Allow,
+    Deny,
+    RemoteJson(Box<RemoteJson>),
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EmptyConfig {}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RemoteJsonConfig {
+    #[serde(default)]
+    remote: String,
+    #[serde(default)]
+    payload: String,
+    #[serde(default)]
+    headers: BTreeMap<String, String>,
+    #[serde(default)]
+    forward_response_headers_to_upstream: Vec<String>,
+    #[serde(default)]
+    retry: Option<RetryConfig>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RetryConfig {
+    #[serde(default)]
+    max_delay: Option<String>,
+    #[serde(default)]
+    give_up_after: Option<String>,
+}
+
+/// What an authorizer decided, or the call it needs first.
+#[derive(Debug)]
+pub(crate) enum AuthzStep {
+    Allow { forward: Vec<(String, String)> },
+    Deny(PolicyError),
+    Callout(Callout),
+}
+
+impl Authorizer {
+    pub(crate) fn compile(globals: &Globals<'_>, rule: &str, field: &str, handler: &Handler) -> Result<Self, ConfigError> {
+        let config = globals.handler_config(HandlerKind::Authorizer, rule, field, handler)?;
+        match handler.handler.as_str() {
+            "allow" => {
+                parse_handler_config::<EmptyConfig>(rule, field, config)?;
+                Ok(Self::Allow)
+            }
+            "deny" => {
+                parse_handler_config::<EmptyConfig>(rule, field, config)?;
+                Ok(Self::Deny)
+            }
+            "remote_json" => {
+                let c: RemoteJsonConfig = parse_handler_config(rule, field, config)?;
+                if c.remote.is_empty() {
+                    return Err(ConfigError::rule(rule, format!("{field}.config.remote"), "is required"));
+                }
+                if c.payload.is_empty() {
+                    return Err(ConfigError::rule(rule, format!("{field}.config.payload"), "is required"));
+                }
+                let endpoint = resolve_endpoint(rule, &format!("{field}.config.remote"), &c.remote, globals.clusters)?;
+                let payload = Template::compile(&c.payload)
+                    .map_err(|e| ConfigError::rule(rule, format!("{field}.config.payload"), e))?;
+                let mut headers = Vec::with_capacity(c.headers.len());
+                for (name, value) in &c.headers {
+                    let t = Template::compile(value)
+                        .map_err(|e| ConfigError::rule(rule, format!("{field}.config.headers.{name}"), e))?;
+                    headers.push((name.to_ascii_lowercase(), t));
+                }
+                let timeout_ms = match c.retry.as_ref().and_then(|r| r.give_up_after.as_deref()) {
+                    Some(d) => parse_millis(d)
+                        .map_err(|e| ConfigError::rule(rule, format!("{field}.config.retry.give_up_after"), e))?,
+                    None => DEFAULT_REMOTE_TIMEOUT_MS,
+                };
+                if let Some(d) = c.retry.as_ref().and_then(|r| r.max_delay.as_deref()) {
+                    parse_millis(d).map_err(|e| ConfigError::rule(rule, format!("{field}.config.retry.max_delay"), e))?;
+                }
+                Ok(Self::RemoteJson(Box::new(RemoteJson {
+                    endpoint,
+                    payload,
+                    headers,
+                    forward_response_headers: c
+                        .forward_response_headers_to_upstream
+                        .iter()
+                        .map(|h| h.to_ascii_lowercase())
+                        .collect(),
+                    timeout_ms,
+                })))
+            }
+            other => Err(ConfigError::rule(
+                rule,
+                format!("{field}.handler"),
+                format!("unknown or unsupported authorizer {other:?} (supported: allow, deny, remote_json)"),
+            )),
+        }
+    }
+
+    pub(crate) fn uses_templates(&self) -> bool {
+        matches!(self, Self::RemoteJson(_))
+    }
+
+    pub(crate) fn forwarded_header_names(&self) -> impl Iterator<Item = String> + '_ {
+        let names: &[String] = match self {
+            Self::RemoteJson(r) => &r.forward_response_headers,
+            _ => &[],
+        };
+        names.iter().cloned()
+    }
+
+    pub(crate) fn authorize(&self, req: &Request, session: &Session) -> AuthzStep {
+        match self {
+            Self::Allow => AuthzStep::Allow { forward: Vec::new() },
+            Self::Deny => AuthzStep::Deny(PolicyError::new(
+                ErrorKind::Forbidden,
+                "authorizer_deny",
+                "access credentials are not sufficient to access this resource",
+            )),
+            Self::RemoteJson(r) => {
+                let mut body = String::new();
+                r.payload.render(session, &mut body);
+                if serde_json::from_str::<serde::de::IgnoredAny>(&body).is_err() {
+                    return AuthzStep::Deny(PolicyError::new(
+                        ErrorKind::InternalServerError,
+                        "remote_json_payload",
+                        "remote_json payload template did not render valid JSON",
+                    ));
+                }
+                let mut headers = Vec::with_capacity(r.headers.len() + 2);
+                headers.push(("content-type".to_string(), "application/json".to_string()));
+                if let Some(auth) = req.header("authorization") {
+                    headers.push(("authorization".to_string(), auth.to_string()));
+                }
+                for (name, t) in &r.headers {
+                    let mut v = String::new();
+                    t.render(session, &mut v);
+                    headers.retain(|(k, _)| k != name);
+                    headers.push((name.clone(), v));
+                }
+                AuthzStep::Callout(Callout {
+                    endpoint: r.endpoint.clone(),
+                    method: "POST",
+                    headers,
+                    body: body.into_bytes(),
+                    timeout_ms: r.timeout_ms,
+                })
+            }
+        }
+    }
+
+    /// The remote authorizer answered: 200 allows, 403 denies, anything else is an error.
+    pub(crate) fn digest(&self, response: Option<&CalloutResponse>) -> AuthzStep {
+        let Self::RemoteJson(r) = self else {
+            return AuthzStep::Deny(PolicyError::new(
+                ErrorKind::InternalServerError,
+                "unexpected_callout",
+                "authorizer received a response it did not ask for",
+            ));
+        };
+        match response {
+            None => AuthzStep::Deny(PolicyError::new(
+                ErrorKind::InternalServerError,
+                "remote_json_unreachable",
+                format!("remote authorizer {} did not answer", r.endpoint.url),
+            )),
+            Some(resp) if resp.status == 200 => AuthzStep::Allow {
+                forward: r
+                    .forward_response_headers
+                    .iter()
+                    .filter_map(|h| resp.header(h).map(|v| (h.clone(), v.to_string())))
+                    .collect(),
+            },
+            Some(resp) if resp.status == 403 => AuthzStep::Deny(PolicyError::new(
+                ErrorKind::Forbidden,
+                "remote_json_forbidden",
+                "the remote authorizer denied the request",
+            )),
+            Some(resp) => AuthzStep::Deny(PolicyError::new(
+                ErrorKind::InternalServerError,
+                "remote_json_status",
+                format!("remote authorizer returned status code {} but expected 200 or 403", resp.status),
+            )),
+        }
+    }
+}

@@ -1,0 +1,91 @@
+//! Mutators: what the upstream learns about the caller. Oathkeeper's `noop` and `header`.
+
+use crate::config::{ConfigError, Globals, HandlerKind, parse_handler_config};
+use crate::rule::Handler;
+use crate::session::Session;
+use crate::template::Template;
+use serde::Deserialize;
+use std::collections::BTreeMap;
+
+#[derive(Debug)]
+pub enum Mutator {
+    Noop,
+    /// Header name (as configured) and the template of its value.
+    Header(Vec<(String, Template)>),
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EmptyConfig {}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HeaderConfig {
+    headers: BTreeMap<String, String>,
+}
+
+fn valid_header_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+impl Mutator {
+    pub(crate) fn compile(globals: &Globals<'_>, rule: &str, field: &str, handler: &Handler) -> Result<Self, ConfigError> {
+        let config = globals.handler_config(HandlerKind::Mutator, rule, field, handler)?;
+        match handler.handler.as_str() {
+            "noop" => {
+                parse_handler_config::<EmptyConfig>(rule, field, config)?;
+                Ok(Self::Noop)
+            }
+            "header" => {
+                let c: HeaderConfig = parse_handler_config(rule, field, config)?;
+                let mut headers = Vec::with_capacity(c.headers.len());
+                for (name, value) in c.headers {
+                    let f = format!("{field}.config.headers.{name}");
+                    if !valid_header_name(&name) || name.starts_with(':') {
+                        return Err(ConfigError::rule(rule, f, "is not a valid HTTP header name"));
+                    }
+                    let t = Template::compile(&value).map_err(|e| ConfigError::rule(rule, &f, e))?;
+                    headers.push((name, t));
+                }
+                Ok(Self::Header(headers))
+            }
+            other => Err(ConfigError::rule(
+                rule,
+                format!("{field}.handler"),
+                format!("unknown or unsupported mutator {other:?} (supported: noop, header)"),
+            )),
+        }
+    }
+
+    pub(crate) fn header_names(&self) -> impl Iterator<Item = &str> {
+        let headers: &[(String, Template)] = match self {
+            Self::Header(h) => h,
+            Self::Noop => &[],
+        };
+        headers.iter().map(|(n, _)| n.as_str())
+    }
+
+    pub(crate) fn uses_templates(&self) -> bool {
+        matches!(self, Self::Header(_))
+    }
+
+    /// Renders this mutator's headers into the session (later mutators see earlier ones).
+    pub(crate) fn mutate(&self, session: &mut Session) {
+        if let Self::Header(headers) = self {
+            for (name, t) in headers {
+                let mut value = String::new();
+                t.render(session, &mut value);
+                // Header values cannot carry line breaks; a claim containing one must not
+                // split the header.
+                if value.contains(['\r', '\n']) {
+                    value = value.replace(['\r', '\n'], " ");
+                }
+                session.header.retain(|(k, _)| !k.eq_ignore_ascii_case(name));
+                session.header.push((name.to_ascii_lowercase(), value));
+            }
+        }
+    }
+}

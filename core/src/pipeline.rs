@@ -1,0 +1,315 @@
+//! One request's way through a rule: match -> authenticators -> authorizer -> mutators, as a
+//! resumable state machine. The host drives it: whenever the evaluation needs something only the
+//! host can do (keys not fetched yet, an introspection or authorizer call) it returns that need
+//! as a [`Step`] and picks up where it stopped once the host hands the answer back.
+
+use crate::authn::{AuthnStep, Authenticator, Caches};
+use crate::authz::AuthzStep;
+use crate::callout::{Callout, CalloutResponse};
+use crate::config::Engine;
+use crate::error_handler::{ErrorKind, PolicyError, Response};
+use crate::host::Host;
+use crate::matcher::Lookup;
+use crate::request::Request;
+use crate::session::Session;
+use crate::url::{clean_path, match_target};
+use serde_json::Map;
+use std::sync::Arc;
+
+/// The request may go on to the workload, with these header changes.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Allow<'e> {
+    pub rule_id: &'e str,
+    /// Incoming headers to drop first (those the rule's mutators own).
+    pub remove_headers: &'e [String],
+    /// Headers to set (lower-case names).
+    pub set_headers: Vec<(String, String)>,
+}
+
+/// The request is answered by the filter.
+#[derive(Debug)]
+pub struct Deny<'e> {
+    pub rule_id: Option<&'e str>,
+    /// Short machine-readable cause, for metrics and logs.
+    pub reason: &'static str,
+    /// Human-readable cause, for logs.
+    pub message: String,
+    pub response: Response,
+}
+
+#[derive(Debug)]
+pub enum Step<'e> {
+    Allow(Allow<'e>),
+    Deny(Deny<'e>),
+    /// Make this call and hand the answer to [`Evaluation::callout_done`].
+    Callout(Callout),
+    /// Keys for a JWKS URL are still being fetched: wait for them (at most `max_wait_ms`), then
+    /// call [`Evaluation::advance`] again, or [`Evaluation::keys_timed_out`] first.
+    WaitForKeys { max_wait_ms: u64 },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stage {
+    Match,
+    Authenticate(usize),
+    Authorize,
+    Mutate,
+    Finished,
+}
+
+/// The evaluation of one request. Owns the request so that it can be resumed later; holds no
+/// reference to the engine, so a config reload mid-request is harmless (the host keeps the
+/// engine the request started with).
+#[derive(Debug)]
+pub struct Evaluation {
+    req: Request,
+    rule: usize,
+    stage: Stage,
+    session: Session,
+    keys_timed_out: bool,
+    /// The answer to the last callout, consumed by the stage that asked for it.
+    response: Option<Option<CalloutResponse>>,
+    forward: Vec<(String, String)>,
+}
+
+impl Evaluation {
+    pub fn new(req: Request) -> Self {
+        Self {
+            req,
+            rule: 0,
+            stage: Stage::Match,
+            session: Session::default(),
+            keys_timed_out: false,
+            response: None,
+            forward: Vec::new(),
+        }
+    }
+
+    /// The rule that matched, once matching has happened.
+    pub fn rule_id<'e>(&self, engine: &'e Engine) -> Option<&'e str> {
+        match self.stage {
+            Stage::Match => None,
+            _ => engine.rules.get(self.rule).map(|r| r.id.as_str()),
+        }
+    }
+
+    pub fn request(&self) -> &Request {
+        &self.req
+    }
+
+    /// Hands back the answer to the last [`Step::Callout`]; `None` when the call failed
+    /// (timeout, reset, unknown cluster).
+    pub fn callout_done(&mut self, response: Option<CalloutResponse>) {
+        self.response = Some(response);
+    }
+
+    /// The keys did not arrive within `jwks_max_wait`: authenticate with what is there.
+    pub fn keys_timed_out(&mut self) {
+        self.keys_timed_out = true;
+    }
+
+    /// Runs until a decision or a need of the host.
+    pub fn advance<'e>(&mut self, engine: &'e Engine, host: &mut dyn Host, caches: &mut Caches) -> Step<'e> {
+        loop {
+            match self.stage {
+                Stage::Match => {
+                    if let Err(deny) = self.match_rule(engine) {
+                        self.stage = Stage::Finished;
+                        return Step::Deny(deny);
+                    }
+                    self.stage = Stage::Authenticate(0);
+                }
+                Stage::Authenticate(i) => {
+                    let rule = &engine.rules[self.rule];
+                    let Some(authenticator) = rule.authenticators.get(i) else {
+                        return self.deny(
+                            engine,
+                            PolicyError::new(
+                                ErrorKind::Unauthorized,
+                                "no_credentials",
+                                "no authenticator was responsible for this request's credentials",
+                            ),
+                        );
+                    };
+                    match self.authenticate(authenticator, host, caches) {
+                        AuthnStep::Success { subject, extra } => {
+                            self.session.subject = subject.to_string();
+                            self.session.extra = extra;
+                            self.stage = Stage::Authorize;
+                        }
+                        AuthnStep::NotResponsible => self.stage = Stage::Authenticate(i + 1),
+                        AuthnStep::Fail(e) => return self.deny(engine, e),
+                        AuthnStep::WaitForKeys => {
+                            let max_wait_ms = match authenticator {
+                                Authenticator::Jwt(j) => j.max_wait_ms,
+                                _ => 0,
+                            };
+                            return Step::WaitForKeys { max_wait_ms };
+                        }
+                        AuthnStep::Callout(c) => return Step::Callout(c),
+                    }
+                }
+                Stage::Authorize => {
+                    let authorizer = &engine.rules[self.rule].authorizer;
+                    let step = match self.response.take() {
+                        Some(response) => authorizer.digest(response.as_ref()),
+                        None => authorizer.authorize(&self.req, &self.session),
+                    };
+                    match step {
+                        AuthzStep::Allow { forward } => {
+                            self.forward = forward;
+                            self.stage = Stage::Mutate;
+                        }
+                        AuthzStep::Deny(e) => return self.deny(engine, e),
+                        AuthzStep::Callout(c) => return Step::Callout(c),
+                    }
+                }
+                Stage::Mutate => {
+                    let rule = &engine.rules[self.rule];
+                    for m in &rule.mutators {
+                        m.mutate(&mut self.session);
+                    }
+                    self.stage = Stage::Finished;
+                    let mut set_headers = std::mem::take(&mut self.session.header);
+                    set_headers.append(&mut self.forward);
+                    return Step::Allow(Allow {
+                        rule_id: &rule.id,
+                        remove_headers: &rule.managed_headers,
+                        set_headers,
+                    });
+                }
+                Stage::Finished => {
+                    return Step::Deny(Deny {
+                        rule_id: None,
+                        reason: "evaluation_finished",
+                        message: "evaluation resumed after it finished".to_string(),
+                        response: engine.errors.respond_without_rule(
+                            &PolicyError::new(
+                                ErrorKind::InternalServerError,
+                                "evaluation_finished",
+                                "evaluation resumed after it finished",
+                            ),
+                            &self.req,
+                            &self.full_url(),
+                        ),
+                    });
+                }
+            }
+        }
+    }
+
+    fn authenticate(&mut self, authenticator: &Authenticator, host: &mut dyn Host, caches: &mut Caches) -> AuthnStep {
+        match authenticator {
+            Authenticator::Noop => AuthnStep::Success {
+                subject: Arc::from(""),
+                extra: Arc::new(Map::new()),
+            },
+            Authenticator::Anonymous { subject } => {
+                if self.req.header("authorization").is_some() {
+                    AuthnStep::NotResponsible
+                } else {
+                    AuthnStep::Success {
+                        subject: Arc::from(subject.as_str()),
+                        extra: Arc::new(Map::new()),
+                    }
+                }
+            }
+            Authenticator::Unauthorized => AuthnStep::Fail(PolicyError::new(
+                ErrorKind::Unauthorized,
+                "authenticator_unauthorized",
+                "access is always denied by the unauthorized authenticator",
+            )),
+            Authenticator::Jwt(j) => j.authenticate(&self.req, host, caches, self.keys_timed_out),
+            Authenticator::Introspection(a) => match self.response.take() {
+                Some(response) => a.digest(&self.req, host, caches, response.as_ref()),
+                None => a.authenticate(&self.req, host, caches),
+            },
+        }
+    }
+
+    fn scheme_and_host(&self, engine: &Engine) -> (&str, &str) {
+        let mut scheme = self.req.scheme.as_str();
+        let mut host = self.req.authority.as_str();
+        if engine.trust_forwarded_headers {
+            if let Some(p) = self.req.header("x-forwarded-proto") {
+                scheme = p.split(',').next().unwrap_or(p).trim();
+            }
+            if let Some(h) = self.req.header("x-forwarded-host") {
+                host = h.split(',').next().unwrap_or(h).trim();
+            }
+        }
+        (scheme, host)
+    }
+
+    fn full_url(&self) -> String {
+        format!("{}://{}{}", self.req.scheme, self.req.authority, self.req.path)
+    }
+
+    fn match_rule<'e>(&mut self, engine: &'e Engine) -> Result<(), Deny<'e>> {
+        let (scheme, host) = self.scheme_and_host(engine);
+        let path = clean_path(self.req.path_only());
+        let target = match_target(scheme, host, &path);
+        let full_url = match self.req.query() {
+            Some(q) => format!("{scheme}://{host}{path}?{q}"),
+            None => format!("{scheme}://{host}{path}"),
+        };
+        let error = match engine.index.find(&self.req.method, &target) {
+            Lookup::Matched { rule, captures } => {
+                self.rule = rule;
+                let ctx = &mut self.session.match_context;
+                ctx.regexp_capture_groups = captures;
+                ctx.url = full_url;
+                ctx.method = self.req.method.clone();
+                if engine.rules[rule].needs_request_headers {
+                    ctx.header = self.req.headers.clone();
+                }
+                return Ok(());
+            }
+            Lookup::NoMatch => PolicyError::new(
+                ErrorKind::NotFound,
+                "no_rule",
+                format!("requested url {target} does not match any rules"),
+            ),
+            Lookup::Ambiguous(ids) => {
+                let names: Vec<&str> = ids
+                    .iter()
+                    .filter_map(|i| engine.rules.get(*i).map(|r| r.id.as_str()))
+                    .collect();
+                PolicyError::new(
+                    ErrorKind::InternalServerError,
+                    "ambiguous_rules",
+                    format!("requested url {target} matches more than one rule: {}", names.join(", ")),
+                )
+            }
+            Lookup::Failed { rule, error } => PolicyError::new(
+                ErrorKind::InternalServerError,
+                "match_failed",
+                format!(
+                    "matching rule {:?} against {target} failed: {error}",
+                    engine.rules.get(rule).map_or("", |r| r.id.as_str())
+                ),
+            ),
+        };
+        Err(Deny {
+            rule_id: None,
+            reason: error.reason,
+            message: error.message.clone(),
+            response: engine.errors.respond_without_rule(&error, &self.req, &full_url),
+        })
+    }
+
+    fn deny<'e>(&mut self, engine: &'e Engine, error: PolicyError) -> Step<'e> {
+        self.stage = Stage::Finished;
+        let rule = &engine.rules[self.rule];
+        let response = rule.errors.respond(&error, &self.req, &self.session.match_context.url);
+        Step::Deny(Deny {
+            rule_id: Some(&rule.id),
+            reason: error.reason,
+            message: error.message,
+            response,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,71 @@
+//! The core's [`Host`] over Envoy: clock, the VM's key store, and Envoy's native
+//! `verify_signature` foreign function (BoringSSL), with a pure-Rust fallback decided by the core.
+
+use crate::keys::KeyStore;
+use portcullis_core::host::{Host, KeyLookup};
+use portcullis_core::jwks::Key;
+use portcullis_core::signature;
+use proxy_wasm::hostcalls;
+use proxy_wasm::types::Status;
+
+/// Whether this Envoy offers `verify_signature`; learnt on first use.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub enum NativeVerify {
+    #[default]
+    Unknown,
+    Available,
+    Missing,
+}
+
+pub struct EnvoyHost<'a> {
+    pub now_ms: u64,
+    pub keys: &'a mut KeyStore,
+    pub native: &'a mut NativeVerify,
+}
+
+pub fn now_ms() -> u64 {
+    hostcalls::get_current_time()
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+impl Host for EnvoyHost<'_> {
+    fn now(&self) -> u64 {
+        self.now_ms / 1000
+    }
+
+    fn keys(&mut self, jwks_url: &str) -> KeyLookup {
+        self.keys.lookup(jwks_url)
+    }
+
+    fn unknown_kid(&mut self, jwks_urls: &[String]) -> bool {
+        self.keys.unknown_kid(jwks_urls, self.now_ms)
+    }
+
+    fn verify_native(
+        &mut self,
+        alg: portcullis_core::jwks::Algorithm,
+        key: &Key,
+        message: &[u8],
+        signature: &[u8],
+    ) -> Option<bool> {
+        if *self.native == NativeVerify::Missing {
+            return None;
+        }
+        let hash = signature::native_hash(alg)?;
+        let args = signature::encode_verify_args(hash, key.spki_der(), signature, message);
+        match hostcalls::call_foreign_function("verify_signature", Some(&args)) {
+            Ok(Some(result)) => {
+                *self.native = NativeVerify::Available;
+                signature::decode_verify_result(&result).map(|(ok, _)| ok)
+            }
+            Ok(None) => None,
+            Err(Status::NotFound) => {
+                *self.native = NativeVerify::Missing;
+                None
+            }
+            Err(_) => None,
+        }
+    }
+}

@@ -1,0 +1,83 @@
+//! One HTTP stream: reads the request once, then lets [`vm::drive`] take it from there.
+
+use crate::vm;
+use portcullis_core::config::Engine;
+use portcullis_core::pipeline::Evaluation;
+use portcullis_core::request::Request;
+use proxy_wasm::hostcalls;
+use proxy_wasm::traits::{Context, HttpContext};
+use proxy_wasm::types::{Action, MapType};
+use std::rc::Rc;
+
+pub struct Stream {
+    id: u32,
+    engine: Option<Rc<Engine>>,
+}
+
+impl Stream {
+    pub fn new(id: u32, engine: Option<Rc<Engine>>) -> Self {
+        Self { id, engine }
+    }
+}
+
+impl Drop for Stream {
+    fn drop(&mut self) {
+        vm::forget(self.id);
+    }
+}
+
+impl Context for Stream {
+    fn on_http_call_response(&mut self, token_id: u32, _num_headers: usize, body_size: usize, _num_trailers: usize) {
+        vm::on_callout_response(token_id, body_size);
+    }
+}
+
+/// Reads the request Envoy holds; pseudo-headers become fields.
+fn read_request() -> Request {
+    let mut req = Request::default();
+    let headers = hostcalls::get_map(MapType::HttpRequestHeaders).unwrap_or_default();
+    req.headers.reserve(headers.len());
+    for (name, value) in headers {
+        match name.as_str() {
+            ":method" => req.method = value,
+            ":scheme" => req.scheme = value,
+            ":authority" => req.authority = value,
+            ":path" => req.path = value,
+            n if n.starts_with(':') => {}
+            _ => req.headers.push((name, value)),
+        }
+    }
+    if req.scheme.is_empty() {
+        req.scheme = "http".to_string();
+    }
+    req.remote_ip = hostcalls::get_property(vec!["source", "address"])
+        .ok()
+        .flatten()
+        .and_then(|b| String::from_utf8(b).ok())
+        .map(|addr| strip_port(&addr).to_string());
+    req
+}
+
+fn strip_port(addr: &str) -> &str {
+    if let Some(rest) = addr.strip_prefix('[') {
+        return rest.split(']').next().unwrap_or(rest);
+    }
+    match addr.rsplit_once(':') {
+        Some((ip, _)) if !ip.contains(':') => ip,
+        _ => addr,
+    }
+}
+
+impl HttpContext for Stream {
+    fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        let Some(engine) = self.engine.clone() else {
+            let _ = hostcalls::send_http_response(
+                503,
+                vec![("content-type", "application/json")],
+                Some(br#"{"error":{"code":503,"status":"Service Unavailable","message":"the access-rule filter has no valid configuration"}}"#),
+            );
+            return Action::Pause;
+        };
+        vm::drive(self.id, engine, Evaluation::new(read_request()), true)
+    }
+}

@@ -1,0 +1,323 @@
+//! VM-wide state (one per Envoy worker) and the loop that drives a request's evaluation.
+//!
+//! Requests pause for keys or callouts and resume from whichever context receives the event
+//! (their own on a callout they dispatched, the root on a tick or a JWKS arrival). Their state
+//! therefore lives here, keyed by HTTP context id, not in the context objects.
+//!
+//! Host calls that can re-enter the VM (a local reply runs the rest of the stream, and may
+//! delete the context) are made only after the VM state is released.
+
+use crate::envoy_host::{EnvoyHost, NativeVerify, now_ms};
+use crate::keys::{FetchOutcome, KeyStore};
+use crate::metrics::Metrics;
+use log::{debug, info, warn};
+use portcullis_core::authn::Caches;
+use portcullis_core::callout::{Callout, CalloutResponse};
+use portcullis_core::config::Engine;
+use portcullis_core::error_handler::Response;
+use portcullis_core::pipeline::{Evaluation, Step};
+use proxy_wasm::hostcalls;
+use proxy_wasm::types::{Action, BufferType, MapType};
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::time::Duration;
+
+/// Verified tokens and introspection answers kept per worker.
+const CACHE_CAPACITY: usize = 10_000;
+
+#[derive(Debug)]
+enum Waiting {
+    Keys { deadline_ms: u64 },
+    Callout,
+}
+
+struct Pending {
+    engine: Rc<Engine>,
+    eval: Evaluation,
+    waiting: Waiting,
+}
+
+/// Who a dispatched call belongs to.
+#[derive(Debug, Clone)]
+pub enum CalloutOwner {
+    Request(u32),
+    Jwks(String),
+}
+
+pub struct VmState {
+    pub keys: KeyStore,
+    caches: Caches,
+    pending: HashMap<u32, Pending>,
+    callouts: HashMap<u32, CalloutOwner>,
+    native: NativeVerify,
+    pub metrics: Metrics,
+    reported: (u64, u64, u64, u64),
+}
+
+thread_local! {
+    static VM: RefCell<VmState> = RefCell::new(VmState {
+        keys: KeyStore::default(),
+        caches: Caches::new(CACHE_CAPACITY),
+        pending: HashMap::new(),
+        callouts: HashMap::new(),
+        native: NativeVerify::Unknown,
+        metrics: Metrics::default(),
+        reported: (0, 0, 0, 0),
+    });
+}
+
+/// Runs `f` on the VM state, unless it is already borrowed further up the stack (a host call
+/// re-entered the VM), in which case the work is skipped rather than panicking.
+pub fn with_vm<R>(f: impl FnOnce(&mut VmState) -> R) -> Option<R> {
+    VM.with(|vm| vm.try_borrow_mut().ok().map(|mut vm| f(&mut vm)))
+}
+
+/// What to do with the stream once the VM state is released.
+enum Effect {
+    Continue,
+    Respond(Response),
+    Pause,
+}
+
+/// Starts or resumes the evaluation of the request of context `ctx`. `own` is true when called
+/// from that context's own callback (then `Continue` is returned to Envoy instead of resuming).
+pub fn drive(ctx: u32, engine: Rc<Engine>, mut eval: Evaluation, own: bool) -> Action {
+    if !own && hostcalls::set_effective_context(ctx).is_err() {
+        // The stream is gone.
+        return Action::Pause;
+    }
+    let effect = with_vm(|vm| step(vm, ctx, engine, &mut eval)).unwrap_or_else(|| {
+        warn!("portcullis: VM state busy while driving request {ctx}: denying");
+        Effect::Respond(Response {
+            status: 500,
+            headers: vec![("content-type".into(), "application/json".into())],
+            body: r#"{"error":{"code":500,"status":"Internal Server Error","message":"An internal server error occurred, please contact the system administrator"}}"#.into(),
+        })
+    });
+    match effect {
+        Effect::Continue if own => Action::Continue,
+        Effect::Continue => {
+            let _ = hostcalls::resume_http_request();
+            Action::Continue
+        }
+        Effect::Respond(r) => {
+            let headers: Vec<(&str, &str)> = r.headers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+            let _ = hostcalls::send_http_response(u32::from(r.status), headers, Some(r.body.as_bytes()));
+            Action::Pause
+        }
+        Effect::Pause => Action::Pause,
+    }
+}
+
+fn step(vm: &mut VmState, ctx: u32, engine: Rc<Engine>, eval: &mut Evaluation) -> Effect {
+    let now = now_ms();
+    loop {
+        let mut host = EnvoyHost {
+            now_ms: now,
+            keys: &mut vm.keys,
+            native: &mut vm.native,
+        };
+        match eval.advance(&engine, &mut host, &mut vm.caches) {
+            Step::Allow(allow) => {
+                for name in allow.remove_headers {
+                    let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, name, None);
+                }
+                for (name, value) in &allow.set_headers {
+                    let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, name, Some(value));
+                }
+                debug!("portcullis: rule {:?} allowed the request", allow.rule_id);
+                vm.metrics.count("requests_allowed", 1);
+                return Effect::Continue;
+            }
+            Step::Deny(deny) => {
+                debug!(
+                    "portcullis: rule {:?} denied the request ({}): {}",
+                    deny.rule_id, deny.reason, deny.message
+                );
+                vm.metrics.count("requests_denied", 1);
+                vm.metrics.count(&format!("denied_{}", deny.reason), 1);
+                return Effect::Respond(deny.response);
+            }
+            Step::Callout(callout) => match dispatch(&callout) {
+                Ok(token) => {
+                    vm.callouts.insert(token, CalloutOwner::Request(ctx));
+                    vm.pending.insert(
+                        ctx,
+                        Pending {
+                            engine,
+                            eval: std::mem::replace(eval, Evaluation::new(Default::default())),
+                            waiting: Waiting::Callout,
+                        },
+                    );
+                    return Effect::Pause;
+                }
+                Err(why) => {
+                    warn!("portcullis: call to {} failed to start: {why}", callout.endpoint.url);
+                    vm.metrics.count("callout_failures", 1);
+                    eval.callout_done(None);
+                }
+            },
+            Step::WaitForKeys { max_wait_ms } => {
+                vm.pending.insert(
+                    ctx,
+                    Pending {
+                        engine,
+                        eval: std::mem::replace(eval, Evaluation::new(Default::default())),
+                        waiting: Waiting::Keys {
+                            deadline_ms: now.saturating_add(max_wait_ms),
+                        },
+                    },
+                );
+                return Effect::Pause;
+            }
+        }
+    }
+}
+
+fn dispatch(c: &Callout) -> Result<u32, String> {
+    let mut headers: Vec<(&str, &str)> = Vec::with_capacity(c.headers.len() + 3);
+    headers.push((":method", c.method));
+    headers.push((":path", &c.endpoint.path));
+    headers.push((":authority", &c.endpoint.authority));
+    headers.extend(c.headers.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+    let body = (!c.body.is_empty()).then_some(c.body.as_slice());
+    hostcalls::dispatch_http_call(
+        &c.endpoint.cluster,
+        headers,
+        body,
+        vec![],
+        Duration::from_millis(c.timeout_ms),
+    )
+    .map_err(|s| format!("{s:?} (is there a cluster named {:?}?)", c.endpoint.cluster))
+}
+
+/// Forgets a request whose stream ended.
+pub fn forget(ctx: u32) {
+    with_vm(|vm| vm.pending.remove(&ctx));
+}
+
+/// A dispatched call answered. Must run inside the callback, where the response is readable.
+pub fn on_callout_response(token: u32, body_size: usize) {
+    let owner = with_vm(|vm| vm.callouts.remove(&token)).flatten();
+    let Some(owner) = owner else {
+        return;
+    };
+    // Envoy reports transport failures as a response without `:status`.
+    let headers = hostcalls::get_map(MapType::HttpCallResponseHeaders).unwrap_or_default();
+    let status = headers
+        .iter()
+        .find(|(k, _)| k == ":status")
+        .and_then(|(_, v)| v.parse::<u16>().ok());
+    let body = if body_size > 0 {
+        hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, body_size)
+            .ok()
+            .flatten()
+            .unwrap_or_default()
+    } else {
+        Vec::new()
+    };
+    match owner {
+        CalloutOwner::Request(ctx) => {
+            let Some(pending) = with_vm(|vm| vm.pending.remove(&ctx)).flatten() else {
+                return;
+            };
+            let Pending { engine, mut eval, .. } = pending;
+            eval.callout_done(status.map(|status| CalloutResponse {
+                status,
+                headers,
+                body,
+            }));
+            drive(ctx, engine, eval, false);
+        }
+        CalloutOwner::Jwks(url) => {
+            let now = now_ms();
+            let outcome = with_vm(|vm| {
+                let outcome = vm.keys.fetched(&url, status.map(|s| (s, body)), now);
+                match &outcome {
+                    FetchOutcome::Updated => vm.metrics.count("jwks_fetches", 1),
+                    FetchOutcome::Failed(_) => vm.metrics.count("jwks_fetch_failures", 1),
+                    FetchOutcome::Unknown => {}
+                }
+                outcome
+            });
+            match outcome {
+                Some(FetchOutcome::Failed(why)) => warn!("portcullis: fetching JWKS {url} failed: {why}; keeping the keys already known"),
+                Some(FetchOutcome::Updated) => info!("portcullis: JWKS {url} refreshed"),
+                _ => {}
+            }
+            wake_key_waiters(now, true);
+        }
+    }
+}
+
+/// The root context's tick: refresh keys, start due fetches, resume or time out waiting requests,
+/// publish cache metrics.
+pub fn tick() {
+    let now = now_ms();
+    let (changed, due) = with_vm(|vm| {
+        let changed = vm.keys.sync_shared();
+        (changed, vm.keys.due(now))
+    })
+    .unwrap_or((false, Vec::new()));
+    for endpoint in due {
+        let callout = Callout {
+            endpoint: endpoint.clone(),
+            method: "GET",
+            headers: vec![("accept".into(), "application/json".into())],
+            body: Vec::new(),
+            timeout_ms: KeyStore::fetch_timeout_ms(),
+        };
+        match dispatch(&callout) {
+            Ok(token) => {
+                with_vm(|vm| vm.callouts.insert(token, CalloutOwner::Jwks(endpoint.url.clone())));
+            }
+            Err(why) => {
+                warn!("portcullis: fetching JWKS {} failed to start: {why}", endpoint.url);
+                with_vm(|vm| {
+                    vm.keys.dispatch_failed(&endpoint.url, now);
+                    vm.metrics.count("jwks_fetch_failures", 1);
+                });
+            }
+        }
+    }
+    wake_key_waiters(now, changed);
+    with_vm(|vm| {
+        let s = vm.caches.stats();
+        let (h, m, ih, im) = vm.reported;
+        vm.metrics.count("jwt_cache_hits", s.jwt_hits.saturating_sub(h));
+        vm.metrics.count("jwt_cache_misses", s.jwt_misses.saturating_sub(m));
+        vm.metrics.count("introspection_cache_hits", s.introspection_hits.saturating_sub(ih));
+        vm.metrics.count("introspection_cache_misses", s.introspection_misses.saturating_sub(im));
+        vm.reported = (s.jwt_hits, s.jwt_misses, s.introspection_hits, s.introspection_misses);
+    });
+}
+
+/// Resumes requests waiting for keys: all of them when keys changed (or a fetch ended), and
+/// those past their deadline in any case (they then fail per the rule's error handlers).
+fn wake_key_waiters(now: u64, keys_changed: bool) {
+    let ready: Vec<(u32, Pending)> = with_vm(|vm| {
+        let ids: Vec<u32> = vm
+            .pending
+            .iter()
+            .filter(|(_, p)| match p.waiting {
+                Waiting::Keys { deadline_ms } => keys_changed || now >= deadline_ms,
+                Waiting::Callout => false,
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        ids.into_iter()
+            .filter_map(|id| vm.pending.remove(&id).map(|p| (id, p)))
+            .collect()
+    })
+    .unwrap_or_default();
+    for (ctx, p) in ready {
+        let Pending { engine, mut eval, waiting } = p;
+        if let Waiting::Keys { deadline_ms } = waiting {
+            if now >= deadline_ms {
+                eval.keys_timed_out();
+            }
+        }
+        drive(ctx, engine, eval, false);
+    }
+}
