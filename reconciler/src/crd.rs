@@ -97,18 +97,28 @@ pub struct OAuth2ClientSpec {
     /// The Secret holding (or receiving) the client's credentials.
     #[schemars(length(min = 1, max = 253))]
     pub secret_name: String,
-    #[serde(default, rename = "backChannelLogoutURI", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        rename = "backChannelLogoutURI",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub back_channel_logout_uri: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub back_channel_logout_session_required: Option<bool>,
-    #[serde(default, rename = "frontChannelLogoutURI", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        rename = "frontChannelLogoutURI",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub front_channel_logout_uri: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub front_channel_logout_session_required: Option<bool>,
 }
 
 /// OAuth 2.0 grant types a client may be registered with.
-#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, JsonSchema)]
+#[derive(
+    Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, JsonSchema,
+)]
 pub enum GrantType {
     #[serde(rename = "client_credentials")]
     ClientCredentials,
@@ -439,13 +449,24 @@ mod tests {
     #[test]
     fn crds_have_ory_names_scope_and_status_subresource() {
         let crds = crds();
-        let names: Vec<_> = crds.iter().map(|c| c.metadata.name.clone().unwrap_or_default()).collect();
-        assert_eq!(names, ["oauth2clients.hydra.ory.sh", "rules.oathkeeper.ory.sh"]);
+        let names: Vec<_> = crds
+            .iter()
+            .map(|c| c.metadata.name.clone().unwrap_or_default())
+            .collect();
+        assert_eq!(
+            names,
+            ["oauth2clients.hydra.ory.sh", "rules.oathkeeper.ory.sh"]
+        );
         for crd in &crds {
             assert_eq!(crd.spec.scope, "Namespaced");
             let v = &crd.spec.versions[0];
             assert_eq!(v.name, "v1alpha1");
-            assert!(v.subresources.as_ref().and_then(|s| s.status.as_ref()).is_some());
+            assert!(
+                v.subresources
+                    .as_ref()
+                    .and_then(|s| s.status.as_ref())
+                    .is_some()
+            );
             let cols: Vec<_> = v
                 .additional_printer_columns
                 .iter()
@@ -471,8 +492,12 @@ mod tests {
         assert_eq!(cfg["x-kubernetes-preserve-unknown-fields"], true);
         assert_eq!(spec["required"], serde_json::json!(["match"]));
         let client = serde_json::to_value(OAuth2Client::crd()).unwrap();
-        let cspec = &client["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"];
-        assert_eq!(cspec["properties"]["metadata"]["x-kubernetes-preserve-unknown-fields"], true);
+        let cspec =
+            &client["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"];
+        assert_eq!(
+            cspec["properties"]["metadata"]["x-kubernetes-preserve-unknown-fields"],
+            true
+        );
         let mut req: Vec<String> = serde_json::from_value(cspec["required"].clone()).unwrap();
         req.sort();
         assert_eq!(req, ["grantTypes", "secretName"]);
@@ -496,6 +521,9 @@ mod tests {
         assert_eq!(conds[0].reason.as_deref(), Some("NoTarget"));
         set_condition(&mut conds, c("True", "Applied", "t3"));
         assert_eq!(conds[0].last_transition_time.as_deref(), Some("t3"));
-        assert_eq!(condition(&conds, READY).map(|c| c.status.as_str()), Some("True"));
+        assert_eq!(
+            condition(&conds, READY).map(|c| c.status.as_str()),
+            Some("True")
+        );
     }
 }
