@@ -9,3 +9,4 @@ mod core_seam;
 pub mod crd;
 pub mod global;
 pub mod overlap;
+pub mod rule_set;
