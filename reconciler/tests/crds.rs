@@ -1,5 +1,7 @@
 //! The committed CRD YAML in `istio/crds/` must be exactly what the Rust types generate.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test helpers
+
 use std::path::PathBuf;
 
 fn committed_path() -> PathBuf {

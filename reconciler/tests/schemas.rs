@@ -7,6 +7,8 @@
 //! other object rejects unknown keys (what `kubectl apply` does with strict field validation, the
 //! default since Kubernetes 1.27).
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test helpers
+
 use serde_json::{Map, Value, json};
 use std::path::{Path, PathBuf};
 
