@@ -8,5 +8,6 @@
 mod core_seam;
 pub mod crd;
 pub mod global;
+pub mod manifests;
 pub mod overlap;
 pub mod rule_set;
