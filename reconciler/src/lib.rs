@@ -5,6 +5,7 @@
 //! resources, or Envoy ECDS files when running without Kubernetes. No I/O here except the
 //! `manifests` module, which reads a directory and writes ECDS files.
 
+pub mod client;
 mod core_seam;
 pub mod crd;
 pub mod global;
