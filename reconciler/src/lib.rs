@@ -9,6 +9,7 @@ pub mod client;
 mod core_seam;
 pub mod crd;
 pub mod global;
+pub mod kube_apply;
 pub mod manifests;
 pub mod overlap;
 pub mod rule_set;
