@@ -140,6 +140,10 @@ impl Default for GlobalConfig {
 pub enum GlobalConfigError {
     #[error("global config: {0}")]
     Yaml(#[from] serde_yaml::Error),
+    #[error(
+        "global config: access_rules.matching_strategy: {0:?} is neither \"regexp\" nor \"glob\""
+    )]
+    Strategy(String),
 }
 
 impl GlobalConfig {
@@ -161,6 +165,11 @@ impl GlobalConfig {
             cluster_naming: ClusterNaming,
         }
         let p: Partial = serde_yaml::from_str(text)?;
+        if let Some(a) = &p.access_rules
+            && !matches!(a.matching_strategy.as_str(), "regexp" | "glob")
+        {
+            return Err(GlobalConfigError::Strategy(a.matching_strategy.clone()));
+        }
         let d = GlobalConfig::default();
         Ok(GlobalConfig {
             access_rules: p.access_rules.unwrap_or(d.access_rules),
@@ -324,6 +333,8 @@ mod tests {
         assert_eq!(cfg["clusters"]["http://keys:8080"], "keys");
         assert!(cfg.get("cluster_naming").is_none());
         assert!(GlobalConfig::from_yaml("authenticators: [1]").is_err());
+        let e = GlobalConfig::from_yaml("access_rules: {matching_strategy: Glob}").unwrap_err();
+        assert!(e.to_string().contains("matching_strategy"), "{e}");
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //! `manifests` module, which reads a directory and writes ECDS files.
 
 pub mod client;
+pub mod client_controller;
 mod core_seam;
 pub mod crd;
 pub mod global;
