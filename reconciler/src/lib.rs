@@ -13,4 +13,5 @@ pub mod global;
 pub mod kube_apply;
 pub mod manifests;
 pub mod overlap;
+pub mod rule_controller;
 pub mod rule_set;

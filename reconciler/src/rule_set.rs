@@ -328,6 +328,8 @@ pub enum Reason {
     Overlapping,
     /// The workload's config exceeds what one Kubernetes object can hold: not applied.
     ConfigTooLarge,
+    /// Writing the workload's resource failed (set by the caller that writes it).
+    ApplyFailed,
 }
 
 impl Reason {
@@ -338,6 +340,7 @@ impl Reason {
             Self::NoTarget => "NoTarget",
             Self::Overlapping => "Overlapping",
             Self::ConfigTooLarge => "ConfigTooLarge",
+            Self::ApplyFailed => "ApplyFailed",
         }
     }
 }
