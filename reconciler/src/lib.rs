@@ -11,6 +11,7 @@ mod core_seam;
 pub mod crd;
 pub mod global;
 pub mod kube_apply;
+pub mod leader;
 pub mod manifests;
 pub mod overlap;
 pub mod rule_controller;
