@@ -347,6 +347,11 @@ pub fn ecds_file_name(workload: &Workload) -> String {
 /// Writes `bytes` to `path` atomically: a temporary file in the same directory, synced, then
 /// renamed over `path` (Envoy's file watch sees one complete move).
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    write_atomic_mode(path, bytes, 0o644)
+}
+
+/// [`write_atomic`] with the file's permission bits (Unix; ignored elsewhere).
+pub fn write_atomic_mode(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
     let dir = path
         .parent()
         .filter(|d| !d.as_os_str().is_empty())
@@ -357,7 +362,13 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
         .unwrap_or_default();
     let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
     let result = (|| {
-        let mut f = std::fs::File::create(&tmp)?;
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create(true).truncate(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, mode);
+        #[cfg(not(unix))]
+        let _ = mode;
+        let mut f = options.open(&tmp)?;
         f.write_all(bytes)?;
         f.sync_all()?;
         std::fs::rename(&tmp, path)
@@ -410,6 +421,82 @@ pub fn write_ecds_files(
         }
     }
     Ok(out)
+}
+
+/// Plans every loaded OAuth2Client against the Secrets in the same directory (matched by
+/// namespace and `secretName`). `generate` is called once per client without a Secret.
+pub fn plan_clients(
+    manifests: &Manifests,
+    mut generate: impl FnMut() -> (String, String),
+) -> Vec<(Located<OAuth2Client>, crate::client::ClientPlan)> {
+    manifests
+        .clients
+        .iter()
+        .map(|c| {
+            let ns = c.object.metadata.namespace.as_deref().unwrap_or("default");
+            let secret = manifests.secrets.iter().map(|s| &s.object).find(|s| {
+                s.metadata.name.as_deref() == Some(c.object.spec.secret_name.as_str())
+                    && s.metadata.namespace.as_deref().unwrap_or("default") == ns
+            });
+            (
+                c.clone(),
+                crate::client::plan_client(&c.object, secret, &mut generate),
+            )
+        })
+        .collect()
+}
+
+/// Writes a generated Secret back into the manifests directory as
+/// `<name>.<namespace>.secret.yaml`, readable by the owner only (0600), atomically.
+pub fn write_secret_manifest(dir: &Path, secret: &Secret) -> std::io::Result<PathBuf> {
+    let name = secret.metadata.name.as_deref().unwrap_or("secret");
+    let ns = secret.metadata.namespace.as_deref().unwrap_or("default");
+    let path = dir.join(format!("{name}.{ns}.secret.yaml"));
+    let mut secret = secret.clone();
+    // Owner references point at API objects; in a directory they mean nothing.
+    secret.metadata.owner_references = None;
+    let yaml = crate::client::secret_manifest(&secret).map_err(std::io::Error::other)?;
+    write_atomic_mode(&path, yaml.as_bytes(), 0o600)?;
+    Ok(path)
+}
+
+/// A cheap fingerprint of the manifest files in `dir` (names, sizes, modification times), for
+/// polling a directory for changes without reading every file.
+pub fn fingerprint(dir: &Path) -> std::io::Result<[u8; 32]> {
+    let mut entries: Vec<(String, u64, u128)> = std::fs::read_dir(dir)?
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let path = e.path();
+            let ext = path
+                .extension()
+                .and_then(|x| x.to_str())
+                .unwrap_or_default()
+                .to_string();
+            if !matches!(ext.as_str(), "yaml" | "yml" | "json") {
+                return None;
+            }
+            let meta = e.metadata().ok()?;
+            let mtime = meta
+                .modified()
+                .ok()
+                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                .map(|d| d.as_nanos())
+                .unwrap_or(0);
+            Some((
+                e.file_name().to_string_lossy().into_owned(),
+                meta.len(),
+                mtime,
+            ))
+        })
+        .collect();
+    entries.sort();
+    let mut h = Sha256::new();
+    for (name, len, mtime) in entries {
+        h.update(name.as_bytes());
+        h.update(len.to_le_bytes());
+        h.update(mtime.to_le_bytes());
+    }
+    Ok(h.finalize().into())
 }
 
 #[cfg(test)]

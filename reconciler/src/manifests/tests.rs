@@ -219,3 +219,54 @@ fn write_atomic_replaces_content() {
     assert_eq!(std::fs::read(&p).unwrap(), b"two");
     assert!(write_atomic(&dir.path().join("missing/f.json"), b"x").is_err());
 }
+
+#[test]
+fn clients_are_planned_against_secrets_in_the_directory_and_generated_ones_written_back() {
+    let dir = tempfile::tempdir().unwrap();
+    for f in ["01-client.yaml"] {
+        std::fs::copy(fixtures().join("kyma").join(f), dir.path().join(f)).unwrap();
+    }
+    std::fs::write(
+        dir.path().join("02-more.yaml"),
+        "apiVersion: hydra.ory.sh/v1alpha1\nkind: OAuth2Client\nmetadata: {name: fresh, namespace: default}\nspec: {grantTypes: [client_credentials], secretName: fresh-creds, scope: read}\n",
+    )
+    .unwrap();
+    let before = fingerprint(dir.path()).unwrap();
+    let m = load_dir(dir.path()).unwrap();
+    let mut n = 0;
+    let plans = plan_clients(&m, || {
+        n += 1;
+        (format!("gen-{n}"), "generated-secret".into())
+    });
+    assert_eq!(plans.len(), 2);
+    let kyma = &plans[0].1;
+    assert_eq!(kyma.register.as_ref().unwrap().client_id, "httpbin-client");
+    assert!(kyma.create_secret.is_none());
+    let fresh = &plans[1].1;
+    assert_eq!(fresh.register.as_ref().unwrap().client_id, "gen-1");
+    let path = write_secret_manifest(dir.path(), fresh.create_secret.as_ref().unwrap()).unwrap();
+    assert!(path.ends_with("fresh-creds.default.secret.yaml"));
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+    }
+    assert_ne!(
+        fingerprint(dir.path()).unwrap(),
+        before,
+        "a new file changes the fingerprint"
+    );
+
+    // The written Secret loads back and now provides the same credentials: no regeneration.
+    let m = load_dir(dir.path()).unwrap();
+    assert!(m.errors.is_empty(), "{:?}", m.errors);
+    let plans = plan_clients(&m, || panic!("must not generate again"));
+    assert_eq!(plans[1].1.register.as_ref().unwrap().client_id, "gen-1");
+    assert_eq!(
+        plans[1].1.register.as_ref().unwrap().client_secret,
+        "generated-secret"
+    );
+}
