@@ -386,6 +386,10 @@ pub struct EcdsWrite {
     pub written: Vec<PathBuf>,
     /// Files already up to date.
     pub unchanged: Vec<PathBuf>,
+    /// ECDS files in the directory for workloads that no longer have rules. They are left alone:
+    /// Envoy keeps a filter's last config when its ECDS file goes away, so what "no rules"
+    /// should mean for a running Envoy is the caller's decision.
+    pub stale: Vec<PathBuf>,
 }
 
 impl fmt::Display for EcdsWrite {
@@ -420,6 +424,19 @@ pub fn write_ecds_files(
             out.written.push(path);
         }
     }
+    let current: Vec<PathBuf> = out.written.iter().chain(&out.unchanged).cloned().collect();
+    let mut stale: Vec<PathBuf> = std::fs::read_dir(dir)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            let name = p
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            name.starts_with("portcullis-") && name.ends_with(".json") && !current.contains(p)
+        })
+        .collect();
+    stale.sort();
+    out.stale = stale;
     Ok(out)
 }
 
