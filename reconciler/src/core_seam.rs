@@ -13,6 +13,12 @@ pub fn validate_rule(filter_config: &Value, rule: &Value) -> Result<(), String> 
     interim::validate_rule(filter_config, rule)
 }
 
+/// Compiles a whole filter config as the filter will on load: a last check that the config a
+/// workload receives is one its filter accepts.
+pub fn compile_config(filter_config: &Value) -> Result<(), String> {
+    interim::compile_config(filter_config)
+}
+
 /// Compiles a URL pattern with the given matching strategy.
 pub fn compile_pattern(strategy: &str, pattern: &str) -> Result<CompiledPattern, String> {
     interim::compile_pattern(strategy, pattern)
@@ -75,6 +81,20 @@ mod interim {
             .enumerate()
         {
             check("mutators", format!("mutators[{i}]"), h);
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(problems.join("; "))
+        }
+    }
+
+    pub fn compile_config(cfg: &Value) -> Result<(), String> {
+        let mut problems = Vec::new();
+        for rule in cfg["rules"].as_array().into_iter().flatten() {
+            if let Err(e) = validate_rule(cfg, rule) {
+                problems.push(e);
+            }
         }
         if problems.is_empty() {
             Ok(())

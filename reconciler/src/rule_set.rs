@@ -560,6 +560,17 @@ pub fn desired_state(
             .map(|&i| pending[i].outcome.id.clone())
             .collect();
         let filter_config = global.filter_config(&rule_json);
+        if let Err(e) = core_seam::compile_config(&filter_config) {
+            // Every rule passed on its own, so this is a global problem (global handler config,
+            // error handlers): the filter would refuse the config, so it is not emitted.
+            for &i in &members {
+                let out = &mut pending[i].outcome;
+                out.reason = Reason::Invalid;
+                out.message =
+                    format!("the filter config of workload {workload} does not compile: {e}");
+            }
+            continue;
+        }
         let resource = render(&workload, &rule_ids, &filter_config, opts);
         let size = serde_json::to_vec(&resource)
             .map(|v| v.len())
