@@ -80,7 +80,9 @@ fn sections(pattern: &str) -> Result<Vec<(usize, usize)>, PatternError> {
             }
             b'>' => {
                 if level == 0 {
-                    return Err(PatternError::Unbalanced { pattern: pattern.to_string() });
+                    return Err(PatternError::Unbalanced {
+                        pattern: pattern.to_string(),
+                    });
                 }
                 level -= 1;
                 if level == 0 {
@@ -91,7 +93,9 @@ fn sections(pattern: &str) -> Result<Vec<(usize, usize)>, PatternError> {
         }
     }
     if level != 0 {
-        return Err(PatternError::Unbalanced { pattern: pattern.to_string() });
+        return Err(PatternError::Unbalanced {
+            pattern: pattern.to_string(),
+        });
     }
     Ok(out)
 }
@@ -131,13 +135,26 @@ impl UrlPattern {
                     .backtrack_limit(BACKTRACK_LIMIT)
                     .build()
                     .map(Compiled::Regexp)
-                    .map_err(|e| PatternError::Regex { pattern: pattern.to_string(), message: e.to_string() })?,
-                MatchingStrategy::Glob => regex::Regex::new(&re)
-                    .map(Compiled::Glob)
-                    .map_err(|e| PatternError::Glob { pattern: pattern.to_string(), message: e.to_string() })?,
+                    .map_err(|e| PatternError::Regex {
+                        pattern: pattern.to_string(),
+                        message: e.to_string(),
+                    })?,
+                MatchingStrategy::Glob => {
+                    regex::Regex::new(&re)
+                        .map(Compiled::Glob)
+                        .map_err(|e| PatternError::Glob {
+                            pattern: pattern.to_string(),
+                            message: e.to_string(),
+                        })?
+                }
             }
         };
-        Ok(UrlPattern { source: pattern.to_string(), strategy, prefix_len, compiled })
+        Ok(UrlPattern {
+            source: pattern.to_string(),
+            strategy,
+            prefix_len,
+            compiled,
+        })
     }
 
     pub fn source(&self) -> &str {
@@ -156,9 +173,14 @@ impl UrlPattern {
     fn runtime_error(&self, e: fancy_regex::Error) -> MatchError {
         match e {
             fancy_regex::Error::RuntimeError(fancy_regex::RuntimeError::BacktrackLimitExceeded) => {
-                MatchError::BacktrackLimit { pattern: self.source.clone() }
+                MatchError::BacktrackLimit {
+                    pattern: self.source.clone(),
+                }
             }
-            other => MatchError::Runtime { pattern: self.source.clone(), message: other.to_string() },
+            other => MatchError::Runtime {
+                pattern: self.source.clone(),
+                message: other.to_string(),
+            },
         }
     }
 
@@ -183,7 +205,10 @@ impl UrlPattern {
                 };
                 Ok(Some(
                     (1..caps.len())
-                        .map(|i| caps.get(i).map_or(String::new(), |m| m.as_str().to_string()))
+                        .map(|i| {
+                            caps.get(i)
+                                .map_or(String::new(), |m| m.as_str().to_string())
+                        })
                         .collect(),
                 ))
             }
@@ -203,11 +228,17 @@ pub struct IndexEntry {
 pub enum Lookup {
     /// No rule matches: Oathkeeper answers 404.
     NoMatch,
-    Matched { rule: usize, captures: Vec<String> },
+    Matched {
+        rule: usize,
+        captures: Vec<String>,
+    },
     /// More than one rule matches (ascending rule numbers): Oathkeeper answers 500.
     Ambiguous(Vec<usize>),
     /// A pattern could not be evaluated: deny.
-    Failed { rule: usize, error: MatchError },
+    Failed {
+        rule: usize,
+        error: MatchError,
+    },
 }
 
 /// Rules whose literal prefixes share one `scheme://host`, grouped by their whole literal prefix.
@@ -248,7 +279,11 @@ impl RuleIndex {
             match host_key(prefix) {
                 Some(key) => {
                     let table = hosts.entry(key.to_string()).or_default();
-                    table.by_prefix.entry(prefix.to_string()).or_default().push(i);
+                    table
+                        .by_prefix
+                        .entry(prefix.to_string())
+                        .or_default()
+                        .push(i);
                     if let Err(pos) = table.lengths.binary_search(&prefix.len()) {
                         table.lengths.insert(pos, prefix.len());
                     }
@@ -256,7 +291,11 @@ impl RuleIndex {
                 None => fallback.push(i),
             }
         }
-        RuleIndex { entries, hosts, fallback }
+        RuleIndex {
+            entries,
+            hosts,
+            fallback,
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -310,7 +349,10 @@ impl RuleIndex {
         match matched.as_slice() {
             [] => Lookup::NoMatch,
             [rule] => match self.entries[*rule].pattern.captures(url) {
-                Ok(Some(captures)) => Lookup::Matched { rule: *rule, captures },
+                Ok(Some(captures)) => Lookup::Matched {
+                    rule: *rule,
+                    captures,
+                },
                 Ok(None) => Lookup::NoMatch,
                 Err(error) => Lookup::Failed { rule: *rule, error },
             },

@@ -79,7 +79,11 @@ impl AccessRule {
         if self.authenticators.is_empty() {
             return Err(RuleError::NoAuthenticators { id: id() });
         }
-        if let Some(index) = self.authenticators.iter().position(|h| h.handler.is_empty()) {
+        if let Some(index) = self
+            .authenticators
+            .iter()
+            .position(|h| h.handler.is_empty())
+        {
             return Err(RuleError::EmptyAuthenticator { id: id(), index });
         }
         if self.authorizer.handler.is_empty() {
@@ -124,7 +128,10 @@ mod tests {
         assert!(up.preserve_host);
         assert_eq!(up.strip_path, "/api");
         assert_eq!(r.authenticators[0].handler, "jwt");
-        assert_eq!(r.authenticators[0].config.as_ref().unwrap()["jwks_urls"][0], "https://k/jwks");
+        assert_eq!(
+            r.authenticators[0].config.as_ref().unwrap()["jwks_urls"][0],
+            "https://k/jwks"
+        );
         assert_eq!(r.authorizer.config, None);
         assert_eq!(r.errors[0].handler, "json");
         assert!(r.validate().is_ok());
@@ -152,11 +159,17 @@ mod tests {
     fn validate_reports_rule_and_field() {
         let mut r = sample();
         r.r#match.url.clear();
-        assert_eq!(r.validate().unwrap_err().to_string(), "rule \"foo\": match.url must not be empty");
+        assert_eq!(
+            r.validate().unwrap_err().to_string(),
+            "rule \"foo\": match.url must not be empty"
+        );
 
         let mut r = sample();
         r.authenticators.clear();
-        assert_eq!(r.validate(), Err(RuleError::NoAuthenticators { id: "foo".into() }));
+        assert_eq!(
+            r.validate(),
+            Err(RuleError::NoAuthenticators { id: "foo".into() })
+        );
 
         let mut r = sample();
         r.authorizer.handler.clear();
@@ -174,6 +187,12 @@ mod tests {
 
         let mut r = sample();
         r.mutators.push(Handler::default());
-        assert_eq!(r.validate(), Err(RuleError::EmptyMutator { id: "foo".into(), index: 1 }));
+        assert_eq!(
+            r.validate(),
+            Err(RuleError::EmptyMutator {
+                id: "foo".into(),
+                index: 1
+            })
+        );
     }
 }

@@ -40,14 +40,20 @@ mod tests {
 
     #[test]
     fn header_get_is_case_insensitive_and_first_wins() {
-        let h = vec![("X-A".to_string(), "1".to_string()), ("x-a".to_string(), "2".to_string())];
+        let h = vec![
+            ("X-A".to_string(), "1".to_string()),
+            ("x-a".to_string(), "2".to_string()),
+        ];
         assert_eq!(header_get(&h, "x-A"), Some("1"));
         assert_eq!(header_get(&h, "x-b"), None);
     }
 
     #[test]
     fn serializes_as_plain_data() {
-        let s = Session { subject: "alice".into(), ..Default::default() };
+        let s = Session {
+            subject: "alice".into(),
+            ..Default::default()
+        };
         let v = serde_json::to_value(&s).unwrap();
         assert_eq!(v["subject"], "alice");
         assert_eq!(v["match_context"]["url"], "");

@@ -113,7 +113,9 @@ fn lex(body: &str) -> Result<Vec<Token>, String> {
                     }
                 }
                 if seg.is_empty() {
-                    return Err("a field path needs a name after '.' ('.' alone is not supported)".into());
+                    return Err(
+                        "a field path needs a name after '.' ('.' alone is not supported)".into(),
+                    );
                 }
                 segments.push(seg);
             }
@@ -141,7 +143,9 @@ fn lex(body: &str) -> Result<Vec<Token>, String> {
                     break;
                 }
             }
-            let n = num.parse::<i64>().map_err(|_| format!("invalid number {num:?}"))?;
+            let n = num
+                .parse::<i64>()
+                .map_err(|_| format!("invalid number {num:?}"))?;
             tokens.push(Token::Int(n));
         } else if c == '"' {
             chars.next();
@@ -157,7 +161,12 @@ fn lex(body: &str) -> Result<Vec<Token>, String> {
                         Some((_, '\\')) => s.push('\\'),
                         Some((_, '"')) => s.push('"'),
                         Some((_, '\'')) => s.push('\''),
-                        other => return Err(format!("unsupported escape {:?} in string literal", other.map(|x| x.1))),
+                        other => {
+                            return Err(format!(
+                                "unsupported escape {:?} in string literal",
+                                other.map(|x| x.1)
+                            ));
+                        }
                     },
                     Some((_, c)) => s.push(c),
                 }
@@ -215,7 +224,11 @@ fn operand(token: Token) -> Result<Operand, String> {
 fn action(body: &str) -> Result<Option<Node>, String> {
     let trimmed = body.trim_matches(is_space);
     if trimmed.starts_with("/*") {
-        return if trimmed.ends_with("*/") && trimmed.len() >= 4 { Ok(None) } else { Err("unclosed comment".into()) };
+        return if trimmed.ends_with("*/") && trimmed.len() >= 4 {
+            Ok(None)
+        } else {
+            Err("unclosed comment".into())
+        };
     }
     let mut tokens = lex(trimmed)?.into_iter();
     let Some(first) = tokens.next() else {
@@ -223,18 +236,23 @@ fn action(body: &str) -> Result<Option<Node>, String> {
     };
     let rest: Vec<Token> = tokens.collect();
     match first {
-        Token::Ident(name) if name == "print" => {
-            Ok(Some(Node::Print(rest.into_iter().map(operand).collect::<Result<_, _>>()?)))
-        }
+        Token::Ident(name) if name == "print" => Ok(Some(Node::Print(
+            rest.into_iter().map(operand).collect::<Result<_, _>>()?,
+        ))),
         Token::Ident(name) if name == "printIndex" => match rest.as_slice() {
             [Token::Field(f), Token::Int(n)] if field(f) == Ok(Field::CaptureGroups) => {
                 // A negative index prints nothing, like Oathkeeper's bounds check.
-                Ok(Some(usize::try_from(*n).map_or(Node::Text(String::new()), Node::PrintIndex)))
+                Ok(Some(
+                    usize::try_from(*n).map_or(Node::Text(String::new()), Node::PrintIndex),
+                ))
             }
-            _ => Err("printIndex takes .MatchContext.RegexpCaptureGroups and an integer index".into()),
+            _ => Err(
+                "printIndex takes .MatchContext.RegexpCaptureGroups and an integer index".into(),
+            ),
         },
         Token::Ident(name) => Err(match name.as_str() {
-            "if" | "else" | "end" | "range" | "with" | "define" | "template" | "block" | "break" | "continue" => {
+            "if" | "else" | "end" | "range" | "with" | "define" | "template" | "block"
+            | "break" | "continue" => {
                 format!("{name:?} is not supported (only print, printIndex and field paths are)")
             }
             _ => format!("function {name:?} is not supported (only print and printIndex are)"),
@@ -248,7 +266,10 @@ fn action(body: &str) -> Result<Option<Node>, String> {
             };
             if let Some(request) = request {
                 return match rest.as_slice() {
-                    [Token::Str(name)] => Ok(Some(Node::HeaderGet { request, name: name.clone() })),
+                    [Token::Str(name)] => Ok(Some(Node::HeaderGet {
+                        request,
+                        name: name.clone(),
+                    })),
                     _ => Err("Header.Get takes exactly one string argument".into()),
                 };
             }
@@ -273,7 +294,8 @@ impl Template {
                 break;
             };
             let mut body_start = open + 2;
-            let trim_left = src[body_start..].starts_with('-') && src[body_start + 1..].starts_with(is_space);
+            let trim_left =
+                src[body_start..].starts_with('-') && src[body_start + 1..].starts_with(is_space);
             if trim_left {
                 body_start += 1;
             }
@@ -289,7 +311,11 @@ impl Template {
             let mut body_end = close;
             let bytes = src.as_bytes();
             trim_next_left = false;
-            if close > body_start && bytes[close - 1] == b'-' && close - 1 > body_start && is_space(bytes[close - 2] as char) {
+            if close > body_start
+                && bytes[close - 1] == b'-'
+                && close - 1 > body_start
+                && is_space(bytes[close - 2] as char)
+            {
                 body_end = close - 1;
                 trim_next_left = true;
             }
@@ -314,7 +340,11 @@ impl Template {
                     }
                 }
                 Node::HeaderGet { request, name } => {
-                    let headers = if *request { &session.match_context.header } else { &session.header };
+                    let headers = if *request {
+                        &session.match_context.header
+                    } else {
+                        &session.header
+                    };
                     if let Some(v) = header_get(headers, name) {
                         out.push_str(v);
                     }
@@ -387,7 +417,12 @@ fn write_operand(op: &Operand, session: &Session, out: &mut String) {
         Operand::Field(Field::Method) => out.push_str(&session.match_context.method),
         Operand::Field(Field::CaptureGroups) => {
             out.push('[');
-            for (i, g) in session.match_context.regexp_capture_groups.iter().enumerate() {
+            for (i, g) in session
+                .match_context
+                .regexp_capture_groups
+                .iter()
+                .enumerate()
+            {
                 if i > 0 {
                     out.push(' ');
                 }
@@ -490,7 +525,10 @@ mod tests {
                 regexp_capture_groups: vec!["users".into(), "42".into()],
                 url: "https://h/users/42?x=1".into(),
                 method: "GET".into(),
-                header: vec![("Authorization".into(), "Bearer t".into()), ("X-Trace".into(), "abc".into())],
+                header: vec![
+                    ("Authorization".into(), "Bearer t".into()),
+                    ("X-Trace".into(), "abc".into()),
+                ],
             },
         }
     }
@@ -505,27 +543,50 @@ mod tests {
         assert_eq!(render(""), "");
         assert_eq!(render("{{ print .Subject }}"), "sub-1");
         assert_eq!(render("id={{.Subject}}!"), "id=sub-1!");
-        assert_eq!(render("{{ .MatchContext.URL }} {{ .MatchContext.Method }}"), "https://h/users/42?x=1 GET");
+        assert_eq!(
+            render("{{ .MatchContext.URL }} {{ .MatchContext.Method }}"),
+            "https://h/users/42?x=1 GET"
+        );
         assert_eq!(render("{{ print .Extra.nested.deep.value }}"), "x");
-        assert_eq!(render("[{{ print .Extra.missing }}][{{ .Extra.nested.none.x }}][{{ .Extra.nothing }}]"), "[][][]");
+        assert_eq!(
+            render(
+                "[{{ print .Extra.missing }}][{{ .Extra.nested.none.x }}][{{ .Extra.nothing }}]"
+            ),
+            "[][][]"
+        );
         assert_eq!(render("{{ .Extra.name.sub }}"), "");
     }
 
     #[test]
     fn values_print_like_go() {
-        assert_eq!(render("{{ .Extra.n }}|{{ .Extra.half }}|{{ .Extra.big }}|{{ .Extra.tiny }}"), "3|1.5|1e+21|1e-05");
+        assert_eq!(
+            render("{{ .Extra.n }}|{{ .Extra.half }}|{{ .Extra.big }}|{{ .Extra.tiny }}"),
+            "3|1.5|1e+21|1e-05"
+        );
         assert_eq!(render("{{ .Extra.exp }}"), "1700000000");
         assert_eq!(render("{{ .Extra.ok }}"), "true");
         assert_eq!(render("{{ .Extra.roles }}"), "[a b 2]");
         assert_eq!(render("{{ .Extra.nested }}"), "map[deep:map[value:x] k:1]");
-        assert_eq!(render("{{ .MatchContext.RegexpCaptureGroups }}"), "[users 42]");
+        assert_eq!(
+            render("{{ .MatchContext.RegexpCaptureGroups }}"),
+            "[users 42]"
+        );
     }
 
     #[test]
     fn print_index_and_bounds() {
-        assert_eq!(render("{{ printIndex .MatchContext.RegexpCaptureGroups 1 }}"), "42");
-        assert_eq!(render("<{{ printIndex .MatchContext.RegexpCaptureGroups 5 }}>"), "<>");
-        assert_eq!(render("<{{ printIndex .MatchContext.RegexpCaptureGroups -1 }}>"), "<>");
+        assert_eq!(
+            render("{{ printIndex .MatchContext.RegexpCaptureGroups 1 }}"),
+            "42"
+        );
+        assert_eq!(
+            render("<{{ printIndex .MatchContext.RegexpCaptureGroups 5 }}>"),
+            "<>"
+        );
+        assert_eq!(
+            render("<{{ printIndex .MatchContext.RegexpCaptureGroups -1 }}>"),
+            "<>"
+        );
     }
 
     #[test]
@@ -540,7 +601,10 @@ mod tests {
 
     #[test]
     fn header_get_is_case_insensitive() {
-        assert_eq!(render(r#"{{ .MatchContext.Header.Get "authorization" }}"#), "Bearer t");
+        assert_eq!(
+            render(r#"{{ .MatchContext.Header.Get "authorization" }}"#),
+            "Bearer t"
+        );
         assert_eq!(render(r#"{{ .Header.Get "x-set" }}"#), "mutated");
         assert_eq!(render(r#"<{{ .Header.Get "X-Missing" }}>"#), "<>");
     }

@@ -27,9 +27,9 @@ pub fn clean_path(path: &str) -> Cow<'_, str> {
     out.push(b'/');
     let mut r = 0;
     while r < n {
-        if bytes[r] == b'/' {
-            r += 1;
-        } else if bytes[r] == b'.' && (r + 1 == n || bytes[r + 1] == b'/') {
+        // An empty or `.` segment adds nothing.
+        let empty = bytes[r] == b'/' || (bytes[r] == b'.' && (r + 1 == n || bytes[r + 1] == b'/'));
+        if empty {
             r += 1;
         } else if bytes[r] == b'.'
             && r + 1 < n
@@ -172,10 +172,19 @@ mod tests {
 
     #[test]
     fn target_is_scheme_host_clean_path() {
-        assert_eq!(match_target("https", "api.example.com", "/a/./b"), "https://api.example.com/a/b");
+        assert_eq!(
+            match_target("https", "api.example.com", "/a/./b"),
+            "https://api.example.com/a/b"
+        );
         assert_eq!(match_target("http", "h:8080", ""), "http://h:8080/");
         // Encoded traversal resolves after decoding, as it would upstream.
-        assert_eq!(match_target("http", "h", "/public/%2e%2e/admin"), "http://h/admin");
-        assert_eq!(match_target("http", "h", "/public/..%2Fadmin"), "http://h/admin");
+        assert_eq!(
+            match_target("http", "h", "/public/%2e%2e/admin"),
+            "http://h/admin"
+        );
+        assert_eq!(
+            match_target("http", "h", "/public/..%2Fadmin"),
+            "http://h/admin"
+        );
     }
 }

@@ -19,7 +19,11 @@ pub(super) fn translate(glob: &str, out: &mut String) -> Result<(), String> {
 }
 
 /// Translates until the end or, inside braces, until a `,` or `}` (returned, consumed).
-fn sequence(chars: &mut Peekable<Chars<'_>>, out: &mut String, in_braces: bool) -> Result<Option<char>, String> {
+fn sequence(
+    chars: &mut Peekable<Chars<'_>>,
+    out: &mut String,
+    in_braces: bool,
+) -> Result<Option<char>, String> {
     while let Some(c) = chars.next() {
         match c {
             '*' => {
