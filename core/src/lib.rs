@@ -8,5 +8,10 @@
 //! Everything the core needs from the outside world (time, fetched keys, native crypto) comes
 //! through the [`host::Host`] trait; the adapters in `filter/` and `control-plane/` implement it.
 
+pub mod matcher;
 pub mod request;
+pub mod rule;
 pub mod scope;
+pub mod session;
+pub mod template;
+pub mod url;
