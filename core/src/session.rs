@@ -4,12 +4,14 @@
 
 use serde::Serialize;
 use serde_json::{Map, Value};
+use std::sync::Arc;
 
 /// Oathkeeper's `AuthenticationSession`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct Session {
     pub subject: String,
-    pub extra: Map<String, Value>,
+    /// Shared with the verified-token cache: a cache hit costs no copy of the claims.
+    pub extra: Arc<Map<String, Value>>,
     /// Headers set by mutators, in the order they were set.
     pub header: Vec<(String, String)>,
     pub match_context: MatchContext,

@@ -519,7 +519,7 @@ mod tests {
         });
         Session {
             subject: "sub-1".into(),
-            extra: extra.as_object().unwrap().clone(),
+            extra: std::sync::Arc::new(extra.as_object().unwrap().clone()),
             header: vec![("X-Set".into(), "mutated".into())],
             match_context: MatchContext {
                 regexp_capture_groups: vec!["users".into(), "42".into()],
