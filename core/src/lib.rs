@@ -10,3 +10,9 @@
 
 pub mod request;
 pub mod scope;
+pub mod cache;
+pub mod host;
+pub mod introspection;
+pub mod jwks;
+pub mod jwt;
+pub mod signature;
