@@ -342,3 +342,121 @@ pub(crate) mod der {
         spki(&tlv(0x06, OID_ED25519), x)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testkeys::*;
+    use serde_json::json;
+
+    #[test]
+    fn parses_all_four_families_with_spki_matching_openssl() {
+        let set = key_set();
+        assert_eq!(set.len(), 4);
+        let cases = [
+            ("rsa", KeyFamily::Rsa, RSA_SPKI),
+            ("ec256", KeyFamily::EcP256, EC256_SPKI),
+            ("ec384", KeyFamily::EcP384, EC384_SPKI),
+            ("ed", KeyFamily::Ed25519, ED25519_SPKI),
+        ];
+        for (kid, family, spki) in cases {
+            let key = set.find(kid).unwrap();
+            assert_eq!(key.family(), family, "{kid}");
+            assert_eq!(key.spki_der(), spki, "{kid}: SPKI differs from openssl's");
+        }
+        assert!(set.find("nope").is_none());
+    }
+
+    #[test]
+    fn skips_unusable_keys_but_keeps_the_rest() {
+        let doc = json!({"keys": [
+            {"kty": "RSA", "kid": "enc", "use": "enc", "n": "AQAB", "e": "AQAB"},
+            {"kty": "EC", "kid": "k1", "crv": "secp256k1", "x": "AA", "y": "AA"},
+            {"kty": "oct", "kid": "hmac", "k": "c2VjcmV0"},
+            {"kty": "EC", "kid": "short", "crv": "P-256", "x": "AAAA", "y": "AAAA"},
+            {"kty": "RSA", "kid": "badb64", "n": "!!", "e": "AQAB"},
+            {"kty": "RSA", "n": "AQAB", "e": "AQAB"},
+            {"kty": "OKP", "kid": "x448", "crv": "X448", "x": "AA"},
+            {"kty": "RSA", "kid": "hs-declared", "alg": "HS256", "n": "AQAB", "e": "AQAB"},
+            {"kty": "RSA", "kid": "weird-alg", "alg": "XX999", "n": "AQAB", "e": "AQAB"},
+            jwk(Algorithm::ES256, "good", true),
+        ]});
+        let set = KeySet::parse(doc.to_string().as_bytes()).unwrap();
+        assert_eq!(set.len(), 1);
+        assert!(set.find("good").is_some());
+    }
+
+    #[test]
+    fn rejects_non_jwks() {
+        assert!(matches!(KeySet::parse(b"not json"), Err(JwksError::InvalidJson(_))));
+        assert_eq!(KeySet::parse(b"{}").unwrap_err(), JwksError::NoKeys);
+        assert_eq!(KeySet::parse(br#"{"keys": {}}"#).unwrap_err(), JwksError::NoKeys);
+        assert!(KeySet::parse(br#"{"keys": []}"#).unwrap().is_empty());
+    }
+
+    #[test]
+    fn supports_checks_family_and_declared_alg() {
+        let set = key_set();
+        let rsa = set.find("rsa").unwrap();
+        for alg in [Algorithm::RS256, Algorithm::RS512, Algorithm::PS256] {
+            assert!(rsa.supports(alg));
+        }
+        assert!(!rsa.supports(Algorithm::ES256));
+        assert!(!rsa.supports(Algorithm::HS256));
+        let ec = set.find("ec256").unwrap();
+        assert!(ec.supports(Algorithm::ES256));
+        assert!(!ec.supports(Algorithm::ES384));
+        let declared = json!({"keys": [jwk(Algorithm::RS256, "r", true)]});
+        let set = KeySet::parse(declared.to_string().as_bytes()).unwrap();
+        let r = set.find("r").unwrap();
+        assert_eq!(r.alg(), Some(Algorithm::RS256));
+        assert!(r.supports(Algorithm::RS256));
+        assert!(!r.supports(Algorithm::PS256));
+    }
+
+    #[test]
+    fn fingerprint_tracks_key_material() {
+        let a = key_set();
+        let b = key_set();
+        assert_eq!(a.fingerprint(), b.fingerprint());
+        let fewer = json!({"keys": [jwk(Algorithm::RS256, "rsa", false)]});
+        let c = KeySet::parse(fewer.to_string().as_bytes()).unwrap();
+        assert_ne!(a.fingerprint(), c.fingerprint());
+        let renamed = json!({"keys": [jwk(Algorithm::RS256, "rsa2", false)]});
+        let d = KeySet::parse(renamed.to_string().as_bytes()).unwrap();
+        assert_ne!(c.fingerprint(), d.fingerprint());
+    }
+
+    #[test]
+    fn verify_rust_accepts_good_and_rejects_tampered() {
+        let set = key_set();
+        for alg in [
+            Algorithm::RS256,
+            Algorithm::RS384,
+            Algorithm::RS512,
+            Algorithm::PS256,
+            Algorithm::PS384,
+            Algorithm::PS512,
+            Algorithm::ES256,
+            Algorithm::ES384,
+            Algorithm::EdDSA,
+        ] {
+            let token = sign(alg, None, &json!({"sub": "x"}));
+            let (input, sig) = token.rsplit_once('.').unwrap();
+            let sig = URL_SAFE_NO_PAD.decode(sig).unwrap();
+            let key = set.find(kid_for(alg)).unwrap();
+            assert!(key.verify_rust(alg, input.as_bytes(), &sig), "{alg:?}");
+            let mut other = input.as_bytes().to_vec();
+            other.push(b'x');
+            assert!(!key.verify_rust(alg, &other, &sig), "{alg:?} tampered");
+        }
+    }
+
+    #[test]
+    fn der_lengths_use_long_form() {
+        let long = der::tlv(0x04, &[0u8; 300]);
+        assert_eq!(&long[..4], &[0x04, 0x82, 0x01, 0x2c]);
+        assert_eq!(der::tlv(0x04, &[0u8; 0x80])[..3], [0x04, 0x81, 0x80]);
+        assert_eq!(der::uint(&[0x00, 0x00]), vec![0x02, 0x01, 0x00]);
+    }
+}

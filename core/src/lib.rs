@@ -16,3 +16,6 @@ pub mod introspection;
 pub mod jwks;
 pub mod jwt;
 pub mod signature;
+
+#[cfg(test)]
+mod testkeys;

@@ -106,3 +106,85 @@ pub fn ecdsa_jws_to_der(sig: &[u8], field_len: usize) -> Option<Vec<u8>> {
     ints.extend_from_slice(&der::uint(s));
     Some(der::tlv(0x30, &ints))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn native_hash_only_for_pkcs1_and_ecdsa() {
+        assert_eq!(native_hash(Algorithm::RS256), Some("sha256"));
+        assert_eq!(native_hash(Algorithm::RS384), Some("sha384"));
+        assert_eq!(native_hash(Algorithm::RS512), Some("sha512"));
+        assert_eq!(native_hash(Algorithm::ES256), Some("sha256"));
+        assert_eq!(native_hash(Algorithm::ES384), Some("sha384"));
+        for alg in [Algorithm::PS256, Algorithm::PS512, Algorithm::EdDSA, Algorithm::HS256] {
+            assert_eq!(native_hash(alg), None, "{alg:?}");
+        }
+    }
+
+    #[test]
+    fn encodes_verify_args_as_protobuf() {
+        let out = encode_verify_args("sha256", &[1, 2], &[3], b"hi");
+        let want = [
+            &[0x0a, 6][..],
+            b"sha256",
+            &[0x12, 2, 1, 2],
+            &[0x1a, 1, 3],
+            &[0x22, 2],
+            b"hi",
+        ]
+        .concat();
+        assert_eq!(out, want);
+        // Multi-byte varint length for a 300-byte key.
+        let out = encode_verify_args("sha256", &[7u8; 300], &[], &[]);
+        assert_eq!(&out[8..11], &[0x12, 0xac, 0x02]);
+        assert_eq!(out.len(), 8 + 3 + 300 + 2 + 2);
+    }
+
+    #[test]
+    fn decodes_verify_result() {
+        assert_eq!(decode_verify_result(&[0x08, 0x01]), Some((true, String::new())));
+        let mut buf = vec![0x08, 0x00, 0x12, 0x03];
+        buf.extend_from_slice(b"bad");
+        assert_eq!(decode_verify_result(&buf), Some((false, "bad".into())));
+        // Unknown varint, fixed64, fixed32 and bytes fields are skipped.
+        let buf = [
+            0x18, 0x96, 0x01, 0x21, 0, 0, 0, 0, 0, 0, 0, 0, 0x2d, 0, 0, 0, 0, 0x3a, 1, 9, 0x08, 1,
+        ];
+        assert_eq!(decode_verify_result(&buf), Some((true, String::new())));
+        assert_eq!(decode_verify_result(&[]), Some((false, String::new())));
+        assert_eq!(decode_verify_result(&[0x12, 0x05, b'a']), None);
+        assert_eq!(decode_verify_result(&[0x08]), None);
+        assert_eq!(decode_verify_result(&[0x0b]), None);
+    }
+
+    #[test]
+    fn ecdsa_der_matches_rustcrypto_p256() {
+        let mut rs = [0u8; 64];
+        rs[0] = 0x80; // high bit set: needs a 0x00 pad
+        rs[1..32].fill(0x01);
+        rs[34] = 0x7f; // two leading zero bytes in s: must be stripped
+        rs[35..].fill(0x02);
+        let ours = ecdsa_jws_to_der(&rs, 32).unwrap();
+        let theirs = p256::ecdsa::Signature::from_slice(&rs).unwrap().to_der();
+        assert_eq!(ours, theirs.as_bytes());
+        assert_eq!(&ours[..5], &[0x30, 0x43, 0x02, 0x21, 0x00]);
+    }
+
+    #[test]
+    fn ecdsa_der_matches_rustcrypto_p384() {
+        let mut rs = [0x11u8; 96];
+        rs[0] = 0xff;
+        rs[48] = 0x00;
+        let ours = ecdsa_jws_to_der(&rs, 48).unwrap();
+        let theirs = p384::ecdsa::Signature::from_slice(&rs).unwrap().to_der();
+        assert_eq!(ours, theirs.as_bytes());
+    }
+
+    #[test]
+    fn ecdsa_der_rejects_wrong_length() {
+        assert_eq!(ecdsa_jws_to_der(&[1u8; 63], 32), None);
+        assert_eq!(ecdsa_jws_to_der(&[], 0), None);
+    }
+}
