@@ -316,3 +316,300 @@ pub fn authenticate(
         exp,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testkeys::*;
+    use serde_json::json;
+
+    const NOW: u64 = 1_700_000_000;
+
+    fn req(algs: &[Algorithm]) -> JwtRequirements {
+        JwtRequirements {
+            jwks_urls: vec!["https://issuer/.well-known/jwks.json".into()],
+            allowed_algorithms: algs.to_vec(),
+            ..Default::default()
+        }
+    }
+
+    fn claims() -> Value {
+        json!({"sub": "alice", "iss": "https://issuer", "aud": ["api", "other"], "exp": NOW + 60, "iat": NOW - 5, "scp": ["read", "write.all"]})
+    }
+
+    fn run(token: &str, req: &JwtRequirements, host: &mut TestHost) -> Result<VerifiedToken, JwtError> {
+        authenticate(token, &[key_set()], req, host)
+    }
+
+    const ALL_ASYMMETRIC: [Algorithm; 9] = [
+        Algorithm::RS256,
+        Algorithm::RS384,
+        Algorithm::RS512,
+        Algorithm::PS256,
+        Algorithm::PS384,
+        Algorithm::PS512,
+        Algorithm::ES256,
+        Algorithm::ES384,
+        Algorithm::EdDSA,
+    ];
+
+    #[test]
+    fn every_algorithm_verifies_via_rust_fallback() {
+        for alg in ALL_ASYMMETRIC {
+            let mut host = TestHost::new(NOW, Native::Absent);
+            let token = sign(alg, Some(kid_for(alg)), &claims());
+            let v = run(&token, &req(&[alg]), &mut host).unwrap_or_else(|e| panic!("{alg:?}: {e}"));
+            assert_eq!(v.subject, "alice");
+            assert_eq!(v.exp, Some(NOW + 60));
+            assert_eq!(v.claims.get("iss"), Some(&json!("https://issuer")));
+            assert_eq!(host.native_calls.len(), 1, "native is tried first");
+        }
+    }
+
+    #[test]
+    fn native_answer_is_authoritative() {
+        let token = sign(Algorithm::RS256, Some("rsa"), &claims());
+        let mut host = TestHost::new(NOW, Native::Fixed(false));
+        assert_eq!(run(&token, &req(&[]), &mut host).unwrap_err(), JwtError::BadSignature);
+        // A native "true" is trusted as is (the host's verifier is the real check).
+        let mut host = TestHost::new(NOW, Native::Fixed(true));
+        assert!(run(&token, &req(&[]), &mut host).is_ok());
+        assert_eq!(host.native_calls[0].1, parse(&token).unwrap().signature);
+    }
+
+    #[test]
+    fn ecdsa_goes_native_as_der() {
+        for (alg, len) in [(Algorithm::ES256, 32), (Algorithm::ES384, 48)] {
+            let token = sign(alg, Some(kid_for(alg)), &claims());
+            let raw = parse(&token).unwrap().signature;
+            assert_eq!(raw.len(), 2 * len);
+            let mut host = TestHost::new(NOW, Native::EcdsaDer);
+            run(&token, &req(&[alg]), &mut host).unwrap();
+            let (called_alg, sig) = &host.native_calls[0];
+            assert_eq!(*called_alg, alg);
+            assert_eq!(sig[0], 0x30, "DER SEQUENCE");
+            assert_eq!(Some(sig.clone()), crate::signature::ecdsa_jws_to_der(&raw, len));
+            // The real DER verifier refuses a tampered token.
+            let (input, s) = token.rsplit_once('.').unwrap();
+            let forged = format!("{}x.{s}", input);
+            let mut host = TestHost::new(NOW, Native::EcdsaDer);
+            assert!(run(&forged, &req(&[alg]), &mut host).is_err());
+        }
+    }
+
+    #[test]
+    fn bad_signature_rejected() {
+        let token = sign(Algorithm::RS256, Some("rsa"), &claims());
+        let other = sign(Algorithm::RS256, Some("rsa"), &json!({"sub": "mallory"}));
+        let forged = format!(
+            "{}.{}",
+            other.rsplit_once('.').unwrap().0,
+            token.rsplit_once('.').unwrap().1
+        );
+        let mut host = TestHost::new(NOW, Native::Absent);
+        assert_eq!(run(&forged, &req(&[]), &mut host).unwrap_err(), JwtError::BadSignature);
+        let es = sign(Algorithm::ES256, Some("ec256"), &claims());
+        let (input, sig) = es.rsplit_once('.').unwrap();
+        let mut sig = URL_SAFE_NO_PAD.decode(sig).unwrap();
+        sig.pop();
+        let truncated = format!("{input}.{}", URL_SAFE_NO_PAD.encode(&sig));
+        assert_eq!(
+            run(&truncated, &req(&[Algorithm::ES256]), &mut host).unwrap_err(),
+            JwtError::BadSignature
+        );
+    }
+
+    #[test]
+    fn algorithm_must_be_allowed() {
+        let token = sign(Algorithm::RS384, Some("rsa"), &claims());
+        let mut host = TestHost::new(NOW, Native::Absent);
+        // Default allows only RS256.
+        assert_eq!(
+            run(&token, &req(&[]), &mut host).unwrap_err(),
+            JwtError::AlgorithmNotAllowed("RS384".into())
+        );
+        assert_eq!(
+            run(&token, &JwtRequirements::default(), &mut host).unwrap_err(),
+            JwtError::AlgorithmNotAllowed("RS384".into())
+        );
+    }
+
+    #[test]
+    fn alg_none_rejected() {
+        let header = URL_SAFE_NO_PAD.encode(br#"{"alg":"none","kid":"rsa"}"#);
+        let body = URL_SAFE_NO_PAD.encode(claims().to_string());
+        let token = format!("{header}.{body}.c2ln");
+        let mut host = TestHost::new(NOW, Native::Fixed(true));
+        assert_eq!(
+            run(&token, &req(&[]), &mut host).unwrap_err(),
+            JwtError::AlgorithmNotAllowed("none".into())
+        );
+        assert!(host.native_calls.is_empty());
+    }
+
+    #[test]
+    fn hs256_with_public_key_as_secret_rejected_even_if_listed() {
+        let set = key_set();
+        let secret = set.find("rsa").unwrap().spki_der().to_vec();
+        let mut header = jsonwebtoken::Header::new(Algorithm::HS256);
+        header.kid = Some("rsa".into());
+        let token = jsonwebtoken::encode(
+            &header,
+            &claims(),
+            &jsonwebtoken::EncodingKey::from_secret(&secret).unwrap(),
+        )
+        .unwrap();
+        let mut host = TestHost::new(NOW, Native::Fixed(true));
+        assert_eq!(
+            run(&token, &req(&[Algorithm::HS256, Algorithm::RS256]), &mut host).unwrap_err(),
+            JwtError::AlgorithmNotAllowed("HS256".into())
+        );
+        assert!(host.native_calls.is_empty());
+    }
+
+    #[test]
+    fn kid_required_and_must_be_known() {
+        let mut host = TestHost::new(NOW, Native::Absent);
+        let token = sign(Algorithm::RS256, None, &claims());
+        assert_eq!(run(&token, &req(&[]), &mut host).unwrap_err(), JwtError::MissingKid);
+        let token = sign(Algorithm::RS256, Some("rotated-away"), &claims());
+        assert_eq!(
+            run(&token, &req(&[]), &mut host).unwrap_err(),
+            JwtError::UnknownKid("rotated-away".into())
+        );
+        assert_eq!(host.unknown_kid_calls, vec![req(&[]).jwks_urls]);
+    }
+
+    #[test]
+    fn kid_found_in_second_key_set() {
+        let empty = Arc::new(KeySet::parse(br#"{"keys":[]}"#).unwrap());
+        let token = sign(Algorithm::RS256, Some("rsa"), &claims());
+        let mut host = TestHost::new(NOW, Native::Absent);
+        authenticate(&token, &[empty, key_set()], &req(&[]), &mut host).unwrap();
+    }
+
+    #[test]
+    fn key_must_fit_algorithm() {
+        // An RSA-signed token naming the EC key's kid.
+        let token = sign(Algorithm::RS256, Some("ec256"), &claims());
+        let mut host = TestHost::new(NOW, Native::Absent);
+        assert_eq!(
+            run(&token, &req(&[]), &mut host).unwrap_err(),
+            JwtError::KeyAlgMismatch {
+                kid: "ec256".into(),
+                alg: "RS256".into()
+            }
+        );
+    }
+
+    #[test]
+    fn time_claims() {
+        let r = req(&[]);
+        let check = |c: Value, leeway: u64| {
+            let r = JwtRequirements { leeway, ..r.clone() };
+            check_claims(c.as_object().unwrap(), &r, NOW)
+        };
+        assert_eq!(check(json!({"exp": NOW - 1}), 0), Err(JwtError::Expired(NOW - 1)));
+        assert_eq!(check(json!({"exp": NOW}), 0), Ok(()));
+        assert_eq!(check(json!({"exp": NOW - 10}), 10), Ok(()));
+        assert_eq!(check(json!({"nbf": NOW + 1}), 0), Err(JwtError::NotYetValid(NOW + 1)));
+        assert_eq!(check(json!({"nbf": NOW + 5}), 5), Ok(()));
+        assert_eq!(check(json!({"iat": NOW + 1}), 0), Err(JwtError::IssuedInFuture(NOW + 1)));
+        assert_eq!(check(json!({"iat": NOW + 1}), 1), Ok(()));
+        assert_eq!(check(json!({"exp": (NOW - 1) as f64 + 0.5}), 0), Err(JwtError::Expired(NOW - 1)));
+        assert!(matches!(check(json!({"exp": "soon"}), 0), Err(JwtError::Malformed(_))));
+        // Absent time claims are not required (jwt-go MapClaims semantics).
+        assert_eq!(check(json!({}), 0), Ok(()));
+    }
+
+    #[test]
+    fn expired_token_end_to_end() {
+        let mut c = claims();
+        c["exp"] = json!(NOW - 100);
+        let token = sign(Algorithm::RS256, Some("rsa"), &c);
+        let mut host = TestHost::new(NOW, Native::Absent);
+        assert_eq!(run(&token, &req(&[]), &mut host).unwrap_err(), JwtError::Expired(NOW - 100));
+    }
+
+    #[test]
+    fn issuer_and_audience() {
+        let c = claims();
+        let c = c.as_object().unwrap();
+        let mut r = req(&[]);
+        r.trusted_issuers = vec!["https://other".into()];
+        assert_eq!(
+            check_claims(c, &r, NOW),
+            Err(JwtError::UntrustedIssuer("https://issuer".into()))
+        );
+        r.trusted_issuers.push("https://issuer".into());
+        assert_eq!(check_claims(c, &r, NOW), Ok(()));
+        r.target_audience = vec!["api".into(), "missing".into()];
+        assert_eq!(
+            check_claims(c, &r, NOW),
+            Err(JwtError::AudienceMismatch("missing".into()))
+        );
+        r.target_audience = vec!["api".into(), "other".into()];
+        assert_eq!(check_claims(c, &r, NOW), Ok(()));
+        // `aud` as a single string.
+        r.trusted_issuers.clear();
+        let single = json!({"aud": "api"});
+        r.target_audience = vec!["api".into()];
+        assert_eq!(check_claims(single.as_object().unwrap(), &r, NOW), Ok(()));
+        let none = json!({});
+        assert_eq!(
+            check_claims(none.as_object().unwrap(), &r, NOW),
+            Err(JwtError::AudienceMismatch("api".into()))
+        );
+    }
+
+    #[test]
+    fn scopes_from_scp_scope_and_scopes() {
+        let mut r = req(&[]);
+        r.scope_strategy = ScopeStrategy::Exact;
+        r.required_scope = vec!["read".into(), "write.all".into()];
+        for c in [
+            json!({"scp": ["read", "write.all"]}),
+            json!({"scp": "read write.all"}),
+            json!({"scope": "read write.all"}),
+            json!({"scope": ["read", "write.all"]}),
+            json!({"scopes": ["read", "write.all"]}),
+        ] {
+            assert_eq!(check_claims(c.as_object().unwrap(), &r, NOW), Ok(()), "{c}");
+        }
+        let c = json!({"scp": ["read"]});
+        assert_eq!(
+            check_claims(c.as_object().unwrap(), &r, NOW),
+            Err(JwtError::MissingScope("write.all".into()))
+        );
+        r.scope_strategy = ScopeStrategy::Hierarchic;
+        let c = json!({"scope": "read write"});
+        assert_eq!(check_claims(c.as_object().unwrap(), &r, NOW), Ok(()));
+        r.scope_strategy = ScopeStrategy::None;
+        assert_eq!(check_claims(c.as_object().unwrap(), &r, NOW), Err(JwtError::ScopeStrategyNone));
+        r.required_scope.clear();
+        assert_eq!(check_claims(c.as_object().unwrap(), &r, NOW), Ok(()));
+    }
+
+    #[test]
+    fn shape_checks() {
+        assert!(looks_like_jwt("a.b.c"));
+        assert!(!looks_like_jwt("a.b"));
+        assert!(!looks_like_jwt("a..c"));
+        assert!(!looks_like_jwt("a.b.c.d"));
+        assert!(!looks_like_jwt("opaque-token"));
+        assert!(matches!(parse("a.b"), Err(JwtError::Malformed(_))));
+        assert!(matches!(parse("!!.e30.AA"), Err(JwtError::Malformed(_))));
+        let h = URL_SAFE_NO_PAD.encode(br#"{"alg":"RS256","kid":"k","typ":"JWT"}"#);
+        let arr = URL_SAFE_NO_PAD.encode(b"[1]");
+        assert!(matches!(parse(&format!("{h}.{arr}.AA")), Err(JwtError::Malformed(_))));
+        let body = URL_SAFE_NO_PAD.encode(br#"{"sub":"s"}"#);
+        let p = parse(&format!("{h}.{body}.AQID")).unwrap();
+        assert_eq!(p.alg, "RS256");
+        assert_eq!(p.kid.as_deref(), Some("k"));
+        assert_eq!(p.typ.as_deref(), Some("JWT"));
+        assert_eq!(p.signature, vec![1, 2, 3]);
+        assert_eq!(p.signing_input, format!("{h}.{body}"));
+        let numeric_kid = URL_SAFE_NO_PAD.encode(br#"{"alg":"RS256","kid":5}"#);
+        assert!(matches!(parse(&format!("{numeric_kid}.{body}.AA")), Err(JwtError::Malformed(_))));
+    }
+}
