@@ -119,3 +119,80 @@ impl<V> ExpiringCache<V> {
         self.earliest_expiry = self.map.values().map(|e| e.expires_at).min().unwrap_or(u64::MAX);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn k(i: u32) -> CacheKey {
+        cache_key(&[&i.to_be_bytes()])
+    }
+
+    #[test]
+    fn key_is_length_prefixed() {
+        assert_ne!(cache_key(&[b"ab", b"c"]), cache_key(&[b"a", b"bc"]));
+        assert_ne!(cache_key(&[b"abc"]), cache_key(&[b"abc", b""]));
+        assert_eq!(cache_key(&[b"a", b"bc"]), cache_key(&[b"a", b"bc"]));
+    }
+
+    #[test]
+    fn expired_entries_are_misses_and_removed() {
+        let mut c = ExpiringCache::new(4);
+        c.insert(k(1), "v", 110, 100);
+        assert_eq!(c.get(&k(1), 109), Some(&"v"));
+        assert_eq!(c.get(&k(1), 110), None);
+        assert!(c.is_empty());
+        c.insert(k(2), "old", 100, 100);
+        assert!(c.is_empty(), "already expired values are not stored");
+    }
+
+    #[test]
+    fn evicts_expired_before_live() {
+        let mut c = ExpiringCache::new(3);
+        c.insert(k(1), 1, 1000, 0);
+        c.insert(k(2), 2, 10, 0);
+        c.insert(k(3), 3, 1000, 0);
+        c.insert(k(4), 4, 1000, 20);
+        assert_eq!(c.len(), 3);
+        assert_eq!(c.get(&k(1), 20), Some(&1), "oldest live entry kept");
+        assert_eq!(c.get(&k(2), 20), None);
+        assert_eq!(c.get(&k(4), 20), Some(&4));
+    }
+
+    #[test]
+    fn evicts_oldest_when_all_live() {
+        let mut c = ExpiringCache::new(2);
+        c.insert(k(1), 1, 1000, 0);
+        c.insert(k(2), 2, 1000, 0);
+        c.insert(k(3), 3, 1000, 0);
+        assert_eq!(c.len(), 2);
+        assert_eq!(c.get(&k(1), 0), None);
+        assert_eq!(c.get(&k(2), 0), Some(&2));
+        assert_eq!(c.get(&k(3), 0), Some(&3));
+    }
+
+    #[test]
+    fn reinsert_updates_value_and_order() {
+        let mut c = ExpiringCache::new(2);
+        c.insert(k(1), 1, 1000, 0);
+        c.insert(k(2), 2, 1000, 0);
+        c.insert(k(1), 11, 1000, 0); // now k(2) is the oldest
+        c.insert(k(3), 3, 1000, 0);
+        assert_eq!(c.get(&k(1), 0), Some(&11));
+        assert_eq!(c.get(&k(2), 0), None);
+        assert_eq!(c.get(&k(3), 0), Some(&3));
+    }
+
+    #[test]
+    fn stays_bounded_under_churn() {
+        let mut c = ExpiringCache::new(16);
+        for i in 0..10_000u32 {
+            c.insert(k(i % 40), i, 1_000_000, u64::from(i));
+            assert!(c.len() <= 16);
+            assert!(c.order.len() <= 2 * 16 + 1);
+        }
+        let mut zero = ExpiringCache::new(0);
+        zero.insert(k(1), 1, 10, 0);
+        assert!(zero.is_empty());
+    }
+}

@@ -165,3 +165,102 @@ pub fn evaluate(
         exp,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    const NOW: u64 = 1_700_000_000;
+
+    fn eval(v: Value, req: &IntrospectionRequirements) -> Result<Introspected, IntrospectionError> {
+        evaluate(v.to_string().as_bytes(), req, NOW)
+    }
+
+    #[test]
+    fn body_escapes_and_sends_scope_for_none() {
+        let mut r = IntrospectionRequirements::default();
+        assert_eq!(request_body("a+b/c=d e~", &r), "token=a%2Bb%2Fc%3Dd+e~");
+        r.required_scope = vec!["read".into(), "write:all".into()];
+        assert_eq!(request_body("t", &r), "scope=read+write%3Aall&token=t");
+        r.scope_strategy = ScopeStrategy::Exact;
+        assert_eq!(request_body("t", &r), "token=t");
+        assert_eq!(request_body("é", &IntrospectionRequirements::default()), "token=%C3%A9");
+    }
+
+    #[test]
+    fn active_token_yields_subject_and_extra() {
+        let r = IntrospectionRequirements::default();
+        let got = eval(
+            json!({"active": true, "sub": "svc", "client_id": "c1", "scope": "read", "aud": "api",
+                   "exp": NOW + 10, "ext": {"tenant": "t1"}, "username": "u"}),
+            &r,
+        )
+        .unwrap();
+        assert_eq!(got.subject, "svc");
+        assert_eq!(got.exp, Some(NOW + 10));
+        assert_eq!(
+            Value::Object(got.extra),
+            json!({"tenant": "t1", "username": "u", "client_id": "c1", "scope": "read", "aud": ["api"]})
+        );
+        let bare = eval(json!({"active": true}), &r).unwrap();
+        assert_eq!(
+            Value::Object(bare.extra),
+            json!({"username": "", "client_id": "", "scope": ""})
+        );
+    }
+
+    #[test]
+    fn inactive_expired_and_token_use() {
+        let r = IntrospectionRequirements::default();
+        assert_eq!(eval(json!({"active": false}), &r), Err(IntrospectionError::Inactive));
+        assert_eq!(eval(json!({"sub": "x"}), &r), Err(IntrospectionError::Inactive));
+        assert_eq!(
+            eval(json!({"active": true, "exp": NOW - 1}), &r),
+            Err(IntrospectionError::Expired(NOW - 1))
+        );
+        assert!(eval(json!({"active": true, "exp": NOW}), &r).is_ok());
+        assert_eq!(
+            eval(json!({"active": true, "token_use": "refresh_token"}), &r),
+            Err(IntrospectionError::WrongTokenUse("refresh_token".into()))
+        );
+        assert!(eval(json!({"active": true, "token_use": "access_token"}), &r).is_ok());
+        assert!(matches!(evaluate(b"nope", &r, NOW), Err(IntrospectionError::Malformed(_))));
+        assert!(matches!(eval(json!([]), &r), Err(IntrospectionError::Malformed(_))));
+        assert!(matches!(eval(json!({"active": "yes"}), &r), Err(IntrospectionError::Malformed(_))));
+    }
+
+    #[test]
+    fn audience_and_issuer() {
+        let r = IntrospectionRequirements {
+            target_audience: vec!["a".into(), "b".into()],
+            trusted_issuers: vec!["https://hydra".into()],
+            ..Default::default()
+        };
+        assert_eq!(
+            eval(json!({"active": true, "aud": ["a"], "iss": "https://hydra"}), &r),
+            Err(IntrospectionError::AudienceMismatch("b".into()))
+        );
+        assert_eq!(
+            eval(json!({"active": true, "aud": ["a", "b"], "iss": "https://evil"}), &r),
+            Err(IntrospectionError::UntrustedIssuer("https://evil".into()))
+        );
+        assert!(eval(json!({"active": true, "aud": ["b", "a"], "iss": "https://hydra"}), &r).is_ok());
+    }
+
+    #[test]
+    fn scopes_checked_locally_unless_none() {
+        let mut r = IntrospectionRequirements {
+            required_scope: vec!["orders.read".into()],
+            scope_strategy: ScopeStrategy::Hierarchic,
+            ..Default::default()
+        };
+        assert!(eval(json!({"active": true, "scope": "orders profile"}), &r).is_ok());
+        assert_eq!(
+            eval(json!({"active": true, "scope": "profile"}), &r),
+            Err(IntrospectionError::MissingScope("orders.read".into()))
+        );
+        r.scope_strategy = ScopeStrategy::None;
+        assert!(eval(json!({"active": true, "scope": "profile"}), &r).is_ok());
+    }
+}
