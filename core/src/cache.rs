@@ -116,7 +116,12 @@ impl<V> ExpiringCache<V> {
 
     fn sweep(&mut self, now: u64) {
         self.map.retain(|_, e| now < e.expires_at);
-        self.earliest_expiry = self.map.values().map(|e| e.expires_at).min().unwrap_or(u64::MAX);
+        self.earliest_expiry = self
+            .map
+            .values()
+            .map(|e| e.expires_at)
+            .min()
+            .unwrap_or(u64::MAX);
     }
 }
 

@@ -29,5 +29,11 @@ pub trait Host {
 
     /// Verifies a signature with the host's native crypto, when it has it. `None` means the host
     /// cannot (unsupported algorithm or no such facility) and the core falls back to pure Rust.
-    fn verify_native(&mut self, alg: jsonwebtoken::Algorithm, key: &Key, message: &[u8], signature: &[u8]) -> Option<bool>;
+    fn verify_native(
+        &mut self,
+        alg: jsonwebtoken::Algorithm,
+        key: &Key,
+        message: &[u8],
+        signature: &[u8],
+    ) -> Option<bool>;
 }

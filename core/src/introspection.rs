@@ -85,7 +85,9 @@ fn opt_str<'a>(obj: &'a Map<String, Value>, name: &str) -> Result<&'a str, Intro
     match obj.get(name) {
         None | Some(Value::Null) => Ok(""),
         Some(Value::String(s)) => Ok(s),
-        Some(_) => Err(IntrospectionError::Malformed(format!("`{name}` is not a string"))),
+        Some(_) => Err(IntrospectionError::Malformed(format!(
+            "`{name}` is not a string"
+        ))),
     }
 }
 
@@ -105,16 +107,28 @@ pub fn evaluate(
         Some(Value::Bool(false)) | None | Some(Value::Null) => {
             return Err(IntrospectionError::Inactive);
         }
-        Some(_) => return Err(IntrospectionError::Malformed("`active` is not a boolean".into())),
+        Some(_) => {
+            return Err(IntrospectionError::Malformed(
+                "`active` is not a boolean".into(),
+            ));
+        }
     }
     let exp = match obj.get("exp") {
         None | Some(Value::Null) => None,
         Some(Value::Number(n)) => match (n.as_u64(), n.as_f64()) {
             (Some(v), _) => Some(v),
             (None, Some(f)) => Some(if f <= 0.0 { 0 } else { f as u64 }),
-            _ => return Err(IntrospectionError::Malformed("`exp` is not a number".into())),
+            _ => {
+                return Err(IntrospectionError::Malformed(
+                    "`exp` is not a number".into(),
+                ));
+            }
         },
-        Some(_) => return Err(IntrospectionError::Malformed("`exp` is not a number".into())),
+        Some(_) => {
+            return Err(IntrospectionError::Malformed(
+                "`exp` is not a number".into(),
+            ));
+        }
     };
     // Oathkeeper ignores exp <= 0 (unset in Go).
     if let Some(e) = exp
@@ -128,7 +142,11 @@ pub fn evaluate(
         return Err(IntrospectionError::WrongTokenUse(token_use.to_owned()));
     }
     let aud: Vec<&str> = obj.get("aud").map(strings).unwrap_or_default();
-    if let Some(missing) = req.target_audience.iter().find(|t| !aud.contains(&t.as_str())) {
+    if let Some(missing) = req
+        .target_audience
+        .iter()
+        .find(|t| !aud.contains(&t.as_str()))
+    {
         return Err(IntrospectionError::AudienceMismatch(missing.clone()));
     }
     let iss = opt_str(&obj, "iss")?;
@@ -150,8 +168,14 @@ pub fn evaluate(
         Some(Value::Object(ext)) => ext.clone(),
         _ => Map::new(),
     };
-    extra.insert("username".into(), Value::String(opt_str(&obj, "username")?.to_owned()));
-    extra.insert("client_id".into(), Value::String(opt_str(&obj, "client_id")?.to_owned()));
+    extra.insert(
+        "username".into(),
+        Value::String(opt_str(&obj, "username")?.to_owned()),
+    );
+    extra.insert(
+        "client_id".into(),
+        Value::String(opt_str(&obj, "client_id")?.to_owned()),
+    );
     extra.insert("scope".into(), Value::String(scope.to_owned()));
     if !aud.is_empty() {
         extra.insert(
@@ -185,7 +209,10 @@ mod tests {
         assert_eq!(request_body("t", &r), "scope=read+write%3Aall&token=t");
         r.scope_strategy = ScopeStrategy::Exact;
         assert_eq!(request_body("t", &r), "token=t");
-        assert_eq!(request_body("é", &IntrospectionRequirements::default()), "token=%C3%A9");
+        assert_eq!(
+            request_body("é", &IntrospectionRequirements::default()),
+            "token=%C3%A9"
+        );
     }
 
     #[test]
@@ -213,8 +240,14 @@ mod tests {
     #[test]
     fn inactive_expired_and_token_use() {
         let r = IntrospectionRequirements::default();
-        assert_eq!(eval(json!({"active": false}), &r), Err(IntrospectionError::Inactive));
-        assert_eq!(eval(json!({"sub": "x"}), &r), Err(IntrospectionError::Inactive));
+        assert_eq!(
+            eval(json!({"active": false}), &r),
+            Err(IntrospectionError::Inactive)
+        );
+        assert_eq!(
+            eval(json!({"sub": "x"}), &r),
+            Err(IntrospectionError::Inactive)
+        );
         assert_eq!(
             eval(json!({"active": true, "exp": NOW - 1}), &r),
             Err(IntrospectionError::Expired(NOW - 1))
@@ -225,9 +258,18 @@ mod tests {
             Err(IntrospectionError::WrongTokenUse("refresh_token".into()))
         );
         assert!(eval(json!({"active": true, "token_use": "access_token"}), &r).is_ok());
-        assert!(matches!(evaluate(b"nope", &r, NOW), Err(IntrospectionError::Malformed(_))));
-        assert!(matches!(eval(json!([]), &r), Err(IntrospectionError::Malformed(_))));
-        assert!(matches!(eval(json!({"active": "yes"}), &r), Err(IntrospectionError::Malformed(_))));
+        assert!(matches!(
+            evaluate(b"nope", &r, NOW),
+            Err(IntrospectionError::Malformed(_))
+        ));
+        assert!(matches!(
+            eval(json!([]), &r),
+            Err(IntrospectionError::Malformed(_))
+        ));
+        assert!(matches!(
+            eval(json!({"active": "yes"}), &r),
+            Err(IntrospectionError::Malformed(_))
+        ));
     }
 
     #[test]
@@ -238,14 +280,26 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(
-            eval(json!({"active": true, "aud": ["a"], "iss": "https://hydra"}), &r),
+            eval(
+                json!({"active": true, "aud": ["a"], "iss": "https://hydra"}),
+                &r
+            ),
             Err(IntrospectionError::AudienceMismatch("b".into()))
         );
         assert_eq!(
-            eval(json!({"active": true, "aud": ["a", "b"], "iss": "https://evil"}), &r),
+            eval(
+                json!({"active": true, "aud": ["a", "b"], "iss": "https://evil"}),
+                &r
+            ),
             Err(IntrospectionError::UntrustedIssuer("https://evil".into()))
         );
-        assert!(eval(json!({"active": true, "aud": ["b", "a"], "iss": "https://hydra"}), &r).is_ok());
+        assert!(
+            eval(
+                json!({"active": true, "aud": ["b", "a"], "iss": "https://hydra"}),
+                &r
+            )
+            .is_ok()
+        );
     }
 
     #[test]

@@ -219,7 +219,11 @@ fn parse_key(obj: &Value) -> Option<Key> {
                 return None;
             }
             let spki = der::rsa_spki(&n, &e);
-            (KeyFamily::Rsa, DecodingKey::from_rsa_raw_components(&n, &e), spki)
+            (
+                KeyFamily::Rsa,
+                DecodingKey::from_rsa_raw_components(&n, &e),
+                spki,
+            )
         }
         "EC" => {
             let (family, len, curve_oid) = match obj.get("crv")?.as_str()? {
@@ -291,7 +295,10 @@ pub(crate) mod der {
             out.push(len as u8);
         } else {
             let bytes = len.to_be_bytes();
-            let skip = bytes.iter().position(|b| *b != 0).unwrap_or(bytes.len() - 1);
+            let skip = bytes
+                .iter()
+                .position(|b| *b != 0)
+                .unwrap_or(bytes.len() - 1);
             out.push(0x80 | (bytes.len() - skip) as u8);
             out.extend_from_slice(&bytes[skip..]);
         }
@@ -301,7 +308,10 @@ pub(crate) mod der {
 
     /// Unsigned big-endian magnitude as a minimal positive INTEGER.
     pub fn uint(magnitude: &[u8]) -> Vec<u8> {
-        let first = magnitude.iter().position(|b| *b != 0).unwrap_or(magnitude.len());
+        let first = magnitude
+            .iter()
+            .position(|b| *b != 0)
+            .unwrap_or(magnitude.len());
         let m = &magnitude[first..];
         let mut content = Vec::with_capacity(m.len() + 1);
         if m.first().is_none_or(|b| b & 0x80 != 0) {
@@ -388,9 +398,15 @@ mod tests {
 
     #[test]
     fn rejects_non_jwks() {
-        assert!(matches!(KeySet::parse(b"not json"), Err(JwksError::InvalidJson(_))));
+        assert!(matches!(
+            KeySet::parse(b"not json"),
+            Err(JwksError::InvalidJson(_))
+        ));
         assert_eq!(KeySet::parse(b"{}").unwrap_err(), JwksError::NoKeys);
-        assert_eq!(KeySet::parse(br#"{"keys": {}}"#).unwrap_err(), JwksError::NoKeys);
+        assert_eq!(
+            KeySet::parse(br#"{"keys": {}}"#).unwrap_err(),
+            JwksError::NoKeys
+        );
         assert!(KeySet::parse(br#"{"keys": []}"#).unwrap().is_empty());
     }
 

@@ -135,9 +135,12 @@ fn json_object(bytes: &[u8], what: &str) -> Result<Map<String, Value>, JwtError>
 /// Splits and decodes a compact JWS (base64url without padding).
 pub fn parse(token: &str) -> Result<ParsedJwt, JwtError> {
     let mut parts = token.split('.');
-    let (Some(h), Some(p), Some(s), None) = (parts.next(), parts.next(), parts.next(), parts.next())
+    let (Some(h), Some(p), Some(s), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
     else {
-        return Err(JwtError::Malformed("expected three dot-separated parts".into()));
+        return Err(JwtError::Malformed(
+            "expected three dot-separated parts".into(),
+        ));
     };
     let header = json_object(&b64(h, "header")?, "header")?;
     let claims = json_object(&b64(p, "payload")?, "payload")?;
@@ -150,7 +153,9 @@ pub fn parse(token: &str) -> Result<ParsedJwt, JwtError> {
         match header.get(name) {
             None | Some(Value::Null) => Ok(None),
             Some(Value::String(v)) => Ok(Some(v.clone())),
-            Some(_) => Err(JwtError::Malformed(format!("header `{name}` is not a string"))),
+            Some(_) => Err(JwtError::Malformed(format!(
+                "header `{name}` is not a string"
+            ))),
         }
     };
     let kid = text("kid")?;
@@ -208,7 +213,11 @@ pub fn verify_signature(
         Some(ok) => ok,
         None => key.verify_rust(alg, message, &parsed.signature),
     };
-    if ok { Ok(()) } else { Err(JwtError::BadSignature) }
+    if ok {
+        Ok(())
+    } else {
+        Err(JwtError::BadSignature)
+    }
 }
 
 fn time_claim(claims: &Map<String, Value>, name: &str) -> Result<Option<u64>, JwtError> {
@@ -221,10 +230,14 @@ fn time_claim(claims: &Map<String, Value>, name: &str) -> Result<Option<u64>, Jw
                 // NumericDate may carry fractions; negative times are before any `now`.
                 Ok(Some(if f <= 0.0 { 0 } else { f as u64 }))
             } else {
-                Err(JwtError::Malformed(format!("claim `{name}` is not a number")))
+                Err(JwtError::Malformed(format!(
+                    "claim `{name}` is not a number"
+                )))
             }
         }
-        Some(_) => Err(JwtError::Malformed(format!("claim `{name}` is not a number"))),
+        Some(_) => Err(JwtError::Malformed(format!(
+            "claim `{name}` is not a number"
+        ))),
     }
 }
 
@@ -268,8 +281,15 @@ pub fn check_claims(
         }
     }
     if !req.target_audience.is_empty() {
-        let aud = claims.get("aud").map(|v| strings(v, false)).unwrap_or_default();
-        if let Some(missing) = req.target_audience.iter().find(|t| !aud.contains(&t.as_str())) {
+        let aud = claims
+            .get("aud")
+            .map(|v| strings(v, false))
+            .unwrap_or_default();
+        if let Some(missing) = req
+            .target_audience
+            .iter()
+            .find(|t| !aud.contains(&t.as_str()))
+        {
             return Err(JwtError::AudienceMismatch(missing.clone()));
         }
     }
@@ -337,7 +357,11 @@ mod tests {
         json!({"sub": "alice", "iss": "https://issuer", "aud": ["api", "other"], "exp": NOW + 60, "iat": NOW - 5, "scp": ["read", "write.all"]})
     }
 
-    fn run(token: &str, req: &JwtRequirements, host: &mut TestHost) -> Result<VerifiedToken, JwtError> {
+    fn run(
+        token: &str,
+        req: &JwtRequirements,
+        host: &mut TestHost,
+    ) -> Result<VerifiedToken, JwtError> {
         authenticate(token, &[key_set()], req, host)
     }
 
@@ -370,7 +394,10 @@ mod tests {
     fn native_answer_is_authoritative() {
         let token = sign(Algorithm::RS256, Some("rsa"), &claims());
         let mut host = TestHost::new(NOW, Native::Fixed(false));
-        assert_eq!(run(&token, &req(&[]), &mut host).unwrap_err(), JwtError::BadSignature);
+        assert_eq!(
+            run(&token, &req(&[]), &mut host).unwrap_err(),
+            JwtError::BadSignature
+        );
         // A native "true" is trusted as is (the host's verifier is the real check).
         let mut host = TestHost::new(NOW, Native::Fixed(true));
         assert!(run(&token, &req(&[]), &mut host).is_ok());
@@ -388,7 +415,10 @@ mod tests {
             let (called_alg, sig) = &host.native_calls[0];
             assert_eq!(*called_alg, alg);
             assert_eq!(sig[0], 0x30, "DER SEQUENCE");
-            assert_eq!(Some(sig.clone()), crate::signature::ecdsa_jws_to_der(&raw, len));
+            assert_eq!(
+                Some(sig.clone()),
+                crate::signature::ecdsa_jws_to_der(&raw, len)
+            );
             // The real DER verifier refuses a tampered token.
             let (input, s) = token.rsplit_once('.').unwrap();
             let forged = format!("{}x.{s}", input);
@@ -407,7 +437,10 @@ mod tests {
             token.rsplit_once('.').unwrap().1
         );
         let mut host = TestHost::new(NOW, Native::Absent);
-        assert_eq!(run(&forged, &req(&[]), &mut host).unwrap_err(), JwtError::BadSignature);
+        assert_eq!(
+            run(&forged, &req(&[]), &mut host).unwrap_err(),
+            JwtError::BadSignature
+        );
         let es = sign(Algorithm::ES256, Some("ec256"), &claims());
         let (input, sig) = es.rsplit_once('.').unwrap();
         let mut sig = URL_SAFE_NO_PAD.decode(sig).unwrap();
@@ -461,7 +494,12 @@ mod tests {
         .unwrap();
         let mut host = TestHost::new(NOW, Native::Fixed(true));
         assert_eq!(
-            run(&token, &req(&[Algorithm::HS256, Algorithm::RS256]), &mut host).unwrap_err(),
+            run(
+                &token,
+                &req(&[Algorithm::HS256, Algorithm::RS256]),
+                &mut host
+            )
+            .unwrap_err(),
             JwtError::AlgorithmNotAllowed("HS256".into())
         );
         assert!(host.native_calls.is_empty());
@@ -471,7 +509,10 @@ mod tests {
     fn kid_required_and_must_be_known() {
         let mut host = TestHost::new(NOW, Native::Absent);
         let token = sign(Algorithm::RS256, None, &claims());
-        assert_eq!(run(&token, &req(&[]), &mut host).unwrap_err(), JwtError::MissingKid);
+        assert_eq!(
+            run(&token, &req(&[]), &mut host).unwrap_err(),
+            JwtError::MissingKid
+        );
         let token = sign(Algorithm::RS256, Some("rotated-away"), &claims());
         assert_eq!(
             run(&token, &req(&[]), &mut host).unwrap_err(),
@@ -506,18 +547,36 @@ mod tests {
     fn time_claims() {
         let r = req(&[]);
         let check = |c: Value, leeway: u64| {
-            let r = JwtRequirements { leeway, ..r.clone() };
+            let r = JwtRequirements {
+                leeway,
+                ..r.clone()
+            };
             check_claims(c.as_object().unwrap(), &r, NOW)
         };
-        assert_eq!(check(json!({"exp": NOW - 1}), 0), Err(JwtError::Expired(NOW - 1)));
+        assert_eq!(
+            check(json!({"exp": NOW - 1}), 0),
+            Err(JwtError::Expired(NOW - 1))
+        );
         assert_eq!(check(json!({"exp": NOW}), 0), Ok(()));
         assert_eq!(check(json!({"exp": NOW - 10}), 10), Ok(()));
-        assert_eq!(check(json!({"nbf": NOW + 1}), 0), Err(JwtError::NotYetValid(NOW + 1)));
+        assert_eq!(
+            check(json!({"nbf": NOW + 1}), 0),
+            Err(JwtError::NotYetValid(NOW + 1))
+        );
         assert_eq!(check(json!({"nbf": NOW + 5}), 5), Ok(()));
-        assert_eq!(check(json!({"iat": NOW + 1}), 0), Err(JwtError::IssuedInFuture(NOW + 1)));
+        assert_eq!(
+            check(json!({"iat": NOW + 1}), 0),
+            Err(JwtError::IssuedInFuture(NOW + 1))
+        );
         assert_eq!(check(json!({"iat": NOW + 1}), 1), Ok(()));
-        assert_eq!(check(json!({"exp": (NOW - 1) as f64 + 0.5}), 0), Err(JwtError::Expired(NOW - 1)));
-        assert!(matches!(check(json!({"exp": "soon"}), 0), Err(JwtError::Malformed(_))));
+        assert_eq!(
+            check(json!({"exp": (NOW - 1) as f64 + 0.5}), 0),
+            Err(JwtError::Expired(NOW - 1))
+        );
+        assert!(matches!(
+            check(json!({"exp": "soon"}), 0),
+            Err(JwtError::Malformed(_))
+        ));
         // Absent time claims are not required (jwt-go MapClaims semantics).
         assert_eq!(check(json!({}), 0), Ok(()));
     }
@@ -528,7 +587,10 @@ mod tests {
         c["exp"] = json!(NOW - 100);
         let token = sign(Algorithm::RS256, Some("rsa"), &c);
         let mut host = TestHost::new(NOW, Native::Absent);
-        assert_eq!(run(&token, &req(&[]), &mut host).unwrap_err(), JwtError::Expired(NOW - 100));
+        assert_eq!(
+            run(&token, &req(&[]), &mut host).unwrap_err(),
+            JwtError::Expired(NOW - 100)
+        );
     }
 
     #[test]
@@ -585,7 +647,10 @@ mod tests {
         let c = json!({"scope": "read write"});
         assert_eq!(check_claims(c.as_object().unwrap(), &r, NOW), Ok(()));
         r.scope_strategy = ScopeStrategy::None;
-        assert_eq!(check_claims(c.as_object().unwrap(), &r, NOW), Err(JwtError::ScopeStrategyNone));
+        assert_eq!(
+            check_claims(c.as_object().unwrap(), &r, NOW),
+            Err(JwtError::ScopeStrategyNone)
+        );
         r.required_scope.clear();
         assert_eq!(check_claims(c.as_object().unwrap(), &r, NOW), Ok(()));
     }
@@ -601,7 +666,10 @@ mod tests {
         assert!(matches!(parse("!!.e30.AA"), Err(JwtError::Malformed(_))));
         let h = URL_SAFE_NO_PAD.encode(br#"{"alg":"RS256","kid":"k","typ":"JWT"}"#);
         let arr = URL_SAFE_NO_PAD.encode(b"[1]");
-        assert!(matches!(parse(&format!("{h}.{arr}.AA")), Err(JwtError::Malformed(_))));
+        assert!(matches!(
+            parse(&format!("{h}.{arr}.AA")),
+            Err(JwtError::Malformed(_))
+        ));
         let body = URL_SAFE_NO_PAD.encode(br#"{"sub":"s"}"#);
         let p = parse(&format!("{h}.{body}.AQID")).unwrap();
         assert_eq!(p.alg, "RS256");
@@ -610,6 +678,9 @@ mod tests {
         assert_eq!(p.signature, vec![1, 2, 3]);
         assert_eq!(p.signing_input, format!("{h}.{body}"));
         let numeric_kid = URL_SAFE_NO_PAD.encode(br#"{"alg":"RS256","kid":5}"#);
-        assert!(matches!(parse(&format!("{numeric_kid}.{body}.AA")), Err(JwtError::Malformed(_))));
+        assert!(matches!(
+            parse(&format!("{numeric_kid}.{body}.AA")),
+            Err(JwtError::Malformed(_))
+        ));
     }
 }

@@ -8,13 +8,13 @@
 //! Everything the core needs from the outside world (time, fetched keys, native crypto) comes
 //! through the [`host::Host`] trait; the adapters in `filter/` and `control-plane/` implement it.
 
-pub mod request;
-pub mod scope;
 pub mod cache;
 pub mod host;
 pub mod introspection;
 pub mod jwks;
 pub mod jwt;
+pub mod request;
+pub mod scope;
 pub mod signature;
 
 #[cfg(test)]

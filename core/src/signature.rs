@@ -42,7 +42,8 @@ fn put_bytes(out: &mut Vec<u8>, field: u64, bytes: &[u8]) {
 /// Protobuf `VerifySignatureArguments {1: hash_function, 2: public_key (DER), 3: signature,
 /// 4: text}`.
 pub fn encode_verify_args(hash: &str, spki_der: &[u8], signature: &[u8], text: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(hash.len() + spki_der.len() + signature.len() + text.len() + 16);
+    let mut out =
+        Vec::with_capacity(hash.len() + spki_der.len() + signature.len() + text.len() + 16);
     put_bytes(&mut out, 1, hash.as_bytes());
     put_bytes(&mut out, 2, spki_der);
     put_bytes(&mut out, 3, signature);
@@ -118,7 +119,12 @@ mod tests {
         assert_eq!(native_hash(Algorithm::RS512), Some("sha512"));
         assert_eq!(native_hash(Algorithm::ES256), Some("sha256"));
         assert_eq!(native_hash(Algorithm::ES384), Some("sha384"));
-        for alg in [Algorithm::PS256, Algorithm::PS512, Algorithm::EdDSA, Algorithm::HS256] {
+        for alg in [
+            Algorithm::PS256,
+            Algorithm::PS512,
+            Algorithm::EdDSA,
+            Algorithm::HS256,
+        ] {
             assert_eq!(native_hash(alg), None, "{alg:?}");
         }
     }
@@ -144,7 +150,10 @@ mod tests {
 
     #[test]
     fn decodes_verify_result() {
-        assert_eq!(decode_verify_result(&[0x08, 0x01]), Some((true, String::new())));
+        assert_eq!(
+            decode_verify_result(&[0x08, 0x01]),
+            Some((true, String::new()))
+        );
         let mut buf = vec![0x08, 0x00, 0x12, 0x03];
         buf.extend_from_slice(b"bad");
         assert_eq!(decode_verify_result(&buf), Some((false, "bad".into())));

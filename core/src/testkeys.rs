@@ -128,12 +128,14 @@ impl Host for TestHost {
                 use p256::pkcs8::DecodePublicKey;
                 match alg {
                     Algorithm::ES256 => {
-                        let vk = p256::ecdsa::VerifyingKey::from_public_key_der(key.spki_der()).ok()?;
+                        let vk =
+                            p256::ecdsa::VerifyingKey::from_public_key_der(key.spki_der()).ok()?;
                         let sig = p256::ecdsa::Signature::from_der(signature).ok()?;
                         Some(vk.verify(message, &sig).is_ok())
                     }
                     Algorithm::ES384 => {
-                        let vk = p384::ecdsa::VerifyingKey::from_public_key_der(key.spki_der()).ok()?;
+                        let vk =
+                            p384::ecdsa::VerifyingKey::from_public_key_der(key.spki_der()).ok()?;
                         let sig = p384::ecdsa::Signature::from_der(signature).ok()?;
                         Some(vk.verify(message, &sig).is_ok())
                     }
