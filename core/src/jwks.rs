@@ -145,6 +145,19 @@ impl KeySet {
     }
 }
 
+/// One fingerprint over several key sets (in order), for cache entries verified against all of
+/// a rule's `jwks_urls`: any rotation in any of them changes it.
+pub fn combined_fingerprint(sets: &[std::sync::Arc<KeySet>]) -> u64 {
+    let mut h = Sha256::new();
+    for set in sets {
+        h.update(set.fingerprint.to_be_bytes());
+    }
+    let out = h.finalize();
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&out[..8]);
+    u64::from_be_bytes(first)
+}
+
 fn fingerprint_of(keys: &[Key]) -> u64 {
     let mut h = Sha256::new();
     for k in keys {
@@ -441,6 +454,15 @@ mod tests {
         let renamed = json!({"keys": [jwk(Algorithm::RS256, "rsa2", false)]});
         let d = KeySet::parse(renamed.to_string().as_bytes()).unwrap();
         assert_ne!(c.fingerprint(), d.fingerprint());
+        let (a, c) = (a.clone(), std::sync::Arc::new(c));
+        assert_eq!(
+            combined_fingerprint(&[a.clone(), c.clone()]),
+            combined_fingerprint(&[key_set(), c.clone()])
+        );
+        assert_ne!(
+            combined_fingerprint(&[a.clone(), c.clone()]),
+            combined_fingerprint(&[c, a])
+        );
     }
 
     #[test]
