@@ -14,6 +14,7 @@ use crate::duration::parse_millis;
 use crate::error_handler::{ErrorKind, PolicyError};
 use crate::host::{Host, KeyLookup};
 use crate::introspection::{self, IntrospectionError, IntrospectionRequirements};
+use crate::jwks::combined_fingerprint;
 use crate::jwt::{self, JwtError, JwtRequirements};
 use crate::request::Request;
 use crate::rule::Handler;
@@ -548,8 +549,8 @@ fn unauthorized(reason: &'static str, message: impl Into<String>) -> PolicyError
 fn jwt_failure(e: &JwtError) -> AuthnStep {
     let (kind, reason) = match e {
         JwtError::ScopeStrategyNone => (ErrorKind::InternalServerError, "jwt_scope_strategy_none"),
-        JwtError::Expired => (ErrorKind::Unauthorized, "jwt_expired"),
-        JwtError::NotYetValid | JwtError::IssuedInFuture => (ErrorKind::Unauthorized, "jwt_not_yet_valid"),
+        JwtError::Expired(_) => (ErrorKind::Unauthorized, "jwt_expired"),
+        JwtError::NotYetValid(_) | JwtError::IssuedInFuture(_) => (ErrorKind::Unauthorized, "jwt_not_yet_valid"),
         JwtError::UnknownKid(_) => (ErrorKind::Unauthorized, "jwt_unknown_kid"),
         JwtError::BadSignature => (ErrorKind::Unauthorized, "jwt_bad_signature"),
         JwtError::AlgorithmNotAllowed(_) => (ErrorKind::Unauthorized, "jwt_algorithm"),
@@ -559,12 +560,6 @@ fn jwt_failure(e: &JwtError) -> AuthnStep {
         _ => (ErrorKind::Unauthorized, "jwt_invalid"),
     };
     AuthnStep::Fail(PolicyError::new(kind, reason, e.to_string()))
-}
-
-fn combined_fingerprint(sets: &[Arc<crate::jwks::KeySet>]) -> u64 {
-    sets.iter().fold(0xcbf2_9ce4_8422_2325_u64, |acc, s| {
-        (acc ^ s.fingerprint()).wrapping_mul(0x0000_0100_0000_01b3)
-    })
 }
 
 impl JwtAuthenticator {
@@ -630,9 +625,9 @@ impl JwtAuthenticator {
             }
             Err(e) => return jwt_failure(&e),
         }
-        let exp = parsed.exp();
-        let subject: Arc<str> = Arc::from(parsed.subject().unwrap_or_default());
-        let claims = Arc::new(parsed.into_claims());
+        let exp = parsed.claims.get("exp").and_then(Value::as_f64).map(|e| e.max(0.0) as u64);
+        let subject: Arc<str> = Arc::from(parsed.claims.get("sub").and_then(Value::as_str).unwrap_or(""));
+        let claims = Arc::new(parsed.claims);
         let expires_at = exp.unwrap_or(now.saturating_add(JWT_CACHE_NO_EXP_MS / 1000));
         caches.jwt.insert(
             key,
@@ -746,7 +741,7 @@ impl IntrospectionAuthenticator {
             Err(e) => {
                 let (kind, reason) = match e {
                     IntrospectionError::Inactive => (ErrorKind::Unauthorized, "token_inactive"),
-                    IntrospectionError::Expired => (ErrorKind::Unauthorized, "token_expired"),
+                    IntrospectionError::Expired(_) => (ErrorKind::Unauthorized, "token_expired"),
                     IntrospectionError::Malformed(_) => (ErrorKind::InternalServerError, "introspection_malformed"),
                     IntrospectionError::WrongTokenUse(_) => (ErrorKind::Forbidden, "token_use"),
                     IntrospectionError::AudienceMismatch(_) => (ErrorKind::Forbidden, "token_audience"),
