@@ -8,5 +8,6 @@
 //! Everything the core needs from the outside world (time, fetched keys, native crypto) comes
 //! through the [`host::Host`] trait; the adapters in `filter/` and `control-plane/` implement it.
 
+pub mod error_handler;
 pub mod request;
 pub mod scope;
