@@ -19,11 +19,14 @@
 //!   (`url.QueryEscape`: space as `+`, everything but `A-Za-z0-9-_.~` as `%XX`).
 //! - `json` non-verbose hides the internal message and answers with the generic text Oathkeeper
 //!   (herodot) uses per status; `verbose` shows our message and adds `reason`.
-//! - `when.request.header.accept` is content negotiation as Oathkeeper does it (gddo
-//!   `NegotiateContentType`): it matches when the request's `Accept` header accepts (q > 0,
-//!   with `*/*` and `type/*` wildcards) at least one of the listed types; no `Accept` header means
-//!   no match. `content_type` compares the request's media type (parameters dropped,
-//!   case-insensitive) with the listed ones.
+//! - `when.request.header.accept` / `content_type` work as Oathkeeper's `matchesAcceptMIME`: a
+//!   media type of the request header (parameters and q values ignored, as Oathkeeper does; a
+//!   missing header counts as `application/octet-stream`) equals a listed one, or a listed `*/*`
+//!   or `type/*` covers it. A wildcard in the request only matches the identical wildcard listed,
+//!   so `Accept: */*` does not select a handler listing `text/html`.
+//! - `when.error` names are Go's status text in snake case (`unauthorized`, `not_found`, ...);
+//!   an empty list matches every error. Unknown names are a config error (Oathkeeper ignores them).
+//! - `redirect.code` other than 301/302 is a config error (Oathkeeper silently uses 302).
 //! - `when.request.remote_ip.match` checks the peer address, and with
 //!   `respect_forwarded_for_header: true` also every address in `X-Forwarded-For`.
 
@@ -222,12 +225,14 @@ impl CompiledHandler {
                         "www-authenticate".to_owned(),
                         format!("Basic realm=\"{}\"", quote_escape(realm)),
                     ),
+                    // As Go's `http.Error`, which Oathkeeper answers with.
                     (
                         "content-type".to_owned(),
                         "text/plain; charset=utf-8".to_owned(),
                     ),
+                    ("x-content-type-options".to_owned(), "nosniff".to_owned()),
                 ],
-                body: "Unauthorized".to_owned(),
+                body: "Unauthorized\n".to_owned(),
             },
             Action::Redirect {
                 to,

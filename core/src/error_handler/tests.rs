@@ -122,7 +122,8 @@ fn www_authenticate_quotes_realm() {
         resp.header("www-authenticate"),
         Some("Basic realm=\"Please authenticate.\"")
     );
-    assert_eq!(resp.body, "Unauthorized");
+    assert_eq!(resp.body, "Unauthorized\n");
+    assert_eq!(resp.header("x-content-type-options"), Some("nosniff"));
     let r = rule(
         &h,
         json!([{"handler": "www_authenticate", "config": {"realm": "my \"api\""}}]),
@@ -208,12 +209,26 @@ fn when_by_accept_header() {
         let hs: Vec<(&str, &str)> = a.map(|v| ("accept", v)).into_iter().collect();
         r.respond(&e, &req(&hs, None), URL).status == 302
     };
-    assert!(redirect(Some("text/html,application/xhtml+xml;q=0.9")));
-    assert!(redirect(Some("TEXT/*;q=0.5")));
-    assert!(redirect(Some("*/*")));
+    assert!(redirect(Some("application/xhtml+xml;q=0.9, TEXT/HTML")));
+    assert!(redirect(Some("text/html;q=0.1")));
+    // Request wildcards only match identical listed wildcards (Oathkeeper).
+    assert!(!redirect(Some("*/*")));
+    assert!(!redirect(Some("text/*")));
     assert!(!redirect(Some("application/json")));
-    assert!(!redirect(Some("text/html;q=0, application/json")));
     assert!(!redirect(None));
+    let r = rule(
+        &h,
+        json!([{"handler": "redirect",
+                "config": {"when": [{"request": {"header": {"accept": ["application/*"]}}}]}}]),
+    );
+    let hit = |a: Option<&str>| {
+        let hs: Vec<(&str, &str)> = a.map(|v| ("accept", v)).into_iter().collect();
+        r.respond(&e, &req(&hs, None), URL).status == 302
+    };
+    assert!(hit(Some("application/json")));
+    assert!(!hit(Some("text/plain")));
+    // No Accept header counts as application/octet-stream.
+    assert!(hit(None));
 }
 
 #[test]
@@ -236,6 +251,7 @@ fn when_by_content_type() {
     )));
     assert!(!hit(Some("application/json")));
     assert!(!hit(None));
+    assert!(!hit(Some("garbage")));
 }
 
 #[test]

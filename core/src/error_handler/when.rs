@@ -52,10 +52,8 @@ impl Condition {
             return false;
         }
         if !self.content_type.is_empty() {
-            let Some(ct) = req.header("content-type").and_then(MediaType::parse) else {
-                return false;
-            };
-            if !self.content_type.contains(&ct) {
+            // Same matcher as `accept`, over the request's media type(s) without parameters.
+            if !accepts_any(req.header("content-type"), &self.content_type) {
                 return false;
             }
         }
@@ -84,37 +82,20 @@ impl Condition {
     }
 }
 
-/// Content negotiation as gddo's `NegotiateContentType`: some listed type is acceptable with
-/// q > 0, honouring `*/*` and `type/*`. No header, no match.
-fn accepts_any(header: Option<&str>, offers: &[MediaType]) -> bool {
-    let Some(header) = header else {
-        return false;
-    };
-    for spec in header.split(',') {
-        let mut parts = spec.split(';');
-        let Some(range) = parts.next().map(str::trim).filter(|r| !r.is_empty()) else {
-            continue;
-        };
-        let q = parts
-            .filter_map(|p| p.split_once('='))
-            .find(|(k, _)| k.trim().eq_ignore_ascii_case("q"))
-            .map_or(Some(1.0), |(_, v)| v.trim().parse::<f64>().ok());
-        let Some(q) = q else { continue };
-        if q <= 0.0 {
-            continue;
-        }
-        let range = range.to_ascii_lowercase();
-        let Some((main, sub)) = range.split_once('/') else {
-            continue;
-        };
-        let hit = offers.iter().any(|o| {
-            (main == "*" && sub == "*") || (main == o.main && (sub == "*" || sub == o.sub))
-        });
-        if hit {
-            return true;
-        }
-    }
-    false
+/// Oathkeeper's `matchesAcceptMIME`: some media type of the request's header (q values ignored,
+/// as Oathkeeper ignores them) equals a listed type, or a listed `*/*` / `type/*` covers it. A
+/// wildcard in the request only matches the same wildcard listed: `Accept: */*` does not select a
+/// handler listing `text/html`. A missing header counts as `application/octet-stream`.
+fn accepts_any(header: Option<&str>, listed: &[MediaType]) -> bool {
+    let header = header
+        .filter(|h| !h.trim().is_empty())
+        .unwrap_or("application/octet-stream");
+    header.split(',').filter_map(MediaType::parse).any(|a| {
+        listed.iter().any(|m| {
+            let any_of_main = m.sub == "*" && (m.main == "*" || m.main == a.main);
+            any_of_main || (m.main == a.main && m.sub == a.sub)
+        })
+    })
 }
 
 type FieldError = (String, String);
