@@ -10,9 +10,13 @@
 //!   `www_authenticate` (disabled by default). A handler named in `fallback` or in a rule must be
 //!   enabled; Oathkeeper only finds out at request time, we refuse the config.
 //! - Selection: the rule's handlers in order, the first whose `when` matches answers; else the
-//!   global `fallback` handlers in order (first whose `when` matches); else the first fallback
-//!   handler regardless of its `when`, so a deny always gets a well-formed answer (fail closed).
-//!   With an empty fallback list the last resort is a non-verbose JSON error.
+//!   global `fallback` handlers in order (first whose `when`, from the global config, matches);
+//!   else the first fallback handler regardless of its `when`; with an empty fallback list, a
+//!   non-verbose JSON error. Oathkeeper (`proxy/request_handler.go` `HandleError`) differs in two
+//!   corner cases, on purpose: when several rule handlers match it answers 500 ("more than one
+//!   error handler responsible"), and when nothing matches it answers 500 ("no matching error
+//!   handling strategy"). We keep the original status so a misconfigured `when` cannot turn a
+//!   401/403 into a 500.
 //! - `www_authenticate` quotes the realm (`Basic realm="..."`, RFC 7235); Oathkeeper does not.
 //! - `redirect` appends `return_to_query_param` to `to` instead of re-encoding (and re-sorting)
 //!   the whole query string as Go's `url.Values.Encode` does; the value is encoded the same way
