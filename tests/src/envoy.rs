@@ -360,13 +360,18 @@ impl Envoy {
         self.dir.path()
     }
 
-    /// Admin `/stats` as text (`name: value` lines).
-    pub fn stats(&self) -> String {
+    /// GET an admin endpoint (e.g. `/clusters`, `/config_dump`) as text.
+    pub fn admin_get(&self, path: &str) -> String {
         self.client
-            .get(self.admin_url("/stats"))
+            .get(self.admin_url(path))
             .send()
             .and_then(|r| r.text())
-            .unwrap_or_else(|e| panic!("GET admin /stats: {e}\n{}", self.log_tail(40)))
+            .unwrap_or_else(|e| panic!("GET admin {path}: {e}\n{}", self.log_tail(40)))
+    }
+
+    /// Admin `/stats` as text (`name: value` lines).
+    pub fn stats(&self) -> String {
+        self.admin_get("/stats")
     }
 
     /// The value of counter/gauge `name`, if Envoy has it.

@@ -25,7 +25,15 @@ fn get_echo(envoy: &Envoy, path: &str) -> Echo {
 #[test]
 fn envoy_without_filter_forwards_to_the_echo_upstream() {
     let upstream = Upstream::start();
-    let envoy = Envoy::builder(upstream.port()).start();
+    let auth = AuthServer::start();
+    let envoy = Envoy::builder(upstream.port())
+        .cluster("auth", auth.port())
+        .start();
+    let clusters = envoy.admin_get("/clusters");
+    assert!(
+        clusters.contains(&format!("auth::127.0.0.1:{}", auth.port())),
+        "{clusters}"
+    );
     let echo = get_echo(&envoy, "/some/path?q=1");
     assert_eq!(echo.method, "GET");
     assert_eq!(echo.path, "/some/path?q=1");
@@ -187,4 +195,34 @@ fn auth_server_serves_jwks_introspection_and_authz_and_records_requests() {
     auth.up();
     auth.set_jwks(json!({"keys": []}));
     assert_eq!(c.get(auth.url("/jwks")).send().unwrap().status(), 200);
+}
+
+#[test]
+fn filter_that_cannot_load_fails_closed_until_a_good_config_arrives() {
+    let upstream = Upstream::start();
+    let dir = tempfile::tempdir().unwrap();
+    let garbage = dir.path().join("garbage.wasm");
+    std::fs::write(&garbage, b"not a wasm module").unwrap();
+    let envoy = Envoy::builder(upstream.port()).wasm(&garbage, "x").start();
+    let denied = client().get(envoy.url("/")).send().unwrap();
+    assert_eq!(
+        denied.status(),
+        500,
+        "no filter config must never mean allow"
+    );
+
+    assert_eq!(
+        envoy.set_filter(&paths::noop_wasm(), "late"),
+        ConfigUpdate::Applied
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while client().get(envoy.url("/")).send().unwrap().status() != 200 {
+        assert!(
+            Instant::now() < deadline,
+            "good config not applied\n{}",
+            envoy.log_tail(30)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(get_echo(&envoy, "/").header("x-noop"), Some("late"));
 }
