@@ -236,6 +236,7 @@ async fn delete_keys(
             "no such key in set {set:?}"
         )));
     }
+    svc.verified_jwts.clear();
     // Never leave the service without a signing key.
     if set == ACCESS_TOKEN_SET {
         let s = Arc::clone(&svc);

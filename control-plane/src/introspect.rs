@@ -11,7 +11,8 @@ use crate::token::{AccessClaims, OPAQUE_PREFIX};
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
 
 /// What an active token says about itself.
 #[derive(Debug, Clone, PartialEq)]
@@ -24,6 +25,8 @@ pub struct ActiveToken {
     pub nbf: i64,
     /// Set for JWTs (revocation is by `jti`).
     pub jti: Option<String>,
+    /// The signing key of a JWT.
+    pub kid: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -32,8 +35,74 @@ struct JwsHeader {
     kid: Option<String>,
 }
 
-/// Verifies one of our JWTs: signature by a published key, issuer, time window, not revoked.
+/// Bounded cache of verified JWTs keyed by the token's SHA-256, so repeated introspection of a
+/// token (what a gateway does) costs a hash and a map lookup instead of a signature check.
+/// Expiry, revocation and the client's existence are still checked on every hit.
+pub struct JwtCache {
+    capacity: usize,
+    entries: RwLock<HashMap<[u8; 32], Arc<ActiveToken>>>,
+}
+
+impl JwtCache {
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            capacity: capacity.max(1),
+            entries: RwLock::new(HashMap::new()),
+        }
+    }
+
+    fn get(&self, key: &[u8; 32]) -> Option<Arc<ActiveToken>> {
+        self.entries.read().ok()?.get(key).cloned()
+    }
+
+    fn insert(&self, key: [u8; 32], token: Arc<ActiveToken>, now: i64) {
+        if let Ok(mut entries) = self.entries.write() {
+            if entries.len() >= self.capacity {
+                entries.retain(|_, t| t.exp > now);
+                if entries.len() >= self.capacity {
+                    entries.clear();
+                }
+            }
+            entries.insert(key, token);
+        }
+    }
+
+    /// Forgets everything (a signing key was deleted).
+    pub fn clear(&self) {
+        if let Ok(mut entries) = self.entries.write() {
+            entries.clear();
+        }
+    }
+}
+
+/// Verifies one of our JWTs (see [`verify_jwt`]), through the cache.
 pub fn inspect_jwt(svc: &Service, token: &str, now: i64) -> Option<ActiveToken> {
+    let key = sha256(token.as_bytes());
+    let found = match svc.verified_jwts.get(&key) {
+        Some(t) => t,
+        None => {
+            let t = Arc::new(verify_jwt(svc, token, now)?);
+            svc.verified_jwts.insert(key, Arc::clone(&t), now);
+            t
+        }
+    };
+    let key_alive = || {
+        found.kid.as_deref().is_some_and(|kid| {
+            svc.keys
+                .ring()
+                .find(ACCESS_TOKEN_SET, kid)
+                .is_some_and(|k| k.expires_at.is_none_or(|e| e > now))
+        })
+    };
+    let still_valid = found.exp > now
+        && key_alive()
+        && found.jti.as_deref().is_none_or(|j| !svc.is_revoked(j))
+        && svc.clients.lookup(&found.client_id).is_some();
+    still_valid.then(|| (*found).clone())
+}
+
+/// Verifies one of our JWTs: signature by a published key, issuer, time window, not revoked.
+pub fn verify_jwt(svc: &Service, token: &str, now: i64) -> Option<ActiveToken> {
     let (signed, sig) = token.rsplit_once('.')?;
     let (header_b64, claims_b64) = signed.split_once('.')?;
     let header: JwsHeader = serde_json::from_slice(&b64url_decode(header_b64)?).ok()?;
@@ -60,6 +129,7 @@ pub fn inspect_jwt(svc: &Service, token: &str, now: i64) -> Option<ActiveToken> 
         iat: claims.iat,
         nbf: claims.nbf,
         jti: Some(claims.jti),
+        kid: Some(key.kid.clone()),
     })
 }
 
@@ -74,15 +144,18 @@ pub async fn inspect_opaque(
     let row = tokio::task::spawn_blocking(move || store.get_opaque_token(&hash))
         .await
         .map_err(OAuth2Error::server_error)??;
-    Ok(row.filter(|r| r.expires_at > now).map(|r| ActiveToken {
-        client_id: r.client_id,
-        scopes: r.scopes,
-        audience: r.audience,
-        exp: r.expires_at,
-        iat: r.issued_at,
-        nbf: r.issued_at,
-        jti: None,
-    }))
+    Ok(row
+        .filter(|r| r.expires_at > now && svc.clients.lookup(&r.client_id).is_some())
+        .map(|r| ActiveToken {
+            client_id: r.client_id,
+            scopes: r.scopes,
+            audience: r.audience,
+            exp: r.expires_at,
+            iat: r.issued_at,
+            nbf: r.issued_at,
+            jti: None,
+            kid: None,
+        }))
 }
 
 pub async fn inspect(svc: &Service, token: &str) -> Result<Option<ActiveToken>, OAuth2Error> {

@@ -98,6 +98,7 @@ pub struct Service {
     pub clients: ClientService,
     pub keys: KeyService,
     pub metrics: Arc<Metrics>,
+    pub verified_jwts: introspect::JwtCache,
     /// Revoked JWT ids and their `exp`, mirrored from the store for allocation-free checks.
     revoked: RwLock<HashMap<String, i64>>,
 }
@@ -132,6 +133,7 @@ impl Service {
             clients,
             keys,
             metrics: Arc::new(Metrics::new()),
+            verified_jwts: introspect::JwtCache::new(100_000),
             revoked: RwLock::new(revoked),
         });
         svc.keys.ensure_current(

@@ -846,3 +846,46 @@ async fn serves_on_sockets_and_shuts_down() {
         .unwrap()
         .unwrap();
 }
+
+#[tokio::test]
+async fn tokens_die_with_their_client_and_key() {
+    let h = harness(Alg::ES256);
+    create(&h, cc("c1")).await;
+    create(&h, cc("c2")).await;
+    let t1 = token(&h, "c1", "grant_type=client_credentials").await.body["access_token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let t2 = token(&h, "c2", "grant_type=client_credentials").await.body["access_token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let intro = |t: &str| form("/admin/oauth2/introspect", &format!("token={t}"), None);
+    // Twice: the second answer comes from the verified-token cache.
+    for _ in 0..2 {
+        assert_eq!(send(&h.admin, intro(&t1)).await.body["active"], true);
+    }
+    let del = Request::builder()
+        .method("DELETE")
+        .uri("/admin/clients/c1")
+        .body(Body::empty())
+        .unwrap();
+    assert_eq!(send(&h.admin, del).await.status, StatusCode::NO_CONTENT);
+    assert_eq!(send(&h.admin, intro(&t1)).await.body["active"], false);
+    assert_eq!(send(&h.admin, intro(&t2)).await.body["active"], true);
+    // Deleting the signing key kills its tokens; a fresh key is made so issuing still works.
+    let kid = jwt_part(&t2, 0)["kid"].as_str().unwrap().to_string();
+    let del = Request::builder()
+        .method("DELETE")
+        .uri(format!("/admin/keys/hydra.jwt.access-token/{kid}"))
+        .body(Body::empty())
+        .unwrap();
+    assert_eq!(send(&h.admin, del).await.status, StatusCode::NO_CONTENT);
+    assert_eq!(send(&h.admin, intro(&t2)).await.body["active"], false);
+    let r = token(&h, "c2", "grant_type=client_credentials").await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_ne!(
+        jwt_part(r.body["access_token"].as_str().unwrap(), 0)["kid"],
+        kid.as_str()
+    );
+}
