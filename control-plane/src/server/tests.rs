@@ -889,3 +889,39 @@ async fn tokens_die_with_their_client_and_key() {
         kid.as_str()
     );
 }
+
+#[tokio::test]
+async fn key_rotation_period_rotates_in_background() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = config(dir.path(), Alg::ES256);
+    c.key_rotation = Some(std::time::Duration::from_secs(1));
+    let svc = Service::open(c).unwrap();
+    let first = svc
+        .keys
+        .ring()
+        .current(ACCESS_TOKEN_SET)
+        .unwrap()
+        .kid
+        .clone();
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    svc.spawn_background(rx);
+    let mut rotated = false;
+    for _ in 0..50 {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        if svc.keys.ring().current(ACCESS_TOKEN_SET).unwrap().kid != first {
+            rotated = true;
+            break;
+        }
+    }
+    let _ = tx.send(true);
+    assert!(rotated, "no rotation within 5s");
+    // The old key is still published.
+    let jwks = svc.keys.ring().jwks(ACCESS_TOKEN_SET, clock::now());
+    assert!(
+        jwks["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|k| k["kid"] == first.as_str())
+    );
+}
