@@ -1,6 +1,7 @@
 //! `private_key_jwt` client authentication (RFC 7523 section 2.2 / OpenID Connect Core 9): the
 //! client signs a JWT with `iss` = `sub` = its id, `aud` = our token endpoint, `exp` and a
-//! single-use `jti`, verified against the client's registered `jwks`.
+//! single-use `jti`, verified against the client's registered `jwks` or the key set at its
+//! `jwks_uri` (fetched over HTTP(S), cached, refetched when an unknown `kid` shows up).
 
 use crate::client::{AuthMethod, ClientRecord};
 use crate::clock;
@@ -8,10 +9,136 @@ use crate::crypto::b64url_decode;
 use crate::oauth2_error::OAuth2Error;
 use crate::server::Service;
 use crate::token::JWT_BEARER_ASSERTION;
+use axum::body::Bytes;
+use http_body_util::{BodyExt, Empty, Limited};
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::Client as HttpClient;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
 use jsonwebtoken::jwk::JwkSet;
-use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use jsonwebtoken::{Algorithm, DecodingKey, Header, Validation};
 use serde::Deserialize;
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// How long a fetched key set is trusted before it is fetched again.
+const JWKS_TTL: Duration = Duration::from_secs(300);
+/// An unknown `kid` triggers a refetch, but not more often than this per URI.
+const JWKS_MIN_REFRESH: Duration = Duration::from_secs(10);
+const JWKS_TIMEOUT: Duration = Duration::from_secs(5);
+const JWKS_MAX_BYTES: usize = 256 * 1024;
+
+/// Fetches and caches clients' `jwks_uri` key sets.
+pub struct JwksFetcher {
+    client: Option<HttpClient<HttpsConnector<HttpConnector>, Empty<Bytes>>>,
+    cache: Mutex<HashMap<String, (Arc<JwkSet>, Instant)>>,
+}
+
+impl Default for JwksFetcher {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl JwksFetcher {
+    pub fn new() -> Self {
+        let client = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_provider_and_webpki_roots(rustls::crypto::ring::default_provider())
+            .map(|b| {
+                let connector = b.https_or_http().enable_http1().build();
+                HttpClient::builder(TokioExecutor::new()).build(connector)
+            })
+            .map_err(|e| tracing::error!(error = %e, "TLS setup failed: jwks_uri disabled"))
+            .ok();
+        Self {
+            client,
+            cache: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The key set at `uri`, from cache unless stale (or `refresh` and the entry is not brand new).
+    pub async fn get(&self, uri: &str, refresh: bool) -> Result<Arc<JwkSet>, String> {
+        let cached = self.cache.lock().ok().and_then(|c| c.get(uri).cloned());
+        if let Some((set, at)) = &cached {
+            let age = at.elapsed();
+            if age < JWKS_TTL && !(refresh && age >= JWKS_MIN_REFRESH) {
+                return Ok(Arc::clone(set));
+            }
+        }
+        match self.fetch(uri).await {
+            Ok(set) => {
+                let set = Arc::new(set);
+                if let Ok(mut c) = self.cache.lock() {
+                    c.insert(uri.to_string(), (Arc::clone(&set), Instant::now()));
+                }
+                Ok(set)
+            }
+            // A stale set beats none while the URI is briefly unreachable.
+            Err(e) => match cached {
+                Some((set, _)) => {
+                    tracing::warn!(uri, error = %e, "jwks_uri refetch failed; using cached set");
+                    Ok(set)
+                }
+                None => Err(e),
+            },
+        }
+    }
+
+    async fn fetch(&self, uri: &str) -> Result<JwkSet, String> {
+        let client = self.client.as_ref().ok_or("no HTTP client")?;
+        let uri: hyper::Uri = uri.parse().map_err(|e| format!("bad jwks_uri: {e}"))?;
+        let resp = tokio::time::timeout(JWKS_TIMEOUT, client.get(uri))
+            .await
+            .map_err(|_| "fetching jwks_uri timed out".to_string())?
+            .map_err(|e| format!("fetching jwks_uri failed: {e}"))?;
+        if !resp.status().is_success() {
+            return Err(format!("jwks_uri answered {}", resp.status()));
+        }
+        let body = tokio::time::timeout(
+            JWKS_TIMEOUT,
+            Limited::new(resp.into_body(), JWKS_MAX_BYTES).collect(),
+        )
+        .await
+        .map_err(|_| "reading jwks_uri timed out".to_string())?
+        .map_err(|e| format!("reading jwks_uri failed: {e}"))?
+        .to_bytes();
+        serde_json::from_slice(&body).map_err(|e| format!("jwks_uri is not a JWK set: {e}"))
+    }
+}
+
+enum VerifyFailure {
+    /// No key of the set matches the assertion's `kid` (a refetch may help).
+    NoKey,
+    Invalid(String),
+}
+
+fn verify_with(
+    jwks: &JwkSet,
+    header: &Header,
+    assertion: &str,
+    validation: &Validation,
+) -> Result<VerifiedClaims, VerifyFailure> {
+    let mut last_error = None;
+    for jwk in jwks
+        .keys
+        .iter()
+        .filter(|k| match (&header.kid, &k.common.key_id) {
+            (Some(want), Some(have)) => want == have,
+            (Some(_), None) => false,
+            (None, _) => true,
+        })
+    {
+        let Ok(key) = DecodingKey::from_jwk(jwk) else {
+            continue;
+        };
+        match jsonwebtoken::decode::<VerifiedClaims>(assertion, &key, validation) {
+            Ok(data) => return Ok(data.claims),
+            Err(e) => last_error = Some(e.to_string()),
+        }
+    }
+    Err(last_error.map_or(VerifyFailure::NoKey, VerifyFailure::Invalid))
+}
 
 /// An assertion may not live longer than this (bounds the replay table).
 const MAX_ASSERTION_LIFETIME: i64 = 24 * 3600;
@@ -74,15 +201,6 @@ pub async fn authenticate(
             rec.auth_method.as_str()
         )));
     }
-    let jwks: JwkSet = match &rec.client.jwks {
-        Some(v) => serde_json::from_value(v.clone())
-            .map_err(|_| invalid("the client's jwks is unusable"))?,
-        None => {
-            return Err(invalid(
-                "the client registered a jwks_uri, which is not supported yet; register jwks",
-            ));
-        }
-    };
     let header = jsonwebtoken::decode_header(assertion).map_err(|e| invalid(e.to_string()))?;
     if matches!(
         header.alg,
@@ -97,29 +215,28 @@ pub async fn authenticate(
     validation.set_required_spec_claims(&["exp", "iss", "sub", "aud"]);
     validation.leeway = 30;
 
-    let candidates = jwks
-        .keys
-        .iter()
-        .filter(|k| match (&header.kid, &k.common.key_id) {
-            (Some(want), Some(have)) => want == have,
-            (Some(_), None) => false,
-            (None, _) => true,
-        });
-    let mut verified = None;
-    let mut last_error = String::from("no registered key matches the assertion's kid");
-    for jwk in candidates {
-        let Ok(key) = DecodingKey::from_jwk(jwk) else {
-            continue;
-        };
-        match jsonwebtoken::decode::<VerifiedClaims>(assertion, &key, &validation) {
-            Ok(data) => {
-                verified = Some(data.claims);
-                break;
-            }
-            Err(e) => last_error = e.to_string(),
+    let claims = match &rec.client.jwks {
+        Some(v) => {
+            let jwks: JwkSet = serde_json::from_value(v.clone())
+                .map_err(|_| invalid("the client's jwks is unusable"))?;
+            verify_with(&jwks, &header, assertion, &validation)
         }
-    }
-    let claims = verified.ok_or_else(|| invalid(last_error))?;
+        None => {
+            let uri = &rec.client.jwks_uri;
+            let jwks = svc.jwks_fetcher.get(uri, false).await.map_err(invalid)?;
+            match verify_with(&jwks, &header, assertion, &validation) {
+                Err(VerifyFailure::NoKey) => {
+                    let jwks = svc.jwks_fetcher.get(uri, true).await.map_err(invalid)?;
+                    verify_with(&jwks, &header, assertion, &validation)
+                }
+                other => other,
+            }
+        }
+    };
+    let claims = claims.map_err(|e| match e {
+        VerifyFailure::NoKey => invalid("no registered key matches the assertion's kid"),
+        VerifyFailure::Invalid(e) => invalid(e),
+    })?;
     if claims.sub != client_id {
         return Err(invalid("sub must equal the client id"));
     }

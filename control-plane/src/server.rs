@@ -99,6 +99,7 @@ pub struct Service {
     pub keys: KeyService,
     pub metrics: Arc<Metrics>,
     pub verified_jwts: introspect::JwtCache,
+    pub jwks_fetcher: crate::assertion::JwksFetcher,
     /// Revoked JWT ids and their `exp`, mirrored from the store for allocation-free checks.
     revoked: RwLock<HashMap<String, i64>>,
 }
@@ -134,6 +135,7 @@ impl Service {
             keys,
             metrics: Arc::new(Metrics::new()),
             verified_jwts: introspect::JwtCache::new(100_000),
+            jwks_fetcher: crate::assertion::JwksFetcher::new(),
             revoked: RwLock::new(revoked),
         });
         svc.keys.ensure_current(

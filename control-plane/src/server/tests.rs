@@ -925,3 +925,64 @@ async fn key_rotation_period_rotates_in_background() {
             .any(|k| k["kid"] == first.as_str())
     );
 }
+
+#[tokio::test]
+async fn private_key_jwt_with_jwks_uri() {
+    use ring::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, KeyPair};
+    let h = harness(Alg::ES256);
+    let rng = ring::rand::SystemRandom::new();
+    let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).unwrap();
+    let kp =
+        EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref(), &rng).unwrap();
+    let point = kp.public_key().as_ref().to_vec();
+    let b64 = crate::crypto::b64url;
+    let jwks = json!({"keys": [{"kty": "EC", "crv": "P-256", "kid": "remote", "alg": "ES256",
+                                "x": b64(&point[1..33]), "y": b64(&point[33..65])}]});
+    // A tiny JWKS server on loopback.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let app = Router::new().route(
+        "/jwks.json",
+        axum::routing::get(move || {
+            let jwks = jwks.clone();
+            async move { axum::Json(jwks) }
+        }),
+    );
+    tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let mut c = cc("remote");
+    c["client_secret"] = Value::Null;
+    c["token_endpoint_auth_method"] = json!("private_key_jwt");
+    c["jwks_uri"] = json!(format!("http://{addr}/jwks.json"));
+    create(&h, c).await;
+
+    let key = jsonwebtoken::EncodingKey::from_ec_der(pkcs8.as_ref());
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
+    let now = clock::now();
+    let body = |header: &jsonwebtoken::Header, jti: &str| {
+        let a = jsonwebtoken::encode(
+            header,
+            &json!({"iss": "remote", "sub": "remote", "aud": "http://127.0.0.1:4444/oauth2/token",
+                    "jti": jti, "exp": now + 60}),
+            &key,
+        )
+        .unwrap();
+        format!(
+            "grant_type=client_credentials&client_id=remote&client_assertion_type=urn%3Aietf%3Aparams%3Aoauth%3Aclient-assertion-type%3Ajwt-bearer&client_assertion={a}"
+        )
+    };
+    header.kid = Some("remote".into());
+    let r = send(&h.public, form("/oauth2/token", &body(&header, "a"), None)).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    header.kid = Some("unknown".into());
+    let r = send(&h.public, form("/oauth2/token", &body(&header, "b"), None)).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    assert!(
+        r.body["error_description"]
+            .as_str()
+            .unwrap()
+            .contains("kid"),
+        "{}",
+        r.body
+    );
+}
