@@ -320,6 +320,8 @@ pub struct ClientService {
     versions: AtomicU64,
     /// Serialises writes so read-modify-write (PUT keeping a secret, PATCH) is atomic.
     write_lock: tokio::sync::Mutex<()>,
+    /// One slow hash per core at a time.
+    hashing: tokio::sync::Semaphore,
 }
 
 async fn blocking<T: Send + 'static>(
@@ -340,6 +342,9 @@ impl ClientService {
                 .map_err(|e| StoreError::Database(e.to_string()))?,
             versions: AtomicU64::new(1),
             write_lock: tokio::sync::Mutex::new(()),
+            hashing: tokio::sync::Semaphore::new(
+                std::thread::available_parallelism().map_or(2, |n| n.get()),
+            ),
         };
         let mut after: Option<String> = None;
         let mut map = HashMap::new();
@@ -398,13 +403,6 @@ impl ClientService {
         if client.client_id.is_empty() {
             client.client_id = uuid::Uuid::new_v4().to_string();
         }
-        let _guard = self.write_lock.lock().await;
-        if self.lookup(&client.client_id).is_some() {
-            return Err(ClientError::Conflict(format!(
-                "client {:?}",
-                client.client_id
-            )));
-        }
         let secret = match (
             client.auth_method().uses_secret(),
             client.client_secret.take(),
@@ -415,12 +413,20 @@ impl ClientService {
             }
             (false, _) => None,
         };
+        // Hash before taking the write lock: bulk registrations (a reconciler's first sync)
+        // then use every core instead of queueing behind one slow hash at a time.
+        let hash = self.hash(secret.clone()).await?;
+        let _guard = self.write_lock.lock().await;
+        if self.lookup(&client.client_id).is_some() {
+            return Err(ClientError::Conflict(format!(
+                "client {:?}",
+                client.client_id
+            )));
+        }
         let now = clock::now();
         client.created_at = clock::rfc3339(now);
         client.updated_at = client.created_at.clone();
-        let stored = self
-            .persist(&client, secret.clone(), None, now, now, true)
-            .await?;
+        let stored = self.persist(&client, hash, now, now, true).await?;
         self.install(record_from(&stored, self.next_version())?);
         client.client_secret = secret;
         Ok(client)
@@ -434,21 +440,23 @@ impl ClientService {
         }
         client.client_id = client_id.to_string();
         client.normalize()?;
+        let new_secret = client.client_secret.take();
+        let new_hash = self.hash(new_secret.clone()).await?;
         let _guard = self.write_lock.lock().await;
-        self.update_locked(client).await
+        self.update_locked(client, new_secret, new_hash).await
     }
 
-    async fn update_locked(&self, mut client: Client) -> Result<Client, ClientError> {
+    async fn update_locked(
+        &self,
+        mut client: Client,
+        new_secret: Option<String>,
+        new_hash: Option<String>,
+    ) -> Result<Client, ClientError> {
         let old = self
             .lookup(&client.client_id)
             .ok_or_else(|| ClientError::NotFound(client.client_id.clone()))?;
-        let new_secret = client.client_secret.take();
-        let keep_hash = if new_secret.is_none() {
-            old.secret_hash.clone()
-        } else {
-            None
-        };
-        if client.auth_method().uses_secret() && new_secret.is_none() && keep_hash.is_none() {
+        let secret_hash = new_hash.or_else(|| old.secret_hash.clone());
+        if client.auth_method().uses_secret() && secret_hash.is_none() {
             return Err(invalid(
                 "client_secret",
                 "required when switching to a secret-based token_endpoint_auth_method",
@@ -458,14 +466,7 @@ impl ClientService {
         client.created_at = old.client.created_at.clone();
         client.updated_at = clock::rfc3339(now);
         let stored = self
-            .persist(
-                &client,
-                new_secret.clone(),
-                keep_hash,
-                old.created_at,
-                now,
-                false,
-            )
+            .persist(&client, secret_hash, old.created_at, now, false)
             .await?;
         self.install(record_from(&stored, self.next_version())?);
         client.client_secret = new_secret;
@@ -494,7 +495,9 @@ impl ClientService {
             return Err(invalid("client_id", "cannot be changed"));
         }
         client.normalize()?;
-        self.update_locked(client).await
+        let new_secret = client.client_secret.take();
+        let new_hash = self.hash(new_secret.clone()).await?;
+        self.update_locked(client, new_secret, new_hash).await
     }
 
     /// Creates the client, or replaces it when `client_id` exists: what a reconciler wants for
@@ -579,6 +582,9 @@ impl ClientService {
         }
         let hash = rec.secret_hash.clone().ok_or(AuthError::NoSecret)?;
         let presented = secret.to_string();
+        let Ok(_permit) = self.hashing.acquire().await else {
+            return Err(AuthError::WrongSecret);
+        };
         let ok = tokio::task::spawn_blocking(move || secret::verify_secret(&presented, &hash))
             .await
             .unwrap_or(false);
@@ -595,11 +601,27 @@ impl ClientService {
         Ok(rec)
     }
 
+    /// PBKDF2 on the blocking pool, at most one per core at a time (also bounds the CPU an
+    /// attacker can burn with wrong secrets).
+    async fn hash(&self, secret: Option<String>) -> Result<Option<String>, ClientError> {
+        let Some(secret) = secret else {
+            return Ok(None);
+        };
+        let _permit = self
+            .hashing
+            .acquire()
+            .await
+            .map_err(|e| ClientError::Internal(e.to_string()))?;
+        blocking(move || secret::hash_secret(&secret))
+            .await?
+            .map(Some)
+            .map_err(|e| ClientError::Internal(e.to_string()))
+    }
+
     async fn persist(
         &self,
         client: &Client,
-        new_secret: Option<String>,
-        keep_hash: Option<String>,
+        secret_hash: Option<String>,
         created_at: i64,
         updated_at: i64,
         insert: bool,
@@ -609,12 +631,6 @@ impl ClientService {
         let store = Arc::clone(&self.store);
         let id = client.client_id.clone();
         blocking(move || {
-            let secret_hash = match new_secret {
-                Some(s) => Some(
-                    secret::hash_secret(&s).map_err(|e| ClientError::Internal(e.to_string()))?,
-                ),
-                None => keep_hash,
-            };
             let stored = StoredClient {
                 client_id: id.clone(),
                 json,

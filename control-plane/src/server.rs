@@ -298,7 +298,6 @@ pub fn admin_app(svc: Arc<Service>) -> Router {
             "/keys/{set}",
             get(admin::get_key_set)
                 .post(admin::create_key)
-                .put(admin::create_key)
                 .delete(admin::delete_key_set),
         )
         .route(
