@@ -986,3 +986,118 @@ async fn private_key_jwt_with_jwks_uri() {
         r.body
     );
 }
+
+/// A store whose readiness probe fails, everything else delegated.
+struct BrokenStore(SqliteStore);
+
+impl Store for BrokenStore {
+    fn ping(&self) -> crate::store::StoreResult<()> {
+        Err(crate::store::StoreError::Database("disk on fire".into()))
+    }
+    fn insert_client(&self, c: &crate::store::StoredClient) -> crate::store::StoreResult<()> {
+        self.0.insert_client(c)
+    }
+    fn update_client(&self, c: &crate::store::StoredClient) -> crate::store::StoreResult<bool> {
+        self.0.update_client(c)
+    }
+    fn delete_client(&self, id: &str) -> crate::store::StoreResult<bool> {
+        self.0.delete_client(id)
+    }
+    fn get_client(
+        &self,
+        id: &str,
+    ) -> crate::store::StoreResult<Option<crate::store::StoredClient>> {
+        self.0.get_client(id)
+    }
+    fn list_clients(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> crate::store::StoreResult<Vec<crate::store::StoredClient>> {
+        self.0.list_clients(after, limit)
+    }
+    fn insert_key(&self, k: &crate::store::StoredKey) -> crate::store::StoreResult<()> {
+        self.0.insert_key(k)
+    }
+    fn retire_keys(&self, set: &str, keep: &str, exp: i64) -> crate::store::StoreResult<()> {
+        self.0.retire_keys(set, keep, exp)
+    }
+    fn delete_key(&self, set: &str, kid: &str) -> crate::store::StoreResult<bool> {
+        self.0.delete_key(set, kid)
+    }
+    fn list_keys(&self) -> crate::store::StoreResult<Vec<crate::store::StoredKey>> {
+        self.0.list_keys()
+    }
+    fn insert_opaque_token(
+        &self,
+        t: &crate::store::StoredOpaqueToken,
+    ) -> crate::store::StoreResult<()> {
+        self.0.insert_opaque_token(t)
+    }
+    fn get_opaque_token(
+        &self,
+        h: &[u8; 32],
+    ) -> crate::store::StoreResult<Option<crate::store::StoredOpaqueToken>> {
+        self.0.get_opaque_token(h)
+    }
+    fn delete_opaque_token(&self, h: &[u8; 32]) -> crate::store::StoreResult<bool> {
+        self.0.delete_opaque_token(h)
+    }
+    fn delete_client_tokens(&self, id: &str) -> crate::store::StoreResult<()> {
+        self.0.delete_client_tokens(id)
+    }
+    fn insert_revocation(&self, jti: &str, exp: i64) -> crate::store::StoreResult<()> {
+        self.0.insert_revocation(jti, exp)
+    }
+    fn list_revocations(&self, now: i64) -> crate::store::StoreResult<Vec<(String, i64)>> {
+        self.0.list_revocations(now)
+    }
+    fn use_assertion_jti(&self, id: &str, jti: &str, exp: i64) -> crate::store::StoreResult<bool> {
+        self.0.use_assertion_jti(id, jti, exp)
+    }
+    fn purge_expired(&self, now: i64) -> crate::store::StoreResult<usize> {
+        self.0.purge_expired(now)
+    }
+}
+
+#[tokio::test]
+async fn ready_is_503_when_the_store_fails() {
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn Store> = Arc::new(BrokenStore(SqliteStore::in_memory().unwrap()));
+    let svc = Service::with_store(config(dir.path(), Alg::ES256), store).unwrap();
+    for app in [public_app(Arc::clone(&svc)), admin_app(Arc::clone(&svc))] {
+        let r = send(&app, get("/health/ready")).await;
+        assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(!r.body.to_string().contains("fire"));
+        assert_eq!(
+            send(&app, get("/health/alive")).await.status,
+            StatusCode::OK
+        );
+    }
+}
+
+#[tokio::test]
+async fn background_purge_drops_expired_revocations() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = config(dir.path(), Alg::ES256);
+    c.purge_interval = std::time::Duration::from_millis(50);
+    let svc = Service::open(c).unwrap();
+    let now = clock::now();
+    svc.store.insert_revocation("old", now - 10).unwrap();
+    svc.store.insert_revocation("live", now + 3600).unwrap();
+    svc.store.use_assertion_jti("c", "j", now - 1).unwrap();
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    svc.spawn_background(rx);
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let _ = tx.send(true);
+    // The expired jti row is gone, so the same jti is accepted again.
+    assert!(svc.store.use_assertion_jti("c", "j", now + 60).unwrap());
+    let live: Vec<String> = svc
+        .store
+        .list_revocations(now - 100)
+        .unwrap()
+        .into_iter()
+        .map(|(j, _)| j)
+        .collect();
+    assert_eq!(live, ["live"]);
+}
