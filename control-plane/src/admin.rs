@@ -7,6 +7,7 @@ use crate::keys::{ACCESS_TOKEN_SET, Alg, KeyError};
 use crate::oauth2_error::{ErrorCode, OAuth2Error};
 use crate::request::Json;
 use crate::server::Service;
+use crate::store::ClientFilter;
 use axum::extract::{OriginalUri, Path, RawQuery, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -47,16 +48,26 @@ fn json_with_status(status: StatusCode, value: &impl serde::Serialize) -> Respon
     (status, axum::Json(value)).into_response()
 }
 
-/// `page_size` (default 100, at most 500) and `page_token` from a query string.
-pub fn page_params(query: Option<&str>) -> Result<(usize, Option<String>), OAuth2Error> {
+/// What `GET /admin/clients` was asked for.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct ListQuery {
+    pub page_size: usize,
+    pub page_token: Option<String>,
+    pub filter: ClientFilter,
+}
+
+/// `page_size` (default 100, at most 500), `page_token`, `client_name` and `owner`.
+pub fn list_query(query: Option<&str>) -> Result<ListQuery, OAuth2Error> {
     let pairs: Vec<(String, String)> = serde_urlencoded::from_str(query.unwrap_or(""))
         .map_err(|e| OAuth2Error::invalid_request(format!("malformed query string: {e}")))?;
-    let mut size = DEFAULT_PAGE_SIZE;
-    let mut token = None;
+    let mut q = ListQuery {
+        page_size: DEFAULT_PAGE_SIZE,
+        ..Default::default()
+    };
     for (k, v) in pairs {
         match k.as_str() {
             "page_size" => {
-                size = v.parse::<usize>().map_err(|_| {
+                let size = v.parse::<usize>().map_err(|_| {
                     OAuth2Error::invalid_request(format!(
                         "page_size {v:?} is not a positive integer"
                     ))
@@ -64,22 +75,35 @@ pub fn page_params(query: Option<&str>) -> Result<(usize, Option<String>), OAuth
                 if size == 0 {
                     return Err(OAuth2Error::invalid_request("page_size must be at least 1"));
                 }
-                size = size.min(MAX_PAGE_SIZE);
+                q.page_size = size.min(MAX_PAGE_SIZE);
             }
-            "page_token" if !v.is_empty() => token = Some(v),
+            "page_token" if !v.is_empty() => q.page_token = Some(v),
+            "client_name" if !v.is_empty() => q.filter.client_name = Some(v),
+            "owner" if !v.is_empty() => q.filter.owner = Some(v),
             _ => {}
         }
     }
-    Ok((size, token))
+    Ok(q)
 }
 
-/// RFC 8288 `Link` header value with `rel="first"` and, when there is one, `rel="next"`.
-pub fn link_header(path: &str, size: usize, next: Option<&str>) -> String {
-    let mut link = format!("<{path}?page_size={size}>; rel=\"first\"");
+/// RFC 8288 `Link` header value with `rel="first"` and, when there is one, `rel="next"`;
+/// filters are carried over.
+pub fn link_header(path: &str, q: &ListQuery, next: Option<&str>) -> String {
+    let enc = |v: &str| {
+        percent_encoding::utf8_percent_encode(v, percent_encoding::NON_ALPHANUMERIC).to_string()
+    };
+    let mut base = format!("{path}?page_size={}", q.page_size);
+    if let Some(n) = &q.filter.client_name {
+        base.push_str(&format!("&client_name={}", enc(n)));
+    }
+    if let Some(o) = &q.filter.owner {
+        base.push_str(&format!("&owner={}", enc(o)));
+    }
+    let mut link = format!("<{base}>; rel=\"first\"");
     if let Some(next) = next {
         link.push_str(&format!(
-            ", <{path}?page_size={size}&page_token={}>; rel=\"next\"",
-            percent_encoding::utf8_percent_encode(next, percent_encoding::NON_ALPHANUMERIC)
+            ", <{base}&page_token={}>; rel=\"next\"",
+            enc(next)
         ));
     }
     link
@@ -90,9 +114,12 @@ pub async fn list_clients(
     OriginalUri(uri): OriginalUri,
     RawQuery(query): RawQuery,
 ) -> Result<Response, OAuth2Error> {
-    let (size, token) = page_params(query.as_deref())?;
-    let page = svc.clients.list(size, token.as_deref()).await?;
-    let link = link_header(uri.path(), size, page.next_page_token.as_deref());
+    let q = list_query(query.as_deref())?;
+    let page = svc
+        .clients
+        .list_filtered(q.page_size, q.page_token.as_deref(), q.filter.clone())
+        .await?;
+    let link = link_header(uri.path(), &q, page.next_page_token.as_deref());
     let mut resp = axum::Json(&page.clients).into_response();
     if let Ok(v) = HeaderValue::from_str(&link) {
         resp.headers_mut().insert(header::LINK, v);
@@ -255,26 +282,43 @@ mod tests {
     use super::*;
 
     #[test]
-    fn page_params_defaults_and_limits() {
-        assert_eq!(page_params(None).unwrap(), (100, None));
-        assert_eq!(page_params(Some("page_size=1000")).unwrap(), (500, None));
-        assert_eq!(
-            page_params(Some("page_size=5&page_token=abc")).unwrap(),
-            (5, Some("abc".into()))
-        );
-        assert!(page_params(Some("page_size=0")).is_err());
-        assert!(page_params(Some("page_size=x")).is_err());
+    fn list_query_defaults_limits_and_filters() {
+        let q = list_query(None).unwrap();
+        assert_eq!((q.page_size, q.page_token), (100, None));
+        assert_eq!(list_query(Some("page_size=1000")).unwrap().page_size, 500);
+        let q = list_query(Some("page_size=5&page_token=abc&owner=team+a")).unwrap();
+        assert_eq!(q.page_size, 5);
+        assert_eq!(q.page_token.as_deref(), Some("abc"));
+        assert_eq!(q.filter.owner.as_deref(), Some("team a"));
+        assert!(list_query(Some("page_size=0")).is_err());
+        assert!(list_query(Some("page_size=x")).is_err());
     }
 
     #[test]
     fn link_header_has_first_and_next() {
+        let q = ListQuery {
+            page_size: 2,
+            ..Default::default()
+        };
         assert_eq!(
-            link_header("/admin/clients", 2, Some("YQ")),
+            link_header("/admin/clients", &q, Some("YQ")),
             "</admin/clients?page_size=2>; rel=\"first\", </admin/clients?page_size=2&page_token=YQ>; rel=\"next\""
         );
         assert_eq!(
-            link_header("/clients", 2, None),
+            link_header("/clients", &q, None),
             "</clients?page_size=2>; rel=\"first\""
+        );
+        let q = ListQuery {
+            page_size: 2,
+            filter: ClientFilter {
+                client_name: None,
+                owner: Some("a b".into()),
+            },
+            ..Default::default()
+        };
+        assert_eq!(
+            link_header("/clients", &q, None),
+            "</clients?page_size=2&owner=a%20b>; rel=\"first\""
         );
     }
 }

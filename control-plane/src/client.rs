@@ -5,7 +5,7 @@
 
 use crate::clock;
 use crate::secret::{self, MIN_SECRET_LEN, VerificationCache};
-use crate::store::{Store, StoreError, StoredClient};
+use crate::store::{ClientFilter, Store, StoreError, StoredClient};
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::{Map, Value};
 use std::collections::HashMap;
@@ -349,7 +349,9 @@ impl ClientService {
         let mut after: Option<String> = None;
         let mut map = HashMap::new();
         loop {
-            let page = svc.store.list_clients(after.as_deref(), 500)?;
+            let page = svc
+                .store
+                .list_clients(after.as_deref(), 500, &ClientFilter::default())?;
             let Some(last) = page.last() else { break };
             after = Some(last.client_id.clone());
             for stored in &page {
@@ -540,6 +542,17 @@ impl ClientService {
         page_size: usize,
         page_token: Option<&str>,
     ) -> Result<ClientPage, ClientError> {
+        self.list_filtered(page_size, page_token, ClientFilter::default())
+            .await
+    }
+
+    /// [`Self::list`] restricted by Hydra's `client_name` / `owner` filters.
+    pub async fn list_filtered(
+        &self,
+        page_size: usize,
+        page_token: Option<&str>,
+        filter: ClientFilter,
+    ) -> Result<ClientPage, ClientError> {
         let after = match page_token {
             None | Some("") => None,
             Some(t) => Some(
@@ -550,7 +563,8 @@ impl ClientService {
         };
         let store = Arc::clone(&self.store);
         let size = page_size.max(1);
-        let rows = blocking(move || store.list_clients(after.as_deref(), size + 1)).await??;
+        let rows =
+            blocking(move || store.list_clients(after.as_deref(), size + 1, &filter)).await??;
         let has_more = rows.len() > size;
         let mut clients = Vec::with_capacity(size);
         for stored in rows.iter().take(size) {

@@ -42,6 +42,13 @@ pub struct StoredOpaqueToken {
     pub expires_at: i64,
 }
 
+/// Hydra's list filters (exact match); `None` matches everything.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ClientFilter {
+    pub client_name: Option<String>,
+    pub owner: Option<String>,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("{0}")]
@@ -64,8 +71,13 @@ pub trait Store: Send + Sync + 'static {
     fn update_client(&self, client: &StoredClient) -> StoreResult<bool>;
     fn delete_client(&self, client_id: &str) -> StoreResult<bool>;
     fn get_client(&self, client_id: &str) -> StoreResult<Option<StoredClient>>;
-    /// Clients ordered by id, strictly after `after`, at most `limit`.
-    fn list_clients(&self, after: Option<&str>, limit: usize) -> StoreResult<Vec<StoredClient>>;
+    /// Clients matching `filter`, ordered by id, strictly after `after`, at most `limit`.
+    fn list_clients(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+        filter: &ClientFilter,
+    ) -> StoreResult<Vec<StoredClient>>;
 
     fn insert_key(&self, key: &StoredKey) -> StoreResult<()>;
     /// Sets `expires_at` on every key of `set` that has none, except `keep_kid`.

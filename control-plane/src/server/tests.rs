@@ -1013,8 +1013,9 @@ impl Store for BrokenStore {
         &self,
         after: Option<&str>,
         limit: usize,
+        filter: &crate::store::ClientFilter,
     ) -> crate::store::StoreResult<Vec<crate::store::StoredClient>> {
-        self.0.list_clients(after, limit)
+        self.0.list_clients(after, limit, filter)
     }
     fn insert_key(&self, k: &crate::store::StoredKey) -> crate::store::StoreResult<()> {
         self.0.insert_key(k)

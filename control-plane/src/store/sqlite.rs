@@ -1,7 +1,9 @@
 //! The embedded store: SQLite in WAL mode with `synchronous=FULL`, one connection behind a mutex
 //! (SQLite serialises writers anyway; hot reads are served from memory by the services above).
 
-use super::{Store, StoreError, StoreResult, StoredClient, StoredKey, StoredOpaqueToken};
+use super::{
+    ClientFilter, Store, StoreError, StoreResult, StoredClient, StoredKey, StoredOpaqueToken,
+};
 use rusqlite::{Connection, OptionalExtension, params};
 use std::path::Path;
 use std::sync::Mutex;
@@ -182,14 +184,25 @@ impl Store for SqliteStore {
         })
     }
 
-    fn list_clients(&self, after: Option<&str>, limit: usize) -> StoreResult<Vec<StoredClient>> {
+    fn list_clients(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+        filter: &ClientFilter,
+    ) -> StoreResult<Vec<StoredClient>> {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         self.with(|c| {
             let mut stmt = c.prepare_cached(
                 "SELECT client_id, json, secret_hash, created_at, updated_at FROM clients
-                 WHERE ?1 IS NULL OR client_id > ?1 ORDER BY client_id LIMIT ?2",
+                 WHERE (?1 IS NULL OR client_id > ?1)
+                   AND (?3 IS NULL OR json_extract(json, '$.client_name') = ?3)
+                   AND (?4 IS NULL OR json_extract(json, '$.owner') = ?4)
+                 ORDER BY client_id LIMIT ?2",
             )?;
-            let rows = stmt.query_map(params![after, limit], client_row)?;
+            let rows = stmt.query_map(
+                params![after, limit, filter.client_name, filter.owner],
+                client_row,
+            )?;
             rows.collect()
         })
     }
@@ -397,13 +410,27 @@ mod tests {
     #[test]
     fn list_clients_pages_by_id() {
         let s = SqliteStore::in_memory().unwrap();
+        let all = ClientFilter::default();
         for id in ["c", "a", "e", "b", "d"] {
             s.insert_client(&client(id)).unwrap();
         }
         let ids = |v: Vec<StoredClient>| v.into_iter().map(|c| c.client_id).collect::<Vec<_>>();
-        assert_eq!(ids(s.list_clients(None, 2).unwrap()), ["a", "b"]);
-        assert_eq!(ids(s.list_clients(Some("b"), 2).unwrap()), ["c", "d"]);
-        assert_eq!(ids(s.list_clients(Some("d"), 2).unwrap()), ["e"]);
+        assert_eq!(ids(s.list_clients(None, 2, &all).unwrap()), ["a", "b"]);
+        assert_eq!(ids(s.list_clients(Some("b"), 2, &all).unwrap()), ["c", "d"]);
+        assert_eq!(ids(s.list_clients(Some("d"), 2, &all).unwrap()), ["e"]);
+        let mut named = client("f");
+        named.json = r#"{"client_id":"f","client_name":"Fox","owner":"team"}"#.into();
+        s.insert_client(&named).unwrap();
+        let by_name = ClientFilter {
+            client_name: Some("Fox".into()),
+            owner: None,
+        };
+        assert_eq!(ids(s.list_clients(None, 10, &by_name).unwrap()), ["f"]);
+        let by_owner = ClientFilter {
+            client_name: None,
+            owner: Some("nobody".into()),
+        };
+        assert!(s.list_clients(None, 10, &by_owner).unwrap().is_empty());
     }
 
     #[test]
