@@ -141,11 +141,10 @@ pub struct ServeArgs {
 
 impl ServeArgs {
     pub fn into_config(self) -> Config {
+        // Kept exactly as configured: it is the `iss` verifiers compare byte for byte.
         let issuer = self
             .issuer
-            .unwrap_or_else(|| format!("http://{}", self.public_addr))
-            .trim_end_matches('/')
-            .to_string();
+            .unwrap_or_else(|| format!("http://{}", self.public_addr));
         let mut config = Config::new(self.data_dir);
         config.public_addr = self.public_addr;
         config.admin_addr = self.admin_addr;
@@ -202,7 +201,8 @@ mod tests {
         let Command::Serve(args) = cli.command;
         let c = args.into_config();
         assert_eq!(c.signing_alg, Alg::EdDSA);
-        assert_eq!(c.issuer, "https://auth.example.com");
+        assert_eq!(c.issuer, "https://auth.example.com/");
+        assert_eq!(c.token_endpoint(), "https://auth.example.com/oauth2/token");
         assert_eq!(c.access_token_ttl, Duration::from_secs(300));
         assert_eq!(c.scope_strategy, ScopeStrategy::Exact);
         assert_eq!(c.key_rotation, Some(Duration::from_secs(86_400)));

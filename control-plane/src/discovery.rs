@@ -14,6 +14,9 @@ pub fn metadata(config: &Config) -> Value {
     let base = config.issuer.trim_end_matches('/');
     json!({
         "issuer": config.issuer,
+        // OpenID discovery requires it (and so do client libraries that parse this document);
+        // the endpoint exists but refuses every response type: this server is M2M only.
+        "authorization_endpoint": format!("{base}/oauth2/auth"),
         "token_endpoint": config.token_endpoint(),
         "jwks_uri": format!("{base}/.well-known/jwks.json"),
         "revocation_endpoint": format!("{base}/oauth2/revoke"),
@@ -31,6 +34,15 @@ pub fn metadata(config: &Config) -> Value {
         "claims_supported": ["iss", "sub", "aud", "exp", "iat", "nbf", "jti", "client_id", "scp"],
         "request_parameter_supported": false,
     })
+}
+
+/// `/oauth2/auth`: browser flows are not offered (RFC 6749 4.1.2.1 error, no redirect since no
+/// client redirect URI can be trusted here).
+pub async fn authorization_endpoint() -> crate::oauth2_error::OAuth2Error {
+    crate::oauth2_error::OAuth2Error::new(
+        crate::oauth2_error::ErrorCode::UnsupportedResponseType,
+        "This server only issues tokens with the client_credentials grant.",
+    )
 }
 
 pub async fn discovery_endpoint(State(svc): State<Arc<Service>>) -> Response {

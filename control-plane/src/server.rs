@@ -33,7 +33,8 @@ use tokio::net::TcpListener;
 pub struct Config {
     pub public_addr: SocketAddr,
     pub admin_addr: SocketAddr,
-    /// Without a trailing slash.
+    /// The `iss` of tokens, exactly as configured; endpoint URLs are built on it without its
+    /// trailing slash.
     pub issuer: String,
     pub data_dir: PathBuf,
     pub signing_alg: Alg,
@@ -267,6 +268,10 @@ pub fn public_app(svc: Arc<Service>) -> Router {
     let r = Router::new()
         .route("/oauth2/token", post(token::token_endpoint))
         .route("/oauth2/revoke", post(revoke::revoke_endpoint))
+        .route(
+            "/oauth2/auth",
+            get(discovery::authorization_endpoint).post(discovery::authorization_endpoint),
+        )
         .route(
             "/.well-known/openid-configuration",
             get(discovery::discovery_endpoint),

@@ -743,6 +743,10 @@ async fn discovery_health_and_not_found() {
             r.body["revocation_endpoint"],
             "http://127.0.0.1:4444/oauth2/revoke"
         );
+        assert_eq!(
+            r.body["authorization_endpoint"],
+            "http://127.0.0.1:4444/oauth2/auth"
+        );
     }
     for app in [&h.public, &h.admin] {
         assert_eq!(
@@ -754,6 +758,13 @@ async fn discovery_health_and_not_found() {
         assert_eq!(r.status, StatusCode::NOT_FOUND);
         assert_eq!(r.body["error"], "not_found");
     }
+    let r = send(
+        &h.public,
+        get("/oauth2/auth?response_type=code&client_id=x"),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert_eq!(r.body["error"], "unsupported_response_type");
 }
 
 #[tokio::test]
