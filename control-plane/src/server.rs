@@ -332,14 +332,32 @@ pub async fn serve(
             addr: svc.config.admin_addr,
             source,
         })?;
-    serve_on(svc, public, admin, shutdown).await
+    let apps = Apps::new(&svc);
+    serve_on(svc, public, admin, apps, shutdown).await
 }
 
-/// Like [`serve`] on already-bound listeners (tests bind port 0).
+/// The two routers to serve. Embedders add routes with `Router::merge` (e.g. a reconciler
+/// serving the filter module on the public port): `apps.public = apps.public.merge(extra)`.
+pub struct Apps {
+    pub public: Router,
+    pub admin: Router,
+}
+
+impl Apps {
+    pub fn new(svc: &Arc<Service>) -> Self {
+        Self {
+            public: public_app(Arc::clone(svc)),
+            admin: admin_app(Arc::clone(svc)),
+        }
+    }
+}
+
+/// Like [`serve`] on already-bound listeners (tests bind port 0) with the given routers.
 pub async fn serve_on(
     svc: Arc<Service>,
     public: TcpListener,
     admin: TcpListener,
+    apps: Apps,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), StartError> {
     let (tx, rx) = tokio::sync::watch::channel(false);
@@ -354,10 +372,8 @@ pub async fn serve_on(
     let wait = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|stop| *stop).await;
     };
-    let public_srv =
-        axum::serve(public, public_app(Arc::clone(&svc))).with_graceful_shutdown(wait(rx.clone()));
-    let admin_srv =
-        axum::serve(admin, admin_app(Arc::clone(&svc))).with_graceful_shutdown(wait(rx.clone()));
+    let public_srv = axum::serve(public, apps.public).with_graceful_shutdown(wait(rx.clone()));
+    let admin_srv = axum::serve(admin, apps.admin).with_graceful_shutdown(wait(rx.clone()));
     let mut servers = tokio::spawn(async move { tokio::try_join!(public_srv, admin_srv) });
     tokio::select! {
         res = &mut servers => {

@@ -832,17 +832,33 @@ async fn restart_keeps_clients_keys_and_revocations() {
 
 #[tokio::test]
 async fn serves_on_sockets_and_shuts_down() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let dir = tempfile::tempdir().unwrap();
     let svc = Service::open(config(dir.path(), Alg::ES256)).unwrap();
     let public = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = admin.local_addr().unwrap();
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(serve_on(svc, public, admin, async {
+    let mut apps = Apps::new(&svc);
+    // Embedders can add routes (the reconcilers serve the filter module this way).
+    apps.public = apps
+        .public
+        .merge(Router::new().route("/extra", axum::routing::get(|| async { "extra" })));
+    let public_addr = public.local_addr().unwrap();
+    let task = tokio::spawn(serve_on(svc, public, admin, apps, async {
         let _ = rx.await;
     }));
+    let mut s = tokio::net::TcpStream::connect(public_addr).await.unwrap();
+    s.write_all(b"GET /extra HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    assert!(
+        out.starts_with("HTTP/1.1 200") && out.ends_with("extra"),
+        "{out}"
+    );
     let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     stream
         .write_all(b"GET /health/alive HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
         .await
