@@ -253,6 +253,7 @@ fn common(router: Router<Arc<Service>>, svc: &Arc<Service>, server: &'static str
     router
         .route("/health/alive", get(health::alive))
         .route("/health/ready", get(health::ready))
+        .route("/version", get(health::version))
         .fallback(|| async { OAuth2Error::not_found("The requested resource does not exist.") })
         .layer(axum::middleware::from_fn_with_state(
             HttpMetrics {

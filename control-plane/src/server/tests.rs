@@ -754,6 +754,7 @@ async fn discovery_health_and_not_found() {
             json!({"status": "ok"})
         );
         assert_eq!(send(app, get("/health/ready")).await.status, StatusCode::OK);
+        assert!(send(app, get("/version")).await.body["version"].is_string());
         let r = send(app, get("/nope")).await;
         assert_eq!(r.status, StatusCode::NOT_FOUND);
         assert_eq!(r.body["error"], "not_found");
