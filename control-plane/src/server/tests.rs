@@ -580,6 +580,10 @@ async fn admin_clients_crud_and_pagination() {
     let r = send(&h.admin, get(&format!("/admin/clients/{id}"))).await;
     assert_eq!(r.status, StatusCode::NOT_FOUND);
     assert_eq!(r.body["error"], "not_found");
+    // A path that does not decode to UTF-8 is an RFC 6749-style error too.
+    let r = send(&h.admin, get("/admin/clients/%FF")).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert_eq!(r.body["error"], "invalid_request");
     let r = send(
         &h.public,
         form(
