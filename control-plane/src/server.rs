@@ -255,6 +255,12 @@ fn common(router: Router<Arc<Service>>, svc: &Arc<Service>, server: &'static str
         .route("/health/ready", get(health::ready))
         .route("/version", get(health::version))
         .fallback(|| async { OAuth2Error::not_found("The requested resource does not exist.") })
+        .method_not_allowed_fallback(|| async {
+            OAuth2Error::new(
+                crate::oauth2_error::ErrorCode::MethodNotAllowed,
+                "The HTTP method is not allowed on this resource.",
+            )
+        })
         .layer(axum::middleware::from_fn_with_state(
             HttpMetrics {
                 metrics: Arc::clone(&svc.metrics),

@@ -770,6 +770,9 @@ async fn discovery_health_and_not_found() {
     .await;
     assert_eq!(r.status, StatusCode::BAD_REQUEST);
     assert_eq!(r.body["error"], "unsupported_response_type");
+    let r = send(&h.public, get("/oauth2/token")).await;
+    assert_eq!(r.status, StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(r.body["error"], "method_not_allowed");
 }
 
 #[tokio::test]
