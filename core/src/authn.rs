@@ -14,7 +14,7 @@ use crate::duration::parse_millis;
 use crate::error_handler::{ErrorKind, PolicyError};
 use crate::host::{Host, KeyLookup};
 use crate::introspection::{self, IntrospectionError, IntrospectionRequirements};
-use crate::jwks::combined_fingerprint;
+use crate::jwks::{self, combined_fingerprint};
 use crate::jwt::{self, JwtError, JwtRequirements};
 use crate::request::Request;
 use crate::rule::Handler;
@@ -515,6 +515,8 @@ fn compile_introspection(
 #[derive(Debug, Clone)]
 pub struct CachedJwt {
     pub keys: u64,
+    /// Rules sharing key sets may allow different algorithms: re-checked on every hit.
+    pub alg: jsonwebtoken::Algorithm,
     pub subject: Arc<str>,
     pub claims: Arc<Map<String, Value>>,
 }
@@ -620,6 +622,11 @@ impl JwtAuthenticator {
         if let Some(hit) = caches.jwt.get(&key, now).filter(|h| h.keys == fingerprint) {
             let hit = hit.clone();
             caches.stats.jwt_hits += 1;
+            if !self.requirements.allows(hit.alg) {
+                return jwt_failure(&JwtError::AlgorithmNotAllowed(
+                    jwks::alg_name(hit.alg).to_string(),
+                ));
+            }
             return match jwt::check_claims(&hit.claims, &self.requirements, now) {
                 Ok(()) => AuthnStep::Success {
                     subject: hit.subject,
@@ -654,6 +661,10 @@ impl JwtAuthenticator {
             }
             Err(e) => return jwt_failure(&e),
         }
+        // verify_signature accepted the algorithm, so it parses.
+        let Ok(alg) = jsonwebtoken::Algorithm::from_str(&parsed.alg) else {
+            return jwt_failure(&JwtError::AlgorithmNotAllowed(parsed.alg));
+        };
         let exp = parsed
             .claims
             .get("exp")
@@ -672,6 +683,7 @@ impl JwtAuthenticator {
             key,
             CachedJwt {
                 keys: fingerprint,
+                alg,
                 subject: subject.clone(),
                 claims: claims.clone(),
             },

@@ -76,7 +76,7 @@ impl Default for JwtRequirements {
 }
 
 impl JwtRequirements {
-    fn allows(&self, alg: Algorithm) -> bool {
+    pub fn allows(&self, alg: Algorithm) -> bool {
         if self.allowed_algorithms.is_empty() {
             alg == Algorithm::RS256
         } else {

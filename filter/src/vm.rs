@@ -125,6 +125,7 @@ fn step(vm: &mut VmState, ctx: u32, engine: Rc<Engine>, eval: &mut Evaluation) -
             now_ms: now,
             keys: &mut vm.keys,
             native: &mut vm.native,
+            metrics: &mut vm.metrics,
         };
         match eval.advance(&engine, &mut host, &mut vm.caches) {
             Step::Allow(allow) => {

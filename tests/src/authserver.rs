@@ -92,6 +92,8 @@ struct Behaviour {
     /// Path -> (status, JSON body) for anything else a test wants to serve.
     fixed: HashMap<String, (u16, Value)>,
     recorded: Vec<Recorded>,
+    /// Answers to `/jwks` wait this long (a slow key server).
+    jwks_delay: std::time::Duration,
 }
 
 #[derive(Clone)]
@@ -120,6 +122,7 @@ impl AuthServer {
             authz: Arc::new(|_| 200),
             fixed: HashMap::new(),
             recorded: Vec::new(),
+            jwks_delay: std::time::Duration::ZERO,
         })));
         let server =
             ServerHandle::serve(router(shared.clone()), 0).expect("starting the auth server");
@@ -147,6 +150,11 @@ impl AuthServer {
 
     pub fn set_jwks(&self, jwks: Value) {
         self.shared.lock().jwks = Jwks::Serve(jwks);
+    }
+
+    /// Makes `/jwks` answer only after `delay`.
+    pub fn delay_jwks(&self, delay: std::time::Duration) {
+        self.shared.lock().jwks_delay = delay;
     }
 
     pub fn fail_jwks(&self, status: u16) {
@@ -264,8 +272,19 @@ async fn handle(
         headers: header_map(&headers),
         body: String::from_utf8_lossy(&body).into_owned(),
     };
-    let mut b = shared.lock();
-    b.recorded.push(recorded.clone());
+    let delay = {
+        let mut b = shared.lock();
+        b.recorded.push(recorded.clone());
+        if recorded.path.contains("jwks") {
+            b.jwks_delay
+        } else {
+            std::time::Duration::ZERO
+        }
+    };
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
+    }
+    let b = shared.lock();
     if let Some((status, body)) = b.fixed.get(&recorded.path) {
         return json_response(*status, body);
     }

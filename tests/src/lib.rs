@@ -12,6 +12,7 @@ pub mod keys;
 pub mod paths;
 pub mod ports;
 pub mod runtime;
+pub mod stack;
 pub mod upstream;
 
 pub use authserver::AuthServer;

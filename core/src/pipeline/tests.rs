@@ -583,3 +583,51 @@ fn opaque_token_passes_from_jwt_to_introspection() {
     ));
     callout_of(run(&e, &mut ev, &mut h, &mut c));
 }
+
+#[test]
+fn cached_token_is_rechecked_against_each_rules_algorithms_and_claims() {
+    use crate::testkeys;
+    use jsonwebtoken::Algorithm;
+    let jwt = |cfg: Value| json!([{"handler": "jwt", "config": cfg}]);
+    let e = engine(
+        json!([
+            header_rule("rs", "http://svc.local/rs", jwt(json!({}))),
+            header_rule(
+                "es",
+                "http://svc.local/es",
+                jwt(json!({"allowed_algorithms": ["ES256"]}))
+            ),
+            header_rule(
+                "aud",
+                "http://svc.local/aud",
+                jwt(json!({"target_audience": ["other"]}))
+            ),
+        ]),
+        json!({}),
+    );
+    let (mut h, mut c) = (TestHost::new(), Caches::new(16));
+    h.keys
+        .insert(JWKS.to_string(), KeyLookup::Ready(testkeys::key_set()));
+    let token = testkeys::sign(
+        Algorithm::RS256,
+        Some(testkeys::kid_for(Algorithm::RS256)),
+        &json!({"sub": "alice", "exp": h.now + 60}),
+    );
+    let bearer = format!("Bearer {token}");
+    let get = |path: &str, h: &mut TestHost, c: &mut Caches| {
+        let mut ev = Evaluation::new(request("GET", path, &[("authorization", &bearer)]));
+        status(&run(&e, &mut ev, h, c))
+    };
+    assert_eq!(get("/rs", &mut h, &mut c), 200);
+    assert_eq!(c.stats().jwt_misses, 1);
+    // Same token, same key sets: a cache hit, but the ES256-only rule still refuses RS256 and
+    // the audience rule still checks aud.
+    assert_eq!(get("/es", &mut h, &mut c), 401);
+    assert_eq!(get("/aud", &mut h, &mut c), 401);
+    assert_eq!(get("/rs", &mut h, &mut c), 200);
+    assert_eq!(c.stats().jwt_misses, 1);
+    assert_eq!(c.stats().jwt_hits, 3);
+    // Past exp the cached entry is gone and the token is refused.
+    h.now += 61;
+    assert_eq!(get("/rs", &mut h, &mut c), 401);
+}
