@@ -1,1 +1,25 @@
-//! Not yet built: see docs/architecture.md for who owns this crate.
+//! # portcullis (control plane)
+//!
+//! The token service: a Hydra-compatible OAuth2 server for machine-to-machine clients
+//! (`client_credentials`), with JWKS, discovery, introspection, revocation and the Hydra v2 admin
+//! API. Everything is exposed as a library so that the reconcilers can embed the service and
+//! register clients in-process through [`client::ClientService`] (see [`server::Service`]).
+
+pub mod admin;
+pub mod assertion;
+pub mod cli;
+pub mod client;
+pub mod clock;
+pub mod crypto;
+pub mod discovery;
+pub mod health;
+pub mod introspect;
+pub mod keys;
+pub mod metrics;
+pub mod oauth2_error;
+pub mod request;
+pub mod revoke;
+pub mod secret;
+pub mod server;
+pub mod store;
+pub mod token;

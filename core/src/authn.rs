@@ -14,6 +14,7 @@ use crate::duration::parse_millis;
 use crate::error_handler::{ErrorKind, PolicyError};
 use crate::host::{Host, KeyLookup};
 use crate::introspection::{self, IntrospectionError, IntrospectionRequirements};
+use crate::jwks::{self, combined_fingerprint};
 use crate::jwt::{self, JwtError, JwtRequirements};
 use crate::request::Request;
 use crate::rule::Handler;
@@ -264,17 +265,29 @@ struct PreAuthorizationConfig {
     enabled: bool,
 }
 
-fn scope_strategy(rule: &str, field: &str, name: Option<&str>) -> Result<ScopeStrategy, ConfigError> {
+fn scope_strategy(
+    rule: &str,
+    field: &str,
+    name: Option<&str>,
+) -> Result<ScopeStrategy, ConfigError> {
     ScopeStrategy::parse(name.unwrap_or("none")).ok_or_else(|| {
         ConfigError::rule(
             rule,
             format!("{field}.config.scope_strategy"),
-            format!("{:?} is not one of exact, hierarchic, wildcard, none", name.unwrap_or("")),
+            format!(
+                "{:?} is not one of exact, hierarchic, wildcard, none",
+                name.unwrap_or("")
+            ),
         )
     })
 }
 
-fn duration(rule: &str, field: &str, value: Option<&str>, default: u64) -> Result<u64, ConfigError> {
+fn duration(
+    rule: &str,
+    field: &str,
+    value: Option<&str>,
+    default: u64,
+) -> Result<u64, ConfigError> {
     value.map_or(Ok(default), |v| {
         parse_millis(v).map_err(|e| ConfigError::rule(rule, field, e))
     })
@@ -304,7 +317,9 @@ impl Authenticator {
                     subject: c.subject.unwrap_or_else(|| "anonymous".to_string()),
                 })
             }
-            "jwt" => compile_jwt(globals, rule, field, config, jwks).map(|j| Self::Jwt(Box::new(j))),
+            "jwt" => {
+                compile_jwt(globals, rule, field, config, jwks).map(|j| Self::Jwt(Box::new(j)))
+            }
             "oauth2_introspection" => compile_introspection(globals, rule, field, config)
                 .map(|i| Self::Introspection(Box::new(i))),
             other => Err(ConfigError::rule(
@@ -345,17 +360,26 @@ fn compile_jwt(
             .map_err(|_| ConfigError::rule(rule, &f, format!("unknown algorithm {name:?}")))?;
         if matches!(
             alg,
-            jsonwebtoken::Algorithm::HS256 | jsonwebtoken::Algorithm::HS384 | jsonwebtoken::Algorithm::HS512
+            jsonwebtoken::Algorithm::HS256
+                | jsonwebtoken::Algorithm::HS384
+                | jsonwebtoken::Algorithm::HS512
         ) {
             return Err(ConfigError::rule(
                 rule,
                 &f,
-                format!("{name} is symmetric: JWKS-verified tokens must use an asymmetric algorithm"),
+                format!(
+                    "{name} is symmetric: JWKS-verified tokens must use an asymmetric algorithm"
+                ),
             ));
         }
         algorithms.push(alg);
     }
-    let ttl_ms = duration(rule, &format!("{field}.config.jwks_ttl"), c.jwks_ttl.as_deref(), DEFAULT_JWKS_TTL_MS)?;
+    let ttl_ms = duration(
+        rule,
+        &format!("{field}.config.jwks_ttl"),
+        c.jwks_ttl.as_deref(),
+        DEFAULT_JWKS_TTL_MS,
+    )?;
     let max_wait_ms = duration(
         rule,
         &format!("{field}.config.jwks_max_wait"),
@@ -363,8 +387,12 @@ fn compile_jwt(
         DEFAULT_JWKS_MAX_WAIT_MS,
     )?;
     for (i, url) in c.jwks_urls.iter().enumerate() {
-        let endpoint =
-            resolve_endpoint(rule, &format!("{field}.config.jwks_urls[{i}]"), url, globals.clusters)?;
+        let endpoint = resolve_endpoint(
+            rule,
+            &format!("{field}.config.jwks_urls[{i}]"),
+            url,
+            globals.clusters,
+        )?;
         match jwks.iter_mut().find(|s| s.endpoint.url == *url) {
             Some(s) => {
                 s.ttl_ms = s.ttl_ms.min(ttl_ms);
@@ -487,6 +515,8 @@ fn compile_introspection(
 #[derive(Debug, Clone)]
 pub struct CachedJwt {
     pub keys: u64,
+    /// Rules sharing key sets may allow different algorithms: re-checked on every hit.
+    pub alg: jsonwebtoken::Algorithm,
     pub subject: Arc<str>,
     pub claims: Arc<Map<String, Value>>,
 }
@@ -548,8 +578,10 @@ fn unauthorized(reason: &'static str, message: impl Into<String>) -> PolicyError
 fn jwt_failure(e: &JwtError) -> AuthnStep {
     let (kind, reason) = match e {
         JwtError::ScopeStrategyNone => (ErrorKind::InternalServerError, "jwt_scope_strategy_none"),
-        JwtError::Expired => (ErrorKind::Unauthorized, "jwt_expired"),
-        JwtError::NotYetValid | JwtError::IssuedInFuture => (ErrorKind::Unauthorized, "jwt_not_yet_valid"),
+        JwtError::Expired(_) => (ErrorKind::Unauthorized, "jwt_expired"),
+        JwtError::NotYetValid(_) | JwtError::IssuedInFuture(_) => {
+            (ErrorKind::Unauthorized, "jwt_not_yet_valid")
+        }
         JwtError::UnknownKid(_) => (ErrorKind::Unauthorized, "jwt_unknown_kid"),
         JwtError::BadSignature => (ErrorKind::Unauthorized, "jwt_bad_signature"),
         JwtError::AlgorithmNotAllowed(_) => (ErrorKind::Unauthorized, "jwt_algorithm"),
@@ -559,12 +591,6 @@ fn jwt_failure(e: &JwtError) -> AuthnStep {
         _ => (ErrorKind::Unauthorized, "jwt_invalid"),
     };
     AuthnStep::Fail(PolicyError::new(kind, reason, e.to_string()))
-}
-
-fn combined_fingerprint(sets: &[Arc<crate::jwks::KeySet>]) -> u64 {
-    sets.iter().fold(0xcbf2_9ce4_8422_2325_u64, |acc, s| {
-        (acc ^ s.fingerprint()).wrapping_mul(0x0000_0100_0000_01b3)
-    })
 }
 
 impl JwtAuthenticator {
@@ -593,18 +619,21 @@ impl JwtAuthenticator {
         }
         let fingerprint = combined_fingerprint(&sets);
         let key = cache_key(&[self.cache_scope.as_bytes(), token.as_bytes()]);
-        if let Some(hit) = caches.jwt.get(&key, now) {
-            if hit.keys == fingerprint {
-                let hit = hit.clone();
-                caches.stats.jwt_hits += 1;
-                return match jwt::check_claims(&hit.claims, &self.requirements, now) {
-                    Ok(()) => AuthnStep::Success {
-                        subject: hit.subject,
-                        extra: hit.claims,
-                    },
-                    Err(e) => jwt_failure(&e),
-                };
+        if let Some(hit) = caches.jwt.get(&key, now).filter(|h| h.keys == fingerprint) {
+            let hit = hit.clone();
+            caches.stats.jwt_hits += 1;
+            if !self.requirements.allows(hit.alg) {
+                return jwt_failure(&JwtError::AlgorithmNotAllowed(
+                    jwks::alg_name(hit.alg).to_string(),
+                ));
             }
+            return match jwt::check_claims(&hit.claims, &self.requirements, now) {
+                Ok(()) => AuthnStep::Success {
+                    subject: hit.subject,
+                    extra: hit.claims,
+                },
+                Err(e) => jwt_failure(&e),
+            };
         }
         caches.stats.jwt_misses += 1;
         let parsed = match jwt::parse(&token) {
@@ -613,7 +642,9 @@ impl JwtAuthenticator {
         };
         match jwt::verify_signature(&parsed, &sets, &self.requirements, host) {
             Ok(()) => {}
-            Err(JwtError::UnknownKid(_)) if pending && !keys_timed_out => return AuthnStep::WaitForKeys,
+            Err(JwtError::UnknownKid(_)) if pending && !keys_timed_out => {
+                return AuthnStep::WaitForKeys;
+            }
             Err(e @ JwtError::UnknownKid(_)) => {
                 if sets.is_empty() {
                     return AuthnStep::Fail(unauthorized(
@@ -630,14 +661,29 @@ impl JwtAuthenticator {
             }
             Err(e) => return jwt_failure(&e),
         }
-        let exp = parsed.exp();
-        let subject: Arc<str> = Arc::from(parsed.subject().unwrap_or_default());
-        let claims = Arc::new(parsed.into_claims());
+        // verify_signature accepted the algorithm, so it parses.
+        let Ok(alg) = jsonwebtoken::Algorithm::from_str(&parsed.alg) else {
+            return jwt_failure(&JwtError::AlgorithmNotAllowed(parsed.alg));
+        };
+        let exp = parsed
+            .claims
+            .get("exp")
+            .and_then(Value::as_f64)
+            .map(|e| e.max(0.0) as u64);
+        let subject: Arc<str> = Arc::from(
+            parsed
+                .claims
+                .get("sub")
+                .and_then(Value::as_str)
+                .unwrap_or(""),
+        );
+        let claims = Arc::new(parsed.claims);
         let expires_at = exp.unwrap_or(now.saturating_add(JWT_CACHE_NO_EXP_MS / 1000));
         caches.jwt.insert(
             key,
             CachedJwt {
                 keys: fingerprint,
+                alg,
                 subject: subject.clone(),
                 claims: claims.clone(),
             },
@@ -662,7 +708,12 @@ impl IntrospectionAuthenticator {
     }
 
     /// First pass: a cached answer, or the call to make.
-    pub(crate) fn authenticate(&self, req: &Request, host: &mut dyn Host, caches: &mut Caches) -> AuthnStep {
+    pub(crate) fn authenticate(
+        &self,
+        req: &Request,
+        host: &mut dyn Host,
+        caches: &mut Caches,
+    ) -> AuthnStep {
         let Some(token) = self.token(req) else {
             return AuthnStep::NotResponsible;
         };
@@ -704,7 +755,10 @@ impl IntrospectionAuthenticator {
             return AuthnStep::Fail(PolicyError::new(
                 ErrorKind::InternalServerError,
                 "introspection_unreachable",
-                format!("introspection endpoint {} did not answer", self.endpoint.url),
+                format!(
+                    "introspection endpoint {} did not answer",
+                    self.endpoint.url
+                ),
             ));
         };
         if response.status != 200 {
@@ -722,7 +776,9 @@ impl IntrospectionAuthenticator {
             Ok(result) => {
                 let subject: Arc<str> = Arc::from(result.subject.as_str());
                 let extra = Arc::new(result.extra);
-                if let (IntrospectionCache::Ttl(ttl_ms), Some(token)) = (self.cache, self.token(req)) {
+                if let (IntrospectionCache::Ttl(ttl_ms), Some(token)) =
+                    (self.cache, self.token(req))
+                {
                     let ttl_s = ttl_ms / 1000;
                     let mut expires_at = now.saturating_add(ttl_s.max(1));
                     if let Some(exp) = result.exp {
@@ -746,11 +802,17 @@ impl IntrospectionAuthenticator {
             Err(e) => {
                 let (kind, reason) = match e {
                     IntrospectionError::Inactive => (ErrorKind::Unauthorized, "token_inactive"),
-                    IntrospectionError::Expired => (ErrorKind::Unauthorized, "token_expired"),
-                    IntrospectionError::Malformed(_) => (ErrorKind::InternalServerError, "introspection_malformed"),
+                    IntrospectionError::Expired(_) => (ErrorKind::Unauthorized, "token_expired"),
+                    IntrospectionError::Malformed(_) => {
+                        (ErrorKind::InternalServerError, "introspection_malformed")
+                    }
                     IntrospectionError::WrongTokenUse(_) => (ErrorKind::Forbidden, "token_use"),
-                    IntrospectionError::AudienceMismatch(_) => (ErrorKind::Forbidden, "token_audience"),
-                    IntrospectionError::UntrustedIssuer(_) => (ErrorKind::Forbidden, "token_issuer"),
+                    IntrospectionError::AudienceMismatch(_) => {
+                        (ErrorKind::Forbidden, "token_audience")
+                    }
+                    IntrospectionError::UntrustedIssuer(_) => {
+                        (ErrorKind::Forbidden, "token_issuer")
+                    }
                     IntrospectionError::MissingScope(_) => (ErrorKind::Forbidden, "token_scope"),
                 };
                 AuthnStep::Fail(PolicyError::new(kind, reason, e.to_string()))

@@ -67,7 +67,12 @@ pub(crate) enum AuthzStep {
 }
 
 impl Authorizer {
-    pub(crate) fn compile(globals: &Globals<'_>, rule: &str, field: &str, handler: &Handler) -> Result<Self, ConfigError> {
+    pub(crate) fn compile(
+        globals: &Globals<'_>,
+        rule: &str,
+        field: &str,
+        handler: &Handler,
+    ) -> Result<Self, ConfigError> {
         let config = globals.handler_config(HandlerKind::Authorizer, rule, field, handler)?;
         match handler.handler.as_str() {
             "allow" => {
@@ -81,27 +86,44 @@ impl Authorizer {
             "remote_json" => {
                 let c: RemoteJsonConfig = parse_handler_config(rule, field, config)?;
                 if c.remote.is_empty() {
-                    return Err(ConfigError::rule(rule, format!("{field}.config.remote"), "is required"));
+                    return Err(ConfigError::rule(
+                        rule,
+                        format!("{field}.config.remote"),
+                        "is required",
+                    ));
                 }
                 if c.payload.is_empty() {
-                    return Err(ConfigError::rule(rule, format!("{field}.config.payload"), "is required"));
+                    return Err(ConfigError::rule(
+                        rule,
+                        format!("{field}.config.payload"),
+                        "is required",
+                    ));
                 }
-                let endpoint = resolve_endpoint(rule, &format!("{field}.config.remote"), &c.remote, globals.clusters)?;
+                let endpoint = resolve_endpoint(
+                    rule,
+                    &format!("{field}.config.remote"),
+                    &c.remote,
+                    globals.clusters,
+                )?;
                 let payload = Template::compile(&c.payload)
                     .map_err(|e| ConfigError::rule(rule, format!("{field}.config.payload"), e))?;
                 let mut headers = Vec::with_capacity(c.headers.len());
                 for (name, value) in &c.headers {
-                    let t = Template::compile(value)
-                        .map_err(|e| ConfigError::rule(rule, format!("{field}.config.headers.{name}"), e))?;
+                    let t = Template::compile(value).map_err(|e| {
+                        ConfigError::rule(rule, format!("{field}.config.headers.{name}"), e)
+                    })?;
                     headers.push((name.to_ascii_lowercase(), t));
                 }
                 let timeout_ms = match c.retry.as_ref().and_then(|r| r.give_up_after.as_deref()) {
-                    Some(d) => parse_millis(d)
-                        .map_err(|e| ConfigError::rule(rule, format!("{field}.config.retry.give_up_after"), e))?,
+                    Some(d) => parse_millis(d).map_err(|e| {
+                        ConfigError::rule(rule, format!("{field}.config.retry.give_up_after"), e)
+                    })?,
                     None => DEFAULT_REMOTE_TIMEOUT_MS,
                 };
                 if let Some(d) = c.retry.as_ref().and_then(|r| r.max_delay.as_deref()) {
-                    parse_millis(d).map_err(|e| ConfigError::rule(rule, format!("{field}.config.retry.max_delay"), e))?;
+                    parse_millis(d).map_err(|e| {
+                        ConfigError::rule(rule, format!("{field}.config.retry.max_delay"), e)
+                    })?;
                 }
                 Ok(Self::RemoteJson(Box::new(RemoteJson {
                     endpoint,
@@ -118,7 +140,9 @@ impl Authorizer {
             other => Err(ConfigError::rule(
                 rule,
                 format!("{field}.handler"),
-                format!("unknown or unsupported authorizer {other:?} (supported: allow, deny, remote_json)"),
+                format!(
+                    "unknown or unsupported authorizer {other:?} (supported: allow, deny, remote_json)"
+                ),
             )),
         }
     }
@@ -137,7 +161,9 @@ impl Authorizer {
 
     pub(crate) fn authorize(&self, req: &Request, session: &Session) -> AuthzStep {
         match self {
-            Self::Allow => AuthzStep::Allow { forward: Vec::new() },
+            Self::Allow => AuthzStep::Allow {
+                forward: Vec::new(),
+            },
             Self::Deny => AuthzStep::Deny(PolicyError::new(
                 ErrorKind::Forbidden,
                 "authorizer_deny",
@@ -205,7 +231,10 @@ impl Authorizer {
             Some(resp) => AuthzStep::Deny(PolicyError::new(
                 ErrorKind::InternalServerError,
                 "remote_json_status",
-                format!("remote authorizer returned status code {} but expected 200 or 403", resp.status),
+                format!(
+                    "remote authorizer returned status code {} but expected 200 or 403",
+                    resp.status
+                ),
             )),
         }
     }

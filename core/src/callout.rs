@@ -72,7 +72,11 @@ impl Endpoint {
         let origin_plain = format!("{scheme}://{bracketed}");
         let cluster = clusters
             .get(&origin_with_port)
-            .or_else(|| (port == default_port).then(|| clusters.get(&origin_plain)).flatten())
+            .or_else(|| {
+                (port == default_port)
+                    .then(|| clusters.get(&origin_plain))
+                    .flatten()
+            })
             .cloned()
             .unwrap_or_else(|| format!("outbound|{port}||{host}"));
         let authority = if port == default_port {
@@ -146,7 +150,12 @@ mod tests {
     #[test]
     fn mapped_origin_wins() {
         let c = map(&[("http://127.0.0.1:4444", "cp_public")]);
-        let e = Endpoint::resolve("jwks_urls", "http://127.0.0.1:4444/.well-known/jwks.json", &c).unwrap();
+        let e = Endpoint::resolve(
+            "jwks_urls",
+            "http://127.0.0.1:4444/.well-known/jwks.json",
+            &c,
+        )
+        .unwrap();
         assert_eq!(e.cluster, "cp_public");
         assert_eq!(e.authority, "127.0.0.1:4444");
         assert_eq!(e.path, "/.well-known/jwks.json");
@@ -169,7 +178,10 @@ mod tests {
             &BTreeMap::new(),
         )
         .unwrap();
-        assert_eq!(e.cluster, "outbound|4445||portcullis.kyma-system.svc.cluster.local");
+        assert_eq!(
+            e.cluster,
+            "outbound|4445||portcullis.kyma-system.svc.cluster.local"
+        );
         let e = Endpoint::resolve("f", "http://svc.ns", &BTreeMap::new()).unwrap();
         assert_eq!(e.cluster, "outbound|80||svc.ns");
         assert_eq!(e.path, "/");

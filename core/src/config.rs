@@ -249,7 +249,8 @@ pub(crate) fn resolve_endpoint(
     url: &str,
     clusters: &BTreeMap<String, String>,
 ) -> Result<Endpoint, ConfigError> {
-    Endpoint::resolve(field, url, clusters).map_err(|e: EndpointError| ConfigError::rule(rule, field, e))
+    Endpoint::resolve(field, url, clusters)
+        .map_err(|e: EndpointError| ConfigError::rule(rule, field, e))
 }
 
 impl Engine {
@@ -282,15 +283,16 @@ impl Engine {
         let mut jwks: Vec<JwksSource> = Vec::new();
         let mut seen_ids: BTreeMap<&str, usize> = BTreeMap::new();
         for (i, rule) in raw.rules.iter().enumerate() {
-            if !rule.id.is_empty() {
-                if let Some(first) = seen_ids.insert(rule.id.as_str(), i) {
-                    errors.push(ConfigError::rule(
-                        &rule.id,
-                        "id",
-                        format!("duplicate rule id (rules #{first} and #{i})"),
-                    ));
-                    continue;
-                }
+            if let Some(first) = (!rule.id.is_empty())
+                .then(|| seen_ids.insert(rule.id.as_str(), i))
+                .flatten()
+            {
+                errors.push(ConfigError::rule(
+                    &rule.id,
+                    "id",
+                    format!("duplicate rule id (rules #{first} and #{i})"),
+                ));
+                continue;
             }
             let Some(handlers) = error_handlers.as_ref() else {
                 continue;
@@ -374,7 +376,11 @@ fn compile_rule(
     };
     let mut methods = Vec::with_capacity(rule.r#match.methods.len());
     for (i, m) in rule.r#match.methods.iter().enumerate() {
-        if m.is_empty() || !m.bytes().all(|b| b.is_ascii_alphabetic() || b == b'-' || b == b'_') {
+        if m.is_empty()
+            || !m
+                .bytes()
+                .all(|b| b.is_ascii_alphabetic() || b == b'-' || b == b'_')
+        {
             errors.push(ConfigError::rule(
                 id,
                 format!("match.methods[{i}]"),

@@ -23,11 +23,18 @@ pub trait Host {
     /// Keys of a JWKS URL. Never blocks; the host fetches in the background.
     fn keys(&mut self, jwks_url: &str) -> KeyLookup;
 
-    /// A token carried a `kid` that none of `jwks_urls` has: the host may re-fetch them
-    /// (rate limited on its side, so a flood of random kids costs at most one fetch per interval).
-    fn unknown_kid(&mut self, jwks_urls: &[String]);
+    /// A token carried a `kid` that none of `jwks_urls` has: the host may re-fetch them (rate
+    /// limited on its side, so a flood of invented kids costs at most one fetch per interval).
+    /// True when a re-fetch is scheduled or under way, so the request may wait for it.
+    fn unknown_kid(&mut self, jwks_urls: &[String]) -> bool;
 
     /// Verifies a signature with the host's native crypto, when it has it. `None` means the host
     /// cannot (unsupported algorithm or no such facility) and the core falls back to pure Rust.
-    fn verify_native(&mut self, alg: jsonwebtoken::Algorithm, key: &Key, message: &[u8], signature: &[u8]) -> Option<bool>;
+    fn verify_native(
+        &mut self,
+        alg: jsonwebtoken::Algorithm,
+        key: &Key,
+        message: &[u8],
+        signature: &[u8],
+    ) -> Option<bool>;
 }

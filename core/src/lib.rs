@@ -8,5 +8,27 @@
 //! Everything the core needs from the outside world (time, fetched keys, native crypto) comes
 //! through the [`host::Host`] trait; the adapters in `filter/` and `control-plane/` implement it.
 
+pub mod authn;
+pub mod authz;
+pub mod cache;
+pub mod callout;
+pub mod config;
+pub mod duration;
+pub mod error_handler;
+pub mod host;
+pub mod introspection;
+pub mod jwks;
+pub mod jwt;
+pub mod matcher;
+pub mod mutator;
+pub mod pipeline;
 pub mod request;
+pub mod rule;
 pub mod scope;
+pub mod session;
+pub mod signature;
+pub mod template;
+pub mod url;
+
+#[cfg(test)]
+mod testkeys;

@@ -32,7 +32,12 @@ fn valid_header_name(name: &str) -> bool {
 }
 
 impl Mutator {
-    pub(crate) fn compile(globals: &Globals<'_>, rule: &str, field: &str, handler: &Handler) -> Result<Self, ConfigError> {
+    pub(crate) fn compile(
+        globals: &Globals<'_>,
+        rule: &str,
+        field: &str,
+        handler: &Handler,
+    ) -> Result<Self, ConfigError> {
         let config = globals.handler_config(HandlerKind::Mutator, rule, field, handler)?;
         match handler.handler.as_str() {
             "noop" => {
@@ -45,9 +50,14 @@ impl Mutator {
                 for (name, value) in c.headers {
                     let f = format!("{field}.config.headers.{name}");
                     if !valid_header_name(&name) || name.starts_with(':') {
-                        return Err(ConfigError::rule(rule, f, "is not a valid HTTP header name"));
+                        return Err(ConfigError::rule(
+                            rule,
+                            f,
+                            "is not a valid HTTP header name",
+                        ));
                     }
-                    let t = Template::compile(&value).map_err(|e| ConfigError::rule(rule, &f, e))?;
+                    let t =
+                        Template::compile(&value).map_err(|e| ConfigError::rule(rule, &f, e))?;
                     headers.push((name, t));
                 }
                 Ok(Self::Header(headers))
@@ -83,7 +93,9 @@ impl Mutator {
                 if value.contains(['\r', '\n']) {
                     value = value.replace(['\r', '\n'], " ");
                 }
-                session.header.retain(|(k, _)| !k.eq_ignore_ascii_case(name));
+                session
+                    .header
+                    .retain(|(k, _)| !k.eq_ignore_ascii_case(name));
                 session.header.push((name.to_ascii_lowercase(), value));
             }
         }

@@ -3,7 +3,7 @@
 //! host can do (keys not fetched yet, an introspection or authorizer call) it returns that need
 //! as a [`Step`] and picks up where it stopped once the host hands the answer back.
 
-use crate::authn::{AuthnStep, Authenticator, Caches};
+use crate::authn::{Authenticator, AuthnStep, Caches};
 use crate::authz::AuthzStep;
 use crate::callout::{Callout, CalloutResponse};
 use crate::config::Engine;
@@ -45,7 +45,9 @@ pub enum Step<'e> {
     Callout(Callout),
     /// Keys for a JWKS URL are still being fetched: wait for them (at most `max_wait_ms`), then
     /// call [`Evaluation::advance`] again, or [`Evaluation::keys_timed_out`] first.
-    WaitForKeys { max_wait_ms: u64 },
+    WaitForKeys {
+        max_wait_ms: u64,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -109,7 +111,12 @@ impl Evaluation {
     }
 
     /// Runs until a decision or a need of the host.
-    pub fn advance<'e>(&mut self, engine: &'e Engine, host: &mut dyn Host, caches: &mut Caches) -> Step<'e> {
+    pub fn advance<'e>(
+        &mut self,
+        engine: &'e Engine,
+        host: &mut dyn Host,
+        caches: &mut Caches,
+    ) -> Step<'e> {
         loop {
             match self.stage {
                 Stage::Match => {
@@ -198,7 +205,12 @@ impl Evaluation {
         }
     }
 
-    fn authenticate(&mut self, authenticator: &Authenticator, host: &mut dyn Host, caches: &mut Caches) -> AuthnStep {
+    fn authenticate(
+        &mut self,
+        authenticator: &Authenticator,
+        host: &mut dyn Host,
+        caches: &mut Caches,
+    ) -> AuthnStep {
         match authenticator {
             Authenticator::Noop => AuthnStep::Success {
                 subject: Arc::from(""),
@@ -242,7 +254,10 @@ impl Evaluation {
     }
 
     fn full_url(&self) -> String {
-        format!("{}://{}{}", self.req.scheme, self.req.authority, self.req.path)
+        format!(
+            "{}://{}{}",
+            self.req.scheme, self.req.authority, self.req.path
+        )
     }
 
     fn match_rule<'e>(&mut self, engine: &'e Engine) -> Result<(), Deny<'e>> {
@@ -278,7 +293,10 @@ impl Evaluation {
                 PolicyError::new(
                     ErrorKind::InternalServerError,
                     "ambiguous_rules",
-                    format!("requested url {target} matches more than one rule: {}", names.join(", ")),
+                    format!(
+                        "requested url {target} matches more than one rule: {}",
+                        names.join(", ")
+                    ),
                 )
             }
             Lookup::Failed { rule, error } => PolicyError::new(
@@ -294,14 +312,18 @@ impl Evaluation {
             rule_id: None,
             reason: error.reason,
             message: error.message.clone(),
-            response: engine.errors.respond_without_rule(&error, &self.req, &full_url),
+            response: engine
+                .errors
+                .respond_without_rule(&error, &self.req, &full_url),
         })
     }
 
     fn deny<'e>(&mut self, engine: &'e Engine, error: PolicyError) -> Step<'e> {
         self.stage = Stage::Finished;
         let rule = &engine.rules[self.rule];
-        let response = rule.errors.respond(&error, &self.req, &self.session.match_context.url);
+        let response = rule
+            .errors
+            .respond(&error, &self.req, &self.session.match_context.url);
         Step::Deny(Deny {
             rule_id: Some(&rule.id),
             reason: error.reason,

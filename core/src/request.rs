@@ -26,7 +26,9 @@ impl Request {
 
     /// Path without the query string.
     pub fn path_only(&self) -> &str {
-        self.path.split_once('?').map_or(self.path.as_str(), |(p, _)| p)
+        self.path
+            .split_once('?')
+            .map_or(self.path.as_str(), |(p, _)| p)
     }
 
     /// Query string without the leading `?`, if any.

@@ -40,7 +40,11 @@ impl ScopeStrategy {
     }
 
     /// True when every required scope is satisfied.
-    pub fn all_satisfied<S: AsRef<str>, R: AsRef<str>>(self, granted: &[S], required: &[R]) -> bool {
+    pub fn all_satisfied<S: AsRef<str>, R: AsRef<str>>(
+        self,
+        granted: &[S],
+        required: &[R],
+    ) -> bool {
         required.iter().all(|r| self.satisfied(granted, r.as_ref()))
     }
 }

@@ -2,6 +2,7 @@
 //! `verify_signature` foreign function (BoringSSL), with a pure-Rust fallback decided by the core.
 
 use crate::keys::KeyStore;
+use crate::metrics::Metrics;
 use portcullis_core::host::{Host, KeyLookup};
 use portcullis_core::jwks::Key;
 use portcullis_core::signature;
@@ -21,6 +22,7 @@ pub struct EnvoyHost<'a> {
     pub now_ms: u64,
     pub keys: &'a mut KeyStore,
     pub native: &'a mut NativeVerify,
+    pub metrics: &'a mut Metrics,
 }
 
 pub fn now_ms() -> u64 {
@@ -58,7 +60,11 @@ impl Host for EnvoyHost<'_> {
         match hostcalls::call_foreign_function("verify_signature", Some(&args)) {
             Ok(Some(result)) => {
                 *self.native = NativeVerify::Available;
-                signature::decode_verify_result(&result).map(|(ok, _)| ok)
+                let verdict = signature::decode_verify_result(&result).map(|(ok, _)| ok);
+                if verdict.is_some() {
+                    self.metrics.count("jwt_verify_native", 1);
+                }
+                verdict
             }
             Ok(None) => None,
             Err(Status::NotFound) => {

@@ -27,7 +27,13 @@ impl Drop for Stream {
 }
 
 impl Context for Stream {
-    fn on_http_call_response(&mut self, token_id: u32, _num_headers: usize, body_size: usize, _num_trailers: usize) {
+    fn on_http_call_response(
+        &mut self,
+        token_id: u32,
+        _num_headers: usize,
+        body_size: usize,
+        _num_trailers: usize,
+    ) {
         vm::on_callout_response(token_id, body_size);
     }
 }

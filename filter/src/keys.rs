@@ -51,18 +51,21 @@ impl KeyStore {
     /// the VM goes, which is harmless: an unused URL is refreshed but never consulted).
     pub fn register(&mut self, sources: &[JwksSource]) {
         for s in sources {
-            let e = self.entries.entry(s.endpoint.url.clone()).or_insert_with(|| Entry {
-                endpoint: s.endpoint.clone(),
-                ttl_ms: s.ttl_ms,
-                keys: None,
-                shared_version: None,
-                fetched_at_ms: 0,
-                in_flight: false,
-                failures: 0,
-                next_attempt_ms: 0,
-                refetch_requested: false,
-                last_forced_ms: None,
-            });
+            let e = self
+                .entries
+                .entry(s.endpoint.url.clone())
+                .or_insert_with(|| Entry {
+                    endpoint: s.endpoint.clone(),
+                    ttl_ms: s.ttl_ms,
+                    keys: None,
+                    shared_version: None,
+                    fetched_at_ms: 0,
+                    in_flight: false,
+                    failures: 0,
+                    next_attempt_ms: 0,
+                    refetch_requested: false,
+                    last_forced_ms: None,
+                });
             e.endpoint = s.endpoint.clone();
             e.ttl_ms = s.ttl_ms.max(1_000);
         }
@@ -115,16 +118,19 @@ impl KeyStore {
             }
             let (stamp, body) = bytes.split_at(8);
             let fetched_at = u64::from_be_bytes(stamp.try_into().unwrap_or([0; 8]));
-            if let Ok(set) = KeySet::parse(body) {
-                if fetched_at >= e.fetched_at_ms || e.keys.is_none() {
-                    let differs = e.keys.as_ref().is_none_or(|k| k.fingerprint() != set.fingerprint());
-                    if differs {
-                        e.keys = Some(Arc::new(set));
-                        changed = true;
-                    }
-                    e.fetched_at_ms = fetched_at;
-                    e.failures = 0;
+            if let Ok(set) = KeySet::parse(body)
+                && (fetched_at >= e.fetched_at_ms || e.keys.is_none())
+            {
+                let differs = e
+                    .keys
+                    .as_ref()
+                    .is_none_or(|k| k.fingerprint() != set.fingerprint());
+                if differs {
+                    e.keys = Some(Arc::new(set));
+                    changed = true;
                 }
+                e.fetched_at_ms = fetched_at;
+                e.failures = 0;
             }
         }
         changed
@@ -164,7 +170,12 @@ impl KeyStore {
     }
 
     /// A fetch answered (`None`: it failed in transport).
-    pub fn fetched(&mut self, url: &str, response: Option<(u16, Vec<u8>)>, now_ms: u64) -> FetchOutcome {
+    pub fn fetched(
+        &mut self,
+        url: &str,
+        response: Option<(u16, Vec<u8>)>,
+        now_ms: u64,
+    ) -> FetchOutcome {
         let Some(e) = self.entries.get_mut(url) else {
             return FetchOutcome::Unknown;
         };
@@ -185,10 +196,10 @@ impl KeyStore {
                 stored.extend_from_slice(&body);
                 let key = format!("{SHARED_PREFIX}{url}");
                 // Last writer wins: every copy is a complete, valid key set.
-                if hostcalls::set_shared_data(&key, Some(&stored), None).is_ok() {
-                    if let Ok((_, version)) = hostcalls::get_shared_data(&key) {
-                        e.shared_version = version;
-                    }
+                if hostcalls::set_shared_data(&key, Some(&stored), None).is_ok()
+                    && let Ok((_, version)) = hostcalls::get_shared_data(&key)
+                {
+                    e.shared_version = version;
                 }
                 e.keys = Some(Arc::new(set));
                 e.fetched_at_ms = now_ms;

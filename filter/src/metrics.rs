@@ -20,7 +20,9 @@ impl Metrics {
         let id = match self.ids.get(name) {
             Some(id) => *id,
             None => {
-                let id = hostcalls::define_metric(MetricType::Counter, &format!("portcullis_{name}")).ok();
+                let id =
+                    hostcalls::define_metric(MetricType::Counter, &format!("portcullis_{name}"))
+                        .ok();
                 self.ids.insert(name.to_string(), id);
                 id
             }

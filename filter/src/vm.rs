@@ -102,8 +102,16 @@ pub fn drive(ctx: u32, engine: Rc<Engine>, mut eval: Evaluation, own: bool) -> A
             Action::Continue
         }
         Effect::Respond(r) => {
-            let headers: Vec<(&str, &str)> = r.headers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-            let _ = hostcalls::send_http_response(u32::from(r.status), headers, Some(r.body.as_bytes()));
+            let headers: Vec<(&str, &str)> = r
+                .headers
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str()))
+                .collect();
+            let _ = hostcalls::send_http_response(
+                u32::from(r.status),
+                headers,
+                Some(r.body.as_bytes()),
+            );
             Action::Pause
         }
         Effect::Pause => Action::Pause,
@@ -117,6 +125,7 @@ fn step(vm: &mut VmState, ctx: u32, engine: Rc<Engine>, eval: &mut Evaluation) -
             now_ms: now,
             keys: &mut vm.keys,
             native: &mut vm.native,
+            metrics: &mut vm.metrics,
         };
         match eval.advance(&engine, &mut host, &mut vm.caches) {
             Step::Allow(allow) => {
@@ -124,7 +133,8 @@ fn step(vm: &mut VmState, ctx: u32, engine: Rc<Engine>, eval: &mut Evaluation) -
                     let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, name, None);
                 }
                 for (name, value) in &allow.set_headers {
-                    let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, name, Some(value));
+                    let _ =
+                        hostcalls::set_map_value(MapType::HttpRequestHeaders, name, Some(value));
                 }
                 debug!("portcullis: rule {:?} allowed the request", allow.rule_id);
                 vm.metrics.count("requests_allowed", 1);
@@ -153,7 +163,10 @@ fn step(vm: &mut VmState, ctx: u32, engine: Rc<Engine>, eval: &mut Evaluation) -
                     return Effect::Pause;
                 }
                 Err(why) => {
-                    warn!("portcullis: call to {} failed to start: {why}", callout.endpoint.url);
+                    warn!(
+                        "portcullis: call to {} failed to start: {why}",
+                        callout.endpoint.url
+                    );
                     vm.metrics.count("callout_failures", 1);
                     eval.callout_done(None);
                 }
@@ -222,7 +235,9 @@ pub fn on_callout_response(token: u32, body_size: usize) {
             let Some(pending) = with_vm(|vm| vm.pending.remove(&ctx)).flatten() else {
                 return;
             };
-            let Pending { engine, mut eval, .. } = pending;
+            let Pending {
+                engine, mut eval, ..
+            } = pending;
             eval.callout_done(status.map(|status| CalloutResponse {
                 status,
                 headers,
@@ -242,7 +257,9 @@ pub fn on_callout_response(token: u32, body_size: usize) {
                 outcome
             });
             match outcome {
-                Some(FetchOutcome::Failed(why)) => warn!("portcullis: fetching JWKS {url} failed: {why}; keeping the keys already known"),
+                Some(FetchOutcome::Failed(why)) => warn!(
+                    "portcullis: fetching JWKS {url} failed: {why}; keeping the keys already known"
+                ),
                 Some(FetchOutcome::Updated) => info!("portcullis: JWKS {url} refreshed"),
                 _ => {}
             }
@@ -270,10 +287,16 @@ pub fn tick() {
         };
         match dispatch(&callout) {
             Ok(token) => {
-                with_vm(|vm| vm.callouts.insert(token, CalloutOwner::Jwks(endpoint.url.clone())));
+                with_vm(|vm| {
+                    vm.callouts
+                        .insert(token, CalloutOwner::Jwks(endpoint.url.clone()))
+                });
             }
             Err(why) => {
-                warn!("portcullis: fetching JWKS {} failed to start: {why}", endpoint.url);
+                warn!(
+                    "portcullis: fetching JWKS {} failed to start: {why}",
+                    endpoint.url
+                );
                 with_vm(|vm| {
                     vm.keys.dispatch_failed(&endpoint.url, now);
                     vm.metrics.count("jwks_fetch_failures", 1);
@@ -285,11 +308,24 @@ pub fn tick() {
     with_vm(|vm| {
         let s = vm.caches.stats();
         let (h, m, ih, im) = vm.reported;
-        vm.metrics.count("jwt_cache_hits", s.jwt_hits.saturating_sub(h));
-        vm.metrics.count("jwt_cache_misses", s.jwt_misses.saturating_sub(m));
-        vm.metrics.count("introspection_cache_hits", s.introspection_hits.saturating_sub(ih));
-        vm.metrics.count("introspection_cache_misses", s.introspection_misses.saturating_sub(im));
-        vm.reported = (s.jwt_hits, s.jwt_misses, s.introspection_hits, s.introspection_misses);
+        vm.metrics
+            .count("jwt_cache_hits", s.jwt_hits.saturating_sub(h));
+        vm.metrics
+            .count("jwt_cache_misses", s.jwt_misses.saturating_sub(m));
+        vm.metrics.count(
+            "introspection_cache_hits",
+            s.introspection_hits.saturating_sub(ih),
+        );
+        vm.metrics.count(
+            "introspection_cache_misses",
+            s.introspection_misses.saturating_sub(im),
+        );
+        vm.reported = (
+            s.jwt_hits,
+            s.jwt_misses,
+            s.introspection_hits,
+            s.introspection_misses,
+        );
     });
 }
 
@@ -312,11 +348,15 @@ fn wake_key_waiters(now: u64, keys_changed: bool) {
     })
     .unwrap_or_default();
     for (ctx, p) in ready {
-        let Pending { engine, mut eval, waiting } = p;
-        if let Waiting::Keys { deadline_ms } = waiting {
-            if now >= deadline_ms {
-                eval.keys_timed_out();
-            }
+        let Pending {
+            engine,
+            mut eval,
+            waiting,
+        } = p;
+        if let Waiting::Keys { deadline_ms } = waiting
+            && now >= deadline_ms
+        {
+            eval.keys_timed_out();
         }
         drive(ctx, engine, eval, false);
     }

@@ -132,12 +132,19 @@ fn bad_template_and_header_name_are_rejected() {
     assert!(msg.contains("mutators[0].config.headers.X-User"), "{msg}");
     let mut r = rule("r", "http://svc/x", "noop");
     r["mutators"] = json!([{"handler": "header", "config": {"headers": {"Bad Name": "x"}}}]);
-    assert!(errors(base(json!([r])))[0].to_string().contains("not a valid HTTP header name"));
+    assert!(
+        errors(base(json!([r])))[0]
+            .to_string()
+            .contains("not a valid HTTP header name")
+    );
 }
 
 #[test]
 fn duplicate_rule_ids_are_rejected() {
-    let errs = errors(base(json!([rule("same", "http://svc/a", "noop"), rule("same", "http://svc/b", "noop")])));
+    let errs = errors(base(json!([
+        rule("same", "http://svc/a", "noop"),
+        rule("same", "http://svc/b", "noop")
+    ])));
     assert!(errs[0].to_string().contains("duplicate rule id"));
 }
 

@@ -25,13 +25,22 @@ impl Host for TestHost {
         self.now
     }
     fn keys(&mut self, jwks_url: &str) -> KeyLookup {
-        self.keys.get(jwks_url).cloned().unwrap_or(KeyLookup::Unavailable)
+        self.keys
+            .get(jwks_url)
+            .cloned()
+            .unwrap_or(KeyLookup::Unavailable)
     }
     fn unknown_kid(&mut self, _jwks_urls: &[String]) -> bool {
         self.unknown_kid_calls += 1;
         false
     }
-    fn verify_native(&mut self, _alg: crate::jwks::Algorithm, _key: &Key, _m: &[u8], _s: &[u8]) -> Option<bool> {
+    fn verify_native(
+        &mut self,
+        _alg: crate::jwks::Algorithm,
+        _key: &Key,
+        _m: &[u8],
+        _s: &[u8],
+    ) -> Option<bool> {
         None
     }
 }
@@ -64,7 +73,14 @@ fn engine(rules: Value, extra: Value) -> Engine {
     }
 }
 
-fn rule(id: &str, url: &str, methods: &[&str], authenticators: Value, authorizer: Value, mutators: Value) -> Value {
+fn rule(
+    id: &str,
+    url: &str,
+    methods: &[&str],
+    authenticators: Value,
+    authorizer: Value,
+    mutators: Value,
+) -> Value {
     json!({
         "id": id,
         "match": {"url": url, "methods": methods},
@@ -80,12 +96,20 @@ fn request(method: &str, path: &str, headers: &[(&str, &str)]) -> Request {
         scheme: "http".into(),
         authority: "svc.local".into(),
         path: path.into(),
-        headers: headers.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        headers: headers
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
         remote_ip: Some("10.0.0.1".into()),
     }
 }
 
-fn run<'e>(engine: &'e Engine, eval: &mut Evaluation, host: &mut TestHost, caches: &mut Caches) -> Step<'e> {
+fn run<'e>(
+    engine: &'e Engine,
+    eval: &mut Evaluation,
+    host: &mut TestHost,
+    caches: &mut Caches,
+) -> Step<'e> {
     eval.advance(engine, host, caches)
 }
 
@@ -117,7 +141,14 @@ fn header_rule(id: &str, url: &str, authn: Value) -> Value {
 
 #[test]
 fn no_matching_rule_is_404_with_oathkeeper_body() {
-    let e = engine(json!([header_rule("a", "http://svc.local/a", json!([{"handler": "noop"}]))]), json!({}));
+    let e = engine(
+        json!([header_rule(
+            "a",
+            "http://svc.local/a",
+            json!([{"handler": "noop"}])
+        )]),
+        json!({}),
+    );
     let (mut h, mut c) = (TestHost::new(), Caches::new(16));
     let mut ev = Evaluation::new(request("GET", "/b", &[]));
     let step = run(&e, &mut ev, &mut h, &mut c);
@@ -127,10 +158,36 @@ fn no_matching_rule_is_404_with_oathkeeper_body() {
 
 #[test]
 fn method_must_match() {
-    let e = engine(json!([rule("a", "http://svc.local/a", &["POST"], json!([{"handler": "noop"}]), json!({"handler": "allow"}), json!([{"handler": "noop"}]))]), json!({}));
+    let e = engine(
+        json!([rule(
+            "a",
+            "http://svc.local/a",
+            &["POST"],
+            json!([{"handler": "noop"}]),
+            json!({"handler": "allow"}),
+            json!([{"handler": "noop"}])
+        )]),
+        json!({}),
+    );
     let (mut h, mut c) = (TestHost::new(), Caches::new(16));
-    assert_eq!(status(&run(&e, &mut Evaluation::new(request("GET", "/a", &[])), &mut h, &mut c)), 404);
-    assert_eq!(status(&run(&e, &mut Evaluation::new(request("POST", "/a", &[])), &mut h, &mut c)), 200);
+    assert_eq!(
+        status(&run(
+            &e,
+            &mut Evaluation::new(request("GET", "/a", &[])),
+            &mut h,
+            &mut c
+        )),
+        404
+    );
+    assert_eq!(
+        status(&run(
+            &e,
+            &mut Evaluation::new(request("POST", "/a", &[])),
+            &mut h,
+            &mut c
+        )),
+        200
+    );
 }
 
 #[test]
@@ -138,49 +195,108 @@ fn overlapping_rules_fail_closed_with_500() {
     let e = engine(
         json!([
             header_rule("one", "http://svc.local/<.*>", json!([{"handler": "noop"}])),
-            header_rule("two", "http://svc.local/a<.*>", json!([{"handler": "noop"}])),
+            header_rule(
+                "two",
+                "http://svc.local/a<.*>",
+                json!([{"handler": "noop"}])
+            ),
         ]),
         json!({}),
     );
     let (mut h, mut c) = (TestHost::new(), Caches::new(16));
-    let step = run(&e, &mut Evaluation::new(request("GET", "/abc", &[])), &mut h, &mut c);
+    let step = run(
+        &e,
+        &mut Evaluation::new(request("GET", "/abc", &[])),
+        &mut h,
+        &mut c,
+    );
     assert_eq!(status(&step), 500);
     match step {
-        Step::Deny(d) => assert!(d.message.contains("one") && d.message.contains("two"), "{}", d.message),
+        Step::Deny(d) => assert!(
+            d.message.contains("one") && d.message.contains("two"),
+            "{}",
+            d.message
+        ),
         _ => unreachable!(),
     }
 }
 
 #[test]
 fn anonymous_then_mutator_sets_and_strips_headers() {
-    let e = engine(json!([header_rule("a", "http://svc.local/<.*>", json!([{"handler": "anonymous"}, {"handler": "unauthorized"}]))]), json!({}));
+    let e = engine(
+        json!([header_rule(
+            "a",
+            "http://svc.local/<.*>",
+            json!([{"handler": "anonymous"}, {"handler": "unauthorized"}])
+        )]),
+        json!({}),
+    );
     let (mut h, mut c) = (TestHost::new(), Caches::new(16));
     let mut ev = Evaluation::new(request("GET", "/x", &[("x-user", "forged")]));
     match run(&e, &mut ev, &mut h, &mut c) {
         Step::Allow(a) => {
             assert_eq!(a.rule_id, "a");
             assert!(a.remove_headers.contains(&"x-user".to_string()));
-            assert!(a.set_headers.contains(&("x-user".to_string(), "guest".to_string())), "{:?}", a.set_headers);
+            assert!(
+                a.set_headers
+                    .contains(&("x-user".to_string(), "guest".to_string())),
+                "{:?}",
+                a.set_headers
+            );
         }
         other => panic!("{other:?}"),
     }
     // With an Authorization header anonymous is not responsible; unauthorized answers 401.
-    let mut ev = Evaluation::new(request("GET", "/x", &[("authorization", "Basic Zm9vOmJhcg==")]));
+    let mut ev = Evaluation::new(request(
+        "GET",
+        "/x",
+        &[("authorization", "Basic Zm9vOmJhcg==")],
+    ));
     assert_eq!(status(&run(&e, &mut ev, &mut h, &mut c)), 401);
 }
 
 #[test]
 fn no_responsible_authenticator_is_401() {
-    let e = engine(json!([header_rule("a", "http://svc.local/<.*>", json!([{"handler": "jwt"}]))]), json!({}));
+    let e = engine(
+        json!([header_rule(
+            "a",
+            "http://svc.local/<.*>",
+            json!([{"handler": "jwt"}])
+        )]),
+        json!({}),
+    );
     let (mut h, mut c) = (TestHost::new(), Caches::new(16));
-    assert_eq!(status(&run(&e, &mut Evaluation::new(request("GET", "/x", &[])), &mut h, &mut c)), 401);
+    assert_eq!(
+        status(&run(
+            &e,
+            &mut Evaluation::new(request("GET", "/x", &[])),
+            &mut h,
+            &mut c
+        )),
+        401
+    );
 }
 
 #[test]
 fn deny_authorizer_is_403() {
-    let e = engine(json!([rule("d", "http://svc.local/<.*>", &["GET"], json!([{"handler": "noop"}]), json!({"handler": "deny"}), json!([{"handler": "noop"}]))]), json!({}));
+    let e = engine(
+        json!([rule(
+            "d",
+            "http://svc.local/<.*>",
+            &["GET"],
+            json!([{"handler": "noop"}]),
+            json!({"handler": "deny"}),
+            json!([{"handler": "noop"}])
+        )]),
+        json!({}),
+    );
     let (mut h, mut c) = (TestHost::new(), Caches::new(16));
-    let step = run(&e, &mut Evaluation::new(request("GET", "/x", &[])), &mut h, &mut c);
+    let step = run(
+        &e,
+        &mut Evaluation::new(request("GET", "/x", &[])),
+        &mut h,
+        &mut c,
+    );
     assert_eq!(status(&step), 403);
     assert_eq!(error_body(&step)["error"]["status"], "Forbidden");
 }
@@ -189,33 +305,76 @@ fn deny_authorizer_is_403() {
 fn path_is_cleaned_before_matching() {
     let e = engine(
         json!([
-            header_rule("public", "http://svc.local/public/<.*>", json!([{"handler": "anonymous"}])),
-            rule("admin", "http://svc.local/admin<.*>", &["GET"], json!([{"handler": "noop"}]), json!({"handler": "deny"}), json!([{"handler": "noop"}])),
+            header_rule(
+                "public",
+                "http://svc.local/public/<.*>",
+                json!([{"handler": "anonymous"}])
+            ),
+            rule(
+                "admin",
+                "http://svc.local/admin<.*>",
+                &["GET"],
+                json!([{"handler": "noop"}]),
+                json!({"handler": "deny"}),
+                json!([{"handler": "noop"}])
+            ),
         ]),
         json!({}),
     );
     let (mut h, mut c) = (TestHost::new(), Caches::new(16));
-    let step = run(&e, &mut Evaluation::new(request("GET", "/public/../admin", &[])), &mut h, &mut c);
+    let step = run(
+        &e,
+        &mut Evaluation::new(request("GET", "/public/../admin", &[])),
+        &mut h,
+        &mut c,
+    );
     assert_eq!(status(&step), 403, "traversal must land on the admin rule");
 }
 
 #[test]
 fn forwarded_headers_only_when_trusted() {
-    let rules = json!([header_rule("ext", "https://api.example.com/<.*>", json!([{"handler": "anonymous"}]))]);
-    let fwd = [("x-forwarded-proto", "https"), ("x-forwarded-host", "api.example.com")];
+    let rules = json!([header_rule(
+        "ext",
+        "https://api.example.com/<.*>",
+        json!([{"handler": "anonymous"}])
+    )]);
+    let fwd = [
+        ("x-forwarded-proto", "https"),
+        ("x-forwarded-host", "api.example.com"),
+    ];
     let (mut h, mut c) = (TestHost::new(), Caches::new(16));
     let e = engine(rules.clone(), json!({}));
-    assert_eq!(status(&run(&e, &mut Evaluation::new(request("GET", "/x", &fwd)), &mut h, &mut c)), 404);
+    assert_eq!(
+        status(&run(
+            &e,
+            &mut Evaluation::new(request("GET", "/x", &fwd)),
+            &mut h,
+            &mut c
+        )),
+        404
+    );
     let e = engine(rules, json!({"trust_forwarded_headers": true}));
-    assert_eq!(status(&run(&e, &mut Evaluation::new(request("GET", "/x", &fwd)), &mut h, &mut c)), 200);
+    assert_eq!(
+        status(&run(
+            &e,
+            &mut Evaluation::new(request("GET", "/x", &fwd)),
+            &mut h,
+            &mut c
+        )),
+        200
+    );
 }
 
 fn introspection_engine(cache: Value) -> Engine {
-    let mut authn = json!({"handler": "oauth2_introspection", "config": {"required_scope": ["read"]}});
+    let mut authn =
+        json!({"handler": "oauth2_introspection", "config": {"required_scope": ["read"]}});
     if !cache.is_null() {
         authn["config"]["cache"] = cache;
     }
-    engine(json!([header_rule("i", "http://svc.local/<.*>", json!([authn]))]), json!({}))
+    engine(
+        json!([header_rule("i", "http://svc.local/<.*>", json!([authn]))]),
+        json!({}),
+    )
 }
 
 fn callout_of(step: Step<'_>) -> Callout {
@@ -244,11 +403,20 @@ fn introspection_calls_out_then_allows_and_caches() {
     assert_eq!(call.endpoint.path, "/admin/oauth2/introspect");
     assert_eq!(call.method, "POST");
     assert!(String::from_utf8_lossy(&call.body).starts_with("token=opaque-token"));
-    ev.callout_done(answer(200, json!({"active": true, "sub": "client-1", "scope": "read write", "client_id": "client-1"})));
+    ev.callout_done(answer(
+        200,
+        json!({"active": true, "sub": "client-1", "scope": "read write", "client_id": "client-1"}),
+    ));
     match run(&e, &mut ev, &mut h, &mut c) {
         Step::Allow(a) => {
-            assert!(a.set_headers.contains(&("x-user".into(), "client-1".into())));
-            assert!(a.set_headers.contains(&("x-scope".into(), "read write".into())));
+            assert!(
+                a.set_headers
+                    .contains(&("x-user".into(), "client-1".into()))
+            );
+            assert!(
+                a.set_headers
+                    .contains(&("x-scope".into(), "read write".into()))
+            );
         }
         other => panic!("{other:?}"),
     }
@@ -279,13 +447,23 @@ fn introspection_failures_map_to_oathkeeper_statuses() {
     let cases = [
         (answer(200, json!({"active": false})), 401),
         (answer(200, json!({"active": true, "scope": "write"})), 403),
-        (answer(200, json!({"active": true, "scope": "read", "token_use": "refresh_token"})), 403),
+        (
+            answer(
+                200,
+                json!({"active": true, "scope": "read", "token_use": "refresh_token"}),
+            ),
+            403,
+        ),
         (answer(500, json!({})), 500),
         (None, 500),
     ];
     for (i, (reply, want)) in cases.into_iter().enumerate() {
         let (mut h, mut c) = (TestHost::new(), Caches::new(16));
-        let mut ev = Evaluation::new(request("GET", "/x", &[("authorization", &format!("Bearer t{i}"))]));
+        let mut ev = Evaluation::new(request(
+            "GET",
+            "/x",
+            &[("authorization", &format!("Bearer t{i}"))],
+        ));
         callout_of(run(&e, &mut ev, &mut h, &mut c));
         ev.callout_done(reply);
         assert_eq!(status(&run(&e, &mut ev, &mut h, &mut c)), want, "case {i}");
@@ -298,7 +476,17 @@ fn remote_json_authorizer_posts_payload_and_forwards_headers() {
         "payload": "{\"subject\": \"{{ print .Subject }}\", \"g\": \"{{ printIndex .MatchContext.RegexpCaptureGroups 0 }}\"}",
         "forward_response_headers_to_upstream": ["X-Tenant"]
     }});
-    let e = engine(json!([rule("r", "http://svc.local/items/<[0-9]+>", &["GET"], json!([{"handler": "anonymous"}]), authz, json!([{"handler": "noop"}]))]), json!({}));
+    let e = engine(
+        json!([rule(
+            "r",
+            "http://svc.local/items/<[0-9]+>",
+            &["GET"],
+            json!([{"handler": "anonymous"}]),
+            authz,
+            json!([{"handler": "noop"}])
+        )]),
+        json!({}),
+    );
     let (mut h, mut c) = (TestHost::new(), Caches::new(16));
     let mut ev = Evaluation::new(request("GET", "/items/42", &[]));
     let call = callout_of(run(&e, &mut ev, &mut h, &mut c));
@@ -311,7 +499,10 @@ fn remote_json_authorizer_posts_payload_and_forwards_headers() {
         body: vec![],
     }));
     match run(&e, &mut ev, &mut h, &mut c) {
-        Step::Allow(a) => assert_eq!(a.set_headers, vec![("x-tenant".to_string(), "acme".to_string())]),
+        Step::Allow(a) => assert_eq!(
+            a.set_headers,
+            vec![("x-tenant".to_string(), "acme".to_string())]
+        ),
         other => panic!("{other:?}"),
     }
     let mut ev = Evaluation::new(request("GET", "/items/7", &[]));
@@ -324,12 +515,23 @@ fn remote_json_authorizer_posts_payload_and_forwards_headers() {
 fn unsigned_jwt(kid: &str) -> String {
     use base64::Engine as _;
     let b64 = |v: Value| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string());
-    format!("{}.{}.c2ln", b64(json!({"alg": "RS256", "kid": kid})), b64(json!({"sub": "x"})))
+    format!(
+        "{}.{}.c2ln",
+        b64(json!({"alg": "RS256", "kid": kid})),
+        b64(json!({"sub": "x"}))
+    )
 }
 
 #[test]
 fn jwt_waits_for_pending_keys_then_fails_closed_on_timeout() {
-    let e = engine(json!([header_rule("j", "http://svc.local/<.*>", json!([{"handler": "jwt"}]))]), json!({}));
+    let e = engine(
+        json!([header_rule(
+            "j",
+            "http://svc.local/<.*>",
+            json!([{"handler": "jwt"}])
+        )]),
+        json!({}),
+    );
     let (mut h, mut c) = (TestHost::new(), Caches::new(16));
     h.keys.insert(JWKS.to_string(), KeyLookup::Pending);
     let bearer = format!("Bearer {}", unsigned_jwt("k1"));
@@ -344,20 +546,88 @@ fn jwt_waits_for_pending_keys_then_fails_closed_on_timeout() {
 
 #[test]
 fn jwt_with_unavailable_keys_is_denied() {
-    let e = engine(json!([header_rule("j", "http://svc.local/<.*>", json!([{"handler": "jwt"}]))]), json!({}));
+    let e = engine(
+        json!([header_rule(
+            "j",
+            "http://svc.local/<.*>",
+            json!([{"handler": "jwt"}])
+        )]),
+        json!({}),
+    );
     let (mut h, mut c) = (TestHost::new(), Caches::new(16));
     let bearer = format!("Bearer {}", unsigned_jwt("k1"));
-    let step = run(&e, &mut Evaluation::new(request("GET", "/x", &[("authorization", &bearer)])), &mut h, &mut c);
+    let step = run(
+        &e,
+        &mut Evaluation::new(request("GET", "/x", &[("authorization", &bearer)])),
+        &mut h,
+        &mut c,
+    );
     assert_eq!(status(&step), 401);
 }
 
 #[test]
 fn opaque_token_passes_from_jwt_to_introspection() {
     let e = engine(
-        json!([header_rule("chain", "http://svc.local/<.*>", json!([{"handler": "jwt"}, {"handler": "oauth2_introspection"}]))]),
+        json!([header_rule(
+            "chain",
+            "http://svc.local/<.*>",
+            json!([{"handler": "jwt"}, {"handler": "oauth2_introspection"}])
+        )]),
         json!({}),
     );
     let (mut h, mut c) = (TestHost::new(), Caches::new(16));
-    let mut ev = Evaluation::new(request("GET", "/x", &[("authorization", "Bearer not-a-jwt")]));
+    let mut ev = Evaluation::new(request(
+        "GET",
+        "/x",
+        &[("authorization", "Bearer not-a-jwt")],
+    ));
     callout_of(run(&e, &mut ev, &mut h, &mut c));
+}
+
+#[test]
+fn cached_token_is_rechecked_against_each_rules_algorithms_and_claims() {
+    use crate::testkeys;
+    use jsonwebtoken::Algorithm;
+    let jwt = |cfg: Value| json!([{"handler": "jwt", "config": cfg}]);
+    let e = engine(
+        json!([
+            header_rule("rs", "http://svc.local/rs", jwt(json!({}))),
+            header_rule(
+                "es",
+                "http://svc.local/es",
+                jwt(json!({"allowed_algorithms": ["ES256"]}))
+            ),
+            header_rule(
+                "aud",
+                "http://svc.local/aud",
+                jwt(json!({"target_audience": ["other"]}))
+            ),
+        ]),
+        json!({}),
+    );
+    let (mut h, mut c) = (TestHost::new(), Caches::new(16));
+    h.keys
+        .insert(JWKS.to_string(), KeyLookup::Ready(testkeys::key_set()));
+    let token = testkeys::sign(
+        Algorithm::RS256,
+        Some(testkeys::kid_for(Algorithm::RS256)),
+        &json!({"sub": "alice", "exp": h.now + 60}),
+    );
+    let bearer = format!("Bearer {token}");
+    let get = |path: &str, h: &mut TestHost, c: &mut Caches| {
+        let mut ev = Evaluation::new(request("GET", path, &[("authorization", &bearer)]));
+        status(&run(&e, &mut ev, h, c))
+    };
+    assert_eq!(get("/rs", &mut h, &mut c), 200);
+    assert_eq!(c.stats().jwt_misses, 1);
+    // Same token, same key sets: a cache hit, but the ES256-only rule still refuses RS256 and
+    // the audience rule still checks aud.
+    assert_eq!(get("/es", &mut h, &mut c), 401);
+    assert_eq!(get("/aud", &mut h, &mut c), 401);
+    assert_eq!(get("/rs", &mut h, &mut c), 200);
+    assert_eq!(c.stats().jwt_misses, 1);
+    assert_eq!(c.stats().jwt_hits, 3);
+    // Past exp the cached entry is gone and the token is refused.
+    h.now += 61;
+    assert_eq!(get("/rs", &mut h, &mut c), 401);
 }

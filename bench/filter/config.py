@@ -1,0 +1,155 @@
+#!/usr/bin/env python3
+"""Writes the benchmark's Envoy bootstrap: one Envoy, one listener per variant, all answering
+with a direct response so only the filter's cost differs. Also writes the Portcullis filter
+configuration (issue 2 format) with 100 rules, one of which matches the benchmark path.
+
+usage: config.py OUT_DIR ADMIN_ADDR_PATH JWKS_PORT NOOP_WASM FILTER_WASM|- PORT_a PORT_b ...
+Ports are given in the order of VARIANTS below; FILTER_WASM '-' omits the Portcullis listener.
+"""
+import json
+import sys
+
+ISSUER = "https://issuer.portcullis.test/"
+AUDIENCE = "https://api.portcullis.test"
+BENCH_PATH = "/api/resource"
+
+# name -> http filters before the router (see build_filters)
+VARIANTS = ["nofilter", "noop", "jwt_nocache", "jwt_cache", "portcullis"]
+
+
+def wasm_filter(name, vm_id, path, configuration):
+    return {
+        "name": name,
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
+            "config": {
+                "name": name,
+                "vm_config": {
+                    "vm_id": vm_id,
+                    "runtime": "envoy.wasm.runtime.v8",
+                    "code": {"local": {"filename": path}},
+                },
+                "configuration": {
+                    "@type": "type.googleapis.com/google.protobuf.StringValue",
+                    "value": configuration,
+                },
+                "failure_policy": "FAIL_CLOSED",
+            },
+        },
+    }
+
+
+def jwt_authn(jwks_file, cache):
+    config = {
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication",
+        "providers": {
+            "bench": {
+                "issuer": ISSUER,
+                "audiences": [AUDIENCE],
+                "local_jwks": {"filename": jwks_file},
+                "forward": True,
+                "claim_to_headers": [{"header_name": "x-user", "claim_name": "sub"}],
+            }
+        },
+        "rules": [{"match": {"prefix": "/"}, "requires": {"provider_name": "bench"}}],
+    }
+    if cache:
+        config["providers"]["bench"]["jwt_cache_config"] = {"jwt_cache_size": 1000}
+    return {"name": "envoy.filters.http.jwt_authn", "typed_config": config}
+
+
+def portcullis_config(jwks_port):
+    origin = f"http://127.0.0.1:{jwks_port}"
+    handlers = {
+        "authenticators": [{"handler": "jwt"}],
+        "authorizer": {"handler": "allow"},
+        "mutators": [{"handler": "header"}],
+    }
+    rules = [
+        {"id": f"other-{i:02}", "match": {"url": f"http://<[^/]+>/svc-{i:02}/<.*>", "methods": ["GET", "POST"]}, **handlers}
+        for i in range(99)
+    ]
+    rules.append({"id": "bench", "match": {"url": "http://<[^/]+>/api/<.*>", "methods": ["GET"]}, **handlers})
+    return {
+        "access_rules": {"matching_strategy": "regexp"},
+        "authenticators": {
+            "jwt": {
+                "enabled": True,
+                "config": {
+                    "jwks_urls": [f"{origin}/jwks.json"],
+                    "trusted_issuers": [ISSUER],
+                    "target_audience": [AUDIENCE],
+                    "allowed_algorithms": ["RS256"],
+                },
+            }
+        },
+        "authorizers": {"allow": {"enabled": True}},
+        "mutators": {"header": {"enabled": True, "config": {"headers": {"X-User": "{{ print .Subject }}"}}}},
+        "errors": {"fallback": ["json"], "handlers": {"json": {"enabled": True}}},
+        "rules": rules,
+        "clusters": {origin: "jwks"},
+    }
+
+
+def listener(name, port, filters):
+    router = {
+        "name": "envoy.filters.http.router",
+        "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"},
+    }
+    return {
+        "name": name,
+        "address": {"socket_address": {"address": "127.0.0.1", "port_value": port}},
+        "filter_chains": [{"filters": [{
+            "name": "envoy.filters.network.http_connection_manager",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+                "stat_prefix": name,
+                "route_config": {"virtual_hosts": [{
+                    "name": "all",
+                    "domains": ["*"],
+                    "routes": [{"match": {"prefix": "/"}, "direct_response": {"status": 200, "body": {"inline_string": "ok"}}}],
+                }]},
+                "http_filters": filters + [router],
+            },
+        }]}],
+    }
+
+
+def main():
+    out, admin_path, jwks_port, noop_wasm, filter_wasm = sys.argv[1:6]
+    ports = [int(p) for p in sys.argv[6:]]
+    jwks_file = f"{out}/jwks.json"
+    pc = portcullis_config(int(jwks_port))
+    with open(f"{out}/portcullis.json", "w") as f:
+        json.dump(pc, f, indent=1)
+    filters = {
+        "nofilter": [],
+        "noop": [wasm_filter("noop", "noop", noop_wasm, "bench")],
+        "jwt_nocache": [jwt_authn(jwks_file, cache=False)],
+        "jwt_cache": [jwt_authn(jwks_file, cache=True)],
+        "portcullis": [wasm_filter("portcullis", "portcullis", filter_wasm, json.dumps(pc))],
+    }
+    listeners = [
+        listener(name, port, filters[name])
+        for name, port in zip(VARIANTS, ports)
+        if not (name == "portcullis" and filter_wasm == "-")
+    ]
+    bootstrap = {
+        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}}},
+        "static_resources": {
+            "listeners": listeners,
+            "clusters": [{
+                "name": "jwks",
+                "type": "STATIC",
+                "connect_timeout": "1s",
+                "load_assignment": {"cluster_name": "jwks", "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {
+                    "socket_address": {"address": "127.0.0.1", "port_value": int(jwks_port)}}}}]}]},
+            }],
+        },
+    }
+    with open(f"{out}/envoy.yaml", "w") as f:
+        json.dump(bootstrap, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,153 @@
+#!/usr/bin/env bash
+# Filter throughput, side by side in ONE Envoy (1 worker, direct response, one listener per
+# variant), wrk with 16 connections, alternating rounds, median per variant:
+#   a nofilter        no HTTP filter
+#   b noop            wasm that reads one header and sets one (the floor for any wasm filter)
+#   c jwt_nocache     native jwt_authn, RS256, local JWKS, a fresh token every request
+#   d jwt_cache       native jwt_authn with jwt_cache_config, same token every request
+#   e pc_hit          Portcullis, 100 rules, same RS256 token every request (cache hit)
+#   f pc_miss         Portcullis, a fresh RS256 token every request (cache miss)
+# Targets (issue 2): e >= 0.9 x b, f >= 0.9 x c.
+# Knobs: BENCH_DURATION (s, default 5), BENCH_ROUNDS (default 3), BENCH_TOKENS (default 4000;
+# must exceed the filter's verified-token cache capacity for f to measure misses).
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/../.."
+ROOT=$PWD
+HERE=$ROOT/bench/filter
+DURATION=${BENCH_DURATION:-5}
+ROUNDS=${BENCH_ROUNDS:-3}
+NTOKENS=${BENCH_TOKENS:-4000}
+CONNECTIONS=16
+ENVOY=${ENVOY_BIN:-$ROOT/.venv/bin/envoy}
+NOOP_WASM=${PORTCULLIS_NOOP_WASM:-$ROOT/dist/noop.wasm}
+FILTER_WASM=${PORTCULLIS_WASM:-$ROOT/dist/filter.wasm}
+WORK=$ROOT/target/bench-filter
+mkdir -p "$WORK"
+
+log() { printf '>> %s\n' "$*" >&2; }
+
+if ! command -v wrk >/dev/null; then
+  log "installing wrk"
+  SUDO=; [ "$(id -u)" = 0 ] || SUDO=sudo
+  $SUDO apt-get update && $SUDO apt-get install -y wrk
+fi
+
+[ -x "$ENVOY" ] || make envoy
+[ -f "$NOOP_WASM" ] || make wasm-noop
+
+# The Portcullis variants need a real proxy-wasm module (the placeholder crate exports nothing).
+HAVE_FILTER=0
+if make wasm-filter >"$WORK/wasm-filter.log" 2>&1 && grep -q proxy_on_context_create "$FILTER_WASM"; then
+  HAVE_FILTER=1
+else
+  log "SKIPPING e/f: $FILTER_WASM is missing or not a proxy-wasm module (see $WORK/wasm-filter.log)"
+fi
+
+# Tokens valid for a day: reuse them for 12 hours.
+TOKDIR=$WORK/tokens-$NTOKENS
+if [ -z "$(find "$TOKDIR/tokens.txt" -mmin -720 2>/dev/null)" ]; then
+  log "minting $NTOKENS RS256 tokens"
+  cargo build -q -p portcullis-e2e --bin mint
+  "$ROOT/target/debug/mint" "$TOKDIR" "$NTOKENS"
+fi
+TOKEN=$(cat "$TOKDIR/token.txt")
+
+read -r -a PORTS <<<"$(python3 -c '
+import socket
+socks = [socket.socket() for _ in range(6)]
+for s in socks: s.bind(("127.0.0.1", 0))
+print(" ".join(str(s.getsockname()[1]) for s in socks))')"
+JWKS_PORT=${PORTS[5]}
+
+PIDS=()
+cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; }
+trap cleanup EXIT
+
+python3 -m http.server --bind 127.0.0.1 --directory "$TOKDIR" "$JWKS_PORT" >"$WORK/jwks-server.log" 2>&1 &
+PIDS+=($!)
+
+cp "$TOKDIR/jwks.json" "$WORK/jwks.json"
+FW=-; [ "$HAVE_FILTER" = 1 ] && FW=$FILTER_WASM
+python3 "$HERE/config.py" "$WORK" "$WORK/admin-address" "$JWKS_PORT" "$NOOP_WASM" "$FW" "${PORTS[@]:0:5}"
+rm -f "$WORK/admin-address"
+"$ENVOY" -c "$WORK/envoy.yaml" --concurrency 1 -l warning --use-dynamic-base-id \
+  --admin-address-path "$WORK/admin-address" >"$WORK/envoy.log" 2>&1 &
+PIDS+=($!)
+for _ in $(seq 200); do
+  [ -s "$WORK/admin-address" ] && curl -sf "http://$(cat "$WORK/admin-address")/ready" >/dev/null && break
+  sleep 0.1
+done
+curl -sf "http://$(cat "$WORK/admin-address")/ready" >/dev/null || { tail -30 "$WORK/envoy.log"; exit 1; }
+
+declare -A PORT=([a]=${PORTS[0]} [b]=${PORTS[1]} [c]=${PORTS[2]} [d]=${PORTS[3]} [e]=${PORTS[4]} [f]=${PORTS[4]})
+declare -A NAME=([a]="no filter" [b]="noop wasm" [c]="jwt_authn, no cache, fresh token" [d]="jwt_authn + jwt_cache_config"
+  [e]="portcullis, 100 rules, same token" [f]="portcullis, fresh token")
+declare -A FRESH=([c]=1 [f]=1)
+VARIANTS=(a b c d)
+[ "$HAVE_FILTER" = 1 ] && VARIANTS+=(e f)
+
+# Each variant must answer 200 with the token, and the authenticating ones 401 without it:
+# otherwise wrk would be timing error responses.
+url() { echo "http://127.0.0.1:${PORT[$1]}/api/resource"; }
+status() { curl -s -o /dev/null -w '%{http_code}' "$@"; }
+OK_VARIANTS=()
+for v in "${VARIANTS[@]}"; do
+  code=000
+  for _ in $(seq 50); do # the first Portcullis request may wait for the JWKS
+    code=$(status -H "Authorization: Bearer $TOKEN" "$(url "$v")") && [ "$code" = 200 ] && break
+    sleep 0.1
+  done
+  if [ "$code" != 200 ]; then log "SKIPPING $v (${NAME[$v]}): valid token got $code"; continue; fi
+  if [[ $v =~ [cdef] ]]; then
+    code=$(status "$(url "$v")")
+    if [ "$code" != 401 ]; then log "SKIPPING $v (${NAME[$v]}): no token got $code, expected 401"; continue; fi
+  fi
+  OK_VARIANTS+=("$v")
+done
+
+run_wrk() { # variant seconds -> requests/s (0 if any non-2xx answer)
+  local v=$1 secs=$2 out
+  if [ -n "${FRESH[$v]:-}" ]; then
+    out=$(TOKENS_FILE=$TOKDIR/tokens.txt wrk -t1 -c$CONNECTIONS -d"${secs}s" -s "$HERE/tokens.lua" "$(url "$v")")
+  else
+    out=$(wrk -t1 -c$CONNECTIONS -d"${secs}s" -H "Authorization: Bearer $TOKEN" "$(url "$v")")
+  fi
+  if grep -q 'Non-2xx' <<<"$out"; then
+    log "$v: $(grep 'Non-2xx' <<<"$out")"
+    echo 0
+  else
+    awk '/Requests\/sec/ {printf "%d", $2}' <<<"$out"
+  fi
+}
+
+log "warm-up (1 s per variant, discarded)"
+for v in "${OK_VARIANTS[@]}"; do run_wrk "$v" 1 >/dev/null; done
+
+declare -A RESULTS
+for r in $(seq "$ROUNDS"); do
+  for v in "${OK_VARIANTS[@]}"; do
+    rps=$(run_wrk "$v" "$DURATION")
+    RESULTS[$v]+="$rps "
+    log "round $r/$ROUNDS $v (${NAME[$v]}): $rps req/s"
+  done
+done
+
+median() { tr ' ' '\n' | grep -v '^$' | sort -n | awk '{a[NR]=$1} END {if (NR%2) print a[(NR+1)/2]; else printf "%d\n", (a[NR/2]+a[NR/2+1])/2}'; }
+declare -A MED
+echo
+echo "Envoy $("$ENVOY" --version | grep -o '[0-9]*\.[0-9]*\.[0-9]*' | head -1), 1 worker, wrk -t1 -c$CONNECTIONS, ${DURATION}s x $ROUNDS rounds, median req/s"
+for v in "${OK_VARIANTS[@]}"; do
+  MED[$v]=$(median <<<"${RESULTS[$v]}")
+  printf '  %s  %-36s %8s   (rounds: %s)\n' "$v" "${NAME[$v]}" "${MED[$v]}" "${RESULTS[$v]% }"
+done
+ratio() { # label num den [target]
+  [ -n "${MED[$2]:-}" ] && [ -n "${MED[$3]:-}" ] && [ "${MED[$3]}" != 0 ] || return 0
+  awk -v n="${MED[$2]}" -v d="${MED[$3]}" -v l="$1" -v t="${4:-}" \
+    'BEGIN {r = n / d; printf "  %-40s %.2f%s\n", l, r, (t == "" ? "" : (r >= t ? "   (target >= " t ": met)" : "   (target >= " t ": MISSED)"))}'
+}
+echo "Ratios:"
+ratio "b/a noop wasm vs no filter" b a
+ratio "d/c jwt_authn cache vs no cache" d c
+ratio "e/b portcullis hit vs noop wasm" e b 0.9
+ratio "f/c portcullis miss vs jwt_authn" f c 0.9
+[ "$HAVE_FILTER" = 1 ] || echo "  (e, f skipped: no Portcullis filter module yet)"

@@ -1,0 +1,963 @@
+//! OAuth2 clients: the Hydra v2 JSON model, its validation, and [`ClientService`], the
+//! in-process API (create/update/patch/upsert/delete/get/list/authenticate) used by the admin
+//! HTTP handlers and by the reconcilers. Reads are served from memory; every write is committed
+//! to the store before the in-memory copy changes or the caller is answered.
+
+use crate::clock;
+use crate::secret::{self, MIN_SECRET_LEN, VerificationCache};
+use crate::store::{ClientFilter, Store, StoreError, StoredClient};
+use serde::{Deserialize, Deserializer, Serialize};
+use serde_json::{Map, Value};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+
+fn null_default<'de, D, T>(d: D) -> Result<T, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Default + Deserialize<'de>,
+{
+    Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
+}
+
+/// A client in Hydra v2's JSON shape. Unknown fields (Hydra has many for browser flows) are kept
+/// and echoed back, so tooling that round-trips a client loses nothing.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Client {
+    #[serde(default, deserialize_with = "null_default")]
+    pub client_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_secret: Option<String>,
+    #[serde(default, deserialize_with = "null_default")]
+    pub client_name: String,
+    #[serde(default, deserialize_with = "null_default")]
+    pub grant_types: Vec<String>,
+    #[serde(default, deserialize_with = "null_default")]
+    pub response_types: Vec<String>,
+    #[serde(default, deserialize_with = "null_default")]
+    pub scope: String,
+    #[serde(default, deserialize_with = "null_default")]
+    pub audience: Vec<String>,
+    #[serde(default, deserialize_with = "null_default")]
+    pub owner: String,
+    #[serde(default, deserialize_with = "null_default")]
+    pub token_endpoint_auth_method: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwks: Option<Value>,
+    #[serde(default, deserialize_with = "null_default")]
+    pub jwks_uri: String,
+    #[serde(default, deserialize_with = "null_default")]
+    pub redirect_uris: Vec<String>,
+    #[serde(default, deserialize_with = "null_default")]
+    pub metadata: Value,
+    #[serde(default, deserialize_with = "null_default")]
+    pub access_token_strategy: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_credentials_grant_access_token_lifespan: Option<String>,
+    #[serde(default, deserialize_with = "null_default")]
+    pub created_at: String,
+    #[serde(default, deserialize_with = "null_default")]
+    pub updated_at: String,
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthMethod {
+    ClientSecretBasic,
+    ClientSecretPost,
+    PrivateKeyJwt,
+    None,
+}
+
+impl AuthMethod {
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "" | "client_secret_basic" => Some(Self::ClientSecretBasic),
+            "client_secret_post" => Some(Self::ClientSecretPost),
+            "private_key_jwt" => Some(Self::PrivateKeyJwt),
+            "none" => Some(Self::None),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::ClientSecretBasic => "client_secret_basic",
+            Self::ClientSecretPost => "client_secret_post",
+            Self::PrivateKeyJwt => "private_key_jwt",
+            Self::None => "none",
+        }
+    }
+
+    pub fn uses_secret(self) -> bool {
+        matches!(self, Self::ClientSecretBasic | Self::ClientSecretPost)
+    }
+}
+
+const GRANT_TYPES: &[&str] = &[
+    "client_credentials",
+    "authorization_code",
+    "implicit",
+    "refresh_token",
+    "urn:ietf:params:oauth:grant-type:jwt-bearer",
+    "urn:ietf:params:oauth:grant-type:device_code",
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// A metadata field is invalid (RFC 7591 `invalid_client_metadata`).
+    #[error("field {field}: {reason}")]
+    Invalid { field: &'static str, reason: String },
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("client {0:?} not found")]
+    NotFound(String),
+    #[error("client {0:?} already exists")]
+    Conflict(String),
+    #[error(transparent)]
+    Store(StoreError),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl From<StoreError> for ClientError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Conflict(what) => Self::Conflict(what),
+            other => Self::Store(other),
+        }
+    }
+}
+
+fn invalid(field: &'static str, reason: impl Into<String>) -> ClientError {
+    ClientError::Invalid {
+        field,
+        reason: reason.into(),
+    }
+}
+
+impl Client {
+    /// Applies Hydra's defaults and validates every field, naming the one at fault.
+    pub fn normalize(&mut self) -> Result<(), ClientError> {
+        if self.client_id.chars().any(|c| c.is_control()) || self.client_id.len() > 255 {
+            return Err(invalid(
+                "client_id",
+                "must be at most 255 characters without control characters",
+            ));
+        }
+        if let Some(s) = &self.client_secret
+            && s.chars().count() < MIN_SECRET_LEN
+        {
+            return Err(invalid(
+                "client_secret",
+                format!("must be at least {MIN_SECRET_LEN} characters long"),
+            ));
+        }
+        if self.grant_types.is_empty() {
+            self.grant_types = vec!["authorization_code".into()];
+        }
+        for g in &self.grant_types {
+            if !GRANT_TYPES.contains(&g.as_str()) {
+                return Err(invalid(
+                    "grant_types",
+                    format!("unsupported grant type {g:?}"),
+                ));
+            }
+        }
+        if self.response_types.is_empty() {
+            self.response_types = vec!["code".into()];
+        }
+        let method = AuthMethod::parse(&self.token_endpoint_auth_method).ok_or_else(|| {
+            invalid(
+                "token_endpoint_auth_method",
+                format!(
+                    "{:?} is not one of client_secret_basic, client_secret_post, private_key_jwt, none",
+                    self.token_endpoint_auth_method
+                ),
+            )
+        })?;
+        self.token_endpoint_auth_method = method.as_str().to_string();
+        if let Some(jwks) = &self.jwks {
+            if jwks.is_null() {
+                self.jwks = None;
+            } else {
+                let set: jsonwebtoken::jwk::JwkSet = serde_json::from_value(jwks.clone())
+                    .map_err(|e| invalid("jwks", format!("not a JSON Web Key Set: {e}")))?;
+                if set.keys.is_empty() {
+                    return Err(invalid("jwks", "must contain at least one key"));
+                }
+            }
+        }
+        if !(self.jwks_uri.is_empty()
+            || self.jwks_uri.starts_with("https://")
+            || self.jwks_uri.starts_with("http://"))
+        {
+            return Err(invalid("jwks_uri", "must be an http(s) URL"));
+        }
+        if self.jwks.is_some() && !self.jwks_uri.is_empty() {
+            return Err(invalid("jwks", "jwks and jwks_uri are mutually exclusive"));
+        }
+        if method == AuthMethod::PrivateKeyJwt && self.jwks.is_none() && self.jwks_uri.is_empty() {
+            return Err(invalid(
+                "token_endpoint_auth_method",
+                "private_key_jwt requires jwks or jwks_uri",
+            ));
+        }
+        match self.access_token_strategy.as_str() {
+            "" => self.access_token_strategy = "jwt".into(),
+            "jwt" | "opaque" => {}
+            other => {
+                return Err(invalid(
+                    "access_token_strategy",
+                    format!("{other:?} is not one of jwt, opaque"),
+                ));
+            }
+        }
+        if self.audience.iter().any(|a| a.trim().is_empty()) {
+            return Err(invalid("audience", "entries must not be empty"));
+        }
+        if let Some(l) = &self.client_credentials_grant_access_token_lifespan {
+            if l.is_empty() {
+                self.client_credentials_grant_access_token_lifespan = None;
+            } else {
+                let d = clock::parse_duration(l).map_err(|e| {
+                    invalid(
+                        "client_credentials_grant_access_token_lifespan",
+                        e.to_string(),
+                    )
+                })?;
+                if d.as_secs() == 0 {
+                    return Err(invalid(
+                        "client_credentials_grant_access_token_lifespan",
+                        "must be at least one second",
+                    ));
+                }
+            }
+        }
+        if self.metadata.is_null() {
+            self.metadata = Value::Object(Map::new());
+        }
+        if !self.metadata.is_object() {
+            return Err(invalid("metadata", "must be a JSON object"));
+        }
+        Ok(())
+    }
+
+    pub fn auth_method(&self) -> AuthMethod {
+        AuthMethod::parse(&self.token_endpoint_auth_method).unwrap_or(AuthMethod::ClientSecretBasic)
+    }
+}
+
+/// A client as the token endpoint needs it, parsed once per change.
+#[derive(Debug)]
+pub struct ClientRecord {
+    /// Without `client_secret`.
+    pub client: Client,
+    pub secret_hash: Option<String>,
+    /// Changes on every write; secret verification cache entries are tied to it.
+    pub version: u64,
+    pub auth_method: AuthMethod,
+    pub scopes: Vec<String>,
+    pub lifespan_secs: Option<i64>,
+    pub opaque: bool,
+    pub created_at: i64,
+}
+
+impl ClientRecord {
+    pub fn has_grant(&self, grant: &str) -> bool {
+        self.client.grant_types.iter().any(|g| g == grant)
+    }
+}
+
+fn record_from(stored: &StoredClient, version: u64) -> Result<ClientRecord, StoreError> {
+    let client: Client = serde_json::from_str(&stored.json).map_err(|e| StoreError::Corrupt {
+        table: "clients",
+        detail: format!("{}: {e}", stored.client_id),
+    })?;
+    let lifespan_secs = client
+        .client_credentials_grant_access_token_lifespan
+        .as_deref()
+        .and_then(|l| clock::parse_duration(l).ok())
+        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+    Ok(ClientRecord {
+        auth_method: client.auth_method(),
+        scopes: client
+            .scope
+            .split_whitespace()
+            .map(str::to_string)
+            .collect(),
+        opaque: client.access_token_strategy == "opaque",
+        lifespan_secs,
+        secret_hash: stored.secret_hash.clone(),
+        version,
+        created_at: stored.created_at,
+        client,
+    })
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum AuthError {
+    #[error("the client is unknown")]
+    UnknownClient,
+    #[error("the client secret is wrong")]
+    WrongSecret,
+    #[error("the client has no secret")]
+    NoSecret,
+}
+
+/// What [`ClientService::upsert`] did; each carries the resulting client (with the secret when
+/// one was set).
+#[derive(Debug, Clone, PartialEq)]
+pub enum UpsertOutcome {
+    Created(Client),
+    Updated(Client),
+    Unchanged(Client),
+}
+
+impl UpsertOutcome {
+    pub fn client(&self) -> &Client {
+        match self {
+            Self::Created(c) | Self::Updated(c) | Self::Unchanged(c) => c,
+        }
+    }
+}
+
+/// One page of clients and the token of the next page, if any.
+#[derive(Debug)]
+pub struct ClientPage {
+    pub clients: Vec<Client>,
+    pub next_page_token: Option<String>,
+}
+
+pub struct ClientService {
+    store: Arc<dyn Store>,
+    clients: RwLock<HashMap<String, Arc<ClientRecord>>>,
+    verified: VerificationCache,
+    versions: AtomicU64,
+    /// Serialises writes so read-modify-write (PUT keeping a secret, PATCH) is atomic.
+    write_lock: tokio::sync::Mutex<()>,
+    /// One slow hash per core at a time.
+    hashing: tokio::sync::Semaphore,
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, ClientError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ClientError::Internal(e.to_string()))
+}
+
+impl ClientService {
+    /// Loads every stored client into memory.
+    pub fn load(store: Arc<dyn Store>) -> Result<Self, StoreError> {
+        let svc = Self {
+            store,
+            clients: RwLock::new(HashMap::new()),
+            verified: VerificationCache::new(100_000)
+                .map_err(|e| StoreError::Database(e.to_string()))?,
+            versions: AtomicU64::new(1),
+            write_lock: tokio::sync::Mutex::new(()),
+            hashing: tokio::sync::Semaphore::new(
+                std::thread::available_parallelism().map_or(2, |n| n.get()),
+            ),
+        };
+        let mut after: Option<String> = None;
+        let mut map = HashMap::new();
+        loop {
+            let page = svc
+                .store
+                .list_clients(after.as_deref(), 500, &ClientFilter::default())?;
+            let Some(last) = page.last() else { break };
+            after = Some(last.client_id.clone());
+            for stored in &page {
+                let rec = record_from(stored, svc.next_version())?;
+                map.insert(stored.client_id.clone(), Arc::new(rec));
+            }
+        }
+        if let Ok(mut clients) = svc.clients.write() {
+            *clients = map;
+        }
+        Ok(svc)
+    }
+
+    fn next_version(&self) -> u64 {
+        self.versions.fetch_add(1, Ordering::Relaxed)
+    }
+
+    pub fn lookup(&self, client_id: &str) -> Option<Arc<ClientRecord>> {
+        self.clients.read().ok()?.get(client_id).cloned()
+    }
+
+    pub fn get(&self, client_id: &str) -> Option<Client> {
+        self.lookup(client_id).map(|r| r.client.clone())
+    }
+
+    /// The longest per-client token lifetime (seconds), for key retirement.
+    pub fn max_lifespan_secs(&self) -> i64 {
+        self.clients
+            .read()
+            .map(|m| {
+                m.values()
+                    .filter_map(|r| r.lifespan_secs)
+                    .max()
+                    .unwrap_or(0)
+            })
+            .unwrap_or(0)
+    }
+
+    fn install(&self, rec: ClientRecord) {
+        let id = rec.client.client_id.clone();
+        self.verified.invalidate(&id);
+        if let Ok(mut m) = self.clients.write() {
+            m.insert(id, Arc::new(rec));
+        }
+    }
+
+    /// Registers a client. Generates `client_id` (UUID) and, for secret-based methods, a secret
+    /// when absent. Returns the client with its plaintext secret: the only time it is shown.
+    pub async fn create(&self, mut client: Client) -> Result<Client, ClientError> {
+        client.normalize()?;
+        if client.client_id.is_empty() {
+            client.client_id = uuid::Uuid::new_v4().to_string();
+        }
+        let secret = match (
+            client.auth_method().uses_secret(),
+            client.client_secret.take(),
+        ) {
+            (true, Some(s)) => Some(s),
+            (true, None) => {
+                Some(secret::generate_secret().map_err(|e| ClientError::Internal(e.to_string()))?)
+            }
+            (false, _) => None,
+        };
+        // Hash before taking the write lock: bulk registrations (a reconciler's first sync)
+        // then use every core instead of queueing behind one slow hash at a time.
+        let hash = self.hash(secret.clone()).await?;
+        let _guard = self.write_lock.lock().await;
+        if self.lookup(&client.client_id).is_some() {
+            return Err(ClientError::Conflict(format!(
+                "client {:?}",
+                client.client_id
+            )));
+        }
+        let now = clock::now();
+        client.created_at = clock::rfc3339(now);
+        client.updated_at = client.created_at.clone();
+        let stored = self.persist(&client, hash, now, now, true).await?;
+        self.install(record_from(&stored, self.next_version())?);
+        client.client_secret = secret;
+        Ok(client)
+    }
+
+    /// Replaces a client (PUT). A `client_secret` sets a new secret; without one the old secret
+    /// is kept (as Hydra does). Returns the client, with the new secret if one was set.
+    pub async fn update(&self, client_id: &str, mut client: Client) -> Result<Client, ClientError> {
+        if !client.client_id.is_empty() && client.client_id != client_id {
+            return Err(invalid("client_id", "must match the client id in the path"));
+        }
+        client.client_id = client_id.to_string();
+        client.normalize()?;
+        let new_secret = client.client_secret.take();
+        let new_hash = self.hash(new_secret.clone()).await?;
+        let _guard = self.write_lock.lock().await;
+        self.update_locked(client, new_secret, new_hash).await
+    }
+
+    async fn update_locked(
+        &self,
+        mut client: Client,
+        new_secret: Option<String>,
+        new_hash: Option<String>,
+    ) -> Result<Client, ClientError> {
+        let old = self
+            .lookup(&client.client_id)
+            .ok_or_else(|| ClientError::NotFound(client.client_id.clone()))?;
+        let secret_hash = new_hash.or_else(|| old.secret_hash.clone());
+        if client.auth_method().uses_secret() && secret_hash.is_none() {
+            return Err(invalid(
+                "client_secret",
+                "required when switching to a secret-based token_endpoint_auth_method",
+            ));
+        }
+        let now = clock::now();
+        client.created_at = old.client.created_at.clone();
+        client.updated_at = clock::rfc3339(now);
+        let stored = self
+            .persist(&client, secret_hash, old.created_at, now, false)
+            .await?;
+        self.install(record_from(&stored, self.next_version())?);
+        client.client_secret = new_secret;
+        Ok(client)
+    }
+
+    /// Applies an RFC 6902 JSON Patch to the client's JSON (PATCH). Patching `client_secret`
+    /// sets a new secret; `client_id` cannot change.
+    pub async fn patch(
+        &self,
+        client_id: &str,
+        patch: &json_patch::Patch,
+    ) -> Result<Client, ClientError> {
+        let _guard = self.write_lock.lock().await;
+        let current = self
+            .get(client_id)
+            .ok_or_else(|| ClientError::NotFound(client_id.to_string()))?;
+        let mut doc =
+            serde_json::to_value(&current).map_err(|e| ClientError::Internal(e.to_string()))?;
+        json_patch::patch(&mut doc, patch).map_err(|e| {
+            ClientError::BadRequest(format!("the JSON Patch cannot be applied: {e}"))
+        })?;
+        let mut client: Client = serde_json::from_value(doc)
+            .map_err(|e| ClientError::BadRequest(format!("the patched client is invalid: {e}")))?;
+        if client.client_id != client_id {
+            return Err(invalid("client_id", "cannot be changed"));
+        }
+        client.normalize()?;
+        let new_secret = client.client_secret.take();
+        let new_hash = self.hash(new_secret.clone()).await?;
+        self.update_locked(client, new_secret, new_hash).await
+    }
+
+    /// Creates the client, or replaces it when `client_id` exists: what a reconciler wants for
+    /// "make it so". A given `client_secret` becomes the secret in both cases. When the stored
+    /// client already is exactly this (same fields, and the secret verifies), nothing is written
+    /// and the verification cache stays warm, so periodic resyncs are cheap.
+    pub async fn upsert(&self, client: Client) -> Result<UpsertOutcome, ClientError> {
+        let Some(existing) = self
+            .lookup(&client.client_id)
+            .filter(|_| !client.client_id.is_empty())
+        else {
+            return self.create(client).await.map(UpsertOutcome::Created);
+        };
+        let mut wanted = client.clone();
+        wanted.normalize()?;
+        let secret = wanted.client_secret.take();
+        let mut current = existing.client.clone();
+        wanted.created_at.clone_from(&current.created_at);
+        wanted.updated_at.clone_from(&current.updated_at);
+        current.client_secret = None;
+        let secret_same = match &secret {
+            None => true,
+            Some(s) => self.authenticate_secret(&client.client_id, s).await.is_ok(),
+        };
+        if wanted == current && secret_same {
+            return Ok(UpsertOutcome::Unchanged(current));
+        }
+        let id = client.client_id.clone();
+        self.update(&id, client).await.map(UpsertOutcome::Updated)
+    }
+
+    pub async fn delete(&self, client_id: &str) -> Result<(), ClientError> {
+        let _guard = self.write_lock.lock().await;
+        let store = Arc::clone(&self.store);
+        let id = client_id.to_string();
+        let deleted = blocking(move || {
+            let d = store.delete_client(&id)?;
+            if d {
+                store.delete_client_tokens(&id)?;
+            }
+            Ok::<_, StoreError>(d)
+        })
+        .await??;
+        if let Ok(mut m) = self.clients.write() {
+            m.remove(client_id);
+        }
+        self.verified.invalidate(client_id);
+        if deleted {
+            Ok(())
+        } else {
+            Err(ClientError::NotFound(client_id.to_string()))
+        }
+    }
+
+    /// A page of clients ordered by id. `page_token` is the opaque token of a previous page.
+    pub async fn list(
+        &self,
+        page_size: usize,
+        page_token: Option<&str>,
+    ) -> Result<ClientPage, ClientError> {
+        self.list_filtered(page_size, page_token, ClientFilter::default())
+            .await
+    }
+
+    /// [`Self::list`] restricted by Hydra's `client_name` / `owner` filters.
+    pub async fn list_filtered(
+        &self,
+        page_size: usize,
+        page_token: Option<&str>,
+        filter: ClientFilter,
+    ) -> Result<ClientPage, ClientError> {
+        let after = match page_token {
+            None | Some("") => None,
+            Some(t) => Some(
+                crate::crypto::b64url_decode(t)
+                    .and_then(|b| String::from_utf8(b).ok())
+                    .ok_or_else(|| ClientError::BadRequest("page_token is malformed".into()))?,
+            ),
+        };
+        let store = Arc::clone(&self.store);
+        let size = page_size.max(1);
+        let rows =
+            blocking(move || store.list_clients(after.as_deref(), size + 1, &filter)).await??;
+        let has_more = rows.len() > size;
+        let mut clients = Vec::with_capacity(size);
+        for stored in rows.iter().take(size) {
+            clients.push(record_from(stored, 0)?.client);
+        }
+        let next_page_token = if has_more {
+            clients
+                .last()
+                .map(|c| crate::crypto::b64url(c.client_id.as_bytes()))
+        } else {
+            None
+        };
+        Ok(ClientPage {
+            clients,
+            next_page_token,
+        })
+    }
+
+    /// Checks a presented secret; the slow hash runs on the blocking pool and only on a cache
+    /// miss.
+    pub async fn authenticate_secret(
+        &self,
+        client_id: &str,
+        secret: &str,
+    ) -> Result<Arc<ClientRecord>, AuthError> {
+        let rec = self.lookup(client_id).ok_or(AuthError::UnknownClient)?;
+        if self.verified.check(client_id, secret, rec.version) {
+            return Ok(rec);
+        }
+        let hash = rec.secret_hash.clone().ok_or(AuthError::NoSecret)?;
+        let presented = secret.to_string();
+        let Ok(_permit) = self.hashing.acquire().await else {
+            return Err(AuthError::WrongSecret);
+        };
+        let ok = tokio::task::spawn_blocking(move || secret::verify_secret(&presented, &hash))
+            .await
+            .unwrap_or(false);
+        if !ok {
+            return Err(AuthError::WrongSecret);
+        }
+        // Only cache if the client did not change meanwhile.
+        if self
+            .lookup(client_id)
+            .is_some_and(|current| current.version == rec.version)
+        {
+            self.verified.insert(client_id, secret, rec.version);
+        }
+        Ok(rec)
+    }
+
+    /// PBKDF2 on the blocking pool, at most one per core at a time (also bounds the CPU an
+    /// attacker can burn with wrong secrets).
+    async fn hash(&self, secret: Option<String>) -> Result<Option<String>, ClientError> {
+        let Some(secret) = secret else {
+            return Ok(None);
+        };
+        let _permit = self
+            .hashing
+            .acquire()
+            .await
+            .map_err(|e| ClientError::Internal(e.to_string()))?;
+        blocking(move || secret::hash_secret(&secret))
+            .await?
+            .map(Some)
+            .map_err(|e| ClientError::Internal(e.to_string()))
+    }
+
+    async fn persist(
+        &self,
+        client: &Client,
+        secret_hash: Option<String>,
+        created_at: i64,
+        updated_at: i64,
+        insert: bool,
+    ) -> Result<StoredClient, ClientError> {
+        let json =
+            serde_json::to_string(client).map_err(|e| ClientError::Internal(e.to_string()))?;
+        let store = Arc::clone(&self.store);
+        let id = client.client_id.clone();
+        blocking(move || {
+            let stored = StoredClient {
+                client_id: id.clone(),
+                json,
+                secret_hash,
+                created_at,
+                updated_at,
+            };
+            if insert {
+                store.insert_client(&stored)?;
+            } else if !store.update_client(&stored)? {
+                return Err(ClientError::NotFound(id));
+            }
+            Ok(stored)
+        })
+        .await?
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::sqlite::SqliteStore;
+    use serde_json::json;
+
+    fn service() -> ClientService {
+        ClientService::load(Arc::new(SqliteStore::in_memory().unwrap())).unwrap()
+    }
+
+    fn cc_client(id: &str, secret: &str) -> Client {
+        serde_json::from_value(json!({
+            "client_id": id, "client_secret": secret,
+            "grant_types": ["client_credentials"], "scope": "read write",
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn defaults_follow_hydra() {
+        let mut c: Client = serde_json::from_value(json!({"audience": null})).unwrap();
+        c.normalize().unwrap();
+        assert_eq!(c.grant_types, ["authorization_code"]);
+        assert_eq!(c.response_types, ["code"]);
+        assert_eq!(c.token_endpoint_auth_method, "client_secret_basic");
+        assert_eq!(c.access_token_strategy, "jwt");
+        assert_eq!(c.metadata, json!({}));
+    }
+
+    #[test]
+    fn validation_names_the_field() {
+        let cases = [
+            (json!({"client_secret": "12345"}), "client_secret"),
+            (json!({"grant_types": ["password"]}), "grant_types"),
+            (
+                json!({"token_endpoint_auth_method": "magic"}),
+                "token_endpoint_auth_method",
+            ),
+            (
+                json!({"token_endpoint_auth_method": "private_key_jwt"}),
+                "token_endpoint_auth_method",
+            ),
+            (
+                json!({"access_token_strategy": "paseto"}),
+                "access_token_strategy",
+            ),
+            (json!({"jwks": {"keys": "x"}}), "jwks"),
+            (json!({"jwks_uri": "ftp://x"}), "jwks_uri"),
+            (json!({"audience": [""]}), "audience"),
+            (
+                json!({"client_credentials_grant_access_token_lifespan": "soon"}),
+                "client_credentials_grant_access_token_lifespan",
+            ),
+            (json!({"metadata": [1]}), "metadata"),
+        ];
+        for (input, field) in cases {
+            let mut c: Client = serde_json::from_value(input.clone()).unwrap();
+            match c.normalize() {
+                Err(ClientError::Invalid { field: f, .. }) => assert_eq!(f, field, "{input}"),
+                other => panic!("{input}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn unknown_fields_round_trip() {
+        let c: Client =
+            serde_json::from_value(json!({"skip_consent": true, "client_name": "x"})).unwrap();
+        let v = serde_json::to_value(&c).unwrap();
+        assert_eq!(v["skip_consent"], true);
+        assert!(v.get("client_secret").is_none());
+    }
+
+    #[tokio::test]
+    async fn create_generates_id_and_secret_once() {
+        let svc = service();
+        let c = Client {
+            grant_types: vec!["client_credentials".into()],
+            ..Default::default()
+        };
+        let created = svc.create(c).await.unwrap();
+        assert!(uuid::Uuid::parse_str(&created.client_id).is_ok());
+        let secret = created.client_secret.clone().unwrap();
+        assert!(secret.len() >= 32);
+        assert!(svc.get(&created.client_id).unwrap().client_secret.is_none());
+        assert!(
+            svc.authenticate_secret(&created.client_id, &secret)
+                .await
+                .is_ok()
+        );
+        assert!(matches!(
+            svc.create(created.clone()).await,
+            Err(ClientError::Conflict(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn secret_cache_is_invalidated_on_update() {
+        let svc = service();
+        svc.create(cc_client("c1", "old-secret")).await.unwrap();
+        // First call verifies slowly and caches, second hits the cache.
+        svc.authenticate_secret("c1", "old-secret").await.unwrap();
+        assert_eq!(svc.verified.len(), 1);
+        svc.authenticate_secret("c1", "old-secret").await.unwrap();
+        svc.update("c1", cc_client("c1", "new-secret"))
+            .await
+            .unwrap();
+        assert_eq!(
+            svc.authenticate_secret("c1", "old-secret")
+                .await
+                .unwrap_err(),
+            AuthError::WrongSecret
+        );
+        svc.authenticate_secret("c1", "new-secret").await.unwrap();
+        svc.delete("c1").await.unwrap();
+        assert_eq!(
+            svc.authenticate_secret("c1", "new-secret")
+                .await
+                .unwrap_err(),
+            AuthError::UnknownClient
+        );
+    }
+
+    #[tokio::test]
+    async fn put_without_secret_keeps_it() {
+        let svc = service();
+        svc.create(cc_client("c1", "the-secret")).await.unwrap();
+        let mut c = cc_client("c1", "x");
+        c.client_secret = None;
+        c.client_name = "renamed".into();
+        let updated = svc.update("c1", c).await.unwrap();
+        assert!(updated.client_secret.is_none());
+        assert_eq!(svc.get("c1").unwrap().client_name, "renamed");
+        svc.authenticate_secret("c1", "the-secret").await.unwrap();
+        assert!(matches!(
+            svc.update("missing", cc_client("missing", "abcdefg")).await,
+            Err(ClientError::NotFound(_))
+        ));
+        assert!(matches!(
+            svc.update("c1", cc_client("other", "abcdefg")).await,
+            Err(ClientError::Invalid {
+                field: "client_id",
+                ..
+            })
+        ));
+    }
+
+    #[tokio::test]
+    async fn json_patch_edits_fields_and_secret() {
+        let svc = service();
+        svc.create(cc_client("c1", "the-secret")).await.unwrap();
+        let patch: json_patch::Patch = serde_json::from_value(json!([
+            {"op": "replace", "path": "/scope", "value": "admin"},
+            {"op": "add", "path": "/audience/-", "value": "https://api"},
+            {"op": "add", "path": "/client_secret", "value": "patched-secret"},
+        ]))
+        .unwrap();
+        let patched = svc.patch("c1", &patch).await.unwrap();
+        assert_eq!(patched.scope, "admin");
+        assert_eq!(patched.audience, ["https://api"]);
+        svc.authenticate_secret("c1", "patched-secret")
+            .await
+            .unwrap();
+        let bad: json_patch::Patch =
+            serde_json::from_value(json!([{"op": "replace", "path": "/client_id", "value": "x"}]))
+                .unwrap();
+        assert!(matches!(
+            svc.patch("c1", &bad).await,
+            Err(ClientError::Invalid {
+                field: "client_id",
+                ..
+            })
+        ));
+        let failing: json_patch::Patch =
+            serde_json::from_value(json!([{"op": "remove", "path": "/nope"}])).unwrap();
+        assert!(matches!(
+            svc.patch("c1", &failing).await,
+            Err(ClientError::BadRequest(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn upsert_creates_then_rotates_secret() {
+        let svc = service();
+        let out = svc.upsert(cc_client("rec", "first-secret")).await.unwrap();
+        assert!(matches!(out, UpsertOutcome::Created(_)));
+        let version = svc.lookup("rec").unwrap().version;
+        // Same fields and secret: nothing written, cache kept.
+        let out = svc.upsert(cc_client("rec", "first-secret")).await.unwrap();
+        assert!(matches!(out, UpsertOutcome::Unchanged(_)), "{out:?}");
+        assert_eq!(svc.lookup("rec").unwrap().version, version);
+        // Changed field: updated, secret kept.
+        let mut renamed = cc_client("rec", "first-secret");
+        renamed.client_name = "renamed".into();
+        assert!(matches!(
+            svc.upsert(renamed).await.unwrap(),
+            UpsertOutcome::Updated(_)
+        ));
+        svc.authenticate_secret("rec", "first-secret")
+            .await
+            .unwrap();
+        // New secret: updated, old secret refused.
+        let mut rotated = cc_client("rec", "second-secret");
+        rotated.client_name = "renamed".into();
+        let out = svc.upsert(rotated).await.unwrap();
+        assert!(matches!(out, UpsertOutcome::Updated(_)));
+        assert_eq!(out.client().client_secret.as_deref(), Some("second-secret"));
+        assert!(
+            svc.authenticate_secret("rec", "first-secret")
+                .await
+                .is_err()
+        );
+        svc.authenticate_secret("rec", "second-secret")
+            .await
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn list_pages_with_tokens() {
+        let svc = service();
+        for i in 0..5 {
+            svc.create(cc_client(&format!("c{i}"), "secret-1"))
+                .await
+                .unwrap();
+        }
+        let p1 = svc.list(2, None).await.unwrap();
+        assert_eq!(
+            p1.clients
+                .iter()
+                .map(|c| c.client_id.as_str())
+                .collect::<Vec<_>>(),
+            ["c0", "c1"]
+        );
+        let p2 = svc.list(2, p1.next_page_token.as_deref()).await.unwrap();
+        assert_eq!(p2.clients[0].client_id, "c2");
+        let p3 = svc.list(2, p2.next_page_token.as_deref()).await.unwrap();
+        assert_eq!(p3.clients.len(), 1);
+        assert!(p3.next_page_token.is_none());
+        assert!(p3.clients.iter().all(|c| c.client_secret.is_none()));
+        assert!(matches!(
+            svc.list(2, Some("!!")).await,
+            Err(ClientError::BadRequest(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn clients_survive_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let svc =
+                ClientService::load(Arc::new(SqliteStore::open(dir.path()).unwrap())).unwrap();
+            svc.create(cc_client("persist", "persisted-secret"))
+                .await
+                .unwrap();
+        }
+        let svc = ClientService::load(Arc::new(SqliteStore::open(dir.path()).unwrap())).unwrap();
+        let rec = svc
+            .authenticate_secret("persist", "persisted-secret")
+            .await
+            .unwrap();
+        assert_eq!(rec.scopes, ["read", "write"]);
+    }
+}

@@ -1,0 +1,219 @@
+//! Token introspection (RFC 7662, `POST /admin/oauth2/introspect`): JWTs are checked against
+//! our own keys and the revocation list in memory; opaque tokens are looked up by hash.
+
+use crate::clock;
+use crate::crypto::{b64url_decode, sha256};
+use crate::keys::ACCESS_TOKEN_SET;
+use crate::oauth2_error::OAuth2Error;
+use crate::request::Form;
+use crate::server::Service;
+use crate::token::{AccessClaims, OPAQUE_PREFIX};
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
+/// What an active token says about itself.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ActiveToken {
+    pub client_id: String,
+    pub scopes: Vec<String>,
+    pub audience: Vec<String>,
+    pub exp: i64,
+    pub iat: i64,
+    pub nbf: i64,
+    /// Set for JWTs (revocation is by `jti`).
+    pub jti: Option<String>,
+    /// The signing key of a JWT.
+    pub kid: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct JwsHeader {
+    alg: String,
+    kid: Option<String>,
+}
+
+/// Bounded cache of verified JWTs keyed by the token's SHA-256, so repeated introspection of a
+/// token (what a gateway does) costs a hash and a map lookup instead of a signature check.
+/// Expiry, revocation and the client's existence are still checked on every hit.
+pub struct JwtCache {
+    capacity: usize,
+    entries: RwLock<HashMap<[u8; 32], Arc<ActiveToken>>>,
+}
+
+impl JwtCache {
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            capacity: capacity.max(1),
+            entries: RwLock::new(HashMap::new()),
+        }
+    }
+
+    fn get(&self, key: &[u8; 32]) -> Option<Arc<ActiveToken>> {
+        self.entries.read().ok()?.get(key).cloned()
+    }
+
+    fn insert(&self, key: [u8; 32], token: Arc<ActiveToken>, now: i64) {
+        if let Ok(mut entries) = self.entries.write() {
+            if entries.len() >= self.capacity {
+                entries.retain(|_, t| t.exp > now);
+                if entries.len() >= self.capacity {
+                    entries.clear();
+                }
+            }
+            entries.insert(key, token);
+        }
+    }
+
+    /// Forgets everything (a signing key was deleted).
+    pub fn clear(&self) {
+        if let Ok(mut entries) = self.entries.write() {
+            entries.clear();
+        }
+    }
+}
+
+/// Verifies one of our JWTs (see [`verify_jwt`]), through the cache.
+pub fn inspect_jwt(svc: &Service, token: &str, now: i64) -> Option<ActiveToken> {
+    let key = sha256(token.as_bytes());
+    let found = match svc.verified_jwts.get(&key) {
+        Some(t) => t,
+        None => {
+            let t = Arc::new(verify_jwt(svc, token, now)?);
+            svc.verified_jwts.insert(key, Arc::clone(&t), now);
+            t
+        }
+    };
+    let key_alive = || {
+        found.kid.as_deref().is_some_and(|kid| {
+            svc.keys
+                .ring()
+                .find(ACCESS_TOKEN_SET, kid)
+                .is_some_and(|k| k.expires_at.is_none_or(|e| e > now))
+        })
+    };
+    let still_valid = found.exp > now
+        && key_alive()
+        && found.jti.as_deref().is_none_or(|j| !svc.is_revoked(j))
+        && svc.clients.lookup(&found.client_id).is_some();
+    still_valid.then(|| (*found).clone())
+}
+
+/// Verifies one of our JWTs: signature by a published key, issuer, time window, not revoked.
+pub fn verify_jwt(svc: &Service, token: &str, now: i64) -> Option<ActiveToken> {
+    let (signed, sig) = token.rsplit_once('.')?;
+    let (header_b64, claims_b64) = signed.split_once('.')?;
+    let header: JwsHeader = serde_json::from_slice(&b64url_decode(header_b64)?).ok()?;
+    let ring = svc.keys.ring();
+    let key = ring.find(ACCESS_TOKEN_SET, header.kid.as_deref()?)?;
+    if key.alg.as_str() != header.alg || key.expires_at.is_some_and(|e| e <= now) {
+        return None;
+    }
+    if !key.verify(signed.as_bytes(), &b64url_decode(sig)?) {
+        return None;
+    }
+    let claims: AccessClaims = serde_json::from_slice(&b64url_decode(claims_b64)?).ok()?;
+    if claims.iss != svc.config.issuer || claims.exp <= now || claims.nbf > now + 30 {
+        return None;
+    }
+    if svc.is_revoked(&claims.jti) {
+        return None;
+    }
+    Some(ActiveToken {
+        client_id: claims.client_id,
+        scopes: claims.scp,
+        audience: claims.aud,
+        exp: claims.exp,
+        iat: claims.iat,
+        nbf: claims.nbf,
+        jti: Some(claims.jti),
+        kid: Some(key.kid.clone()),
+    })
+}
+
+/// Looks up an opaque token (by SHA-256); None when unknown, revoked or expired.
+pub async fn inspect_opaque(
+    svc: &Service,
+    token: &str,
+    now: i64,
+) -> Result<Option<ActiveToken>, OAuth2Error> {
+    let hash = sha256(token.as_bytes());
+    let store = Arc::clone(&svc.store);
+    let row = tokio::task::spawn_blocking(move || store.get_opaque_token(&hash))
+        .await
+        .map_err(OAuth2Error::server_error)??;
+    Ok(row
+        .filter(|r| r.expires_at > now && svc.clients.lookup(&r.client_id).is_some())
+        .map(|r| ActiveToken {
+            client_id: r.client_id,
+            scopes: r.scopes,
+            audience: r.audience,
+            exp: r.expires_at,
+            iat: r.issued_at,
+            nbf: r.issued_at,
+            jti: None,
+            kid: None,
+        }))
+}
+
+pub async fn inspect(svc: &Service, token: &str) -> Result<Option<ActiveToken>, OAuth2Error> {
+    let now = clock::now();
+    if token.starts_with(OPAQUE_PREFIX) {
+        inspect_opaque(svc, token, now).await
+    } else {
+        Ok(inspect_jwt(svc, token, now))
+    }
+}
+
+#[derive(Serialize)]
+struct Active<'a> {
+    active: bool,
+    scope: String,
+    client_id: &'a str,
+    sub: &'a str,
+    exp: i64,
+    iat: i64,
+    nbf: i64,
+    aud: &'a [String],
+    iss: &'a str,
+    token_type: &'static str,
+    token_use: &'static str,
+}
+
+pub async fn introspect_endpoint(
+    State(svc): State<Arc<Service>>,
+    Form(params): Form,
+) -> Result<Response, OAuth2Error> {
+    let token = params.get("token")?.ok_or_else(|| {
+        OAuth2Error::invalid_request("The request is missing the token parameter.")
+    })?;
+    let required: Vec<String> = params
+        .get("scope")?
+        .map(|s| s.split_whitespace().map(str::to_string).collect())
+        .unwrap_or_default();
+    let found = inspect(&svc, token).await?.filter(|t| {
+        svc.config
+            .scope_strategy
+            .all_satisfied(&t.scopes, &required)
+    });
+    svc.metrics.introspection(found.is_some());
+    Ok(match found {
+        None => axum::Json(serde_json::json!({"active": false})).into_response(),
+        Some(t) => axum::Json(Active {
+            active: true,
+            scope: t.scopes.join(" "),
+            client_id: &t.client_id,
+            sub: &t.client_id,
+            exp: t.exp,
+            iat: t.iat,
+            nbf: t.nbf,
+            aud: &t.audience,
+            iss: &svc.config.issuer,
+            token_type: "Bearer",
+            token_use: "access_token",
+        })
+        .into_response(),
+    })
+}

@@ -1,0 +1,429 @@
+//! The service and its two HTTP servers: public (tokens, JWKS, discovery; default port 4444)
+//! and admin (clients, keys, introspection, metrics; default port 4445), with background purge
+//! and key rotation, and graceful shutdown.
+//!
+//! Embedding (the reconcilers): `let svc = Service::open(config)?;` then use `svc.clients`
+//! ([`crate::client::ClientService`]) and run [`serve`] with the same `Arc<Service>`.
+
+use crate::admin;
+use crate::client::ClientService;
+use crate::clock;
+use crate::crypto::SystemSecret;
+use crate::discovery;
+use crate::health;
+use crate::introspect;
+use crate::keys::{ACCESS_TOKEN_SET, Alg, KeyService};
+use crate::metrics::{self, HttpMetrics, Metrics};
+use crate::oauth2_error::OAuth2Error;
+use crate::revoke;
+use crate::store::Store;
+use crate::store::sqlite::SqliteStore;
+use crate::token;
+use axum::Router;
+use axum::routing::{get, post};
+use portcullis_core::scope::ScopeStrategy;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+use tokio::net::TcpListener;
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub public_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    /// The `iss` of tokens, exactly as configured; endpoint URLs are built on it without its
+    /// trailing slash.
+    pub issuer: String,
+    pub data_dir: PathBuf,
+    pub signing_alg: Alg,
+    pub access_token_ttl: Duration,
+    pub scope_strategy: ScopeStrategy,
+    pub key_rotation: Option<Duration>,
+    pub secrets_file: Option<PathBuf>,
+    pub secrets_system: Option<String>,
+    pub shutdown_timeout: Duration,
+    pub purge_interval: Duration,
+}
+
+impl Config {
+    /// Defaults for a data directory (ports 4444/4445 on loopback, RS256, 1h, wildcard).
+    pub fn new(data_dir: PathBuf) -> Self {
+        let public_addr = SocketAddr::from(([127, 0, 0, 1], 4444));
+        Self {
+            public_addr,
+            admin_addr: SocketAddr::from(([127, 0, 0, 1], 4445)),
+            issuer: format!("http://{public_addr}"),
+            data_dir,
+            signing_alg: Alg::RS256,
+            access_token_ttl: Duration::from_secs(3600),
+            scope_strategy: ScopeStrategy::Wildcard,
+            key_rotation: None,
+            secrets_file: None,
+            secrets_system: None,
+            shutdown_timeout: Duration::from_secs(10),
+            purge_interval: Duration::from_secs(60),
+        }
+    }
+
+    pub fn token_endpoint(&self) -> String {
+        format!("{}/oauth2/token", self.issuer.trim_end_matches('/'))
+    }
+
+    pub fn access_token_ttl_secs(&self) -> i64 {
+        i64::try_from(self.access_token_ttl.as_secs()).unwrap_or(i64::MAX)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("store: {0}")]
+    Store(#[from] crate::store::StoreError),
+    #[error("system secret: {0}")]
+    Secret(#[from] crate::crypto::CryptoError),
+    #[error("signing keys: {0}")]
+    Keys(#[from] crate::keys::KeyError),
+    #[error("binding {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("server: {0}")]
+    Serve(std::io::Error),
+}
+
+pub struct Service {
+    pub config: Config,
+    pub store: Arc<dyn Store>,
+    pub clients: ClientService,
+    pub keys: KeyService,
+    pub metrics: Arc<Metrics>,
+    pub verified_jwts: introspect::JwtCache,
+    pub jwks_fetcher: crate::assertion::JwksFetcher,
+    /// Revoked JWT ids and their `exp`, mirrored from the store for allocation-free checks.
+    revoked: RwLock<HashMap<String, i64>>,
+}
+
+impl Service {
+    /// Opens the SQLite store in `config.data_dir`, loads clients and keys, and makes sure a
+    /// signing key of `config.signing_alg` exists. Blocking (may generate an RSA key).
+    pub fn open(config: Config) -> Result<Arc<Self>, StartError> {
+        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&config.data_dir)?);
+        Self::with_store(config, store)
+    }
+
+    pub fn with_store(config: Config, store: Arc<dyn Store>) -> Result<Arc<Self>, StartError> {
+        let (secret, generated) = SystemSecret::load(
+            config.secrets_file.as_deref(),
+            config.secrets_system.as_deref(),
+            &config.data_dir,
+        )?;
+        if generated {
+            tracing::warn!(
+                path = %config.data_dir.join("secrets.key").display(),
+                "no --secrets-file or PORTCULLIS_SECRETS_SYSTEM given: private keys are encrypted \
+                 with a generated secret stored next to the database"
+            );
+        }
+        let clients = ClientService::load(Arc::clone(&store))?;
+        let keys = KeyService::load(Arc::clone(&store), secret)?;
+        let revoked = store.list_revocations(clock::now())?.into_iter().collect();
+        let svc = Arc::new(Self {
+            config,
+            store,
+            clients,
+            keys,
+            metrics: Arc::new(Metrics::new()),
+            verified_jwts: introspect::JwtCache::new(100_000),
+            jwks_fetcher: crate::assertion::JwksFetcher::new(),
+            revoked: RwLock::new(revoked),
+        });
+        svc.keys.ensure_current(
+            ACCESS_TOKEN_SET,
+            svc.config.signing_alg,
+            svc.max_token_ttl(),
+        )?;
+        Ok(svc)
+    }
+
+    /// The longest lifetime any token may have now (global or per-client).
+    pub fn max_token_ttl(&self) -> i64 {
+        self.config
+            .access_token_ttl_secs()
+            .max(self.clients.max_lifespan_secs())
+    }
+
+    pub fn is_revoked(&self, jti: &str) -> bool {
+        self.revoked
+            .read()
+            .map(|r| r.contains_key(jti))
+            .unwrap_or(true)
+    }
+
+    /// Persists a JWT revocation, then applies it in memory.
+    pub async fn revoke_jti(&self, jti: String, exp: i64) -> Result<(), OAuth2Error> {
+        let store = Arc::clone(&self.store);
+        let j = jti.clone();
+        tokio::task::spawn_blocking(move || store.insert_revocation(&j, exp))
+            .await
+            .map_err(OAuth2Error::server_error)??;
+        if let Ok(mut r) = self.revoked.write() {
+            r.insert(jti, exp);
+        }
+        Ok(())
+    }
+
+    /// Rotates the access-token signing key (blocking).
+    pub fn rotate_signing_key(
+        &self,
+        alg: Alg,
+        kid: Option<String>,
+    ) -> Result<Arc<crate::keys::SigningKey>, crate::keys::KeyError> {
+        self.keys
+            .rotate(ACCESS_TOKEN_SET, alg, kid, self.max_token_ttl())
+    }
+
+    fn purge(&self) {
+        let now = clock::now();
+        match self.store.purge_expired(now) {
+            Ok(n) if n > 0 => tracing::debug!(rows = n, "purged expired rows"),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "purging expired rows failed"),
+        }
+        if let Ok(mut r) = self.revoked.write() {
+            r.retain(|_, exp| *exp > now);
+        }
+        if let Err(e) = self.keys.reload() {
+            tracing::warn!(error = %e, "reloading keys failed");
+        }
+    }
+
+    fn rotation_due(&self, period: Duration) -> bool {
+        let ring = self.keys.ring();
+        let period = i64::try_from(period.as_secs()).unwrap_or(i64::MAX);
+        ring.current(ACCESS_TOKEN_SET)
+            .is_none_or(|k| k.created_at.saturating_add(period) <= clock::now())
+    }
+
+    /// Starts the purge task and, with `--key-rotation`, the rotation task.
+    pub fn spawn_background(self: &Arc<Self>, shutdown: tokio::sync::watch::Receiver<bool>) {
+        let svc = Arc::clone(self);
+        let mut stop = shutdown.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(svc.config.purge_interval);
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {
+                        let s = Arc::clone(&svc);
+                        let _ = tokio::task::spawn_blocking(move || s.purge()).await;
+                    }
+                    _ = stop.changed() => break,
+                }
+            }
+        });
+        if let Some(period) = self.config.key_rotation {
+            let svc = Arc::clone(self);
+            let mut stop = shutdown;
+            tokio::spawn(async move {
+                let check = (period / 10).clamp(Duration::from_secs(1), Duration::from_secs(60));
+                let mut tick = tokio::time::interval(check);
+                loop {
+                    tokio::select! {
+                        _ = tick.tick() => {
+                            if svc.rotation_due(period) {
+                                let s = Arc::clone(&svc);
+                                let alg = s.config.signing_alg;
+                                match tokio::task::spawn_blocking(move || s.rotate_signing_key(alg, None)).await {
+                                    Ok(Ok(k)) => tracing::info!(kid = %k.kid, "scheduled key rotation"),
+                                    Ok(Err(e)) => tracing::error!(error = %e, "scheduled key rotation failed"),
+                                    Err(e) => tracing::error!(error = %e, "scheduled key rotation panicked"),
+                                }
+                            }
+                        }
+                        _ = stop.changed() => break,
+                    }
+                }
+            });
+        }
+    }
+}
+
+fn common(router: Router<Arc<Service>>, svc: &Arc<Service>, server: &'static str) -> Router {
+    router
+        .route("/health/alive", get(health::alive))
+        .route("/health/ready", get(health::ready))
+        .route("/version", get(health::version))
+        .fallback(|| async { OAuth2Error::not_found("The requested resource does not exist.") })
+        .method_not_allowed_fallback(|| async {
+            OAuth2Error::new(
+                crate::oauth2_error::ErrorCode::MethodNotAllowed,
+                "The HTTP method is not allowed on this resource.",
+            )
+        })
+        .layer(axum::middleware::from_fn_with_state(
+            HttpMetrics {
+                metrics: Arc::clone(&svc.metrics),
+                server,
+            },
+            metrics::track,
+        ))
+        .with_state(Arc::clone(svc))
+}
+
+pub fn public_app(svc: Arc<Service>) -> Router {
+    let r = Router::new()
+        .route("/oauth2/token", post(token::token_endpoint))
+        .route("/oauth2/revoke", post(revoke::revoke_endpoint))
+        .route(
+            "/oauth2/auth",
+            get(discovery::authorization_endpoint).post(discovery::authorization_endpoint),
+        )
+        .route(
+            "/.well-known/openid-configuration",
+            get(discovery::discovery_endpoint),
+        )
+        .route(
+            "/.well-known/oauth-authorization-server",
+            get(discovery::discovery_endpoint),
+        )
+        .route("/.well-known/jwks.json", get(discovery::jwks_endpoint));
+    common(r, &svc, "public")
+}
+
+pub fn admin_app(svc: Arc<Service>) -> Router {
+    // Hydra answers every admin path with and without the /admin prefix.
+    let routes = Router::new()
+        .route(
+            "/clients",
+            get(admin::list_clients).post(admin::create_client),
+        )
+        .route(
+            "/clients/{id}",
+            get(admin::get_client)
+                .put(admin::put_client)
+                .patch(admin::patch_client)
+                .delete(admin::delete_client),
+        )
+        .route("/oauth2/introspect", post(introspect::introspect_endpoint))
+        .route(
+            "/keys/{set}",
+            get(admin::get_key_set)
+                .post(admin::create_key)
+                .delete(admin::delete_key_set),
+        )
+        .route(
+            "/keys/{set}/{kid}",
+            get(admin::get_key).delete(admin::delete_key),
+        )
+        .route("/metrics/prometheus", get(metrics::prometheus_endpoint));
+    let r = Router::new().merge(routes.clone()).nest("/admin", routes);
+    common(r, &svc, "admin")
+}
+
+/// Binds both listeners, runs until `shutdown` resolves, then lets in-flight requests finish
+/// (at most `config.shutdown_timeout`).
+pub async fn serve(
+    svc: Arc<Service>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), StartError> {
+    let public = TcpListener::bind(svc.config.public_addr)
+        .await
+        .map_err(|source| StartError::Bind {
+            addr: svc.config.public_addr,
+            source,
+        })?;
+    let admin = TcpListener::bind(svc.config.admin_addr)
+        .await
+        .map_err(|source| StartError::Bind {
+            addr: svc.config.admin_addr,
+            source,
+        })?;
+    let apps = Apps::new(&svc);
+    serve_on(svc, public, admin, apps, shutdown).await
+}
+
+/// The two routers to serve. Embedders add routes with `Router::merge` (e.g. a reconciler
+/// serving the filter module on the public port): `apps.public = apps.public.merge(extra)`.
+pub struct Apps {
+    pub public: Router,
+    pub admin: Router,
+}
+
+impl Apps {
+    pub fn new(svc: &Arc<Service>) -> Self {
+        Self {
+            public: public_app(Arc::clone(svc)),
+            admin: admin_app(Arc::clone(svc)),
+        }
+    }
+}
+
+/// Like [`serve`] on already-bound listeners (tests bind port 0) with the given routers.
+pub async fn serve_on(
+    svc: Arc<Service>,
+    public: TcpListener,
+    admin: TcpListener,
+    apps: Apps,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), StartError> {
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    svc.spawn_background(rx.clone());
+    tracing::info!(
+        public = %public.local_addr().map_err(StartError::Serve)?,
+        admin = %admin.local_addr().map_err(StartError::Serve)?,
+        issuer = %svc.config.issuer,
+        alg = %svc.config.signing_alg,
+        "portcullis token service listening"
+    );
+    let wait = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|stop| *stop).await;
+    };
+    let public_srv = axum::serve(public, apps.public).with_graceful_shutdown(wait(rx.clone()));
+    let admin_srv = axum::serve(admin, apps.admin).with_graceful_shutdown(wait(rx.clone()));
+    let mut servers = tokio::spawn(async move { tokio::try_join!(public_srv, admin_srv) });
+    tokio::select! {
+        res = &mut servers => {
+            return match res {
+                Ok(Ok(_)) => Ok(()),
+                Ok(Err(e)) => Err(StartError::Serve(e)),
+                Err(e) => Err(StartError::Serve(std::io::Error::other(e.to_string()))),
+            };
+        }
+        _ = shutdown => {}
+    }
+    tracing::info!("shutting down: finishing in-flight requests");
+    let _ = tx.send(true);
+    match tokio::time::timeout(svc.config.shutdown_timeout, servers).await {
+        Ok(Ok(Ok(_))) => tracing::info!("shut down cleanly"),
+        Ok(Ok(Err(e))) => return Err(StartError::Serve(e)),
+        Ok(Err(e)) => return Err(StartError::Serve(std::io::Error::other(e.to_string()))),
+        Err(_) => tracing::warn!("shutdown timeout reached; dropping remaining connections"),
+    }
+    Ok(())
+}
+
+/// Resolves on SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
+}
+
+#[cfg(test)]
+mod tests;

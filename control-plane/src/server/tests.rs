@@ -1,0 +1,1144 @@
+//! HTTP behaviour of both apps, driven in-process with `tower::ServiceExt::oneshot`.
+
+use super::*;
+use axum::body::Body;
+use axum::http::{HeaderMap, Request, StatusCode, header};
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use http_body_util::BodyExt;
+use serde_json::{Value, json};
+use tower::ServiceExt;
+
+struct Harness {
+    svc: Arc<Service>,
+    public: Router,
+    admin: Router,
+    _dir: tempfile::TempDir,
+}
+
+fn config(dir: &std::path::Path, alg: Alg) -> Config {
+    let mut c = Config::new(dir.to_path_buf());
+    c.signing_alg = alg;
+    c.secrets_system = Some("unit-test-system-secret".into());
+    c
+}
+
+fn harness(alg: Alg) -> Harness {
+    let dir = tempfile::tempdir().unwrap();
+    let svc = Service::open(config(dir.path(), alg)).unwrap();
+    Harness {
+        public: public_app(Arc::clone(&svc)),
+        admin: admin_app(Arc::clone(&svc)),
+        svc,
+        _dir: dir,
+    }
+}
+
+struct Reply {
+    status: StatusCode,
+    headers: HeaderMap,
+    body: Value,
+}
+
+async fn send(app: &Router, req: Request<Body>) -> Reply {
+    let resp = app.clone().oneshot(req).await.unwrap();
+    let status = resp.status();
+    let headers = resp.headers().clone();
+    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+    let body = if bytes.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_slice(&bytes)
+            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()))
+    };
+    Reply {
+        status,
+        headers,
+        body,
+    }
+}
+
+fn json_req(method: &str, uri: &str, body: Value) -> Request<Body> {
+    Request::builder()
+        .method(method)
+        .uri(uri)
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from(body.to_string()))
+        .unwrap()
+}
+
+fn get(uri: &str) -> Request<Body> {
+    Request::builder().uri(uri).body(Body::empty()).unwrap()
+}
+
+fn form(uri: &str, body: &str, basic: Option<(&str, &str)>) -> Request<Body> {
+    let mut b = Request::builder()
+        .method("POST")
+        .uri(uri)
+        .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded");
+    if let Some((id, secret)) = basic {
+        b = b.header(
+            header::AUTHORIZATION,
+            format!("Basic {}", STANDARD.encode(format!("{id}:{secret}"))),
+        );
+    }
+    b.body(Body::from(body.to_string())).unwrap()
+}
+
+async fn create(h: &Harness, client: Value) -> Value {
+    let r = send(&h.admin, json_req("POST", "/admin/clients", client)).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    r.body
+}
+
+fn cc(id: &str) -> Value {
+    json!({
+        "client_id": id, "client_secret": "secret-of-".to_string() + id,
+        "grant_types": ["client_credentials"], "scope": "read write orders.*",
+        "audience": ["https://api.example.com"],
+    })
+}
+
+async fn token(h: &Harness, id: &str, body: &str) -> Reply {
+    let secret = format!("secret-of-{id}");
+    send(&h.public, form("/oauth2/token", body, Some((id, &secret)))).await
+}
+
+fn jwt_part(jwt: &str, i: usize) -> Value {
+    let part = jwt.split('.').nth(i).unwrap();
+    serde_json::from_slice(&crate::crypto::b64url_decode(part).unwrap()).unwrap()
+}
+
+#[tokio::test]
+async fn rs256_token_verifies_with_published_jwks() {
+    let h = harness(Alg::RS256);
+    create(&h, cc("c1")).await;
+    let r = token(
+        &h,
+        "c1",
+        "grant_type=client_credentials&scope=read+orders.create&audience=https://api.example.com",
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(r.headers[header::CACHE_CONTROL], "no-store");
+    assert_eq!(r.headers[header::PRAGMA], "no-cache");
+    assert_eq!(r.body["token_type"], "bearer");
+    assert_eq!(r.body["expires_in"], 3600);
+    assert_eq!(r.body["scope"], "read orders.create");
+    let jwt = r.body["access_token"].as_str().unwrap();
+
+    let jwks = send(&h.public, get("/.well-known/jwks.json")).await.body;
+    let set: jsonwebtoken::jwk::JwkSet = serde_json::from_value(jwks).unwrap();
+    let header = jsonwebtoken::decode_header(jwt).unwrap();
+    assert_eq!(header.alg, jsonwebtoken::Algorithm::RS256);
+    assert_eq!(header.typ.as_deref(), Some("JWT"));
+    let jwk = set.find(header.kid.as_deref().unwrap()).unwrap();
+    let mut v = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::RS256);
+    v.set_audience(&["https://api.example.com"]);
+    v.set_issuer(&["http://127.0.0.1:4444"]);
+    let data =
+        jsonwebtoken::decode::<Value>(jwt, &jsonwebtoken::DecodingKey::from_jwk(jwk).unwrap(), &v)
+            .unwrap();
+    let c = data.claims;
+    assert_eq!(c["sub"], "c1");
+    assert_eq!(c["client_id"], "c1");
+    assert_eq!(c["scp"], json!(["read", "orders.create"]));
+    assert_eq!(c["aud"], json!(["https://api.example.com"]));
+    assert_eq!(
+        c["exp"].as_i64().unwrap() - c["iat"].as_i64().unwrap(),
+        3600
+    );
+    assert!(uuid::Uuid::parse_str(c["jti"].as_str().unwrap()).is_ok());
+}
+
+#[tokio::test]
+async fn rfc6749_errors() {
+    let h = harness(Alg::ES256);
+    create(&h, cc("c1")).await;
+    let mut no_cc = cc("ac");
+    no_cc["grant_types"] = json!(["authorization_code"]);
+    create(&h, no_cc).await;
+
+    // Wrong secret with Basic: 401 + WWW-Authenticate.
+    let r = send(
+        &h.public,
+        form(
+            "/oauth2/token",
+            "grant_type=client_credentials",
+            Some(("c1", "nope-nope")),
+        ),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(r.body["error"], "invalid_client");
+    assert!(
+        r.headers[header::WWW_AUTHENTICATE]
+            .to_str()
+            .unwrap()
+            .starts_with("Basic")
+    );
+
+    // Unknown client via post: 401 without challenge.
+    let r = send(
+        &h.public,
+        form(
+            "/oauth2/token",
+            "grant_type=client_credentials&client_id=zz&client_secret=abcdef",
+            None,
+        ),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    assert!(r.headers.get(header::WWW_AUTHENTICATE).is_none());
+
+    // client_secret_post refused for a client registered with client_secret_basic.
+    let r = send(
+        &h.public,
+        form(
+            "/oauth2/token",
+            "grant_type=client_credentials&client_id=c1&client_secret=secret-of-c1",
+            None,
+        ),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(r.body["error"], "invalid_client");
+
+    // No authentication at all.
+    let r = send(
+        &h.public,
+        form("/oauth2/token", "grant_type=client_credentials", None),
+    )
+    .await;
+    assert_eq!(r.body["error"], "invalid_client");
+
+    let cases = [
+        ("c1", "scope=read", "invalid_request"),
+        (
+            "c1",
+            "grant_type=password&username=a&password=b",
+            "unsupported_grant_type",
+        ),
+        (
+            "c1",
+            "grant_type=client_credentials&scope=admin",
+            "invalid_scope",
+        ),
+        (
+            "c1",
+            "grant_type=client_credentials&scope=orders",
+            "invalid_scope",
+        ),
+        (
+            "c1",
+            "grant_type=client_credentials&audience=https://evil.example.com",
+            "invalid_request",
+        ),
+        (
+            "c1",
+            "grant_type=client_credentials&grant_type=client_credentials",
+            "invalid_request",
+        ),
+        ("ac", "grant_type=client_credentials", "unauthorized_client"),
+    ];
+    for (id, body, error) in cases {
+        let r = token(&h, id, body).await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{body}");
+        assert_eq!(r.body["error"], error, "{body}: {}", r.body);
+        assert!(r.body["error_description"].as_str().unwrap().len() > 5);
+        assert_eq!(r.headers[header::CACHE_CONTROL], "no-store");
+    }
+
+    // Wrong content type.
+    let req = Request::builder()
+        .method("POST")
+        .uri("/oauth2/token")
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from("{}"))
+        .unwrap();
+    let r = send(&h.public, req).await;
+    assert_eq!(r.body["error"], "invalid_request");
+
+    let metrics = send(&h.admin, get("/admin/metrics/prometheus")).await;
+    let text = metrics.body.as_str().unwrap().to_string();
+    assert!(
+        text.contains("portcullis_token_errors_total{error=\"invalid_scope\"} 2"),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn client_secret_post_and_multipart() {
+    let h = harness(Alg::EdDSA);
+    let mut c = cc("poster");
+    c["token_endpoint_auth_method"] = json!("client_secret_post");
+    create(&h, c).await;
+    let r = send(
+        &h.public,
+        form(
+            "/oauth2/token",
+            "grant_type=client_credentials&client_id=poster&client_secret=secret-of-poster&scope=write",
+            None,
+        ),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(
+        jwt_part(r.body["access_token"].as_str().unwrap(), 0)["alg"],
+        "EdDSA"
+    );
+
+    // Basic refused for a client_secret_post client, with a challenge.
+    let r = send(
+        &h.public,
+        form(
+            "/oauth2/token",
+            "grant_type=client_credentials",
+            Some(("poster", "secret-of-poster")),
+        ),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    assert!(r.headers.contains_key(header::WWW_AUTHENTICATE));
+
+    // multipart/form-data, as `curl -F` sends it.
+    let boundary = "XyZbOuNdArY";
+    let mut body = String::new();
+    for (k, v) in [
+        ("grant_type", "client_credentials"),
+        ("client_id", "poster"),
+        ("client_secret", "secret-of-poster"),
+        ("scope", "read"),
+    ] {
+        body.push_str(&format!(
+            "--{boundary}\r\nContent-Disposition: form-data; name=\"{k}\"\r\n\r\n{v}\r\n"
+        ));
+    }
+    body.push_str(&format!("--{boundary}--\r\n"));
+    let req = Request::builder()
+        .method("POST")
+        .uri("/oauth2/token")
+        .header(
+            header::CONTENT_TYPE,
+            format!("multipart/form-data; boundary={boundary}"),
+        )
+        .body(Body::from(body))
+        .unwrap();
+    let r = send(&h.public, req).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(r.body["scope"], "read");
+}
+
+#[tokio::test]
+async fn introspection_and_revocation_of_jwts() {
+    let h = harness(Alg::ES256);
+    create(&h, cc("c1")).await;
+    create(&h, cc("c2")).await;
+    let jwt = token(&h, "c1", "grant_type=client_credentials&scope=read")
+        .await
+        .body["access_token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let intro = |t: String, extra: &str| {
+        let body = format!("token={t}{extra}");
+        form("/admin/oauth2/introspect", &body, None)
+    };
+    let r = send(&h.admin, intro(jwt.clone(), "")).await;
+    assert_eq!(r.body["active"], true, "{}", r.body);
+    assert_eq!(r.body["client_id"], "c1");
+    assert_eq!(r.body["sub"], "c1");
+    assert_eq!(r.body["scope"], "read");
+    assert_eq!(r.body["iss"], "http://127.0.0.1:4444");
+    assert_eq!(r.body["token_type"], "Bearer");
+    assert_eq!(r.body["token_use"], "access_token");
+    assert_eq!(r.body["aud"], json!([]));
+    // Hydra v1 path without /admin.
+    let r = send(&h.admin, intro(jwt.clone(), "&scope=read")).await;
+    assert_eq!(r.body["active"], true);
+    let r = send(&h.admin, intro(jwt.clone(), "&scope=write")).await;
+    assert_eq!(r.body, json!({"active": false}));
+    let r = send(
+        &h.admin,
+        form("/oauth2/introspect", &format!("token={jwt}"), None),
+    )
+    .await;
+    assert_eq!(r.body["active"], true);
+    // Tampered and garbage tokens are inactive.
+    let tampered = format!("{}x", &jwt);
+    assert_eq!(
+        send(&h.admin, intro(tampered, "")).await.body["active"],
+        false
+    );
+    assert_eq!(
+        send(&h.admin, intro("garbage".into(), "")).await.body["active"],
+        false
+    );
+    let r = send(&h.admin, form("/admin/oauth2/introspect", "", None)).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+
+    // Another client may not revoke it.
+    let r = send(
+        &h.public,
+        form(
+            "/oauth2/revoke",
+            &format!("token={jwt}"),
+            Some(("c2", "secret-of-c2")),
+        ),
+    )
+    .await;
+    assert_eq!(r.body["error"], "unauthorized_client");
+    // Its owner may.
+    let r = send(
+        &h.public,
+        form(
+            "/oauth2/revoke",
+            &format!("token={jwt}"),
+            Some(("c1", "secret-of-c1")),
+        ),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(
+        send(&h.admin, intro(jwt.clone(), "")).await.body["active"],
+        false
+    );
+    // Unknown tokens: 200 as well.
+    let r = send(
+        &h.public,
+        form(
+            "/oauth2/revoke",
+            "token=unknown",
+            Some(("c1", "secret-of-c1")),
+        ),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK);
+    // Revocation is durable: a restarted service still refuses the token.
+    assert!(h.svc.store.list_revocations(clock::now()).unwrap().len() == 1);
+}
+
+#[tokio::test]
+async fn opaque_tokens() {
+    let h = harness(Alg::ES256);
+    let mut c = cc("op");
+    c["access_token_strategy"] = json!("opaque");
+    c["client_credentials_grant_access_token_lifespan"] = json!("5m");
+    create(&h, c).await;
+    let r = token(&h, "op", "grant_type=client_credentials&scope=write").await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.body["expires_in"], 300);
+    let t = r.body["access_token"].as_str().unwrap().to_string();
+    assert!(t.starts_with("ptc_at_"));
+    let r = send(
+        &h.admin,
+        form("/admin/oauth2/introspect", &format!("token={t}"), None),
+    )
+    .await;
+    assert_eq!(r.body["active"], true);
+    assert_eq!(r.body["scope"], "write");
+    assert_eq!(
+        r.body["exp"].as_i64().unwrap() - r.body["iat"].as_i64().unwrap(),
+        300
+    );
+    let r = send(
+        &h.public,
+        form(
+            "/oauth2/revoke",
+            &format!("token={t}"),
+            Some(("op", "secret-of-op")),
+        ),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK);
+    let r = send(
+        &h.admin,
+        form("/admin/oauth2/introspect", &format!("token={t}"), None),
+    )
+    .await;
+    assert_eq!(r.body["active"], false);
+}
+
+#[tokio::test]
+async fn admin_clients_crud_and_pagination() {
+    let h = harness(Alg::ES256);
+    let created = create(
+        &h,
+        json!({"grant_types": ["client_credentials"], "client_name": "gen"}),
+    )
+    .await;
+    let id = created["client_id"].as_str().unwrap().to_string();
+    assert!(created["client_secret"].as_str().unwrap().len() >= 32);
+    assert_eq!(created["token_endpoint_auth_method"], "client_secret_basic");
+
+    let r = send(&h.admin, get(&format!("/admin/clients/{id}"))).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert!(r.body.get("client_secret").is_none());
+    assert_eq!(r.body["client_name"], "gen");
+    // Without the /admin prefix too.
+    assert_eq!(
+        send(&h.admin, get(&format!("/clients/{id}"))).await.status,
+        StatusCode::OK
+    );
+
+    // Validation: 400 naming the field.
+    let r = send(
+        &h.admin,
+        json_req("POST", "/admin/clients", json!({"client_secret": "abc"})),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert_eq!(r.body["error"], "invalid_client_metadata");
+    assert!(
+        r.body["error_description"]
+            .as_str()
+            .unwrap()
+            .contains("client_secret")
+    );
+    let r = send(
+        &h.admin,
+        json_req("POST", "/admin/clients", json!("not an object")),
+    )
+    .await;
+    assert_eq!(r.body["error"], "invalid_request");
+    // Duplicate id.
+    let r = send(
+        &h.admin,
+        json_req("POST", "/admin/clients", json!({"client_id": id})),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::CONFLICT);
+
+    // PUT keeps the secret when none is sent; PATCH edits fields.
+    let r = send(
+        &h.admin,
+        json_req(
+            "PUT",
+            &format!("/admin/clients/{id}"),
+            json!({"grant_types": ["client_credentials"], "scope": "a b"}),
+        ),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert!(r.body.get("client_secret").is_none());
+    let secret = created["client_secret"].as_str().unwrap();
+    let ok = send(
+        &h.public,
+        form(
+            "/oauth2/token",
+            "grant_type=client_credentials&scope=a",
+            Some((&id, secret)),
+        ),
+    )
+    .await;
+    assert_eq!(ok.status, StatusCode::OK);
+    let r = send(
+        &h.admin,
+        json_req(
+            "PATCH",
+            &format!("/admin/clients/{id}"),
+            json!([{"op": "replace", "path": "/client_name", "value": "patched"}]),
+        ),
+    )
+    .await;
+    assert_eq!(r.body["client_name"], "patched");
+    assert_eq!(r.body["scope"], "a b");
+
+    // Pagination: 5 clients, pages of 2, following Link rel="next".
+    for i in 0..4 {
+        create(&h, cc(&format!("p{i}"))).await;
+    }
+    let mut uri = "/admin/clients?page_size=2".to_string();
+    let mut seen = Vec::new();
+    loop {
+        let r = send(&h.admin, get(&uri)).await;
+        assert_eq!(r.status, StatusCode::OK);
+        for c in r.body.as_array().unwrap() {
+            assert!(c.get("client_secret").is_none());
+            seen.push(c["client_id"].as_str().unwrap().to_string());
+        }
+        let link = r.headers[header::LINK].to_str().unwrap().to_string();
+        assert!(link.contains("rel=\"first\""));
+        match link.split(", ").find(|l| l.ends_with("rel=\"next\"")) {
+            Some(next) => uri = next[1..next.find('>').unwrap()].to_string(),
+            None => break,
+        }
+    }
+    assert_eq!(seen.len(), 5);
+    let mut sorted = seen.clone();
+    sorted.sort();
+    sorted.dedup();
+    assert_eq!(sorted.len(), 5);
+
+    // DELETE: 204, then 404 and the client can no longer get tokens.
+    let del = Request::builder()
+        .method("DELETE")
+        .uri(format!("/admin/clients/{id}"))
+        .body(Body::empty())
+        .unwrap();
+    assert_eq!(send(&h.admin, del).await.status, StatusCode::NO_CONTENT);
+    let r = send(&h.admin, get(&format!("/admin/clients/{id}"))).await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    assert_eq!(r.body["error"], "not_found");
+    // A path that does not decode to UTF-8 is an RFC 6749-style error too.
+    let r = send(&h.admin, get("/admin/clients/%FF")).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert_eq!(r.body["error"], "invalid_request");
+    let r = send(
+        &h.public,
+        form(
+            "/oauth2/token",
+            "grant_type=client_credentials",
+            Some((&id, secret)),
+        ),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn key_rotation_keeps_old_tokens_valid() {
+    let h = harness(Alg::ES256);
+    create(&h, cc("c1")).await;
+    let old = token(&h, "c1", "grant_type=client_credentials").await.body["access_token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let old_kid = jwt_part(&old, 0)["kid"].as_str().unwrap().to_string();
+    let r = send(
+        &h.admin,
+        json_req(
+            "POST",
+            "/admin/keys/hydra.jwt.access-token",
+            json!({"alg": "EdDSA", "use": "sig", "kid": "new-key"}),
+        ),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    assert_eq!(r.body["keys"][0]["kid"], "new-key");
+    assert!(r.body["keys"][0].get("d").is_none());
+
+    let new = token(&h, "c1", "grant_type=client_credentials").await.body["access_token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(jwt_part(&new, 0)["kid"], "new-key");
+    let jwks = send(&h.public, get("/.well-known/jwks.json")).await.body;
+    let kids: Vec<&str> = jwks["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["kid"].as_str().unwrap())
+        .collect();
+    assert_eq!(kids, ["new-key", old_kid.as_str()]);
+    for t in [&old, &new] {
+        let r = send(
+            &h.admin,
+            form("/admin/oauth2/introspect", &format!("token={t}"), None),
+        )
+        .await;
+        assert_eq!(r.body["active"], true);
+    }
+    let r = send(&h.admin, get("/admin/keys/hydra.jwt.access-token")).await;
+    assert_eq!(r.body["keys"].as_array().unwrap().len(), 2);
+    let r = send(
+        &h.admin,
+        json_req("POST", "/admin/keys/x", json!({"alg": "HS256"})),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert_eq!(
+        send(&h.admin, get("/admin/keys/nope")).await.status,
+        StatusCode::NOT_FOUND
+    );
+}
+
+#[tokio::test]
+async fn private_key_jwt_with_single_use_jti() {
+    use ring::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, KeyPair};
+    let h = harness(Alg::ES256);
+    let rng = ring::rand::SystemRandom::new();
+    let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).unwrap();
+    let kp =
+        EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref(), &rng).unwrap();
+    let point = kp.public_key().as_ref();
+    let b64 = crate::crypto::b64url;
+    let jwk = json!({"kty": "EC", "crv": "P-256", "kid": "ck", "alg": "ES256", "use": "sig",
+                     "x": b64(&point[1..33]), "y": b64(&point[33..65])});
+    let mut c = cc("pk");
+    c["client_secret"] = Value::Null;
+    c["token_endpoint_auth_method"] = json!("private_key_jwt");
+    c["jwks"] = json!({"keys": [jwk]});
+    let created = create(&h, c).await;
+    assert!(created.get("client_secret").is_none());
+
+    let key = jsonwebtoken::EncodingKey::from_ec_der(pkcs8.as_ref());
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
+    header.kid = Some("ck".into());
+    let now = clock::now();
+    let assertion = |jti: &str, aud: &str| {
+        jsonwebtoken::encode(
+            &header,
+            &json!({"iss": "pk", "sub": "pk", "aud": aud, "jti": jti, "exp": now + 60, "iat": now}),
+            &key,
+        )
+        .unwrap()
+    };
+    let body = |a: String| {
+        format!(
+            "grant_type=client_credentials&scope=read&client_assertion_type=urn%3Aietf%3Aparams%3Aoauth%3Aclient-assertion-type%3Ajwt-bearer&client_assertion={a}"
+        )
+    };
+    let a1 = assertion("j1", "http://127.0.0.1:4444/oauth2/token");
+    let r = send(&h.public, form("/oauth2/token", &body(a1.clone()), None)).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    // Replay of the same jti.
+    let r = send(&h.public, form("/oauth2/token", &body(a1), None)).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    assert!(
+        r.body["error_description"]
+            .as_str()
+            .unwrap()
+            .contains("jti")
+    );
+    // Wrong audience.
+    let r = send(
+        &h.public,
+        form(
+            "/oauth2/token",
+            &body(assertion("j2", "https://other")),
+            None,
+        ),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    // A secret-based client cannot use an assertion.
+    create(&h, cc("sb")).await;
+    let r = send(
+        &h.public,
+        form(
+            "/oauth2/token",
+            "grant_type=client_credentials&client_id=sb&client_secret=secret-of-sb",
+            None,
+        ),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn discovery_health_and_not_found() {
+    let h = harness(Alg::ES256);
+    for path in [
+        "/.well-known/openid-configuration",
+        "/.well-known/oauth-authorization-server",
+    ] {
+        let r = send(&h.public, get(path)).await;
+        assert_eq!(r.body["issuer"], "http://127.0.0.1:4444");
+        assert_eq!(
+            r.body["token_endpoint"],
+            "http://127.0.0.1:4444/oauth2/token"
+        );
+        assert_eq!(
+            r.body["jwks_uri"],
+            "http://127.0.0.1:4444/.well-known/jwks.json"
+        );
+        assert_eq!(
+            r.body["revocation_endpoint"],
+            "http://127.0.0.1:4444/oauth2/revoke"
+        );
+        assert_eq!(
+            r.body["authorization_endpoint"],
+            "http://127.0.0.1:4444/oauth2/auth"
+        );
+    }
+    for app in [&h.public, &h.admin] {
+        assert_eq!(
+            send(app, get("/health/alive")).await.body,
+            json!({"status": "ok"})
+        );
+        assert_eq!(send(app, get("/health/ready")).await.status, StatusCode::OK);
+        assert!(send(app, get("/version")).await.body["version"].is_string());
+        let r = send(app, get("/nope")).await;
+        assert_eq!(r.status, StatusCode::NOT_FOUND);
+        assert_eq!(r.body["error"], "not_found");
+    }
+    let r = send(
+        &h.public,
+        get("/oauth2/auth?response_type=code&client_id=x"),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert_eq!(r.body["error"], "unsupported_response_type");
+    let r = send(&h.public, get("/oauth2/token")).await;
+    assert_eq!(r.status, StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(r.body["error"], "method_not_allowed");
+}
+
+#[tokio::test]
+async fn restart_keeps_clients_keys_and_revocations() {
+    let dir = tempfile::tempdir().unwrap();
+    let (jwt, revoked) = {
+        let svc = Service::open(config(dir.path(), Alg::ES256)).unwrap();
+        let public = public_app(Arc::clone(&svc));
+        let admin = admin_app(Arc::clone(&svc));
+        let r = send(&admin, json_req("POST", "/admin/clients", cc("c1"))).await;
+        assert_eq!(r.status, StatusCode::CREATED);
+        let get_token = || {
+            form(
+                "/oauth2/token",
+                "grant_type=client_credentials",
+                Some(("c1", "secret-of-c1")),
+            )
+        };
+        let jwt = send(&public, get_token()).await.body["access_token"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let revoked = send(&public, get_token()).await.body["access_token"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let r = send(
+            &public,
+            form(
+                "/oauth2/revoke",
+                &format!("token={revoked}"),
+                Some(("c1", "secret-of-c1")),
+            ),
+        )
+        .await;
+        assert_eq!(r.status, StatusCode::OK);
+        (jwt, revoked)
+    };
+    let svc = Service::open(config(dir.path(), Alg::ES256)).unwrap();
+    let public = public_app(Arc::clone(&svc));
+    let admin = admin_app(Arc::clone(&svc));
+    let r = send(
+        &public,
+        form(
+            "/oauth2/token",
+            "grant_type=client_credentials",
+            Some(("c1", "secret-of-c1")),
+        ),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK);
+    let intro = |t: &str| form("/admin/oauth2/introspect", &format!("token={t}"), None);
+    assert_eq!(send(&admin, intro(&jwt)).await.body["active"], true);
+    assert_eq!(send(&admin, intro(&revoked)).await.body["active"], false);
+    assert_eq!(
+        svc.keys
+            .ring()
+            .jwks(crate::keys::ACCESS_TOKEN_SET, clock::now())["keys"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+}
+
+#[tokio::test]
+async fn serves_on_sockets_and_shuts_down() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir().unwrap();
+    let svc = Service::open(config(dir.path(), Alg::ES256)).unwrap();
+    let public = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = admin.local_addr().unwrap();
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let mut apps = Apps::new(&svc);
+    // Embedders can add routes (the reconcilers serve the filter module this way).
+    apps.public = apps
+        .public
+        .merge(Router::new().route("/extra", axum::routing::get(|| async { "extra" })));
+    let public_addr = public.local_addr().unwrap();
+    let task = tokio::spawn(serve_on(svc, public, admin, apps, async {
+        let _ = rx.await;
+    }));
+    let mut s = tokio::net::TcpStream::connect(public_addr).await.unwrap();
+    s.write_all(b"GET /extra HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    assert!(
+        out.starts_with("HTTP/1.1 200") && out.ends_with("extra"),
+        "{out}"
+    );
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream
+        .write_all(b"GET /health/alive HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut out = String::new();
+    stream.read_to_string(&mut out).await.unwrap();
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    tx.send(()).unwrap();
+    tokio::time::timeout(std::time::Duration::from_secs(5), task)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+}
+
+#[tokio::test]
+async fn tokens_die_with_their_client_and_key() {
+    let h = harness(Alg::ES256);
+    create(&h, cc("c1")).await;
+    create(&h, cc("c2")).await;
+    let t1 = token(&h, "c1", "grant_type=client_credentials").await.body["access_token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let t2 = token(&h, "c2", "grant_type=client_credentials").await.body["access_token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let intro = |t: &str| form("/admin/oauth2/introspect", &format!("token={t}"), None);
+    // Twice: the second answer comes from the verified-token cache.
+    for _ in 0..2 {
+        assert_eq!(send(&h.admin, intro(&t1)).await.body["active"], true);
+    }
+    let del = Request::builder()
+        .method("DELETE")
+        .uri("/admin/clients/c1")
+        .body(Body::empty())
+        .unwrap();
+    assert_eq!(send(&h.admin, del).await.status, StatusCode::NO_CONTENT);
+    assert_eq!(send(&h.admin, intro(&t1)).await.body["active"], false);
+    assert_eq!(send(&h.admin, intro(&t2)).await.body["active"], true);
+    // Deleting the signing key kills its tokens; a fresh key is made so issuing still works.
+    let kid = jwt_part(&t2, 0)["kid"].as_str().unwrap().to_string();
+    let del = Request::builder()
+        .method("DELETE")
+        .uri(format!("/admin/keys/hydra.jwt.access-token/{kid}"))
+        .body(Body::empty())
+        .unwrap();
+    assert_eq!(send(&h.admin, del).await.status, StatusCode::NO_CONTENT);
+    assert_eq!(send(&h.admin, intro(&t2)).await.body["active"], false);
+    let r = token(&h, "c2", "grant_type=client_credentials").await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_ne!(
+        jwt_part(r.body["access_token"].as_str().unwrap(), 0)["kid"],
+        kid.as_str()
+    );
+}
+
+#[tokio::test]
+async fn key_rotation_period_rotates_in_background() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = config(dir.path(), Alg::ES256);
+    c.key_rotation = Some(std::time::Duration::from_secs(1));
+    let svc = Service::open(c).unwrap();
+    let first = svc
+        .keys
+        .ring()
+        .current(ACCESS_TOKEN_SET)
+        .unwrap()
+        .kid
+        .clone();
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    svc.spawn_background(rx);
+    let mut rotated = false;
+    for _ in 0..150 {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        if svc.keys.ring().current(ACCESS_TOKEN_SET).unwrap().kid != first {
+            rotated = true;
+            break;
+        }
+    }
+    let _ = tx.send(true);
+    assert!(rotated, "no rotation within 15s");
+    // The old key is still published.
+    let jwks = svc.keys.ring().jwks(ACCESS_TOKEN_SET, clock::now());
+    assert!(
+        jwks["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|k| k["kid"] == first.as_str())
+    );
+}
+
+#[tokio::test]
+async fn private_key_jwt_with_jwks_uri() {
+    use ring::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, KeyPair};
+    let h = harness(Alg::ES256);
+    let rng = ring::rand::SystemRandom::new();
+    let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).unwrap();
+    let kp =
+        EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref(), &rng).unwrap();
+    let point = kp.public_key().as_ref().to_vec();
+    let b64 = crate::crypto::b64url;
+    let jwks = json!({"keys": [{"kty": "EC", "crv": "P-256", "kid": "remote", "alg": "ES256",
+                                "x": b64(&point[1..33]), "y": b64(&point[33..65])}]});
+    // A tiny JWKS server on loopback.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let app = Router::new().route(
+        "/jwks.json",
+        axum::routing::get(move || {
+            let jwks = jwks.clone();
+            async move { axum::Json(jwks) }
+        }),
+    );
+    tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let mut c = cc("remote");
+    c["client_secret"] = Value::Null;
+    c["token_endpoint_auth_method"] = json!("private_key_jwt");
+    c["jwks_uri"] = json!(format!("http://{addr}/jwks.json"));
+    create(&h, c).await;
+
+    let key = jsonwebtoken::EncodingKey::from_ec_der(pkcs8.as_ref());
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
+    let now = clock::now();
+    let body = |header: &jsonwebtoken::Header, jti: &str| {
+        let a = jsonwebtoken::encode(
+            header,
+            &json!({"iss": "remote", "sub": "remote", "aud": "http://127.0.0.1:4444/oauth2/token",
+                    "jti": jti, "exp": now + 60}),
+            &key,
+        )
+        .unwrap();
+        format!(
+            "grant_type=client_credentials&client_id=remote&client_assertion_type=urn%3Aietf%3Aparams%3Aoauth%3Aclient-assertion-type%3Ajwt-bearer&client_assertion={a}"
+        )
+    };
+    header.kid = Some("remote".into());
+    let r = send(&h.public, form("/oauth2/token", &body(&header, "a"), None)).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    header.kid = Some("unknown".into());
+    let r = send(&h.public, form("/oauth2/token", &body(&header, "b"), None)).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    assert!(
+        r.body["error_description"]
+            .as_str()
+            .unwrap()
+            .contains("kid"),
+        "{}",
+        r.body
+    );
+}
+
+/// A store whose readiness probe fails, everything else delegated.
+struct BrokenStore(SqliteStore);
+
+impl Store for BrokenStore {
+    fn ping(&self) -> crate::store::StoreResult<()> {
+        Err(crate::store::StoreError::Database("disk on fire".into()))
+    }
+    fn insert_client(&self, c: &crate::store::StoredClient) -> crate::store::StoreResult<()> {
+        self.0.insert_client(c)
+    }
+    fn update_client(&self, c: &crate::store::StoredClient) -> crate::store::StoreResult<bool> {
+        self.0.update_client(c)
+    }
+    fn delete_client(&self, id: &str) -> crate::store::StoreResult<bool> {
+        self.0.delete_client(id)
+    }
+    fn get_client(
+        &self,
+        id: &str,
+    ) -> crate::store::StoreResult<Option<crate::store::StoredClient>> {
+        self.0.get_client(id)
+    }
+    fn list_clients(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+        filter: &crate::store::ClientFilter,
+    ) -> crate::store::StoreResult<Vec<crate::store::StoredClient>> {
+        self.0.list_clients(after, limit, filter)
+    }
+    fn insert_key(&self, k: &crate::store::StoredKey) -> crate::store::StoreResult<()> {
+        self.0.insert_key(k)
+    }
+    fn retire_keys(&self, set: &str, keep: &str, exp: i64) -> crate::store::StoreResult<()> {
+        self.0.retire_keys(set, keep, exp)
+    }
+    fn delete_key(&self, set: &str, kid: &str) -> crate::store::StoreResult<bool> {
+        self.0.delete_key(set, kid)
+    }
+    fn list_keys(&self) -> crate::store::StoreResult<Vec<crate::store::StoredKey>> {
+        self.0.list_keys()
+    }
+    fn insert_opaque_token(
+        &self,
+        t: &crate::store::StoredOpaqueToken,
+    ) -> crate::store::StoreResult<()> {
+        self.0.insert_opaque_token(t)
+    }
+    fn get_opaque_token(
+        &self,
+        h: &[u8; 32],
+    ) -> crate::store::StoreResult<Option<crate::store::StoredOpaqueToken>> {
+        self.0.get_opaque_token(h)
+    }
+    fn delete_opaque_token(&self, h: &[u8; 32]) -> crate::store::StoreResult<bool> {
+        self.0.delete_opaque_token(h)
+    }
+    fn delete_client_tokens(&self, id: &str) -> crate::store::StoreResult<()> {
+        self.0.delete_client_tokens(id)
+    }
+    fn insert_revocation(&self, jti: &str, exp: i64) -> crate::store::StoreResult<()> {
+        self.0.insert_revocation(jti, exp)
+    }
+    fn list_revocations(&self, now: i64) -> crate::store::StoreResult<Vec<(String, i64)>> {
+        self.0.list_revocations(now)
+    }
+    fn use_assertion_jti(&self, id: &str, jti: &str, exp: i64) -> crate::store::StoreResult<bool> {
+        self.0.use_assertion_jti(id, jti, exp)
+    }
+    fn purge_expired(&self, now: i64) -> crate::store::StoreResult<usize> {
+        self.0.purge_expired(now)
+    }
+}
+
+#[tokio::test]
+async fn ready_is_503_when_the_store_fails() {
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn Store> = Arc::new(BrokenStore(SqliteStore::in_memory().unwrap()));
+    let svc = Service::with_store(config(dir.path(), Alg::ES256), store).unwrap();
+    for app in [public_app(Arc::clone(&svc)), admin_app(Arc::clone(&svc))] {
+        let r = send(&app, get("/health/ready")).await;
+        assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(!r.body.to_string().contains("fire"));
+        assert_eq!(
+            send(&app, get("/health/alive")).await.status,
+            StatusCode::OK
+        );
+    }
+}
+
+#[tokio::test]
+async fn background_purge_drops_expired_revocations() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = config(dir.path(), Alg::ES256);
+    c.purge_interval = std::time::Duration::from_millis(50);
+    let svc = Service::open(c).unwrap();
+    let now = clock::now();
+    svc.store.insert_revocation("old", now - 10).unwrap();
+    svc.store.insert_revocation("live", now + 3600).unwrap();
+    svc.store.use_assertion_jti("c", "j", now - 1).unwrap();
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    svc.spawn_background(rx);
+    for _ in 0..100 {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        if svc.store.list_revocations(now - 100).unwrap().len() == 1 {
+            break;
+        }
+    }
+    let _ = tx.send(true);
+    // The expired jti row is gone, so the same jti is accepted again.
+    assert!(svc.store.use_assertion_jti("c", "j", now + 60).unwrap());
+    let live: Vec<String> = svc
+        .store
+        .list_revocations(now - 100)
+        .unwrap()
+        .into_iter()
+        .map(|(j, _)| j)
+        .collect();
+    assert_eq!(live, ["live"]);
+}

@@ -1,0 +1,313 @@
+//! The token endpoint (`POST /oauth2/token`): client authentication, the `client_credentials`
+//! grant with scope and audience checks, and issuing JWT or opaque access tokens. Issuing a JWT
+//! touches no database: clients and keys are in memory.
+
+use crate::client::{AuthError, AuthMethod, ClientRecord};
+use crate::clock;
+use crate::crypto::{b64url, random_bytes, sha256};
+use crate::keys::ACCESS_TOKEN_SET;
+use crate::oauth2_error::{ErrorCode, OAuth2Error};
+use crate::request::{Form, Params, basic_credentials};
+use crate::server::Service;
+use crate::store::StoredOpaqueToken;
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, header};
+use axum::response::{IntoResponse, Response};
+use portcullis_core::scope::ScopeStrategy;
+use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+
+/// Opaque access tokens start with this, so a token's kind is known without a lookup.
+pub const OPAQUE_PREFIX: &str = "ptc_at_";
+pub const JWT_BEARER_ASSERTION: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
+
+/// Claims of our JWT access tokens (Hydra's names).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct AccessClaims {
+    pub iss: String,
+    pub sub: String,
+    pub aud: Vec<String>,
+    pub exp: i64,
+    pub iat: i64,
+    pub nbf: i64,
+    pub jti: String,
+    pub client_id: String,
+    pub scp: Vec<String>,
+}
+
+#[derive(Serialize)]
+struct TokenResponse<'a> {
+    access_token: &'a str,
+    token_type: &'static str,
+    expires_in: i64,
+    scope: String,
+}
+
+/// Authenticates the client of a token or revocation request with whichever method it used.
+pub async fn authenticate(
+    svc: &Service,
+    headers: &HeaderMap,
+    params: &Params,
+) -> Result<Arc<ClientRecord>, OAuth2Error> {
+    let basic = basic_credentials(headers)?;
+    let used_basic = basic.is_some();
+    authenticate_inner(svc, basic, params)
+        .await
+        .map_err(|e| e.with_basic_challenge(used_basic))
+}
+
+async fn authenticate_inner(
+    svc: &Service,
+    basic: Option<(String, String)>,
+    params: &Params,
+) -> Result<Arc<ClientRecord>, OAuth2Error> {
+    let post_id = params.get("client_id")?;
+    let post_secret = params.get("client_secret")?;
+    let assertion_type = params.get("client_assertion_type")?;
+    let assertion = params.get("client_assertion")?;
+    let methods = [
+        basic.is_some(),
+        post_secret.is_some(),
+        assertion.is_some() || assertion_type.is_some(),
+    ]
+    .iter()
+    .filter(|b| **b)
+    .count();
+    if methods > 1 {
+        return Err(OAuth2Error::invalid_request(
+            "The client used more than one authentication method.",
+        ));
+    }
+    if let Some((id, secret)) = basic {
+        if post_id.is_some_and(|p| p != id) {
+            return Err(OAuth2Error::invalid_request(
+                "The client_id parameter does not match the client authenticated with HTTP Basic.",
+            ));
+        }
+        return with_secret(svc, &id, &secret, AuthMethod::ClientSecretBasic).await;
+    }
+    if assertion.is_some() || assertion_type.is_some() {
+        return crate::assertion::authenticate(svc, assertion_type, assertion, post_id).await;
+    }
+    if let (Some(id), Some(secret)) = (post_id, post_secret) {
+        return with_secret(svc, id, secret, AuthMethod::ClientSecretPost).await;
+    }
+    if let Some(id) = post_id
+        && svc
+            .clients
+            .lookup(id)
+            .is_some_and(|c| c.auth_method == AuthMethod::None)
+    {
+        return Err(OAuth2Error::invalid_client(
+            "Public clients (token_endpoint_auth_method none) cannot use this grant.",
+        ));
+    }
+    Err(OAuth2Error::invalid_client(
+        "Client authentication failed: no client authentication was included.",
+    ))
+}
+
+async fn with_secret(
+    svc: &Service,
+    id: &str,
+    secret: &str,
+    used: AuthMethod,
+) -> Result<Arc<ClientRecord>, OAuth2Error> {
+    let failed = || {
+        OAuth2Error::invalid_client(
+            "Client authentication failed (unknown client or wrong secret).",
+        )
+    };
+    let rec = svc.clients.lookup(id).ok_or_else(failed)?;
+    if rec.auth_method != used {
+        return Err(OAuth2Error::invalid_client(format!(
+            "The OAuth 2.0 Client supports client authentication method {:?}, but method {:?} was requested.",
+            rec.auth_method.as_str(),
+            used.as_str()
+        )));
+    }
+    svc.clients
+        .authenticate_secret(id, secret)
+        .await
+        .map_err(|e: AuthError| {
+            tracing::debug!(client_id = id, reason = %e, "client authentication failed");
+            failed()
+        })
+}
+
+/// fosite's default audience matching: exact, or a URL below an allowed URL.
+pub fn audience_allowed(allowed: &[String], requested: &str) -> bool {
+    allowed.iter().any(|a| {
+        if a == requested {
+            return true;
+        }
+        if a.contains("://") {
+            let base = a.trim_end_matches('/');
+            return requested
+                .strip_prefix(base)
+                .is_some_and(|rest| rest.starts_with('/'));
+        }
+        false
+    })
+}
+
+/// Checks requested scopes and audiences against the client's allow-lists.
+pub fn check_request(
+    client: &ClientRecord,
+    strategy: ScopeStrategy,
+    scopes: &[String],
+    audience: &[String],
+) -> Result<(), OAuth2Error> {
+    for s in scopes {
+        if !strategy.satisfied(&client.scopes, s) {
+            return Err(OAuth2Error::new(
+                ErrorCode::InvalidScope,
+                format!("The OAuth 2.0 Client is not allowed to request scope {s:?}."),
+            ));
+        }
+    }
+    for a in audience {
+        if !audience_allowed(&client.client.audience, a) {
+            return Err(OAuth2Error::invalid_request(format!(
+                "Requested audience {a:?} has not been whitelisted by the OAuth 2.0 Client."
+            )));
+        }
+    }
+    Ok(())
+}
+
+pub async fn token_endpoint(
+    State(svc): State<Arc<Service>>,
+    headers: HeaderMap,
+    form: Result<Form, OAuth2Error>,
+) -> Response {
+    let result = match form {
+        Ok(Form(params)) => grant(&svc, &headers, &params).await,
+        Err(e) => Err(e),
+    };
+    match result {
+        Ok(resp) => resp,
+        Err(e) => {
+            svc.metrics.token_error(e.code.as_str());
+            e.into_response()
+        }
+    }
+}
+
+async fn grant(
+    svc: &Service,
+    headers: &HeaderMap,
+    params: &Params,
+) -> Result<Response, OAuth2Error> {
+    let grant_type = params
+        .get("grant_type")?
+        .ok_or_else(|| {
+            OAuth2Error::invalid_request("The request is missing the grant_type parameter.")
+        })?
+        .to_string();
+    let client = authenticate(svc, headers, params).await?;
+    if grant_type != "client_credentials" {
+        return Err(OAuth2Error::new(
+            ErrorCode::UnsupportedGrantType,
+            format!("The grant type {grant_type:?} is not supported by this server."),
+        ));
+    }
+    if !client.has_grant("client_credentials") {
+        return Err(OAuth2Error::new(
+            ErrorCode::UnauthorizedClient,
+            "The OAuth 2.0 Client is not allowed to use the client_credentials grant.",
+        ));
+    }
+    let scopes: Vec<String> = params
+        .get("scope")?
+        .map(|s| s.split_whitespace().map(str::to_string).collect())
+        .unwrap_or_default();
+    let audience = params.all_split("audience");
+    check_request(&client, svc.config.scope_strategy, &scopes, &audience)?;
+    let (token, expires_in) = issue(svc, &client, scopes.clone(), audience).await?;
+    let mut resp = axum::Json(TokenResponse {
+        access_token: &token,
+        token_type: "bearer",
+        expires_in,
+        scope: scopes.join(" "),
+    })
+    .into_response();
+    let h = resp.headers_mut();
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
+    Ok(resp)
+}
+
+/// Issues an access token for `client`; returns it with its lifetime in seconds.
+pub async fn issue(
+    svc: &Service,
+    client: &ClientRecord,
+    scopes: Vec<String>,
+    audience: Vec<String>,
+) -> Result<(String, i64), OAuth2Error> {
+    let ttl = client
+        .lifespan_secs
+        .unwrap_or(svc.config.access_token_ttl_secs());
+    let now = clock::now();
+    if client.opaque {
+        let raw = random_bytes::<32>().map_err(OAuth2Error::server_error)?;
+        let token = format!("{OPAQUE_PREFIX}{}", b64url(&raw));
+        let row = StoredOpaqueToken {
+            hash: sha256(token.as_bytes()),
+            client_id: client.client.client_id.clone(),
+            scopes,
+            audience,
+            issued_at: now,
+            expires_at: now + ttl,
+        };
+        let store = Arc::clone(&svc.store);
+        tokio::task::spawn_blocking(move || store.insert_opaque_token(&row))
+            .await
+            .map_err(OAuth2Error::server_error)??;
+        svc.metrics.token_issued("opaque");
+        return Ok((token, ttl));
+    }
+    let ring = svc.keys.ring();
+    let key = ring
+        .current(ACCESS_TOKEN_SET)
+        .ok_or_else(|| OAuth2Error::server_error("no signing key for access tokens"))?;
+    let claims = AccessClaims {
+        iss: svc.config.issuer.clone(),
+        sub: client.client.client_id.clone(),
+        aud: audience,
+        exp: now + ttl,
+        iat: now,
+        nbf: now,
+        jti: uuid::Uuid::new_v4().to_string(),
+        client_id: client.client.client_id.clone(),
+        scp: scopes,
+    };
+    let jwt = key
+        .sign_jwt(&claims, &svc.keys.rng)
+        .map_err(OAuth2Error::server_error)?;
+    svc.metrics.token_issued(key.alg.as_str());
+    Ok((jwt, ttl))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn audience_matching() {
+        let allowed = vec![
+            "https://api.example.com/v1".to_string(),
+            "plain".to_string(),
+        ];
+        assert!(audience_allowed(&allowed, "https://api.example.com/v1"));
+        assert!(audience_allowed(
+            &allowed,
+            "https://api.example.com/v1/users"
+        ));
+        assert!(!audience_allowed(&allowed, "https://api.example.com/v10"));
+        assert!(!audience_allowed(&allowed, "https://api.example.com"));
+        assert!(audience_allowed(&allowed, "plain"));
+        assert!(!audience_allowed(&allowed, "plain/x"));
+        assert!(!audience_allowed(&[], "plain"));
+    }
+}

@@ -1,0 +1,203 @@
+//! Bounded expiring caches for verified tokens and introspection answers, keyed by SHA-256 so a
+//! cache never holds the bearer tokens themselves.
+//!
+//! Eviction is FIFO by insertion: when full, expired entries are swept (at most once per earliest
+//! expiry, so a cache full of live entries does not rescan on every insert), then the oldest go.
+
+use sha2::{Digest, Sha256};
+use std::collections::{HashMap, VecDeque};
+
+pub type CacheKey = [u8; 32];
+
+/// SHA-256 over length-prefixed parts, so `("ab", "c")` and `("a", "bc")` differ.
+pub fn cache_key(parts: &[&[u8]]) -> CacheKey {
+    let mut h = Sha256::new();
+    for p in parts {
+        h.update((p.len() as u64).to_be_bytes());
+        h.update(p);
+    }
+    let out = h.finalize();
+    let mut key = [0u8; 32];
+    key.copy_from_slice(&out);
+    key
+}
+
+#[derive(Debug)]
+struct Entry<V> {
+    value: V,
+    expires_at: u64,
+    seq: u64,
+}
+
+#[derive(Debug)]
+pub struct ExpiringCache<V> {
+    capacity: usize,
+    map: HashMap<CacheKey, Entry<V>>,
+    /// Insertion order; entries whose `seq` no longer matches the map are stale and skipped.
+    order: VecDeque<(CacheKey, u64)>,
+    next_seq: u64,
+    /// No entry expires before this; sweeping earlier would find nothing.
+    earliest_expiry: u64,
+}
+
+impl<V> ExpiringCache<V> {
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            capacity,
+            map: HashMap::new(),
+            order: VecDeque::new(),
+            next_seq: 0,
+            earliest_expiry: u64::MAX,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// The value, unless absent or expired (`now >= expires_at`; expired entries are removed).
+    pub fn get(&mut self, key: &CacheKey, now: u64) -> Option<&V> {
+        if self.map.get(key).is_some_and(|e| now >= e.expires_at) {
+            self.map.remove(key);
+            return None;
+        }
+        self.map.get(key).map(|e| &e.value)
+    }
+
+    pub fn remove(&mut self, key: &CacheKey) -> Option<V> {
+        self.map.remove(key).map(|e| e.value)
+    }
+
+    /// Stores `value` until `expires_at` (unix seconds). Already-expired values are not stored.
+    pub fn insert(&mut self, key: CacheKey, value: V, expires_at: u64, now: u64) {
+        if self.capacity == 0 || expires_at <= now {
+            return;
+        }
+        if !self.map.contains_key(&key) && self.map.len() >= self.capacity {
+            if now >= self.earliest_expiry {
+                self.sweep(now);
+            }
+            while self.map.len() >= self.capacity {
+                let Some((old, seq)) = self.order.pop_front() else {
+                    break;
+                };
+                if self.map.get(&old).is_some_and(|e| e.seq == seq) {
+                    self.map.remove(&old);
+                }
+            }
+        }
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.earliest_expiry = self.earliest_expiry.min(expires_at);
+        self.map.insert(
+            key,
+            Entry {
+                value,
+                expires_at,
+                seq,
+            },
+        );
+        self.order.push_back((key, seq));
+        // Re-inserted and removed keys leave stale order entries; compact before they pile up.
+        if self.order.len() > 2 * self.capacity.max(8) {
+            let map = &self.map;
+            self.order
+                .retain(|(k, s)| map.get(k).is_some_and(|e| e.seq == *s));
+        }
+    }
+
+    fn sweep(&mut self, now: u64) {
+        self.map.retain(|_, e| now < e.expires_at);
+        self.earliest_expiry = self
+            .map
+            .values()
+            .map(|e| e.expires_at)
+            .min()
+            .unwrap_or(u64::MAX);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn k(i: u32) -> CacheKey {
+        cache_key(&[&i.to_be_bytes()])
+    }
+
+    #[test]
+    fn key_is_length_prefixed() {
+        assert_ne!(cache_key(&[b"ab", b"c"]), cache_key(&[b"a", b"bc"]));
+        assert_ne!(cache_key(&[b"abc"]), cache_key(&[b"abc", b""]));
+        assert_eq!(cache_key(&[b"a", b"bc"]), cache_key(&[b"a", b"bc"]));
+    }
+
+    #[test]
+    fn expired_entries_are_misses_and_removed() {
+        let mut c = ExpiringCache::new(4);
+        c.insert(k(1), "v", 110, 100);
+        assert_eq!(c.get(&k(1), 109), Some(&"v"));
+        assert_eq!(c.get(&k(1), 110), None);
+        assert!(c.is_empty());
+        c.insert(k(2), "old", 100, 100);
+        assert!(c.is_empty(), "already expired values are not stored");
+    }
+
+    #[test]
+    fn evicts_expired_before_live() {
+        let mut c = ExpiringCache::new(3);
+        c.insert(k(1), 1, 1000, 0);
+        c.insert(k(2), 2, 10, 0);
+        c.insert(k(3), 3, 1000, 0);
+        c.insert(k(4), 4, 1000, 20);
+        assert_eq!(c.len(), 3);
+        assert_eq!(c.get(&k(1), 20), Some(&1), "oldest live entry kept");
+        assert_eq!(c.get(&k(2), 20), None);
+        assert_eq!(c.get(&k(4), 20), Some(&4));
+    }
+
+    #[test]
+    fn evicts_oldest_when_all_live() {
+        let mut c = ExpiringCache::new(2);
+        c.insert(k(1), 1, 1000, 0);
+        c.insert(k(2), 2, 1000, 0);
+        c.insert(k(3), 3, 1000, 0);
+        assert_eq!(c.len(), 2);
+        assert_eq!(c.get(&k(1), 0), None);
+        assert_eq!(c.get(&k(2), 0), Some(&2));
+        assert_eq!(c.get(&k(3), 0), Some(&3));
+    }
+
+    #[test]
+    fn reinsert_updates_value_and_order() {
+        let mut c = ExpiringCache::new(2);
+        c.insert(k(1), 1, 1000, 0);
+        c.insert(k(2), 2, 1000, 0);
+        c.insert(k(1), 11, 1000, 0); // now k(2) is the oldest
+        c.insert(k(3), 3, 1000, 0);
+        assert_eq!(c.get(&k(1), 0), Some(&11));
+        assert_eq!(c.get(&k(2), 0), None);
+        assert_eq!(c.get(&k(3), 0), Some(&3));
+    }
+
+    #[test]
+    fn stays_bounded_under_churn() {
+        let mut c = ExpiringCache::new(16);
+        for i in 0..10_000u32 {
+            c.insert(k(i % 40), i, 1_000_000, u64::from(i));
+            assert!(c.len() <= 16);
+            assert!(c.order.len() <= 2 * 16 + 1);
+        }
+        let mut zero = ExpiringCache::new(0);
+        zero.insert(k(1), 1, 10, 0);
+        assert!(zero.is_empty());
+    }
+}

@@ -1,0 +1,368 @@
+//! Oathkeeper's `<...>` URL patterns, compiled once, and the index that finds the rule a request
+//! matches without trying every rule.
+//!
+//! A pattern is literal text with sections between `<` and `>` (nested pairs count, as in
+//! Oathkeeper's `delimiterIndices`). With the `regexp` strategy each section is a regular
+//! expression wrapped in a capture group and the literal text is escaped; the whole is anchored.
+//! With `glob` each section is a glob whose separators are `.` and `/`. See [`glob`] for the glob
+//! dialect.
+
+mod glob;
+
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use thiserror::Error;
+
+/// Backtracking steps one regexp match may take before it fails closed. Patterns without
+/// lookaround or backreferences never backtrack (fancy-regex hands them to the linear `regex`
+/// crate); this only bounds the ones that need the backtracking VM.
+pub const BACKTRACK_LIMIT: usize = 100_000;
+
+/// `access_rules.matching_strategy`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MatchingStrategy {
+    #[default]
+    Regexp,
+    Glob,
+}
+
+/// A `match.url` that does not compile.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum PatternError {
+    #[error("pattern {pattern:?}: unbalanced '<' '>' delimiters")]
+    Unbalanced { pattern: String },
+    #[error("pattern {pattern:?}: invalid regular expression: {message}")]
+    Regex { pattern: String, message: String },
+    #[error("pattern {pattern:?}: invalid glob: {message}")]
+    Glob { pattern: String, message: String },
+}
+
+/// A match that could not be decided: the caller must deny.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum MatchError {
+    #[error("pattern {pattern:?}: regular expression exceeded its backtracking limit")]
+    BacktrackLimit { pattern: String },
+    #[error("pattern {pattern:?}: regular expression failed: {message}")]
+    Runtime { pattern: String, message: String },
+}
+
+#[derive(Debug, Clone)]
+enum Compiled {
+    /// No `<...>` section: plain string equality, whatever the strategy.
+    Literal,
+    Regexp(fancy_regex::Regex),
+    Glob(regex::Regex),
+}
+
+/// A compiled `match.url`.
+#[derive(Debug, Clone)]
+pub struct UrlPattern {
+    source: String,
+    strategy: MatchingStrategy,
+    /// Byte length of the text before the first `<`.
+    prefix_len: usize,
+    compiled: Compiled,
+}
+
+/// Byte ranges `[start, end)` of top-level `<...>` sections, delimiters included.
+fn sections(pattern: &str) -> Result<Vec<(usize, usize)>, PatternError> {
+    let mut level = 0usize;
+    let mut start = 0;
+    let mut out = Vec::new();
+    for (i, b) in pattern.bytes().enumerate() {
+        match b {
+            b'<' => {
+                level += 1;
+                if level == 1 {
+                    start = i;
+                }
+            }
+            b'>' => {
+                if level == 0 {
+                    return Err(PatternError::Unbalanced {
+                        pattern: pattern.to_string(),
+                    });
+                }
+                level -= 1;
+                if level == 0 {
+                    out.push((start, i + 1));
+                }
+            }
+            _ => {}
+        }
+    }
+    if level != 0 {
+        return Err(PatternError::Unbalanced {
+            pattern: pattern.to_string(),
+        });
+    }
+    Ok(out)
+}
+
+impl UrlPattern {
+    pub fn compile(pattern: &str, strategy: MatchingStrategy) -> Result<UrlPattern, PatternError> {
+        let secs = sections(pattern)?;
+        let prefix_len = secs.first().map_or(pattern.len(), |s| s.0);
+        let compiled = if secs.is_empty() {
+            Compiled::Literal
+        } else {
+            let mut re = String::with_capacity(pattern.len() * 2);
+            re.push('^');
+            let mut end = 0;
+            for &(s, e) in &secs {
+                re.push_str(&regex::escape(&pattern[end..s]));
+                let inner = &pattern[s + 1..e - 1];
+                match strategy {
+                    MatchingStrategy::Regexp => {
+                        re.push('(');
+                        re.push_str(inner);
+                        re.push(')');
+                    }
+                    MatchingStrategy::Glob => {
+                        glob::translate(inner, &mut re).map_err(|message| PatternError::Glob {
+                            pattern: pattern.to_string(),
+                            message,
+                        })?;
+                    }
+                }
+                end = e;
+            }
+            re.push_str(&regex::escape(&pattern[end..]));
+            re.push('$');
+            match strategy {
+                MatchingStrategy::Regexp => fancy_regex::RegexBuilder::new(&re)
+                    .backtrack_limit(BACKTRACK_LIMIT)
+                    .build()
+                    .map(Compiled::Regexp)
+                    .map_err(|e| PatternError::Regex {
+                        pattern: pattern.to_string(),
+                        message: e.to_string(),
+                    })?,
+                MatchingStrategy::Glob => {
+                    regex::Regex::new(&re)
+                        .map(Compiled::Glob)
+                        .map_err(|e| PatternError::Glob {
+                            pattern: pattern.to_string(),
+                            message: e.to_string(),
+                        })?
+                }
+            }
+        };
+        Ok(UrlPattern {
+            source: pattern.to_string(),
+            strategy,
+            prefix_len,
+            compiled,
+        })
+    }
+
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+
+    pub fn strategy(&self) -> MatchingStrategy {
+        self.strategy
+    }
+
+    /// The literal text before the first `<`: every URL this pattern matches starts with it.
+    pub fn literal_prefix(&self) -> &str {
+        &self.source[..self.prefix_len]
+    }
+
+    fn runtime_error(&self, e: fancy_regex::Error) -> MatchError {
+        match e {
+            fancy_regex::Error::RuntimeError(fancy_regex::RuntimeError::BacktrackLimitExceeded) => {
+                MatchError::BacktrackLimit {
+                    pattern: self.source.clone(),
+                }
+            }
+            other => MatchError::Runtime {
+                pattern: self.source.clone(),
+                message: other.to_string(),
+            },
+        }
+    }
+
+    pub fn is_match(&self, url: &str) -> Result<bool, MatchError> {
+        match &self.compiled {
+            Compiled::Literal => Ok(url == self.source),
+            Compiled::Glob(re) => Ok(re.is_match(url)),
+            Compiled::Regexp(re) => re.is_match(url).map_err(|e| self.runtime_error(e)),
+        }
+    }
+
+    /// `None` when `url` does not match; otherwise Oathkeeper's `RegexpCaptureGroups`: every
+    /// group of the compiled expression but the whole match, in order of their opening
+    /// parenthesis (one per `<...>` section, plus any groups inside it), a group that did not
+    /// take part being the empty string. Glob and literal patterns capture nothing.
+    pub fn captures(&self, url: &str) -> Result<Option<Vec<String>>, MatchError> {
+        match &self.compiled {
+            Compiled::Literal | Compiled::Glob(_) => Ok(self.is_match(url)?.then(Vec::new)),
+            Compiled::Regexp(re) => {
+                let Some(caps) = re.captures(url).map_err(|e| self.runtime_error(e))? else {
+                    return Ok(None);
+                };
+                Ok(Some(
+                    (1..caps.len())
+                        .map(|i| {
+                            caps.get(i)
+                                .map_or(String::new(), |m| m.as_str().to_string())
+                        })
+                        .collect(),
+                ))
+            }
+        }
+    }
+}
+
+/// One rule as the index sees it; its position in the input is its rule number.
+#[derive(Debug, Clone)]
+pub struct IndexEntry {
+    pub methods: Vec<String>,
+    pub pattern: UrlPattern,
+}
+
+/// Result of looking a request up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Lookup {
+    /// No rule matches: Oathkeeper answers 404.
+    NoMatch,
+    Matched {
+        rule: usize,
+        captures: Vec<String>,
+    },
+    /// More than one rule matches (ascending rule numbers): Oathkeeper answers 500.
+    Ambiguous(Vec<usize>),
+    /// A pattern could not be evaluated: deny.
+    Failed {
+        rule: usize,
+        error: MatchError,
+    },
+}
+
+/// Rules whose literal prefixes share one `scheme://host`, grouped by their whole literal prefix.
+#[derive(Debug, Clone, Default)]
+struct PrefixTable {
+    by_prefix: HashMap<String, Vec<usize>>,
+    /// Distinct prefix lengths, ascending: a URL is probed once per length, not once per rule.
+    lengths: Vec<usize>,
+}
+
+/// All rules, indexed by the literal text their patterns start with.
+///
+/// A rule whose literal prefix contains the whole `scheme://host/` goes into that host's
+/// [`PrefixTable`]; a lookup probes the table once per distinct prefix length with the URL's own
+/// prefix of that length, so only rules whose literal prefix the URL starts with are evaluated.
+/// Rules with a `<...>` in the scheme or host go to a fallback list checked with `starts_with`.
+/// Every rule that can match is a candidate, so all matches are found (needed for `Ambiguous`).
+#[derive(Debug, Clone, Default)]
+pub struct RuleIndex {
+    entries: Vec<IndexEntry>,
+    hosts: HashMap<String, PrefixTable>,
+    fallback: Vec<usize>,
+}
+
+/// `scheme://host` of a URL or literal prefix, if the text holds it up to the path's `/`.
+fn host_key(s: &str) -> Option<&str> {
+    let after = s.find("://")? + 3;
+    let slash = s[after..].find('/')? + after;
+    Some(&s[..slash])
+}
+
+impl RuleIndex {
+    pub fn new(entries: Vec<IndexEntry>) -> RuleIndex {
+        let mut hosts: HashMap<String, PrefixTable> = HashMap::new();
+        let mut fallback = Vec::new();
+        for (i, e) in entries.iter().enumerate() {
+            let prefix = e.pattern.literal_prefix();
+            match host_key(prefix) {
+                Some(key) => {
+                    let table = hosts.entry(key.to_string()).or_default();
+                    table
+                        .by_prefix
+                        .entry(prefix.to_string())
+                        .or_default()
+                        .push(i);
+                    if let Err(pos) = table.lengths.binary_search(&prefix.len()) {
+                        table.lengths.insert(pos, prefix.len());
+                    }
+                }
+                None => fallback.push(i),
+            }
+        }
+        RuleIndex {
+            entries,
+            hosts,
+            fallback,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    pub fn entry(&self, rule: usize) -> Option<&IndexEntry> {
+        self.entries.get(rule)
+    }
+
+    /// Rules whose pattern could match `url` (their literal prefix is a prefix of it), in no
+    /// particular order. Only these are evaluated by [`RuleIndex::find`].
+    pub fn candidates<'a>(&'a self, url: &'a str) -> impl Iterator<Item = usize> + 'a {
+        let key = host_key(url).unwrap_or(url);
+        let table = self.hosts.get(key);
+        let from_table = table.into_iter().flat_map(move |t| {
+            t.lengths
+                .iter()
+                .take_while(move |&&l| l <= url.len())
+                .filter(move |&&l| url.is_char_boundary(l))
+                .filter_map(move |&l| t.by_prefix.get(&url[..l]))
+                .flatten()
+                .copied()
+        });
+        let from_fallback = self
+            .fallback
+            .iter()
+            .copied()
+            .filter(move |&i| url.starts_with(self.entries[i].pattern.literal_prefix()));
+        from_table.chain(from_fallback)
+    }
+
+    /// The one rule matching `method` and `url` (a [`crate::url::match_target`] string).
+    pub fn find(&self, method: &str, url: &str) -> Lookup {
+        let mut matched: Vec<usize> = Vec::new();
+        for i in self.candidates(url) {
+            let entry = &self.entries[i];
+            if !entry.methods.iter().any(|m| m.eq_ignore_ascii_case(method)) {
+                continue;
+            }
+            match entry.pattern.is_match(url) {
+                Ok(true) => matched.push(i),
+                Ok(false) => {}
+                Err(error) => return Lookup::Failed { rule: i, error },
+            }
+        }
+        match matched.as_slice() {
+            [] => Lookup::NoMatch,
+            [rule] => match self.entries[*rule].pattern.captures(url) {
+                Ok(Some(captures)) => Lookup::Matched {
+                    rule: *rule,
+                    captures,
+                },
+                Ok(None) => Lookup::NoMatch,
+                Err(error) => Lookup::Failed { rule: *rule, error },
+            },
+            _ => {
+                matched.sort_unstable();
+                Lookup::Ambiguous(matched)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

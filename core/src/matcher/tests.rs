@@ -1,0 +1,357 @@
+use super::*;
+
+fn regexp(p: &str) -> UrlPattern {
+    UrlPattern::compile(p, MatchingStrategy::Regexp).unwrap()
+}
+
+fn glob(p: &str) -> UrlPattern {
+    UrlPattern::compile(p, MatchingStrategy::Glob).unwrap()
+}
+
+#[test]
+fn strategy_serde_is_lowercase_and_defaults_to_regexp() {
+    assert_eq!(MatchingStrategy::default(), MatchingStrategy::Regexp);
+    assert_eq!(
+        serde_json::to_string(&MatchingStrategy::Glob).unwrap(),
+        "\"glob\""
+    );
+    let s: MatchingStrategy = serde_json::from_str("\"regexp\"").unwrap();
+    assert_eq!(s, MatchingStrategy::Regexp);
+}
+
+#[test]
+fn unbalanced_delimiters_are_rejected() {
+    for p in [
+        "<",
+        ">",
+        ">>",
+        "><>",
+        "foo.bar<var",
+        "foo.bar>var",
+        "foo.bar<<>var",
+    ] {
+        assert!(
+            matches!(
+                UrlPattern::compile(p, MatchingStrategy::Glob),
+                Err(PatternError::Unbalanced { .. })
+            ),
+            "{p}"
+        );
+    }
+    assert_eq!(
+        sections("foo.bar<<>><>tt<>").unwrap(),
+        vec![(7, 11), (11, 13), (15, 17)]
+    );
+}
+
+#[test]
+fn invalid_regex_is_a_compile_error() {
+    let e = UrlPattern::compile("https://h/<(unclosed>", MatchingStrategy::Regexp).unwrap_err();
+    assert!(matches!(e, PatternError::Regex { .. }), "{e}");
+}
+
+#[test]
+fn regexp_literal_parts_are_escaped_and_anchored() {
+    let p = regexp("https://api.example.com/a+b/<.*>");
+    assert!(p.is_match("https://api.example.com/a+b/x").unwrap());
+    assert!(!p.is_match("https://apiXexample.com/a+b/x").unwrap());
+    assert!(!p.is_match("https://api.example.com/aab/x").unwrap());
+    assert!(!p.is_match("xhttps://api.example.com/a+b/x").unwrap());
+    let p = regexp("https://h/<[0-9]+>");
+    assert!(!p.is_match("https://h/12/extra").unwrap());
+    assert_eq!(p.literal_prefix(), "https://h/");
+}
+
+#[test]
+fn regexp_captures_follow_oathkeeper() {
+    assert_eq!(
+        regexp("urn:foo:<.*>").captures("urn:foo:user").unwrap(),
+        Some(vec!["user".into()])
+    );
+    assert_eq!(
+        regexp("urn:foo:<.*>:<.*>")
+            .captures("urn:foo:user:one")
+            .unwrap(),
+        Some(vec!["user".to_string(), "one".to_string()])
+    );
+    assert_eq!(
+        regexp("urn:foo:<foo|bar>").captures("urn:foo:bar").unwrap(),
+        Some(vec!["bar".into()])
+    );
+    assert_eq!(
+        regexp("urn:foo:<.?>").captures("urn:foo:user").unwrap(),
+        None
+    );
+    // Inner groups follow their section's group; a group that did not participate is empty.
+    assert_eq!(
+        regexp("https://h/<(a)|(b)>/x")
+            .captures("https://h/b/x")
+            .unwrap(),
+        Some(vec!["b".to_string(), String::new(), "b".to_string()])
+    );
+}
+
+#[test]
+fn regexp_supports_lookahead_and_posix_classes() {
+    let p = regexp("https://h/users/<(?!admin).*>");
+    assert!(p.is_match("https://h/users/alice").unwrap());
+    assert!(!p.is_match("https://h/users/admin").unwrap());
+    assert!(!p.is_match("https://h/users/admin/x").unwrap());
+    assert_eq!(
+        p.captures("https://h/users/bob").unwrap(),
+        Some(vec!["bob".into()])
+    );
+
+    let p = regexp("https://h/items/<[[:digit:]]*>");
+    assert!(p.is_match("https://h/items/123").unwrap());
+    assert!(p.is_match("https://h/items/").unwrap());
+    assert!(!p.is_match("https://h/items/12a").unwrap());
+}
+
+#[test]
+fn catastrophic_backtracking_fails_closed() {
+    // Lookahead forces the backtracking VM; nested quantifiers then explode on a near-miss.
+    let p = regexp("https://h/<(?=a)(a|aa)+b>");
+    let url = format!("https://h/{}", "a".repeat(64));
+    assert!(matches!(
+        p.is_match(&url),
+        Err(MatchError::BacktrackLimit { .. })
+    ));
+    assert!(matches!(
+        p.captures(&url),
+        Err(MatchError::BacktrackLimit { .. })
+    ));
+    // The same pattern still answers quickly when it matches.
+    assert!(p.is_match("https://h/aab").unwrap());
+}
+
+#[test]
+fn glob_examples_from_oathkeeper() {
+    let cases: &[(&str, &str, bool)] = &[
+        ("urn:foo:<?>", "urn:foo:user", false),
+        ("urn:foo:<?>", "urn:foo:u", true),
+        ("urn:foo:<?>", "urn:foo:", false),
+        ("urn:foo:<?>&&<?>", "urn:foo:w&&r", true),
+        ("urn:foo:<?>?<?>", "urn:foo:w&r", false),
+        ("urn:foo:<?>?<?>", "urn:foo:w?r", true),
+        ("urn:foo:<*>", "urn:foo:user", true),
+        ("urn:foo:<*>", "urn:foo:", true),
+        ("urn:foo:<*>:<*>", "urn:foo:usr:swen", true),
+        ("*:foo:<*>:<*>", "urn:foo:usr:swen", false),
+        ("*:foo:<*>:<*>", "*:foo:usr:swen", true),
+        ("urn:foo:<*>:role:<?>", "urn:foo:usr:role:a", true),
+        ("urn:foo:<*>:role:<?>", "urn:foo:usr:role:admin", false),
+        ("urn:foo:<m[a,o,u]n>", "urn:foo:moon", false),
+        ("urn:foo:<m[a,o,u]n>", "urn:foo:man", true),
+        ("urn:foo:<m[!a,o,u]n>", "urn:foo:man", false),
+        ("urn:foo:<m[!a,o,u]n>", "urn:foo:min", true),
+        (
+            "http://example.com/<*>",
+            "http://example.com/foo/bar",
+            false,
+        ),
+    ];
+    for &(pattern, url, want) in cases {
+        assert_eq!(
+            glob(pattern).is_match(url).unwrap(),
+            want,
+            "{pattern} vs {url}"
+        );
+    }
+}
+
+#[test]
+fn glob_separators_super_star_braces_and_ranges() {
+    let p = glob("https://<*>.example.com/<**>");
+    assert!(p.is_match("https://api.example.com/a/b.c/d").unwrap());
+    assert!(!p.is_match("https://a.b.example.com/x").unwrap());
+    assert!(
+        glob("https://h/<{users,groups}>/<*>")
+            .is_match("https://h/groups/1")
+            .unwrap()
+    );
+    assert!(
+        !glob("https://h/<{users,groups}>/<*>")
+            .is_match("https://h/admins/1")
+            .unwrap()
+    );
+    assert!(
+        glob("https://h/<{a*,b}>")
+            .is_match("https://h/abc")
+            .unwrap()
+    );
+    assert!(glob("https://h/v<[0-9]>").is_match("https://h/v7").unwrap());
+    assert!(!glob("https://h/v<[0-9]>").is_match("https://h/vx").unwrap());
+    assert!(glob("https://h/<\\*>").is_match("https://h/*").unwrap());
+    assert!(!glob("https://h/<\\*>").is_match("https://h/a").unwrap());
+    // Regex metacharacters in a glob are literal.
+    assert!(glob("https://h/<a+*>").is_match("https://h/a+b").unwrap());
+    assert!(!glob("https://h/<a+*>").is_match("https://h/aab").unwrap());
+    assert_eq!(
+        glob("https://h/<*>").captures("https://h/x").unwrap(),
+        Some(vec![])
+    );
+    for bad in ["https://h/<[abc>", "https://h/<{a,b>", "https://h/<[]>"] {
+        assert!(
+            matches!(
+                UrlPattern::compile(bad, MatchingStrategy::Glob),
+                Err(PatternError::Glob { .. })
+            ),
+            "{bad}"
+        );
+    }
+}
+
+#[test]
+fn pattern_without_sections_is_exact() {
+    let p = regexp("https://h/a.b");
+    assert!(p.is_match("https://h/a.b").unwrap());
+    assert!(!p.is_match("https://h/aXb").unwrap());
+    assert_eq!(p.literal_prefix(), "https://h/a.b");
+    assert_eq!(p.captures("https://h/a.b").unwrap(), Some(vec![]));
+}
+
+fn entry(methods: &[&str], pattern: &str) -> IndexEntry {
+    IndexEntry {
+        methods: methods.iter().map(|m| m.to_string()).collect(),
+        pattern: regexp(pattern),
+    }
+}
+
+#[test]
+fn index_finds_single_match_with_captures() {
+    let idx = RuleIndex::new(vec![
+        entry(&["GET"], "https://h/users/<[0-9]+>"),
+        entry(&["POST"], "https://h/users/<.*>"),
+        entry(&["CUSTOM"], "https://h/custom"),
+    ]);
+    assert_eq!(
+        idx.find("get", "https://h/users/42"),
+        Lookup::Matched {
+            rule: 0,
+            captures: vec!["42".into()]
+        }
+    );
+    assert_eq!(
+        idx.find("POST", "https://h/users/x"),
+        Lookup::Matched {
+            rule: 1,
+            captures: vec!["x".into()]
+        }
+    );
+    assert_eq!(
+        idx.find("custom", "https://h/custom"),
+        Lookup::Matched {
+            rule: 2,
+            captures: vec![]
+        }
+    );
+    assert_eq!(idx.find("GET", "https://h/users/x"), Lookup::NoMatch);
+    assert_eq!(idx.find("GET", "https://other/users/1"), Lookup::NoMatch);
+}
+
+#[test]
+fn index_reports_every_overlap_as_ambiguous() {
+    let idx = RuleIndex::new(vec![
+        entry(&["GET"], "https://h/<.*>"),
+        entry(&["GET"], "https://h/users/<.*>"),
+        entry(&["GET"], "<https?>://h/users/<.*>"),
+        entry(&["GET"], "https://h/users/1"),
+        entry(&["GET"], "https://h/other"),
+    ]);
+    assert_eq!(
+        idx.find("GET", "https://h/users/1"),
+        Lookup::Ambiguous(vec![0, 1, 2, 3])
+    );
+    assert_eq!(
+        idx.find("GET", "http://h/users/2"),
+        Lookup::Matched {
+            rule: 2,
+            captures: vec!["http".into(), "2".into()]
+        }
+    );
+}
+
+#[test]
+fn index_fails_closed_on_backtrack_limit() {
+    let idx = RuleIndex::new(vec![entry(&["GET"], "https://h/<(?=a)(a|aa)+b>")]);
+    let url = format!("https://h/{}", "a".repeat(64));
+    assert!(matches!(
+        idx.find("GET", &url),
+        Lookup::Failed {
+            rule: 0,
+            error: MatchError::BacktrackLimit { .. }
+        }
+    ));
+}
+
+#[test]
+fn cleaned_path_decides_which_rule_matches() {
+    let idx = RuleIndex::new(vec![
+        entry(&["GET"], "https://h/public/<.*>"),
+        entry(&["GET"], "https://h/admin"),
+    ]);
+    let target = crate::url::match_target("https", "h", "/public/../admin");
+    assert_eq!(
+        idx.find("GET", &target),
+        Lookup::Matched {
+            rule: 1,
+            captures: vec![]
+        }
+    );
+    let target = crate::url::match_target("https", "h", "/public/%2e%2e/admin");
+    assert_eq!(
+        idx.find("GET", &target),
+        Lookup::Matched {
+            rule: 1,
+            captures: vec![]
+        }
+    );
+}
+
+#[test]
+fn thousand_rules_evaluate_only_a_few_patterns() {
+    let mut entries = Vec::new();
+    for i in 0..1000 {
+        let host = format!("svc{}.example.com", i % 10);
+        entries.push(entry(
+            &["GET"],
+            &format!("https://{host}/api/v1/resource{i}/<[0-9]+>"),
+        ));
+    }
+    // One rule with a pattern in the host lands in the fallback list.
+    entries.push(entry(&["GET"], "https://<[a-z]+>.internal/health"));
+    let idx = RuleIndex::new(entries);
+
+    let url = "https://svc7.example.com/api/v1/resource437/12";
+    // Only rule 437 from its host's table, plus the fallback rule (its literal prefix is just
+    // `https://`), out of 1001.
+    let mut candidates: Vec<usize> = idx.candidates(url).collect();
+    candidates.sort_unstable();
+    assert_eq!(candidates, vec![437, 1000]);
+    assert_eq!(
+        idx.find("GET", url),
+        Lookup::Matched {
+            rule: 437,
+            captures: vec!["12".into()]
+        }
+    );
+
+    // `resource43/` and `resource4/` are not prefixes of `resource437/`, so they were not
+    // candidates above; a host nobody names only reaches the fallback list.
+    let url = "https://db.internal/health";
+    assert_eq!(idx.candidates(url).count(), 1);
+    assert_eq!(
+        idx.find("GET", url),
+        Lookup::Matched {
+            rule: 1000,
+            captures: vec!["db".into()]
+        }
+    );
+
+    assert_eq!(idx.candidates("https://unknown.example.com/api").count(), 1);
+    assert_eq!(
+        idx.find("GET", "https://unknown.example.com/api"),
+        Lookup::NoMatch
+    );
+}

@@ -1,0 +1,63 @@
+//! The authentication session that flows through a rule's pipeline: who the subject is, what the
+//! authenticators learned (`extra`), the headers mutators set, and what the rule matched. Plain
+//! data: templates and the `remote_json` authorizer read it.
+
+use serde::Serialize;
+use serde_json::{Map, Value};
+use std::sync::Arc;
+
+/// Oathkeeper's `AuthenticationSession`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Session {
+    pub subject: String,
+    /// Shared with the verified-token cache: a cache hit costs no copy of the claims.
+    pub extra: Arc<Map<String, Value>>,
+    /// Headers set by mutators, in the order they were set.
+    pub header: Vec<(String, String)>,
+    pub match_context: MatchContext,
+}
+
+/// What the request looked like and what the matched rule captured.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct MatchContext {
+    pub regexp_capture_groups: Vec<String>,
+    /// The full request URL, query included.
+    pub url: String,
+    pub method: String,
+    /// Request headers.
+    pub header: Vec<(String, String)>,
+}
+
+/// First value of `name` in `headers`, compared case-insensitively (Go's `http.Header.Get`).
+pub fn header_get<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    headers
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.as_str())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_get_is_case_insensitive_and_first_wins() {
+        let h = vec![
+            ("X-A".to_string(), "1".to_string()),
+            ("x-a".to_string(), "2".to_string()),
+        ];
+        assert_eq!(header_get(&h, "x-A"), Some("1"));
+        assert_eq!(header_get(&h, "x-b"), None);
+    }
+
+    #[test]
+    fn serializes_as_plain_data() {
+        let s = Session {
+            subject: "alice".into(),
+            ..Default::default()
+        };
+        let v = serde_json::to_value(&s).unwrap();
+        assert_eq!(v["subject"], "alice");
+        assert_eq!(v["match_context"]["url"], "");
+    }
+}
