@@ -28,7 +28,9 @@ pub fn validate_rule(filter_config: &Value, rule: &Value) -> Result<(), String> 
 /// workload receives is one its filter accepts.
 pub fn compile_config(filter_config: &Value) -> Result<(), String> {
     let bytes = serde_json::to_vec(filter_config).map_err(|e| e.to_string())?;
-    Engine::from_json(&bytes).map(|_| ()).map_err(|e| e.to_string())
+    Engine::from_json(&bytes)
+        .map(|_| ())
+        .map_err(|e| e.to_string())
 }
 
 /// Compiles a URL pattern with the given matching strategy (`regexp` or `glob`).
@@ -38,7 +40,9 @@ pub fn compile_pattern(strategy: &str, pattern: &str) -> Result<CompiledPattern,
     let compiled = UrlPattern::compile(pattern, strategy).map_err(|e| e.to_string())?;
     // A match that cannot be decided (backtracking limit) counts as no match: the overlap check
     // then reports nothing rather than a false witness.
-    Ok(Box::new(move |url: &str| compiled.is_match(url).unwrap_or(false)))
+    Ok(Box::new(move |url: &str| {
+        compiled.is_match(url).unwrap_or(false)
+    }))
 }
 
 #[cfg(test)]
@@ -67,7 +71,10 @@ mod tests {
         let mut bad = good.clone();
         bad["authenticators"][0]["handler"] = json!("cookie_session");
         let e = validate_rule(&cfg, &bad).unwrap_err();
-        assert!(e.contains("authenticators[0]") && e.contains("cookie_session"), "{e}");
+        assert!(
+            e.contains("authenticators[0]") && e.contains("cookie_session"),
+            "{e}"
+        );
         let mut cfg_with = cfg.clone();
         cfg_with["rules"] = json!([good]);
         assert_eq!(compile_config(&cfg_with), Ok(()));

@@ -549,3 +549,82 @@ fn resource_names_are_dns_labels_and_distinct() {
         );
     }
 }
+
+#[test]
+fn handler_configs_are_validated_by_the_core_as_the_filter_would() {
+    let cases = [
+        // jwt without jwks_urls
+        (
+            "authenticators: [{handler: jwt, config: {required_scope: [read]}}]",
+            "authenticators[0]",
+        ),
+        // a template the filter cannot render
+        (
+            "authenticators: [{handler: noop}]\nmutators: [{handler: header, config: {headers: {X-User: '{{ .Subject | upper }}'}}}]",
+            "mutators[0]",
+        ),
+        // introspection without its URL
+        (
+            "authenticators: [{handler: oauth2_introspection}]",
+            "authenticators[0]",
+        ),
+    ];
+    for (handlers, field) in cases {
+        let r = rule_at(
+            "r",
+            "default",
+            &format!(
+                "selector: {{matchLabels: {{app: api}}}}\nmatch: {{url: 'http://api/<.*>', methods: [GET]}}\nauthorizer: {{handler: allow}}\n{handlers}"
+            ),
+        );
+        let state = desired_state(&[r], &[], &GlobalConfig::default(), &opts());
+        let o = &state.rules[0];
+        assert_eq!(o.reason, Reason::Invalid, "{handlers}");
+        let err = o.validation_error.as_deref().unwrap();
+        assert!(
+            err.contains(field) && err.contains("r.default"),
+            "{handlers}: {err}"
+        );
+        // Fails closed: the stand-in answers 401 for the rule's URLs.
+        let standin = &state.workloads.values().next().unwrap().filter_config["rules"][0];
+        assert_eq!(
+            standin["authenticators"],
+            json!([{"handler": "unauthorized"}])
+        );
+    }
+}
+
+#[test]
+fn emitted_configs_compile_in_the_core_engine_with_both_strategies() {
+    let state = desired_state(
+        &[rule_at("j", "default", JWT_RULE)],
+        &[],
+        &GlobalConfig::default(),
+        &opts(),
+    );
+    let cfg = &state.workloads.values().next().unwrap().filter_config;
+    portcullis_core::config::Engine::from_json(&serde_json::to_vec(cfg).unwrap()).unwrap();
+
+    let glob = GlobalConfig::from_yaml("access_rules: {matching_strategy: glob}").unwrap();
+    let a = rule_at(
+        "a",
+        "default",
+        "selector: {matchLabels: {app: g}}\nmatch: {url: 'http://g/<**>', methods: [GET]}\nauthenticators: [{handler: anonymous}]\nauthorizer: {handler: allow}",
+    );
+    let b = rule_at(
+        "b",
+        "default",
+        "selector: {matchLabels: {app: g}}\nmatch: {url: 'http://g/admin/<*>', methods: [GET]}\nauthenticators: [{handler: noop}]\nauthorizer: {handler: deny}",
+    );
+    let state = desired_state(&[a, b], &[], &glob, &opts());
+    assert_eq!(
+        state.rules[0].reason,
+        Reason::Overlapping,
+        "{:?}",
+        state.rules[0]
+    );
+    assert_eq!(state.rules[1].reason, Reason::Overlapping);
+    let cfg = &state.workloads.values().next().unwrap().filter_config;
+    assert_eq!(cfg["access_rules"]["matching_strategy"], "glob");
+    portcullis_core::config::Engine::from_json(&serde_json::to_vec(cfg).unwrap()).unwrap();
+}
