@@ -1,0 +1,196 @@
+//! A scripted API server checks the exact writes of a sync: the first sync reads what a previous
+//! run left, applies the desired resources, deletes the stale ones and writes statuses; a second
+//! sync with nothing changed writes nothing.
+
+use super::*;
+use crate::rule_set::{MANAGED_BY, MANAGED_BY_LABEL};
+use http::{Method, Request, Response, StatusCode};
+use kube::client::Body;
+use serde_json::json;
+use tower_test::mock::{self, Handle};
+
+type ApiServer = Handle<Request<Body>, Response<Body>>;
+
+async fn expect(
+    handle: &mut ApiServer,
+    method: Method,
+    uri: &str,
+    status: StatusCode,
+    reply: Value,
+) -> Value {
+    let (req, send) = tokio::time::timeout(Duration::from_secs(5), handle.next_request())
+        .await
+        .unwrap_or_else(|_| panic!("timed out waiting for {method} {uri}"))
+        .expect("client dropped");
+    assert_eq!(
+        (req.method(), req.uri().to_string().as_str()),
+        (&method, uri)
+    );
+    let bytes = req.into_body().collect_bytes().await.unwrap();
+    send.send_response(
+        Response::builder()
+            .status(status)
+            .body(Body::from(serde_json::to_vec(&reply).unwrap()))
+            .unwrap(),
+    );
+    if bytes.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_slice(&bytes).unwrap()
+    }
+}
+
+fn rule(name: &str, app: &str) -> Rule {
+    serde_yaml::from_str(&format!(
+        "apiVersion: oathkeeper.ory.sh/v1alpha1\nkind: Rule\nmetadata: {{name: {name}, namespace: default, generation: 1}}\nspec:\n  selector: {{matchLabels: {{app: {app}}}}}\n  match: {{url: 'http://{app}/<.*>', methods: [GET]}}\n  authenticators: [{{handler: anonymous}}]\n  authorizer: {{handler: allow}}\n"
+    ))
+    .unwrap()
+}
+
+fn opts() -> RenderOptions {
+    RenderOptions {
+        module_url: "http://portcullis.kyma-system.svc:8080/filter.wasm".into(),
+        module_sha256: "00".repeat(32),
+        ..RenderOptions::default()
+    }
+}
+
+const LIST: &str = "/apis/extensions.istio.io/v1alpha1/wasmplugins?&labelSelector=app.kubernetes.io%2Fmanaged-by%3Dportcullis";
+
+#[tokio::test]
+async fn first_sync_applies_desired_deletes_stale_and_writes_statuses_then_nothing() {
+    let (service, mut api) = mock::pair::<Request<Body>, Response<Body>>();
+    let client = Client::new(service, "default");
+    let mut rules = vec![rule("r1", "web")];
+    let server = tokio::spawn(async move {
+        expect(&mut api, Method::GET, LIST, StatusCode::OK, json!({
+            "apiVersion": "extensions.istio.io/v1alpha1", "kind": "WasmPluginList", "metadata": {},
+            "items": [{"apiVersion": "extensions.istio.io/v1alpha1", "kind": "WasmPlugin",
+                "metadata": {"name": "portcullis-old", "namespace": "default", "labels": {MANAGED_BY_LABEL: MANAGED_BY}}, "spec": {}}]
+        })).await;
+        let applied = expect(&mut api, Method::PATCH,
+            "/apis/extensions.istio.io/v1alpha1/namespaces/default/wasmplugins/portcullis-web?&force=true&fieldManager=portcullis",
+            StatusCode::OK, json!({"apiVersion": "extensions.istio.io/v1alpha1", "kind": "WasmPlugin", "metadata": {"name": "portcullis-web", "namespace": "default"}})).await;
+        expect(&mut api, Method::DELETE, "/apis/extensions.istio.io/v1alpha1/namespaces/default/wasmplugins/portcullis-old?",
+            StatusCode::OK, json!({"apiVersion": "extensions.istio.io/v1alpha1", "kind": "WasmPlugin", "metadata": {"name": "portcullis-old", "namespace": "default"}})).await;
+        let status = expect(&mut api, Method::PATCH,
+            "/apis/oathkeeper.ory.sh/v1alpha1/namespaces/default/rules/r1/status?&force=true&fieldManager=portcullis",
+            StatusCode::OK, json!({"apiVersion": "oathkeeper.ory.sh/v1alpha1", "kind": "Rule", "metadata": {"name": "r1", "namespace": "default"},
+                "spec": {"match": {"url": "http://web/", "methods": ["GET"]}}})).await;
+        (applied, status, api)
+    });
+    let mut state = SyncState::default();
+    let report = sync_once(
+        &client,
+        &mut state,
+        &rules,
+        &[],
+        &GlobalConfig::default(),
+        &opts(),
+        "t0",
+    )
+    .await;
+    let (applied, status, mut api) = server.await.unwrap();
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
+    assert_eq!((report.applied, report.deleted, report.statuses), (1, 1, 1));
+    assert_eq!(
+        applied["spec"]["selector"]["matchLabels"],
+        json!({"app": "web"})
+    );
+    assert_eq!(status["status"]["conditions"][0]["reason"], "Applied");
+    assert_eq!(status["status"]["target"], "default/app=web");
+
+    // The rule now carries that status; nothing changed: no request at all.
+    rules[0].status = serde_json::from_value(status["status"].clone()).unwrap();
+    let report = sync_once(
+        &client,
+        &mut state,
+        &rules,
+        &[],
+        &GlobalConfig::default(),
+        &opts(),
+        "t1",
+    )
+    .await;
+    assert!(report.errors.is_empty());
+    assert_eq!((report.applied, report.deleted, report.statuses), (0, 0, 0));
+    drop(client);
+    assert!(!matches!(
+        tokio::time::timeout(Duration::from_millis(100), api.next_request()).await,
+        Ok(Some(_))
+    ));
+}
+
+#[tokio::test]
+async fn a_failed_apply_is_retried_next_sync_and_reported_on_the_rules() {
+    let (service, mut api) = mock::pair::<Request<Body>, Response<Body>>();
+    let client = Client::new(service, "default");
+    let rules = vec![rule("r1", "web")];
+    let path = "/apis/extensions.istio.io/v1alpha1/namespaces/default/wasmplugins/portcullis-web?&force=true&fieldManager=portcullis";
+    let status_path = "/apis/oathkeeper.ory.sh/v1alpha1/namespaces/default/rules/r1/status?&force=true&fieldManager=portcullis";
+    let rule_reply = json!({"apiVersion": "oathkeeper.ory.sh/v1alpha1", "kind": "Rule", "metadata": {"name": "r1", "namespace": "default"},
+        "spec": {"match": {"url": "http://web/", "methods": ["GET"]}}});
+    let ok_plugin = json!({"apiVersion": "extensions.istio.io/v1alpha1", "kind": "WasmPlugin", "metadata": {"name": "portcullis-web", "namespace": "default"}});
+    let server = tokio::spawn(async move {
+        expect(
+            &mut api,
+            Method::GET,
+            LIST,
+            StatusCode::OK,
+            json!({"apiVersion": "v1", "kind": "List", "metadata": {}, "items": []}),
+        )
+        .await;
+        expect(&mut api, Method::PATCH, path, StatusCode::INTERNAL_SERVER_ERROR,
+            json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "InternalError", "code": 500, "message": "etcd timeout"})).await;
+        let failed_status = expect(
+            &mut api,
+            Method::PATCH,
+            status_path,
+            StatusCode::OK,
+            rule_reply.clone(),
+        )
+        .await;
+        // Second sync: the same apply again (it was not remembered as written).
+        expect(&mut api, Method::PATCH, path, StatusCode::OK, ok_plugin).await;
+        let ok_status = expect(
+            &mut api,
+            Method::PATCH,
+            status_path,
+            StatusCode::OK,
+            rule_reply,
+        )
+        .await;
+        (failed_status, ok_status)
+    });
+    let mut state = SyncState::default();
+    let first = sync_once(
+        &client,
+        &mut state,
+        &rules,
+        &[],
+        &GlobalConfig::default(),
+        &opts(),
+        "t0",
+    )
+    .await;
+    assert_eq!(first.errors.len(), 1);
+    assert!(first.errors[0].to_string().contains("etcd timeout"));
+    let second = sync_once(
+        &client,
+        &mut state,
+        &rules,
+        &[],
+        &GlobalConfig::default(),
+        &opts(),
+        "t1",
+    )
+    .await;
+    assert!(second.errors.is_empty(), "{:?}", second.errors);
+    let (failed_status, ok_status) = server.await.unwrap();
+    assert_eq!(
+        failed_status["status"]["conditions"][0]["reason"],
+        "ApplyFailed"
+    );
+    assert_eq!(failed_status["status"]["conditions"][0]["status"], "False");
+    assert_eq!(ok_status["status"]["conditions"][0]["reason"], "Applied");
+}
