@@ -12,6 +12,7 @@ use crate::config::{
 };
 use crate::duration::parse_millis;
 use crate::error_handler::{ErrorKind, PolicyError};
+use crate::form;
 use crate::host::{Host, KeyLookup};
 use crate::introspection::{self, IntrospectionError, IntrospectionRequirements};
 use crate::jwks::{self, combined_fingerprint};
@@ -93,7 +94,7 @@ impl TokenFrom {
 fn query_param<'a>(query: &'a str, name: &str) -> Option<Cow<'a, str>> {
     query.split('&').find_map(|pair| {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        (percent_decode(k) == name).then(|| percent_decode(v))
+        (form::decode(k) == name).then(|| form::decode(v))
     })
 }
 
@@ -106,34 +107,6 @@ fn cookie<'a>(req: &'a Request, name: &str) -> Option<&'a str> {
             let (k, v) = c.trim().split_once('=')?;
             (k == name).then(|| v.trim_matches('"'))
         })
-}
-
-/// `application/x-www-form-urlencoded` decoding (`+` is a space); invalid escapes stay literal.
-pub(crate) fn percent_decode(s: &str) -> Cow<'_, str> {
-    if !s.bytes().any(|b| b == b'%' || b == b'+') {
-        return Cow::Borrowed(s);
-    }
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'+' => out.push(b' '),
-            b'%' => match (
-                bytes.get(i + 1).and_then(|c| (*c as char).to_digit(16)),
-                bytes.get(i + 2).and_then(|c| (*c as char).to_digit(16)),
-            ) {
-                (Some(h), Some(l)) => {
-                    out.push((h * 16 + l) as u8);
-                    i += 2;
-                }
-                _ => out.push(b'%'),
-            },
-            b => out.push(b),
-        }
-        i += 1;
-    }
-    Cow::Owned(String::from_utf8_lossy(&out).into_owned())
 }
 
 #[derive(Debug)]

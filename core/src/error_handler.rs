@@ -329,26 +329,6 @@ fn html_escape(s: &str) -> String {
     out
 }
 
-/// Go's `url.QueryEscape`.
-pub fn query_escape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                out.push(b as char)
-            }
-            b' ' => out.push('+'),
-            _ => {
-                const HEX: &[u8; 16] = b"0123456789ABCDEF";
-                out.push('%');
-                out.push(HEX[(b >> 4) as usize] as char);
-                out.push(HEX[(b & 15) as usize] as char);
-            }
-        }
-    }
-    out
-}
-
 /// Adds `param=value` to `to`'s query, before any fragment.
 fn append_query(to: &str, param: &str, value: &str) -> String {
     let (base, fragment) = match to.split_once('#') {
@@ -360,7 +340,11 @@ fn append_query(to: &str, param: &str, value: &str) -> String {
         Some(_) => "&",
         None => "?",
     };
-    let mut out = format!("{base}{sep}{}={}", query_escape(param), query_escape(value));
+    let mut out = format!(
+        "{base}{sep}{}={}",
+        crate::form::escape(param),
+        crate::form::escape(value)
+    );
     if let Some(f) = fragment {
         out.push('#');
         out.push_str(f);
@@ -370,20 +354,9 @@ fn append_query(to: &str, param: &str, value: &str) -> String {
 
 /// Deep merge: objects merged key by key recursively, `over` wins everywhere else.
 pub fn deep_merge(base: &Value, over: &Value) -> Value {
-    match (base, over) {
-        (Value::Object(b), Value::Object(o)) => {
-            let mut merged = b.clone();
-            for (k, v) in o {
-                let new = match merged.get(k) {
-                    Some(existing) => deep_merge(existing, v),
-                    None => v.clone(),
-                };
-                merged.insert(k.clone(), new);
-            }
-            Value::Object(merged)
-        }
-        _ => over.clone(),
-    }
+    let mut merged = base.clone();
+    crate::config::merge_json(&mut merged, over);
+    merged
 }
 
 #[derive(Debug, Clone)]

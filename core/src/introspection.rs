@@ -41,35 +41,17 @@ pub struct Introspected {
     pub exp: Option<u64>,
 }
 
-/// Go's `url.QueryEscape`: unreserved bytes kept, space as `+`, the rest `%XX`.
-fn form_escape(s: &str, out: &mut String) {
-    for b in s.bytes() {
-        match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                out.push(b as char)
-            }
-            b' ' => out.push('+'),
-            _ => {
-                const HEX: &[u8; 16] = b"0123456789ABCDEF";
-                out.push('%');
-                out.push(HEX[usize::from(b >> 4)] as char);
-                out.push(HEX[usize::from(b & 15)] as char);
-            }
-        }
-    }
-}
-
 /// `application/x-www-form-urlencoded` body. With strategy `none`, the required scopes are sent
 /// as `scope` so the server checks them (Oathkeeper does; keys sorted as Go's `Values.Encode`).
 pub fn request_body(token: &str, req: &IntrospectionRequirements) -> String {
     let mut out = String::with_capacity(token.len() + 16);
     if req.scope_strategy == ScopeStrategy::None && !req.required_scope.is_empty() {
         out.push_str("scope=");
-        form_escape(&req.required_scope.join(" "), &mut out);
+        crate::form::escape_into(&req.required_scope.join(" "), &mut out);
         out.push('&');
     }
     out.push_str("token=");
-    form_escape(token, &mut out);
+    crate::form::escape_into(token, &mut out);
     out
 }
 

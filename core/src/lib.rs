@@ -15,6 +15,7 @@ pub mod callout;
 pub mod config;
 pub mod duration;
 pub mod error_handler;
+pub mod form;
 pub mod host;
 pub mod introspection;
 pub mod jwks;
