@@ -516,5 +516,27 @@ pub fn fingerprint(dir: &Path) -> std::io::Result<[u8; 32]> {
     Ok(h.finalize().into())
 }
 
+/// Polls `dir` every `interval` (no inotify dependency; Kubernetes-style manifests change
+/// rarely) and calls `on_change` with the freshly loaded manifests once at start and whenever
+/// the directory's [`fingerprint`] changes. Stops when `on_change` returns `false`. An unreadable
+/// directory is passed on as an error (and retried on the next change of its fingerprint).
+pub async fn watch_dir(
+    dir: &Path,
+    interval: std::time::Duration,
+    mut on_change: impl FnMut(Result<Manifests, DirError>) -> bool,
+) {
+    let mut last: Option<Result<[u8; 32], String>> = None;
+    loop {
+        let now = fingerprint(dir).map_err(|e| e.to_string());
+        if last.as_ref() != Some(&now) {
+            last = Some(now);
+            if !on_change(load_dir(dir)) {
+                return;
+            }
+        }
+        tokio::time::sleep(interval).await;
+    }
+}
+
 #[cfg(test)]
 mod tests;

@@ -272,3 +272,62 @@ fn clients_are_planned_against_secrets_in_the_directory_and_generated_ones_writt
         "generated-secret"
     );
 }
+
+#[tokio::test]
+async fn watch_dir_reloads_on_every_change() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("rule.yaml");
+    let rule = |methods: &str| {
+        format!(
+            "apiVersion: oathkeeper.ory.sh/v1alpha1\nkind: Rule\nmetadata: {{name: r}}\nspec: {{match: {{url: 'http://x/', methods: [{methods}]}}}}\n"
+        )
+    };
+    std::fs::write(&path, rule("GET")).unwrap();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::<Vec<String>>::new()));
+    let seen2 = seen.clone();
+    let dir_path = dir.path().to_path_buf();
+    let watcher = tokio::spawn(async move {
+        watch_dir(&dir_path, std::time::Duration::from_millis(10), move |m| {
+            let m = m.unwrap();
+            let mut s = seen2.lock().unwrap();
+            s.push(
+                m.rules
+                    .iter()
+                    .flat_map(|r| r.object.spec.r#match.methods.clone())
+                    .collect(),
+            );
+            s.len() < 3
+        })
+        .await
+    });
+    let wait_for = |n: usize| {
+        let seen = seen.clone();
+        async move {
+            for _ in 0..300 {
+                if seen.lock().unwrap().len() >= n {
+                    return;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+            panic!("no reload {n}");
+        }
+    };
+    wait_for(1).await;
+    std::fs::write(&path, rule("GET, POST")).unwrap();
+    wait_for(2).await;
+    std::fs::remove_file(&path).unwrap();
+    wait_for(3).await;
+    tokio::time::timeout(std::time::Duration::from_secs(3), watcher)
+        .await
+        .unwrap()
+        .unwrap();
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(
+        seen,
+        vec![
+            vec!["GET".to_string()],
+            vec!["GET".into(), "POST".into()],
+            vec![]
+        ]
+    );
+}
