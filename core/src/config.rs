@@ -38,6 +38,12 @@ pub struct FilterConfig {
     /// Oathkeeper: a client must not be able to choose which rule matches).
     #[serde(default)]
     pub trust_forwarded_headers: bool,
+    /// The filter lets every request through untouched: what a workload gets when its last
+    /// rule is deleted but the filter cannot be removed (a plain Envoy's ECDS keeps a filter;
+    /// in Istio the WasmPlugin is deleted instead). Only valid with no rules, so a rule can
+    /// never be switched off by accident.
+    #[serde(default)]
+    pub disabled: bool,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -142,6 +148,7 @@ pub struct Engine {
     pub(crate) errors: ErrorHandlers,
     pub(crate) trust_forwarded_headers: bool,
     pub(crate) jwks: Vec<JwksSource>,
+    pub(crate) disabled: bool,
 }
 
 /// Global handler settings a rule's handler is checked and merged against.
@@ -264,6 +271,12 @@ impl Engine {
     /// Compiles a configuration, reporting every rule that fails rather than the first.
     pub fn compile(raw: &FilterConfig) -> Result<Engine, ConfigErrors> {
         let mut errors = Vec::new();
+        if raw.disabled && !raw.rules.is_empty() {
+            errors.push(ConfigError::global(
+                "disabled",
+                "a disabled filter must not have rules (remove the rules or the flag)",
+            ));
+        }
         let error_handlers = match ErrorHandlers::compile(raw.errors.as_ref()) {
             Ok(h) => Some(h),
             Err(e) => {
@@ -312,6 +325,7 @@ impl Engine {
                 errors: handlers,
                 trust_forwarded_headers: raw.trust_forwarded_headers,
                 jwks,
+                disabled: raw.disabled,
             }),
             _ => Err(ConfigErrors(errors)),
         }
@@ -352,6 +366,11 @@ impl Engine {
 
     pub fn rule_count(&self) -> usize {
         self.rules.len()
+    }
+
+    /// True when this configuration lets every request through (see [`FilterConfig::disabled`]).
+    pub fn is_disabled(&self) -> bool {
+        self.disabled
     }
 }
 

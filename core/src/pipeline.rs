@@ -120,6 +120,14 @@ impl Evaluation {
         loop {
             match self.stage {
                 Stage::Match => {
+                    if engine.disabled {
+                        self.stage = Stage::Finished;
+                        return Step::Allow(Allow {
+                            rule_id: "",
+                            remove_headers: &[],
+                            set_headers: Vec::new(),
+                        });
+                    }
                     if let Err(deny) = self.match_rule(engine) {
                         self.stage = Stage::Finished;
                         return Step::Deny(deny);

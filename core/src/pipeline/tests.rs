@@ -631,3 +631,22 @@ fn cached_token_is_rechecked_against_each_rules_algorithms_and_claims() {
     h.now += 61;
     assert_eq!(get("/rs", &mut h, &mut c), 401);
 }
+
+#[test]
+fn a_disabled_filter_lets_requests_through_and_cannot_carry_rules() {
+    let e = engine(json!([]), json!({"disabled": true}));
+    let (mut h, mut c) = (TestHost::new(), Caches::new(16));
+    assert_eq!(
+        status(&run(
+            &e,
+            &mut Evaluation::new(request("GET", "/any", &[])),
+            &mut h,
+            &mut c
+        )),
+        200
+    );
+    let with_rules = json!({"disabled": true, "rules": [header_rule("a", "http://svc.local/a", json!([{"handler": "noop"}]))],
+        "authenticators": {"noop": {"enabled": true}}, "authorizers": {"allow": {"enabled": true}}, "mutators": {"header": {"enabled": true}}});
+    let err = Engine::from_json(with_rules.to_string().as_bytes()).unwrap_err();
+    assert!(err.to_string().contains("disabled"), "{err}");
+}
