@@ -147,8 +147,14 @@ impl Authorizer {
         }
     }
 
-    pub(crate) fn uses_templates(&self) -> bool {
-        matches!(self, Self::RemoteJson(_))
+    pub(crate) fn reads_request_headers(&self) -> bool {
+        match self {
+            Self::RemoteJson(r) => {
+                r.payload.reads_request_headers()
+                    || r.headers.iter().any(|(_, t)| t.reads_request_headers())
+            }
+            _ => false,
+        }
     }
 
     pub(crate) fn forwarded_header_names(&self) -> impl Iterator<Item = String> + '_ {

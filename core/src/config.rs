@@ -136,7 +136,7 @@ pub struct CompiledRule {
     /// Lower-case names of headers this rule's mutators set: stripped from the incoming request
     /// so a client cannot forge them.
     pub managed_headers: Vec<String>,
-    /// Templates of this rule read request headers or the whole session: keep a copy of them.
+    /// Templates of this rule read request headers: keep a copy of them in the session.
     pub needs_request_headers: bool,
 }
 
@@ -454,8 +454,8 @@ fn compile_rule(
             managed_headers.extend(authorizer.forwarded_header_names());
             managed_headers.sort();
             managed_headers.dedup();
-            let needs_request_headers =
-                authorizer.uses_templates() || mutators.iter().any(Mutator::uses_templates);
+            let needs_request_headers = authorizer.reads_request_headers()
+                || mutators.iter().any(Mutator::reads_request_headers);
             Ok((
                 CompiledRule {
                     id: id.to_string(),

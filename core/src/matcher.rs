@@ -63,6 +63,9 @@ pub struct UrlPattern {
     /// Byte length of the text before the first `<`.
     prefix_len: usize,
     compiled: Compiled,
+    /// The anchored expression, when the linear `regex` crate accepts it (no lookaround or
+    /// backreferences): such patterns can be matched together in one `RegexSet` pass.
+    linear: Option<String>,
 }
 
 /// Byte ranges `[start, end)` of top-level `<...>` sections, delimiters included.
@@ -104,7 +107,9 @@ impl UrlPattern {
     pub fn compile(pattern: &str, strategy: MatchingStrategy) -> Result<UrlPattern, PatternError> {
         let secs = sections(pattern)?;
         let prefix_len = secs.first().map_or(pattern.len(), |s| s.0);
+        let mut linear = None;
         let compiled = if secs.is_empty() {
+            linear = Some(format!("^{}$", regex::escape(pattern)));
             Compiled::Literal
         } else {
             let mut re = String::with_capacity(pattern.len() * 2);
@@ -130,6 +135,9 @@ impl UrlPattern {
             }
             re.push_str(&regex::escape(&pattern[end..]));
             re.push('$');
+            if strategy == MatchingStrategy::Glob || regex::Regex::new(&re).is_ok() {
+                linear = Some(re.clone());
+            }
             match strategy {
                 MatchingStrategy::Regexp => fancy_regex::RegexBuilder::new(&re)
                     .backtrack_limit(BACKTRACK_LIMIT)
@@ -154,6 +162,7 @@ impl UrlPattern {
             strategy,
             prefix_len,
             compiled,
+            linear,
         })
     }
 
@@ -254,12 +263,18 @@ struct PrefixTable {
 /// A rule whose literal prefix contains the whole `scheme://host/` goes into that host's
 /// [`PrefixTable`]; a lookup probes the table once per distinct prefix length with the URL's own
 /// prefix of that length, so only rules whose literal prefix the URL starts with are evaluated.
-/// Rules with a `<...>` in the scheme or host go to a fallback list checked with `starts_with`.
-/// Every rule that can match is a candidate, so all matches are found (needed for `Ambiguous`).
+/// Rules with a `<...>` in the scheme or host (`<http|https>://<[^/]+>/...`, common in
+/// Oathkeeper rules) cannot be bucketed by host: those the linear `regex` crate accepts are
+/// matched all at once by one `RegexSet` pass over the URL; the rest (lookaround) go to a list
+/// checked with `starts_with`. Every rule that can match is a candidate, so all matches are
+/// found (needed for `Ambiguous`).
 #[derive(Debug, Clone, Default)]
 pub struct RuleIndex {
     entries: Vec<IndexEntry>,
     hosts: HashMap<String, PrefixTable>,
+    /// Fallback rules matched together, and the rule number of each set member.
+    fallback_set: Option<regex::RegexSet>,
+    fallback_set_rules: Vec<usize>,
     fallback: Vec<usize>,
 }
 
@@ -291,9 +306,29 @@ impl RuleIndex {
                 None => fallback.push(i),
             }
         }
+        let (linear, fallback): (Vec<usize>, Vec<usize>) = fallback
+            .into_iter()
+            .partition(|&i| entries[i].pattern.linear.is_some());
+        let fallback_set = (!linear.is_empty())
+            .then(|| {
+                regex::RegexSet::new(
+                    linear
+                        .iter()
+                        .filter_map(|&i| entries[i].pattern.linear.as_deref()),
+                )
+                .ok()
+            })
+            .flatten();
+        // Should the set not build (size limits), every fallback rule is checked one by one.
+        let (fallback_set_rules, fallback) = match fallback_set {
+            Some(_) => (linear, fallback),
+            None => (Vec::new(), linear.into_iter().chain(fallback).collect()),
+        };
         RuleIndex {
             entries,
             hosts,
+            fallback_set,
+            fallback_set_rules,
             fallback,
         }
     }
@@ -324,12 +359,17 @@ impl RuleIndex {
                 .flatten()
                 .copied()
         });
+        let from_set = self
+            .fallback_set
+            .iter()
+            .flat_map(move |set| set.matches(url).into_iter())
+            .filter_map(move |k| self.fallback_set_rules.get(k).copied());
         let from_fallback = self
             .fallback
             .iter()
             .copied()
             .filter(move |&i| url.starts_with(self.entries[i].pattern.literal_prefix()));
-        from_table.chain(from_fallback)
+        from_table.chain(from_set).chain(from_fallback)
     }
 
     /// The one rule matching `method` and `url` (a [`crate::url::match_target`] string).

@@ -78,8 +78,11 @@ impl Mutator {
         headers.iter().map(|(n, _)| n.as_str())
     }
 
-    pub(crate) fn uses_templates(&self) -> bool {
-        matches!(self, Self::Header(_))
+    pub(crate) fn reads_request_headers(&self) -> bool {
+        match self {
+            Self::Header(h) => h.iter().any(|(_, t)| t.reads_request_headers()),
+            Self::Noop => false,
+        }
     }
 
     /// Renders this mutator's headers into the session (later mutators see earlier ones).

@@ -370,6 +370,14 @@ impl Template {
         out
     }
 
+    /// True when the template reads the request's headers (`.MatchContext.Header.Get`), so the
+    /// pipeline must keep a copy of them in the session.
+    pub fn reads_request_headers(&self) -> bool {
+        self.nodes
+            .iter()
+            .any(|n| matches!(n, Node::HeaderGet { request: true, .. }))
+    }
+
     /// True when the template has no actions (the text is its own rendering).
     pub fn is_static(&self) -> bool {
         self.nodes.iter().all(|n| matches!(n, Node::Text(_)))

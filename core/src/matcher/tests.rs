@@ -324,11 +324,13 @@ fn thousand_rules_evaluate_only_a_few_patterns() {
     let idx = RuleIndex::new(entries);
 
     let url = "https://svc7.example.com/api/v1/resource437/12";
-    // Only rule 437 from its host's table, plus the fallback rule (its literal prefix is just
-    // `https://`), out of 1001.
+    // Only rule 437 from its host's table, out of 1001: the fallback rule (its literal prefix
+    // is just `https://`) is tried by the RegexSet pass, which does not match this URL.
     let mut candidates: Vec<usize> = idx.candidates(url).collect();
     candidates.sort_unstable();
-    assert_eq!(candidates, vec![437, 1000]);
+    assert_eq!(candidates, vec![437]);
+    let health: Vec<usize> = idx.candidates("https://db.internal/health").collect();
+    assert_eq!(health, vec![1000]);
     assert_eq!(
         idx.find("GET", url),
         Lookup::Matched {
@@ -349,9 +351,37 @@ fn thousand_rules_evaluate_only_a_few_patterns() {
         }
     );
 
-    assert_eq!(idx.candidates("https://unknown.example.com/api").count(), 1);
+    assert_eq!(idx.candidates("https://unknown.example.com/api").count(), 0);
     assert_eq!(
         idx.find("GET", "https://unknown.example.com/api"),
         Lookup::NoMatch
     );
+}
+
+#[test]
+fn host_pattern_rules_are_matched_in_one_pass() {
+    // Oathkeeper-style rules with a pattern in the host cannot be bucketed by host.
+    let mut entries: Vec<IndexEntry> = (0..100)
+        .map(|i| entry(&["GET"], &format!("<http|https>://<[^/]+>/svc-{i:02}/<.*>")))
+        .collect();
+    // A lookaround rule cannot join the set and is still found.
+    entries.push(entry(&["GET"], "http://<[^/]+>/users/<(?!admin).*>"));
+    let idx = RuleIndex::new(entries);
+    let candidates: Vec<usize> = idx.candidates("http://h:80/svc-42/x").collect();
+    assert_eq!(candidates, vec![42, 100], "the lookaround rule is checked on its own");
+    assert_eq!(
+        idx.find("GET", "https://h/svc-07/a/b"),
+        Lookup::Matched {
+            rule: 7,
+            captures: vec!["https".into(), "h".into(), "a/b".into()]
+        }
+    );
+    assert_eq!(
+        idx.find("GET", "http://h/users/bob"),
+        Lookup::Matched {
+            rule: 100,
+            captures: vec!["h".into(), "bob".into()]
+        }
+    );
+    assert_eq!(idx.find("GET", "http://h/users/admin"), Lookup::NoMatch);
 }
