@@ -5,7 +5,7 @@
 //! credential of its kind: the chain moves on), fails (the chain stops), or needs the host:
 //! keys that are still being fetched, or an introspection call.
 
-use crate::cache::{ExpiringCache, cache_key};
+use crate::cache::{ExpiringCache, Keyer};
 use crate::callout::{Callout, CalloutResponse, Endpoint};
 use crate::config::{
     ConfigError, Globals, HandlerKind, JwksSource, parse_handler_config, resolve_endpoint,
@@ -506,6 +506,7 @@ pub struct CachedIntrospection {
 pub struct Caches {
     pub jwt: ExpiringCache<CachedJwt>,
     pub introspection: ExpiringCache<CachedIntrospection>,
+    keyer: Keyer,
     stats: CacheStats,
 }
 
@@ -523,6 +524,7 @@ impl Caches {
         Self {
             jwt: ExpiringCache::new(capacity),
             introspection: ExpiringCache::new(capacity),
+            keyer: Keyer::default(),
             stats: CacheStats::default(),
         }
     }
@@ -591,7 +593,9 @@ impl JwtAuthenticator {
             }
         }
         let fingerprint = combined_fingerprint(&sets);
-        let key = cache_key(&[self.cache_scope.as_bytes(), token.as_bytes()]);
+        let key = caches
+            .keyer
+            .key(&[self.cache_scope.as_bytes(), token.as_bytes()]);
         if let Some(hit) = caches.jwt.get(&key, now).filter(|h| h.keys == fingerprint) {
             let hit = hit.clone();
             caches.stats.jwt_hits += 1;
@@ -692,7 +696,9 @@ impl IntrospectionAuthenticator {
         };
         let now = host.now();
         if self.cache != IntrospectionCache::Disabled {
-            let key = cache_key(&[self.cache_scope.as_bytes(), token.as_bytes()]);
+            let key = caches
+                .keyer
+                .key(&[self.cache_scope.as_bytes(), token.as_bytes()]);
             if let Some(hit) = caches.introspection.get(&key, now) {
                 let step = AuthnStep::Success {
                     subject: hit.subject.clone(),
@@ -758,7 +764,9 @@ impl IntrospectionAuthenticator {
                         expires_at = expires_at.min(exp);
                     }
                     if expires_at > now {
-                        let key = cache_key(&[self.cache_scope.as_bytes(), token.as_bytes()]);
+                        let key = caches
+                            .keyer
+                            .key(&[self.cache_scope.as_bytes(), token.as_bytes()]);
                         caches.introspection.insert(
                             key,
                             CachedIntrospection {

@@ -149,6 +149,7 @@ pub struct Engine {
     pub(crate) trust_forwarded_headers: bool,
     pub(crate) jwks: Vec<JwksSource>,
     pub(crate) disabled: bool,
+    needs_remote_ip: bool,
 }
 
 /// Global handler settings a rule's handler is checked and merged against.
@@ -326,6 +327,7 @@ impl Engine {
                 trust_forwarded_headers: raw.trust_forwarded_headers,
                 jwks,
                 disabled: raw.disabled,
+                needs_remote_ip: mentions_remote_ip(raw),
             }),
             _ => Err(ConfigErrors(errors)),
         }
@@ -368,10 +370,33 @@ impl Engine {
         self.rules.len()
     }
 
+    /// True when an error handler may match on the client's address, so the host must supply
+    /// [`crate::request::Request::remote_ip`] (reading it costs a host call per request).
+    pub fn needs_remote_ip(&self) -> bool {
+        self.needs_remote_ip
+    }
+
     /// True when this configuration lets every request through (see [`FilterConfig::disabled`]).
     pub fn is_disabled(&self) -> bool {
         self.disabled
     }
+}
+
+/// Whether any error handler configuration, global or of a rule, has a `remote_ip` condition.
+fn mentions_remote_ip(raw: &FilterConfig) -> bool {
+    fn has(v: &Value) -> bool {
+        match v {
+            Value::Object(m) => m.iter().any(|(k, v)| k == "remote_ip" || has(v)),
+            Value::Array(a) => a.iter().any(has),
+            _ => false,
+        }
+    }
+    raw.errors.as_ref().is_some_and(has)
+        || raw
+            .rules
+            .iter()
+            .flat_map(|r| &r.errors)
+            .any(|h| h.config.as_ref().is_some_and(has))
 }
 
 fn compile_rule(

@@ -38,8 +38,9 @@ impl Context for Stream {
     }
 }
 
-/// Reads the request Envoy holds; pseudo-headers become fields.
-fn read_request() -> Request {
+/// Reads the request Envoy holds; pseudo-headers become fields. The peer address is only
+/// read when an error handler's `when` can ask for it.
+fn read_request(with_remote_ip: bool) -> Request {
     let mut req = Request::default();
     let headers = hostcalls::get_map(MapType::HttpRequestHeaders).unwrap_or_default();
     req.headers.reserve(headers.len());
@@ -55,6 +56,9 @@ fn read_request() -> Request {
     }
     if req.scheme.is_empty() {
         req.scheme = "http".to_string();
+    }
+    if !with_remote_ip {
+        return req;
     }
     req.remote_ip = hostcalls::get_property(vec!["source", "address"])
         .ok()
@@ -84,6 +88,7 @@ impl HttpContext for Stream {
             );
             return Action::Pause;
         };
-        vm::drive(self.id, engine, Evaluation::new(read_request()), true)
+        let req = read_request(engine.needs_remote_ip());
+        vm::drive(self.id, engine, Evaluation::new(req), true)
     }
 }

@@ -1,34 +1,52 @@
 //! Envoy stats the filter publishes (`define_metric`), visible in `/stats` as
-//! `wasmcustom.portcullis_*`.
+//! `wasmcustom.portcullis_*`. Counts accumulate in VM memory and are handed to Envoy on the
+//! root context's tick, so a request costs no metric host call.
 
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::MetricType;
 use std::collections::HashMap;
 
 #[derive(Debug, Default)]
+struct Counter {
+    /// `None` when the host refused to define it.
+    id: Option<u32>,
+    pending: u64,
+}
+
+#[derive(Debug, Default)]
 pub struct Metrics {
-    ids: HashMap<String, Option<u32>>,
+    counters: HashMap<String, Counter>,
 }
 
 impl Metrics {
-    /// Adds `by` to counter `name`, defining it on first use. A host that refuses metrics
-    /// costs nothing but the lookup.
+    /// Adds `by` to counter `name` (published on the next [`Metrics::flush`]).
     pub fn count(&mut self, name: &str, by: u64) {
         if by == 0 {
             return;
         }
-        let id = match self.ids.get(name) {
-            Some(id) => *id,
+        match self.counters.get_mut(name) {
+            Some(c) => c.pending = c.pending.saturating_add(by),
             None => {
                 let id =
                     hostcalls::define_metric(MetricType::Counter, &format!("portcullis_{name}"))
                         .ok();
-                self.ids.insert(name.to_string(), id);
-                id
+                self.counters
+                    .insert(name.to_string(), Counter { id, pending: by });
             }
-        };
-        if let Some(id) = id {
-            let _ = hostcalls::increment_metric(id, i64::try_from(by).unwrap_or(i64::MAX));
+        }
+    }
+
+    /// Publishes the accumulated counts.
+    pub fn flush(&mut self) {
+        for c in self.counters.values_mut() {
+            if c.pending == 0 {
+                continue;
+            }
+            if let Some(id) = c.id {
+                let _ =
+                    hostcalls::increment_metric(id, i64::try_from(c.pending).unwrap_or(i64::MAX));
+            }
+            c.pending = 0;
         }
     }
 }

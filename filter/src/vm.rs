@@ -129,8 +129,12 @@ fn step(vm: &mut VmState, ctx: u32, engine: Rc<Engine>, eval: &mut Evaluation) -
         };
         match eval.advance(&engine, &mut host, &mut vm.caches) {
             Step::Allow(allow) => {
+                // Setting a header replaces every incoming value; only managed headers that are
+                // not set need an explicit removal.
                 for name in allow.remove_headers {
-                    let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, name, None);
+                    if !allow.set_headers.iter().any(|(k, _)| k == name) {
+                        let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, name, None);
+                    }
                 }
                 for (name, value) in &allow.set_headers {
                     let _ =
@@ -326,6 +330,7 @@ pub fn tick() {
             s.introspection_hits,
             s.introspection_misses,
         );
+        vm.metrics.flush();
     });
 }
 

@@ -368,7 +368,11 @@ fn host_pattern_rules_are_matched_in_one_pass() {
     entries.push(entry(&["GET"], "http://<[^/]+>/users/<(?!admin).*>"));
     let idx = RuleIndex::new(entries);
     let candidates: Vec<usize> = idx.candidates("http://h:80/svc-42/x").collect();
-    assert_eq!(candidates, vec![42, 100], "the lookaround rule is checked on its own");
+    assert_eq!(
+        candidates,
+        vec![42, 100],
+        "the lookaround rule is checked on its own"
+    );
     assert_eq!(
         idx.find("GET", "https://h/svc-07/a/b"),
         Lookup::Matched {
