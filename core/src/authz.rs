@@ -147,6 +147,15 @@ impl Authorizer {
         }
     }
 
+    pub(crate) fn reads_captures(&self) -> bool {
+        match self {
+            Self::RemoteJson(r) => {
+                r.payload.reads_captures() || r.headers.iter().any(|(_, t)| t.reads_captures())
+            }
+            _ => false,
+        }
+    }
+
     pub(crate) fn reads_request_headers(&self) -> bool {
         match self {
             Self::RemoteJson(r) => {

@@ -479,6 +479,8 @@ fn compile_rule(
             managed_headers.extend(authorizer.forwarded_header_names());
             managed_headers.sort();
             managed_headers.dedup();
+            let captures =
+                authorizer.reads_captures() || mutators.iter().any(Mutator::reads_captures);
             let needs_request_headers = authorizer.reads_request_headers()
                 || mutators.iter().any(Mutator::reads_request_headers);
             Ok((
@@ -491,7 +493,11 @@ fn compile_rule(
                     managed_headers,
                     needs_request_headers,
                 },
-                IndexEntry { methods, pattern },
+                IndexEntry {
+                    methods,
+                    pattern,
+                    captures,
+                },
             ))
         }
         _ => Err(errors),

@@ -230,6 +230,9 @@ impl UrlPattern {
 pub struct IndexEntry {
     pub methods: Vec<String>,
     pub pattern: UrlPattern,
+    /// Whether the rule's templates read the capture groups; when not, a match skips the
+    /// (slower) capturing pass.
+    pub captures: bool,
 }
 
 /// Result of looking a request up.
@@ -348,6 +351,11 @@ impl RuleIndex {
     /// Rules whose pattern could match `url` (their literal prefix is a prefix of it), in no
     /// particular order. Only these are evaluated by [`RuleIndex::find`].
     pub fn candidates<'a>(&'a self, url: &'a str) -> impl Iterator<Item = usize> + 'a {
+        self.candidates_known(url).map(|(i, _)| i)
+    }
+
+    /// Candidates, each with whether it is already known to match (found by the `RegexSet`).
+    fn candidates_known<'a>(&'a self, url: &'a str) -> impl Iterator<Item = (usize, bool)> + 'a {
         let key = host_key(url).unwrap_or(url);
         let table = self.hosts.get(key);
         let from_table = table.into_iter().flat_map(move |t| {
@@ -357,27 +365,32 @@ impl RuleIndex {
                 .filter(move |&&l| url.is_char_boundary(l))
                 .filter_map(move |&l| t.by_prefix.get(&url[..l]))
                 .flatten()
-                .copied()
+                .map(|&i| (i, false))
         });
         let from_set = self
             .fallback_set
             .iter()
             .flat_map(move |set| set.matches(url).into_iter())
-            .filter_map(move |k| self.fallback_set_rules.get(k).copied());
+            .filter_map(move |k| self.fallback_set_rules.get(k).map(|&i| (i, true)));
         let from_fallback = self
             .fallback
             .iter()
             .copied()
-            .filter(move |&i| url.starts_with(self.entries[i].pattern.literal_prefix()));
+            .filter(move |&i| url.starts_with(self.entries[i].pattern.literal_prefix()))
+            .map(|i| (i, false));
         from_table.chain(from_set).chain(from_fallback)
     }
 
     /// The one rule matching `method` and `url` (a [`crate::url::match_target`] string).
     pub fn find(&self, method: &str, url: &str) -> Lookup {
         let mut matched: Vec<usize> = Vec::new();
-        for i in self.candidates(url) {
+        for (i, known) in self.candidates_known(url) {
             let entry = &self.entries[i];
             if !entry.methods.iter().any(|m| m.eq_ignore_ascii_case(method)) {
+                continue;
+            }
+            if known {
+                matched.push(i);
                 continue;
             }
             match entry.pattern.is_match(url) {
@@ -388,6 +401,10 @@ impl RuleIndex {
         }
         match matched.as_slice() {
             [] => Lookup::NoMatch,
+            [rule] if !self.entries[*rule].captures => Lookup::Matched {
+                rule: *rule,
+                captures: Vec::new(),
+            },
             [rule] => match self.entries[*rule].pattern.captures(url) {
                 Ok(Some(captures)) => Lookup::Matched {
                     rule: *rule,

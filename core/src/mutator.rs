@@ -78,6 +78,13 @@ impl Mutator {
         headers.iter().map(|(n, _)| n.as_str())
     }
 
+    pub(crate) fn reads_captures(&self) -> bool {
+        match self {
+            Self::Header(h) => h.iter().any(|(_, t)| t.reads_captures()),
+            Self::Noop => false,
+        }
+    }
+
     pub(crate) fn reads_request_headers(&self) -> bool {
         match self {
             Self::Header(h) => h.iter().any(|(_, t)| t.reads_request_headers()),

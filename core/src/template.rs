@@ -370,6 +370,17 @@ impl Template {
         out
     }
 
+    /// True when the template reads the URL pattern's capture groups.
+    pub fn reads_captures(&self) -> bool {
+        self.nodes.iter().any(|n| match n {
+            Node::PrintIndex(_) => true,
+            Node::Print(ops) => ops
+                .iter()
+                .any(|o| matches!(o, Operand::Field(Field::CaptureGroups))),
+            _ => false,
+        })
+    }
+
     /// True when the template reads the request's headers (`.MatchContext.Header.Get`), so the
     /// pipeline must keep a copy of them in the session.
     pub fn reads_request_headers(&self) -> bool {

@@ -213,6 +213,7 @@ fn pattern_without_sections_is_exact() {
 
 fn entry(methods: &[&str], pattern: &str) -> IndexEntry {
     IndexEntry {
+        captures: true,
         methods: methods.iter().map(|m| m.to_string()).collect(),
         pattern: regexp(pattern),
     }
