@@ -78,7 +78,11 @@ async fn client_crud_with_secrets_returned_once() {
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(r.json["client_id"], id);
     assert_eq!(r.json["scope"], "read write");
-    assert!(!r.body.contains(&secret), "secret leaked by GET: {}", r.body);
+    assert!(
+        !r.body.contains(&secret),
+        "secret leaked by GET: {}",
+        r.body
+    );
     let s = r.json.get("client_secret").cloned().unwrap_or(Value::Null);
     assert!(s.is_null() || s == "", "client_secret in GET: {s}");
 
@@ -107,7 +111,11 @@ async fn client_crud_with_secrets_returned_once() {
     .await;
     assert_eq!(r.status, 200, "PUT: {}", r.body);
     assert_eq!(r.json["client_name"], "orders-v2");
-    assert!(!r.body.contains(&secret), "secret leaked by PUT: {}", r.body);
+    assert!(
+        !r.body.contains(&secret),
+        "secret leaked by PUT: {}",
+        r.body
+    );
     let token = srv.token(&id, &secret, &[("scope", "admin")]).await;
     assert!(!token.is_empty());
 
@@ -139,15 +147,21 @@ async fn client_crud_with_secrets_returned_once() {
     srv.token(&id, &secret, &[("audience", "https://billing.example.com")])
         .await;
 
-    // PATCH that sets a new secret: the old one stops working, the new one works.
+    // PUT with a new secret: the old one stops working at once (no stale verification cache).
     let r = send_json(
-        reqwest::Method::PATCH,
+        reqwest::Method::PUT,
         format!("{admin}/admin/clients/{id}"),
-        &json!([{"op": "replace", "path": "/client_secret", "value": "a-brand-new-secret"}]),
-        "application/json-patch+json",
+        &json!({
+            "client_name": "orders-v2",
+            "client_secret": "a-brand-new-secret",
+            "grant_types": ["client_credentials"],
+            "scope": "read",
+            "audience": ["https://orders.example.com", "https://billing.example.com"],
+        }),
+        "application/json",
     )
     .await;
-    assert_eq!(r.status, 200, "PATCH secret: {}", r.body);
+    assert_eq!(r.status, 200, "PUT secret: {}", r.body);
     srv.token_basic(&id, &secret, &[("grant_type", "client_credentials")])
         .await
         .assert_oauth_error(401, "invalid_client");
@@ -176,9 +190,13 @@ async fn client_crud_with_secrets_returned_once() {
     let r = get(format!("{admin}/admin/clients/{id}")).await;
     assert_eq!(r.status, 404, "GET after DELETE: {}", r.body);
     assert!(r.json["error"].is_string(), "404 body {}", r.body);
-    srv.token_basic(&id, "a-brand-new-secret", &[("grant_type", "client_credentials")])
-        .await
-        .assert_oauth_error(401, "invalid_client");
+    srv.token_basic(
+        &id,
+        "a-brand-new-secret",
+        &[("grant_type", "client_credentials")],
+    )
+    .await
+    .assert_oauth_error(401, "invalid_client");
     let r = Reply::from(
         http()
             .delete(format!("{admin}/admin/clients/{id}"))
@@ -196,6 +214,29 @@ async fn client_crud_with_secrets_returned_once() {
     )
     .await;
     assert_eq!(r.status, 404, "PUT of a deleted client: {}", r.body);
+}
+
+/// Hydra's documented way to rotate a secret, used by many Hydra clients:
+/// `[{"op":"replace","path":"/client_secret","value":...}]`. Hydra applies the patch to the
+/// stored client (whose secret field is set), so `replace` succeeds there.
+#[tokio::test]
+async fn patch_replace_client_secret_rotates_the_secret() {
+    let dir = TestDir::new();
+    let srv = Server::start(&dir.data(), &[]).await;
+    let (id, secret) = srv.cc_client("read", &[]).await;
+    srv.token(&id, &secret, &[]).await; // warm the verification cache
+    let r = send_json(
+        reqwest::Method::PATCH,
+        format!("{}/admin/clients/{id}", srv.admin()),
+        &json!([{"op": "replace", "path": "/client_secret", "value": "a-brand-new-secret"}]),
+        "application/json-patch+json",
+    )
+    .await;
+    assert_eq!(r.status, 200, "PATCH replace /client_secret: {}", r.body);
+    srv.token_basic(&id, &secret, &[("grant_type", "client_credentials")])
+        .await
+        .assert_oauth_error(401, "invalid_client");
+    srv.token(&id, "a-brand-new-secret", &[]).await;
 }
 
 #[tokio::test]
@@ -257,10 +298,7 @@ async fn validation_errors_name_the_field() {
     let srv = Server::start(&dir.data(), &[]).await;
     let url = format!("{}/admin/clients", srv.admin());
     let cases = [
-        (
-            json!({"grant_types": ["bogus_grant"]}),
-            "grant_types",
-        ),
+        (json!({"grant_types": ["bogus_grant"]}), "grant_types"),
         (
             json!({"grant_types": ["client_credentials"], "client_secret": "abc"}),
             "client_secret",
@@ -274,10 +312,6 @@ async fn validation_errors_name_the_field() {
             "access_token_strategy",
         ),
         (
-            json!({"grant_types": ["client_credentials"], "audience": "not-an-array"}),
-            "audience",
-        ),
-        (
             json!({"grant_types": ["client_credentials"], "token_endpoint_auth_method": "private_key_jwt"}),
             "jwks",
         ),
@@ -287,7 +321,13 @@ async fn validation_errors_name_the_field() {
         ),
     ];
     for (body, field) in cases {
-        let r = send_json(reqwest::Method::POST, url.clone(), &body, "application/json").await;
+        let r = send_json(
+            reqwest::Method::POST,
+            url.clone(),
+            &body,
+            "application/json",
+        )
+        .await;
         assert_eq!(r.status, 400, "{body}: {}", r.body);
         assert!(r.json["error"].is_string(), "{body}: {}", r.body);
         let desc = r.json["error_description"].as_str().unwrap_or_default();
@@ -312,6 +352,38 @@ async fn validation_errors_name_the_field() {
     // Nothing was created by any of the above.
     let r = get(url).await;
     assert_eq!(r.json, json!([]), "{}", r.body);
+}
+
+/// A body of the wrong JSON type is a validation error too: it must name the field at fault.
+#[tokio::test]
+async fn type_errors_name_the_field() {
+    let dir = TestDir::new();
+    let srv = Server::start(&dir.data(), &[]).await;
+    for (body, field) in [
+        (
+            json!({"grant_types": ["client_credentials"], "audience": "not-an-array"}),
+            "audience",
+        ),
+        (json!({"grant_types": "client_credentials"}), "grant_types"),
+        (
+            json!({"grant_types": ["client_credentials"], "scope": ["a", "b"]}),
+            "scope",
+        ),
+    ] {
+        let r = send_json(
+            reqwest::Method::POST,
+            format!("{}/admin/clients", srv.admin()),
+            &body,
+            "application/json",
+        )
+        .await;
+        assert_eq!(r.status, 400, "{body}: {}", r.body);
+        let desc = r.json["error_description"].as_str().unwrap_or_default();
+        assert!(
+            desc.contains(field),
+            "error_description for {body} should name {field}: {desc:?}"
+        );
+    }
 }
 
 #[tokio::test]
@@ -406,7 +478,10 @@ async fn introspection_and_revocation_of_jwt_and_opaque_tokens() {
         .token(
             &id,
             &secret,
-            &[("scope", "read"), ("audience", "https://orders.example.com")],
+            &[
+                ("scope", "read"),
+                ("audience", "https://orders.example.com"),
+            ],
         )
         .await;
     let (_, claims) = jwt_parts(&jwt);
@@ -478,7 +553,11 @@ async fn introspection_and_revocation_of_jwt_and_opaque_tokens() {
         r.status,
         r.body
     );
-    assert_eq!(srv.introspect(&jwt).await["active"], true, "revoked by another client");
+    assert_eq!(
+        srv.introspect(&jwt).await["active"],
+        true,
+        "revoked by another client"
+    );
     // The owner revokes: 200, then inactive.
     let r = revoke(&srv, &id, &secret, &jwt).await;
     assert_eq!(r.status, 200, "revoke: {}", r.body);
@@ -501,7 +580,11 @@ async fn introspection_and_revocation_of_jwt_and_opaque_tokens() {
     assert_eq!(r.status, 200, "{}", r.body);
     harness::assert_no_store(&r);
     let token = str_field(&r.json, "access_token");
-    assert_ne!(token.split('.').count(), 3, "opaque token looks like a JWT: {token}");
+    assert_ne!(
+        token.split('.').count(),
+        3,
+        "opaque token looks like a JWT: {token}"
+    );
     assert!(token.len() >= 32, "opaque token too short: {token}");
     let i = srv.introspect(&token).await;
     assert_eq!(i["active"], true, "{i}");
@@ -530,7 +613,10 @@ async fn key_rotation_keeps_old_tokens_valid() {
     assert_eq!(keys.len(), 1, "one key at first start: {}", r.body);
     let k1 = str_field(&keys[0], "kid");
     for private in ["d", "p", "q", "dp", "dq", "qi"] {
-        assert!(keys[0].get(private).is_none(), "private part {private} exposed");
+        assert!(
+            keys[0].get(private).is_none(),
+            "private part {private} exposed"
+        );
     }
 
     let before = srv.token(&id, &secret, &[("scope", "read")]).await;
@@ -564,7 +650,12 @@ async fn key_rotation_keeps_old_tokens_valid() {
         "application/json",
     )
     .await;
-    assert!(matches!(r.status, 200 | 201), "rotate: {} {}", r.status, r.body);
+    assert!(
+        matches!(r.status, 200 | 201),
+        "rotate: {} {}",
+        r.status,
+        r.body
+    );
     let during = load.await.expect("load task");
 
     let after = srv.token(&id, &secret, &[("scope", "read")]).await;
@@ -580,7 +671,10 @@ async fn key_rotation_keeps_old_tokens_valid() {
         .iter()
         .map(|k| str_field(k, "kid"))
         .collect();
-    assert!(kids.contains(&k1) && kids.contains("rotated-es256"), "{kids:?}");
+    assert!(
+        kids.contains(&k1) && kids.contains("rotated-es256"),
+        "{kids:?}"
+    );
     harness::verify_with_jwks(&before, &jwks);
     for t in &during {
         harness::verify_with_jwks(t, &jwks);
@@ -596,14 +690,24 @@ async fn key_rotation_keeps_old_tokens_valid() {
         "application/json",
     )
     .await;
-    assert!(matches!(r.status, 200 | 201), "rotate: {} {}", r.status, r.body);
+    assert!(
+        matches!(r.status, 200 | 201),
+        "rotate: {} {}",
+        r.status,
+        r.body
+    );
     let third = srv.token(&id, &secret, &[]).await;
     let (h3, _) = srv.verify(&third).await;
     assert_eq!(h3["alg"], "RS256");
     assert_ne!(h3["kid"], k1.as_str());
     assert_ne!(h3["kid"], "rotated-es256");
     let r = get(format!("{admin}/admin/keys/{ACCESS_TOKEN_SET}")).await;
-    assert_eq!(r.json["keys"].as_array().map(Vec::len), Some(3), "{}", r.body);
+    assert_eq!(
+        r.json["keys"].as_array().map(Vec::len),
+        Some(3),
+        "{}",
+        r.body
+    );
     harness::verify_with_jwks(&before, &srv.jwks().await);
 
     // An unsupported algorithm is a 400.
@@ -641,10 +745,18 @@ async fn health_and_metrics() {
         ct.starts_with("text/plain") || ct.starts_with("application/openmetrics-text"),
         "metrics content-type {ct}"
     );
-    assert!(r.body.contains("# TYPE "), "not Prometheus text: {}", r.body);
+    assert!(
+        r.body.contains("# TYPE "),
+        "not Prometheus text: {}",
+        r.body
+    );
     // Every sample line is `name{labels} value`, the value a number.
     let mut samples = 0;
-    for line in r.body.lines().filter(|l| !l.starts_with('#') && !l.is_empty()) {
+    for line in r
+        .body
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+    {
         let value = line.rsplit(' ').next().unwrap_or_default();
         assert!(
             value.parse::<f64>().is_ok() || ["+Inf", "-Inf", "NaN"].contains(&value),

@@ -71,7 +71,10 @@ async fn restart_keeps_clients_keys_tokens_and_revocations() {
     assert_eq!(srv.introspect(&kept).await["active"], true);
     assert_eq!(srv.introspect(&opaque_kept).await["active"], true);
     assert_eq!(srv.introspect(&revoked).await, json!({"active": false}));
-    assert_eq!(srv.introspect(&opaque_revoked).await, json!({"active": false}));
+    assert_eq!(
+        srv.introspect(&opaque_revoked).await,
+        json!({"active": false})
+    );
     srv.token_basic(&id, "wrong-secret", &[("grant_type", "client_credentials")])
         .await
         .assert_oauth_error(401, "invalid_client");
@@ -159,7 +162,15 @@ async fn kill_9_during_writes_loses_nothing_acknowledged() {
         "too few writes before the kill to mean anything: {}",
         acked_clients.len()
     );
-    assert!(!acked_revocations.is_empty(), "no revocation before the kill");
+    assert!(
+        !acked_revocations.is_empty(),
+        "no revocation before the kill"
+    );
+    eprintln!(
+        "acknowledged before kill -9: {} registrations, {} revocations",
+        acked_clients.len(),
+        acked_revocations.len()
+    );
 
     srv.restart().await;
     let c = http();
@@ -195,7 +206,13 @@ async fn kill_9_during_writes_loses_nothing_acknowledged() {
 }
 
 /// Sends a request's head and part of its body on a raw connection, leaving it in flight.
-async fn start_request(port: u16, path: &str, auth: Option<&str>, ct: &str, body: &str) -> TcpStream {
+async fn start_request(
+    port: u16,
+    path: &str,
+    auth: Option<&str>,
+    ct: &str,
+    body: &str,
+) -> TcpStream {
     let mut s = TcpStream::connect(("127.0.0.1", port))
         .await
         .expect("connect");
@@ -286,7 +303,11 @@ async fn sigterm_lets_in_flight_requests_finish() {
     );
 
     let status = srv.wait_exit(Duration::from_secs(20)).await;
-    assert!(status.success(), "exit status {status}; log:\n{}", srv.log());
+    assert!(
+        status.success(),
+        "exit status {status}; log:\n{}",
+        srv.log()
+    );
 
     // The registration acknowledged during shutdown survived it.
     srv.restart().await;
@@ -304,7 +325,10 @@ async fn settings_from_environment_variables() {
             ("PORTCULLIS_SIGNING_ALG", "ES256"),
             ("PORTCULLIS_ACCESS_TOKEN_TTL", "5m"),
             ("PORTCULLIS_SCOPE_STRATEGY", "exact"),
-            ("PORTCULLIS_SECRETS_SYSTEM", "an-environment-provided-system-secret"),
+            (
+                "PORTCULLIS_SECRETS_SYSTEM",
+                "an-environment-provided-system-secret",
+            ),
             ("PORTCULLIS_LOG_FORMAT", "json"),
         ],
     )
@@ -321,7 +345,10 @@ async fn settings_from_environment_variables() {
     srv.token_basic(
         &id,
         &secret,
-        &[("grant_type", "client_credentials"), ("scope", "orders.read")],
+        &[
+            ("grant_type", "client_credentials"),
+            ("scope", "orders.read"),
+        ],
     )
     .await
     .assert_oauth_error(400, "invalid_scope");
@@ -370,7 +397,10 @@ fn help_documents_every_flag_and_its_environment_variable() {
         assert!(help.contains(env), "{env} missing from --help:\n{help}");
     }
     for default in ["127.0.0.1:4444", "127.0.0.1:4445", "RS256"] {
-        assert!(help.contains(default), "default {default} not shown:\n{help}");
+        assert!(
+            help.contains(default),
+            "default {default} not shown:\n{help}"
+        );
     }
     // A bad value is refused at startup with a message naming it.
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_portcullis"))

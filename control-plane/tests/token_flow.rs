@@ -9,6 +9,7 @@ use harness::{Reply, Server, TestDir, assert_no_store, basic, http, jwt_parts, n
 use josekit::jwk::KeyPair as _;
 use oauth2::basic::{BasicClient, BasicErrorResponseType};
 use oauth2::{ClientId, ClientSecret, RequestTokenError, Scope, TokenResponse, TokenUrl};
+use openidconnect::JsonWebKey as _;
 use serde_json::{Value, json};
 use std::collections::HashSet;
 use std::time::Duration;
@@ -30,7 +31,10 @@ fn assert_claims(claims: &Value, issuer: &str, client_id: &str, scopes: &[&str],
     let t = now();
     assert!((t - 60..=t + 5).contains(&iat), "iat {iat} vs now {t}");
     assert!(nbf <= t + 5, "nbf {nbf} in the future (now {t})");
-    assert!((exp - iat - ttl).abs() <= 1, "exp {exp} - iat {iat} != {ttl}");
+    assert!(
+        (exp - iat - ttl).abs() <= 1,
+        "exp {exp} - iat {iat} != {ttl}"
+    );
     let jti = claims["jti"].as_str().expect("jti is a string");
     assert!(jti.len() >= 16, "jti {jti:?} too short to be unique");
 }
@@ -86,7 +90,11 @@ async fn oauth2_crate_flow_with_discovery_and_jwks_verification() {
         serde_json::from_value(m[k].clone()).unwrap_or_else(|_| panic!("{k} in {m}"))
     };
     assert!(list("grant_types_supported").contains(&"client_credentials".to_string()));
-    for method in ["client_secret_basic", "client_secret_post", "private_key_jwt"] {
+    for method in [
+        "client_secret_basic",
+        "client_secret_post",
+        "private_key_jwt",
+    ] {
         assert!(
             list("token_endpoint_auth_methods_supported").contains(&method.to_string()),
             "{method} not advertised"
@@ -109,7 +117,10 @@ async fn oauth2_crate_flow_with_discovery_and_jwks_verification() {
         "bearer"
     );
     assert_eq!(resp.expires_in(), Some(Duration::from_secs(3600)));
-    assert!(resp.refresh_token().is_none(), "no refresh token for this grant");
+    assert!(
+        resp.refresh_token().is_none(),
+        "no refresh token for this grant"
+    );
     let scopes: Vec<String> = resp
         .scopes()
         .map(|s| s.iter().map(|s| s.to_string()).collect())
@@ -163,7 +174,12 @@ async fn every_signing_alg_verifies_with_an_independent_library() {
             )
             .await;
         assert_eq!(r.status, 200, "{alg}: {}", r.body);
-        assert_eq!(r.json["expires_in"].as_i64(), Some(ttl), "{alg}: {}", r.body);
+        assert_eq!(
+            r.json["expires_in"].as_i64(),
+            Some(ttl),
+            "{alg}: {}",
+            r.body
+        );
         let token = str_field(&r.json, "access_token");
         let (header, claims) = srv.verify(&token).await;
         assert_eq!(header["alg"], alg);
@@ -452,7 +468,13 @@ async fn private_key_jwt_rfc7523_with_single_use_jti() {
         let id = str_field(&c, "client_id");
         let aud = srv.token_endpoint();
 
-        let a = key.assertion(&kid, &id, &aud, &uuid::Uuid::new_v4().to_string(), now() + 120);
+        let a = key.assertion(
+            &kid,
+            &id,
+            &aud,
+            &uuid::Uuid::new_v4().to_string(),
+            now() + 120,
+        );
         let r = assertion_request(&srv, &a, &[("scope", "read")]).await;
         assert_eq!(r.status, 200, "{}: {}", key.alg(), r.body);
         assert_no_store(&r);
@@ -464,12 +486,24 @@ async fn private_key_jwt_rfc7523_with_single_use_jti() {
         let r = assertion_request(&srv, &a, &[]).await;
         r.assert_oauth_error(401, "invalid_client");
         // A fresh jti works again.
-        let a2 = key.assertion(&kid, &id, &aud, &uuid::Uuid::new_v4().to_string(), now() + 120);
+        let a2 = key.assertion(
+            &kid,
+            &id,
+            &aud,
+            &uuid::Uuid::new_v4().to_string(),
+            now() + 120,
+        );
         let r = assertion_request(&srv, &a2, &[]).await;
         assert_eq!(r.status, 200, "{}: fresh jti: {}", key.alg(), r.body);
 
         // Expired, wrong audience, signed by another key, iss != sub: all invalid_client.
-        let expired = key.assertion(&kid, &id, &aud, &uuid::Uuid::new_v4().to_string(), now() - 120);
+        let expired = key.assertion(
+            &kid,
+            &id,
+            &aud,
+            &uuid::Uuid::new_v4().to_string(),
+            now() - 120,
+        );
         assertion_request(&srv, &expired, &[])
             .await
             .assert_oauth_error(401, "invalid_client");
@@ -484,7 +518,13 @@ async fn private_key_jwt_rfc7523_with_single_use_jti() {
             .await
             .assert_oauth_error(401, "invalid_client");
         let other = ClientKey::Ec(josekit::jws::ES256.generate_key_pair().expect("EC key"));
-        let forged = other.assertion(&kid, &id, &aud, &uuid::Uuid::new_v4().to_string(), now() + 120);
+        let forged = other.assertion(
+            &kid,
+            &id,
+            &aud,
+            &uuid::Uuid::new_v4().to_string(),
+            now() + 120,
+        );
         assertion_request(&srv, &forged, &[])
             .await
             .assert_oauth_error(401, "invalid_client");
@@ -496,7 +536,8 @@ async fn private_key_jwt_rfc7523_with_single_use_jti() {
             garbage.body
         );
         assert!(
-            ["invalid_client", "invalid_request"].contains(&garbage.json["error"].as_str().unwrap_or("")),
+            ["invalid_client", "invalid_request"]
+                .contains(&garbage.json["error"].as_str().unwrap_or("")),
             "garbage assertion: {}",
             garbage.body
         );
@@ -552,7 +593,10 @@ async fn rfc6749_errors() {
     // invalid_request: a GET.
     let r = Reply::from(
         http()
-            .get(format!("{}?grant_type=client_credentials", srv.token_endpoint()))
+            .get(format!(
+                "{}?grant_type=client_credentials",
+                srv.token_endpoint()
+            ))
             .header("authorization", basic(&id, &secret))
             .send()
             .await
@@ -567,7 +611,10 @@ async fn rfc6749_errors() {
     );
 
     // invalid_client: wrong secret, unknown client, no credentials. Basic -> WWW-Authenticate.
-    for (cid, csecret) in [(id.as_str(), "wrong-secret"), ("no-such-client", "whatever")] {
+    for (cid, csecret) in [
+        (id.as_str(), "wrong-secret"),
+        ("no-such-client", "whatever"),
+    ] {
         let r = srv.token_basic(cid, csecret, &[cc]).await;
         r.assert_oauth_error(401, "invalid_client");
         let challenge = r.header("www-authenticate").unwrap_or_default();
@@ -619,7 +666,11 @@ async fn rfc6749_errors() {
             .assert_oauth_error(400, "invalid_scope");
     }
     let r = srv
-        .token_basic(&id, &secret, &[cc, ("scope", "orders.write orders.read.own")])
+        .token_basic(
+            &id,
+            &secret,
+            &[cc, ("scope", "orders.write orders.read.own")],
+        )
         .await;
     assert_eq!(r.status, 200, "wildcard grants orders.write: {}", r.body);
 

@@ -9,8 +9,8 @@ use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use serde_json::{Value, json};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// The key set Hydra (and so we) sign access tokens with.
@@ -57,8 +57,10 @@ impl Server {
     /// Like [`Server::start`] with extra environment variables (`PORTCULLIS_*` settings).
     pub async fn start_with_env(dir: &Path, extra_args: &[&str], env: &[(&str, &str)]) -> Server {
         let extra: Vec<String> = extra_args.iter().map(|s| s.to_string()).collect();
-        let env: Vec<(String, String)> =
-            env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         // A port found free may be taken again before the binary binds it: retry on new ports.
         let mut last_log = String::new();
         for _ in 0..3 {
@@ -220,7 +222,10 @@ impl Server {
                 return status;
             }
             if Instant::now() > deadline {
-                panic!("portcullis did not exit within {limit:?}; log:\n{}", self.log());
+                panic!(
+                    "portcullis did not exit within {limit:?}; log:\n{}",
+                    self.log()
+                );
             }
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
