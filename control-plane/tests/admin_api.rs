@@ -1,6 +1,8 @@
 //! Black-box tests of the admin API of the real `portcullis` binary (Hydra v2 shapes): client
 //! CRUD, pagination, validation, the v1 paths without `/admin`, RFC 7662 introspection, RFC 7009
 //! revocation, opaque tokens, key rotation, health and metrics.
+// A test crate: failing loudly (expect/panic) is how it reports.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 #[path = "support/harness.rs"]
 mod harness;

@@ -1,6 +1,8 @@
 //! Black-box lifecycle tests of the real `portcullis` binary: restart persistence (clients,
 //! keys, revocations), `kill -9` during writes losing nothing acknowledged, graceful shutdown
 //! finishing in-flight requests, and the command line (flags, environment, `--help`, JSON logs).
+// A test crate: failing loudly (expect/panic) is how it reports.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 #[path = "support/harness.rs"]
 mod harness;

@@ -1,6 +1,8 @@
 //! Black-box tests of the public token endpoint of the real `portcullis` binary: the `oauth2`
 //! crate's client-credentials flow, OIDC discovery, JWT verification against the JWKS with an
 //! independent JOSE library, every client authentication method, and every RFC 6749 5.2 error.
+// A test crate: failing loudly (expect/panic) is how it reports.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 #[path = "support/harness.rs"]
 mod harness;
