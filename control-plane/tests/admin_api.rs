@@ -771,3 +771,84 @@ async fn health_and_metrics() {
     let r = get(format!("{}/admin/metrics/prometheus", srv.public())).await;
     assert_eq!(r.status, 404);
 }
+
+#[tokio::test]
+async fn expiry_lifespans_and_introspection_scope() {
+    let dir = TestDir::new();
+    let srv = Server::start(&dir.data(), &["--access-token-ttl", "2s"]).await;
+    let (id, secret) = srv.cc_client("read write", &[]).await;
+    let opaque = srv
+        .create_client(json!({
+            "grant_types": ["client_credentials"],
+            "scope": "read",
+            "access_token_strategy": "opaque",
+        }))
+        .await;
+    let long = srv
+        .create_client(json!({
+            "grant_types": ["client_credentials"],
+            "client_credentials_grant_access_token_lifespan": "2m",
+        }))
+        .await;
+
+    // A per-client lifespan overrides the default.
+    let r = srv
+        .token_basic(
+            &str_field(&long, "client_id"),
+            &str_field(&long, "client_secret"),
+            &[("grant_type", "client_credentials")],
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json["expires_in"], 120, "{}", r.body);
+    let long_token = str_field(&r.json, "access_token");
+    let (_, claims) = jwt_parts(&long_token);
+    assert_eq!(
+        claims["exp"].as_i64().expect("exp") - claims["iat"].as_i64().expect("iat"),
+        120
+    );
+
+    let jwt = srv.token(&id, &secret, &[("scope", "read")]).await;
+    let opaque_token = srv
+        .token(
+            &str_field(&opaque, "client_id"),
+            &str_field(&opaque, "client_secret"),
+            &[],
+        )
+        .await;
+
+    // RFC 7662 `scope`: active only when the token carries the asked scopes (Hydra).
+    let with_scope = |token: String, scope: &'static str| {
+        let url = format!("{}/admin/oauth2/introspect", srv.admin());
+        async move {
+            Reply::from(
+                http()
+                    .post(url)
+                    .form(&[("token", token.as_str()), ("scope", scope)])
+                    .send()
+                    .await
+                    .expect("introspect"),
+            )
+            .await
+        }
+    };
+    let r = with_scope(jwt.clone(), "read").await;
+    assert_eq!(r.json["active"], true, "{}", r.body);
+    let r = with_scope(jwt.clone(), "write").await;
+    assert_eq!(r.json["active"], false, "scope not granted: {}", r.body);
+
+    assert_eq!(srv.introspect(&jwt).await["active"], true);
+    assert_eq!(srv.introspect(&opaque_token).await["active"], true);
+    tokio::time::sleep(std::time::Duration::from_millis(3200)).await;
+    assert_eq!(
+        srv.introspect(&jwt).await,
+        json!({"active": false}),
+        "expired JWT"
+    );
+    assert_eq!(
+        srv.introspect(&opaque_token).await,
+        json!({"active": false}),
+        "expired opaque token"
+    );
+    assert_eq!(srv.introspect(&long_token).await["active"], true);
+}

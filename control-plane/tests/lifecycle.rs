@@ -433,3 +433,81 @@ async fn explicit_issuer_is_used_in_tokens_and_discovery() {
     let (_, claims) = srv.verify(&token).await;
     assert_eq!(claims["iss"], issuer);
 }
+
+#[tokio::test]
+async fn scheduled_key_rotation_keeps_old_tokens_valid() {
+    let dir = TestDir::new();
+    let srv = Server::start(
+        &dir.data(),
+        &["--signing-alg", "ES256", "--key-rotation", "2s"],
+    )
+    .await;
+    let (id, secret) = srv.cc_client("read", &[]).await;
+    let first = srv.token(&id, &secret, &[]).await;
+    let (h1, _) = jwt_parts(&first);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let rotated = loop {
+        let t = srv.token(&id, &secret, &[]).await;
+        if jwt_parts(&t).0["kid"] != h1["kid"] {
+            break t;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no scheduled rotation within 10s"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    srv.verify(&rotated).await;
+    srv.verify(&first).await; // the old key stays published
+    assert_eq!(srv.introspect(&first).await["active"], true);
+}
+
+/// Reads every file under `dir` (database, WAL, key files).
+fn all_bytes(dir: &std::path::Path) -> Vec<u8> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).expect("read_dir").flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(all_bytes(&p));
+        } else if let Ok(b) = std::fs::read(&p) {
+            out.extend(b);
+        }
+    }
+    out
+}
+
+fn contains(hay: &[u8], needle: &str) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle.as_bytes())
+}
+
+#[tokio::test]
+async fn secrets_and_opaque_tokens_are_not_stored_in_plaintext() {
+    let dir = TestDir::new();
+    let mut srv = Server::start(&dir.data(), &[]).await;
+    let secret = "plaintext-canary-secret-4f9d2b";
+    srv.create_client(json!({
+        "client_id": "canary",
+        "client_secret": secret,
+        "grant_types": ["client_credentials"],
+        "access_token_strategy": "opaque",
+    }))
+    .await;
+    let token = srv.token("canary", secret, &[]).await;
+    assert_eq!(srv.introspect(&token).await["active"], true);
+    srv.stop().await;
+    let bytes = all_bytes(&srv.data_dir);
+    assert!(!bytes.is_empty(), "nothing stored in the data dir");
+    assert!(contains(&bytes, "canary"), "the client id should be stored");
+    assert!(
+        !contains(&bytes, secret),
+        "client secret stored in plaintext"
+    );
+    assert!(
+        !contains(&bytes, &token),
+        "opaque token stored in plaintext"
+    );
+    assert!(
+        !contains(&bytes, "PRIVATE KEY"),
+        "a PEM private key stored in plaintext"
+    );
+}

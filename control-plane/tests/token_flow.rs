@@ -777,3 +777,89 @@ async fn concurrent_token_requests_all_succeed_with_unique_jtis() {
     }
     assert_eq!(jtis.len(), 200);
 }
+
+/// Serves `jwks` as JSON at any path on loopback (a client's `jwks_uri`); returns the URL.
+async fn serve_jwks(jwks: std::sync::Arc<std::sync::Mutex<Value>>) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let body = jwks.lock().expect("lock").to_string();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 1024];
+                while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                let resp = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\
+                     Connection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = s.write_all(resp.as_bytes()).await;
+                let _ = s.shutdown().await;
+            });
+        }
+    });
+    format!("http://{addr}/.well-known/jwks.json")
+}
+
+#[tokio::test]
+async fn private_key_jwt_with_jwks_uri_follows_client_key_rotation() {
+    let dir = TestDir::new();
+    let srv = Server::start(&dir.data(), &[]).await;
+    let first = ClientKey::Ec(josekit::jws::ES256.generate_key_pair().expect("EC key"));
+    let jwks = std::sync::Arc::new(std::sync::Mutex::new(
+        json!({"keys": [first.public_jwk("first")]}),
+    ));
+    let uri = serve_jwks(std::sync::Arc::clone(&jwks)).await;
+    let c = srv
+        .create_client(json!({
+            "grant_types": ["client_credentials"],
+            "token_endpoint_auth_method": "private_key_jwt",
+            "token_endpoint_auth_signing_alg": "ES256",
+            "jwks_uri": uri,
+        }))
+        .await;
+    let id = str_field(&c, "client_id");
+    let aud = srv.token_endpoint();
+    let jti = || uuid::Uuid::new_v4().to_string();
+
+    let a = first.assertion("first", &id, &aud, &jti(), now() + 120);
+    let r = assertion_request(&srv, &a, &[]).await;
+    assert_eq!(r.status, 200, "jwks_uri: {}", r.body);
+
+    // The client publishes a new key at its jwks_uri and signs with it: a kid the server has not
+    // seen makes it fetch the key set again (the server may rate-limit refetches per URI, so
+    // allow a bounded wait).
+    let second = ClientKey::Ec(josekit::jws::ES256.generate_key_pair().expect("EC key"));
+    *jwks.lock().expect("lock") = json!({"keys": [second.public_jwk("second")]});
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let a = second.assertion("second", &id, &aud, &jti(), now() + 120);
+        let r = assertion_request(&srv, &a, &[]).await;
+        if r.status == 200 {
+            break;
+        }
+        r.assert_oauth_error(401, "invalid_client");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "rotated client key never accepted: {}",
+            r.body
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+
+    // A key the client never published is refused.
+    let rogue = ClientKey::Ec(josekit::jws::ES256.generate_key_pair().expect("EC key"));
+    let a = rogue.assertion("rogue", &id, &aud, &jti(), now() + 120);
+    assertion_request(&srv, &a, &[])
+        .await
+        .assert_oauth_error(401, "invalid_client");
+}
