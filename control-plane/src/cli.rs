@@ -114,7 +114,8 @@ pub struct ServeArgs {
     )]
     pub signing_alg: SigningAlg,
     /// Default access token lifetime (Go duration: 1h, 30m, 90s), overridable per client.
-    #[arg(long, visible_alias = "ttl-access-token", env = "PORTCULLIS_ACCESS_TOKEN_TTL",
+    #[arg(long, visible_aliases = ["ttl-access-token", "token-ttl", "token-lifetime"],
+          env = "PORTCULLIS_ACCESS_TOKEN_TTL",
           default_value = "1h", value_parser = duration)]
     pub access_token_ttl: Duration,
     /// How requested scopes are matched against a client's allowed scopes.

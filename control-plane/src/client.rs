@@ -306,6 +306,23 @@ pub enum AuthError {
     NoSecret,
 }
 
+/// What [`ClientService::upsert`] did; each carries the resulting client (with the secret when
+/// one was set).
+#[derive(Debug, Clone, PartialEq)]
+pub enum UpsertOutcome {
+    Created(Client),
+    Updated(Client),
+    Unchanged(Client),
+}
+
+impl UpsertOutcome {
+    pub fn client(&self) -> &Client {
+        match self {
+            Self::Created(c) | Self::Updated(c) | Self::Unchanged(c) => c,
+        }
+    }
+}
+
 /// One page of clients and the token of the next page, if any.
 #[derive(Debug)]
 pub struct ClientPage {
@@ -503,14 +520,32 @@ impl ClientService {
     }
 
     /// Creates the client, or replaces it when `client_id` exists: what a reconciler wants for
-    /// "make it so". A given `client_secret` becomes the secret in both cases.
-    pub async fn upsert(&self, client: Client) -> Result<Client, ClientError> {
-        if !client.client_id.is_empty() && self.lookup(&client.client_id).is_some() {
-            let id = client.client_id.clone();
-            self.update(&id, client).await
-        } else {
-            self.create(client).await
+    /// "make it so". A given `client_secret` becomes the secret in both cases. When the stored
+    /// client already is exactly this (same fields, and the secret verifies), nothing is written
+    /// and the verification cache stays warm, so periodic resyncs are cheap.
+    pub async fn upsert(&self, client: Client) -> Result<UpsertOutcome, ClientError> {
+        let Some(existing) = self
+            .lookup(&client.client_id)
+            .filter(|_| !client.client_id.is_empty())
+        else {
+            return self.create(client).await.map(UpsertOutcome::Created);
+        };
+        let mut wanted = client.clone();
+        wanted.normalize()?;
+        let secret = wanted.client_secret.take();
+        let mut current = existing.client.clone();
+        wanted.created_at.clone_from(&current.created_at);
+        wanted.updated_at.clone_from(&current.updated_at);
+        current.client_secret = None;
+        let secret_same = match &secret {
+            None => true,
+            Some(s) => self.authenticate_secret(&client.client_id, s).await.is_ok(),
+        };
+        if wanted == current && secret_same {
+            return Ok(UpsertOutcome::Unchanged(current));
         }
+        let id = client.client_id.clone();
+        self.update(&id, client).await.map(UpsertOutcome::Updated)
     }
 
     pub async fn delete(&self, client_id: &str) -> Result<(), ClientError> {
@@ -847,8 +882,29 @@ mod tests {
     #[tokio::test]
     async fn upsert_creates_then_rotates_secret() {
         let svc = service();
-        svc.upsert(cc_client("rec", "first-secret")).await.unwrap();
-        svc.upsert(cc_client("rec", "second-secret")).await.unwrap();
+        let out = svc.upsert(cc_client("rec", "first-secret")).await.unwrap();
+        assert!(matches!(out, UpsertOutcome::Created(_)));
+        let version = svc.lookup("rec").unwrap().version;
+        // Same fields and secret: nothing written, cache kept.
+        let out = svc.upsert(cc_client("rec", "first-secret")).await.unwrap();
+        assert!(matches!(out, UpsertOutcome::Unchanged(_)), "{out:?}");
+        assert_eq!(svc.lookup("rec").unwrap().version, version);
+        // Changed field: updated, secret kept.
+        let mut renamed = cc_client("rec", "first-secret");
+        renamed.client_name = "renamed".into();
+        assert!(matches!(
+            svc.upsert(renamed).await.unwrap(),
+            UpsertOutcome::Updated(_)
+        ));
+        svc.authenticate_secret("rec", "first-secret")
+            .await
+            .unwrap();
+        // New secret: updated, old secret refused.
+        let mut rotated = cc_client("rec", "second-secret");
+        rotated.client_name = "renamed".into();
+        let out = svc.upsert(rotated).await.unwrap();
+        assert!(matches!(out, UpsertOutcome::Updated(_)));
+        assert_eq!(out.client().client_secret.as_deref(), Some("second-secret"));
         assert!(
             svc.authenticate_secret("rec", "first-secret")
                 .await

@@ -94,6 +94,9 @@ impl SystemSecret {
         match std::fs::read_to_string(&path) {
             Ok(text) => Ok((Self::from_secret(&text)?, true)),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                std::fs::create_dir_all(data_dir).map_err(|e| {
+                    CryptoError::Secret(format!("creating {}: {e}", data_dir.display()))
+                })?;
                 let secret = b64url(&random_bytes::<32>()?);
                 write_private_file(&path, secret.as_bytes())
                     .map_err(|e| CryptoError::Secret(format!("writing {}: {e}", path.display())))?;
@@ -176,16 +179,18 @@ mod tests {
 
     #[test]
     fn generated_secret_file_is_private_and_stable() {
-        let dir = tempfile::tempdir().unwrap();
-        let (a, generated) = SystemSecret::load(None, None, dir.path()).unwrap();
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("not-yet-created");
+        let dir = dir.as_path();
+        let (a, generated) = SystemSecret::load(None, None, dir).unwrap();
         assert!(generated);
         let sealed = a.seal(b"x", "c").unwrap();
-        let (b, _) = SystemSecret::load(None, None, dir.path()).unwrap();
+        let (b, _) = SystemSecret::load(None, None, dir).unwrap();
         assert_eq!(b.open(&sealed, "c").unwrap(), b"x");
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            let mode = std::fs::metadata(dir.path().join("secrets.key"))
+            let mode = std::fs::metadata(dir.join("secrets.key"))
                 .unwrap()
                 .permissions()
                 .mode();

@@ -8,6 +8,11 @@ use axum::response::{IntoResponse, Response};
 use serde_json::json;
 use std::sync::Arc;
 
+/// `GET /version` (Hydra answers it too).
+pub async fn version() -> Response {
+    axum::Json(json!({"version": env!("CARGO_PKG_VERSION")})).into_response()
+}
+
 pub async fn alive() -> Response {
     axum::Json(json!({"status": "ok"})).into_response()
 }

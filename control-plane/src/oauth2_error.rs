@@ -18,6 +18,7 @@ pub enum ErrorCode {
     UnsupportedResponseType,
     InvalidClientMetadata,
     NotFound,
+    MethodNotAllowed,
     Conflict,
     ServerError,
     TemporarilyUnavailable,
@@ -35,6 +36,7 @@ impl ErrorCode {
             Self::UnsupportedResponseType => "unsupported_response_type",
             Self::InvalidClientMetadata => "invalid_client_metadata",
             Self::NotFound => "not_found",
+            Self::MethodNotAllowed => "method_not_allowed",
             Self::Conflict => "conflict",
             Self::ServerError => "server_error",
             Self::TemporarilyUnavailable => "temporarily_unavailable",
@@ -45,6 +47,7 @@ impl ErrorCode {
         match self {
             Self::InvalidClient => StatusCode::UNAUTHORIZED,
             Self::NotFound => StatusCode::NOT_FOUND,
+            Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::Conflict => StatusCode::CONFLICT,
             Self::ServerError => StatusCode::INTERNAL_SERVER_ERROR,
             Self::TemporarilyUnavailable => StatusCode::SERVICE_UNAVAILABLE,

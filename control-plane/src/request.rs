@@ -112,6 +112,23 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Json<T> {
 }
 
 /// Strict like Go's `url.QueryUnescape`: a `%` must start a two-digit hex escape.
+/// Path parameters whose rejections (bad percent-encoding) are `invalid_request` too.
+pub struct Path<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned + Send> axum::extract::FromRequestParts<S> for Path<T> {
+    type Rejection = OAuth2Error;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        axum::extract::Path::<T>::from_request_parts(parts, state)
+            .await
+            .map(|axum::extract::Path(v)| Self(v))
+            .map_err(|e| OAuth2Error::invalid_request(format!("Invalid path parameter: {e}")))
+    }
+}
+
 fn form_urldecode(s: &str) -> Option<String> {
     let b = s.as_bytes();
     for (i, c) in b.iter().enumerate() {

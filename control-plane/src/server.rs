@@ -253,7 +253,14 @@ fn common(router: Router<Arc<Service>>, svc: &Arc<Service>, server: &'static str
     router
         .route("/health/alive", get(health::alive))
         .route("/health/ready", get(health::ready))
+        .route("/version", get(health::version))
         .fallback(|| async { OAuth2Error::not_found("The requested resource does not exist.") })
+        .method_not_allowed_fallback(|| async {
+            OAuth2Error::new(
+                crate::oauth2_error::ErrorCode::MethodNotAllowed,
+                "The HTTP method is not allowed on this resource.",
+            )
+        })
         .layer(axum::middleware::from_fn_with_state(
             HttpMetrics {
                 metrics: Arc::clone(&svc.metrics),
@@ -332,14 +339,32 @@ pub async fn serve(
             addr: svc.config.admin_addr,
             source,
         })?;
-    serve_on(svc, public, admin, shutdown).await
+    let apps = Apps::new(&svc);
+    serve_on(svc, public, admin, apps, shutdown).await
 }
 
-/// Like [`serve`] on already-bound listeners (tests bind port 0).
+/// The two routers to serve. Embedders add routes with `Router::merge` (e.g. a reconciler
+/// serving the filter module on the public port): `apps.public = apps.public.merge(extra)`.
+pub struct Apps {
+    pub public: Router,
+    pub admin: Router,
+}
+
+impl Apps {
+    pub fn new(svc: &Arc<Service>) -> Self {
+        Self {
+            public: public_app(Arc::clone(svc)),
+            admin: admin_app(Arc::clone(svc)),
+        }
+    }
+}
+
+/// Like [`serve`] on already-bound listeners (tests bind port 0) with the given routers.
 pub async fn serve_on(
     svc: Arc<Service>,
     public: TcpListener,
     admin: TcpListener,
+    apps: Apps,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), StartError> {
     let (tx, rx) = tokio::sync::watch::channel(false);
@@ -354,10 +379,8 @@ pub async fn serve_on(
     let wait = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|stop| *stop).await;
     };
-    let public_srv =
-        axum::serve(public, public_app(Arc::clone(&svc))).with_graceful_shutdown(wait(rx.clone()));
-    let admin_srv =
-        axum::serve(admin, admin_app(Arc::clone(&svc))).with_graceful_shutdown(wait(rx.clone()));
+    let public_srv = axum::serve(public, apps.public).with_graceful_shutdown(wait(rx.clone()));
+    let admin_srv = axum::serve(admin, apps.admin).with_graceful_shutdown(wait(rx.clone()));
     let mut servers = tokio::spawn(async move { tokio::try_join!(public_srv, admin_srv) });
     tokio::select! {
         res = &mut servers => {
