@@ -151,6 +151,44 @@ async fn kill_9_during_writes_loses_nothing_acknowledged() {
         })
     };
 
+    // Opaque tokens are stored: each one answered before the kill must survive it.
+    let opaque = srv
+        .create_client(json!({
+            "grant_types": ["client_credentials"],
+            "access_token_strategy": "opaque",
+        }))
+        .await;
+    let mut issuers = Vec::new();
+    for _ in 0..4 {
+        let (url, auth, stop) = (
+            srv.token_endpoint(),
+            basic(
+                &str_field(&opaque, "client_id"),
+                &str_field(&opaque, "client_secret"),
+            ),
+            Arc::clone(&stop),
+        );
+        issuers.push(tokio::spawn(async move {
+            let c = http();
+            let mut acked = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                let resp = c
+                    .post(&url)
+                    .header("authorization", &auth)
+                    .form(&[("grant_type", "client_credentials")])
+                    .send()
+                    .await;
+                let Ok(resp) = resp else { break };
+                assert_eq!(resp.status(), 200, "opaque token request");
+                let Ok(body) = resp.json::<serde_json::Value>().await else {
+                    break; // the answer was cut by the kill: not acknowledged
+                };
+                acked.push(str_field(&body, "access_token"));
+            }
+            acked
+        }));
+    }
+
     tokio::time::sleep(Duration::from_millis(700)).await;
     srv.kill(); // SIGKILL while the writers are running
     stop.store(true, Ordering::Relaxed);
@@ -159,6 +197,11 @@ async fn kill_9_during_writes_loses_nothing_acknowledged() {
         acked_clients.extend(w.await.expect("writer"));
     }
     let acked_revocations = revoker.await.expect("revoker");
+    let mut acked_tokens = Vec::new();
+    for i in issuers {
+        acked_tokens.extend(i.await.expect("issuer"));
+    }
+    assert!(!acked_tokens.is_empty(), "no opaque token before the kill");
     assert!(
         acked_clients.len() >= 5,
         "too few writes before the kill to mean anything: {}",
@@ -169,9 +212,10 @@ async fn kill_9_during_writes_loses_nothing_acknowledged() {
         "no revocation before the kill"
     );
     eprintln!(
-        "acknowledged before kill -9: {} registrations, {} revocations",
+        "acknowledged before kill -9: {} registrations, {} revocations, {} opaque tokens",
         acked_clients.len(),
-        acked_revocations.len()
+        acked_revocations.len(),
+        acked_tokens.len()
     );
 
     srv.restart().await;
@@ -198,6 +242,13 @@ async fn kill_9_during_writes_loses_nothing_acknowledged() {
             srv.introspect(t).await,
             json!({"active": false}),
             "acknowledged revocation lost by kill -9"
+        );
+    }
+    for t in &acked_tokens {
+        assert_eq!(
+            srv.introspect(t).await["active"],
+            true,
+            "acknowledged opaque token lost by kill -9"
         );
     }
     // Tokens never revoked are still good (same keys after the kill).
