@@ -852,3 +852,48 @@ async fn expiry_lifespans_and_introspection_scope() {
     );
     assert_eq!(srv.introspect(&long_token).await["active"], true);
 }
+
+#[tokio::test]
+async fn concurrent_registrations_of_one_id_create_it_once() {
+    let dir = TestDir::new();
+    let srv = Server::start(&dir.data(), &[]).await;
+    let mut tasks = Vec::new();
+    for i in 0..8 {
+        let url = format!("{}/admin/clients", srv.admin());
+        tasks.push(tokio::spawn(async move {
+            let r = http()
+                .post(url)
+                .json(&json!({
+                    "client_id": "contested",
+                    "client_secret": format!("secret-number-{i}"),
+                    "grant_types": ["client_credentials"],
+                }))
+                .send()
+                .await
+                .expect("POST");
+            (i, r.status().as_u16())
+        }));
+    }
+    let mut winners = Vec::new();
+    for t in tasks {
+        let (i, status) = t.await.expect("task");
+        match status {
+            201 => winners.push(i),
+            409 => {}
+            other => panic!("registration {i}: unexpected {other}"),
+        }
+    }
+    assert_eq!(winners.len(), 1, "exactly one creation wins: {winners:?}");
+    // The winner's secret is the one stored.
+    srv.token("contested", &format!("secret-number-{}", winners[0]), &[])
+        .await;
+    for i in (0..8).filter(|i| *i != winners[0]) {
+        srv.token_basic(
+            "contested",
+            &format!("secret-number-{i}"),
+            &[("grant_type", "client_credentials")],
+        )
+        .await
+        .assert_oauth_error(401, "invalid_client");
+    }
+}

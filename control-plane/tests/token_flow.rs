@@ -863,3 +863,94 @@ async fn private_key_jwt_with_jwks_uri_follows_client_key_rotation() {
         .await
         .assert_oauth_error(401, "invalid_client");
 }
+
+#[tokio::test]
+async fn no_token_without_a_secret_and_oversized_bodies_are_refused() {
+    let dir = TestDir::new();
+    let srv = Server::start(&dir.data(), &[]).await;
+
+    // A public client (`none`) may not use client_credentials: either registration refuses
+    // it, or the token endpoint does. Never a token for a bare client_id.
+    let r = Reply::from(
+        http()
+            .post(format!("{}/admin/clients", srv.admin()))
+            .json(&json!({
+                "client_id": "public-client",
+                "grant_types": ["client_credentials"],
+                "token_endpoint_auth_method": "none",
+            }))
+            .send()
+            .await
+            .expect("POST"),
+    )
+    .await;
+    assert!(matches!(r.status, 201 | 400), "{} {}", r.status, r.body);
+    let r = Reply::from(
+        http()
+            .post(srv.token_endpoint())
+            .form(&[
+                ("grant_type", "client_credentials"),
+                ("client_id", "public-client"),
+            ])
+            .send()
+            .await
+            .expect("token"),
+    )
+    .await;
+    assert_ne!(
+        r.status, 200,
+        "token for a client without a secret: {}",
+        r.body
+    );
+    assert!(
+        ["invalid_client", "unauthorized_client", "invalid_request"]
+            .contains(&r.json["error"].as_str().unwrap_or_default()),
+        "{}",
+        r.body
+    );
+
+    // Credentials in both the header and the body (RFC 6749 2.3: one method only).
+    let (id, secret) = srv.cc_client("read", &[]).await;
+    let r = Reply::from(
+        http()
+            .post(srv.token_endpoint())
+            .header("authorization", basic(&id, &secret))
+            .form(&[
+                ("grant_type", "client_credentials"),
+                ("client_id", id.as_str()),
+                ("client_secret", secret.as_str()),
+            ])
+            .send()
+            .await
+            .expect("token"),
+    )
+    .await;
+    assert!(
+        matches!(r.status, 400 | 401),
+        "two authentication methods at once: {} {}",
+        r.status,
+        r.body
+    );
+    assert_no_store(&r);
+
+    // A huge body is refused without taking the server down.
+    let big = format!(
+        "grant_type=client_credentials&scope={}",
+        "a".repeat(8 << 20)
+    );
+    let resp = http()
+        .post(srv.token_endpoint())
+        .header("authorization", basic(&id, &secret))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(big)
+        .send()
+        .await;
+    if let Ok(resp) = resp {
+        assert!(
+            resp.status().is_client_error(),
+            "8 MiB body: {}",
+            resp.status()
+        );
+    }
+    srv.token(&id, &secret, &[("scope", "read")]).await;
+}
