@@ -437,6 +437,10 @@ async fn paths_without_admin_prefix_work_like_hydra_v1() {
     .await;
     assert_eq!(r.status, 204, "DELETE /clients/id: {}", r.body);
 
+    let r = get(format!("{admin}/metrics/prometheus")).await;
+    assert_eq!(r.status, 200, "GET /metrics/prometheus: {}", r.body);
+    assert!(r.body.contains("# TYPE "), "{}", r.body);
+
     // The admin API is not on the public port.
     let r = get(format!("{}/admin/clients", srv.public())).await;
     assert_eq!(r.status, 404, "admin API exposed on the public port");

@@ -383,10 +383,23 @@ async fn settings_from_environment_variables() {
                 "an-environment-provided-system-secret",
             ),
             ("PORTCULLIS_LOG_FORMAT", "json"),
+            ("PORTCULLIS_LOG_LEVEL", "debug"),
         ],
     )
     .await;
     let (id, secret) = srv.cc_client("orders.*", &[]).await;
+    let opaque = srv
+        .create_client(json!({
+            "grant_types": ["client_credentials"],
+            "access_token_strategy": "opaque",
+        }))
+        .await;
+    let (oid, osecret) = (
+        str_field(&opaque, "client_id"),
+        str_field(&opaque, "client_secret"),
+    );
+    let opaque_token = srv.token(&oid, &osecret, &[]).await;
+    srv.introspect(&opaque_token).await;
     let r = srv
         .token_basic(&id, &secret, &[("grant_type", "client_credentials")])
         .await;
@@ -415,8 +428,20 @@ async fn settings_from_environment_variables() {
             serde_json::from_str(l).unwrap_or_else(|e| panic!("log line not JSON ({e}): {l}"));
         assert!(v.is_object(), "{l}");
     }
-    // Neither the secret nor the system secret shows up in logs.
+    // No secret, credential header or token shows up in logs, even at debug level.
+    let log = srv.log();
     assert!(!log.contains(&secret), "client secret in the log");
+    assert!(!log.contains(&osecret), "client secret in the log");
+    let basic_value = basic(&id, &secret);
+    assert!(
+        !log.contains(basic_value.trim_start_matches("Basic ")),
+        "Authorization header in the log"
+    );
+    assert!(!log.contains(&opaque_token), "opaque token in the log");
+    assert!(
+        !log.contains(&str_field(&r.json, "access_token")),
+        "access token in the log"
+    );
     assert!(!log.contains("an-environment-provided-system-secret"));
 
     // The key set is readable after a restart with the same system secret from the env.
@@ -561,4 +586,63 @@ async fn secrets_and_opaque_tokens_are_not_stored_in_plaintext() {
         !contains(&bytes, "PRIVATE KEY"),
         "a PEM private key stored in plaintext"
     );
+}
+
+#[tokio::test]
+async fn keys_are_sealed_with_the_system_secret() {
+    let dir = TestDir::new();
+    let secrets_file = dir.tmp.path().join("system-secret");
+    std::fs::write(&secrets_file, "the-first-system-secret-of-this-test\n").expect("write");
+    let file_arg = secrets_file.to_string_lossy().into_owned();
+    let mut srv = Server::start(&dir.data(), &["--secrets-file", &file_arg]).await;
+    let (id, secret) = srv.cc_client("read", &[]).await;
+    let token = srv.token(&id, &secret, &[]).await;
+    srv.stop().await;
+
+    // Another secret cannot open the stored keys: the binary must refuse to start rather than
+    // silently sign with new keys (which would invalidate every outstanding token).
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        .args([
+            "serve",
+            "--public-addr",
+            "127.0.0.1:0",
+            "--admin-addr",
+            "127.0.0.1:0",
+        ])
+        .arg("--data-dir")
+        .arg(&srv.data_dir)
+        .env(
+            "PORTCULLIS_SECRETS_SYSTEM",
+            "a-different-system-secret-entirely",
+        )
+        .env("RUST_BACKTRACE", "0")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(s) = child.try_wait().expect("try_wait") {
+            break s;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("started with the wrong system secret");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().expect("stderr"), &mut stderr)
+        .expect("read stderr");
+    assert!(!status.success(), "wrong system secret: exit {status}");
+    assert!(
+        stderr.to_ascii_lowercase().contains("secret"),
+        "the error should say the secret is wrong: {stderr}"
+    );
+
+    // With the right secret everything is as before.
+    srv.restart().await;
+    srv.verify(&token).await;
+    assert_eq!(srv.introspect(&token).await["active"], true);
+    srv.token(&id, &secret, &[]).await;
 }
