@@ -500,6 +500,7 @@ async fn introspection_and_revocation_of_jwt_and_opaque_tokens() {
     assert_eq!(i["iss"], srv.issuer());
     assert_eq!(i["exp"], claims["exp"]);
     assert_eq!(i["iat"], claims["iat"]);
+    assert_eq!(i["nbf"], claims["nbf"]);
     assert_eq!(i["token_use"], "access_token");
     assert!(
         i["token_type"]
@@ -595,6 +596,9 @@ async fn introspection_and_revocation_of_jwt_and_opaque_tokens() {
     let i = srv.introspect(&token).await;
     assert_eq!(i["active"], true, "{i}");
     assert_eq!(i["client_id"], oid);
+    assert_eq!(i["sub"], oid);
+    assert_eq!(i["iss"], srv.issuer());
+    assert_eq!(i["token_use"], "access_token");
     assert_eq!(i["scope"], "read");
     assert!(i["exp"].as_i64().is_some_and(|e| e > harness::now()), "{i}");
     // A prefix or a changed character of an opaque token is not the token.

@@ -371,13 +371,15 @@ async fn client_secret_post_and_multipart_bodies() {
 /// A client key pair for private_key_jwt: (public JWK for registration, signer).
 enum ClientKey {
     Rsa(josekit::jwk::alg::rsa::RsaKeyPair),
+    /// An RSA key used with RSASSA-PSS (PS256).
+    Pss(josekit::jwk::alg::rsa::RsaKeyPair),
     Ec(josekit::jwk::alg::ec::EcKeyPair),
 }
 
 impl ClientKey {
     fn public_jwk(&self, kid: &str) -> Value {
         let mut jwk = match self {
-            ClientKey::Rsa(k) => k.to_jwk_public_key(),
+            ClientKey::Rsa(k) | ClientKey::Pss(k) => k.to_jwk_public_key(),
             ClientKey::Ec(k) => k.to_jwk_public_key(),
         };
         jwk.set_key_id(kid);
@@ -389,6 +391,7 @@ impl ClientKey {
     fn alg(&self) -> &'static str {
         match self {
             ClientKey::Rsa(_) => "RS256",
+            ClientKey::Pss(_) => "PS256",
             ClientKey::Ec(_) => "ES256",
         }
     }
@@ -410,6 +413,12 @@ impl ClientKey {
                 let signer = josekit::jws::RS256
                     .signer_from_der(k.to_der_private_key())
                     .expect("RS256 signer");
+                josekit::jwt::encode_with_signer(&payload, &header, &signer)
+            }
+            ClientKey::Pss(k) => {
+                let signer = josekit::jws::PS256
+                    .signer_from_der(k.to_der_private_key())
+                    .expect("PS256 signer");
                 josekit::jwt::encode_with_signer(&payload, &header, &signer)
             }
             ClientKey::Ec(k) => {
@@ -455,6 +464,11 @@ async fn private_key_jwt_rfc7523_with_single_use_jti() {
                 .expect("RSA key"),
         ),
         ClientKey::Ec(josekit::jws::ES256.generate_key_pair().expect("EC key")),
+        ClientKey::Pss(
+            josekit::jws::RS256
+                .generate_key_pair(2048)
+                .expect("RSA key"),
+        ),
     ];
     for key in &keys {
         let kid = format!("client-key-{}", key.alg());
