@@ -505,6 +505,12 @@ impl ClientService {
             .ok_or_else(|| ClientError::NotFound(client_id.to_string()))?;
         let mut doc =
             serde_json::to_value(&current).map_err(|e| ClientError::Internal(e.to_string()))?;
+        // Hydra's stored client has a `client_secret` member, so `replace /client_secret` (the
+        // usual way to rotate a secret) applies; ours never stores it, so give it one to replace.
+        if let Some(obj) = doc.as_object_mut() {
+            obj.entry("client_secret")
+                .or_insert(serde_json::Value::Null);
+        }
         json_patch::patch(&mut doc, patch).map_err(|e| {
             ClientError::BadRequest(format!("the JSON Patch cannot be applied: {e}"))
         })?;

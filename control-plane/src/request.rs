@@ -103,10 +103,21 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Json<T> {
         let body = Bytes::from_request(req, state)
             .await
             .map_err(|e| OAuth2Error::invalid_request(format!("Unreadable request body: {e}")))?;
-        serde_json::from_slice(&body).map(Self).map_err(|e| {
-            OAuth2Error::invalid_request(format!(
-                "The request body is not valid JSON for this endpoint: {e}"
-            ))
+        // The path of the offending field goes into the message (`field audience: invalid
+        // type ...`), so a client sees which of its fields to fix.
+        let de = &mut serde_json::Deserializer::from_slice(&body);
+        serde_path_to_error::deserialize(de).map(Self).map_err(|e| {
+            let path = e.path().to_string();
+            let inner = e.into_inner();
+            if path.is_empty() || path == "." {
+                OAuth2Error::invalid_request(format!(
+                    "The request body is not valid JSON for this endpoint: {inner}"
+                ))
+            } else {
+                OAuth2Error::invalid_request(format!(
+                    "The request body is not valid JSON for this endpoint: field {path}: {inner}"
+                ))
+            }
         })
     }
 }
