@@ -3,6 +3,11 @@
 # (`/filter.wasm` on the public port, the default WasmPlugin.url).
 #
 #   docker build -t ghcr.io/portcullis/portcullis:0.1.0 .
+#   docker run --rm -p 4444:4444 -p 4445:4445 -v portcullis-data:/var/lib/portcullis \
+#     -e PORTCULLIS_ISSUER=http://localhost:4444 ghcr.io/portcullis/portcullis:0.1.0 serve
+#
+# Set PORTCULLIS_ISSUER (or --issuer): the default, http://<public-addr>, would be
+# http://0.0.0.0:4444 here. The default command is Kubernetes mode (istio/deployment.yaml).
 #
 # Runtime is distroless `cc`: glibc and libgcc only, no shell, no package manager. The binary is
 # dynamically linked against glibc (rusqlite's bundled SQLite is compiled in; TLS is rustls with
