@@ -261,16 +261,26 @@ fn requests_wait_for_the_first_key_fetch_and_are_never_let_through() {
         ))
         .start();
     let token = mint_default(Algorithm::RS256, &claims("early", &[]));
-    // Sent while the first fetch is still in flight: paused, then allowed once keys arrive.
-    let started = std::time::Instant::now();
-    let resp = portcullis_e2e::client()
-        .get(envoy.url("/x"))
-        .bearer_auth(&token)
-        .send()
-        .unwrap();
-    assert_eq!(resp.status(), 200, "{}", envoy.log_tail(30));
+    let forged = keys::tampered_payload(&token, &claims("admin", &[]));
+    // Sent while the first fetch is still in flight: both are paused; once keys arrive the good
+    // token is allowed and the forged one refused — neither is let through unverified.
+    let url = envoy.url("/x");
+    let send = |t: String| {
+        let url = url.clone();
+        std::thread::spawn(move || {
+            portcullis_e2e::client()
+                .get(url)
+                .bearer_auth(t)
+                .send()
+                .unwrap()
+                .status()
+                .as_u16()
+        })
+    };
+    let (good, bad) = (send(token), send(forged));
+    assert_eq!(good.join().unwrap(), 200, "{}", envoy.log_tail(30));
+    assert_eq!(bad.join().unwrap(), 401, "{}", envoy.log_tail(30));
     assert!(auth.hits("/jwks") >= 1);
-    drop(started);
 }
 
 #[test]
