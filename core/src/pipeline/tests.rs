@@ -650,3 +650,51 @@ fn a_disabled_filter_lets_requests_through_and_cannot_carry_rules() {
     let err = Engine::from_json(with_rules.to_string().as_bytes()).unwrap_err();
     assert!(err.to_string().contains("disabled"), "{err}");
 }
+
+#[test]
+fn a_known_signature_on_another_payload_never_yields_that_payload() {
+    use crate::testkeys;
+    use jsonwebtoken::Algorithm;
+    let e = engine(
+        json!([header_rule(
+            "rs",
+            "http://svc.local/rs",
+            json!([{"handler": "jwt"}])
+        )]),
+        json!({}),
+    );
+    let (mut h, mut c) = (TestHost::new(), Caches::new(16));
+    h.keys
+        .insert(JWKS.to_string(), KeyLookup::Ready(testkeys::key_set()));
+    let kid = testkeys::kid_for(Algorithm::RS256);
+    let good = testkeys::sign(
+        Algorithm::RS256,
+        Some(kid),
+        &json!({"sub": "alice", "exp": h.now + 60}),
+    );
+    let forged_payload = testkeys::sign(
+        Algorithm::RS256,
+        Some(kid),
+        &json!({"sub": "mallory", "exp": h.now + 60}),
+    );
+    let mut parts: Vec<&str> = forged_payload.split('.').collect();
+    parts[2] = good.rsplit('.').next().unwrap();
+    let spliced = parts.join(".");
+    let subject = |token: &str, h: &mut TestHost, c: &mut Caches| {
+        let bearer = format!("Bearer {token}");
+        let mut ev = Evaluation::new(request("GET", "/rs", &[("authorization", &bearer)]));
+        match run(&e, &mut ev, h, c) {
+            Step::Allow(a) => a
+                .set_headers
+                .iter()
+                .find(|(k, _)| k == "x-user")
+                .map(|(_, v)| v.clone()),
+            _ => None,
+        }
+    };
+    // Before the good token is cached the splice fails verification outright.
+    assert_eq!(subject(&spliced, &mut h, &mut c), None);
+    assert_eq!(subject(&good, &mut h, &mut c).as_deref(), Some("alice"));
+    // After, it is answered from the cache with the verified claims: still alice, never mallory.
+    assert_eq!(subject(&spliced, &mut h, &mut c).as_deref(), Some("alice"));
+}
