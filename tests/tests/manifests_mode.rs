@@ -2,6 +2,9 @@
 //! Secret and two Rules from a directory; a real Envoy gets the filter config from the ECDS
 //! file the control plane writes, and calls the control plane for JWKS and introspection.
 
+// Integration tests: helpers outside #[test] fns may panic too.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use portcullis_e2e::control_plane::{ControlPlane, wait_for_file};
 use portcullis_e2e::{Envoy, Upstream};
 use std::fs;
