@@ -577,3 +577,6 @@ pub async fn run(
         _ = stop => {}
     }
 }
+
+#[cfg(test)]
+mod tests;
