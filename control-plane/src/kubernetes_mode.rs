@@ -152,7 +152,7 @@ pub async fn run(
             Duration::from_millis(500),
         );
         async move {
-            futures_join(rules, client_controller::run(ctx)).await;
+            tokio::join!(rules, client_controller::run(ctx));
         }
     };
     tokio::select! {
@@ -161,9 +161,5 @@ pub async fn run(
     }
 }
 
-async fn futures_join(
-    a: impl std::future::Future<Output = ()>,
-    b: impl std::future::Future<Output = ()>,
-) {
-    tokio::join!(a, b);
-}
+#[cfg(test)]
+mod tests;
