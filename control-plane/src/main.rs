@@ -122,6 +122,13 @@ async fn bind(addr: std::net::SocketAddr) -> anyhow::Result<TcpListener> {
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let kubernetes = args.kubernetes_mode();
     let config = args.config();
+    if let Some(dir) = &args.manifests {
+        anyhow::ensure!(
+            dir.is_dir(),
+            "--manifests {}: not a directory",
+            dir.display()
+        );
+    }
     // Kubernetes: fail early and readably without a cluster, before keys are generated.
     let kube_client = if kubernetes {
         Some(
@@ -149,11 +156,6 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     };
     let mut background = Vec::new();
     if let Some(dir) = &args.manifests {
-        anyhow::ensure!(
-            dir.is_dir(),
-            "--manifests {}: not a directory",
-            dir.display()
-        );
         let mut global = match load_global(args.global_config.as_deref())? {
             Some(mut g) => {
                 if g.cluster_naming == portcullis_reconciler::global::ClusterNaming::Explicit {
@@ -195,6 +197,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
     if let Some(client) = kube_client {
         let global = load_global(args.global_config.as_deref())?.unwrap_or_default();
+        if module.sha256.is_empty() {
+            tracing::warn!(path = %wasm_path.display(), "no filter module to hash: WasmPlugins get no sha256");
+        }
         let url = args
             .wasm_url
             .clone()
