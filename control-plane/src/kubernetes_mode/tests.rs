@@ -99,3 +99,82 @@ fn lease_defaults() {
     assert_eq!(lock.name, "portcullis-controller");
     assert!(!lock.holder.is_empty());
 }
+
+/// The wiring: with a (mock) API server, `run` takes the Lease and then starts both
+/// controllers, which list Rules, Services, OAuth2Clients and Secrets.
+#[tokio::test]
+async fn run_takes_the_lease_then_starts_both_controllers() {
+    use http::{Method, Request, Response};
+    use kube::client::Body;
+    let (mock, mut api) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let client = kube::Client::new(mock, "default");
+    let (svc, _dir) = service();
+    let settings = Settings {
+        global: GlobalConfig::default(),
+        render: RenderOptions::default(),
+        namespaces: Namespaces::default(),
+        lease_namespace: Some("ns".into()),
+    };
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(run(client, svc, settings, async {
+        let _ = stop_rx.await;
+    }));
+    let mut next = async || {
+        let (req, send) = tokio::time::timeout(Duration::from_secs(5), api.next_request())
+            .await
+            .expect("a request")
+            .expect("client alive");
+        (req.method().clone(), req.uri().path().to_string(), send)
+    };
+    let reply = |send: tower_test::mock::SendResponse<Response<Body>>, code: u16, body: Value| {
+        send.send_response(
+            Response::builder()
+                .status(code)
+                .body(Body::from(serde_json::to_vec(&body).unwrap()))
+                .unwrap(),
+        );
+    };
+    let lease_path = "/apis/coordination.k8s.io/v1/namespaces/ns/leases";
+    let (m, p, send) = next().await;
+    assert_eq!(
+        (m, p.as_str()),
+        (Method::GET, &*format!("{lease_path}/portcullis-controller"))
+    );
+    reply(
+        send,
+        404,
+        json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404}),
+    );
+    let (m, p, send) = next().await;
+    assert_eq!((m, p.as_str()), (Method::POST, lease_path));
+    reply(
+        send,
+        201,
+        json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+        "metadata": {"name": "portcullis-controller", "namespace": "ns", "resourceVersion": "1"}, "spec": {}}),
+    );
+    let mut seen = std::collections::BTreeSet::new();
+    while seen.len() < 4 {
+        let (m, p, send) = next().await;
+        assert_eq!(m, Method::GET, "{p}");
+        seen.insert(p);
+        reply(
+            send,
+            200,
+            json!({"apiVersion": "v1", "kind": "List", "metadata": {"resourceVersion": "1"}, "items": []}),
+        );
+    }
+    for path in [
+        "/apis/oathkeeper.ory.sh/v1alpha1/rules",
+        "/api/v1/services",
+        "/apis/hydra.ory.sh/v1alpha1/oauth2clients",
+        "/api/v1/secrets",
+    ] {
+        assert!(seen.contains(path), "{path} not in {seen:?}");
+    }
+    stop_tx.send(()).unwrap();
+    tokio::time::timeout(Duration::from_secs(5), task)
+        .await
+        .expect("run stops")
+        .unwrap();
+}
