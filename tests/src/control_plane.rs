@@ -1,7 +1,8 @@
 //! The real `portcullis` binary as a child process, for end-to-end tests of the control plane:
 //! free loopback ports, its own data directory, its log captured to a file. The binary is
-//! `PORTCULLIS_BIN`, else `<repo>/target/debug/portcullis`, built once with
-//! `cargo build -p portcullis` when missing (build it first to test current sources).
+//! `PORTCULLIS_BIN`, else `<repo>/target/debug/portcullis`, brought up to date once per test
+//! process with `cargo build -p portcullis` (a no-op when it is current), so the suite never
+//! tests a stale binary.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -13,7 +14,7 @@ use crate::{paths, ports};
 
 static BUILD: Once = Once::new();
 
-/// The `portcullis` binary, built if missing.
+/// The `portcullis` binary, built (once per process) unless `PORTCULLIS_BIN` names one.
 pub fn binary() -> PathBuf {
     if let Some(p) = std::env::var_os("PORTCULLIS_BIN").filter(|p| !p.is_empty()) {
         return PathBuf::from(p);
@@ -23,15 +24,13 @@ pub fn binary() -> PathBuf {
         .unwrap_or_else(|| paths::repo_root().join("target"));
     let bin = target.join("debug").join("portcullis");
     BUILD.call_once(|| {
-        if !bin.is_file() {
-            let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-            let status = Command::new(cargo)
-                .args(["build", "-p", "portcullis"])
-                .current_dir(paths::repo_root())
-                .status()
-                .expect("running cargo build -p portcullis");
-            assert!(status.success(), "cargo build -p portcullis failed");
-        }
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let status = Command::new(cargo)
+            .args(["build", "-p", "portcullis"])
+            .current_dir(paths::repo_root())
+            .status()
+            .expect("running cargo build -p portcullis");
+        assert!(status.success(), "cargo build -p portcullis failed");
     });
     assert!(bin.is_file(), "{} not found", bin.display());
     bin
