@@ -44,10 +44,61 @@ pub enum LogFormat {
     Json,
 }
 
+// Parsed once at start: the size of a variant does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run the token service (public and admin HTTP servers).
+    /// Run the token service (public and admin HTTP servers), and with `--manifests` or
+    /// `--kubernetes` the reconcilers.
     Serve(ServeArgs),
+    /// Print the CustomResourceDefinitions (OAuth2Client, Rule) as YAML.
+    Crds,
+    /// Print the WasmPlugin (or EnvoyFilter) resources for the manifests in a directory.
+    Render(RenderArgs),
+}
+
+/// Which Istio resource carries a workload's filter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OutputArg {
+    #[value(name = "wasmplugin")]
+    WasmPlugin,
+    #[value(name = "envoyfilter")]
+    EnvoyFilter,
+}
+
+impl From<OutputArg> for portcullis_reconciler::rule_set::Output {
+    fn from(o: OutputArg) -> Self {
+        match o {
+            OutputArg::WasmPlugin => Self::WasmPlugin,
+            OutputArg::EnvoyFilter => Self::EnvoyFilter,
+        }
+    }
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct RenderArgs {
+    /// Directory of OAuth2Client/Rule/Secret/Service manifests.
+    #[arg(long)]
+    pub manifests: PathBuf,
+    /// Resource kind to emit.
+    #[arg(long, value_enum, default_value = "wasmplugin")]
+    pub output: OutputArg,
+    /// Global handler configuration (Oathkeeper-style YAML); default: every handler enabled.
+    #[arg(long, env = "PORTCULLIS_GLOBAL_CONFIG")]
+    pub global_config: Option<PathBuf>,
+    /// Where sidecars fetch the filter module (`http(s)://` or `oci://`).
+    #[arg(
+        long,
+        env = "PORTCULLIS_WASM_URL",
+        default_value = "http://127.0.0.1:4444/filter.wasm"
+    )]
+    pub wasm_url: String,
+    /// Hex SHA-256 of the module (otherwise computed from --wasm).
+    #[arg(long, conflicts_with = "wasm")]
+    pub wasm_sha256: Option<String>,
+    /// The module to hash for `sha256` [default: dist/filter.wasm when it exists].
+    #[arg(long, env = "PORTCULLIS_WASM")]
+    pub wasm: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -138,9 +189,95 @@ pub struct ServeArgs {
     /// How long in-flight requests may take to finish on SIGTERM/SIGINT.
     #[arg(long, env = "PORTCULLIS_SHUTDOWN_TIMEOUT", default_value = "10s", value_parser = duration)]
     pub shutdown_timeout: Duration,
+    /// Manifests mode: reconcile OAuth2Client/Rule/Secret manifests from this directory
+    /// (watched), writing an Envoy ECDS file per workload.
+    #[arg(long, env = "PORTCULLIS_MANIFESTS", conflicts_with = "kubernetes")]
+    pub manifests: Option<PathBuf>,
+    /// Where manifests mode writes ECDS files [default: <data-dir>/ecds].
+    #[arg(long, env = "PORTCULLIS_ECDS_DIR")]
+    pub ecds_dir: Option<PathBuf>,
+    /// How often manifests mode polls the directory for changes.
+    #[arg(long, env = "PORTCULLIS_POLL_INTERVAL", default_value = "500ms", value_parser = duration)]
+    pub poll_interval: Duration,
+    /// The filter module: served at GET /filter.wasm, hashed for WasmPlugin `sha256`, and named
+    /// by the ECDS files.
+    #[arg(long, env = "PORTCULLIS_WASM", default_value = "dist/filter.wasm")]
+    pub wasm: PathBuf,
+    /// Global handler configuration (Oathkeeper-style YAML) every workload's config starts from.
+    #[arg(long, env = "PORTCULLIS_GLOBAL_CONFIG")]
+    pub global_config: Option<PathBuf>,
+    /// Envoy cluster that reaches the public port (JWKS), for plain Envoy (manifests mode).
+    #[arg(
+        long,
+        env = "PORTCULLIS_PUBLIC_CLUSTER",
+        default_value = "portcullis_public"
+    )]
+    pub public_cluster: String,
+    /// Envoy cluster that reaches the admin port (introspection), for plain Envoy.
+    #[arg(
+        long,
+        env = "PORTCULLIS_ADMIN_CLUSTER",
+        default_value = "portcullis_admin"
+    )]
+    pub admin_cluster: String,
+    /// Kubernetes mode: reconcile CRs through the API server [default: on when
+    /// KUBERNETES_SERVICE_HOST is set and --manifests is not].
+    #[arg(long, env = "PORTCULLIS_KUBERNETES")]
+    pub kubernetes: bool,
+    /// Namespaces whose OAuth2Clients are reconciled (comma-separated, `*` for all).
+    #[arg(
+        long,
+        env = "PORTCULLIS_WATCH_NAMESPACES",
+        default_value = "kyma-system,default"
+    )]
+    pub watch_namespaces: String,
+    /// Kubernetes mode: resource kind carrying each workload's filter.
+    #[arg(
+        long,
+        env = "PORTCULLIS_OUTPUT",
+        value_enum,
+        default_value = "wasmplugin"
+    )]
+    pub output: OutputArg,
+    /// Kubernetes mode: URL sidecars fetch the filter module from [default:
+    /// http://<public-addr>/filter.wasm; in a cluster, the public Service URL].
+    #[arg(long, env = "PORTCULLIS_WASM_URL")]
+    pub wasm_url: Option<String>,
+    /// Kubernetes mode: namespace of the leader-election Lease [default: POD_NAMESPACE or
+    /// kyma-system].
+    #[arg(long, env = "PORTCULLIS_LEASE_NAMESPACE")]
+    pub lease_namespace: Option<String>,
 }
 
 impl ServeArgs {
+    /// The token service configuration (clones what it needs).
+    pub fn config(&self) -> Config {
+        self.clone().into_config()
+    }
+
+    /// `--watch-namespaces` as the controllers take it.
+    pub fn namespaces(&self) -> portcullis_reconciler::client_controller::Namespaces {
+        use portcullis_reconciler::client_controller::Namespaces;
+        let list: Vec<String> = self
+            .watch_namespaces
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(String::from)
+            .collect();
+        if list.iter().any(|n| n == "*") {
+            Namespaces::All
+        } else {
+            Namespaces::Only(list)
+        }
+    }
+
+    /// Kubernetes mode: asked for, or running in a cluster without `--manifests`.
+    pub fn kubernetes_mode(&self) -> bool {
+        self.kubernetes
+            || (self.manifests.is_none() && std::env::var_os("KUBERNETES_SERVICE_HOST").is_some())
+    }
+
     pub fn into_config(self) -> Config {
         // Kept exactly as configured: it is the `iss` verifiers compare byte for byte.
         let issuer = self
@@ -168,7 +305,11 @@ mod tests {
     #[test]
     fn defaults() {
         let cli = Cli::try_parse_from(["portcullis", "serve"]).unwrap();
-        let Command::Serve(args) = cli.command;
+        let Command::Serve(args) = cli.command else {
+            panic!("serve")
+        };
+        assert!(args.manifests.is_none());
+        assert_eq!(args.public_cluster, "portcullis_public");
         let c = args.into_config();
         assert_eq!(c.public_addr.to_string(), "127.0.0.1:4444");
         assert_eq!(c.admin_addr.to_string(), "127.0.0.1:4445");
@@ -199,7 +340,9 @@ mod tests {
         ])
         .unwrap();
         assert!(matches!(cli.log_format, LogFormat::Json));
-        let Command::Serve(args) = cli.command;
+        let Command::Serve(args) = cli.command else {
+            panic!("serve")
+        };
         let c = args.into_config();
         assert_eq!(c.signing_alg, Alg::EdDSA);
         assert_eq!(c.issuer, "https://auth.example.com/");
@@ -208,5 +351,54 @@ mod tests {
         assert_eq!(c.scope_strategy, ScopeStrategy::Exact);
         assert_eq!(c.key_rotation, Some(Duration::from_secs(86_400)));
         assert!(Cli::try_parse_from(["portcullis", "serve", "--signing-alg", "HS256"]).is_err());
+    }
+
+    #[test]
+    fn modes() {
+        use portcullis_reconciler::client_controller::Namespaces;
+        let cli = Cli::try_parse_from([
+            "portcullis",
+            "serve",
+            "--manifests",
+            "m",
+            "--watch-namespaces",
+            "a, b",
+        ])
+        .unwrap();
+        let Command::Serve(args) = cli.command else {
+            panic!("serve")
+        };
+        assert_eq!(args.manifests.as_deref(), Some(std::path::Path::new("m")));
+        assert!(!args.kubernetes_mode());
+        assert_eq!(
+            args.namespaces(),
+            Namespaces::Only(vec!["a".into(), "b".into()])
+        );
+        let cli = Cli::try_parse_from(["portcullis", "serve", "--watch-namespaces", "*"]).unwrap();
+        let Command::Serve(args) = cli.command else {
+            panic!("serve")
+        };
+        assert_eq!(args.namespaces(), Namespaces::All);
+        assert!(
+            Cli::try_parse_from(["portcullis", "serve", "--manifests", "m", "--kubernetes"])
+                .is_err()
+        );
+        let cli = Cli::try_parse_from([
+            "portcullis",
+            "render",
+            "--manifests",
+            "m",
+            "--output",
+            "envoyfilter",
+        ])
+        .unwrap();
+        let Command::Render(r) = cli.command else {
+            panic!("render")
+        };
+        assert_eq!(r.output, OutputArg::EnvoyFilter);
+        assert!(matches!(
+            Cli::try_parse_from(["portcullis", "crds"]).unwrap().command,
+            Command::Crds
+        ));
     }
 }

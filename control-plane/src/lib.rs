@@ -15,6 +15,8 @@ pub mod discovery;
 pub mod health;
 pub mod introspect;
 pub mod keys;
+pub mod kubernetes_mode;
+pub mod manifests_mode;
 pub mod metrics;
 pub mod oauth2_error;
 pub mod request;

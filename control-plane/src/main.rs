@@ -1,32 +1,235 @@
-//! The `portcullis` binary: parses the command line, sets up logging, runs the service.
+//! The `portcullis` binary: parses the command line, sets up logging, runs the chosen command.
+//! Any error ends the process with one readable line on stderr and exit code 1.
 
 use anyhow::Context;
 use clap::Parser;
-use portcullis::cli::{Cli, Command, LogFormat};
-use portcullis::server::{Service, serve, shutdown_signal};
+use portcullis::cli::{Cli, Command, LogFormat, RenderArgs, ServeArgs};
+use portcullis::manifests_mode::{self, Settings, WasmModule};
+use portcullis::server::{Apps, Service, StartError, serve_on, shutdown_signal};
+use portcullis_reconciler::global::GlobalConfig;
+use portcullis_reconciler::rule_set::RenderOptions;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use tokio::net::TcpListener;
 use tracing_subscriber::EnvFilter;
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    let filter = EnvFilter::try_new(&cli.log_level)
-        .with_context(|| format!("invalid --log-level {:?}", cli.log_level))?;
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("portcullis: cannot start the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            // `{:#}` puts the whole cause chain on one line.
+            eprintln!("portcullis: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Crds => {
+            print!("{}", portcullis_reconciler::crd::crds_yaml()?);
+            Ok(())
+        }
+        Command::Render(args) => render(&args),
+        Command::Serve(args) => {
+            init_logging(&cli.log_format, &cli.log_level)?;
+            serve(args).await
+        }
+    }
+}
+
+fn init_logging(format: &LogFormat, level: &str) -> anyhow::Result<()> {
+    let filter =
+        EnvFilter::try_new(level).with_context(|| format!("invalid --log-level {level:?}"))?;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()));
-    match cli.log_format {
+    match format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder.init(),
     }
-    match cli.command {
-        Command::Serve(args) => {
-            let config = args.into_config();
-            let svc = tokio::task::spawn_blocking(move || Service::open(config))
-                .await
-                .context("starting the service panicked")?
-                .context("starting the service")?;
-            serve(svc, shutdown_signal()).await.context("serving")?;
-        }
-    }
     Ok(())
+}
+
+fn load_global(path: Option<&Path>) -> anyhow::Result<Option<GlobalConfig>> {
+    let Some(path) = path else { return Ok(None) };
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read --global-config {}", path.display()))?;
+    let g = GlobalConfig::from_yaml(&text).with_context(|| format!("{}", path.display()))?;
+    Ok(Some(g))
+}
+
+fn sha256_file(path: &Path) -> anyhow::Result<String> {
+    let bytes = std::fs::read(path)
+        .with_context(|| format!("cannot read the filter module {}", path.display()))?;
+    Ok(portcullis::crypto::hex(&portcullis::crypto::sha256(&bytes)))
+}
+
+fn render(args: &RenderArgs) -> anyhow::Result<()> {
+    let global = load_global(args.global_config.as_deref())?.unwrap_or_default();
+    let module_sha256 = match (&args.wasm_sha256, &args.wasm) {
+        (Some(hex), _) => {
+            anyhow::ensure!(
+                hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()),
+                "--wasm-sha256 {hex:?} is not 64 hex digits"
+            );
+            hex.to_ascii_lowercase()
+        }
+        (None, Some(path)) => sha256_file(path)?,
+        (None, None) => {
+            let default = Path::new("dist/filter.wasm");
+            if default.is_file() {
+                sha256_file(default)?
+            } else {
+                String::new()
+            }
+        }
+    };
+    let opts = RenderOptions {
+        output: args.output.into(),
+        module_url: args.wasm_url.clone(),
+        module_sha256,
+        ..RenderOptions::default()
+    };
+    // The error already names its cause; a chain would repeat it.
+    let rendered = portcullis_reconciler::manifests::render(&args.manifests, &global, &opts)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    for p in &rendered.problems {
+        eprintln!("portcullis: {p}");
+    }
+    print!("{}", rendered.yaml);
+    Ok(())
+}
+
+async fn bind(addr: std::net::SocketAddr) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartError::Bind { addr, source })
+        .context("starting the HTTP servers")
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let kubernetes = args.kubernetes_mode();
+    let config = args.config();
+    if let Some(dir) = &args.manifests {
+        anyhow::ensure!(
+            dir.is_dir(),
+            "--manifests {}: not a directory",
+            dir.display()
+        );
+    }
+    // Kubernetes: fail early and readably without a cluster, before keys are generated.
+    let kube_client = if kubernetes {
+        Some(
+            kube::Client::try_default()
+                .await
+                .context("--kubernetes: no Kubernetes API server configured (no in-cluster service account or kubeconfig)")?,
+        )
+    } else {
+        None
+    };
+    let wasm_path = absolute(&args.wasm);
+    let module = WasmModule::load(&wasm_path);
+    let public = bind(config.public_addr).await?;
+    let admin = bind(config.admin_addr).await?;
+    let svc = tokio::task::spawn_blocking(move || Service::open(config))
+        .await
+        .context("starting the service panicked")?
+        .context("starting the service")?;
+    let mut apps = Apps::new(&svc);
+    apps.public = apps.public.merge(module.router());
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let mut background = Vec::new();
+    if let Some(dir) = &args.manifests {
+        let mut global = match load_global(args.global_config.as_deref())? {
+            Some(mut g) => {
+                if g.cluster_naming == portcullis_reconciler::global::ClusterNaming::Explicit {
+                    manifests_mode::add_own_clusters(
+                        &mut g,
+                        svc.config.public_addr,
+                        svc.config.admin_addr,
+                        &args.public_cluster,
+                        &args.admin_cluster,
+                    );
+                }
+                g
+            }
+            None => manifests_mode::default_global_config(
+                svc.config.public_addr,
+                svc.config.admin_addr,
+                &args.public_cluster,
+                &args.admin_cluster,
+            ),
+        };
+        global.clusters.retain(|_, v| !v.is_empty());
+        let settings = Settings {
+            dir: dir.clone(),
+            ecds_dir: args
+                .ecds_dir
+                .clone()
+                .unwrap_or_else(|| svc.config.data_dir.join("ecds")),
+            wasm_path: wasm_path.display().to_string(),
+            global,
+        };
+        tracing::info!(dir = %settings.dir.display(), ecds_dir = %settings.ecds_dir.display(),
+            wasm = %settings.wasm_path, "manifests mode");
+        background.push(tokio::spawn(manifests_mode::run(
+            Arc::clone(&svc),
+            settings,
+            args.poll_interval,
+            stopped(stop_rx.clone()),
+        )));
+    }
+    if let Some(client) = kube_client {
+        let global = load_global(args.global_config.as_deref())?.unwrap_or_default();
+        if module.sha256.is_empty() {
+            tracing::warn!(path = %wasm_path.display(), "no filter module to hash: WasmPlugins get no sha256");
+        }
+        let url = args
+            .wasm_url
+            .clone()
+            .unwrap_or_else(|| format!("http://{}/filter.wasm", svc.config.public_addr));
+        let k = portcullis::kubernetes_mode::Settings {
+            global,
+            render: RenderOptions {
+                output: args.output.into(),
+                module_url: url,
+                module_sha256: module.sha256.clone(),
+                ..RenderOptions::default()
+            },
+            namespaces: args.namespaces(),
+            lease_namespace: args.lease_namespace.clone(),
+        };
+        background.push(tokio::spawn(portcullis::kubernetes_mode::run(
+            client,
+            Arc::clone(&svc),
+            k,
+            stopped(stop_rx.clone()),
+        )));
+    }
+    let result = serve_on(svc, public, admin, apps, shutdown_signal()).await;
+    let _ = stop_tx.send(true);
+    for b in background {
+        let _ = b.await;
+    }
+    result.context("serving")
+}
+
+fn absolute(p: &Path) -> PathBuf {
+    std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf())
 }

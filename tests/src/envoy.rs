@@ -38,6 +38,9 @@ pub enum Filter {
     },
     /// Native `envoy.filters.http.jwt_authn` with this `JwtAuthentication` config (no `@type`).
     JwtAuthn(Value),
+    /// A filter delivered by ECDS from a file someone else writes (the control plane's
+    /// manifests mode); its directory is watched.
+    EcdsFile(PathBuf),
 }
 
 /// How to start an Envoy; see [`Envoy::builder`].
@@ -81,6 +84,13 @@ impl EnvoyBuilder {
         self
     }
 
+    /// The HTTP filter comes from the ECDS file at `path`, written by someone else (it must
+    /// exist before [`Self::start`]: Envoy waits for a filter's first config).
+    pub fn ecds_file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.filter = Filter::EcdsFile(path.into());
+        self
+    }
+
     pub fn no_filter(mut self) -> Self {
         self.filter = Filter::None;
         self
@@ -115,7 +125,7 @@ impl EnvoyBuilder {
         let mut http_filters = Vec::new();
         match &self.filter {
             Filter::None => {}
-            Filter::Wasm { .. } => {
+            Filter::Wasm { .. } | Filter::EcdsFile(_) => {
                 let dir = ecds_path
                     .parent()
                     .map(Path::to_path_buf)
@@ -192,7 +202,10 @@ impl EnvoyBuilder {
             .expect("creating a temp dir");
         let ecds_dir = dir.path().join("ecds");
         fs::create_dir_all(&ecds_dir).expect("creating the ECDS dir");
-        let ecds_path = ecds_dir.join("filter.json");
+        let ecds_path = match &self.filter {
+            Filter::EcdsFile(path) => path.clone(),
+            _ => ecds_dir.join("filter.json"),
+        };
         if let Filter::Wasm {
             wasm,
             configuration,

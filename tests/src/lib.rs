@@ -7,6 +7,7 @@
 #![allow(clippy::panic, clippy::expect_used, clippy::unwrap_used)]
 
 pub mod authserver;
+pub mod control_plane;
 pub mod envoy;
 pub mod keys;
 pub mod paths;

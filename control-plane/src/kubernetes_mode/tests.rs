@@ -1,0 +1,180 @@
+//! The registry the OAuth2Client controller writes through, against an in-process service.
+
+use super::*;
+use crate::keys::Alg;
+use crate::server::Config;
+use serde_json::json;
+
+fn service() -> (Arc<Service>, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = Config::new(dir.path().to_path_buf());
+    c.signing_alg = Alg::ES256;
+    c.secrets_system = Some("unit-test-system-secret".into());
+    (Service::open(c).unwrap(), dir)
+}
+
+fn hydra(id: &str, owner: &str) -> HydraClient {
+    HydraClient {
+        client_id: id.into(),
+        client_secret: format!("secret-of-{id}"),
+        grant_types: vec!["client_credentials".into()],
+        scope: "read".into(),
+        token_endpoint_auth_method: "client_secret_basic".into(),
+        owner: owner.into(),
+        ..HydraClient::default()
+    }
+}
+
+#[tokio::test]
+async fn upsert_registers_marked_clients_and_drops_a_rotated_client_id() {
+    let (svc, _dir) = service();
+    let reg = ServiceRegistry(Arc::clone(&svc));
+    reg.upsert(hydra("one", "c/default")).await.unwrap();
+    let c = svc.clients.get("one").unwrap();
+    assert_eq!(c.metadata[MANAGED_BY_KEY], "kubernetes");
+    assert!(
+        svc.clients
+            .authenticate_secret("one", "secret-of-one")
+            .await
+            .is_ok()
+    );
+    // The Secret now names another client_id: the old client goes.
+    reg.upsert(hydra("two", "c/default")).await.unwrap();
+    assert!(svc.clients.get("one").is_none());
+    assert!(svc.clients.get("two").is_some());
+}
+
+#[tokio::test]
+async fn remove_deletes_only_the_controllers_clients_of_that_owner() {
+    let (svc, _dir) = service();
+    let reg = ServiceRegistry(Arc::clone(&svc));
+    reg.upsert(hydra("mine", "c/default")).await.unwrap();
+    reg.upsert(hydra("other", "d/default")).await.unwrap();
+    svc.clients
+        .create(
+            serde_json::from_value(json!({"client_id": "admin", "owner": "c/default",
+                "grant_types": ["client_credentials"]}))
+            .unwrap(),
+        )
+        .await
+        .unwrap();
+    reg.remove("c/default").await.unwrap();
+    assert!(svc.clients.get("mine").is_none());
+    assert!(svc.clients.get("other").is_some());
+    assert!(svc.clients.get("admin").is_some());
+    // Removing again (a retried cleanup) is fine.
+    reg.remove("c/default").await.unwrap();
+}
+
+#[tokio::test]
+async fn an_admin_api_client_is_not_taken_over() {
+    let (svc, _dir) = service();
+    svc.clients
+        .create(
+            serde_json::from_value(
+                json!({"client_id": "taken", "client_secret": "keep-this-one",
+                "grant_types": ["client_credentials"]}),
+            )
+            .unwrap(),
+        )
+        .await
+        .unwrap();
+    let err = ServiceRegistry(Arc::clone(&svc))
+        .upsert(hydra("taken", "c/default"))
+        .await
+        .unwrap_err();
+    assert!(err.contains("taken"), "{err}");
+    assert!(
+        svc.clients
+            .authenticate_secret("taken", "keep-this-one")
+            .await
+            .is_ok()
+    );
+}
+
+#[test]
+fn lease_defaults() {
+    let lock = lease_lock(Some("ns".into()));
+    assert_eq!(lock.namespace, "ns");
+    assert_eq!(lock.name, "portcullis-controller");
+    assert!(!lock.holder.is_empty());
+}
+
+/// The wiring: with a (mock) API server, `run` takes the Lease and then starts both
+/// controllers, which list Rules, Services, OAuth2Clients and Secrets.
+#[tokio::test]
+async fn run_takes_the_lease_then_starts_both_controllers() {
+    use http::{Method, Request, Response};
+    use kube::client::Body;
+    let (mock, mut api) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let client = kube::Client::new(mock, "default");
+    let (svc, _dir) = service();
+    let settings = Settings {
+        global: GlobalConfig::default(),
+        render: RenderOptions::default(),
+        namespaces: Namespaces::default(),
+        lease_namespace: Some("ns".into()),
+    };
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(run(client, svc, settings, async {
+        let _ = stop_rx.await;
+    }));
+    let mut next = async || {
+        let (req, send) = tokio::time::timeout(Duration::from_secs(5), api.next_request())
+            .await
+            .expect("a request")
+            .expect("client alive");
+        (req.method().clone(), req.uri().path().to_string(), send)
+    };
+    let reply = |send: tower_test::mock::SendResponse<Response<Body>>, code: u16, body: Value| {
+        send.send_response(
+            Response::builder()
+                .status(code)
+                .body(Body::from(serde_json::to_vec(&body).unwrap()))
+                .unwrap(),
+        );
+    };
+    let lease_path = "/apis/coordination.k8s.io/v1/namespaces/ns/leases";
+    let (m, p, send) = next().await;
+    assert_eq!(
+        (m, p.as_str()),
+        (Method::GET, &*format!("{lease_path}/portcullis-controller"))
+    );
+    reply(
+        send,
+        404,
+        json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404}),
+    );
+    let (m, p, send) = next().await;
+    assert_eq!((m, p.as_str()), (Method::POST, lease_path));
+    reply(
+        send,
+        201,
+        json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+        "metadata": {"name": "portcullis-controller", "namespace": "ns", "resourceVersion": "1"}, "spec": {}}),
+    );
+    let mut seen = std::collections::BTreeSet::new();
+    while seen.len() < 4 {
+        let (m, p, send) = next().await;
+        assert_eq!(m, Method::GET, "{p}");
+        seen.insert(p);
+        reply(
+            send,
+            200,
+            json!({"apiVersion": "v1", "kind": "List", "metadata": {"resourceVersion": "1"}, "items": []}),
+        );
+    }
+    for path in [
+        "/apis/oathkeeper.ory.sh/v1alpha1/rules",
+        "/api/v1/services",
+        "/apis/hydra.ory.sh/v1alpha1/oauth2clients",
+        "/api/v1/secrets",
+    ] {
+        assert!(seen.contains(path), "{path} not in {seen:?}");
+    }
+    stop_tx.send(()).unwrap();
+    tokio::time::timeout(Duration::from_secs(5), task)
+        .await
+        .expect("run stops")
+        .unwrap();
+}

@@ -1,0 +1,267 @@
+//! One sync pass at a time against an in-process token service and temp directories.
+
+use super::*;
+use crate::keys::Alg;
+use crate::server::Config;
+use portcullis_reconciler::manifests::load_dir;
+
+struct Fixture {
+    svc: Arc<Service>,
+    settings: Settings,
+    _data: tempfile::TempDir,
+    _manifests: tempfile::TempDir,
+}
+
+fn fixture() -> Fixture {
+    let data = tempfile::tempdir().unwrap();
+    let manifests = tempfile::tempdir().unwrap();
+    let mut c = Config::new(data.path().to_path_buf());
+    c.signing_alg = Alg::ES256;
+    c.secrets_system = Some("unit-test-system-secret".into());
+    let public = c.public_addr;
+    let admin = c.admin_addr;
+    let svc = Service::open(c).unwrap();
+    Fixture {
+        svc,
+        settings: Settings {
+            dir: manifests.path().to_path_buf(),
+            ecds_dir: data.path().join("ecds"),
+            wasm_path: "/opt/filter.wasm".into(),
+            global: default_global_config(public, admin, PUBLIC_CLUSTER, ADMIN_CLUSTER),
+        },
+        _data: data,
+        _manifests: manifests,
+    }
+}
+
+impl Fixture {
+    fn write(&self, name: &str, text: &str) {
+        std::fs::write(self.settings.dir.join(name), text).unwrap();
+    }
+
+    fn remove(&self, name: &str) {
+        std::fs::remove_file(self.settings.dir.join(name)).unwrap();
+    }
+
+    async fn sync(&self) -> SyncReport {
+        let m = load_dir(&self.settings.dir).unwrap();
+        sync(&self.svc, &self.settings, &m).await
+    }
+
+    fn ecds(&self) -> Value {
+        let path = self
+            .settings
+            .ecds_dir
+            .join("portcullis-httpbin.default.json");
+        let doc: Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
+        let cfg = doc["resources"][0]["typed_config"]["config"]["configuration"]["value"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        serde_json::from_str(&cfg).unwrap()
+    }
+}
+
+fn client_yaml(name: &str, extra: &str) -> String {
+    format!(
+        "apiVersion: hydra.ory.sh/v1alpha1\nkind: OAuth2Client\nmetadata: {{name: {name}, namespace: default}}\nspec:\n  grantTypes: [client_credentials]\n  scope: read\n  secretName: {name}-secret\n{extra}"
+    )
+}
+
+fn secret_yaml(name: &str, id: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Secret\nmetadata: {{name: {name}-secret, namespace: default}}\nstringData: {{CLIENT_ID: {id}, CLIENT_SECRET: secret-{id}}}\n"
+    )
+}
+
+const RULE: &str = "apiVersion: oathkeeper.ory.sh/v1alpha1\nkind: Rule\nmetadata: {name: r, namespace: default}\nspec:\n  upstream: {url: 'http://httpbin.default.svc:8000'}\n  match: {url: 'http://127.0.0.1:4444/<.*>', methods: [GET]}\n  authenticators: [{handler: jwt, config: {jwks_urls: ['http://127.0.0.1:4444/.well-known/jwks.json']}}]\n  authorizer: {handler: allow}\n";
+
+#[tokio::test]
+async fn clients_from_secrets_are_registered_marked_and_removed_with_their_manifest() {
+    let f = fixture();
+    f.write(
+        "a.yaml",
+        &format!("{}---\n{}", client_yaml("a", ""), secret_yaml("a", "id-a")),
+    );
+    f.write(
+        "b.yaml",
+        &format!(
+            "{}---\n{}",
+            client_yaml("b", "  deletionPolicy: orphan\n"),
+            secret_yaml("b", "id-b")
+        ),
+    );
+    let admin_made = f
+        .svc
+        .clients
+        .create(
+            serde_json::from_value(
+                json!({"client_id": "by-admin", "grant_types": ["client_credentials"]}),
+            )
+            .unwrap(),
+        )
+        .await
+        .unwrap();
+    let r = f.sync().await;
+    assert_eq!(r.registered, ["id-a", "id-b"], "{r:?}");
+    let a = f.svc.clients.get("id-a").unwrap();
+    assert_eq!(a.metadata[MANAGED_BY_KEY], "manifests");
+    assert_eq!(a.owner, "a/default");
+    assert!(
+        f.svc
+            .clients
+            .authenticate_secret("id-a", "secret-id-a")
+            .await
+            .is_ok()
+    );
+
+    f.remove("a.yaml");
+    f.remove("b.yaml");
+    let r = f.sync().await;
+    assert_eq!(r.removed, ["id-a"], "{r:?}");
+    assert!(f.svc.clients.get("id-a").is_none());
+    // deletionPolicy: orphan keeps the client; admin-API clients are never touched.
+    assert!(f.svc.clients.get("id-b").is_some());
+    assert!(f.svc.clients.get(&admin_made.client_id).is_some());
+}
+
+#[tokio::test]
+async fn a_client_id_taken_through_the_admin_api_is_not_taken_over() {
+    let f = fixture();
+    f.svc
+        .clients
+        .create(serde_json::from_value(json!({"client_id": "id-a", "client_secret": "original-secret", "grant_types": ["client_credentials"]})).unwrap())
+        .await
+        .unwrap();
+    f.write(
+        "a.yaml",
+        &format!("{}---\n{}", client_yaml("a", ""), secret_yaml("a", "id-a")),
+    );
+    let r = f.sync().await;
+    assert!(r.registered.is_empty());
+    assert!(
+        r.errors
+            .iter()
+            .any(|e| e.contains("not created from a manifest")),
+        "{r:?}"
+    );
+    assert!(
+        f.svc
+            .clients
+            .authenticate_secret("id-a", "original-secret")
+            .await
+            .is_ok()
+    );
+}
+
+#[tokio::test]
+async fn generated_credentials_are_written_back_and_reused() {
+    let f = fixture();
+    f.write("g.yaml", &client_yaml("g", ""));
+    let r = f.sync().await;
+    assert_eq!(r.secrets_written.len(), 1, "{r:?}");
+    let m = load_dir(&f.settings.dir).unwrap();
+    let secret = &m.secrets[0].object;
+    let (id, sec) = portcullis_reconciler::manifests::secret_credentials(secret).unwrap();
+    assert!(f.svc.clients.authenticate_secret(&id, &sec).await.is_ok());
+    // The next pass uses the written Secret: same client, nothing generated.
+    let r = f.sync().await;
+    assert!(r.secrets_written.is_empty());
+    assert_eq!(r.registered, [id]);
+}
+
+#[tokio::test]
+async fn a_broken_secret_document_blocks_generation_and_removal() {
+    let f = fixture();
+    f.write(
+        "a.yaml",
+        &format!("{}---\n{}", client_yaml("a", ""), secret_yaml("a", "id-a")),
+    );
+    f.sync().await;
+    // The Secret's file now fails to parse: its client must neither get new credentials nor
+    // be removed.
+    f.write("a.yaml", &client_yaml("a", ""));
+    f.write(
+        "s.yaml",
+        "apiVersion: v1\nkind: Secret\nmetadata: {name: a-secret}\ndata: {client_id: 12: 3}\n",
+    );
+    let r = f.sync().await;
+    assert!(r.secrets_written.is_empty(), "{r:?}");
+    assert!(r.removed.is_empty(), "{r:?}");
+    assert!(!r.errors.is_empty());
+    assert!(f.svc.clients.get("id-a").is_some());
+}
+
+#[tokio::test]
+async fn rules_become_an_ecds_file_and_deleting_them_disables_the_filter() {
+    let f = fixture();
+    f.write("r.yaml", RULE);
+    let r = f.sync().await;
+    assert_eq!(r.ecds_written.len(), 1, "{r:?}");
+    let cfg = f.ecds();
+    assert_eq!(cfg["rules"][0]["id"], "r.default");
+    // Plain Envoy: the control plane's own origins map to the named static clusters.
+    assert_eq!(cfg["clusters"]["http://127.0.0.1:4444"], PUBLIC_CLUSTER);
+    assert_eq!(cfg["clusters"]["http://127.0.0.1:4445"], ADMIN_CLUSTER);
+    assert!(portcullis_core::config::Engine::from_json(cfg.to_string().as_bytes()).is_ok());
+
+    // A broken Rule document might be the workload's last rule: the filter stays.
+    f.write("r.yaml", "apiVersion: oathkeeper.ory.sh/v1alpha1\nkind: Rule\nmetadata: {name: r, namespace: default}\nspec: {match: {}}\n");
+    let r = f.sync().await;
+    assert!(r.ecds_disabled.is_empty(), "{r:?}");
+    assert_eq!(f.ecds()["rules"][0]["id"], "r.default");
+
+    f.remove("r.yaml");
+    let r = f.sync().await;
+    assert_eq!(r.ecds_disabled.len(), 1, "{r:?}");
+    let cfg = f.ecds();
+    assert_eq!(cfg["disabled"], true);
+    assert_eq!(cfg["rules"], json!([]));
+    let engine = portcullis_core::config::Engine::from_json(cfg.to_string().as_bytes()).unwrap();
+    assert!(engine.is_disabled());
+    // Written once: the next pass leaves the file alone.
+    assert!(f.sync().await.ecds_disabled.is_empty());
+}
+
+#[tokio::test]
+async fn the_module_is_served_with_its_sha256() {
+    use tower::ServiceExt;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("f.wasm");
+    std::fs::write(&path, b"\0asm-bytes").unwrap();
+    let m = WasmModule::load(&path);
+    let get = |uri: &str| {
+        m.router().oneshot(
+            axum::http::Request::get(uri)
+                .body(axum::body::Body::empty())
+                .unwrap(),
+        )
+    };
+    let resp = get("/filter.wasm").await.unwrap();
+    assert_eq!(resp.headers()["content-type"], "application/wasm");
+    let body = http_body_util::BodyExt::collect(resp.into_body())
+        .await
+        .unwrap()
+        .to_bytes();
+    assert_eq!(&body[..], b"\0asm-bytes");
+    let resp = get("/filter.wasm.sha256").await.unwrap();
+    let body = http_body_util::BodyExt::collect(resp.into_body())
+        .await
+        .unwrap()
+        .to_bytes();
+    assert_eq!(
+        String::from_utf8_lossy(&body).trim(),
+        crate::crypto::hex(&crate::crypto::sha256(b"\0asm-bytes"))
+    );
+    let missing = WasmModule::load(&dir.path().join("none.wasm"));
+    let resp = missing
+        .router()
+        .oneshot(
+            axum::http::Request::get("/filter.wasm")
+                .body(axum::body::Body::empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::NOT_FOUND);
+}
