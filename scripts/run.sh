@@ -100,6 +100,8 @@ wait_for "the generated client credentials ($SECRET_FILE)" 30 test -s "$SECRET_F
 
 say "starting Envoy with the filter on 127.0.0.1:$PROXY_PORT"
 cat >"$DATA/envoy.yaml" <<EOF
+# ECDS needs a node identity.
+node: {id: portcullis-run, cluster: portcullis-run}
 admin:
   address: {socket_address: {address: 127.0.0.1, port_value: $ENVOY_ADMIN_PORT}}
 static_resources:

@@ -593,15 +593,10 @@ impl JwtAuthenticator {
             }
         }
         let fingerprint = combined_fingerprint(&sets);
-        // Keyed on the signature segment alone: half the bytes of the token to hash on every
-        // request, and as safe. A hit hands back the claims that were verified with that
-        // signature, never the presented payload, so pairing a known signature with another
-        // payload yields exactly the original token's identity — which whoever saw the
-        // signature already had, since it only travels inside that token.
-        let signature = token.rsplit('.').next().unwrap_or(&token);
+        // Keyed on the whole token: a token that differs in any byte is verified afresh.
         let key = caches
             .keyer
-            .key(&[self.cache_scope.as_bytes(), signature.as_bytes()]);
+            .key(&[self.cache_scope.as_bytes(), token.as_bytes()]);
         if let Some(hit) = caches.jwt.get(&key, now).filter(|h| h.keys == fingerprint) {
             let hit = hit.clone();
             caches.stats.jwt_hits += 1;

@@ -53,10 +53,6 @@ pub struct VmState {
     native: NativeVerify,
     pub metrics: Metrics,
     reported: (u64, u64, u64, u64),
-    /// Time as of the last tick or callout: requests read this instead of asking the host on
-    /// every request. The tick runs every 100 ms, far finer than the one-second resolution of
-    /// `exp`/`nbf` and the JWKS timers.
-    clock_ms: u64,
 }
 
 thread_local! {
@@ -68,7 +64,6 @@ thread_local! {
         native: NativeVerify::Unknown,
         metrics: Metrics::default(),
         reported: (0, 0, 0, 0),
-        clock_ms: 0,
     });
 }
 
@@ -124,10 +119,9 @@ pub fn drive(ctx: u32, engine: Rc<Engine>, mut eval: Evaluation, own: bool) -> A
 }
 
 fn step(vm: &mut VmState, ctx: u32, engine: Rc<Engine>, eval: &mut Evaluation) -> Effect {
-    if vm.clock_ms == 0 {
-        vm.clock_ms = now_ms();
-    }
-    let now = vm.clock_ms;
+    // Read per request, not cached on the tick: a token minted this second must not look
+    // issued in the future to a clock that lags.
+    let now = now_ms();
     loop {
         let mut host = EnvoyHost {
             now_ms: now,
@@ -260,7 +254,6 @@ pub fn on_callout_response(token: u32, body_size: usize) {
         CalloutOwner::Jwks(url) => {
             let now = now_ms();
             let outcome = with_vm(|vm| {
-                vm.clock_ms = now;
                 let outcome = vm.keys.fetched(&url, status.map(|s| (s, body)), now);
                 match &outcome {
                     FetchOutcome::Updated => vm.metrics.count("jwks_fetches", 1),
@@ -286,7 +279,6 @@ pub fn on_callout_response(token: u32, body_size: usize) {
 pub fn tick() {
     let now = now_ms();
     let (changed, due) = with_vm(|vm| {
-        vm.clock_ms = now;
         let changed = vm.keys.sync_shared();
         (changed, vm.keys.due(now))
     })

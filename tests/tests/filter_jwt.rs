@@ -51,6 +51,10 @@ fn every_algorithm_verifies_and_claims_reach_the_upstream() {
         assert_eq!(echo.header("x-client"), Some("cid"));
     }
     // RS* and ES* went through Envoy's native verifier (BoringSSL), PS256 and EdDSA did not.
+    // Counters reach Envoy on the filter's next tick.
+    stack.wait_until(Duration::from_secs(3), "native verify metric", || {
+        stack.metric("jwt_verify_native") >= 5
+    });
     assert_eq!(
         stack.metric("jwt_verify_native"),
         5,
@@ -134,8 +138,11 @@ fn invalid_tokens_are_rejected() {
         "RS256 on an ES256-only rule",
     );
     stack.expect(&stack.get("/rs", &[]), 401, "no token");
-    assert!(stack.metric("denied_jwt_expired") >= 1);
-    assert!(stack.metric("requests_denied") >= cases.len() as u64);
+    // Counters reach Envoy on the filter's next tick.
+    stack.wait_until(Duration::from_secs(3), "deny metrics", || {
+        stack.metric("denied_jwt_expired") >= 1
+            && stack.metric("requests_denied") >= cases.len() as u64
+    });
 }
 
 #[test]
