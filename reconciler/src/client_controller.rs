@@ -277,9 +277,31 @@ fn error_policy<R: ClientRegistry>(
 
 /// Runs the controller until the watch streams end. Secrets are watched too: a change to a
 /// Secret an OAuth2Client names reconciles that client (rotating its credentials).
-pub async fn run<R: ClientRegistry>(ctx: Arc<ClientContext<R>>) {
-    let clients: Api<OAuth2Client> = Api::all(ctx.client.clone());
-    let secrets: Api<Secret> = Api::all(ctx.client.clone());
+///
+/// With a namespace list, each namespace gets its own watches: the control plane then needs
+/// read access to Secrets only there (the RBAC in `istio/rbac.yaml`), not cluster-wide.
+pub async fn run<R: ClientRegistry + Send + Sync + 'static>(ctx: Arc<ClientContext<R>>) {
+    match &ctx.namespaces {
+        Namespaces::All => {
+            let scope = (Api::all(ctx.client.clone()), Api::all(ctx.client.clone()));
+            run_scope(ctx, scope.0, scope.1).await;
+        }
+        Namespaces::Only(list) => {
+            let runs = list.iter().map(|ns| {
+                let clients = Api::namespaced(ctx.client.clone(), ns);
+                let secrets = Api::namespaced(ctx.client.clone(), ns);
+                run_scope(ctx.clone(), clients, secrets)
+            });
+            futures::future::join_all(runs).await;
+        }
+    }
+}
+
+async fn run_scope<R: ClientRegistry>(
+    ctx: Arc<ClientContext<R>>,
+    clients: Api<OAuth2Client>,
+    secrets: Api<Secret>,
+) {
     let controller = Controller::new(clients, watcher::Config::default());
     let store = controller.store();
     let ctx_for_reset = ctx.clone();

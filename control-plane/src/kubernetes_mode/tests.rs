@@ -153,8 +153,10 @@ async fn run_takes_the_lease_then_starts_both_controllers() {
         json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
         "metadata": {"name": "portcullis-controller", "namespace": "ns", "resourceVersion": "1"}, "spec": {}}),
     );
+    // Rules and Services cluster-wide; OAuth2Clients and Secrets per watched namespace (the
+    // default kyma-system and default), so Secrets need no cluster-wide RBAC.
     let mut seen = std::collections::BTreeSet::new();
-    while seen.len() < 4 {
+    while seen.len() < 6 {
         let (m, p, send) = next().await;
         assert_eq!(m, Method::GET, "{p}");
         seen.insert(p);
@@ -167,8 +169,10 @@ async fn run_takes_the_lease_then_starts_both_controllers() {
     for path in [
         "/apis/oathkeeper.ory.sh/v1alpha1/rules",
         "/api/v1/services",
-        "/apis/hydra.ory.sh/v1alpha1/oauth2clients",
-        "/api/v1/secrets",
+        "/apis/hydra.ory.sh/v1alpha1/namespaces/kyma-system/oauth2clients",
+        "/apis/hydra.ory.sh/v1alpha1/namespaces/default/oauth2clients",
+        "/api/v1/namespaces/kyma-system/secrets",
+        "/api/v1/namespaces/default/secrets",
     ] {
         assert!(seen.contains(path), "{path} not in {seen:?}");
     }
