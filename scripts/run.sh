@@ -58,8 +58,18 @@ if ! ls "$MANIFESTS"/*.yaml >/dev/null 2>&1; then
   say "first run: copying examples/ into $MANIFESTS (generated credentials are written there)"
   cp "$ROOT"/examples/*.yaml "$MANIFESTS"/
 fi
-# The example rules name the control plane's default ports; follow the configured ones.
-sed -i -e "s#127.0.0.1:4444/#127.0.0.1:$PUBLIC_PORT/#g" -e "s#127.0.0.1:4445/#127.0.0.1:$ADMIN_PORT/#g" "$MANIFESTS"/*.yaml
+# The example rules name the control plane's JWKS and introspection URLs; point them at the
+# ports of this run (files are rewritten only when a port actually changed).
+python3 - "$PUBLIC_PORT" "$ADMIN_PORT" "$MANIFESTS"/*.yaml <<'PY'
+import re, sys
+public, admin, files = sys.argv[1], sys.argv[2], sys.argv[3:]
+for path in files:
+    text = open(path).read()
+    new = re.sub(r"127\.0\.0\.1:\d+/\.well-known/jwks\.json", f"127.0.0.1:{public}/.well-known/jwks.json", text)
+    new = re.sub(r"127\.0\.0\.1:\d+/admin/oauth2/introspect", f"127.0.0.1:{admin}/admin/oauth2/introspect", new)
+    if new != text:
+        open(path, "w").write(new)
+PY
 
 PIDS=()
 cleanup() {
