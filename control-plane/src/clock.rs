@@ -52,36 +52,10 @@ pub fn parse_duration(text: &str) -> Result<Duration, DurationError> {
     if let Ok(secs) = s.parse::<u64>() {
         return Ok(Duration::from_secs(secs));
     }
-    let mut total = 0f64;
-    let mut rest = s;
-    while !rest.is_empty() {
-        let num_len = rest
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .ok_or_else(err)?;
-        if num_len == 0 {
-            return Err(err());
-        }
-        let value: f64 = rest[..num_len].parse().map_err(|_| err())?;
-        rest = &rest[num_len..];
-        let unit_len = rest
-            .find(|c: char| c.is_ascii_digit() || c == '.')
-            .unwrap_or(rest.len());
-        let factor = match &rest[..unit_len] {
-            "ns" => 1e-9,
-            "us" | "µs" => 1e-6,
-            "ms" => 1e-3,
-            "s" => 1.0,
-            "m" => 60.0,
-            "h" => 3600.0,
-            _ => return Err(err()),
-        };
-        total += value * factor;
-        rest = &rest[unit_len..];
-    }
-    if !total.is_finite() || !(0.0..=1e12).contains(&total) {
-        return Err(err());
-    }
-    Ok(Duration::from_secs_f64(total))
+    // The same Go-duration grammar the filter reads in rule configs.
+    portcullis_core::duration::parse_millis(s)
+        .map(Duration::from_millis)
+        .map_err(|_| err())
 }
 
 #[cfg(test)]
