@@ -147,9 +147,9 @@ mod tests {
     use http::{Method, Request, Response, StatusCode};
     use kube::client::Body;
     use serde_json::{Value, json};
-    use tower_test::mock::{self, Handle};
+    use tower_test::mock;
 
-    type ApiServer = Handle<Request<Body>, Response<Body>>;
+    use crate::mock_api::expect;
     const PATH: &str = "/apis/coordination.k8s.io/v1/namespaces/kyma-system/leases/portcullis";
 
     fn lock() -> LeaseLock {
@@ -170,35 +170,6 @@ mod tests {
             "metadata": {"name": "portcullis", "namespace": "kyma-system", "resourceVersion": "42"},
             "spec": {"holderIdentity": holder, "leaseDurationSeconds": 15, "renewTime": renewed,
                      "acquireTime": renewed, "leaseTransitions": transitions}})
-    }
-
-    async fn expect(
-        handle: &mut ApiServer,
-        method: Method,
-        uri: &str,
-        status: StatusCode,
-        reply: Value,
-    ) -> Value {
-        let (req, send) = tokio::time::timeout(Duration::from_secs(5), handle.next_request())
-            .await
-            .unwrap_or_else(|_| panic!("timed out waiting for {method} {uri}"))
-            .expect("client dropped");
-        assert_eq!(
-            (req.method(), req.uri().to_string().as_str()),
-            (&method, uri)
-        );
-        let bytes = req.into_body().collect_bytes().await.unwrap();
-        send.send_response(
-            Response::builder()
-                .status(status)
-                .body(Body::from(serde_json::to_vec(&reply).unwrap()))
-                .unwrap(),
-        );
-        if bytes.is_empty() {
-            Value::Null
-        } else {
-            serde_json::from_slice(&bytes).unwrap()
-        }
     }
 
     async fn round(

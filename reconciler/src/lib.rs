@@ -13,6 +13,8 @@ pub mod global;
 pub mod kube_apply;
 pub mod leader;
 pub mod manifests;
+#[cfg(test)]
+mod mock_api;
 pub mod overlap;
 pub mod rule_controller;
 pub mod rule_set;

@@ -5,9 +5,9 @@ use super::*;
 use http::{Method, Request, Response, StatusCode};
 use kube::client::Body;
 use serde_json::Value;
-use tower_test::mock::{self, Handle};
+use tower_test::mock;
 
-type ApiServer = Handle<Request<Body>, Response<Body>>;
+use crate::mock_api::{ApiServer, expect};
 
 #[derive(Clone, Default)]
 struct FakeRegistry {
@@ -58,35 +58,6 @@ fn oauth2client(extra_meta: &str, extra_spec: &str) -> Arc<OAuth2Client> {
 }
 
 const WITH_FINALIZER: &str = "  finalizers: [hydra.ory.sh/finalizer]\n";
-
-async fn expect(
-    handle: &mut ApiServer,
-    method: Method,
-    uri: &str,
-    status: StatusCode,
-    reply: Value,
-) -> Value {
-    let (req, send) = tokio::time::timeout(Duration::from_secs(5), handle.next_request())
-        .await
-        .unwrap_or_else(|_| panic!("timed out waiting for {method} {uri}"))
-        .expect("client dropped");
-    assert_eq!(
-        (req.method(), req.uri().to_string().as_str()),
-        (&method, uri)
-    );
-    let bytes = req.into_body().collect_bytes().await.unwrap();
-    send.send_response(
-        Response::builder()
-            .status(status)
-            .body(Body::from(serde_json::to_vec(&reply).unwrap()))
-            .unwrap(),
-    );
-    if bytes.is_empty() {
-        Value::Null
-    } else {
-        serde_json::from_slice(&bytes).unwrap()
-    }
-}
 
 fn status_of(code: u16, reason: &str) -> Value {
     json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": reason, "code": code, "message": reason})

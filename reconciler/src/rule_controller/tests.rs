@@ -7,38 +7,9 @@ use crate::rule_set::{MANAGED_BY, MANAGED_BY_LABEL};
 use http::{Method, Request, Response, StatusCode};
 use kube::client::Body;
 use serde_json::json;
-use tower_test::mock::{self, Handle};
+use tower_test::mock;
 
-type ApiServer = Handle<Request<Body>, Response<Body>>;
-
-async fn expect(
-    handle: &mut ApiServer,
-    method: Method,
-    uri: &str,
-    status: StatusCode,
-    reply: Value,
-) -> Value {
-    let (req, send) = tokio::time::timeout(Duration::from_secs(5), handle.next_request())
-        .await
-        .unwrap_or_else(|_| panic!("timed out waiting for {method} {uri}"))
-        .expect("client dropped");
-    assert_eq!(
-        (req.method(), req.uri().to_string().as_str()),
-        (&method, uri)
-    );
-    let bytes = req.into_body().collect_bytes().await.unwrap();
-    send.send_response(
-        Response::builder()
-            .status(status)
-            .body(Body::from(serde_json::to_vec(&reply).unwrap()))
-            .unwrap(),
-    );
-    if bytes.is_empty() {
-        Value::Null
-    } else {
-        serde_json::from_slice(&bytes).unwrap()
-    }
-}
+use crate::mock_api::expect;
 
 fn rule(name: &str, app: &str) -> Rule {
     serde_yaml::from_str(&format!(
