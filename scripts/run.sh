@@ -81,7 +81,7 @@ cleanup() {
   fi
 }
 trap cleanup EXIT
-trap 'exit 130' INT TERM
+trap 'exit 0' INT TERM
 
 wait_for() { # what, seconds, command...
   local what=$1 secs=$2; shift 2
@@ -94,11 +94,12 @@ wait_for() { # what, seconds, command...
 
 # --- start ---------------------------------------------------------------------------------
 say "starting the sample upstream on 127.0.0.1:$UPSTREAM_PORT"
-"$BIN/httpbin" "127.0.0.1:$UPSTREAM_PORT" >"$LOGS/httpbin.log" 2>&1 &
+# Children run in their own session: Ctrl-C reaches only this script, whose trap stops them.
+setsid "$BIN/httpbin" "127.0.0.1:$UPSTREAM_PORT" >"$LOGS/httpbin.log" 2>&1 &
 PIDS+=($!)
 
 say "starting the control plane (public 127.0.0.1:$PUBLIC_PORT, admin 127.0.0.1:$ADMIN_PORT)"
-"$BIN/portcullis" serve \
+setsid "$BIN/portcullis" serve \
   --public-addr "127.0.0.1:$PUBLIC_PORT" --admin-addr "127.0.0.1:$ADMIN_PORT" \
   --data-dir "$DATA" --manifests "$MANIFESTS" --ecds-dir "$ECDS" --wasm "$WASM" \
   >"$LOGS/portcullis.log" 2>&1 &
@@ -144,7 +145,7 @@ static_resources:
   - {name: portcullis_public, connect_timeout: 1s, type: STATIC, load_assignment: {cluster_name: portcullis_public, endpoints: [{lb_endpoints: [{endpoint: {address: {socket_address: {address: 127.0.0.1, port_value: $PUBLIC_PORT}}}}]}]}}
   - {name: portcullis_admin, connect_timeout: 1s, type: STATIC, load_assignment: {cluster_name: portcullis_admin, endpoints: [{lb_endpoints: [{endpoint: {address: {socket_address: {address: 127.0.0.1, port_value: $ADMIN_PORT}}}}]}]}}
 EOF
-"$ENVOY" -c "$DATA/envoy.yaml" --concurrency 1 -l warning --use-dynamic-base-id >"$LOGS/envoy.log" 2>&1 &
+setsid "$ENVOY" -c "$DATA/envoy.yaml" --concurrency 1 -l warning --use-dynamic-base-id >"$LOGS/envoy.log" 2>&1 &
 PIDS+=($!)
 wait_for "Envoy" 30 curl -fsS "http://127.0.0.1:$ENVOY_ADMIN_PORT/ready"
 
