@@ -281,7 +281,11 @@ fn render_prints_resources_and_fails_readably_on_a_bad_directory() {
         .args(["--wasm-sha256", &"ab".repeat(32)])
         .output()
         .unwrap();
-    assert!(out.status.success());
+    assert!(
+        out.status.success(),
+        "render failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let yaml = String::from_utf8(out.stdout).unwrap();
     assert!(yaml.starts_with("# "), "{yaml}");
     assert!(yaml.contains("bad.yaml"), "{yaml}");
