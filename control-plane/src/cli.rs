@@ -93,8 +93,9 @@ pub struct RenderArgs {
         default_value = "http://127.0.0.1:4444/filter.wasm"
     )]
     pub wasm_url: String,
-    /// Hex SHA-256 of the module (otherwise computed from --wasm).
-    #[arg(long, conflicts_with = "wasm")]
+    /// Hex SHA-256 of the module (otherwise computed from --wasm). Wins over --wasm, which may
+    /// come from the environment (`PORTCULLIS_WASM`, as the Makefile exports it).
+    #[arg(long)]
     pub wasm_sha256: Option<String>,
     /// The module to hash for `sha256` [default: dist/filter.wasm when it exists].
     #[arg(long, env = "PORTCULLIS_WASM")]
