@@ -8,7 +8,8 @@
 use crate::cache::{ExpiringCache, Keyer};
 use crate::callout::{Callout, CalloutResponse, Endpoint};
 use crate::config::{
-    ConfigError, Globals, HandlerKind, JwksSource, parse_handler_config, resolve_endpoint,
+    ConfigError, EmptyConfig, Globals, HandlerKind, JwksSource, RetryConfig, parse_handler_config,
+    resolve_endpoint,
 };
 use crate::duration::parse_millis;
 use crate::error_handler::{ErrorKind, PolicyError};
@@ -156,10 +157,6 @@ struct AnonymousConfig {
     subject: Option<String>,
 }
 
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct EmptyConfig {}
-
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct JwtConfig {
@@ -210,15 +207,6 @@ struct IntrospectionConfig {
     cache: Option<CacheConfig>,
     #[serde(default)]
     pre_authorization: Option<PreAuthorizationConfig>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RetryConfig {
-    #[serde(default)]
-    max_delay: Option<String>,
-    #[serde(default)]
-    give_up_after: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -424,15 +412,12 @@ fn compile_introspection(
         &c.introspection_url,
         globals.clusters,
     )?;
-    let timeout_ms = duration(
+    let timeout_ms = RetryConfig::timeout_ms(
+        c.retry.as_ref(),
         rule,
-        &format!("{field}.config.retry.give_up_after"),
-        c.retry.as_ref().and_then(|r| r.give_up_after.as_deref()),
+        field,
         DEFAULT_INTROSPECTION_TIMEOUT_MS,
     )?;
-    if let Some(d) = c.retry.as_ref().and_then(|r| r.max_delay.as_deref()) {
-        duration(rule, &format!("{field}.config.retry.max_delay"), Some(d), 0)?;
-    }
     let cache = match &c.cache {
         None => IntrospectionCache::Ttl(DEFAULT_INTROSPECTION_CACHE_MS),
         Some(cc) if !cc.enabled => IntrospectionCache::Disabled,

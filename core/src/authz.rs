@@ -1,8 +1,10 @@
 //! Authorizers: may this subject do this? Oathkeeper's `allow`, `deny` and `remote_json`.
 
 use crate::callout::{Callout, CalloutResponse, Endpoint};
-use crate::config::{ConfigError, Globals, HandlerKind, parse_handler_config, resolve_endpoint};
-use crate::duration::parse_millis;
+use crate::config::{
+    ConfigError, EmptyConfig, Globals, HandlerKind, RetryConfig, parse_handler_config,
+    resolve_endpoint,
+};
 use crate::error_handler::{ErrorKind, PolicyError};
 use crate::request::Request;
 use crate::rule::Handler;
@@ -30,10 +32,6 @@ pub enum Authorizer {
     RemoteJson(Box<RemoteJson>),
 }
 
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct EmptyConfig {}
-
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RemoteJsonConfig {
@@ -47,15 +45,6 @@ struct RemoteJsonConfig {
     forward_response_headers_to_upstream: Vec<String>,
     #[serde(default)]
     retry: Option<RetryConfig>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RetryConfig {
-    #[serde(default)]
-    max_delay: Option<String>,
-    #[serde(default)]
-    give_up_after: Option<String>,
 }
 
 /// What an authorizer decided, or the call it needs first.
@@ -114,17 +103,12 @@ impl Authorizer {
                     })?;
                     headers.push((name.to_ascii_lowercase(), t));
                 }
-                let timeout_ms = match c.retry.as_ref().and_then(|r| r.give_up_after.as_deref()) {
-                    Some(d) => parse_millis(d).map_err(|e| {
-                        ConfigError::rule(rule, format!("{field}.config.retry.give_up_after"), e)
-                    })?,
-                    None => DEFAULT_REMOTE_TIMEOUT_MS,
-                };
-                if let Some(d) = c.retry.as_ref().and_then(|r| r.max_delay.as_deref()) {
-                    parse_millis(d).map_err(|e| {
-                        ConfigError::rule(rule, format!("{field}.config.retry.max_delay"), e)
-                    })?;
-                }
+                let timeout_ms = RetryConfig::timeout_ms(
+                    c.retry.as_ref(),
+                    rule,
+                    field,
+                    DEFAULT_REMOTE_TIMEOUT_MS,
+                )?;
                 Ok(Self::RemoteJson(Box::new(RemoteJson {
                     endpoint,
                     payload,

@@ -242,6 +242,46 @@ pub fn merge_json(base: &mut Value, top: &Value) {
     }
 }
 
+/// The config of handlers that take none: any key is an error.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct EmptyConfig {}
+
+/// Oathkeeper's `retry` block of handlers that call out. The filter makes one attempt:
+/// `give_up_after` bounds the whole call; `max_delay` is validated and otherwise unused.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RetryConfig {
+    #[serde(default)]
+    max_delay: Option<String>,
+    #[serde(default)]
+    give_up_after: Option<String>,
+}
+
+impl RetryConfig {
+    /// The callout timeout in milliseconds (`default` when `give_up_after` is absent).
+    pub(crate) fn timeout_ms(
+        retry: Option<&RetryConfig>,
+        rule: &str,
+        field: &str,
+        default: u64,
+    ) -> Result<u64, ConfigError> {
+        let parse = |key: &str, value: &str| {
+            crate::duration::parse_millis(value)
+                .map_err(|e| ConfigError::rule(rule, format!("{field}.config.retry.{key}"), e))
+        };
+        let Some(r) = retry else {
+            return Ok(default);
+        };
+        if let Some(d) = &r.max_delay {
+            parse("max_delay", d)?;
+        }
+        r.give_up_after
+            .as_deref()
+            .map_or(Ok(default), |d| parse("give_up_after", d))
+    }
+}
+
 /// Deserialises a handler config, naming the rule and field on failure.
 pub(crate) fn parse_handler_config<T: serde::de::DeserializeOwned>(
     rule: &str,

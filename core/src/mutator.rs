@@ -1,6 +1,6 @@
 //! Mutators: what the upstream learns about the caller. Oathkeeper's `noop` and `header`.
 
-use crate::config::{ConfigError, Globals, HandlerKind, parse_handler_config};
+use crate::config::{ConfigError, EmptyConfig, Globals, HandlerKind, parse_handler_config};
 use crate::rule::Handler;
 use crate::session::Session;
 use crate::template::Template;
@@ -13,10 +13,6 @@ pub enum Mutator {
     /// Header name (as configured) and the template of its value.
     Header(Vec<(String, Template)>),
 }
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct EmptyConfig {}
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]

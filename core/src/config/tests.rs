@@ -154,6 +154,15 @@ fn bad_durations_are_rejected() {
     r["authenticators"][0]["config"] = json!({"cache": {"enabled": true, "ttl": "soon"}});
     let msg = errors(base(json!([r])))[0].to_string();
     assert!(msg.contains("cache.ttl"), "{msg}");
+    for key in ["give_up_after", "max_delay"] {
+        let mut r = rule("r", "http://svc/x", "oauth2_introspection");
+        r["authenticators"][0]["config"] = json!({"retry": {key: "later"}});
+        let msg = errors(base(json!([r])))[0].to_string();
+        assert!(
+            msg.contains(&format!("authenticators[0].config.retry.{key}")),
+            "{msg}"
+        );
+    }
 }
 
 #[test]
