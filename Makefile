@@ -16,7 +16,7 @@ export ENVOY_BIN        ?= $(VENV)/bin/envoy
 export PORTCULLIS_WASM  ?= $(DIST)/filter.wasm
 export PORTCULLIS_NOOP_WASM ?= $(DIST)/noop.wasm
 
-.PHONY: help envoy wasm wasm-target wasm-filter wasm-noop test fmt clean bench bench-filter bench-tokens run
+.PHONY: help envoy wasm wasm-target wasm-filter wasm-noop test fmt clean bench bench-filter bench-tokens bench-core run
 
 help:
 	@echo "make run           control plane + Envoy with the filter + sample upstream, on loopback"
@@ -26,6 +26,7 @@ help:
 	@echo "make bench         run the benchmarks (bench-filter, bench-tokens)"
 	@echo "make bench-filter  filter throughput vs no-op wasm and native jwt_authn"
 	@echo "make bench-tokens  token service: tokens/s and introspections/s with p99"
+	@echo "make bench-core    the policy core's cache-hit path, native and as wasm in V8"
 	@echo "make fmt           cargo fmt"
 	@echo "make clean         remove target/, dist/ and .venv/"
 
@@ -68,6 +69,14 @@ bench: bench-filter bench-tokens
 
 bench-filter: wasm-noop envoy
 	bench/filter/run.sh
+
+# The policy core's cache-hit path alone: natively, then as wasm in V8 (Node.js, installed from
+# Debian's packages if missing). HOTPATH_N sets the iterations (default 200000).
+bench-core: wasm-target
+	cargo run -q --release -p portcullis-core --example hotpath
+	command -v node >/dev/null || { apt-get update -qq && apt-get install -y -qq nodejs >/dev/null; }
+	cargo build -q -p portcullis-core --example hotpath --target wasm32-wasip1 --profile wasm
+	node --no-warnings bench/core/run-wasi.mjs target/wasm32-wasip1/wasm/examples/hotpath.wasm
 
 bench-tokens:
 	bench/token-service/run.sh

@@ -8,7 +8,8 @@
 #   e pc_hit          Portcullis, 100 rules, same RS256 token every request (cache hit)
 #   f pc_miss         Portcullis, a fresh RS256 token every request (cache miss)
 # Targets (issue 2): e >= 0.9 x b, f >= 0.9 x c.
-# Knobs: BENCH_DURATION (s, default 5), BENCH_ROUNDS (default 3), BENCH_TOKENS (default 12000;
+# Knobs: BENCH_DURATION (s, default 5), BENCH_ROUNDS (default 3), BENCH_VARIANTS (e.g. "b e" to
+# compare only those; default all), BENCH_TOKENS (default 12000;
 # must exceed the filter's verified-token cache capacity, 10,000 per worker, for f to measure
 # misses: tokens are replayed in order, so with FIFO eviction every request misses).
 set -euo pipefail
@@ -86,6 +87,9 @@ declare -A NAME=([a]="no filter" [b]="noop wasm" [c]="jwt_authn, no cache, fresh
 declare -A FRESH=([c]=1 [f]=1)
 VARIANTS=(a b c d)
 [ "$HAVE_FILTER" = 1 ] && VARIANTS+=(e f)
+if [ -n "${BENCH_VARIANTS:-}" ]; then
+  read -r -a VARIANTS <<<"$BENCH_VARIANTS"
+fi
 
 # Each variant must answer 200 with the token, and the authenticating ones 401 without it:
 # otherwise wrk would be timing error responses.

@@ -100,8 +100,7 @@ fn query_param<'a>(query: &'a str, name: &str) -> Option<Cow<'a, str>> {
 }
 
 fn cookie<'a>(req: &'a Request, name: &str) -> Option<&'a str> {
-    req.headers
-        .iter()
+    req.headers()
         .filter(|(k, _)| k.eq_ignore_ascii_case("cookie"))
         .flat_map(|(_, v)| v.split(';'))
         .find_map(|c| {
@@ -564,10 +563,55 @@ impl JwtAuthenticator {
         let Some(token) = self.token_from.extract(req) else {
             return AuthnStep::NotResponsible;
         };
+        let fingerprint =
+            combined_fingerprint(self.requirements.jwks_urls.iter().filter_map(|url| {
+                match host.keys(url) {
+                    KeyLookup::Ready(s) => Some(s.fingerprint()),
+                    _ => None,
+                }
+            }));
+        // Keyed on the whole token: a token that differs in any byte is verified afresh.
+        let key = caches
+            .keyer
+            .key(&[self.cache_scope.as_bytes(), token.as_bytes()]);
+        if let Some((hit, expires_at)) =
+            caches.jwt.peek(&key).filter(|(h, _)| h.keys == fingerprint)
+        {
+            let hit = hit.clone();
+            // A clock read costs a host call on every request; the host's bounds decide
+            // unless the token is within them of expiring or becoming valid.
+            let bounds = host.time_bounds();
+            let now = if expires_at > bounds.latest
+                && jwt::time_settled(&hit.claims, &self.requirements, bounds)
+            {
+                bounds.earliest
+            } else {
+                host.now()
+            };
+            if now < expires_at {
+                caches.stats.jwt_hits += 1;
+                if !self.requirements.allows(hit.alg) {
+                    return jwt_failure(&JwtError::AlgorithmNotAllowed(
+                        jwks::alg_name(hit.alg).to_string(),
+                    ));
+                }
+                return match jwt::check_claims(&hit.claims, &self.requirements, now) {
+                    Ok(()) => AuthnStep::Success {
+                        subject: hit.subject,
+                        extra: hit.claims,
+                    },
+                    Err(e) => jwt_failure(&e),
+                };
+            }
+            caches.jwt.remove(&key);
+        }
+        let now = host.now();
+        // Only tokens that looked like JWTs were ever cached, so the shape check (a scan of the
+        // whole token) can wait until the cache missed.
         if !jwt::looks_like_jwt(&token) {
             return AuthnStep::NotResponsible;
         }
-        let now = host.now();
+        caches.stats.jwt_misses += 1;
         let mut sets = Vec::with_capacity(self.requirements.jwks_urls.len());
         let mut pending = false;
         for url in &self.requirements.jwks_urls {
@@ -577,28 +621,6 @@ impl JwtAuthenticator {
                 KeyLookup::Unavailable => {}
             }
         }
-        let fingerprint = combined_fingerprint(&sets);
-        // Keyed on the whole token: a token that differs in any byte is verified afresh.
-        let key = caches
-            .keyer
-            .key(&[self.cache_scope.as_bytes(), token.as_bytes()]);
-        if let Some(hit) = caches.jwt.get(&key, now).filter(|h| h.keys == fingerprint) {
-            let hit = hit.clone();
-            caches.stats.jwt_hits += 1;
-            if !self.requirements.allows(hit.alg) {
-                return jwt_failure(&JwtError::AlgorithmNotAllowed(
-                    jwks::alg_name(hit.alg).to_string(),
-                ));
-            }
-            return match jwt::check_claims(&hit.claims, &self.requirements, now) {
-                Ok(()) => AuthnStep::Success {
-                    subject: hit.subject,
-                    extra: hit.claims,
-                },
-                Err(e) => jwt_failure(&e),
-            };
-        }
-        caches.stats.jwt_misses += 1;
         let parsed = match jwt::parse(&token) {
             Ok(p) => p,
             Err(e) => return jwt_failure(&e),
@@ -697,7 +719,7 @@ impl IntrospectionAuthenticator {
         }
         let mut headers = self.request_headers.clone();
         if self.preserve_host {
-            headers.push(("x-forwarded-host".to_string(), req.authority.clone()));
+            headers.push(("x-forwarded-host".to_string(), req.authority().to_string()));
         }
         AuthnStep::Callout(Callout {
             endpoint: self.endpoint.clone(),

@@ -247,7 +247,7 @@ impl CompiledHandler {
                     Some(param) => append_query(to, param, request_url),
                     None => to.clone(),
                 };
-                redirect_response(*code, location, &req.method)
+                redirect_response(*code, location, req.method())
             }
         }
     }

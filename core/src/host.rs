@@ -16,9 +16,34 @@ pub enum KeyLookup {
     Unavailable,
 }
 
+/// What the host can say about the current time without reading a clock: it lies within
+/// `earliest..=latest` (seconds since the Unix epoch). Decisions that come out the same at both
+/// ends need no clock read; the others ask [`Host::now`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TimeBounds {
+    pub earliest: u64,
+    pub latest: u64,
+}
+
+impl TimeBounds {
+    /// Bounds that are one exact instant.
+    pub fn exactly(now: u64) -> Self {
+        Self {
+            earliest: now,
+            latest: now,
+        }
+    }
+}
+
 pub trait Host {
-    /// Current time, seconds since the Unix epoch.
-    fn now(&self) -> u64;
+    /// Current time, seconds since the Unix epoch, read exactly (may cost a host call).
+    fn now(&mut self) -> u64;
+
+    /// The current time within bounds, without a clock read. Hosts that cannot bound their
+    /// clock's staleness return [`TimeBounds::exactly`]`(self.now())`.
+    fn time_bounds(&mut self) -> TimeBounds {
+        TimeBounds::exactly(self.now())
+    }
 
     /// Keys of a JWKS URL. Never blocks; the host fetches in the background.
     fn keys(&mut self, jwks_url: &str) -> KeyLookup;

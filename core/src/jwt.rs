@@ -6,7 +6,7 @@
 //! `nbf` and `iat` are checked when present and not required. A present but non-numeric time
 //! claim is `Malformed`.
 
-use crate::host::Host;
+use crate::host::{Host, TimeBounds};
 use crate::jwks::{KeySet, alg_name};
 use crate::scope::ScopeStrategy;
 use crate::signature::ecdsa_field_len;
@@ -248,6 +248,25 @@ fn strings(v: &Value, split_spaces: bool) -> Vec<&str> {
         Value::Array(items) => items.iter().filter_map(Value::as_str).collect(),
         _ => Vec::new(),
     }
+}
+
+/// True when the time checks of [`check_claims`] give the same answer at every instant of
+/// `bounds` (then any instant in them may stand for "now"). Claims that are not numbers settle
+/// nothing here; `check_claims` reports them.
+pub fn time_settled(
+    claims: &Map<String, Value>,
+    req: &JwtRequirements,
+    bounds: TimeBounds,
+) -> bool {
+    let (lo, hi) = (bounds.earliest, bounds.latest);
+    let settled = |name: &str, ok_at: &dyn Fn(u64, u64) -> bool| match time_claim(claims, name) {
+        Ok(None) => true,
+        Ok(Some(t)) => ok_at(lo, t) == ok_at(hi, t),
+        Err(_) => true,
+    };
+    settled("exp", &|now, exp| now <= exp.saturating_add(req.leeway))
+        && settled("nbf", &|now, nbf| now.saturating_add(req.leeway) >= nbf)
+        && settled("iat", &|now, iat| now.saturating_add(req.leeway) >= iat)
 }
 
 /// Checks `exp`/`nbf`/`iat` (with leeway), issuer, audience and scopes against `req`.
@@ -539,6 +558,30 @@ mod tests {
                 alg: "RS256".into()
             }
         );
+    }
+
+    #[test]
+    fn time_settled_only_when_both_bounds_agree() {
+        let r = req(&[]);
+        let b = |earliest, latest| TimeBounds { earliest, latest };
+        let settled = |c: Value, bounds| time_settled(c.as_object().unwrap(), &r, bounds);
+        assert!(settled(
+            json!({"exp": NOW + 10, "iat": NOW - 10}),
+            b(NOW, NOW + 1)
+        ));
+        // exp passes at NOW + 1 (exp is inclusive) but not at NOW + 2
+        assert!(settled(json!({"exp": NOW + 1}), b(NOW, NOW + 1)));
+        assert!(!settled(json!({"exp": NOW + 1}), b(NOW, NOW + 2)));
+        // already expired at both ends is settled too (and check_claims refuses it)
+        assert!(settled(json!({"exp": NOW - 5}), b(NOW, NOW + 1)));
+        assert!(!settled(json!({"nbf": NOW + 1}), b(NOW, NOW + 1)));
+        assert!(!settled(json!({"iat": NOW + 1}), b(NOW, NOW + 1)));
+        assert!(settled(json!({"iat": NOW + 1}), b(NOW + 1, NOW + 3)));
+        // exact bounds settle everything
+        assert!(settled(
+            json!({"exp": NOW, "nbf": NOW, "iat": NOW}),
+            b(NOW, NOW)
+        ));
     }
 
     #[test]

@@ -383,40 +383,44 @@ impl RuleIndex {
 
     /// The one rule matching `method` and `url` (a [`crate::url::match_target`] string).
     pub fn find(&self, method: &str, url: &str) -> Lookup {
-        let mut matched: Vec<usize> = Vec::new();
+        // Nearly every request matches exactly one rule: only a second match allocates.
+        let mut first: Option<usize> = None;
+        let mut others: Vec<usize> = Vec::new();
         for (i, known) in self.candidates_known(url) {
             let entry = &self.entries[i];
             if !entry.methods.iter().any(|m| m.eq_ignore_ascii_case(method)) {
                 continue;
             }
-            if known {
-                matched.push(i);
-                continue;
-            }
-            match entry.pattern.is_match(url) {
-                Ok(true) => matched.push(i),
-                Ok(false) => {}
-                Err(error) => return Lookup::Failed { rule: i, error },
+            let hit = known
+                || match entry.pattern.is_match(url) {
+                    Ok(hit) => hit,
+                    Err(error) => return Lookup::Failed { rule: i, error },
+                };
+            if hit {
+                match first {
+                    None => first = Some(i),
+                    Some(_) => others.push(i),
+                }
             }
         }
-        match matched.as_slice() {
-            [] => Lookup::NoMatch,
-            [rule] if !self.entries[*rule].captures => Lookup::Matched {
-                rule: *rule,
+        let Some(rule) = first else {
+            return Lookup::NoMatch;
+        };
+        if !others.is_empty() {
+            others.push(rule);
+            others.sort_unstable();
+            return Lookup::Ambiguous(others);
+        }
+        if !self.entries[rule].captures {
+            return Lookup::Matched {
+                rule,
                 captures: Vec::new(),
-            },
-            [rule] => match self.entries[*rule].pattern.captures(url) {
-                Ok(Some(captures)) => Lookup::Matched {
-                    rule: *rule,
-                    captures,
-                },
-                Ok(None) => Lookup::NoMatch,
-                Err(error) => Lookup::Failed { rule: *rule, error },
-            },
-            _ => {
-                matched.sort_unstable();
-                Lookup::Ambiguous(matched)
-            }
+            };
+        }
+        match self.entries[rule].pattern.captures(url) {
+            Ok(Some(captures)) => Lookup::Matched { rule, captures },
+            Ok(None) => Lookup::NoMatch,
+            Err(error) => Lookup::Failed { rule, error },
         }
     }
 }

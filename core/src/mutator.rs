@@ -54,7 +54,8 @@ impl Mutator {
                     }
                     let t =
                         Template::compile(&value).map_err(|e| ConfigError::rule(rule, &f, e))?;
-                    headers.push((name, t));
+                    // Lower-cased once here rather than on every request.
+                    headers.push((name.to_ascii_lowercase(), t));
                 }
                 Ok(Self::Header(headers))
             }
@@ -92,7 +93,7 @@ impl Mutator {
     pub(crate) fn mutate(&self, session: &mut Session) {
         if let Self::Header(headers) = self {
             for (name, t) in headers {
-                let mut value = String::new();
+                let mut value = String::with_capacity(64);
                 t.render(session, &mut value);
                 // Header values cannot carry line breaks; a claim containing one must not
                 // split the header.
@@ -102,7 +103,7 @@ impl Mutator {
                 session
                     .header
                     .retain(|(k, _)| !k.eq_ignore_ascii_case(name));
-                session.header.push((name.to_ascii_lowercase(), value));
+                session.header.push((name.clone(), value));
             }
         }
     }

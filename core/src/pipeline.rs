@@ -11,7 +11,7 @@ use crate::error_handler::{ErrorKind, PolicyError, Response};
 use crate::host::Host;
 use crate::matcher::Lookup;
 use crate::request::Request;
-use crate::session::Session;
+use crate::session::{Session, method_name};
 use crate::url::{clean_path, match_target};
 use serde_json::Map;
 use std::sync::Arc;
@@ -148,7 +148,7 @@ impl Evaluation {
                     };
                     match self.authenticate(authenticator, host, caches) {
                         AuthnStep::Success { subject, extra } => {
-                            self.session.subject = subject.to_string();
+                            self.session.subject = subject;
                             self.session.extra = extra;
                             self.stage = Stage::Authorize;
                         }
@@ -248,8 +248,8 @@ impl Evaluation {
     }
 
     fn scheme_and_host(&self, engine: &Engine) -> (&str, &str) {
-        let mut scheme = self.req.scheme.as_str();
-        let mut host = self.req.authority.as_str();
+        let mut scheme = self.req.scheme();
+        let mut host = self.req.authority();
         if engine.trust_forwarded_headers {
             if let Some(p) = self.req.header("x-forwarded-proto") {
                 scheme = p.split(',').next().unwrap_or(p).trim();
@@ -264,7 +264,9 @@ impl Evaluation {
     fn full_url(&self) -> String {
         format!(
             "{}://{}{}",
-            self.req.scheme, self.req.authority, self.req.path
+            self.req.scheme(),
+            self.req.authority(),
+            self.req.path()
         )
     }
 
@@ -272,19 +274,37 @@ impl Evaluation {
         let (scheme, host) = self.scheme_and_host(engine);
         let path = clean_path(self.req.path_only());
         let target = match_target(scheme, host, &path);
-        let full_url = match self.req.query() {
-            Some(q) => format!("{scheme}://{host}{path}?{q}"),
-            None => format!("{scheme}://{host}{path}"),
+        // The URL templates and error handlers see keeps the query and the percent-escapes;
+        // without either it is the match target itself, and costs no second string.
+        let query = self.req.query();
+        let full_url = if query.is_none() && !path.contains('%') {
+            None
+        } else {
+            let mut u = String::with_capacity(
+                scheme.len() + 3 + host.len() + path.len() + query.map_or(0, |q| q.len() + 1),
+            );
+            for part in [scheme, "://", host, &path] {
+                u.push_str(part);
+            }
+            if let Some(q) = query {
+                u.push('?');
+                u.push_str(q);
+            }
+            Some(u)
         };
-        let error = match engine.index.find(&self.req.method, &target) {
+        let error = match engine.index.find(self.req.method(), &target) {
             Lookup::Matched { rule, captures } => {
                 self.rule = rule;
                 let ctx = &mut self.session.match_context;
                 ctx.regexp_capture_groups = captures;
-                ctx.url = full_url;
-                ctx.method = self.req.method.clone();
+                ctx.url = full_url.unwrap_or(target);
+                ctx.method = method_name(self.req.method());
                 if engine.rules[rule].needs_request_headers {
-                    ctx.header = self.req.headers.clone();
+                    ctx.header = self
+                        .req
+                        .headers()
+                        .map(|(k, v)| (k.to_string(), v.to_string()))
+                        .collect();
                 }
                 return Ok(());
             }
@@ -320,9 +340,11 @@ impl Evaluation {
             rule_id: None,
             reason: error.reason,
             message: error.message.clone(),
-            response: engine
-                .errors
-                .respond_without_rule(&error, &self.req, &full_url),
+            response: engine.errors.respond_without_rule(
+                &error,
+                &self.req,
+                full_url.as_deref().unwrap_or(&target),
+            ),
         })
     }
 

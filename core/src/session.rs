@@ -4,12 +4,14 @@
 
 use serde::Serialize;
 use serde_json::{Map, Value};
+use std::borrow::Cow;
 use std::sync::Arc;
 
 /// Oathkeeper's `AuthenticationSession`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct Session {
-    pub subject: String,
+    /// Shared with the verified-token cache, like `extra`.
+    pub subject: Arc<str>,
     /// Shared with the verified-token cache: a cache hit costs no copy of the claims.
     pub extra: Arc<Map<String, Value>>,
     /// Headers set by mutators, in the order they were set.
@@ -23,9 +25,19 @@ pub struct MatchContext {
     pub regexp_capture_groups: Vec<String>,
     /// The full request URL, query included.
     pub url: String,
-    pub method: String,
+    /// Borrowed for the common methods: one allocation less per request.
+    pub method: Cow<'static, str>,
     /// Request headers.
     pub header: Vec<(String, String)>,
+}
+
+/// `method` as a [`MatchContext::method`].
+pub fn method_name(method: &str) -> Cow<'static, str> {
+    const COMMON: [&str; 7] = ["GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS"];
+    match COMMON.iter().find(|m| **m == method) {
+        Some(m) => Cow::Borrowed(m),
+        None => Cow::Owned(method.to_string()),
+    }
 }
 
 /// First value of `name` in `headers`, compared case-insensitively (Go's `http.Header.Get`).

@@ -100,7 +100,7 @@ impl TestHost {
 }
 
 impl Host for TestHost {
-    fn now(&self) -> u64 {
+    fn now(&mut self) -> u64 {
         self.now
     }
 

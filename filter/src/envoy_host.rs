@@ -1,9 +1,10 @@
 //! The core's [`Host`] over Envoy: clock, the VM's key store, and Envoy's native
 //! `verify_signature` foreign function (BoringSSL), with a pure-Rust fallback decided by the core.
 
+use crate::clock::Clock;
 use crate::keys::KeyStore;
 use crate::metrics::Metrics;
-use portcullis_core::host::{Host, KeyLookup};
+use portcullis_core::host::{Host, KeyLookup, TimeBounds};
 use portcullis_core::jwks::Key;
 use portcullis_core::signature;
 use proxy_wasm::hostcalls;
@@ -19,7 +20,7 @@ pub enum NativeVerify {
 }
 
 pub struct EnvoyHost<'a> {
-    pub now_ms: u64,
+    pub clock: &'a mut Clock,
     pub keys: &'a mut KeyStore,
     pub native: &'a mut NativeVerify,
     pub metrics: &'a mut Metrics,
@@ -33,8 +34,12 @@ pub fn now_ms() -> u64 {
 }
 
 impl Host for EnvoyHost<'_> {
-    fn now(&self) -> u64 {
-        self.now_ms / 1000
+    fn now(&mut self) -> u64 {
+        self.clock.now_ms() / 1000
+    }
+
+    fn time_bounds(&mut self) -> TimeBounds {
+        self.clock.bounds()
     }
 
     fn keys(&mut self, jwks_url: &str) -> KeyLookup {
@@ -42,7 +47,8 @@ impl Host for EnvoyHost<'_> {
     }
 
     fn unknown_kid(&mut self, jwks_urls: &[String]) -> bool {
-        self.keys.unknown_kid(jwks_urls, self.now_ms)
+        let now = self.clock.now_ms();
+        self.keys.unknown_kid(jwks_urls, now)
     }
 
     fn verify_native(

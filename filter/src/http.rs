@@ -1,5 +1,6 @@
 //! One HTTP stream: reads the request once, then lets [`vm::drive`] take it from there.
 
+use crate::headers;
 use crate::vm;
 use portcullis_core::config::Engine;
 use portcullis_core::pipeline::Evaluation;
@@ -38,34 +39,21 @@ impl Context for Stream {
     }
 }
 
-/// Reads the request Envoy holds; pseudo-headers become fields. The peer address is only
-/// read when an error handler's `when` can ask for it.
+/// Reads the request Envoy holds in one host call; pseudo-headers become fields. The peer
+/// address is only read when an error handler's `when` can ask for it.
 fn read_request(with_remote_ip: bool) -> Request {
-    let mut req = Request::default();
-    let headers = hostcalls::get_map(MapType::HttpRequestHeaders).unwrap_or_default();
-    req.headers.reserve(headers.len());
-    for (name, value) in headers {
-        match name.as_str() {
-            ":method" => req.method = value,
-            ":scheme" => req.scheme = value,
-            ":authority" => req.authority = value,
-            ":path" => req.path = value,
-            n if n.starts_with(':') => {}
-            _ => req.headers.push((name, value)),
-        }
+    let raw = headers::read(MapType::HttpRequestHeaders).unwrap_or_default();
+    let mut b = headers::request(raw);
+    if with_remote_ip {
+        b.remote_ip(
+            hostcalls::get_property(vec!["source", "address"])
+                .ok()
+                .flatten()
+                .and_then(|b| String::from_utf8(b).ok())
+                .map(|addr| strip_port(&addr).to_string()),
+        );
     }
-    if req.scheme.is_empty() {
-        req.scheme = "http".to_string();
-    }
-    if !with_remote_ip {
-        return req;
-    }
-    req.remote_ip = hostcalls::get_property(vec!["source", "address"])
-        .ok()
-        .flatten()
-        .and_then(|b| String::from_utf8(b).ok())
-        .map(|addr| strip_port(&addr).to_string());
-    req
+    b.build()
 }
 
 fn strip_port(addr: &str) -> &str {

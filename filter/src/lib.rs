@@ -8,7 +8,9 @@
 //! context) and per VM (keys, verified-token caches, paused requests: [`vm`]), so that a config
 //! reload keeps the keys and caches it already has.
 
+mod clock;
 mod envoy_host;
+mod headers;
 mod http;
 mod keys;
 mod metrics;
@@ -22,8 +24,9 @@ use proxy_wasm::types::LogLevel;
 mod entry {
     use super::*;
     proxy_wasm::main! {{
-        // Also installs a panic hook that logs the panic to Envoy before the VM traps.
-        proxy_wasm::set_log_level(LogLevel::Trace);
+        // Also installs a panic hook that logs the panic to Envoy before the VM traps. The
+        // level follows Envoy's own from the first configure on (see `root::sync_log_level`).
+        proxy_wasm::set_log_level(LogLevel::Info);
         proxy_wasm::set_root_context(|context_id| Box::new(root::Root::new(context_id)));
     }}
 }

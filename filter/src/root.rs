@@ -37,8 +37,18 @@ impl Context for Root {
     }
 }
 
+/// Follows Envoy's log level for wasm (it can change at runtime through `/logging`). Without
+/// this every `debug!` on the request path would be formatted and handed to Envoy only to be
+/// dropped there: a measurable share of a cache-hit request.
+fn sync_log_level() {
+    if let Ok(level) = hostcalls::get_log_level() {
+        proxy_wasm::set_log_level(level);
+    }
+}
+
 impl RootContext for Root {
     fn on_configure(&mut self, _plugin_configuration_size: usize) -> bool {
+        sync_log_level();
         let config = hostcalls::get_buffer(BufferType::PluginConfiguration, 0, usize::MAX)
             .ok()
             .flatten()
@@ -70,6 +80,7 @@ impl RootContext for Root {
     }
 
     fn on_tick(&mut self) {
+        sync_log_level();
         vm::tick();
     }
 

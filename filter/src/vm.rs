@@ -7,7 +7,9 @@
 //! Host calls that can re-enter the VM (a local reply runs the rest of the stream, and may
 //! delete the context) are made only after the VM state is released.
 
+use crate::clock::Clock;
 use crate::envoy_host::{EnvoyHost, NativeVerify, now_ms};
+use crate::headers;
 use crate::keys::{FetchOutcome, KeyStore};
 use crate::metrics::Metrics;
 use log::{debug, info, warn};
@@ -46,6 +48,7 @@ pub enum CalloutOwner {
 }
 
 pub struct VmState {
+    clock: Clock,
     pub keys: KeyStore,
     caches: Caches,
     pending: HashMap<u32, Pending>,
@@ -57,6 +60,7 @@ pub struct VmState {
 
 thread_local! {
     static VM: RefCell<VmState> = RefCell::new(VmState {
+        clock: Clock::default(),
         keys: KeyStore::default(),
         caches: Caches::new(CACHE_CAPACITY),
         pending: HashMap::new(),
@@ -119,12 +123,9 @@ pub fn drive(ctx: u32, engine: Rc<Engine>, mut eval: Evaluation, own: bool) -> A
 }
 
 fn step(vm: &mut VmState, ctx: u32, engine: Rc<Engine>, eval: &mut Evaluation) -> Effect {
-    // Read per request, not cached on the tick: a token minted this second must not look
-    // issued in the future to a clock that lags.
-    let now = now_ms();
     loop {
         let mut host = EnvoyHost {
-            now_ms: now,
+            clock: &mut vm.clock,
             keys: &mut vm.keys,
             native: &mut vm.native,
             metrics: &mut vm.metrics,
@@ -184,7 +185,7 @@ fn step(vm: &mut VmState, ctx: u32, engine: Rc<Engine>, eval: &mut Evaluation) -
                         engine,
                         eval: std::mem::replace(eval, Evaluation::new(Default::default())),
                         waiting: Waiting::Keys {
-                            deadline_ms: now.saturating_add(max_wait_ms),
+                            deadline_ms: vm.clock.now_ms().saturating_add(max_wait_ms),
                         },
                     },
                 );
@@ -223,7 +224,15 @@ pub fn on_callout_response(token: u32, body_size: usize) {
         return;
     };
     // Envoy reports transport failures as a response without `:status`.
-    let headers = hostcalls::get_map(MapType::HttpCallResponseHeaders).unwrap_or_default();
+    let raw = headers::read(MapType::HttpCallResponseHeaders).unwrap_or_default();
+    let headers: Vec<(String, String)> = headers::entries(&raw)
+        .map(|(k, v)| {
+            (
+                String::from_utf8_lossy(k).into_owned(),
+                String::from_utf8_lossy(v).into_owned(),
+            )
+        })
+        .collect();
     let status = headers
         .iter()
         .find(|(k, _)| k == ":status")
@@ -277,7 +286,8 @@ pub fn on_callout_response(token: u32, body_size: usize) {
 /// The root context's tick: refresh keys, start due fetches, resume or time out waiting requests,
 /// publish cache metrics.
 pub fn tick() {
-    let now = now_ms();
+    // Also the refresh that keeps the requests' clock bounds fresh on an idle worker.
+    let now = with_vm(|vm| vm.clock.now_ms()).unwrap_or_else(now_ms);
     let (changed, due) = with_vm(|vm| {
         let changed = vm.keys.sync_shared();
         (changed, vm.keys.due(now))

@@ -3,17 +3,15 @@ use serde_json::json;
 use super::*;
 
 fn req(headers: &[(&str, &str)], ip: Option<&str>) -> Request {
-    Request {
-        method: "GET".into(),
-        scheme: "https".into(),
-        authority: "api.example.com".into(),
-        path: "/orders?id=1".into(),
-        headers: headers
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect(),
-        remote_ip: ip.map(str::to_owned),
-    }
+    let mut r = Request::new(
+        "GET",
+        "https",
+        "api.example.com",
+        "/orders?id=1",
+        headers.iter().copied(),
+    );
+    r.remote_ip = ip.map(str::to_owned);
+    r
 }
 
 fn unauthorized() -> PolicyError {
@@ -494,12 +492,11 @@ fn global_config_errors() {
 fn redirect_head_and_post_bodies() {
     let h = all_enabled(json!({}));
     let r = rule(&h, json!([{"handler": "redirect"}]));
-    let mut rq = req(&[], None);
-    rq.method = "POST".into();
+    let rq = Request::new("POST", "https", "api.example.com", "/orders?id=1", []);
     let resp = r.respond(&unauthorized(), &rq, URL);
     assert_eq!(resp.body, "");
     assert_eq!(resp.header("content-type"), None);
-    rq.method = "HEAD".into();
+    let rq = Request::new("HEAD", "https", "api.example.com", "/orders?id=1", []);
     let resp = r.respond(&unauthorized(), &rq, URL);
     assert_eq!(resp.body, "");
     assert_eq!(

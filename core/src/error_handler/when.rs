@@ -74,8 +74,7 @@ impl Condition {
         }
         self.respect_forwarded_for
             && req
-                .headers
-                .iter()
+                .headers()
                 .filter(|(k, _)| k.eq_ignore_ascii_case("x-forwarded-for"))
                 .flat_map(|(_, v)| v.split(','))
                 .any(in_range)

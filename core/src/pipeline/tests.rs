@@ -6,6 +6,10 @@ use std::collections::HashMap;
 
 struct TestHost {
     now: u64,
+    /// When set, `time_bounds` answers `(earliest, latest)` instead of the exact `now`, the
+    /// way a host with a coarse clock does.
+    bounds: Option<(u64, u64)>,
+    clock_reads: usize,
     keys: HashMap<String, KeyLookup>,
     unknown_kid_calls: usize,
 }
@@ -14,6 +18,8 @@ impl TestHost {
     fn new() -> Self {
         Self {
             now: 1_700_000_000,
+            bounds: None,
+            clock_reads: 0,
             keys: HashMap::new(),
             unknown_kid_calls: 0,
         }
@@ -21,8 +27,15 @@ impl TestHost {
 }
 
 impl Host for TestHost {
-    fn now(&self) -> u64 {
+    fn now(&mut self) -> u64 {
+        self.clock_reads += 1;
         self.now
+    }
+    fn time_bounds(&mut self) -> crate::host::TimeBounds {
+        match self.bounds {
+            Some((earliest, latest)) => crate::host::TimeBounds { earliest, latest },
+            None => crate::host::TimeBounds::exactly(self.now()),
+        }
     }
     fn keys(&mut self, jwks_url: &str) -> KeyLookup {
         self.keys
@@ -91,17 +104,9 @@ fn rule(
 }
 
 fn request(method: &str, path: &str, headers: &[(&str, &str)]) -> Request {
-    Request {
-        method: method.into(),
-        scheme: "http".into(),
-        authority: "svc.local".into(),
-        path: path.into(),
-        headers: headers
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect(),
-        remote_ip: Some("10.0.0.1".into()),
-    }
+    let mut r = Request::new(method, "http", "svc.local", path, headers.iter().copied());
+    r.remote_ip = Some("10.0.0.1".into());
+    r
 }
 
 fn run<'e>(
@@ -688,4 +693,66 @@ fn a_known_signature_on_another_payload_is_refused_even_once_cached() {
     assert_eq!(status_of(&good, &mut h, &mut c), 200);
     assert_eq!(status_of(&good, &mut h, &mut c), 200);
     assert_eq!(status_of(&spliced, &mut h, &mut c), 401);
+}
+
+#[test]
+fn cache_hits_use_the_hosts_time_bounds_and_read_the_clock_only_near_a_boundary() {
+    use crate::testkeys;
+    use jsonwebtoken::Algorithm;
+    let e = engine(
+        json!([header_rule(
+            "rs",
+            "http://svc.local/rs",
+            json!([{"handler": "jwt"}])
+        )]),
+        json!({}),
+    );
+    let (mut h, mut c) = (TestHost::new(), Caches::new(16));
+    h.keys
+        .insert(JWKS.to_string(), KeyLookup::Ready(testkeys::key_set()));
+    let t0 = h.now;
+    let sign = |claims: Value| {
+        testkeys::sign(
+            Algorithm::RS256,
+            Some(testkeys::kid_for(Algorithm::RS256)),
+            &claims,
+        )
+    };
+    let far = sign(json!({"sub": "a", "exp": t0 + 3600, "iat": t0 - 5}));
+    let near_exp = sign(json!({"sub": "b", "exp": t0 + 1}));
+    let fresh = sign(json!({"sub": "c", "exp": t0 + 3600, "iat": t0 + 1}));
+    let get = |token: &str, h: &mut TestHost, c: &mut Caches| {
+        let bearer = format!("Bearer {token}");
+        let mut ev = Evaluation::new(request("GET", "/rs", &[("authorization", &bearer)]));
+        status(&run(&e, &mut ev, h, c))
+    };
+    // The misses verify with the exact clock and fill the cache.
+    for t in [&far, &near_exp] {
+        assert_eq!(get(t, &mut h, &mut c), 200);
+    }
+    // From now on the host only knows "between t0 and t0 + 1".
+    h.bounds = Some((t0, t0 + 1));
+    h.clock_reads = 0;
+    assert_eq!(get(&far, &mut h, &mut c), 200);
+    assert_eq!(h.clock_reads, 0, "far from any boundary: no clock read");
+    // The cache entry of exp = t0 + 1 lapses at t0 + 1, inside the bounds: the exact clock
+    // decides, both ways (the token itself is valid up to and including its exp second).
+    assert_eq!(get(&near_exp, &mut h, &mut c), 200);
+    assert_eq!(h.clock_reads, 1);
+    h.now = t0 + 2;
+    h.bounds = Some((t0 + 1, t0 + 2));
+    h.clock_reads = 0;
+    assert_eq!(get(&near_exp, &mut h, &mut c), 401);
+    assert!(h.clock_reads >= 1);
+    // A token issued at t0 + 1 is not valid at t0: verified with the exact clock it passes
+    // (h.now is t0 + 1), and once cached its iat stays ambiguous within the bounds, so every
+    // hit reads the clock; with the clock back at t0 it is refused.
+    h.now = t0 + 1;
+    h.bounds = Some((t0, t0 + 1));
+    assert_eq!(get(&fresh, &mut h, &mut c), 200);
+    h.clock_reads = 0;
+    assert_eq!(get(&fresh, &mut h, &mut c), 200);
+    assert_eq!(h.clock_reads, 1);
+    h.now = t0;
+    assert_eq!(get(&fresh, &mut h, &mut c), 401);
 }
