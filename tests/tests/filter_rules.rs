@@ -383,3 +383,25 @@ fn without_a_good_configuration_everything_is_denied() {
         .status();
     assert!(status.is_server_error(), "got {status}");
 }
+
+#[test]
+fn a_header_value_that_is_not_utf8_is_evaluated_and_traps_nothing() {
+    // HTTP/1 allows obs-text bytes in values; the SDK's header reader panics on them, which
+    // would trap the VM and stop every later request.
+    let stack = Stack::start(json!([simple(
+        "noop",
+        "http://<[^/]+>/noop",
+        "noop",
+        "allow"
+    )]));
+    let latin1 = reqwest::header::HeaderValue::from_bytes(b"caf\xe9").unwrap();
+    for _ in 0..3 {
+        let r = portcullis_e2e::client()
+            .get(stack.envoy.url("/noop"))
+            .header("x-latin1", latin1.clone())
+            .send()
+            .unwrap();
+        assert_eq!(r.status(), 200, "{}", stack.envoy.log_tail(20));
+    }
+    stack.expect(&stack.get("/noop", &[]), 200, "a plain request afterwards");
+}
