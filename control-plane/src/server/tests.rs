@@ -655,12 +655,12 @@ async fn key_rotation_keeps_old_tokens_valid() {
 
 #[tokio::test]
 async fn private_key_jwt_with_single_use_jti() {
-    use ring::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, KeyPair};
+    use aws_lc_rs::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, KeyPair};
     let h = harness(Alg::ES256);
-    let rng = ring::rand::SystemRandom::new();
+    let rng = aws_lc_rs::rand::SystemRandom::new();
     let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).unwrap();
     let kp =
-        EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref(), &rng).unwrap();
+        EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref()).unwrap();
     let point = kp.public_key().as_ref();
     let b64 = crate::crypto::b64url;
     let jwk = json!({"kty": "EC", "crv": "P-256", "kid": "ck", "alg": "ES256", "use": "sig",
@@ -963,12 +963,12 @@ async fn key_rotation_period_rotates_in_background() {
 
 #[tokio::test]
 async fn private_key_jwt_with_jwks_uri() {
-    use ring::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, KeyPair};
+    use aws_lc_rs::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, KeyPair};
     let h = harness(Alg::ES256);
-    let rng = ring::rand::SystemRandom::new();
+    let rng = aws_lc_rs::rand::SystemRandom::new();
     let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).unwrap();
     let kp =
-        EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref(), &rng).unwrap();
+        EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref()).unwrap();
     let point = kp.public_key().as_ref().to_vec();
     let b64 = crate::crypto::b64url;
     let jwks = json!({"keys": [{"kty": "EC", "crv": "P-256", "kid": "remote", "alg": "ES256",
