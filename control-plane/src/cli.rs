@@ -157,14 +157,11 @@ pub struct ServeArgs {
     /// Directory of the embedded database (and of the generated secrets.key).
     #[arg(long, env = "PORTCULLIS_DATA_DIR", default_value = "./data")]
     pub data_dir: PathBuf,
-    /// Algorithm of the access-token signing key.
-    #[arg(
-        long,
-        env = "PORTCULLIS_SIGNING_ALG",
-        value_enum,
-        default_value = "RS256"
-    )]
-    pub signing_alg: SigningAlg,
+    /// Algorithm of the access-token signing key [default: ES256 for a new data dir; an
+    /// existing one keeps its current key's algorithm]. A value that differs from the current
+    /// key's rotates to a new key (the old one stays in the JWKS until its tokens expire).
+    #[arg(long, env = "PORTCULLIS_SIGNING_ALG", value_enum)]
+    pub signing_alg: Option<SigningAlg>,
     /// Default access token lifetime (Go duration: 1h, 30m, 90s), overridable per client.
     #[arg(long, visible_aliases = ["ttl-access-token", "token-ttl", "token-lifetime"],
           env = "PORTCULLIS_ACCESS_TOKEN_TTL",
@@ -288,7 +285,10 @@ impl ServeArgs {
         config.public_addr = self.public_addr;
         config.admin_addr = self.admin_addr;
         config.issuer = issuer;
-        config.signing_alg = self.signing_alg.into();
+        config.signing_alg = self
+            .signing_alg
+            .map_or(crate::server::DEFAULT_SIGNING_ALG, Into::into);
+        config.keep_existing_alg = self.signing_alg.is_none();
         config.access_token_ttl = self.access_token_ttl;
         config.scope_strategy = self.scope_strategy.into();
         config.key_rotation = self.key_rotation;
@@ -315,7 +315,11 @@ mod tests {
         assert_eq!(c.public_addr.to_string(), "127.0.0.1:4444");
         assert_eq!(c.admin_addr.to_string(), "127.0.0.1:4445");
         assert_eq!(c.issuer, "http://127.0.0.1:4444");
-        assert_eq!(c.signing_alg, Alg::RS256);
+        assert_eq!(c.signing_alg, Alg::ES256);
+        assert!(
+            c.keep_existing_alg,
+            "without --signing-alg an existing key's alg stays"
+        );
         assert_eq!(c.access_token_ttl, Duration::from_secs(3600));
         assert_eq!(c.scope_strategy, ScopeStrategy::Wildcard);
         assert!(c.key_rotation.is_none());
@@ -346,6 +350,7 @@ mod tests {
         };
         let c = args.into_config();
         assert_eq!(c.signing_alg, Alg::EdDSA);
+        assert!(!c.keep_existing_alg);
         assert_eq!(c.issuer, "https://auth.example.com/");
         assert_eq!(c.token_endpoint(), "https://auth.example.com/oauth2/token");
         assert_eq!(c.access_token_ttl, Duration::from_secs(300));

@@ -141,7 +141,7 @@ impl SigningKey {
             }
             Alg::ES256 => {
                 let kp = EcdsaKeyPair::from_pkcs8(&signature::ECDSA_P256_SHA256_FIXED_SIGNING, der)
-                .map_err(|e| load(e.to_string()))?;
+                    .map_err(|e| load(e.to_string()))?;
                 let point = kp.public_key().as_ref();
                 if point.len() != 65 {
                     return Err(load("unexpected P-256 point length".into()));

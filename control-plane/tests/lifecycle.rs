@@ -474,7 +474,7 @@ fn help_documents_every_flag_and_its_environment_variable() {
         assert!(help.contains(flag), "{flag} missing from --help:\n{help}");
         assert!(help.contains(env), "{env} missing from --help:\n{help}");
     }
-    for default in ["127.0.0.1:4444", "127.0.0.1:4445", "RS256"] {
+    for default in ["127.0.0.1:4444", "127.0.0.1:4445", "ES256"] {
         assert!(
             help.contains(default),
             "default {default} not shown:\n{help}"

@@ -114,18 +114,29 @@ fn enabled(names: &[&str]) -> BTreeMap<String, HandlerToggle> {
         .collect()
 }
 
+/// The `allowed_algorithms` of the default global jwt config: the token service's default
+/// (ES256) and Hydra's (RS256), so Rules that leave the list to the global config accept both
+/// Portcullis tokens and Hydra tokens still in circulation during a migration. The filter's own
+/// default, as Oathkeeper's, is RS256 alone.
+pub const DEFAULT_JWT_ALGORITHMS: [&str; 2] = ["ES256", "RS256"];
+
 impl Default for GlobalConfig {
-    /// Every handler the filter supports, enabled with no global config (rules bring theirs).
+    /// Every handler the filter supports, enabled; only jwt has global config (its algorithms,
+    /// see [`DEFAULT_JWT_ALGORITHMS`]); rules bring the rest.
     fn default() -> Self {
+        let mut authenticators = enabled(&[
+            "noop",
+            "anonymous",
+            "unauthorized",
+            "jwt",
+            "oauth2_introspection",
+        ]);
+        if let Some(jwt) = authenticators.get_mut("jwt") {
+            jwt.config = Some(json!({"allowed_algorithms": DEFAULT_JWT_ALGORITHMS}));
+        }
         GlobalConfig {
             access_rules: AccessRulesSection::default(),
-            authenticators: enabled(&[
-                "noop",
-                "anonymous",
-                "unauthorized",
-                "jwt",
-                "oauth2_introspection",
-            ]),
+            authenticators,
             authorizers: enabled(&["allow", "deny", "remote_json"]),
             mutators: enabled(&["noop", "header"]),
             errors: ErrorsSection::default(),

@@ -659,8 +659,7 @@ async fn private_key_jwt_with_single_use_jti() {
     let h = harness(Alg::ES256);
     let rng = aws_lc_rs::rand::SystemRandom::new();
     let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).unwrap();
-    let kp =
-        EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref()).unwrap();
+    let kp = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref()).unwrap();
     let point = kp.public_key().as_ref();
     let b64 = crate::crypto::b64url;
     let jwk = json!({"kty": "EC", "crv": "P-256", "kid": "ck", "alg": "ES256", "use": "sig",
@@ -967,8 +966,7 @@ async fn private_key_jwt_with_jwks_uri() {
     let h = harness(Alg::ES256);
     let rng = aws_lc_rs::rand::SystemRandom::new();
     let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).unwrap();
-    let kp =
-        EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref()).unwrap();
+    let kp = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref()).unwrap();
     let point = kp.public_key().as_ref().to_vec();
     let b64 = crate::crypto::b64url;
     let jwks = json!({"keys": [{"kty": "EC", "crv": "P-256", "kid": "remote", "alg": "ES256",
@@ -1141,4 +1139,38 @@ async fn background_purge_drops_expired_revocations() {
         .map(|(j, _)| j)
         .collect();
     assert_eq!(live, ["live"]);
+}
+
+#[test]
+fn an_existing_key_keeps_its_algorithm_unless_one_is_asked_for() {
+    let dir = tempfile::tempdir().unwrap();
+    let current_alg = |svc: &Service| {
+        svc.keys
+            .ring()
+            .current(ACCESS_TOKEN_SET)
+            .map(|k| k.alg)
+            .unwrap()
+    };
+    // A store from before the default changed: its key is RS256.
+    let svc = Service::open(config(dir.path(), Alg::RS256)).unwrap();
+    assert_eq!(current_alg(&svc), Alg::RS256);
+    drop(svc);
+    // Restarted without --signing-alg: the default (ES256) must not rotate the RS256 key away.
+    let mut c = config(dir.path(), DEFAULT_SIGNING_ALG);
+    c.keep_existing_alg = true;
+    let svc = Service::open(c).unwrap();
+    assert_eq!(current_alg(&svc), Alg::RS256);
+    assert_eq!(svc.config.signing_alg, Alg::RS256, "rotations keep it too");
+    drop(svc);
+    // Asked for explicitly: a new ES256 key signs, the RS256 one stays published.
+    let svc = Service::open(config(dir.path(), Alg::ES256)).unwrap();
+    assert_eq!(current_alg(&svc), Alg::ES256);
+    let jwks = svc.keys.ring().jwks(ACCESS_TOKEN_SET, crate::clock::now());
+    assert_eq!(jwks["keys"].as_array().unwrap().len(), 2, "{jwks}");
+    drop(svc);
+    // A fresh store without --signing-alg gets the default.
+    let fresh = tempfile::tempdir().unwrap();
+    let mut c = config(fresh.path(), DEFAULT_SIGNING_ALG);
+    c.keep_existing_alg = true;
+    assert_eq!(current_alg(&Service::open(c).unwrap()), Alg::ES256);
 }
