@@ -16,7 +16,7 @@ use crate::error_handler::{ErrorKind, PolicyError};
 use crate::form;
 use crate::host::{Host, KeyLookup};
 use crate::introspection::{self, IntrospectionError, IntrospectionRequirements};
-use crate::jwks::{self, combined_fingerprint};
+use crate::jwks;
 use crate::jwt::{self, JwtError, JwtRequirements};
 use crate::request::Request;
 use crate::rule::Handler;
@@ -467,11 +467,12 @@ fn compile_introspection(
     })
 }
 
-/// A verified token in the per-VM cache. The signature was checked against key sets whose
-/// combined fingerprint was `keys`; a key rotation changes it and the entry stops counting.
+/// A verified token in the per-VM cache. The signature was checked against keys whose
+/// [`Host::keys_version`] was `keys`; a key rotation changes it and the entry stops counting.
 #[derive(Debug, Clone)]
 pub struct CachedJwt {
     pub keys: u64,
+    pub times: jwt::TimeClaims,
     /// Rules sharing key sets may allow different algorithms: re-checked on every hit.
     pub alg: jsonwebtoken::Algorithm,
     pub subject: Arc<str>,
@@ -563,26 +564,21 @@ impl JwtAuthenticator {
         let Some(token) = self.token_from.extract(req) else {
             return AuthnStep::NotResponsible;
         };
-        let fingerprint =
-            combined_fingerprint(self.requirements.jwks_urls.iter().filter_map(|url| {
-                match host.keys(url) {
-                    KeyLookup::Ready(s) => Some(s.fingerprint()),
-                    _ => None,
-                }
-            }));
+        let keys_version = host.keys_version(&self.requirements.jwks_urls);
         // Keyed on the whole token: a token that differs in any byte is verified afresh.
         let key = caches
             .keyer
             .key(&[self.cache_scope.as_bytes(), token.as_bytes()]);
-        if let Some((hit, expires_at)) =
-            caches.jwt.peek(&key).filter(|(h, _)| h.keys == fingerprint)
+        if let Some((hit, expires_at)) = caches
+            .jwt
+            .peek(&key)
+            .filter(|(h, _)| h.keys == keys_version)
         {
             let hit = hit.clone();
             // A clock read costs a host call on every request; the host's bounds decide
             // unless the token is within them of expiring or becoming valid.
             let bounds = host.time_bounds();
-            let now = if expires_at > bounds.latest
-                && jwt::time_settled(&hit.claims, &self.requirements, bounds)
+            let now = if expires_at > bounds.latest && hit.times.settled(&self.requirements, bounds)
             {
                 bounds.earliest
             } else {
@@ -595,7 +591,11 @@ impl JwtAuthenticator {
                         jwks::alg_name(hit.alg).to_string(),
                     ));
                 }
-                return match jwt::check_claims(&hit.claims, &self.requirements, now) {
+                let checked = hit
+                    .times
+                    .check(&self.requirements, now)
+                    .and_then(|()| jwt::check_other_claims(&hit.claims, &self.requirements));
+                return match checked {
                     Ok(()) => AuthnStep::Success {
                         subject: hit.subject,
                         extra: hit.claims,
@@ -650,11 +650,10 @@ impl JwtAuthenticator {
         let Ok(alg) = jsonwebtoken::Algorithm::from_str(&parsed.alg) else {
             return jwt_failure(&JwtError::AlgorithmNotAllowed(parsed.alg));
         };
-        let exp = parsed
-            .claims
-            .get("exp")
-            .and_then(Value::as_f64)
-            .map(|e| e.max(0.0) as u64);
+        let times = match jwt::TimeClaims::of(&parsed.claims) {
+            Ok(t) => t,
+            Err(e) => return jwt_failure(&e),
+        };
         let subject: Arc<str> = Arc::from(
             parsed
                 .claims
@@ -663,11 +662,14 @@ impl JwtAuthenticator {
                 .unwrap_or(""),
         );
         let claims = Arc::new(parsed.claims);
-        let expires_at = exp.unwrap_or(now.saturating_add(JWT_CACHE_NO_EXP_MS / 1000));
+        let expires_at = times
+            .exp
+            .unwrap_or(now.saturating_add(JWT_CACHE_NO_EXP_MS / 1000));
         caches.jwt.insert(
             key,
             CachedJwt {
-                keys: fingerprint,
+                keys: keys_version,
+                times,
                 alg,
                 subject: subject.clone(),
                 claims: claims.clone(),

@@ -48,6 +48,17 @@ pub trait Host {
     /// Keys of a JWKS URL. Never blocks; the host fetches in the background.
     fn keys(&mut self, jwks_url: &str) -> KeyLookup;
 
+    /// A value that changes whenever the keys of any of `jwks_urls` change (rotation, first
+    /// arrival): a cached verification is used only while it is the same. The default combines
+    /// the key sets' fingerprints; a host that counts its key changes can answer cheaper (it runs
+    /// on every cache hit).
+    fn keys_version(&mut self, jwks_urls: &[String]) -> u64 {
+        crate::jwks::combined_fingerprint(jwks_urls.iter().filter_map(|url| match self.keys(url) {
+            KeyLookup::Ready(s) => Some(s.fingerprint()),
+            _ => None,
+        }))
+    }
+
     /// A token carried a `kid` that none of `jwks_urls` has: the host may re-fetch them (rate
     /// limited on its side, so a flood of invented kids costs at most one fetch per interval).
     /// True when a re-fetch is scheduled or under way, so the request may wait for it.

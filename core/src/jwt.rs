@@ -250,23 +250,49 @@ fn strings(v: &Value, split_spaces: bool) -> Vec<&str> {
     }
 }
 
-/// True when the time checks of [`check_claims`] give the same answer at every instant of
-/// `bounds` (then any instant in them may stand for "now"). Claims that are not numbers settle
-/// nothing here; `check_claims` reports them.
-pub fn time_settled(
-    claims: &Map<String, Value>,
-    req: &JwtRequirements,
-    bounds: TimeBounds,
-) -> bool {
-    let (lo, hi) = (bounds.earliest, bounds.latest);
-    let settled = |name: &str, ok_at: &dyn Fn(u64, u64) -> bool| match time_claim(claims, name) {
-        Ok(None) => true,
-        Ok(Some(t)) => ok_at(lo, t) == ok_at(hi, t),
-        Err(_) => true,
-    };
-    settled("exp", &|now, exp| now <= exp.saturating_add(req.leeway))
-        && settled("nbf", &|now, nbf| now.saturating_add(req.leeway) >= nbf)
-        && settled("iat", &|now, iat| now.saturating_add(req.leeway) >= iat)
+/// A token's `exp`, `nbf` and `iat`, read once: a cached token's are checked on every request,
+/// and looking them up in the claims map each time was a measurable part of a cache hit.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TimeClaims {
+    pub exp: Option<u64>,
+    pub nbf: Option<u64>,
+    pub iat: Option<u64>,
+}
+
+impl TimeClaims {
+    pub fn of(claims: &Map<String, Value>) -> Result<Self, JwtError> {
+        Ok(Self {
+            exp: time_claim(claims, "exp")?,
+            nbf: time_claim(claims, "nbf")?,
+            iat: time_claim(claims, "iat")?,
+        })
+    }
+
+    /// Checks them (with leeway) at `now`.
+    pub fn check(&self, req: &JwtRequirements, now: u64) -> Result<(), JwtError> {
+        if let Some(exp) = self.exp
+            && now > exp.saturating_add(req.leeway)
+        {
+            return Err(JwtError::Expired(exp));
+        }
+        if let Some(nbf) = self.nbf
+            && now.saturating_add(req.leeway) < nbf
+        {
+            return Err(JwtError::NotYetValid(nbf));
+        }
+        if let Some(iat) = self.iat
+            && now.saturating_add(req.leeway) < iat
+        {
+            return Err(JwtError::IssuedInFuture(iat));
+        }
+        Ok(())
+    }
+
+    /// True when [`TimeClaims::check`] gives the same answer at every instant of `bounds` (then
+    /// any instant in them may stand for "now").
+    pub fn settled(&self, req: &JwtRequirements, bounds: TimeBounds) -> bool {
+        self.check(req, bounds.earliest) == self.check(req, bounds.latest)
+    }
 }
 
 /// Checks `exp`/`nbf`/`iat` (with leeway), issuer, audience and scopes against `req`.
@@ -277,21 +303,15 @@ pub fn check_claims(
     req: &JwtRequirements,
     now: u64,
 ) -> Result<(), JwtError> {
-    if let Some(exp) = time_claim(claims, "exp")?
-        && now > exp.saturating_add(req.leeway)
-    {
-        return Err(JwtError::Expired(exp));
-    }
-    if let Some(nbf) = time_claim(claims, "nbf")?
-        && now.saturating_add(req.leeway) < nbf
-    {
-        return Err(JwtError::NotYetValid(nbf));
-    }
-    if let Some(iat) = time_claim(claims, "iat")?
-        && now.saturating_add(req.leeway) < iat
-    {
-        return Err(JwtError::IssuedInFuture(iat));
-    }
+    TimeClaims::of(claims)?.check(req, now)?;
+    check_other_claims(claims, req)
+}
+
+/// The checks of [`check_claims`] that do not depend on time.
+pub fn check_other_claims(
+    claims: &Map<String, Value>,
+    req: &JwtRequirements,
+) -> Result<(), JwtError> {
     if !req.trusted_issuers.is_empty() {
         let iss = claims.get("iss").and_then(Value::as_str).unwrap_or("");
         if !req.trusted_issuers.iter().any(|t| t == iss) {
@@ -564,7 +584,11 @@ mod tests {
     fn time_settled_only_when_both_bounds_agree() {
         let r = req(&[]);
         let b = |earliest, latest| TimeBounds { earliest, latest };
-        let settled = |c: Value, bounds| time_settled(c.as_object().unwrap(), &r, bounds);
+        let settled = |c: Value, bounds| {
+            TimeClaims::of(c.as_object().unwrap())
+                .unwrap()
+                .settled(&r, bounds)
+        };
         assert!(settled(
             json!({"exp": NOW + 10, "iat": NOW - 10}),
             b(NOW, NOW + 1)

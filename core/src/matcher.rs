@@ -179,6 +179,34 @@ impl UrlPattern {
         &self.source[..self.prefix_len]
     }
 
+    /// For the common Oathkeeper shape `<http|https>://<[^/]+>/path...` (scheme `http`, `https`
+    /// or one of `<http|https>`, `<https|http>`, `<https?>`; host exactly `<[^/]+>` or
+    /// `<[^/]*>`), the literal path text after the host, starting with `/`. Such a host cannot
+    /// match a `/`, so every URL this pattern matches has its first `/` after `://` where that
+    /// text begins: the rule can be indexed by path like host-bound rules are by host.
+    pub fn any_host_path_prefix(&self) -> Option<&str> {
+        if self.strategy != MatchingStrategy::Regexp {
+            return None;
+        }
+        let s = self.source.as_str();
+        let after_scheme = [
+            "http://",
+            "https://",
+            "<http|https>://",
+            "<https|http>://",
+            "<https?>://",
+        ]
+        .iter()
+        .find_map(|scheme| s.strip_prefix(scheme))?;
+        let path = ["<[^/]+>", "<[^/]*>"]
+            .iter()
+            .find_map(|host| after_scheme.strip_prefix(host))?;
+        if !path.starts_with('/') {
+            return None;
+        }
+        Some(path.find('<').map_or(path, |end| &path[..end]))
+    }
+
     fn runtime_error(&self, e: fancy_regex::Error) -> MatchError {
         match e {
             fancy_regex::Error::RuntimeError(fancy_regex::RuntimeError::BacktrackLimitExceeded) => {
@@ -253,10 +281,35 @@ pub enum Lookup {
     },
 }
 
+/// FNV-1a, for the index's own tables: their keys come from the configuration and requests only
+/// look them up (nothing a client sends is inserted), so collision resistance buys nothing, and
+/// SipHash's setup cost on short keys showed on every request.
+#[derive(Debug, Clone, Copy)]
+struct Fnv(u64);
+
+impl Default for Fnv {
+    fn default() -> Self {
+        Self(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl std::hash::Hasher for Fnv {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0 ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+}
+
+type FnvMap<K, V> = HashMap<K, V, std::hash::BuildHasherDefault<Fnv>>;
+
 /// Rules whose literal prefixes share one `scheme://host`, grouped by their whole literal prefix.
 #[derive(Debug, Clone, Default)]
 struct PrefixTable {
-    by_prefix: HashMap<String, Vec<usize>>,
+    by_prefix: FnvMap<String, Vec<usize>>,
     /// Distinct prefix lengths, ascending: a URL is probed once per length, not once per rule.
     lengths: Vec<usize>,
 }
@@ -274,11 +327,42 @@ struct PrefixTable {
 #[derive(Debug, Clone, Default)]
 pub struct RuleIndex {
     entries: Vec<IndexEntry>,
-    hosts: HashMap<String, PrefixTable>,
+    hosts: FnvMap<String, PrefixTable>,
+    /// Rules of any host (see [`UrlPattern::any_host_path_prefix`]), by literal path prefix.
+    any_host: PrefixTable,
     /// Fallback rules matched together, and the rule number of each set member.
     fallback_set: Option<regex::RegexSet>,
     fallback_set_rules: Vec<usize>,
     fallback: Vec<usize>,
+}
+
+/// The path of a match target (`scheme://host/path`): from the first `/` after `://`.
+fn path_of(url: &str) -> Option<&str> {
+    let after = url.find("://")? + 3;
+    url[after..].find('/').map(|slash| &url[after + slash..])
+}
+
+impl PrefixTable {
+    fn insert(&mut self, prefix: &str, rule: usize) {
+        self.by_prefix
+            .entry(prefix.to_string())
+            .or_default()
+            .push(rule);
+        if let Err(pos) = self.lengths.binary_search(&prefix.len()) {
+            self.lengths.insert(pos, prefix.len());
+        }
+    }
+
+    /// Rules whose prefix `text` starts with: one probe per distinct prefix length.
+    fn matching<'a>(&'a self, text: &'a str) -> impl Iterator<Item = usize> + 'a {
+        self.lengths
+            .iter()
+            .take_while(move |&&l| l <= text.len())
+            .filter(move |&&l| text.is_char_boundary(l))
+            .filter_map(move |&l| self.by_prefix.get(&text[..l]))
+            .flatten()
+            .copied()
+    }
 }
 
 /// `scheme://host` of a URL or literal prefix, if the text holds it up to the path's `/`.
@@ -290,23 +374,17 @@ fn host_key(s: &str) -> Option<&str> {
 
 impl RuleIndex {
     pub fn new(entries: Vec<IndexEntry>) -> RuleIndex {
-        let mut hosts: HashMap<String, PrefixTable> = HashMap::new();
+        let mut hosts: FnvMap<String, PrefixTable> = FnvMap::default();
+        let mut any_host = PrefixTable::default();
         let mut fallback = Vec::new();
         for (i, e) in entries.iter().enumerate() {
             let prefix = e.pattern.literal_prefix();
-            match host_key(prefix) {
-                Some(key) => {
-                    let table = hosts.entry(key.to_string()).or_default();
-                    table
-                        .by_prefix
-                        .entry(prefix.to_string())
-                        .or_default()
-                        .push(i);
-                    if let Err(pos) = table.lengths.binary_search(&prefix.len()) {
-                        table.lengths.insert(pos, prefix.len());
-                    }
-                }
-                None => fallback.push(i),
+            if let Some(key) = host_key(prefix) {
+                hosts.entry(key.to_string()).or_default().insert(prefix, i);
+            } else if let Some(path) = e.pattern.any_host_path_prefix() {
+                any_host.insert(path, i);
+            } else {
+                fallback.push(i);
             }
         }
         let (linear, fallback): (Vec<usize>, Vec<usize>) = fallback
@@ -330,6 +408,7 @@ impl RuleIndex {
         RuleIndex {
             entries,
             hosts,
+            any_host,
             fallback_set,
             fallback_set_rules,
             fallback,
@@ -358,15 +437,14 @@ impl RuleIndex {
     fn candidates_known<'a>(&'a self, url: &'a str) -> impl Iterator<Item = (usize, bool)> + 'a {
         let key = host_key(url).unwrap_or(url);
         let table = self.hosts.get(key);
-        let from_table = table.into_iter().flat_map(move |t| {
-            t.lengths
-                .iter()
-                .take_while(move |&&l| l <= url.len())
-                .filter(move |&&l| url.is_char_boundary(l))
-                .filter_map(move |&l| t.by_prefix.get(&url[..l]))
-                .flatten()
-                .map(|&i| (i, false))
-        });
+        let from_table = table
+            .into_iter()
+            .flat_map(move |t| t.matching(url))
+            .map(|i| (i, false));
+        let from_any_host = path_of(url)
+            .into_iter()
+            .flat_map(move |path| self.any_host.matching(path))
+            .map(|i| (i, false));
         let from_set = self
             .fallback_set
             .iter()
@@ -378,7 +456,10 @@ impl RuleIndex {
             .copied()
             .filter(move |&i| url.starts_with(self.entries[i].pattern.literal_prefix()))
             .map(|i| (i, false));
-        from_table.chain(from_set).chain(from_fallback)
+        from_table
+            .chain(from_any_host)
+            .chain(from_set)
+            .chain(from_fallback)
     }
 
     /// The one rule matching `method` and `url` (a [`crate::url::match_target`] string).

@@ -13,7 +13,6 @@ use crate::matcher::Lookup;
 use crate::request::Request;
 use crate::session::{Session, method_name};
 use crate::url::{clean_path, match_target};
-use serde_json::Map;
 use std::sync::Arc;
 
 /// The request may go on to the workload, with these header changes.
@@ -221,8 +220,8 @@ impl Evaluation {
     ) -> AuthnStep {
         match authenticator {
             Authenticator::Noop => AuthnStep::Success {
-                subject: Arc::from(""),
-                extra: Arc::new(Map::new()),
+                subject: crate::session::empty_subject(),
+                extra: crate::session::empty_extra(),
             },
             Authenticator::Anonymous { subject } => {
                 if self.req.header("authorization").is_some() {
@@ -230,7 +229,7 @@ impl Evaluation {
                 } else {
                     AuthnStep::Success {
                         subject: Arc::from(subject.as_str()),
-                        extra: Arc::new(Map::new()),
+                        extra: crate::session::empty_extra(),
                     }
                 }
             }

@@ -5,10 +5,10 @@
 use serde::Serialize;
 use serde_json::{Map, Value};
 use std::borrow::Cow;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 
 /// Oathkeeper's `AuthenticationSession`.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Session {
     /// Shared with the verified-token cache, like `extra`.
     pub subject: Arc<str>,
@@ -17,6 +17,32 @@ pub struct Session {
     /// Headers set by mutators, in the order they were set.
     pub header: Vec<(String, String)>,
     pub match_context: MatchContext,
+}
+
+impl Default for Session {
+    /// Shares one empty subject and one empty `extra`: a session is made for every request, and
+    /// most get both replaced by a cached token's.
+    fn default() -> Self {
+        Self {
+            subject: empty_subject(),
+            extra: empty_extra(),
+            header: Vec::new(),
+            match_context: MatchContext::default(),
+        }
+    }
+}
+
+static EMPTY_SUBJECT: LazyLock<Arc<str>> = LazyLock::new(|| Arc::from(""));
+static EMPTY_EXTRA: LazyLock<Arc<Map<String, Value>>> = LazyLock::new(|| Arc::new(Map::new()));
+
+/// The empty subject, shared (no allocation).
+pub fn empty_subject() -> Arc<str> {
+    Arc::clone(&EMPTY_SUBJECT)
+}
+
+/// An empty `extra`, shared (no allocation).
+pub fn empty_extra() -> Arc<Map<String, Value>> {
+    Arc::clone(&EMPTY_EXTRA)
 }
 
 /// What the request looked like and what the matched rule captured.

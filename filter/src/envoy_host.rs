@@ -46,6 +46,12 @@ impl Host for EnvoyHost<'_> {
         self.keys.lookup(jwks_url)
     }
 
+    /// One counter for all URLs: a change anywhere re-verifies every cached token once, and a
+    /// cache hit costs no per-URL lookup.
+    fn keys_version(&mut self, _jwks_urls: &[String]) -> u64 {
+        self.keys.version()
+    }
+
     fn unknown_kid(&mut self, jwks_urls: &[String]) -> bool {
         let now = self.clock.now_ms();
         self.keys.unknown_kid(jwks_urls, now)

@@ -37,6 +37,9 @@ struct Entry {
 #[derive(Debug, Default)]
 pub struct KeyStore {
     entries: HashMap<String, Entry>,
+    /// Bumped whenever any URL's key set changes: cached verifications carry the value they
+    /// were made under, and checking it costs no lookup per URL on the request path.
+    version: u64,
 }
 
 /// What a fetch produced, for metrics and logs.
@@ -47,6 +50,11 @@ pub enum FetchOutcome {
 }
 
 impl KeyStore {
+    /// Changes whenever any key set changes.
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+
     /// Registers the URLs a configuration needs (new configs may add URLs; old ones stay until
     /// the VM goes, which is harmless: an unused URL is refreshed but never consulted).
     pub fn register(&mut self, sources: &[JwksSource]) {
@@ -128,6 +136,7 @@ impl KeyStore {
                 if differs {
                     e.keys = Some(Arc::new(set));
                     changed = true;
+                    self.version = self.version.wrapping_add(1);
                 }
                 e.fetched_at_ms = fetched_at;
                 e.failures = 0;
@@ -200,6 +209,12 @@ impl KeyStore {
                     && let Ok((_, version)) = hostcalls::get_shared_data(&key)
                 {
                     e.shared_version = version;
+                }
+                if e.keys
+                    .as_ref()
+                    .is_none_or(|k| k.fingerprint() != set.fingerprint())
+                {
+                    self.version = self.version.wrapping_add(1);
                 }
                 e.keys = Some(Arc::new(set));
                 e.fetched_at_ms = now_ms;

@@ -360,20 +360,19 @@ fn thousand_rules_evaluate_only_a_few_patterns() {
 }
 
 #[test]
-fn host_pattern_rules_are_matched_in_one_pass() {
-    // Oathkeeper-style rules with a pattern in the host cannot be bucketed by host.
+fn any_host_rules_are_indexed_by_path() {
+    // Oathkeeper-style rules whose host is `<[^/]+>` cannot be bucketed by host, but their
+    // host cannot hold a `/`, so they are bucketed by the literal path after it.
     let mut entries: Vec<IndexEntry> = (0..100)
         .map(|i| entry(&["GET"], &format!("<http|https>://<[^/]+>/svc-{i:02}/<.*>")))
         .collect();
-    // A lookaround rule cannot join the set and is still found.
+    // Lookaround, and a scheme written out: still by path.
     entries.push(entry(&["GET"], "http://<[^/]+>/users/<(?!admin).*>"));
+    // A host pattern that can swallow a `/` goes to the one-pass set instead.
+    entries.push(entry(&["GET"], "https://<.*>/deep/<.*>"));
     let idx = RuleIndex::new(entries);
     let candidates: Vec<usize> = idx.candidates("http://h:80/svc-42/x").collect();
-    assert_eq!(
-        candidates,
-        vec![42, 100],
-        "the lookaround rule is checked on its own"
-    );
+    assert_eq!(candidates, vec![42], "one candidate out of 102");
     assert_eq!(
         idx.find("GET", "https://h/svc-07/a/b"),
         Lookup::Matched {
@@ -389,4 +388,71 @@ fn host_pattern_rules_are_matched_in_one_pass() {
         }
     );
     assert_eq!(idx.find("GET", "http://h/users/admin"), Lookup::NoMatch);
+    // `<[^/]+>` never spans a path segment; `<.*>` does, as in Oathkeeper.
+    assert_eq!(idx.find("GET", "http://h/x/svc-01/y"), Lookup::NoMatch);
+    assert_eq!(
+        idx.find("GET", "https://h/x/deep/y"),
+        Lookup::Matched {
+            rule: 101,
+            captures: vec!["h/x".into(), "y".into()]
+        }
+    );
+}
+
+#[test]
+fn the_index_finds_what_trying_every_rule_finds() {
+    let patterns = [
+        "http://a.example/api/<.*>",
+        "<http|https>://<[^/]+>/api/<.*>",
+        "<https?>://<[^/]*>/api/v1/<[0-9]+>",
+        "https://<[^/]+>/api",
+        "http://<.*>/api/<.*>",
+        "https://<[a-z]+>.internal/<.*>",
+        "<http|https>://<[^/]+>/<(?!admin).*>",
+        "http://a.example/<.*>",
+        "https://b.example/api/v1/<[0-9]+>",
+    ];
+    let entries: Vec<IndexEntry> = patterns.iter().map(|p| entry(&["GET"], p)).collect();
+    let brute: Vec<UrlPattern> = patterns.iter().map(|p| regexp(p)).collect();
+    let idx = RuleIndex::new(entries);
+    let hosts = [
+        "a.example",
+        "b.example",
+        "x.internal",
+        "",
+        "h/api",
+        "h:8080",
+    ];
+    let paths = [
+        "/api",
+        "/api/",
+        "/api/v1/7",
+        "/api/x",
+        "/admin",
+        "/x/api/y",
+        "/",
+    ];
+    for scheme in ["http", "https"] {
+        for host in hosts {
+            for path in paths {
+                let url = format!("{scheme}://{host}{path}");
+                let mut all: Vec<usize> = (0..brute.len())
+                    .filter(|&i| brute[i].is_match(&url).unwrap())
+                    .collect();
+                all.sort_unstable();
+                let expected = match all.as_slice() {
+                    [] => "none".to_string(),
+                    [one] => format!("rule {one}"),
+                    many => format!("ambiguous {many:?}"),
+                };
+                let got = match idx.find("GET", &url) {
+                    Lookup::NoMatch => "none".to_string(),
+                    Lookup::Matched { rule, .. } => format!("rule {rule}"),
+                    Lookup::Ambiguous(r) => format!("ambiguous {r:?}"),
+                    Lookup::Failed { .. } => "failed".to_string(),
+                };
+                assert_eq!(got, expected, "{url}");
+            }
+        }
+    }
 }
