@@ -132,16 +132,26 @@ fn step(vm: &mut VmState, ctx: u32, engine: Rc<Engine>, eval: &mut Evaluation) -
         };
         match eval.advance(&engine, &mut host, &mut vm.caches) {
             Step::Allow(allow) => {
-                // Setting a header replaces every incoming value; only managed headers that are
-                // not set need an explicit removal.
+                // The request as read says which headers are there: a managed header the client
+                // did not send needs no removal, and a header it did not send is added rather
+                // than replaced (Envoy's replace first searches and removes). A name set twice
+                // is replaced the second time, so the last value wins as before.
+                let req = eval.request();
                 for name in allow.remove_headers {
-                    if !allow.set_headers.iter().any(|(k, _)| k == name) {
+                    if req.header(name).is_some()
+                        && !allow.set_headers.iter().any(|(k, _)| k == name)
+                    {
                         let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, name, None);
                     }
                 }
-                for (name, value) in &allow.set_headers {
-                    let _ =
-                        hostcalls::set_map_value(MapType::HttpRequestHeaders, name, Some(value));
+                for (i, (name, value)) in allow.set_headers.iter().enumerate() {
+                    let fresh = req.header(name).is_none()
+                        && !allow.set_headers[..i].iter().any(|(k, _)| k == name);
+                    let _ = if fresh {
+                        hostcalls::add_map_value(MapType::HttpRequestHeaders, name, value)
+                    } else {
+                        hostcalls::set_map_value(MapType::HttpRequestHeaders, name, Some(value))
+                    };
                 }
                 debug!("portcullis: rule {:?} allowed the request", allow.rule_id);
                 vm.metrics.allowed();
