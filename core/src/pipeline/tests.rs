@@ -656,10 +656,9 @@ fn a_disabled_filter_lets_requests_through_and_cannot_carry_rules() {
     assert!(err.to_string().contains("disabled"), "{err}");
 }
 
-#[test]
-fn a_known_signature_on_another_payload_is_refused_even_once_cached() {
-    use crate::testkeys;
-    use jsonwebtoken::Algorithm;
+/// One jwt rule at `/rs` with the default authenticator config, a host that has the test keys,
+/// and a small cache.
+fn rs_rule_setup() -> (Engine, TestHost, Caches) {
     let e = engine(
         json!([header_rule(
             "rs",
@@ -668,64 +667,51 @@ fn a_known_signature_on_another_payload_is_refused_even_once_cached() {
         )]),
         json!({}),
     );
-    let (mut h, mut c) = (TestHost::new(), Caches::new(16));
-    h.keys
-        .insert(JWKS.to_string(), KeyLookup::Ready(testkeys::key_set()));
-    let kid = testkeys::kid_for(Algorithm::RS256);
-    let good = testkeys::sign(
-        Algorithm::RS256,
-        Some(kid),
-        &json!({"sub": "alice", "exp": h.now + 60}),
+    let mut h = TestHost::new();
+    h.keys.insert(
+        JWKS.to_string(),
+        KeyLookup::Ready(crate::testkeys::key_set()),
     );
-    let other = testkeys::sign(
+    (e, h, Caches::new(16))
+}
+
+/// Status of `GET /rs` with `token` as the bearer.
+fn status_with_token(e: &Engine, token: &str, h: &mut TestHost, c: &mut Caches) -> u16 {
+    let bearer = format!("Bearer {token}");
+    let mut ev = Evaluation::new(request("GET", "/rs", &[("authorization", &bearer)]));
+    status(&run(e, &mut ev, h, c))
+}
+
+fn sign_rs256(claims: &Value) -> String {
+    use jsonwebtoken::Algorithm;
+    crate::testkeys::sign(
         Algorithm::RS256,
-        Some(kid),
-        &json!({"sub": "mallory", "exp": h.now + 60}),
-    );
+        Some(crate::testkeys::kid_for(Algorithm::RS256)),
+        claims,
+    )
+}
+
+#[test]
+fn a_known_signature_on_another_payload_is_refused_even_once_cached() {
+    let (e, mut h, mut c) = rs_rule_setup();
+    let good = sign_rs256(&json!({"sub": "alice", "exp": h.now + 60}));
+    let other = sign_rs256(&json!({"sub": "mallory", "exp": h.now + 60}));
     let mut parts: Vec<&str> = other.split('.').collect();
     parts[2] = good.rsplit('.').next().unwrap();
     let spliced = parts.join(".");
-    let status_of = |token: &str, h: &mut TestHost, c: &mut Caches| {
-        let bearer = format!("Bearer {token}");
-        let mut ev = Evaluation::new(request("GET", "/rs", &[("authorization", &bearer)]));
-        status(&run(&e, &mut ev, h, c))
-    };
-    assert_eq!(status_of(&good, &mut h, &mut c), 200);
-    assert_eq!(status_of(&good, &mut h, &mut c), 200);
-    assert_eq!(status_of(&spliced, &mut h, &mut c), 401);
+    assert_eq!(status_with_token(&e, &good, &mut h, &mut c), 200);
+    assert_eq!(status_with_token(&e, &good, &mut h, &mut c), 200);
+    assert_eq!(status_with_token(&e, &spliced, &mut h, &mut c), 401);
 }
 
 #[test]
 fn cache_hits_use_the_hosts_time_bounds_and_read_the_clock_only_near_a_boundary() {
-    use crate::testkeys;
-    use jsonwebtoken::Algorithm;
-    let e = engine(
-        json!([header_rule(
-            "rs",
-            "http://svc.local/rs",
-            json!([{"handler": "jwt"}])
-        )]),
-        json!({}),
-    );
-    let (mut h, mut c) = (TestHost::new(), Caches::new(16));
-    h.keys
-        .insert(JWKS.to_string(), KeyLookup::Ready(testkeys::key_set()));
+    let (e, mut h, mut c) = rs_rule_setup();
     let t0 = h.now;
-    let sign = |claims: Value| {
-        testkeys::sign(
-            Algorithm::RS256,
-            Some(testkeys::kid_for(Algorithm::RS256)),
-            &claims,
-        )
-    };
-    let far = sign(json!({"sub": "a", "exp": t0 + 3600, "iat": t0 - 5}));
-    let near_exp = sign(json!({"sub": "b", "exp": t0 + 1}));
-    let fresh = sign(json!({"sub": "c", "exp": t0 + 3600, "iat": t0 + 1}));
-    let get = |token: &str, h: &mut TestHost, c: &mut Caches| {
-        let bearer = format!("Bearer {token}");
-        let mut ev = Evaluation::new(request("GET", "/rs", &[("authorization", &bearer)]));
-        status(&run(&e, &mut ev, h, c))
-    };
+    let far = sign_rs256(&json!({"sub": "a", "exp": t0 + 3600, "iat": t0 - 5}));
+    let near_exp = sign_rs256(&json!({"sub": "b", "exp": t0 + 1}));
+    let fresh = sign_rs256(&json!({"sub": "c", "exp": t0 + 3600, "iat": t0 + 1}));
+    let get = |token: &str, h: &mut TestHost, c: &mut Caches| status_with_token(&e, token, h, c);
     // The misses verify with the exact clock and fill the cache.
     for t in [&far, &near_exp] {
         assert_eq!(get(t, &mut h, &mut c), 200);
