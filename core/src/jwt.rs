@@ -13,6 +13,7 @@ use crate::signature::ecdsa_field_len;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use jsonwebtoken::Algorithm;
+use serde::Deserialize;
 use serde_json::{Map, Value};
 use std::str::FromStr;
 use std::sync::Arc;
@@ -92,7 +93,6 @@ pub struct ParsedJwt {
     pub alg: String,
     pub kid: Option<String>,
     pub typ: Option<String>,
-    pub header: Map<String, Value>,
     pub claims: Map<String, Value>,
     /// `base64url(header) "." base64url(payload)`: what the signature covers.
     pub signing_input: String,
@@ -132,6 +132,25 @@ fn json_object(bytes: &[u8], what: &str) -> Result<Map<String, Value>, JwtError>
     }
 }
 
+/// The JOSE header members the filter reads; the others are skipped without building a map
+/// (every fresh token is parsed on the request path). Repeated members are an error, as RFC 7515
+/// requires of header parameter names.
+#[derive(Deserialize)]
+struct JoseHeader {
+    alg: Option<Value>,
+    kid: Option<Value>,
+    typ: Option<Value>,
+}
+
+fn jose_header(bytes: &[u8]) -> Result<JoseHeader, JwtError> {
+    // A struct would also accept a JSON array; the header must be an object.
+    if bytes.trim_ascii_start().first() != Some(&b'{') {
+        return Err(JwtError::Malformed("header is not a JSON object".into()));
+    }
+    serde_json::from_slice(bytes)
+        .map_err(|e| JwtError::Malformed(format!("header is not JSON: {e}")))
+}
+
 /// Splits and decodes a compact JWS (base64url without padding).
 pub fn parse(token: &str) -> Result<ParsedJwt, JwtError> {
     let mut parts = token.split('.');
@@ -142,29 +161,26 @@ pub fn parse(token: &str) -> Result<ParsedJwt, JwtError> {
             "expected three dot-separated parts".into(),
         ));
     };
-    let header = json_object(&b64(h, "header")?, "header")?;
+    let header = jose_header(&b64(h, "header")?)?;
     let claims = json_object(&b64(p, "payload")?, "payload")?;
     let signature = b64(s, "signature")?;
-    let alg = match header.get("alg") {
-        Some(Value::String(a)) => a.clone(),
+    let alg = match header.alg {
+        Some(Value::String(a)) => a,
         _ => return Err(JwtError::Malformed("header has no string `alg`".into())),
     };
-    let text = |name: &str| -> Result<Option<String>, JwtError> {
-        match header.get(name) {
+    let text = |name: &str, v: Option<Value>| -> Result<Option<String>, JwtError> {
+        match v {
             None | Some(Value::Null) => Ok(None),
-            Some(Value::String(v)) => Ok(Some(v.clone())),
+            Some(Value::String(v)) => Ok(Some(v)),
             Some(_) => Err(JwtError::Malformed(format!(
                 "header `{name}` is not a string"
             ))),
         }
     };
-    let kid = text("kid")?;
-    let typ = text("typ")?;
     Ok(ParsedJwt {
         alg,
-        kid,
-        typ,
-        header,
+        kid: text("kid", header.kid)?,
+        typ: text("typ", header.typ)?,
         claims,
         signing_input: format!("{h}.{p}"),
         signature,
@@ -742,6 +758,21 @@ mod tests {
         assert_eq!(p.typ.as_deref(), Some("JWT"));
         assert_eq!(p.signature, vec![1, 2, 3]);
         assert_eq!(p.signing_input, format!("{h}.{body}"));
+        // Headers: other members are ignored; not an object, a repeated member, or an `alg`,
+        // `kid` that is not a string are malformed.
+        let with = |header: &str| parse(&format!("{}.{body}.AQID", URL_SAFE_NO_PAD.encode(header)));
+        let p = with(r#" {"alg":"ES256","jku":"x","crit":[],"kid":null}"#).unwrap();
+        assert_eq!((p.alg.as_str(), p.kid), ("ES256", None));
+        for bad in [
+            r#"["RS256","k"]"#,
+            r#"{"alg":"RS256","alg":"none"}"#,
+            r#"{"alg":1}"#,
+            r#"{"kid":"k"}"#,
+            r#"{"alg":"RS256","kid":7}"#,
+            "null",
+        ] {
+            assert!(matches!(with(bad), Err(JwtError::Malformed(_))), "{bad}");
+        }
         let numeric_kid = URL_SAFE_NO_PAD.encode(br#"{"alg":"RS256","kid":5}"#);
         assert!(matches!(
             parse(&format!("{numeric_kid}.{body}.AA")),
