@@ -124,7 +124,7 @@ impl Service {
         Self::with_store(config, store)
     }
 
-    pub fn with_store(config: Config, store: Arc<dyn Store>) -> Result<Arc<Self>, StartError> {
+    pub fn with_store(mut config: Config, store: Arc<dyn Store>) -> Result<Arc<Self>, StartError> {
         let (secret, generated) = SystemSecret::load(
             config.secrets_file.as_deref(),
             config.secrets_system.as_deref(),
@@ -139,7 +139,6 @@ impl Service {
         }
         let clients = ClientService::load(Arc::clone(&store))?;
         let keys = KeyService::load(Arc::clone(&store), secret)?;
-        let mut config = config;
         if config.keep_existing_alg
             && let Some(current) = keys.ring().current(ACCESS_TOKEN_SET)
         {
