@@ -10,8 +10,8 @@
 # http://0.0.0.0:4444 here. The default command is Kubernetes mode (istio/deployment.yaml).
 #
 # Runtime is distroless `cc`: glibc and libgcc only, no shell, no package manager. The binary is
-# dynamically linked against glibc (rusqlite's bundled SQLite is compiled in; TLS is rustls with
-# ring, so no OpenSSL is needed).
+# dynamically linked against glibc (rusqlite's bundled SQLite and AWS-LC, which signs tokens,
+# are compiled in with the image's C compiler; TLS is rustls with ring, so no OpenSSL is needed).
 
 ARG RUST_VERSION=1
 
