@@ -94,7 +94,8 @@ impl Authorizer {
                     &c.remote,
                     globals.clusters,
                 )?;
-                let payload = Template::compile(&c.payload)
+                // Values are JSON-escaped: a client's text cannot add members to the payload.
+                let payload = Template::compile_json(&c.payload)
                     .map_err(|e| ConfigError::rule(rule, format!("{field}.config.payload"), e))?;
                 let mut headers = Vec::with_capacity(c.headers.len());
                 for (name, value) in &c.headers {

@@ -11,6 +11,11 @@
 //! A missing key or a JSON `null` at the top of an operand prints nothing (Go would print
 //! `<no value>`/`<nil>`, which no header or payload wants). Everything else is refused at compile
 //! time, so a rule that would behave differently from Oathkeeper never loads.
+//!
+//! A `remote_json` payload is compiled with [`Template::compile_json`]: every interpolated value
+//! is written JSON-string-escaped, so a client-chosen query parameter, capture group, header or
+//! claim cannot close the string it sits in and add members (`","action":"read`). Oathkeeper
+//! writes them raw; the literal text of the template is the rule author's and is kept as written.
 
 use crate::session::{Session, header_get};
 use serde_json::{Map, Value};
@@ -49,10 +54,67 @@ enum Node {
     HeaderGet { request: bool, name: String },
 }
 
+/// How interpolated values are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+enum Escaping {
+    /// As Go's `text/template` prints them (header values, URLs).
+    #[default]
+    Raw,
+    /// As the inside of a JSON string: values cannot end the string they are written into.
+    JsonString,
+}
+
 /// A compiled template.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Template {
     nodes: Vec<Node>,
+    escaping: Escaping,
+}
+
+/// The rendering buffer: literal text goes in as written, interpolated values through the
+/// template's escaping.
+struct Out<'a> {
+    buf: &'a mut String,
+    escaping: Escaping,
+}
+
+impl Out<'_> {
+    fn value(&mut self, s: &str) {
+        match self.escaping {
+            Escaping::Raw => self.buf.push_str(s),
+            Escaping::JsonString => json_string_escape_into(s, self.buf),
+        }
+    }
+}
+
+/// Appends `s` escaped for the inside of a JSON string (RFC 8259 §7): `"`, `\\` and control
+/// characters, plus U+2028/U+2029, which JSON allows raw but JavaScript-based parsers do not.
+fn json_string_escape_into(s: &str, out: &mut String) {
+    let needs = |c: char| {
+        matches!(
+            c,
+            '"' | '\\' | '\u{0}'..='\u{1f}' | '\u{7f}' | '\u{2028}' | '\u{2029}'
+        )
+    };
+    let mut rest = s;
+    while let Some(i) = rest.find(needs) {
+        out.push_str(&rest[..i]);
+        let Some(c) = rest[i..].chars().next() else {
+            break;
+        };
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            _ => {
+                let _ = write!(out, "\\u{:04x}", u32::from(c));
+            }
+        }
+        rest = &rest[i + c.len_utf8()..];
+    }
+    out.push_str(rest);
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -284,7 +346,17 @@ fn action(body: &str) -> Result<Option<Node>, String> {
 }
 
 impl Template {
+    /// A template whose values are written raw (mutator headers, `remote_json` headers).
     pub fn compile(src: &str) -> Result<Template, TemplateError> {
+        Self::compile_with(src, Escaping::Raw)
+    }
+
+    /// A template rendering a JSON document: every interpolated value is JSON-string-escaped.
+    pub fn compile_json(src: &str) -> Result<Template, TemplateError> {
+        Self::compile_with(src, Escaping::JsonString)
+    }
+
+    fn compile_with(src: &str, escaping: Escaping) -> Result<Template, TemplateError> {
         let mut nodes: Vec<Node> = Vec::new();
         let mut pos = 0;
         let mut trim_next_left = false;
@@ -326,17 +398,21 @@ impl Template {
             }
             pos = close + 2;
         }
-        Ok(Template { nodes })
+        Ok(Template { nodes, escaping })
     }
 
     /// Appends the rendering to `out`. Never fails: anything missing renders empty.
     pub fn render(&self, session: &Session, out: &mut String) {
+        let mut out = Out {
+            buf: out,
+            escaping: self.escaping,
+        };
         for node in &self.nodes {
             match node {
-                Node::Text(t) => out.push_str(t),
+                Node::Text(t) => out.buf.push_str(t),
                 Node::PrintIndex(i) => {
                     if let Some(g) = session.match_context.regexp_capture_groups.get(*i) {
-                        out.push_str(g);
+                        out.value(g);
                     }
                 }
                 Node::HeaderGet { request, name } => {
@@ -346,7 +422,7 @@ impl Template {
                         &session.header
                     };
                     if let Some(v) = header_get(headers, name) {
-                        out.push_str(v);
+                        out.value(v);
                     }
                 }
                 Node::Print(operands) => {
@@ -354,9 +430,9 @@ impl Template {
                     for (n, op) in operands.iter().enumerate() {
                         let is_string = operand_is_string(op, session);
                         if n > 0 && !is_string && !prev_string {
-                            out.push(' ');
+                            out.buf.push(' ');
                         }
-                        write_operand(op, session, out);
+                        write_operand(op, session, &mut out);
                         prev_string = is_string;
                     }
                 }
@@ -428,14 +504,14 @@ fn operand_is_string(op: &Operand, session: &Session) -> bool {
     }
 }
 
-fn write_operand(op: &Operand, session: &Session, out: &mut String) {
+fn write_operand(op: &Operand, session: &Session, out: &mut Out<'_>) {
     match op {
-        Operand::Str(s) => out.push_str(s),
-        Operand::Field(Field::Subject) => out.push_str(&session.subject),
-        Operand::Field(Field::Url) => out.push_str(&session.match_context.url),
-        Operand::Field(Field::Method) => out.push_str(&session.match_context.method),
+        Operand::Str(s) => out.value(s),
+        Operand::Field(Field::Subject) => out.value(&session.subject),
+        Operand::Field(Field::Url) => out.value(&session.match_context.url),
+        Operand::Field(Field::Method) => out.value(&session.match_context.method),
         Operand::Field(Field::CaptureGroups) => {
-            out.push('[');
+            out.buf.push('[');
             for (i, g) in session
                 .match_context
                 .regexp_capture_groups
@@ -443,11 +519,11 @@ fn write_operand(op: &Operand, session: &Session, out: &mut String) {
                 .enumerate()
             {
                 if i > 0 {
-                    out.push(' ');
+                    out.buf.push(' ');
                 }
-                out.push_str(g);
+                out.value(g);
             }
-            out.push(']');
+            out.buf.push(']');
         }
         Operand::Field(Field::Extra(path)) if path.is_empty() => write_map(&session.extra, out),
         Operand::Field(Field::Extra(path)) => match extra_value(&session.extra, path) {
@@ -458,42 +534,42 @@ fn write_operand(op: &Operand, session: &Session, out: &mut String) {
 }
 
 /// Go's `%v` of a value `encoding/json` decoded into `interface{}`.
-fn write_value(v: &Value, out: &mut String) {
+fn write_value(v: &Value, out: &mut Out<'_>) {
     match v {
-        Value::Null => out.push_str("<nil>"),
-        Value::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
-        Value::Number(n) => write_go_float(n.as_f64().unwrap_or(f64::NAN), out),
-        Value::String(s) => out.push_str(s),
+        Value::Null => out.buf.push_str("<nil>"),
+        Value::Bool(b) => out.buf.push_str(if *b { "true" } else { "false" }),
+        Value::Number(n) => write_go_float(n.as_f64().unwrap_or(f64::NAN), out.buf),
+        Value::String(s) => out.value(s),
         Value::Array(items) => {
-            out.push('[');
+            out.buf.push('[');
             for (i, item) in items.iter().enumerate() {
                 if i > 0 {
-                    out.push(' ');
+                    out.buf.push(' ');
                 }
                 write_value(item, out);
             }
-            out.push(']');
+            out.buf.push(']');
         }
         Value::Object(map) => write_map(map, out),
     }
 }
 
-fn write_map(map: &Map<String, Value>, out: &mut String) {
+fn write_map(map: &Map<String, Value>, out: &mut Out<'_>) {
     // Go's fmt sorts map keys.
     let mut keys: Vec<&String> = map.keys().collect();
     keys.sort_unstable();
-    out.push_str("map[");
+    out.buf.push_str("map[");
     for (i, k) in keys.into_iter().enumerate() {
         if i > 0 {
-            out.push(' ');
+            out.buf.push(' ');
         }
-        out.push_str(k);
-        out.push(':');
+        out.value(k);
+        out.buf.push(':');
         if let Some(v) = map.get(k) {
             write_value(v, out);
         }
     }
-    out.push(']');
+    out.buf.push(']');
 }
 
 /// Go's `%v` for float64: shortest representation, exponent form when the decimal exponent is
@@ -641,6 +717,80 @@ mod tests {
             .unwrap();
         let v: Value = serde_json::from_str(&t.render_to_string(&session())).unwrap();
         assert_eq!(v, json!({"subject": "sub-1", "resource": "users"}));
+    }
+
+    /// Every hostile spelling a client controls, through every kind of interpolation.
+    #[test]
+    fn json_payload_values_cannot_leave_their_string() {
+        let hostile = [
+            r#"","action":"read"#,
+            "report\",\"namespace\":\"public",
+            r"back\slash\",
+            "ctl\u{0}\u{1}\u{8}\u{c}\n\r\t\u{1f}\u{7f}",
+            "ls\u{2028}ps\u{2029}",
+            "é✓😀",
+        ];
+        for h in hostile {
+            let mut s = session();
+            s.subject = h.into();
+            s.match_context.regexp_capture_groups = vec![h.into()];
+            s.match_context.url = format!("https://h/docs/1?x={h}");
+            s.match_context.method = h.to_string().into();
+            s.match_context.header = vec![("X-H".into(), h.into())];
+            s.header = vec![("X-M".into(), h.into())];
+            s.extra = std::sync::Arc::new(
+                json!({"c": h, "nested": {"c": h}, "list": [h], h: 1})
+                    .as_object()
+                    .unwrap()
+                    .clone(),
+            );
+            let t = Template::compile_json(
+                r#"{"sub":"{{ print .Subject }}","cap":"{{ printIndex .MatchContext.RegexpCaptureGroups 0 }}","url":"{{ .MatchContext.URL }}","m":"{{ .MatchContext.Method }}","h":"{{ .MatchContext.Header.Get "x-h" }}","mh":"{{ .Header.Get "x-m" }}","c":"{{ .Extra.c }}","n":"{{ print "x" .Extra.nested.c }}","l":"{{ .Extra.list }}","all":"{{ .MatchContext.RegexpCaptureGroups }}","e":"{{ .Extra }}","action":"delete"}"#,
+            )
+            .unwrap();
+            let body = t.render_to_string(&s);
+            let v: Value =
+                serde_json::from_str(&body).unwrap_or_else(|e| panic!("{h:?}: {e}: {body}"));
+            let obj = v.as_object().unwrap();
+            assert_eq!(obj.len(), 12, "{h:?}: {body}");
+            assert_eq!(v["action"], "delete", "{h:?}");
+            for k in ["sub", "cap", "m", "h", "mh", "c"] {
+                assert_eq!(v[k], h, "{k} of {h:?}");
+            }
+            assert_eq!(v["url"], format!("https://h/docs/1?x={h}"));
+            assert_eq!(v["n"], format!("x{h}"));
+            assert_eq!(v["l"], format!("[{h}]"));
+            assert_eq!(v["all"], format!("[{h}]"));
+            assert!(
+                !body.contains('\u{2028}') && !body.contains('\u{0}'),
+                "{body}"
+            );
+        }
+    }
+
+    #[test]
+    fn json_escaping_leaves_literal_text_and_numbers_alone() {
+        let t =
+            Template::compile_json(r#"{"n": {{ .Extra.n }}, "s": "{{ .Subject }}", "q": "\""}"#)
+                .unwrap();
+        assert_eq!(
+            t.render_to_string(&session()),
+            r#"{"n": 3, "s": "sub-1", "q": "\""}"#
+        );
+        // A value outside a string cannot add members: its quotes are escaped, so the payload
+        // stops being JSON (and the authorizer refuses to send it).
+        let mut s = session();
+        s.subject = r#"1, "action": "read""#.into();
+        let t = Template::compile_json(r#"{"n": {{ .Subject }}}"#).unwrap();
+        assert!(serde_json::from_str::<Value>(&t.render_to_string(&s)).is_err());
+    }
+
+    #[test]
+    fn header_templates_stay_raw() {
+        let mut s = session();
+        s.subject = r#"a"b\c"#.into();
+        let t = Template::compile("{{ .Subject }}").unwrap();
+        assert_eq!(t.render_to_string(&s), r#"a"b\c"#);
     }
 
     #[test]

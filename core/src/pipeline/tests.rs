@@ -516,6 +516,47 @@ fn remote_json_authorizer_posts_payload_and_forwards_headers() {
     assert_eq!(status(&run(&e, &mut ev, &mut h, &mut c)), 403);
 }
 
+#[test]
+fn remote_json_payload_escapes_what_the_client_wrote() {
+    let authz = json!({"handler": "remote_json", "config": {
+        "payload": "{\"action\": \"{{ .MatchContext.Method }}\", \"url\": \"{{ .MatchContext.URL }}\", \"doc\": \"{{ printIndex .MatchContext.RegexpCaptureGroups 0 }}\", \"trace\": \"{{ .MatchContext.Header.Get \"x-trace\" }}\"}"
+    }});
+    let e = engine(
+        json!([rule(
+            "r",
+            "http://svc.local/docs/<.*>",
+            &["DELETE"],
+            json!([{"handler": "anonymous"}]),
+            authz,
+            json!([{"handler": "noop"}])
+        )]),
+        json!({}),
+    );
+    let (mut h, mut c) = (TestHost::new(), Caches::new(16));
+    let trace = "t\",\"action\":\"read";
+    let mut ev = Evaluation::new(request(
+        "DELETE",
+        "/docs/1\\\"?x=\",\"action\":\"read",
+        &[("x-trace", trace)],
+    ));
+    let call = callout_of(run(&e, &mut ev, &mut h, &mut c));
+    let body: Value = serde_json::from_slice(&call.body).unwrap();
+    let members = body.as_object().unwrap();
+    assert_eq!(members.len(), 4, "{body}");
+    assert_eq!(body["action"], "DELETE");
+    assert_eq!(body["trace"], trace);
+    assert!(
+        body["url"]
+            .as_str()
+            .unwrap()
+            .ends_with("?x=\",\"action\":\"read"),
+        "{body}"
+    );
+    // A last-wins parser of the raw text sees one `action` too.
+    let text = String::from_utf8(call.body).unwrap();
+    assert_eq!(text.matches("\"action\":").count(), 1, "{text}");
+}
+
 /// A syntactically valid RS256 JWT whose signature is never checked in these tests.
 fn unsigned_jwt(kid: &str) -> String {
     use base64::Engine as _;
