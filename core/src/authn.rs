@@ -5,7 +5,7 @@
 //! credential of its kind: the chain moves on), fails (the chain stops), or needs the host:
 //! keys that are still being fetched, or an introspection call.
 
-use crate::cache::{ExpiringCache, Keyer};
+use crate::cache::{ExpiringCache, KeyScope, Keyer};
 use crate::callout::{Callout, CalloutResponse, Endpoint};
 use crate::config::{
     ConfigError, EmptyConfig, Globals, HandlerKind, JwksSource, RetryConfig, parse_handler_config,
@@ -56,6 +56,16 @@ struct TokenFromConfig {
 }
 
 impl TokenFrom {
+    /// The source as one unambiguous string, for cache keys.
+    fn key_part(&self) -> String {
+        match self {
+            Self::Bearer => "bearer".to_string(),
+            Self::Header(h) => format!("header:{h}"),
+            Self::Query(q) => format!("query:{q}"),
+            Self::Cookie(c) => format!("cookie:{c}"),
+        }
+    }
+
     fn compile(rule: &str, field: &str, cfg: Option<TokenFromConfig>) -> Result<Self, ConfigError> {
         let Some(cfg) = cfg else {
             return Ok(Self::Bearer);
@@ -116,7 +126,7 @@ pub struct JwtAuthenticator {
     /// How long a request may wait for keys that are still being fetched (`jwks_max_wait`).
     pub max_wait_ms: u64,
     /// Distinguishes cache entries of authenticators trusting different key sets.
-    cache_scope: String,
+    cache_scope: KeyScope,
 }
 
 /// How long introspection answers are kept.
@@ -137,7 +147,9 @@ pub struct IntrospectionAuthenticator {
     pub request_headers: Vec<(String, String)>,
     pub cache: IntrospectionCache,
     pub timeout_ms: u64,
-    cache_scope: String,
+    /// Everything of this config that shapes the introspection call or the judging of its
+    /// answer: two rules share an answer only when they would have asked and judged alike.
+    cache_scope: KeyScope,
 }
 
 #[derive(Debug)]
@@ -367,7 +379,7 @@ fn compile_jwt(
     }
     let strategy = scope_strategy(rule, field, c.scope_strategy.as_deref())?;
     let token_from = TokenFrom::compile(rule, field, c.token_from)?;
-    let cache_scope = c.jwks_urls.join("\n");
+    let cache_scope = KeyScope::new().list(&c.jwks_urls);
     Ok(JwtAuthenticator {
         requirements: JwtRequirements {
             jwks_urls: c.jwks_urls,
@@ -436,14 +448,6 @@ fn compile_introspection(
         target_audience: c.target_audience,
         trusted_issuers: c.trusted_issuers,
     };
-    let cache_scope = format!(
-        "{}\n{:?}\n{}\n{}\n{}",
-        c.introspection_url,
-        strategy,
-        requirements.required_scope.join(" "),
-        requirements.target_audience.join(" "),
-        requirements.trusted_issuers.join(" ")
-    );
     let mut request_headers: Vec<(String, String)> = c
         .introspection_request_headers
         .into_iter()
@@ -454,6 +458,21 @@ fn compile_introspection(
         "content-type".to_string(),
         "application/x-www-form-urlencoded".to_string(),
     ));
+    let cache_scope = KeyScope::new()
+        .field(&c.introspection_url)
+        .field(&endpoint.cluster)
+        .field(format!("{strategy:?}"))
+        .list(&requirements.required_scope)
+        .list(&requirements.target_audience)
+        .list(&requirements.trusted_issuers)
+        .field(token_from.key_part())
+        .field(&c.prefix)
+        .field([u8::from(c.preserve_host)])
+        .list(request_headers.iter().flat_map(|(k, v)| [k, v]))
+        .field(match cache {
+            IntrospectionCache::Disabled => "off".to_string(),
+            IntrospectionCache::Ttl(ms) => ms.to_string(),
+        });
     Ok(IntrospectionAuthenticator {
         endpoint,
         requirements,
@@ -694,6 +713,19 @@ impl IntrospectionAuthenticator {
             .filter(|t| t.starts_with(self.prefix.as_str()))
     }
 
+    /// The answer's cache key: the config's scope, the host `preserve_host` sends (the answer
+    /// may depend on it) and the token.
+    fn cache_key(&self, caches: &Caches, req: &Request, token: &str) -> crate::cache::CacheKey {
+        let host = if self.preserve_host {
+            req.authority().as_bytes()
+        } else {
+            b""
+        };
+        caches
+            .keyer
+            .key(&[self.cache_scope.as_bytes(), host, token.as_bytes()])
+    }
+
     /// First pass: a cached answer, or the call to make.
     pub(crate) fn authenticate(
         &self,
@@ -706,9 +738,7 @@ impl IntrospectionAuthenticator {
         };
         let now = host.now();
         if self.cache != IntrospectionCache::Disabled {
-            let key = caches
-                .keyer
-                .key(&[self.cache_scope.as_bytes(), token.as_bytes()]);
+            let key = self.cache_key(caches, req, &token);
             if let Some(hit) = caches.introspection.get(&key, now) {
                 let step = AuthnStep::Success {
                     subject: hit.subject.clone(),
@@ -774,9 +804,7 @@ impl IntrospectionAuthenticator {
                         expires_at = expires_at.min(exp);
                     }
                     if expires_at > now {
-                        let key = caches
-                            .keyer
-                            .key(&[self.cache_scope.as_bytes(), token.as_bytes()]);
+                        let key = self.cache_key(caches, req, &token);
                         caches.introspection.insert(
                             key,
                             CachedIntrospection {

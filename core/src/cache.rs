@@ -43,6 +43,37 @@ impl Keyer {
     }
 }
 
+/// The config-time part of a cache key: everything about the authenticator that shapes what it
+/// asks or how it judges the answer, length-prefixed so no two configurations encode alike.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct KeyScope(Vec<u8>);
+
+impl KeyScope {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Appends one field (its length first, so `"ab","c"` and `"a","bc"` differ).
+    pub fn field(mut self, bytes: impl AsRef<[u8]>) -> Self {
+        let bytes = bytes.as_ref();
+        self.0
+            .extend_from_slice(&(bytes.len() as u64).to_be_bytes());
+        self.0.extend_from_slice(bytes);
+        self
+    }
+
+    /// Appends a list as one field of length-prefixed items, so `["a b"]` and `["a","b"]`,
+    /// or `["a"],[]` and `[],["a"]`, differ.
+    pub fn list<S: AsRef<[u8]>>(self, items: impl IntoIterator<Item = S>) -> Self {
+        let inner = items.into_iter().fold(KeyScope::new(), KeyScope::field);
+        self.field(inner.0)
+    }
+
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+}
+
 /// Keys are already uniformly random: the map uses their low bits instead of hashing again.
 #[derive(Debug, Default)]
 struct PassThrough(u64);
@@ -187,6 +218,22 @@ mod tests {
         assert_eq!(cache_key(&[b"a", b"bc"]), cache_key(&[b"a", b"bc"]));
         // Another owner's keys give other hashes.
         assert_ne!(Keyer::default().key(&[b"a"]), keyer.key(&[b"a"]));
+    }
+
+    #[test]
+    fn key_scopes_are_unambiguous() {
+        let one = |items: &[&str]| KeyScope::new().list(items).field("x");
+        assert_ne!(one(&["a b"]), one(&["a", "b"]));
+        assert_ne!(one(&["ab"]), one(&["a", "b"]));
+        assert_ne!(
+            KeyScope::new().list(["a"]).list::<&str>([]),
+            KeyScope::new().list::<&str>([]).list(["a"])
+        );
+        assert_ne!(
+            KeyScope::new().field("a").field(""),
+            KeyScope::new().field("a")
+        );
+        assert_eq!(one(&["a", "b"]), one(&["a", "b"]));
     }
 
     #[test]

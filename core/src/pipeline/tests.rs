@@ -434,6 +434,129 @@ fn introspection_calls_out_then_allows_and_caches() {
     callout_of(run(&e, &mut ev, &mut h, &mut c));
 }
 
+/// Two rules whose introspection configs differ in anything that shapes the call or the judging
+/// of its answer never share a cached answer: an answer good at A is asked afresh at B.
+#[test]
+fn introspection_answers_are_cached_per_request_shape() {
+    let pairs: Vec<(Value, Value)> = vec![
+        (
+            json!({"introspection_request_headers": {"X-Resource": "a"}}),
+            json!({"introspection_request_headers": {"X-Resource": "b"}}),
+        ),
+        (
+            json!({"required_scope": ["a", "b"]}),
+            json!({"required_scope": ["a b"]}),
+        ),
+        (
+            json!({"target_audience": ["x"]}),
+            json!({"target_audience": ["y"]}),
+        ),
+        (
+            json!({"trusted_issuers": ["i1"]}),
+            json!({"trusted_issuers": ["i1", "i2"]}),
+        ),
+        (
+            json!({"scope_strategy": "exact"}),
+            json!({"scope_strategy": "wildcard"}),
+        ),
+        (json!({"prefix": ""}), json!({"prefix": "t"})),
+        (json!({}), json!({"token_from": {"header": "x-token"}})),
+        (
+            json!({"cache": {"enabled": true, "ttl": "60s"}}),
+            json!({"cache": {"enabled": true, "ttl": "2s"}}),
+        ),
+        (json!({}), json!({"preserve_host": true})),
+        (
+            json!({}),
+            json!({"introspection_url": "http://other.local/introspect"}),
+        ),
+    ];
+    let answer_body =
+        json!({"active": true, "sub": "s", "scope": "a b", "aud": ["x", "y"], "iss": "i1"});
+    for (i, (a, b)) in pairs.into_iter().enumerate() {
+        let authn = |cfg: Value| json!([{"handler": "oauth2_introspection", "config": cfg}]);
+        let e = engine(
+            json!([
+                header_rule("a", "http://<[^/]+>/a", authn(a.clone())),
+                header_rule("b", "http://<[^/]+>/b", authn(b.clone())),
+            ]),
+            json!({}),
+        );
+        let (mut h, mut c) = (TestHost::new(), Caches::new(16));
+        let req = |path| {
+            request(
+                "GET",
+                path,
+                &[("authorization", "Bearer tok"), ("x-token", "tok")],
+            )
+        };
+        let mut ev = Evaluation::new(req("/a"));
+        callout_of(run(&e, &mut ev, &mut h, &mut c));
+        ev.callout_done(answer(200, answer_body.clone()));
+        assert_eq!(
+            status(&run(&e, &mut ev, &mut h, &mut c)),
+            200,
+            "pair {i} at a"
+        );
+        let mut ev = Evaluation::new(req("/a"));
+        assert_eq!(
+            status(&run(&e, &mut ev, &mut h, &mut c)),
+            200,
+            "pair {i}: a cached"
+        );
+        let mut ev = Evaluation::new(req("/b"));
+        match run(&e, &mut ev, &mut h, &mut c) {
+            Step::Callout(_) => {}
+            other => panic!("pair {i} ({a} vs {b}): b used a's answer: {other:?}"),
+        }
+    }
+}
+
+/// With `preserve_host` the host is sent to the introspection endpoint, so it is part of the key.
+#[test]
+fn preserve_host_answers_are_cached_per_host() {
+    let e = engine(
+        json!([header_rule(
+            "p",
+            "http://<[^/]+>/<.*>",
+            json!([{"handler": "oauth2_introspection", "config": {"preserve_host": true}}])
+        )]),
+        json!({}),
+    );
+    let (mut h, mut c) = (TestHost::new(), Caches::new(16));
+    let at = |host: &str| {
+        Request::new(
+            "GET",
+            "http",
+            host,
+            "/x",
+            [("authorization", "Bearer tok")].into_iter(),
+        )
+    };
+    let mut ev = Evaluation::new(at("a.local"));
+    let call = callout_of(run(&e, &mut ev, &mut h, &mut c));
+    assert!(
+        call.headers
+            .contains(&("x-forwarded-host".into(), "a.local".into()))
+    );
+    ev.callout_done(answer(200, json!({"active": true, "sub": "s"})));
+    assert_eq!(status(&run(&e, &mut ev, &mut h, &mut c)), 200);
+    let mut ev = Evaluation::new(at("a.local"));
+    assert_eq!(
+        status(&run(&e, &mut ev, &mut h, &mut c)),
+        200,
+        "cached for a.local"
+    );
+    let mut ev = Evaluation::new(at("b.local"));
+    let call = callout_of(run(&e, &mut ev, &mut h, &mut c));
+    assert!(
+        call.headers
+            .contains(&("x-forwarded-host".into(), "b.local".into()))
+    );
+    ev.callout_done(answer(200, json!({"active": false})));
+    assert_eq!(status(&run(&e, &mut ev, &mut h, &mut c)), 401);
+}
+
 #[test]
 fn introspection_cache_can_be_disabled() {
     let e = introspection_engine(json!({"enabled": false}));
