@@ -5,6 +5,13 @@
 //! Claim timing follows Oathkeeper (jwt-go's `MapClaims.Valid` with `required = false`): `exp`,
 //! `nbf` and `iat` are checked when present and not required. A present but non-numeric time
 //! claim is `Malformed`.
+//!
+//! Header and claim rules beyond Oathkeeper's (RFC 7515, 7519, 8725): a header with `crit`
+//! (RFC 7515 §4.1.11; the filter implements no extension, so any critical one is unknown), `b64`
+//! (RFC 7797's unencoded payload) or `zip` (JWE-only, RFC 7516 §4.1.3) is refused; `typ`, when
+//! present, must name a JWT (`JWT`, `application/jwt`, `at+jwt`, `application/at+jwt`, any case;
+//! RFC 8725 §3.11), so a token minted for another purpose under the same keys is not taken for an
+//! access token; registered claims must have their registered types (RFC 7519 §4.1).
 
 use crate::host::{Host, TimeBounds};
 use crate::jwks::{KeySet, alg_name};
@@ -46,6 +53,10 @@ pub enum JwtError {
     MissingScope(String),
     #[error("required scopes are configured but the scope strategy is `none`")]
     ScopeStrategyNone,
+    #[error("header `{0}` asks for a JOSE extension the filter does not implement")]
+    UnsupportedHeader(&'static str),
+    #[error("token type `{0}` is not a JWT")]
+    WrongTokenType(String),
 }
 
 /// What a rule's `jwt` authenticator config demands of a token.
@@ -140,6 +151,42 @@ struct JoseHeader {
     alg: Option<Value>,
     kid: Option<Value>,
     typ: Option<Value>,
+    /// Present with any value, even `null`: each is refused.
+    #[serde(default, deserialize_with = "present")]
+    crit: bool,
+    #[serde(default, deserialize_with = "present")]
+    b64: bool,
+    #[serde(default, deserialize_with = "present")]
+    zip: bool,
+}
+
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
+    serde::de::IgnoredAny::deserialize(d).map(|_| true)
+}
+
+/// `typ` values that say "a JWT" (RFC 7515 §4.1.9: the `application/` prefix may be left out,
+/// media types compare case-insensitively). Hydra and the token service write `JWT`.
+const JWT_TYPES: [&str; 4] = ["jwt", "application/jwt", "at+jwt", "application/at+jwt"];
+
+/// RFC 7519 §4.1: a registered claim of another type is refused rather than read around.
+fn check_registered_claim_types(claims: &Map<String, Value>) -> Result<(), JwtError> {
+    let wrong =
+        |name: &str, what: &str| Err(JwtError::Malformed(format!("claim `{name}` is not {what}")));
+    for name in ["iss", "sub", "jti"] {
+        if claims.get(name).is_some_and(|v| !v.is_string()) {
+            return wrong(name, "a string");
+        }
+    }
+    for name in ["exp", "nbf", "iat"] {
+        if claims.get(name).is_some_and(|v| !v.is_number()) {
+            return wrong(name, "a number");
+        }
+    }
+    match claims.get("aud") {
+        None | Some(Value::String(_)) => Ok(()),
+        Some(Value::Array(items)) if items.iter().all(Value::is_string) => Ok(()),
+        Some(_) => wrong("aud", "a string or an array of strings"),
+    }
 }
 
 fn jose_header(bytes: &[u8]) -> Result<JoseHeader, JwtError> {
@@ -162,7 +209,17 @@ pub fn parse(token: &str) -> Result<ParsedJwt, JwtError> {
         ));
     };
     let header = jose_header(&b64(h, "header")?)?;
+    for (name, set) in [
+        ("crit", header.crit),
+        ("b64", header.b64),
+        ("zip", header.zip),
+    ] {
+        if set {
+            return Err(JwtError::UnsupportedHeader(name));
+        }
+    }
     let claims = json_object(&b64(p, "payload")?, "payload")?;
+    check_registered_claim_types(&claims)?;
     let signature = b64(s, "signature")?;
     let alg = match header.alg {
         Some(Value::String(a)) => a,
@@ -177,10 +234,16 @@ pub fn parse(token: &str) -> Result<ParsedJwt, JwtError> {
             ))),
         }
     };
+    let typ = text("typ", header.typ)?;
+    if let Some(t) = &typ
+        && !JWT_TYPES.iter().any(|j| t.eq_ignore_ascii_case(j))
+    {
+        return Err(JwtError::WrongTokenType(t.clone()));
+    }
     Ok(ParsedJwt {
         alg,
         kid: text("kid", header.kid)?,
-        typ: text("typ", header.typ)?,
+        typ,
         claims,
         signing_input: format!("{h}.{p}"),
         signature,
@@ -736,6 +799,85 @@ mod tests {
         assert_eq!(check_claims(c.as_object().unwrap(), &r, NOW), Ok(()));
     }
 
+    fn token_with(header: &Value, claims: &Value) -> String {
+        format!(
+            "{}.{}.AQID",
+            URL_SAFE_NO_PAD.encode(header.to_string()),
+            URL_SAFE_NO_PAD.encode(claims.to_string())
+        )
+    }
+
+    #[test]
+    fn typ_must_name_a_jwt() {
+        let body = json!({"sub": "s"});
+        for ok in [
+            json!({"alg": "RS256", "kid": "k"}),
+            json!({"alg": "RS256", "kid": "k", "typ": "JWT"}),
+            json!({"alg": "RS256", "kid": "k", "typ": "jwt"}),
+            json!({"alg": "RS256", "kid": "k", "typ": "at+jwt"}),
+            json!({"alg": "RS256", "kid": "k", "typ": "application/AT+JWT"}),
+            json!({"alg": "RS256", "kid": "k", "typ": "application/jwt"}),
+        ] {
+            assert!(parse(&token_with(&ok, &body)).is_ok(), "{ok}");
+        }
+        for bad in [
+            "JOSE",
+            "JWE",
+            "dpop+jwt",
+            "logout+jwt",
+            "secevent+jwt",
+            "application/jose",
+            "",
+            "JWT ",
+            "at+jwt;x=1",
+        ] {
+            let h = json!({"alg": "RS256", "kid": "k", "typ": bad});
+            assert_eq!(
+                parse(&token_with(&h, &body)).unwrap_err(),
+                JwtError::WrongTokenType(bad.to_string()),
+                "{bad}"
+            );
+        }
+        let h = json!({"alg": "RS256", "kid": "k", "typ": 1});
+        assert!(matches!(
+            parse(&token_with(&h, &body)),
+            Err(JwtError::Malformed(_))
+        ));
+    }
+
+    #[test]
+    fn registered_claims_must_have_their_types() {
+        let h = json!({"alg": "RS256", "kid": "k", "typ": "JWT"});
+        for ok in [
+            json!({"iss": "i", "sub": "s", "jti": "j", "exp": 1, "nbf": 1.5, "iat": 0, "aud": "a"}),
+            json!({"aud": ["a", "b"]}),
+            json!({"aud": []}),
+            json!({"other": 1, "scp": ["x"]}),
+        ] {
+            assert!(parse(&token_with(&h, &ok)).is_ok(), "{ok}");
+        }
+        for bad in [
+            json!({"iss": 1}),
+            json!({"iss": ["i"]}),
+            json!({"sub": {"id": "s"}}),
+            json!({"sub": null}),
+            json!({"jti": 7}),
+            json!({"exp": "1700000000"}),
+            json!({"exp": null}),
+            json!({"nbf": true}),
+            json!({"iat": [1]}),
+            json!({"aud": 1}),
+            json!({"aud": ["a", 1]}),
+            json!({"aud": [["a"]]}),
+            json!({"aud": null}),
+        ] {
+            assert!(
+                matches!(parse(&token_with(&h, &bad)), Err(JwtError::Malformed(_))),
+                "{bad}"
+            );
+        }
+    }
+
     #[test]
     fn shape_checks() {
         assert!(looks_like_jwt("a.b.c"));
@@ -761,7 +903,7 @@ mod tests {
         // Headers: other members are ignored; not an object, a repeated member, or an `alg`,
         // `kid` that is not a string are malformed.
         let with = |header: &str| parse(&format!("{}.{body}.AQID", URL_SAFE_NO_PAD.encode(header)));
-        let p = with(r#" {"alg":"ES256","jku":"x","crit":[],"kid":null}"#).unwrap();
+        let p = with(r#" {"alg":"ES256","jku":"x","kid":null}"#).unwrap();
         assert_eq!((p.alg.as_str(), p.kid), ("ES256", None));
         for bad in [
             r#"["RS256","k"]"#,
@@ -772,6 +914,19 @@ mod tests {
             "null",
         ] {
             assert!(matches!(with(bad), Err(JwtError::Malformed(_))), "{bad}");
+        }
+        for bad in [
+            r#"{"alg":"RS256","kid":"k","crit":["exp"],"exp":1}"#,
+            r#"{"alg":"RS256","kid":"k","crit":[]}"#,
+            r#"{"alg":"RS256","kid":"k","crit":null}"#,
+            r#"{"alg":"RS256","kid":"k","b64":false,"crit":["b64"]}"#,
+            r#"{"alg":"RS256","kid":"k","b64":true}"#,
+            r#"{"alg":"RS256","kid":"k","zip":"DEF"}"#,
+        ] {
+            assert!(
+                matches!(with(bad), Err(JwtError::UnsupportedHeader(_))),
+                "{bad}"
+            );
         }
         let numeric_kid = URL_SAFE_NO_PAD.encode(br#"{"alg":"RS256","kid":5}"#);
         assert!(matches!(
