@@ -374,6 +374,8 @@ fn compile_jwt(
                 endpoint,
                 ttl_ms,
                 max_wait_ms,
+                // Set for the whole configuration by `Engine::compile`.
+                max_stale_ms: crate::config::DEFAULT_JWKS_MAX_STALE_MS,
             }),
         }
     }

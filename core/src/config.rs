@@ -6,6 +6,7 @@
 use crate::authn::Authenticator;
 use crate::authz::Authorizer;
 use crate::callout::{Endpoint, EndpointError};
+use crate::duration::parse_millis;
 use crate::error_handler::{ErrorHandlers, RuleErrorHandlers};
 use crate::matcher::{IndexEntry, MatchingStrategy, RuleIndex, UrlPattern};
 use crate::mutator::Mutator;
@@ -44,7 +45,15 @@ pub struct FilterConfig {
     /// never be switched off by accident.
     #[serde(default)]
     pub disabled: bool,
+    /// How long JWKS keys keep serving past their TTL while refreshes fail (a Go duration;
+    /// default [`DEFAULT_JWKS_MAX_STALE_MS`]). After it their tokens are refused.
+    #[serde(default)]
+    pub jwks_max_stale: Option<String>,
 }
+
+/// Default of `jwks_max_stale`: rides out a token-service restart or a short outage, yet a key
+/// the issuer removed stops being trusted within minutes even if its JWKS cannot be fetched.
+pub const DEFAULT_JWKS_MAX_STALE_MS: u64 = 10 * 60 * 1000;
 
 #[derive(Debug, Clone, Default, Deserialize)]
 pub struct AccessRulesSection {
@@ -123,6 +132,8 @@ pub struct JwksSource {
     pub endpoint: Endpoint,
     pub ttl_ms: u64,
     pub max_wait_ms: u64,
+    /// Keys serve at most this long past `ttl_ms` while refreshes fail (`jwks_max_stale`).
+    pub max_stale_ms: u64,
 }
 
 /// One compiled access rule.
@@ -331,6 +342,14 @@ impl Engine {
             authorizers: &raw.authorizers,
             mutators: &raw.mutators,
         };
+        let max_stale_ms = match raw.jwks_max_stale.as_deref().map(parse_millis) {
+            None => DEFAULT_JWKS_MAX_STALE_MS,
+            Some(Ok(ms)) => ms,
+            Some(Err(e)) => {
+                errors.push(ConfigError::global("jwks_max_stale", e));
+                0
+            }
+        };
         let strategy = raw.access_rules.matching_strategy;
         let mut rules = Vec::with_capacity(raw.rules.len());
         let mut entries = Vec::with_capacity(raw.rules.len());
@@ -358,6 +377,9 @@ impl Engine {
                 }
                 Err(e) => errors.extend(e),
             }
+        }
+        for source in &mut jwks {
+            source.max_stale_ms = max_stale_ms;
         }
         match error_handlers {
             Some(handlers) if errors.is_empty() => Ok(Engine {

@@ -146,6 +146,37 @@ impl KeySet {
     }
 }
 
+/// Why a JWKS fetch did not produce a key set.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum FetchError {
+    #[error("no response (timeout, reset or unknown cluster)")]
+    NoResponse,
+    #[error("status {0}")]
+    Status(u16),
+    #[error(transparent)]
+    Invalid(#[from] JwksError),
+}
+
+/// Judges a JWKS endpoint's answer. A 200 with a valid document is the issuer's key set from now
+/// on, even when it holds no usable key: an issuer that removed its keys must not have them kept.
+/// Anything else (no answer, another status, a body that is no JWKS) is a failed fetch: the keys
+/// already known keep serving, but only while [`still_trusted`].
+pub fn from_fetch(response: Option<(u16, &[u8])>) -> Result<KeySet, FetchError> {
+    match response {
+        None => Err(FetchError::NoResponse),
+        Some((200, body)) => Ok(KeySet::parse(body)?),
+        Some((status, _)) => Err(FetchError::Status(status)),
+    }
+}
+
+/// Whether keys last fetched successfully at `fetched_at_ms` may still verify tokens at
+/// `now_ms`: for their TTL, then at most `max_stale_ms` longer while refreshes fail. Past that
+/// the keys are dropped and their tokens refused: a key the issuer removed while its endpoint
+/// is unreachable must not stay trusted forever.
+pub fn still_trusted(fetched_at_ms: u64, ttl_ms: u64, max_stale_ms: u64, now_ms: u64) -> bool {
+    now_ms.saturating_sub(fetched_at_ms) <= ttl_ms.saturating_add(max_stale_ms)
+}
+
 /// One fingerprint over several key sets (in order), for cache entries verified against all of
 /// a rule's `jwks_urls`: any rotation in any of them changes it.
 ///
@@ -375,6 +406,50 @@ mod tests {
     use super::*;
     use crate::testkeys::*;
     use serde_json::json;
+
+    #[test]
+    fn a_valid_200_replaces_the_keys_even_when_empty() {
+        let empty = from_fetch(Some((200, br#"{"keys":[]}"#))).unwrap();
+        assert!(empty.is_empty());
+        assert_ne!(empty.fingerprint(), key_set().fingerprint());
+        // Only keys the filter cannot use: also an empty set, not a failure.
+        let enc = from_fetch(Some((200, br#"{"keys":[{"kty":"oct","k":"AA"}]}"#))).unwrap();
+        assert!(enc.is_empty());
+    }
+
+    #[test]
+    fn other_answers_are_failed_fetches() {
+        assert_eq!(from_fetch(None).unwrap_err(), FetchError::NoResponse);
+        for status in [404, 500, 204, 301] {
+            assert_eq!(
+                from_fetch(Some((status, br#"{"keys":[]}"#))).unwrap_err(),
+                FetchError::Status(status)
+            );
+        }
+        assert_eq!(
+            from_fetch(Some((200, b"{}"))).unwrap_err(),
+            FetchError::Invalid(JwksError::NoKeys)
+        );
+        assert!(matches!(
+            from_fetch(Some((200, b"<html>"))),
+            Err(FetchError::Invalid(JwksError::InvalidJson(_)))
+        ));
+    }
+
+    #[test]
+    fn stale_keys_serve_for_a_bounded_time() {
+        let (fetched, ttl, stale) = (1_000, 30_000, 600_000);
+        assert!(still_trusted(fetched, ttl, stale, fetched));
+        assert!(still_trusted(fetched, ttl, stale, fetched + ttl + stale));
+        assert!(!still_trusted(
+            fetched,
+            ttl,
+            stale,
+            fetched + ttl + stale + 1
+        ));
+        assert!(!still_trusted(fetched, ttl, 0, fetched + ttl + 1));
+        assert!(still_trusted(fetched, u64::MAX, u64::MAX, u64::MAX));
+    }
 
     #[test]
     fn parses_all_four_families_with_spki_matching_openssl() {

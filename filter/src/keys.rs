@@ -1,11 +1,13 @@
 //! JWKS kept fresh for the whole Envoy: fetched in the background on the root context's tick,
 //! published in proxy-wasm shared data so every worker VM parses one copy instead of fetching
-//! its own, and never dropped when a refresh fails (stale keys keep serving).
+//! its own. A valid 200 replaces the keys, even with an empty set; when refreshes fail the keys
+//! already known keep serving, but only for `jwks_max_stale` past their TTL
+//! ([`jwks::still_trusted`]): then they are dropped and their tokens refused.
 
 use portcullis_core::callout::Endpoint;
 use portcullis_core::config::JwksSource;
 use portcullis_core::host::KeyLookup;
-use portcullis_core::jwks::KeySet;
+use portcullis_core::jwks::{self, KeySet};
 use proxy_wasm::hostcalls;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -22,6 +24,7 @@ const SHARED_PREFIX: &str = "portcullis.jwks.";
 struct Entry {
     endpoint: Endpoint,
     ttl_ms: u64,
+    max_stale_ms: u64,
     keys: Option<Arc<KeySet>>,
     /// CAS version of the shared-data copy last parsed.
     shared_version: Option<u32>,
@@ -65,6 +68,7 @@ impl KeyStore {
                 .or_insert_with(|| Entry {
                     endpoint: s.endpoint.clone(),
                     ttl_ms: s.ttl_ms,
+                    max_stale_ms: s.max_stale_ms,
                     keys: None,
                     shared_version: None,
                     fetched_at_ms: 0,
@@ -76,7 +80,27 @@ impl KeyStore {
                 });
             e.endpoint = s.endpoint.clone();
             e.ttl_ms = s.ttl_ms.max(1_000);
+            e.max_stale_ms = s.max_stale_ms;
         }
+    }
+
+    /// Drops key sets whose last successful fetch is older than their TTL plus `jwks_max_stale`
+    /// (refreshes have failed since). Returns the URLs dropped; the version changes, so tokens
+    /// verified with those keys and cached stop counting too.
+    pub fn expire_stale(&mut self, now_ms: u64) -> Vec<String> {
+        let mut dropped = Vec::new();
+        for (url, e) in &mut self.entries {
+            if e.keys.is_some()
+                && !jwks::still_trusted(e.fetched_at_ms, e.ttl_ms, e.max_stale_ms, now_ms)
+            {
+                e.keys = None;
+                dropped.push(url.clone());
+            }
+        }
+        if !dropped.is_empty() {
+            self.version = self.version.wrapping_add(1);
+        }
+        dropped
     }
 
     pub fn lookup(&self, url: &str) -> KeyLookup {
@@ -109,8 +133,9 @@ impl KeyStore {
         scheduled
     }
 
-    /// Picks up keys another worker fetched. Returns true when any key set changed.
-    pub fn sync_shared(&mut self) -> bool {
+    /// Picks up keys another worker fetched (unless too stale to trust). Returns true when any
+    /// key set changed.
+    pub fn sync_shared(&mut self, now_ms: u64) -> bool {
         let mut changed = false;
         for (url, e) in &mut self.entries {
             let key = format!("{SHARED_PREFIX}{url}");
@@ -128,6 +153,7 @@ impl KeyStore {
             let fetched_at = u64::from_be_bytes(stamp.try_into().unwrap_or([0; 8]));
             if let Ok(set) = KeySet::parse(body)
                 && (fetched_at >= e.fetched_at_ms || e.keys.is_none())
+                && jwks::still_trusted(fetched_at, e.ttl_ms, e.max_stale_ms, now_ms)
             {
                 let differs = e
                     .keys
@@ -189,17 +215,10 @@ impl KeyStore {
             return FetchOutcome::Unknown;
         };
         e.in_flight = false;
-        let parsed = match response {
-            None => Err("no response (timeout, reset or unknown cluster)".to_string()),
-            Some((200, body)) => match KeySet::parse(&body) {
-                Ok(set) if !set.is_empty() => Ok((set, body)),
-                Ok(_) => Err("JWKS holds no usable signing key".to_string()),
-                Err(err) => Err(err.to_string()),
-            },
-            Some((status, _)) => Err(format!("status {status}")),
-        };
+        let parsed = jwks::from_fetch(response.as_ref().map(|(s, b)| (*s, b.as_slice())));
         match parsed {
-            Ok((set, body)) => {
+            Ok(set) => {
+                let body = response.map(|(_, b)| b).unwrap_or_default();
                 let mut stored = Vec::with_capacity(body.len() + 8);
                 stored.extend_from_slice(&now_ms.to_be_bytes());
                 stored.extend_from_slice(&body);
@@ -224,7 +243,7 @@ impl KeyStore {
             }
             Err(why) => {
                 Self::backoff(e, now_ms);
-                FetchOutcome::Failed(why)
+                FetchOutcome::Failed(why.to_string())
             }
         }
     }

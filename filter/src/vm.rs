@@ -304,7 +304,14 @@ pub fn tick() {
     // Also the refresh that keeps the requests' clock bounds fresh on an idle worker.
     let now = with_vm(|vm| vm.clock.now_ms()).unwrap_or_else(now_ms);
     let (changed, due) = with_vm(|vm| {
-        let changed = vm.keys.sync_shared();
+        let mut changed = vm.keys.sync_shared(now);
+        for url in vm.keys.expire_stale(now) {
+            warn!(
+                "portcullis: JWKS {url} could not be refreshed for longer than jwks_max_stale; its keys are no longer trusted"
+            );
+            vm.metrics.count("jwks_expired", 1);
+            changed = true;
+        }
         (changed, vm.keys.due(now))
     })
     .unwrap_or((false, Vec::new()));

@@ -53,6 +53,22 @@ fn compiles_a_valid_configuration() {
     assert_eq!(sources[0].endpoint.cluster, "auth_public");
     assert_eq!(sources[0].ttl_ms, 30_000);
     assert_eq!(sources[0].max_wait_ms, 1_000);
+    assert_eq!(sources[0].max_stale_ms, DEFAULT_JWKS_MAX_STALE_MS);
+}
+
+#[test]
+fn jwks_max_stale_is_configurable_and_checked() {
+    let mut cfg = base(json!([rule("b", "http://svc/b", "jwt")]));
+    cfg["jwks_max_stale"] = json!("90s");
+    let engine = compile(cfg.clone()).unwrap();
+    assert_eq!(engine.jwks_sources()[0].max_stale_ms, 90_000);
+    cfg["jwks_max_stale"] = json!("forever");
+    let e = errors(cfg);
+    assert!(
+        e.iter()
+            .any(|e| e.to_string().starts_with("jwks_max_stale: ")),
+        "{e:?}"
+    );
 }
 
 #[test]
