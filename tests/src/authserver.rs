@@ -84,10 +84,14 @@ pub enum Jwks {
 }
 
 type AuthzFn = Arc<dyn Fn(&Recorded) -> u16 + Send + Sync>;
+type IntrospectFn = Arc<dyn Fn(&Recorded) -> Value + Send + Sync>;
 
 struct Behaviour {
     jwks: Jwks,
     introspection: HashMap<String, Value>,
+    /// When set, answers `/introspect` instead of the token map (answers that depend on the
+    /// request's headers).
+    introspect: Option<IntrospectFn>,
     authz: AuthzFn,
     /// Path -> (status, JSON body) for anything else a test wants to serve.
     fixed: HashMap<String, (u16, Value)>,
@@ -119,6 +123,7 @@ impl AuthServer {
         let shared = Shared(Arc::new(Mutex::new(Behaviour {
             jwks: Jwks::Serve(json!({"keys": []})),
             introspection: HashMap::new(),
+            introspect: None,
             authz: Arc::new(|_| 200),
             fixed: HashMap::new(),
             recorded: Vec::new(),
@@ -199,6 +204,15 @@ impl AuthServer {
             .lock()
             .introspection
             .insert(token.to_owned(), response);
+    }
+
+    /// `/introspect` answers (status 200) what `answer` returns for each request, whatever
+    /// [`AuthServer::set_introspection`] set.
+    pub fn set_introspection_fn(
+        &self,
+        answer: impl Fn(&Recorded) -> Value + Send + Sync + 'static,
+    ) {
+        self.shared.lock().introspect = Some(Arc::new(answer));
     }
 
     pub fn remove_introspection(&self, token: &str) {
@@ -295,6 +309,12 @@ async fn handle(
                 json_response(*status, &json!({"error": "jwks failure injected by test"}))
             }
         },
+        "/introspect" if b.introspect.is_some() => {
+            let answer = b.introspect.clone();
+            drop(b);
+            let answer = answer.map_or(Value::Null, |f| f(&recorded));
+            json_response(200, &answer)
+        }
         "/introspect" => {
             let token = recorded.form().get("token").cloned().unwrap_or_default();
             let answer = b

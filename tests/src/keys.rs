@@ -186,6 +186,24 @@ pub fn mint_default(alg: Algorithm, claims: &Value) -> String {
     mint(alg, &keys().for_alg(alg).kid.clone(), claims)
 }
 
+/// A token signed with the test key for `alg` under exactly the JOSE `header` given (for
+/// headers `jsonwebtoken` cannot write: `crit`, `b64`, `zip`, odd `typ`s).
+pub fn mint_with_header(alg: Algorithm, header: &Value, claims: &Value) -> String {
+    let pair = keys().for_alg(alg);
+    let signing_input = format!(
+        "{}.{}",
+        b64(header.to_string().as_bytes()),
+        b64(claims.to_string().as_bytes())
+    );
+    let sig = jsonwebtoken::crypto::sign(
+        signing_input.as_bytes(),
+        &encoding_key(pair.alg, &pair.private_pem),
+        alg,
+    )
+    .unwrap_or_else(|e| panic!("signing a {alg:?} token: {e}"));
+    format!("{signing_input}.{sig}")
+}
+
 fn b64(bytes: &[u8]) -> String {
     URL_SAFE_NO_PAD.encode(bytes)
 }
