@@ -524,15 +524,8 @@ fn preserve_host_answers_are_cached_per_host() {
         json!({}),
     );
     let (mut h, mut c) = (TestHost::new(), Caches::new(16));
-    let at = |host: &str| {
-        Request::new(
-            "GET",
-            "http",
-            host,
-            "/x",
-            [("authorization", "Bearer tok")].into_iter(),
-        )
-    };
+    let at =
+        |host: &str| Request::new("GET", "http", host, "/x", [("authorization", "Bearer tok")]);
     let mut ev = Evaluation::new(at("a.local"));
     let call = callout_of(run(&e, &mut ev, &mut h, &mut c));
     assert!(
