@@ -288,7 +288,7 @@ pub fn on_callout_response(token: u32, body_size: usize) {
             });
             match outcome {
                 Some(FetchOutcome::Failed(why)) => warn!(
-                    "portcullis: fetching JWKS {url} failed: {why}; keeping the keys already known"
+                    "portcullis: fetching JWKS {url} failed: {why}; keeping the keys already known for at most jwks_max_stale"
                 ),
                 Some(FetchOutcome::Updated) => info!("portcullis: JWKS {url} refreshed"),
                 _ => {}
