@@ -10,7 +10,7 @@ mod harness;
 use harness::{ACCESS_TOKEN_SET, Reply, Server, TestDir, basic, http, jwt_parts, str_field};
 use serde_json::json;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -95,11 +95,14 @@ async fn kill_9_during_writes_loses_nothing_acknowledged() {
         v
     };
 
-    // Writers: client registrations on three connections, and revocations on one.
+    // Writers: client registrations on three connections, and revocations on one. Each counts
+    // what was acknowledged so the kill waits for enough work, however slow the machine is.
     let stop = Arc::new(AtomicBool::new(false));
+    let [registered, revoked, issued] = [(); 3].map(|()| Arc::new(AtomicUsize::new(0)));
     let mut writers = Vec::new();
     for w in 0..3 {
         let (url, stop) = (format!("{}/admin/clients", srv.admin()), Arc::clone(&stop));
+        let registered = Arc::clone(&registered);
         writers.push(tokio::spawn(async move {
             let c = http();
             let mut acked = Vec::new();
@@ -112,7 +115,10 @@ async fn kill_9_during_writes_loses_nothing_acknowledged() {
                     "grant_types": ["client_credentials"],
                 });
                 match c.post(&url).json(&body).send().await {
-                    Ok(r) if r.status() == 201 => acked.push(format!("w{w}-{n}")),
+                    Ok(r) if r.status() == 201 => {
+                        acked.push(format!("w{w}-{n}"));
+                        registered.fetch_add(1, Ordering::Relaxed);
+                    }
                     Ok(r) => panic!("registration answered {}", r.status()),
                     Err(_) => break, // the server died mid-request: not acknowledged
                 }
@@ -127,6 +133,7 @@ async fn kill_9_during_writes_loses_nothing_acknowledged() {
             Arc::clone(&stop),
         );
         let tokens = tokens.clone();
+        let revoked = Arc::clone(&revoked);
         tokio::spawn(async move {
             let c = http();
             let mut acked = Vec::new();
@@ -141,7 +148,10 @@ async fn kill_9_during_writes_loses_nothing_acknowledged() {
                     .send()
                     .await
                 {
-                    Ok(r) if r.status() == 200 => acked.push(t),
+                    Ok(r) if r.status() == 200 => {
+                        acked.push(t);
+                        revoked.fetch_add(1, Ordering::Relaxed);
+                    }
                     Ok(r) => panic!("revocation answered {}", r.status()),
                     Err(_) => break,
                 }
@@ -168,6 +178,7 @@ async fn kill_9_during_writes_loses_nothing_acknowledged() {
             ),
             Arc::clone(&stop),
         );
+        let issued = Arc::clone(&issued);
         issuers.push(tokio::spawn(async move {
             let c = http();
             let mut acked = Vec::new();
@@ -184,12 +195,26 @@ async fn kill_9_during_writes_loses_nothing_acknowledged() {
                     break; // the answer was cut by the kill: not acknowledged
                 };
                 acked.push(str_field(&body, "access_token"));
+                issued.fetch_add(1, Ordering::Relaxed);
             }
             acked
         }));
     }
 
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    // Kill once every kind of write has been acknowledged a few times (the writers keep going).
+    let enough = || {
+        registered.load(Ordering::Relaxed) >= 5
+            && revoked.load(Ordering::Relaxed) >= 1
+            && issued.load(Ordering::Relaxed) >= 1
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    while !enough() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "writes were not acknowledged within 120 s"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     srv.kill(); // SIGKILL while the writers are running
     stop.store(true, Ordering::Relaxed);
     let mut acked_clients = Vec::new();
