@@ -150,6 +150,10 @@ pub struct Engine {
     pub(crate) jwks: Vec<JwksSource>,
     pub(crate) disabled: bool,
     needs_remote_ip: bool,
+    /// Every rule's managed headers, sorted: stripped from every allowed request whatever rule
+    /// matched, so a forged `X-User` cannot reach the workload through a rule that does not
+    /// set it (Oathkeeper strips only the matched rule's).
+    managed_headers: Vec<String>,
 }
 
 /// Global handler settings a rule's handler is checked and merged against.
@@ -359,6 +363,12 @@ impl Engine {
                 Err(e) => errors.extend(e),
             }
         }
+        let mut managed_headers: Vec<String> = rules
+            .iter()
+            .flat_map(|r| r.managed_headers.iter().cloned())
+            .collect();
+        managed_headers.sort();
+        managed_headers.dedup();
         match error_handlers {
             Some(handlers) if errors.is_empty() => Ok(Engine {
                 rules,
@@ -368,6 +378,7 @@ impl Engine {
                 jwks,
                 disabled: raw.disabled,
                 needs_remote_ip: mentions_remote_ip(raw),
+                managed_headers,
             }),
             _ => Err(ConfigErrors(errors)),
         }
@@ -414,6 +425,24 @@ impl Engine {
     /// [`crate::request::Request::remote_ip`] (reading it costs a host call per request).
     pub fn needs_remote_ip(&self) -> bool {
         self.needs_remote_ip
+    }
+
+    /// Lower-case names of the headers any rule's mutators or authorizer set.
+    pub fn managed_headers(&self) -> &[String] {
+        &self.managed_headers
+    }
+
+    /// Whether an incoming header `name` must be stripped: it names a managed header, ignoring
+    /// case and with `_` read as `-` (CGI, WSGI, Rack and PHP turn both `X-User` and `x_user`
+    /// into `HTTP_X_USER`, so an underscore spelling is the same header to the workload).
+    pub fn is_managed(&self, name: &str) -> bool {
+        let same = |a: u8, b: u8| {
+            let fold = |c: u8| if c == b'_' { b'-' } else { c.to_ascii_lowercase() };
+            fold(a) == fold(b)
+        };
+        self.managed_headers.iter().any(|m| {
+            m.len() == name.len() && m.bytes().zip(name.bytes()).all(|(a, b)| same(a, b))
+        })
     }
 
     /// True when this configuration lets every request through (see [`FilterConfig::disabled`]).
