@@ -179,8 +179,9 @@ fn split_port(authority: &str) -> (&str, &str) {
     }
 }
 
-/// Appends `scheme://host[:port]` with the host as Envoy's virtual hosts and DNS read it: ASCII
-/// lower case, one trailing dot dropped (`ADMIN.test.:80` is `admin.test:80`).
+/// Appends `scheme://host[:port]` with the host as Envoy's virtual hosts, DNS and the workload
+/// read it: ASCII lower case, one trailing dot dropped, and the scheme's default port (or an
+/// empty one) dropped as RFC 3986 §6.2.3 does (`ADMIN.test.:80` over http is `admin.test`).
 pub fn push_origin(out: &mut String, scheme: &str, authority: &str) {
     out.push_str(scheme);
     out.push_str("://");
@@ -189,7 +190,19 @@ pub fn push_origin(out: &mut String, scheme: &str, authority: &str) {
     for c in host.chars() {
         out.push(c.to_ascii_lowercase());
     }
-    out.push_str(port);
+    if !is_default_port(scheme, port) {
+        out.push_str(port);
+    }
+}
+
+/// `:port` (with its colon) is empty or the default of `scheme`.
+fn is_default_port(scheme: &str, port: &str) -> bool {
+    match port {
+        ":" => true,
+        ":80" => scheme.eq_ignore_ascii_case("http"),
+        ":443" => scheme.eq_ignore_ascii_case("https"),
+        _ => false,
+    }
 }
 
 /// `scheme://authority/path`: the string rules are matched against. `path` is a
@@ -224,7 +237,10 @@ pub fn normalize_pattern_origin(pattern: &str) -> Cow<'_, str> {
     }
     let origin = &pattern[..end];
     let authority = &origin[scheme_end + 3..];
-    let dot = !authority.contains('<') && split_port(authority).0.ends_with('.');
+    let literal = !authority.contains('<');
+    let (host, port) = split_port(authority);
+    let dot = literal && host.ends_with('.');
+    let default_port = literal && is_default_port(&pattern[..scheme_end], port);
     let upper = {
         let mut level = 0usize;
         origin.bytes().any(|c| {
@@ -236,7 +252,7 @@ pub fn normalize_pattern_origin(pattern: &str) -> Cow<'_, str> {
             level == 0 && c.is_ascii_uppercase()
         })
     };
-    if !dot && !upper {
+    if !dot && !upper && !default_port {
         return Cow::Borrowed(pattern);
     }
     let mut out = String::with_capacity(pattern.len());
@@ -249,11 +265,11 @@ pub fn normalize_pattern_origin(pattern: &str) -> Cow<'_, str> {
         }
         out.push(if level == 0 { c.to_ascii_lowercase() } else { c });
     }
-    if dot {
-        let (host, port) = split_port(authority);
-        let keep = scheme_end + 3 + host.len() - 1;
-        out.truncate(keep);
-        out.push_str(&port.to_ascii_lowercase());
+    if dot || default_port {
+        out.truncate(scheme_end + 3 + host.len() - usize::from(dot));
+        if !default_port {
+            out.push_str(port);
+        }
     }
     out.push_str(&pattern[end..]);
     Cow::Owned(out)
@@ -366,7 +382,13 @@ mod tests {
             match_target("http", "admin.test.:8080", "/"),
             "http://admin.test:8080/"
         );
-        assert_eq!(match_target("http", "[::1]:80", "/"), "http://[::1]:80/");
+        assert_eq!(match_target("http", "Admin.test.:80", "/"), "http://admin.test/");
+        assert_eq!(match_target("http", "admin.test:", "/"), "http://admin.test/");
+        assert_eq!(match_target("http", "h:443", "/"), "http://h:443/");
+        assert_eq!(match_target("https", "h:443", "/"), "https://h/");
+        assert_eq!(match_target("https", "h:80", "/"), "https://h:80/");
+        assert_eq!(match_target("http", "[::1]:8080", "/"), "http://[::1]:8080/");
+        assert_eq!(match_target("http", "[::1]:80", "/"), "http://[::1]/");
         assert_eq!(match_target("http", "[::1]", "/"), "http://[::1]/");
     }
 
@@ -395,7 +417,11 @@ mod tests {
         let n = |p| normalize_pattern_origin(p).into_owned();
         assert_eq!(n("HTTP://Admin.Test/A/<.*>"), "http://admin.test/A/<.*>");
         assert_eq!(n("http://admin.test./x"), "http://admin.test/x");
-        assert_eq!(n("http://admin.test.:80/x"), "http://admin.test:80/x");
+        assert_eq!(n("http://admin.test.:8080/x"), "http://admin.test:8080/x");
+        assert_eq!(n("http://admin.test.:80/x"), "http://admin.test/x");
+        assert_eq!(n("https://Admin.test:443/x"), "https://admin.test/x");
+        assert_eq!(n("https://admin.test:80/x"), "https://admin.test:80/x");
+        assert_eq!(n("<https?>://admin.test:80/x"), "<https?>://admin.test:80/x");
         assert_eq!(n("<HTTP|https>://<[A-Z]+>.Test/x"), "<HTTP|https>://<[A-Z]+>.test/x");
         assert!(matches!(
             normalize_pattern_origin("<http|https>://<[^/]+>/Public/<.*>"),
