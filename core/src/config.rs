@@ -437,12 +437,18 @@ impl Engine {
     /// into `HTTP_X_USER`, so an underscore spelling is the same header to the workload).
     pub fn is_managed(&self, name: &str) -> bool {
         let same = |a: u8, b: u8| {
-            let fold = |c: u8| if c == b'_' { b'-' } else { c.to_ascii_lowercase() };
+            let fold = |c: u8| {
+                if c == b'_' {
+                    b'-'
+                } else {
+                    c.to_ascii_lowercase()
+                }
+            };
             fold(a) == fold(b)
         };
-        self.managed_headers.iter().any(|m| {
-            m.len() == name.len() && m.bytes().zip(name.bytes()).all(|(a, b)| same(a, b))
-        })
+        self.managed_headers
+            .iter()
+            .any(|m| m.len() == name.len() && m.bytes().zip(name.bytes()).all(|(a, b)| same(a, b)))
     }
 
     /// True when this configuration lets every request through (see [`FilterConfig::disabled`]).

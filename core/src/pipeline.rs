@@ -7,12 +7,12 @@ use crate::authn::{Authenticator, AuthnStep, Caches};
 use crate::authz::AuthzStep;
 use crate::callout::{Callout, CalloutResponse};
 use crate::config::Engine;
+use crate::error_handler::json_error;
 use crate::error_handler::{ErrorKind, PolicyError, Response};
 use crate::host::Host;
 use crate::matcher::Lookup;
 use crate::request::Request;
 use crate::session::{Session, method_name};
-use crate::error_handler::json_error;
 use crate::url::{canonical_path, check_host, match_target, push_origin};
 use std::sync::Arc;
 
@@ -279,9 +279,8 @@ impl Evaluation {
                 host = h;
             }
         }
-        check_host(host).map_err(|e| {
-            PolicyError::new(ErrorKind::BadRequest, "invalid_host", e.to_string())
-        })?;
+        check_host(host)
+            .map_err(|e| PolicyError::new(ErrorKind::BadRequest, "invalid_host", e.to_string()))?;
         Ok((scheme, host))
     }
 

@@ -205,11 +205,7 @@ fn repaired(bytes: &[u8], mut req: Request) -> Request {
         ));
         *r = start..text.len();
     };
-    for r in [
-        &mut req.method,
-        &mut req.authority,
-        &mut req.path,
-    ] {
+    for r in [&mut req.method, &mut req.authority, &mut req.path] {
         copy(r);
     }
     for (n, v) in &mut req.headers {

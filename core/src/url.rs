@@ -43,7 +43,9 @@ pub enum PathError {
 /// Why a host is refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
 pub enum HostError {
-    #[error("the host has a character not allowed in a host name ('/', '?', '#', '@', '\\', whitespace or a control character)")]
+    #[error(
+        "the host has a character not allowed in a host name ('/', '?', '#', '@', '\\', whitespace or a control character)"
+    )]
     Character,
     #[error("the host ends with more than one '.'")]
     TrailingDots,
@@ -263,7 +265,11 @@ pub fn normalize_pattern_origin(pattern: &str) -> Cow<'_, str> {
             '>' => level = level.saturating_sub(1),
             _ => {}
         }
-        out.push(if level == 0 { c.to_ascii_lowercase() } else { c });
+        out.push(if level == 0 {
+            c.to_ascii_lowercase()
+        } else {
+            c
+        });
     }
     if dot || default_port {
         out.truncate(scheme_end + 3 + host.len() - usize::from(dot));
@@ -365,8 +371,8 @@ mod tests {
         for p in &paths {
             let segments: Vec<&str> = p[1..].split('/').collect();
             let (last, inner) = segments.split_last().unwrap();
-            let bad = inner.iter().any(|s| matches!(*s, "" | "." | ".."))
-                || matches!(*last, "." | "..");
+            let bad =
+                inner.iter().any(|s| matches!(*s, "" | "." | "..")) || matches!(*last, "." | "..");
             assert_eq!(canonical_path(p).is_err(), bad, "{p:?}");
         }
     }
@@ -377,17 +383,29 @@ mod tests {
             match_target("https", "ADMIN.Test", "/x"),
             "https://admin.test/x"
         );
-        assert_eq!(match_target("http", "admin.test.", "/x"), "http://admin.test/x");
+        assert_eq!(
+            match_target("http", "admin.test.", "/x"),
+            "http://admin.test/x"
+        );
         assert_eq!(
             match_target("http", "admin.test.:8080", "/"),
             "http://admin.test:8080/"
         );
-        assert_eq!(match_target("http", "Admin.test.:80", "/"), "http://admin.test/");
-        assert_eq!(match_target("http", "admin.test:", "/"), "http://admin.test/");
+        assert_eq!(
+            match_target("http", "Admin.test.:80", "/"),
+            "http://admin.test/"
+        );
+        assert_eq!(
+            match_target("http", "admin.test:", "/"),
+            "http://admin.test/"
+        );
         assert_eq!(match_target("http", "h:443", "/"), "http://h:443/");
         assert_eq!(match_target("https", "h:443", "/"), "https://h/");
         assert_eq!(match_target("https", "h:80", "/"), "https://h:80/");
-        assert_eq!(match_target("http", "[::1]:8080", "/"), "http://[::1]:8080/");
+        assert_eq!(
+            match_target("http", "[::1]:8080", "/"),
+            "http://[::1]:8080/"
+        );
         assert_eq!(match_target("http", "[::1]:80", "/"), "http://[::1]/");
         assert_eq!(match_target("http", "[::1]", "/"), "http://[::1]/");
     }
@@ -421,12 +439,21 @@ mod tests {
         assert_eq!(n("http://admin.test.:80/x"), "http://admin.test/x");
         assert_eq!(n("https://Admin.test:443/x"), "https://admin.test/x");
         assert_eq!(n("https://admin.test:80/x"), "https://admin.test:80/x");
-        assert_eq!(n("<https?>://admin.test:80/x"), "<https?>://admin.test:80/x");
-        assert_eq!(n("<HTTP|https>://<[A-Z]+>.Test/x"), "<HTTP|https>://<[A-Z]+>.test/x");
+        assert_eq!(
+            n("<https?>://admin.test:80/x"),
+            "<https?>://admin.test:80/x"
+        );
+        assert_eq!(
+            n("<HTTP|https>://<[A-Z]+>.Test/x"),
+            "<HTTP|https>://<[A-Z]+>.test/x"
+        );
         assert!(matches!(
             normalize_pattern_origin("<http|https>://<[^/]+>/Public/<.*>"),
             Cow::Borrowed(_)
         ));
-        assert!(matches!(normalize_pattern_origin("/no-scheme"), Cow::Borrowed(_)));
+        assert!(matches!(
+            normalize_pattern_origin("/no-scheme"),
+            Cow::Borrowed(_)
+        ));
     }
 }

@@ -47,10 +47,12 @@ impl Context for Stream {
 fn read_request(with_remote_ip: bool) -> Request {
     let raw = headers::read(MapType::HttpRequestHeaders).unwrap_or_default();
     let mut b = headers::request(raw);
-    b.tls(hostcalls::get_property(vec!["connection", "tls_version"])
-        .ok()
-        .flatten()
-        .is_some_and(|v| !v.is_empty()));
+    b.tls(
+        hostcalls::get_property(vec!["connection", "tls_version"])
+            .ok()
+            .flatten()
+            .is_some_and(|v| !v.is_empty()),
+    );
     if with_remote_ip {
         b.remote_ip(
             hostcalls::get_property(vec!["source", "address"])

@@ -111,7 +111,8 @@ pub fn h2c(port: u16, headers: &[(&str, &str)]) -> H2Reply {
         let (kind, flags) = (head[3], head[4]);
         let stream = u32::from_be_bytes([head[5] & 0x7f, head[6], head[7], head[8]]);
         let mut payload = vec![0u8; len];
-        conn.read_exact(&mut payload).expect("reading an HTTP/2 frame");
+        conn.read_exact(&mut payload)
+            .expect("reading an HTTP/2 frame");
         match (kind, stream) {
             // SETTINGS from the server: acknowledge.
             (4, 0) if flags & 1 == 0 => {
@@ -182,11 +183,7 @@ fn hpack_status(block: &[u8]) -> Option<u16> {
         return Some(*s);
     }
     // Literal with incremental indexing / without indexing / never indexed, name index 8..14.
-    let name_index = match first {
-        0x48..=0x4e => true,
-        0x08..=0x0e | 0x18..=0x1e => true,
-        _ => false,
-    };
+    let name_index = matches!(first, 0x48..=0x4e | 0x08..=0x0e | 0x18..=0x1e);
     let len = *block.get(1)?;
     if !name_index || len & 0x80 != 0 {
         return None;

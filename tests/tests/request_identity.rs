@@ -40,8 +40,20 @@ fn admin_and_public(mode: PathNormalization) -> (Stack, Upstream) {
             config(
                 auth,
                 json!([
-                    rule("public", "http://<[^/]+>/public/<.*>", anonymous(), allow(), noop()),
-                    rule("admin", "http://<[^/]+>/admin/<.*>", unauthorized(), allow(), x_user()),
+                    rule(
+                        "public",
+                        "http://<[^/]+>/public/<.*>",
+                        anonymous(),
+                        allow(),
+                        noop()
+                    ),
+                    rule(
+                        "admin",
+                        "http://<[^/]+>/admin/<.*>",
+                        unauthorized(),
+                        allow(),
+                        x_user()
+                    ),
                 ]),
             )
         },
@@ -133,8 +145,20 @@ fn scheme_rules(auth: &portcullis_e2e::AuthServer) -> Value {
     config(
         auth,
         json!([
-            rule("tls", "https://<[^/]+>/tls/<.*>", anonymous(), allow(), noop()),
-            rule("plain", "http://<[^/]+>/tls/<.*>", unauthorized(), allow(), noop()),
+            rule(
+                "tls",
+                "https://<[^/]+>/tls/<.*>",
+                anonymous(),
+                allow(),
+                noop()
+            ),
+            rule(
+                "plain",
+                "http://<[^/]+>/tls/<.*>",
+                unauthorized(),
+                allow(),
+                noop()
+            ),
         ]),
     )
 }
@@ -189,7 +213,14 @@ fn the_scheme_comes_from_the_connection_not_the_client() {
 fn self_signed(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
     let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
     let status = Command::new("openssl")
-        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256"])
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+        ])
         .args(["-nodes", "-days", "1", "-subj", "/CN=localhost", "-keyout"])
         .arg(&key)
         .arg("-out")
@@ -227,16 +258,26 @@ fn over_tls_the_scheme_is_https_whatever_the_client_says() {
 fn underscore_spellings_and_other_rules_managed_headers_are_stripped() {
     let stack = Stack::start(json!([
         rule("me", "http://<[^/]+>/me", anonymous(), allow(), x_user()),
-        rule("public", "http://<[^/]+>/public", anonymous(), allow(), noop()),
+        rule(
+            "public",
+            "http://<[^/]+>/public",
+            anonymous(),
+            allow(),
+            noop()
+        ),
     ]));
-    let r = stack.raw("GET /me HTTP/1.1\r\nhost: svc.test\r\nx_user: admin\r\nx-user: guest2\r\nX_User: root");
+    let r = stack.raw(
+        "GET /me HTTP/1.1\r\nhost: svc.test\r\nx_user: admin\r\nx-user: guest2\r\nX_User: root",
+    );
     stack.expect(&r, 200, "me");
     let echo = r.echo();
     assert_eq!(echo.header("x-user"), Some("guest"));
     assert_eq!(echo.header("x_user"), None, "{echo:?}");
 
     // The public rule sets no header, yet X-User is the workload's identity header elsewhere.
-    let r = stack.raw("GET /public HTTP/1.1\r\nhost: svc.test\r\nx-user: root\r\nx_user: root\r\nx-other: kept");
+    let r = stack.raw(
+        "GET /public HTTP/1.1\r\nhost: svc.test\r\nx-user: root\r\nx_user: root\r\nx-other: kept",
+    );
     stack.expect(&r, 200, "public");
     let echo = r.echo();
     assert_eq!(echo.header("x-user"), None, "{echo:?}");
@@ -248,8 +289,20 @@ fn underscore_spellings_and_other_rules_managed_headers_are_stripped() {
 fn host_case_and_trailing_dot_do_not_escape_a_host_rule() {
     let stack = Stack::start(json!([
         // Written in upper case on purpose: rules' literal hosts are lower-cased too.
-        rule("admin", "http://Admin.TEST/<.*>", unauthorized(), allow(), noop()),
-        rule("others", "http://<(?!admin\\.test)[^/]+>/<.*>", anonymous(), allow(), noop()),
+        rule(
+            "admin",
+            "http://Admin.TEST/<.*>",
+            unauthorized(),
+            allow(),
+            noop()
+        ),
+        rule(
+            "others",
+            "http://<(?!admin\\.test)[^/]+>/<.*>",
+            anonymous(),
+            allow(),
+            noop()
+        ),
     ]));
     for host in [
         "admin.test",
@@ -278,9 +331,27 @@ fn trusted_forwarded_host_is_the_last_element_and_is_checked() {
         let mut c = config(
             auth,
             json!([
-                rule("public", "http://public.test/<.*>", anonymous(), allow(), noop()),
-                rule("admin", "http://admin.test/<.*>", unauthorized(), allow(), noop()),
-                rule("www", "http://www.example.com/public/<.*>", anonymous(), allow(), noop()),
+                rule(
+                    "public",
+                    "http://public.test/<.*>",
+                    anonymous(),
+                    allow(),
+                    noop()
+                ),
+                rule(
+                    "admin",
+                    "http://admin.test/<.*>",
+                    unauthorized(),
+                    allow(),
+                    noop()
+                ),
+                rule(
+                    "www",
+                    "http://www.example.com/public/<.*>",
+                    anonymous(),
+                    allow(),
+                    noop()
+                ),
             ]),
         );
         c["trust_forwarded_headers"] = json!(true);
