@@ -133,8 +133,8 @@ pub struct CompiledRule {
     pub authorizer: Authorizer,
     pub mutators: Vec<Mutator>,
     pub errors: RuleErrorHandlers,
-    /// Lower-case names of headers this rule's mutators set: stripped from the incoming request
-    /// so a client cannot forge them.
+    /// Lower-case names of headers this rule's mutators and authorizer set. The union over all
+    /// rules is stripped from every allowed request (see [`Engine::is_managed`]).
     pub managed_headers: Vec<String>,
     /// Templates of this rule read request headers: keep a copy of them in the session.
     pub needs_request_headers: bool,
@@ -425,11 +425,6 @@ impl Engine {
     /// [`crate::request::Request::remote_ip`] (reading it costs a host call per request).
     pub fn needs_remote_ip(&self) -> bool {
         self.needs_remote_ip
-    }
-
-    /// Lower-case names of the headers any rule's mutators or authorizer set.
-    pub fn managed_headers(&self) -> &[String] {
-        &self.managed_headers
     }
 
     /// Whether an incoming header `name` must be stripped: it names a managed header, ignoring
