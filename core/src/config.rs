@@ -144,8 +144,8 @@ pub struct CompiledRule {
     pub authorizer: Authorizer,
     pub mutators: Vec<Mutator>,
     pub errors: RuleErrorHandlers,
-    /// Lower-case names of headers this rule's mutators set: stripped from the incoming request
-    /// so a client cannot forge them.
+    /// Lower-case names of headers this rule's mutators and authorizer set. The union over all
+    /// rules is stripped from every allowed request (see [`Engine::is_managed`]).
     pub managed_headers: Vec<String>,
     /// Templates of this rule read request headers: keep a copy of them in the session.
     pub needs_request_headers: bool,
@@ -161,6 +161,10 @@ pub struct Engine {
     pub(crate) jwks: Vec<JwksSource>,
     pub(crate) disabled: bool,
     needs_remote_ip: bool,
+    /// Every rule's managed headers, sorted: stripped from every allowed request whatever rule
+    /// matched, so a forged `X-User` cannot reach the workload through a rule that does not
+    /// set it (Oathkeeper strips only the matched rule's).
+    managed_headers: Vec<String>,
 }
 
 /// Global handler settings a rule's handler is checked and merged against.
@@ -381,6 +385,12 @@ impl Engine {
         for source in &mut jwks {
             source.max_stale_ms = max_stale_ms;
         }
+        let mut managed_headers: Vec<String> = rules
+            .iter()
+            .flat_map(|r| r.managed_headers.iter().cloned())
+            .collect();
+        managed_headers.sort();
+        managed_headers.dedup();
         match error_handlers {
             Some(handlers) if errors.is_empty() => Ok(Engine {
                 rules,
@@ -390,6 +400,7 @@ impl Engine {
                 jwks,
                 disabled: raw.disabled,
                 needs_remote_ip: mentions_remote_ip(raw),
+                managed_headers,
             }),
             _ => Err(ConfigErrors(errors)),
         }
@@ -436,6 +447,25 @@ impl Engine {
     /// [`crate::request::Request::remote_ip`] (reading it costs a host call per request).
     pub fn needs_remote_ip(&self) -> bool {
         self.needs_remote_ip
+    }
+
+    /// Whether an incoming header `name` must be stripped: it names a managed header, ignoring
+    /// case and with `_` read as `-` (CGI, WSGI, Rack and PHP turn both `X-User` and `x_user`
+    /// into `HTTP_X_USER`, so an underscore spelling is the same header to the workload).
+    pub fn is_managed(&self, name: &str) -> bool {
+        let same = |a: u8, b: u8| {
+            let fold = |c: u8| {
+                if c == b'_' {
+                    b'-'
+                } else {
+                    c.to_ascii_lowercase()
+                }
+            };
+            fold(a) == fold(b)
+        };
+        self.managed_headers
+            .iter()
+            .any(|m| m.len() == name.len() && m.bytes().zip(name.bytes()).all(|(a, b)| same(a, b)))
     }
 
     /// True when this configuration lets every request through (see [`FilterConfig::disabled`]).

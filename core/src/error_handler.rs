@@ -253,6 +253,12 @@ impl CompiledHandler {
     }
 }
 
+/// The `json` handler's verbose answer, for refusals that come before any rule (the reason and
+/// message tell the client what was wrong with its request).
+pub fn json_error(error: &PolicyError) -> Response {
+    json_response(error, true)
+}
+
 fn json_response(error: &PolicyError, verbose: bool) -> Response {
     // Written by hand so the keys keep Oathkeeper's order (code, status, reason, message).
     let quote = |s: &str| Value::from(s).to_string();

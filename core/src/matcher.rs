@@ -104,7 +104,10 @@ fn sections(pattern: &str) -> Result<Vec<(usize, usize)>, PatternError> {
 }
 
 impl UrlPattern {
+    /// Compiles `pattern`; its literal scheme and host are lower-cased first (see
+    /// [`crate::url::normalize_pattern_origin`]), as request hosts are before matching.
     pub fn compile(pattern: &str, strategy: MatchingStrategy) -> Result<UrlPattern, PatternError> {
+        let pattern = &*crate::url::normalize_pattern_origin(pattern);
         let secs = sections(pattern)?;
         let prefix_len = secs.first().map_or(pattern.len(), |s| s.0);
         let mut linear = None;

@@ -7,20 +7,21 @@ use crate::authn::{Authenticator, AuthnStep, Caches};
 use crate::authz::AuthzStep;
 use crate::callout::{Callout, CalloutResponse};
 use crate::config::Engine;
-use crate::error_handler::{ErrorKind, PolicyError, Response};
+use crate::error_handler::{ErrorKind, PolicyError, Response, json_error};
 use crate::host::Host;
 use crate::matcher::Lookup;
 use crate::request::Request;
 use crate::session::{Session, method_name};
-use crate::url::{clean_path, match_target};
+use crate::url::{canonical_path, check_host, match_target, push_origin};
 use std::sync::Arc;
 
 /// The request may go on to the workload, with these header changes.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Allow<'e> {
     pub rule_id: &'e str,
-    /// Incoming headers to drop first (those the rule's mutators own).
-    pub remove_headers: &'e [String],
+    /// Incoming headers to drop first, as the client spelled them: those any rule's mutators
+    /// or authorizer set (see [`Engine::is_managed`]). Only names the request carries.
+    pub remove_headers: Vec<String>,
     /// Headers to set (lower-case names).
     pub set_headers: Vec<(String, String)>,
 }
@@ -123,7 +124,7 @@ impl Evaluation {
                         self.stage = Stage::Finished;
                         return Step::Allow(Allow {
                             rule_id: "",
-                            remove_headers: &[],
+                            remove_headers: Vec::new(),
                             set_headers: Vec::new(),
                         });
                     }
@@ -186,9 +187,16 @@ impl Evaluation {
                     self.stage = Stage::Finished;
                     let mut set_headers = std::mem::take(&mut self.session.header);
                     set_headers.append(&mut self.forward);
+                    // Allocates only when the client sent a managed header.
+                    let mut remove_headers: Vec<String> = Vec::new();
+                    for (name, _) in self.req.headers() {
+                        if engine.is_managed(name) && !remove_headers.iter().any(|n| n == name) {
+                            remove_headers.push(name.to_string());
+                        }
+                    }
                     return Step::Allow(Allow {
                         rule_id: &rule.id,
-                        remove_headers: &rule.managed_headers,
+                        remove_headers,
                         set_headers,
                     });
                 }
@@ -246,18 +254,44 @@ impl Evaluation {
         }
     }
 
-    fn scheme_and_host(&self, engine: &Engine) -> (&str, &str) {
+    /// Scheme and host rules are matched against: the connection's scheme and `:authority`, or,
+    /// when forwarded headers are trusted, what the trusted proxy in front appended last (every
+    /// element before it was written by whoever sent the request to that proxy).
+    fn scheme_and_host(&self, engine: &Engine) -> Result<(&'static str, &str), PolicyError> {
         let mut scheme = self.req.scheme();
         let mut host = self.req.authority();
         if engine.trust_forwarded_headers {
-            if let Some(p) = self.req.header("x-forwarded-proto") {
-                scheme = p.split(',').next().unwrap_or(p).trim();
+            if let Some(p) = self.last_forwarded("x-forwarded-proto") {
+                scheme = if p.eq_ignore_ascii_case("https") {
+                    "https"
+                } else if p.eq_ignore_ascii_case("http") {
+                    "http"
+                } else {
+                    return Err(PolicyError::new(
+                        ErrorKind::BadRequest,
+                        "invalid_forwarded_proto",
+                        "X-Forwarded-Proto must be http or https",
+                    ));
+                };
             }
-            if let Some(h) = self.req.header("x-forwarded-host") {
-                host = h.split(',').next().unwrap_or(h).trim();
+            if let Some(h) = self.last_forwarded("x-forwarded-host") {
+                host = h;
             }
         }
-        (scheme, host)
+        check_host(host)
+            .map_err(|e| PolicyError::new(ErrorKind::BadRequest, "invalid_host", e.to_string()))?;
+        Ok((scheme, host))
+    }
+
+    /// The last comma-separated element of the last `name` header, trimmed.
+    fn last_forwarded(&self, name: &str) -> Option<&str> {
+        let value = self
+            .req
+            .headers()
+            .filter(|(k, _)| k.eq_ignore_ascii_case(name))
+            .last()?
+            .1;
+        value.rsplit(',').next().map(str::trim)
     }
 
     fn full_url(&self) -> String {
@@ -269,22 +303,40 @@ impl Evaluation {
         )
     }
 
+    /// Refuses, before any rule runs, a request whose path or host could be read two ways: a
+    /// clear 400 in the filter's JSON error format, whatever the error handlers say (they are
+    /// for decisions of rules; this request never got to one).
+    fn refuse<'e>(&self, error: PolicyError) -> Deny<'e> {
+        Deny {
+            rule_id: None,
+            reason: error.reason,
+            response: json_error(&error),
+            message: error.message,
+        }
+    }
+
     fn match_rule<'e>(&mut self, engine: &'e Engine) -> Result<(), Deny<'e>> {
-        let (scheme, host) = self.scheme_and_host(engine);
-        let path = clean_path(self.req.path_only());
+        let (scheme, host) = self.scheme_and_host(engine).map_err(|e| self.refuse(e))?;
+        let raw_path = self.req.path_only();
+        let path = canonical_path(raw_path).map_err(|e| {
+            self.refuse(PolicyError::new(
+                ErrorKind::BadRequest,
+                "invalid_path",
+                e.to_string(),
+            ))
+        })?;
         let target = match_target(scheme, host, &path);
         // The URL templates and error handlers see keeps the query and the percent-escapes;
         // without either it is the match target itself, and costs no second string.
         let query = self.req.query();
-        let full_url = if query.is_none() && !path.contains('%') {
+        let full_url = if query.is_none() && !raw_path.contains('%') {
             None
         } else {
             let mut u = String::with_capacity(
-                scheme.len() + 3 + host.len() + path.len() + query.map_or(0, |q| q.len() + 1),
+                scheme.len() + 3 + host.len() + raw_path.len() + query.map_or(0, |q| q.len() + 1),
             );
-            for part in [scheme, "://", host, &path] {
-                u.push_str(part);
-            }
+            push_origin(&mut u, scheme, host);
+            u.push_str(raw_path);
             if let Some(q) = query {
                 u.push('?');
                 u.push_str(q);

@@ -11,8 +11,9 @@ use std::ops::Range;
 pub struct Request {
     text: String,
     method: Range<usize>,
-    /// `http` or `https`.
-    scheme: Range<usize>,
+    /// Whether the downstream connection is TLS: the scheme. Never what the client wrote
+    /// (`:scheme`, an absolute-form target), which it can choose freely on any connection.
+    tls: bool,
     /// Host (and port, when present), from `:authority`.
     authority: Range<usize>,
     /// Path with query string, as received (`:path`).
@@ -23,7 +24,8 @@ pub struct Request {
 }
 
 impl Request {
-    /// A request from its parts (tests, and hosts that already hold strings).
+    /// A request from its parts (tests, and hosts that already hold strings); `scheme` is the
+    /// connection's (`https` for TLS).
     pub fn new<'a>(
         method: &'a str,
         scheme: &'a str,
@@ -32,9 +34,9 @@ impl Request {
         headers: impl IntoIterator<Item = (&'a str, &'a str)>,
     ) -> Self {
         let mut b = RequestBuilder::new(0, 0);
+        b.tls(scheme.eq_ignore_ascii_case("https"));
         for (name, value) in [
             (":method", method),
-            (":scheme", scheme),
             (":authority", authority),
             (":path", path),
         ]
@@ -50,8 +52,9 @@ impl Request {
         self.slice(&self.method)
     }
 
-    pub fn scheme(&self) -> &str {
-        self.slice(&self.scheme)
+    /// `https` when the downstream connection is TLS, else `http`.
+    pub fn scheme(&self) -> &'static str {
+        if self.tls { "https" } else { "http" }
     }
 
     pub fn authority(&self) -> &str {
@@ -121,8 +124,9 @@ impl RequestBuilder {
         }
     }
 
-    /// One entry of the proxy's header map. `:method`, `:scheme`, `:authority` and `:path` become
-    /// the request's fields, other pseudo-headers are dropped. Bytes that are not UTF-8 (HTTP/1
+    /// One entry of the proxy's header map. `:method`, `:authority` and `:path` become the
+    /// request's fields, other pseudo-headers (`:scheme` among them: see [`Self::tls`]) are
+    /// dropped. Bytes that are not UTF-8 (HTTP/1
     /// allows them in values) become U+FFFD: such a value can still be read, and can never equal
     /// a token or a name a rule was written with.
     pub fn entry(&mut self, name: &[u8], value: &[u8]) -> &mut Self {
@@ -139,7 +143,6 @@ impl RequestBuilder {
     pub fn entry_at(&mut self, name: Range<usize>, value: Range<usize>) -> &mut Self {
         let field = match self.bytes.get(name.clone()).unwrap_or_default() {
             b":method" => Some(Field::Method),
-            b":scheme" => Some(Field::Scheme),
             b":authority" => Some(Field::Authority),
             b":path" => Some(Field::Path),
             [b':', ..] => return self,
@@ -148,7 +151,6 @@ impl RequestBuilder {
         let r = &mut self.req;
         match field {
             Some(Field::Method) => r.method = value,
-            Some(Field::Scheme) => r.scheme = value,
             Some(Field::Authority) => r.authority = value,
             Some(Field::Path) => r.path = value,
             None => r.headers.push((name, value)),
@@ -170,25 +172,26 @@ impl RequestBuilder {
         self
     }
 
+    /// Whether the downstream connection is TLS, as the proxy knows it: this alone decides the
+    /// scheme rules are matched against (`http` when never called).
+    pub fn tls(&mut self, tls: bool) -> &mut Self {
+        self.req.tls = tls;
+        self
+    }
+
     /// The downstream peer address (without port).
     pub fn remote_ip(&mut self, ip: Option<String>) -> &mut Self {
         self.req.remote_ip = ip;
         self
     }
 
-    /// The request; the scheme is `http` when the proxy gave none.
+    /// The request.
     pub fn build(mut self) -> Request {
-        let mut req = match String::from_utf8(std::mem::take(&mut self.bytes)) {
+        match String::from_utf8(std::mem::take(&mut self.bytes)) {
             // The usual case: one validation pass, the buffer becomes the text as it is.
             Ok(text) => Request { text, ..self.req },
             Err(e) => repaired(e.as_bytes(), self.req),
-        };
-        if req.scheme.is_empty() {
-            let start = req.text.len();
-            req.text.push_str("http");
-            req.scheme = start..req.text.len();
         }
-        req
     }
 }
 
@@ -202,12 +205,7 @@ fn repaired(bytes: &[u8], mut req: Request) -> Request {
         ));
         *r = start..text.len();
     };
-    for r in [
-        &mut req.method,
-        &mut req.scheme,
-        &mut req.authority,
-        &mut req.path,
-    ] {
+    for r in [&mut req.method, &mut req.authority, &mut req.path] {
         copy(r);
     }
     for (n, v) in &mut req.headers {
@@ -219,7 +217,6 @@ fn repaired(bytes: &[u8], mut req: Request) -> Request {
 
 enum Field {
     Method,
-    Scheme,
     Authority,
     Path,
 }
@@ -248,6 +245,17 @@ mod tests {
         assert_eq!(all, [("x-a", "1"), ("x-b", "2"), ("x-a", "3")]);
         assert_eq!(r.header("X-A"), Some("1"));
         assert_eq!(r.header("x-c"), None);
+    }
+
+    #[test]
+    fn the_scheme_is_the_connections_not_the_clients() {
+        let mut b = RequestBuilder::new(0, 0);
+        b.entry(b":scheme", b"https").entry(b":path", b"/");
+        assert_eq!(b.build().scheme(), "http", ":scheme on a plain connection");
+        let mut b = RequestBuilder::new(0, 0);
+        b.entry(b":scheme", b"http").tls(true);
+        assert_eq!(b.build().scheme(), "https", "TLS whatever :scheme says");
+        assert_eq!(Request::new("GET", "https", "h", "/", []).scheme(), "https");
     }
 
     #[test]

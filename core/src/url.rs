@@ -1,117 +1,148 @@
-//! The string access rules are matched against: `scheme://host/path`, query excluded, path
-//! percent-decoded and cleaned.
+//! The string access rules are matched against: `scheme://host/path`, query excluded, host
+//! lower-cased, path percent-decoded, and only ever a canonical path.
 //!
 //! Why decoded: Oathkeeper matches Go's `url.URL.Path`, which `net/url` has already
-//! percent-decoded (`/a%20b` is matched as `/a b`, `%2F` as `/`). We receive Envoy's raw `:path`,
-//! so we decode the same way; otherwise `/%61dmin` would slip past a rule written for `/admin`.
-//! Malformed escapes (`%zz`, a lone `%`) are kept as literal text rather than rejected: they cannot
-//! produce `/` or `.`, so they cannot change which segments the path has.
+//! percent-decoded (`/a%20b` is matched as `/a b`). We receive Envoy's raw `:path`, so we decode
+//! the same way; otherwise `/%61dmin` would slip past a rule written for `/admin` while the
+//! workload, decoding too, serves `/admin`. Malformed escapes (`%zz`, a lone `%`) are kept as
+//! literal text: they cannot produce a byte this module refuses.
 //!
-//! Why cleaned: `.` and `..` segments and repeated slashes are resolved with Go's `path.Clean`
-//! algorithm before matching, so `/public/../admin` is matched as `/admin` (the upstream would
-//! resolve it that way too). Two deliberate differences from `path.Clean`, both to keep rules that
-//! work in Oathkeeper working here: a trailing slash is kept (Oathkeeper matches the path as
-//! received, so `https://h/api/` rules must still match `/api/`), and the result is always rooted
-//! (an empty path is `/`).
+//! Why refused rather than cleaned: the filter never rewrites `:path`, so whatever Envoy's router
+//! and the workload do with a path, they do with the one the client sent. Resolving `..` or
+//! decoding `%2F` here would judge one path and forward another (`/admin/..%2Fpublic/x` was judged
+//! as `/public/x` and served by the admin backend). A path that could be read two ways — dot
+//! segments raw or encoded, encoded `/` or `\`, raw `\`, empty segments, `;` path parameters,
+//! control bytes, escapes that are not UTF-8 — is refused instead (the caller answers 400), so
+//! every path that is matched has one reading, and it is the one the workload gets. A single
+//! trailing slash stays allowed (`/api/` is distinct from `/api` for Oathkeeper and for routers).
 
 use std::borrow::Cow;
+use thiserror::Error;
 
-/// Go's `path.Clean`, rooted, keeping a trailing slash. Borrows when the input is already clean.
-pub fn clean_path(path: &str) -> Cow<'_, str> {
-    if is_clean(path) {
-        Cow::Borrowed(path)
-    } else {
-        Cow::Owned(clean_owned(path))
-    }
+/// Why a path is not canonical. The messages are sent to the client, who wrote the path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
+pub enum PathError {
+    #[error("the path must start with '/'")]
+    NotRooted,
+    #[error("the path has a '.' or '..' segment (raw or percent-encoded)")]
+    DotSegment,
+    #[error("the path has an empty segment ('//')")]
+    EmptySegment,
+    #[error("the path has a percent-encoded '/' or '\\' (%2F, %5C)")]
+    EncodedSeparator,
+    #[error("the path has a backslash")]
+    Backslash,
+    #[error("the path has a ';' (path parameters are not accepted)")]
+    PathParameter,
+    #[error("the path has a control character (raw or percent-encoded)")]
+    ControlCharacter,
+    #[error("the path has percent-escapes that do not decode to UTF-8")]
+    NotUtf8,
 }
 
-fn clean_owned(path: &str) -> String {
-    let bytes = path.as_bytes();
-    let n = bytes.len();
-    let mut out: Vec<u8> = Vec::with_capacity(n + 1);
-    out.push(b'/');
-    let mut r = 0;
-    while r < n {
-        // An empty or `.` segment adds nothing.
-        let empty = bytes[r] == b'/' || (bytes[r] == b'.' && (r + 1 == n || bytes[r + 1] == b'/'));
-        if empty {
-            r += 1;
-        } else if bytes[r] == b'.'
-            && r + 1 < n
-            && bytes[r + 1] == b'.'
-            && (r + 2 == n || bytes[r + 2] == b'/')
-        {
-            r += 2;
-            // Back up to the previous slash; `..` at the root stays at the root.
-            while out.len() > 1 && out[out.len() - 1] != b'/' {
-                out.pop();
-            }
-            if out.len() > 1 {
-                out.pop();
-            }
-        } else {
-            if out.len() > 1 {
-                out.push(b'/');
-            }
-            while r < n && bytes[r] != b'/' {
-                out.push(bytes[r]);
-                r += 1;
-            }
-        }
-    }
-    let trailing = path.ends_with('/') || path.ends_with("/.") || path.ends_with("/..");
-    if trailing && out.len() > 1 {
-        out.push(b'/');
-    }
-    // Only whole segments were copied, split at ASCII '/', so the bytes stay valid UTF-8.
-    String::from_utf8_lossy(&out).into_owned()
+/// Why a host is refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
+pub enum HostError {
+    #[error(
+        "the host has a character not allowed in a host name ('/', '?', '#', '@', '\\', whitespace or a control character)"
+    )]
+    Character,
+    #[error("the host ends with more than one '.'")]
+    TrailingDots,
 }
 
-/// One pass over the bytes: this runs on every request, and each substring search would set up
-/// a searcher of its own. Clean means: rooted, and no segment after a slash is `.`, `..` or
-/// empty, except an empty last one (the kept trailing slash).
-fn is_clean(path: &str) -> bool {
+/// The path (without query) as rules see it: percent-decoded, after checking in one pass that it
+/// is canonical. Borrows when there is nothing to decode, which is the common case.
+pub fn canonical_path(path: &str) -> Result<Cow<'_, str>, PathError> {
     let b = path.as_bytes();
     if b.first() != Some(&b'/') {
-        return false;
+        return Err(PathError::NotRooted);
     }
+    let mut escapes = false;
+    // The current segment, decoded: its length and whether every byte so far was a '.'.
+    let (mut len, mut dots) = (0usize, true);
     let mut i = 1;
-    loop {
-        let rest = &b[i.min(b.len())..];
-        let end = rest.iter().position(|&c| c == b'/').unwrap_or(rest.len());
-        let last = end == rest.len();
-        match &rest[..end] {
-            b"." | b".." => return false,
-            b"" if !last => return false,
-            _ if last => return true,
-            _ => i += end + 1,
+    while i < b.len() {
+        let raw = b[i];
+        if raw == b'/' {
+            segment_end(len, dots, false)?;
+            (len, dots) = (0, true);
+            i += 1;
+            continue;
         }
+        let byte = match escape_at(b, i) {
+            Some(decoded) => {
+                escapes = true;
+                i += 3;
+                if decoded == b'/' || decoded == b'\\' {
+                    return Err(PathError::EncodedSeparator);
+                }
+                decoded
+            }
+            None => {
+                i += 1;
+                if raw == b'\\' {
+                    return Err(PathError::Backslash);
+                }
+                raw
+            }
+        };
+        if byte == b';' {
+            return Err(PathError::PathParameter);
+        }
+        if byte < 0x20 || byte == 0x7f {
+            return Err(PathError::ControlCharacter);
+        }
+        len += 1;
+        dots &= byte == b'.';
+    }
+    segment_end(len, dots, true)?;
+    if !escapes {
+        return Ok(Cow::Borrowed(path));
+    }
+    String::from_utf8(decode(b))
+        .map(Cow::Owned)
+        .map_err(|_| PathError::NotUtf8)
+}
+
+/// Checks a finished segment: never `.` or `..`; empty only as the last one (the root, or a
+/// trailing slash).
+fn segment_end(len: usize, dots: bool, last: bool) -> Result<(), PathError> {
+    match len {
+        0 if last => Ok(()),
+        0 => Err(PathError::EmptySegment),
+        1 | 2 if dots => Err(PathError::DotSegment),
+        _ => Ok(()),
     }
 }
 
-/// Decodes `%XX` escapes as Go's `url.PathUnescape` would for a path; malformed escapes are kept
-/// literally. Bytes that decode to invalid UTF-8 are replaced with U+FFFD (Go keeps the raw bytes;
-/// a rule cannot name them in a UTF-8 pattern either way).
-pub fn decode_path(path: &str) -> Cow<'_, str> {
-    if !path.contains('%') {
-        return Cow::Borrowed(path);
+/// The byte a valid `%XX` escape at `i` stands for.
+fn escape_at(b: &[u8], i: usize) -> Option<u8> {
+    if b.get(i) != Some(&b'%') {
+        return None;
     }
-    let bytes = path.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
+    let h = hex(*b.get(i + 1)?)?;
+    let l = hex(*b.get(i + 2)?)?;
+    Some(h << 4 | l)
+}
+
+/// Decodes `%XX` escapes as Go's `url.PathUnescape` would; malformed escapes are kept literally.
+fn decode(b: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%'
-            && i + 2 < bytes.len()
-            && let (Some(h), Some(l)) = (hex(bytes[i + 1]), hex(bytes[i + 2]))
-        {
-            out.push(h << 4 | l);
-            i += 3;
-            continue;
+    while i < b.len() {
+        match escape_at(b, i) {
+            Some(byte) => {
+                out.push(byte);
+                i += 3;
+            }
+            None => {
+                out.push(b[i]);
+                i += 1;
+            }
         }
-        out.push(bytes[i]);
-        i += 1;
     }
-    Cow::Owned(String::from_utf8_lossy(&out).into_owned())
+    out
 }
 
 fn hex(b: u8) -> Option<u8> {
@@ -123,17 +154,131 @@ fn hex(b: u8) -> Option<u8> {
     }
 }
 
-/// `scheme://authority/path`: the string rules are matched against. `path` must not carry the
-/// query; it is decoded and cleaned here. `authority` keeps its port, as Go's `URL.Host` does.
+/// Refuses a host (with its port, as in `:authority`) that could make the match target say
+/// something the host header does not: a `/`, `?` or `#` would move text into the path, a `@`
+/// or `\` would read as userinfo or a separator to some parsers.
+pub fn check_host(authority: &str) -> Result<(), HostError> {
+    if authority
+        .bytes()
+        .any(|c| matches!(c, b'/' | b'?' | b'#' | b'@' | b'\\' | 0..=0x20 | 0x7f))
+    {
+        return Err(HostError::Character);
+    }
+    if split_port(authority).0.ends_with("..") {
+        return Err(HostError::TrailingDots);
+    }
+    Ok(())
+}
+
+/// `host` and `:port` (with its colon, or empty) of an authority; an IPv6 literal keeps its
+/// brackets.
+fn split_port(authority: &str) -> (&str, &str) {
+    match authority.rfind(':') {
+        Some(i) if !authority[..i].contains(':') || authority[..i].ends_with(']') => {
+            authority.split_at(i)
+        }
+        _ => (authority, ""),
+    }
+}
+
+/// Appends `scheme://host[:port]` with the host as Envoy's virtual hosts, DNS and the workload
+/// read it: ASCII lower case, one trailing dot dropped, and the scheme's default port (or an
+/// empty one) dropped as RFC 3986 §6.2.3 does (`ADMIN.test.:80` over http is `admin.test`).
+pub fn push_origin(out: &mut String, scheme: &str, authority: &str) {
+    out.push_str(scheme);
+    out.push_str("://");
+    let (host, port) = split_port(authority);
+    let host = host.strip_suffix('.').unwrap_or(host);
+    for c in host.chars() {
+        out.push(c.to_ascii_lowercase());
+    }
+    if !is_default_port(scheme, port) {
+        out.push_str(port);
+    }
+}
+
+/// `:port` (with its colon) is empty or the default of `scheme`.
+fn is_default_port(scheme: &str, port: &str) -> bool {
+    match port {
+        ":" => true,
+        ":80" => scheme.eq_ignore_ascii_case("http"),
+        ":443" => scheme.eq_ignore_ascii_case("https"),
+        _ => false,
+    }
+}
+
+/// `scheme://authority/path`: the string rules are matched against. `path` is a
+/// [`canonical_path`] (decoded, without the query); the host is normalised by [`push_origin`].
 pub fn match_target(scheme: &str, authority: &str, path: &str) -> String {
-    let decoded = decode_path(path);
-    let cleaned = clean_path(&decoded);
-    let mut s = String::with_capacity(scheme.len() + 3 + authority.len() + cleaned.len());
-    s.push_str(scheme);
-    s.push_str("://");
-    s.push_str(authority);
-    s.push_str(&cleaned);
+    let mut s = String::with_capacity(scheme.len() + 3 + authority.len() + path.len());
+    push_origin(&mut s, scheme, authority);
+    s.push_str(path);
     s
+}
+
+/// A rule's `match.url` with its literal scheme and host lower-cased and a trailing dot of a
+/// literal host dropped, so that it compares with [`match_target`]'s normalised host. Text in
+/// `<...>` sections is left alone. Borrows when there is nothing to change.
+pub fn normalize_pattern_origin(pattern: &str) -> Cow<'_, str> {
+    let Some(scheme_end) = pattern.find("://") else {
+        return Cow::Borrowed(pattern);
+    };
+    // The authority ends at the first '/' outside `<...>`.
+    let mut level = 0usize;
+    let mut end = pattern.len();
+    for (i, c) in pattern.bytes().enumerate().skip(scheme_end + 3) {
+        match c {
+            b'<' => level += 1,
+            b'>' => level = level.saturating_sub(1),
+            b'/' if level == 0 => {
+                end = i;
+                break;
+            }
+            _ => {}
+        }
+    }
+    let origin = &pattern[..end];
+    let authority = &origin[scheme_end + 3..];
+    let literal = !authority.contains('<');
+    let (host, port) = split_port(authority);
+    let dot = literal && host.ends_with('.');
+    let default_port = literal && is_default_port(&pattern[..scheme_end], port);
+    let upper = {
+        let mut level = 0usize;
+        origin.bytes().any(|c| {
+            match c {
+                b'<' => level += 1,
+                b'>' => level = level.saturating_sub(1),
+                _ => {}
+            }
+            level == 0 && c.is_ascii_uppercase()
+        })
+    };
+    if !dot && !upper && !default_port {
+        return Cow::Borrowed(pattern);
+    }
+    let mut out = String::with_capacity(pattern.len());
+    let mut level = 0usize;
+    for c in origin.chars() {
+        match c {
+            '<' => level += 1,
+            '>' => level = level.saturating_sub(1),
+            _ => {}
+        }
+        out.push(if level == 0 {
+            c.to_ascii_lowercase()
+        } else {
+            c
+        });
+    }
+    if dot || default_port {
+        out.truncate(scheme_end + 3 + host.len() - usize::from(dot));
+        if !default_port {
+            out.push_str(port);
+        }
+    }
+    out.push_str(&pattern[end..]);
+    Cow::Owned(out)
 }
 
 #[cfg(test)]
@@ -141,34 +286,81 @@ mod tests {
     use super::*;
 
     #[test]
-    fn clean_matches_go_path_clean_for_rooted_paths() {
-        let cases = [
-            ("", "/"),
-            ("/", "/"),
-            ("/abc", "/abc"),
-            ("/a/b/c", "/a/b/c"),
-            ("//abc", "/abc"),
-            ("/abc//def//ghi", "/abc/def/ghi"),
-            ("/./abc", "/abc"),
-            ("/abc/./def", "/abc/def"),
-            ("/abc/def/ghi/../jkl", "/abc/def/jkl"),
-            ("/abc/def/../../..", "/"),
-            ("/../abc", "/abc"),
-            ("/public/../admin", "/admin"),
-            ("abc/def", "/abc/def"),
-            ("/a/b/..c/.d", "/a/b/..c/.d"),
-        ];
-        for (input, want) in cases {
-            assert_eq!(clean_path(input), want, "clean_path({input:?})");
+    fn canonical_paths_pass_and_borrow() {
+        for p in [
+            "/",
+            "/abc",
+            "/a/b/c",
+            "/api/",
+            "/a/b/..c/.d",
+            "/a/...",
+            "/file.json",
+            "/a%zz/%",
+        ] {
+            assert!(
+                matches!(canonical_path(p), Ok(Cow::Borrowed(b)) if b == p),
+                "{p:?}"
+            );
         }
     }
 
     #[test]
-    fn fast_clean_check_agrees_with_cleaning() {
-        // Every path over a small alphabet up to length 6: the fast check must say "clean"
-        // exactly when cleaning changes nothing.
+    fn unreserved_and_other_escapes_are_decoded() {
+        let ok = |p: &str| canonical_path(p).map(Cow::into_owned);
+        assert_eq!(ok("/%61dmin"), Ok("/admin".into()));
+        assert_eq!(ok("/a%20b"), Ok("/a b".into()));
+        assert_eq!(ok("/file%2Ejson"), Ok("/file.json".into()));
+        assert_eq!(ok("/caf%C3%A9"), Ok("/café".into()));
+        assert_eq!(ok("/bad%zz/%4"), Ok("/bad%zz/%4".into()));
+        assert_eq!(ok("/a%252e%252e"), Ok("/a%2e%2e".into()));
+    }
+
+    #[test]
+    fn every_non_canonical_spelling_is_refused() {
+        use PathError::*;
+        let cases = [
+            ("", NotRooted),
+            ("*", NotRooted),
+            ("admin", NotRooted),
+            ("/admin/../public/x", DotSegment),
+            ("/admin/./x", DotSegment),
+            ("/admin/..", DotSegment),
+            ("/admin/.", DotSegment),
+            ("/..", DotSegment),
+            ("/admin/%2e%2e/public", DotSegment),
+            ("/admin/%2E%2e/public", DotSegment),
+            ("/admin/.%2e/public", DotSegment),
+            ("/admin/%2e/public", DotSegment),
+            ("/admin/..%2Fpublic/x", EncodedSeparator),
+            ("/admin/x/..%2f..%2Fpublic/y", EncodedSeparator),
+            ("/admin/%2e%2e%2Fpublic/x", EncodedSeparator),
+            ("/a%5Cb", EncodedSeparator),
+            ("/a%5cb", EncodedSeparator),
+            ("/a\\b", Backslash),
+            ("/admin//../public/x", EmptySegment),
+            ("//admin", EmptySegment),
+            ("/admin//x", EmptySegment),
+            ("/admin//", EmptySegment),
+            ("/public/..;/admin/x", PathParameter),
+            ("/a;b=c", PathParameter),
+            ("/a%3Bb", PathParameter),
+            ("/a%00b", ControlCharacter),
+            ("/a%0ab", ControlCharacter),
+            ("/a%7f", ControlCharacter),
+            ("/a\tb", ControlCharacter),
+            ("/a%ff", NotUtf8),
+            ("/%C0%AE%C0%AE/admin", NotUtf8),
+        ];
+        for (path, want) in cases {
+            assert_eq!(canonical_path(path), Err(want), "{path:?}");
+        }
+    }
+
+    #[test]
+    fn every_short_path_is_refused_exactly_when_it_has_a_dot_or_empty_segment() {
+        // Over a small alphabet: the one-pass check agrees with splitting into segments.
         let alphabet = ['/', '.', 'a'];
-        let mut paths = vec![String::new()];
+        let mut paths = vec![String::from("/")];
         for _ in 0..6 {
             let longer: Vec<String> = paths
                 .iter()
@@ -176,58 +368,92 @@ mod tests {
                 .collect();
             paths.extend(longer);
         }
-        paths.sort();
-        paths.dedup();
         for p in &paths {
-            let cleaned = clean_owned(p);
-            assert_eq!(
-                is_clean(p),
-                cleaned == *p,
-                "path {p:?} cleans to {cleaned:?}"
-            );
+            let segments: Vec<&str> = p[1..].split('/').collect();
+            let (last, inner) = segments.split_last().unwrap();
+            let bad =
+                inner.iter().any(|s| matches!(*s, "" | "." | "..")) || matches!(*last, "." | "..");
+            assert_eq!(canonical_path(p).is_err(), bad, "{p:?}");
         }
     }
 
     #[test]
-    fn clean_keeps_trailing_slash() {
-        assert_eq!(clean_path("/abc/"), "/abc/");
-        assert_eq!(clean_path("/abc//"), "/abc/");
-        assert_eq!(clean_path("/abc/def/.."), "/abc/");
-        assert_eq!(clean_path("/abc/."), "/abc/");
-        assert_eq!(clean_path("/.."), "/");
+    fn hosts_are_lower_cased_without_trailing_dot() {
+        assert_eq!(
+            match_target("https", "ADMIN.Test", "/x"),
+            "https://admin.test/x"
+        );
+        assert_eq!(
+            match_target("http", "admin.test.", "/x"),
+            "http://admin.test/x"
+        );
+        assert_eq!(
+            match_target("http", "admin.test.:8080", "/"),
+            "http://admin.test:8080/"
+        );
+        assert_eq!(
+            match_target("http", "Admin.test.:80", "/"),
+            "http://admin.test/"
+        );
+        assert_eq!(
+            match_target("http", "admin.test:", "/"),
+            "http://admin.test/"
+        );
+        assert_eq!(match_target("http", "h:443", "/"), "http://h:443/");
+        assert_eq!(match_target("https", "h:443", "/"), "https://h/");
+        assert_eq!(match_target("https", "h:80", "/"), "https://h:80/");
+        assert_eq!(
+            match_target("http", "[::1]:8080", "/"),
+            "http://[::1]:8080/"
+        );
+        assert_eq!(match_target("http", "[::1]:80", "/"), "http://[::1]/");
+        assert_eq!(match_target("http", "[::1]", "/"), "http://[::1]/");
     }
 
     #[test]
-    fn clean_borrows_when_already_clean() {
-        assert!(matches!(clean_path("/users/123"), Cow::Borrowed(_)));
-        assert!(matches!(clean_path("/users//123"), Cow::Owned(_)));
+    fn hosts_that_would_move_text_are_refused() {
+        for h in [
+            "www.example.com/public",
+            "a?b",
+            "a#b",
+            "user@host",
+            "a\\b",
+            "a b",
+            "a\tb",
+            "host..",
+            "host..:80",
+        ] {
+            assert!(check_host(h).is_err(), "{h:?}");
+        }
+        for h in ["a.example.com", "a.example.com.", "h:8080", "[::1]:80", ""] {
+            assert_eq!(check_host(h), Ok(()), "{h:?}");
+        }
     }
 
     #[test]
-    fn decode_handles_valid_and_malformed_escapes() {
-        assert_eq!(decode_path("/a%20b"), "/a b");
-        assert_eq!(decode_path("/%61dmin"), "/admin");
-        assert_eq!(decode_path("/x%2Fy"), "/x/y");
-        assert_eq!(decode_path("/bad%zz/%"), "/bad%zz/%");
-        assert_eq!(decode_path("/end%4"), "/end%4");
-        assert_eq!(decode_path("/caf%C3%A9"), "/café");
-    }
-
-    #[test]
-    fn target_is_scheme_host_clean_path() {
+    fn pattern_origins_are_normalised_outside_sections() {
+        let n = |p| normalize_pattern_origin(p).into_owned();
+        assert_eq!(n("HTTP://Admin.Test/A/<.*>"), "http://admin.test/A/<.*>");
+        assert_eq!(n("http://admin.test./x"), "http://admin.test/x");
+        assert_eq!(n("http://admin.test.:8080/x"), "http://admin.test:8080/x");
+        assert_eq!(n("http://admin.test.:80/x"), "http://admin.test/x");
+        assert_eq!(n("https://Admin.test:443/x"), "https://admin.test/x");
+        assert_eq!(n("https://admin.test:80/x"), "https://admin.test:80/x");
         assert_eq!(
-            match_target("https", "api.example.com", "/a/./b"),
-            "https://api.example.com/a/b"
-        );
-        assert_eq!(match_target("http", "h:8080", ""), "http://h:8080/");
-        // Encoded traversal resolves after decoding, as it would upstream.
-        assert_eq!(
-            match_target("http", "h", "/public/%2e%2e/admin"),
-            "http://h/admin"
+            n("<https?>://admin.test:80/x"),
+            "<https?>://admin.test:80/x"
         );
         assert_eq!(
-            match_target("http", "h", "/public/..%2Fadmin"),
-            "http://h/admin"
+            n("<HTTP|https>://<[A-Z]+>.Test/x"),
+            "<HTTP|https>://<[A-Z]+>.test/x"
         );
+        assert!(matches!(
+            normalize_pattern_origin("<http|https>://<[^/]+>/Public/<.*>"),
+            Cow::Borrowed(_)
+        ));
+        assert!(matches!(
+            normalize_pattern_origin("/no-scheme"),
+            Cow::Borrowed(_)
+        ));
     }
 }

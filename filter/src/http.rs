@@ -39,11 +39,20 @@ impl Context for Stream {
     }
 }
 
-/// Reads the request Envoy holds in one host call; pseudo-headers become fields. The peer
-/// address is only read when an error handler's `when` can ask for it.
+/// Reads the request Envoy holds in one host call; pseudo-headers become fields. The scheme is
+/// the downstream connection's: Envoy's `connection.tls_version` attribute exists only on a TLS
+/// connection, whereas `:scheme` is whatever the client wrote (h2c, an absolute-form target,
+/// or `X-Forwarded-Proto`, which Envoy copies into it). The peer address is only read when an
+/// error handler's `when` can ask for it.
 fn read_request(with_remote_ip: bool) -> Request {
     let raw = headers::read(MapType::HttpRequestHeaders).unwrap_or_default();
     let mut b = headers::request(raw);
+    b.tls(
+        hostcalls::get_property(vec!["connection", "tls_version"])
+            .ok()
+            .flatten()
+            .is_some_and(|v| !v.is_empty()),
+    );
     if with_remote_ip {
         b.remote_ip(
             hostcalls::get_property(vec!["source", "address"])

@@ -132,15 +132,13 @@ fn step(vm: &mut VmState, ctx: u32, engine: Rc<Engine>, eval: &mut Evaluation) -
         };
         match eval.advance(&engine, &mut host, &mut vm.caches) {
             Step::Allow(allow) => {
-                // The request as read says which headers are there: a managed header the client
-                // did not send needs no removal, and a header it did not send is added rather
-                // than replaced (Envoy's replace first searches and removes). A name set twice
-                // is replaced the second time, so the last value wins as before.
+                // The request as read says which headers are there: only managed headers the
+                // client sent are listed for removal, and a header it did not send is added
+                // rather than replaced (Envoy's replace first searches and removes). A name set
+                // twice is replaced the second time, so the last value wins as before.
                 let req = eval.request();
-                for name in allow.remove_headers {
-                    if req.header(name).is_some()
-                        && !allow.set_headers.iter().any(|(k, _)| k == name)
-                    {
+                for name in &allow.remove_headers {
+                    if !allow.set_headers.iter().any(|(k, _)| k == name) {
                         let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, name, None);
                     }
                 }

@@ -43,12 +43,47 @@ pub enum Filter {
     EcdsFile(PathBuf),
 }
 
+/// How the connection manager treats the path before filters and routing see it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PathNormalization {
+    /// What Portcullis ships (`make run`, this harness's default): `normalize_path`,
+    /// `merge_slashes`, and `path_with_escaped_slashes_action: REJECT_REQUEST`.
+    Hardened,
+    /// `normalize_path: true` alone (roughly Istio's default `BASE` normalization).
+    NormalizeOnly,
+    /// Envoy's own defaults: the path reaches filters and the upstream as the client sent it.
+    EnvoyDefaults,
+}
+
+impl PathNormalization {
+    fn hcm_settings(self) -> Value {
+        match self {
+            Self::Hardened => json!({
+                "normalize_path": true,
+                "merge_slashes": true,
+                "path_with_escaped_slashes_action": "REJECT_REQUEST",
+            }),
+            Self::NormalizeOnly => json!({"normalize_path": true}),
+            Self::EnvoyDefaults => json!({}),
+        }
+    }
+}
+
+/// Header the router adds naming the backend a request was routed to, when the builder has
+/// [`EnvoyBuilder::backend`]s.
+pub const BACKEND_HEADER: &str = "x-portcullis-backend";
+
 /// How to start an Envoy; see [`Envoy::builder`].
 #[derive(Debug, Clone)]
 pub struct EnvoyBuilder {
     upstream_port: u16,
     filter: Filter,
     clusters: BTreeMap<String, u16>,
+    path_normalization: PathNormalization,
+    /// (name, path prefix, port), routed before the default upstream.
+    backends: Vec<(String, String, u16)>,
+    /// Certificate chain and key files: the listener speaks TLS.
+    tls: Option<(PathBuf, PathBuf)>,
     concurrency: u32,
     log_level: String,
     component_log_level: Option<String>,
@@ -99,6 +134,27 @@ impl EnvoyBuilder {
     /// A static cluster `name` -> `127.0.0.1:port` (for `dispatch_http_call` targets).
     pub fn cluster(mut self, name: &str, port: u16) -> Self {
         self.clusters.insert(name.to_owned(), port);
+        self
+    }
+
+    /// Path handling of the connection manager (default [`PathNormalization::Hardened`]).
+    pub fn path_normalization(mut self, p: PathNormalization) -> Self {
+        self.path_normalization = p;
+        self
+    }
+
+    /// Routes paths starting with `prefix` to `127.0.0.1:port` (cluster `name`), ahead of the
+    /// default upstream. Every route then adds [`BACKEND_HEADER`] with its cluster name, so a
+    /// test sees which backend a request reached (the default one is `upstream`).
+    pub fn backend(mut self, name: &str, prefix: &str, port: u16) -> Self {
+        self.backends
+            .push((name.to_owned(), prefix.to_owned(), port));
+        self
+    }
+
+    /// The listener terminates TLS with this PEM certificate chain and key.
+    pub fn tls(mut self, cert: impl Into<PathBuf>, key: impl Into<PathBuf>) -> Self {
+        self.tls = Some((cert.into(), key.into()));
         self
     }
 
@@ -163,6 +219,57 @@ impl EnvoyBuilder {
                 .iter()
                 .map(|(name, port)| static_cluster(name, *port)),
         );
+        let route = |prefix: &str, cluster: &str| {
+            let mut r = json!({"match": {"prefix": prefix}, "route": {"cluster": cluster}});
+            if !self.backends.is_empty() {
+                r["request_headers_to_add"] = json!([{
+                    "header": {"key": BACKEND_HEADER, "value": cluster},
+                    "append_action": "OVERWRITE_IF_EXISTS_OR_ADD",
+                }]);
+            }
+            r
+        };
+        let mut routes = Vec::new();
+        for (name, prefix, port) in &self.backends {
+            clusters.push(static_cluster(name, *port));
+            routes.push(route(prefix, name));
+        }
+        routes.push(route("/", "upstream"));
+        let mut hcm = json!({
+            "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+            "stat_prefix": "ingress",
+            "codec_type": "AUTO",
+            "route_config": {
+                "name": "local",
+                "virtual_hosts": [{
+                    "name": "all",
+                    "domains": ["*"],
+                    "routes": routes,
+                }],
+            },
+            "http_filters": http_filters,
+        });
+        if let (Some(hcm), Value::Object(settings)) =
+            (hcm.as_object_mut(), self.path_normalization.hcm_settings())
+        {
+            hcm.extend(settings);
+        }
+        let mut chain = json!({"filters": [{
+            "name": "envoy.filters.network.http_connection_manager",
+            "typed_config": hcm,
+        }]});
+        if let Some((cert, key)) = &self.tls {
+            chain["transport_socket"] = json!({
+                "name": "envoy.transport_sockets.tls",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext",
+                    "common_tls_context": {"tls_certificates": [{
+                        "certificate_chain": {"filename": cert},
+                        "private_key": {"filename": key},
+                    }]},
+                },
+            });
+        }
         json!({
             "node": {"id": "portcullis-e2e", "cluster": "portcullis-e2e"},
             "admin": {"address": socket(0)},
@@ -170,23 +277,7 @@ impl EnvoyBuilder {
                 "listeners": [{
                     "name": "main",
                     "address": socket(0),
-                    "filter_chains": [{"filters": [{
-                        "name": "envoy.filters.network.http_connection_manager",
-                        "typed_config": {
-                            "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
-                            "stat_prefix": "ingress",
-                            "codec_type": "AUTO",
-                            "route_config": {
-                                "name": "local",
-                                "virtual_hosts": [{
-                                    "name": "all",
-                                    "domains": ["*"],
-                                    "routes": [{"match": {"prefix": "/"}, "route": {"cluster": "upstream"}}],
-                                }],
-                            },
-                            "http_filters": http_filters,
-                        },
-                    }]}],
+                    "filter_chains": [chain],
                 }],
                 "clusters": clusters,
             },
@@ -342,6 +433,9 @@ impl Envoy {
             upstream_port,
             filter: Filter::None,
             clusters: BTreeMap::new(),
+            path_normalization: PathNormalization::Hardened,
+            backends: Vec::new(),
+            tls: None,
             concurrency: 1,
             log_level: std::env::var("PORTCULLIS_ENVOY_LOG")
                 .unwrap_or_else(|_| "warning".to_owned()),

@@ -12,12 +12,13 @@ pub mod envoy;
 pub mod keys;
 pub mod paths;
 pub mod ports;
+pub mod raw;
 pub mod runtime;
 pub mod stack;
 pub mod upstream;
 
 pub use authserver::AuthServer;
-pub use envoy::{ConfigUpdate, Envoy, EnvoyBuilder, Filter};
+pub use envoy::{BACKEND_HEADER, ConfigUpdate, Envoy, EnvoyBuilder, Filter, PathNormalization};
 pub use upstream::{Echo, Upstream};
 
 /// A blocking HTTP client for tests: no proxy, no redirects, short timeout.

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::{AuthServer, Echo, Envoy, Upstream, client, keys};
+use crate::{AuthServer, Echo, Envoy, EnvoyBuilder, Upstream, client, keys};
 
 /// Cluster name the filter reaches the auth server through.
 pub const AUTH_CLUSTER: &str = "auth";
@@ -110,13 +110,21 @@ impl Stack {
     }
 
     pub fn start_with(make_config: impl FnOnce(&AuthServer) -> Value) -> Self {
+        Self::start_custom(make_config, |b| b)
+    }
+
+    /// [`Self::start_with`], with Envoy's builder adjusted by `customize` before it starts.
+    pub fn start_custom(
+        make_config: impl FnOnce(&AuthServer) -> Value,
+        customize: impl FnOnce(EnvoyBuilder) -> EnvoyBuilder,
+    ) -> Self {
         let upstream = Upstream::start();
         let auth = AuthServer::start();
         auth.set_jwks(keys::keys().jwks());
-        let envoy = Envoy::builder(upstream.port())
+        let builder = Envoy::builder(upstream.port())
             .cluster(AUTH_CLUSTER, auth.port())
-            .portcullis(&make_config(&auth))
-            .start();
+            .portcullis(&make_config(&auth));
+        let envoy = customize(builder).start();
         Self {
             upstream,
             auth,
@@ -139,6 +147,11 @@ impl Stack {
             headers: resp.headers().clone(),
             body: resp.text().unwrap_or_default(),
         }
+    }
+
+    /// Sends a request exactly as written (request line and headers; see [`crate::raw::http1`]).
+    pub fn raw(&self, head: &str) -> Reply {
+        crate::raw::http1(self.envoy.port(), head)
     }
 
     pub fn get(&self, path: &str, headers: &[(&str, &str)]) -> Reply {

@@ -287,20 +287,13 @@ fn index_fails_closed_on_backtrack_limit() {
 }
 
 #[test]
-fn cleaned_path_decides_which_rule_matches() {
+fn decoded_path_and_lower_cased_host_decide_which_rule_matches() {
     let idx = RuleIndex::new(vec![
         entry(&["GET"], "https://h/public/<.*>"),
-        entry(&["GET"], "https://h/admin"),
+        entry(&["GET"], "https://Admin.Test./admin"),
     ]);
-    let target = crate::url::match_target("https", "h", "/public/../admin");
-    assert_eq!(
-        idx.find("GET", &target),
-        Lookup::Matched {
-            rule: 1,
-            captures: vec![]
-        }
-    );
-    let target = crate::url::match_target("https", "h", "/public/%2e%2e/admin");
+    let path = crate::url::canonical_path("/%61dmin").unwrap();
+    let target = crate::url::match_target("https", "ADMIN.test.", &path);
     assert_eq!(
         idx.find("GET", &target),
         Lookup::Matched {

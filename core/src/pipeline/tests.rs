@@ -306,34 +306,124 @@ fn deny_authorizer_is_403() {
     assert_eq!(error_body(&step)["error"]["status"], "Forbidden");
 }
 
-#[test]
-fn path_is_cleaned_before_matching() {
-    let e = engine(
+fn public_and_admin() -> Engine {
+    engine(
         json!([
             header_rule(
                 "public",
-                "http://svc.local/public/<.*>",
+                "http://<[^/]+>/public/<.*>",
                 json!([{"handler": "anonymous"}])
             ),
-            rule(
+            header_rule(
                 "admin",
-                "http://svc.local/admin<.*>",
+                "http://svc.local/admin/<.*>",
+                json!([{"handler": "unauthorized"}])
+            ),
+        ]),
+        json!({}),
+    )
+}
+
+#[test]
+fn non_canonical_paths_are_refused_before_any_rule() {
+    let e = public_and_admin();
+    let (mut h, mut c) = (TestHost::new(), Caches::new(16));
+    for path in [
+        "/admin/..%2Fpublic/x",
+        "/admin/x/..%2f..%2Fpublic/y",
+        "/admin/%2e%2e%2Fpublic/x",
+        "/admin/../public/x",
+        "/admin//../public/x",
+        "/public/..;/admin/x",
+        "/public/%2e%2e/admin/x",
+        "/public/x%5C..%5Cadmin",
+        "/public/a%00",
+    ] {
+        let step = run(
+            &e,
+            &mut Evaluation::new(request("GET", path, &[])),
+            &mut h,
+            &mut c,
+        );
+        assert_eq!(status(&step), 400, "{path}");
+        let body = error_body(&step);
+        assert_eq!(body["error"]["reason"], "invalid_path", "{path}: {body}");
+        assert!(matches!(step, Step::Deny(Deny { rule_id: None, .. })));
+    }
+    // Unreserved escapes are still read as the workload reads them.
+    let step = run(
+        &e,
+        &mut Evaluation::new(request("GET", "/%61dmin/x", &[])),
+        &mut h,
+        &mut c,
+    );
+    assert_eq!(status(&step), 401, "/%61dmin is /admin");
+}
+
+#[test]
+fn host_case_and_trailing_dot_do_not_escape_a_rule() {
+    let e = public_and_admin();
+    let (mut h, mut c) = (TestHost::new(), Caches::new(16));
+    for host in ["SVC.local", "svc.local.", "Svc.Local."] {
+        let req = Request::new("GET", "http", host, "/admin/x", []);
+        let step = run(&e, &mut Evaluation::new(req), &mut h, &mut c);
+        assert_eq!(status(&step), 401, "{host}");
+    }
+    let req = Request::new("GET", "http", "svc.local/public", "/admin/x", []);
+    let step = run(&e, &mut Evaluation::new(req), &mut h, &mut c);
+    assert_eq!(status(&step), 400, "a '/' in the host");
+}
+
+#[test]
+fn every_managed_header_and_its_underscore_spelling_is_stripped() {
+    let e = engine(
+        json!([
+            rule(
+                "public",
+                "http://svc.local/public",
                 &["GET"],
-                json!([{"handler": "noop"}]),
-                json!({"handler": "deny"}),
+                json!([{"handler": "anonymous"}]),
+                json!({"handler": "allow"}),
                 json!([{"handler": "noop"}])
+            ),
+            header_rule(
+                "admin",
+                "http://svc.local/admin",
+                json!([{"handler": "anonymous"}])
             ),
         ]),
         json!({}),
     );
     let (mut h, mut c) = (TestHost::new(), Caches::new(16));
+    let headers = [
+        ("x-user", "root"),
+        ("x_user", "admin"),
+        ("X_USER", "admin"),
+        ("x-other", "kept"),
+        ("x-user", "again"),
+    ];
     let step = run(
         &e,
-        &mut Evaluation::new(request("GET", "/public/../admin", &[])),
+        &mut Evaluation::new(request("GET", "/public", &headers)),
         &mut h,
         &mut c,
     );
-    assert_eq!(status(&step), 403, "traversal must land on the admin rule");
+    let Step::Allow(a) = step else {
+        panic!("expected allow, got {step:?}")
+    };
+    assert_eq!(a.remove_headers, ["x-user", "x_user", "X_USER"]);
+    assert!(a.set_headers.is_empty());
+    // Nothing sent, nothing to remove, nothing allocated.
+    let step = run(
+        &e,
+        &mut Evaluation::new(request("GET", "/public", &[("x-other", "1")])),
+        &mut h,
+        &mut c,
+    );
+    let Step::Allow(a) = step else {
+        panic!("expected allow, got {step:?}")
+    };
+    assert!(a.remove_headers.is_empty());
 }
 
 #[test]
@@ -349,25 +439,51 @@ fn forwarded_headers_only_when_trusted() {
     ];
     let (mut h, mut c) = (TestHost::new(), Caches::new(16));
     let e = engine(rules.clone(), json!({}));
-    assert_eq!(
+    let status_of = |e: &Engine, headers: &[(&str, &str)], h: &mut TestHost, c: &mut Caches| {
         status(&run(
-            &e,
-            &mut Evaluation::new(request("GET", "/x", &fwd)),
-            &mut h,
-            &mut c
-        )),
-        404
-    );
+            e,
+            &mut Evaluation::new(request("GET", "/x", headers)),
+            h,
+            c,
+        ))
+    };
+    assert_eq!(status_of(&e, &fwd, &mut h, &mut c), 404);
     let e = engine(rules, json!({"trust_forwarded_headers": true}));
-    assert_eq!(
-        status(&run(
+    assert_eq!(status_of(&e, &fwd, &mut h, &mut c), 200);
+    // The trusted proxy appends: the last element is its, the first the client's.
+    let appended = [
+        ("x-forwarded-proto", "http, https"),
+        ("x-forwarded-host", "evil.example.com, api.example.com"),
+    ];
+    assert_eq!(status_of(&e, &appended, &mut h, &mut c), 200);
+    let client_first = [
+        ("x-forwarded-proto", "https"),
+        ("x-forwarded-host", "api.example.com, other.example.com"),
+    ];
+    assert_eq!(status_of(&e, &client_first, &mut h, &mut c), 404);
+    // Repeated header lines: the last line's last element.
+    let lines = [
+        ("x-forwarded-proto", "https"),
+        ("x-forwarded-host", "api.example.com"),
+        ("x-forwarded-host", "other.example.com"),
+    ];
+    assert_eq!(status_of(&e, &lines, &mut h, &mut c), 404);
+    for (name, value) in [
+        ("x-forwarded-host", "api.example.com/public"),
+        ("x-forwarded-host", "a.com, api.example.com?x"),
+        ("x-forwarded-host", "user@api.example.com"),
+        ("x-forwarded-host", "api.example.com\\x"),
+        ("x-forwarded-host", "api. example.com"),
+        ("x-forwarded-proto", "ftp"),
+    ] {
+        let step = run(
             &e,
-            &mut Evaluation::new(request("GET", "/x", &fwd)),
+            &mut Evaluation::new(request("GET", "/x", &[(name, value)])),
             &mut h,
-            &mut c
-        )),
-        200
-    );
+            &mut c,
+        );
+        assert_eq!(status(&step), 400, "{name}: {value}");
+    }
 }
 
 fn introspection_engine(cache: Value) -> Engine {
