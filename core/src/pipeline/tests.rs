@@ -768,7 +768,7 @@ fn remote_json_payload_escapes_what_the_client_wrote() {
     let trace = "t\",\"action\":\"read";
     let mut ev = Evaluation::new(request(
         "DELETE",
-        "/docs/1\\\"?x=\",\"action\":\"read",
+        "/docs/1%22?x=\",\"action\":\"read",
         &[("x-trace", trace)],
     ));
     let call = callout_of(run(&e, &mut ev, &mut h, &mut c));
