@@ -140,15 +140,147 @@ async fn a_client_id_taken_through_the_admin_api_is_not_taken_over() {
     let r = f.sync().await;
     assert!(r.registered.is_empty());
     assert!(
-        r.errors
-            .iter()
-            .any(|e| e.contains("not created from a manifest")),
+        r.errors.iter().any(|e| e.contains("CLIENT_ID_CONFLICT")
+            && e.contains("not registered from an OAuth2Client")),
         "{r:?}"
     );
     assert!(
         f.svc
             .clients
             .authenticate_secret("id-a", "original-secret")
+            .await
+            .is_ok()
+    );
+}
+
+fn ns_client_yaml(name: &str, ns: &str, scope: &str) -> String {
+    format!(
+        "apiVersion: hydra.ory.sh/v1alpha1\nkind: OAuth2Client\nmetadata: {{name: {name}, namespace: {ns}}}\nspec:\n  grantTypes: [client_credentials]\n  scope: {scope}\n  secretName: {name}-secret\n"
+    )
+}
+
+fn ns_secret_yaml(name: &str, ns: &str, id: &str, secret: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Secret\nmetadata: {{name: {name}-secret, namespace: {ns}}}\nstringData: {{client_id: {id}, client_secret: {secret}}}\n"
+    )
+}
+
+/// The review's takeover in manifests mode: `mine` in team-b reuses team-a's `billing-svc`.
+#[tokio::test]
+async fn a_client_id_owned_by_another_manifest_is_not_taken_over() {
+    let f = fixture();
+    f.write(
+        "a.yaml",
+        &format!(
+            "{}---\n{}",
+            ns_client_yaml("billing", "team-a", "billing.admin"),
+            ns_secret_yaml("billing", "team-a", "billing-svc", "team-a-secret")
+        ),
+    );
+    let r = f.sync().await;
+    assert_eq!(r.registered, ["billing-svc"], "{r:?}");
+    f.write(
+        "b.yaml",
+        &format!(
+            "{}---\n{}",
+            ns_client_yaml("mine", "team-b", "everything"),
+            ns_secret_yaml("mine", "team-b", "billing-svc", "team-b-chosen")
+        ),
+    );
+    let r = f.sync().await;
+    assert!(
+        r.errors
+            .iter()
+            .any(|e| e.contains("mine/team-b") && e.contains("CLIENT_ID_CONFLICT")),
+        "{r:?}"
+    );
+    let kept = f.svc.clients.get("billing-svc").unwrap();
+    assert_eq!(
+        (kept.owner.as_str(), kept.scope.as_str()),
+        ("billing/team-a", "billing.admin")
+    );
+    assert!(
+        f.svc
+            .clients
+            .authenticate_secret("billing-svc", "team-a-secret")
+            .await
+            .is_ok()
+    );
+    assert!(
+        f.svc
+            .clients
+            .authenticate_secret("billing-svc", "team-b-chosen")
+            .await
+            .is_err()
+    );
+    // Removing the intruder's manifest leaves team-a's client alone.
+    f.remove("b.yaml");
+    let r = f.sync().await;
+    assert!(r.removed.is_empty(), "{r:?}");
+    assert!(
+        f.svc
+            .clients
+            .authenticate_secret("billing-svc", "team-a-secret")
+            .await
+            .is_ok()
+    );
+}
+
+#[tokio::test]
+async fn a_client_id_asked_for_by_two_new_manifests_goes_to_neither() {
+    let f = fixture();
+    f.write(
+        "a.yaml",
+        &format!(
+            "{}---\n{}---\n{}---\n{}",
+            ns_client_yaml("one", "team-a", "read"),
+            ns_secret_yaml("one", "team-a", "shared", "secret-one"),
+            ns_client_yaml("two", "team-b", "write"),
+            ns_secret_yaml("two", "team-b", "shared", "secret-two")
+        ),
+    );
+    let r = f.sync().await;
+    assert!(r.registered.is_empty(), "{r:?}");
+    assert_eq!(
+        r.errors
+            .iter()
+            .filter(|e| e.contains("asked for by several"))
+            .count(),
+        2,
+        "{r:?}"
+    );
+    assert!(f.svc.clients.get("shared").is_none());
+}
+
+/// Renaming an OAuth2Client (its old manifest gone, same Secret) hands the client over in one
+/// pass: the old owner's client is removed, then the new one registers.
+#[tokio::test]
+async fn a_renamed_client_gets_its_client_id_back_in_one_pass() {
+    let f = fixture();
+    f.write(
+        "a.yaml",
+        &format!(
+            "{}---\n{}",
+            ns_client_yaml("old", "team-a", "read"),
+            ns_secret_yaml("old", "team-a", "renamed-id", "secret-old")
+        ),
+    );
+    f.sync().await;
+    f.write(
+        "a.yaml",
+        &format!(
+            "{}---\n{}",
+            ns_client_yaml("new", "team-a", "read"),
+            ns_secret_yaml("new", "team-a", "renamed-id", "secret-new")
+        ),
+    );
+    let r = f.sync().await;
+    assert!(r.errors.is_empty(), "{r:?}");
+    assert_eq!(f.svc.clients.get("renamed-id").unwrap().owner, "new/team-a");
+    assert!(
+        f.svc
+            .clients
+            .authenticate_secret("renamed-id", "secret-new")
             .await
             .is_ok()
     );
