@@ -167,6 +167,7 @@ pub async fn run(
             client.clone(),
             settings.global.clone(),
             settings.render.clone(),
+            settings.namespaces.clone(),
             Duration::from_millis(500),
         );
         async move {

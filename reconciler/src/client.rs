@@ -111,6 +111,21 @@ pub fn plan_client(
         .clone()
         .unwrap_or_else(|| "default".into());
     let secret_name = &client.spec.secret_name;
+    if !crate::dns::is_subdomain(secret_name) {
+        let message = format!(
+            "spec.secretName {secret_name:?} is not a DNS-1123 name (lower-case a-z, 0-9, '-', '.')"
+        );
+        return ClientPlan {
+            register: None,
+            create_secret: None,
+            reason: ClientReason::InvalidSecret,
+            error: Some(ReconciliationError {
+                status_code: Some("INVALID_SECRET".into()),
+                description: Some(message.clone()),
+            }),
+            message,
+        };
+    }
     match secret {
         Some(s) => match secret_credentials(s) {
             Some((id, sec)) if !id.is_empty() && sec.len() >= 6 => ClientPlan {

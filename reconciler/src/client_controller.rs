@@ -172,14 +172,19 @@ async fn apply<R: ClientRegistry>(
     let owner = format!("{name}/{namespace}");
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), namespace);
     let secret_name = &c.spec.secret_name;
-    let secret = secrets
-        .get_opt(secret_name)
-        .await
-        .map_err(|source| ClientError::ReadSecret {
-            namespace: namespace.into(),
-            name: secret_name.clone(),
-            source,
-        })?;
+    // A name that is no Secret name (`../x`) never reaches a request path; the plan refuses it.
+    let secret = if crate::dns::is_subdomain(secret_name) {
+        secrets
+            .get_opt(secret_name)
+            .await
+            .map_err(|source| ClientError::ReadSecret {
+                namespace: namespace.into(),
+                name: secret_name.clone(),
+                source,
+            })?
+    } else {
+        None
+    };
     let plan = plan_client(c, secret.as_ref(), || (ctx.generate)());
     let mut failure: Option<(&str, String)> = None;
     let mut error = None;

@@ -219,28 +219,32 @@ async fn run_takes_the_lease_then_starts_both_controllers() {
         json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
         "metadata": {"name": "portcullis-controller", "namespace": "ns", "resourceVersion": "1"}, "spec": {}}),
     );
-    // Rules and Services cluster-wide; OAuth2Clients and Secrets per watched namespace (the
-    // default kyma-system and default), so Secrets need no cluster-wide RBAC.
+    // Everything per watched namespace (the default kyma-system and default): a Rule in any
+    // other namespace is never read, and no cluster-wide RBAC is needed.
+    let expected = [
+        "/apis/oathkeeper.ory.sh/v1alpha1/namespaces/kyma-system/rules",
+        "/apis/oathkeeper.ory.sh/v1alpha1/namespaces/default/rules",
+        "/api/v1/namespaces/kyma-system/services",
+        "/api/v1/namespaces/default/services",
+        "/apis/hydra.ory.sh/v1alpha1/namespaces/kyma-system/oauth2clients",
+        "/apis/hydra.ory.sh/v1alpha1/namespaces/default/oauth2clients",
+        "/api/v1/namespaces/kyma-system/secrets",
+        "/api/v1/namespaces/default/secrets",
+    ];
     let mut seen = std::collections::BTreeSet::new();
-    while seen.len() < 6 {
+    while !expected.iter().all(|p| seen.contains(*p)) {
         let (m, p, send) = next().await;
         assert_eq!(m, Method::GET, "{p}");
+        assert!(
+            p.contains("/namespaces/kyma-system/") || p.contains("/namespaces/default/"),
+            "a request outside the watched namespaces: {p}"
+        );
         seen.insert(p);
         reply(
             send,
             200,
             json!({"apiVersion": "v1", "kind": "List", "metadata": {"resourceVersion": "1"}, "items": []}),
         );
-    }
-    for path in [
-        "/apis/oathkeeper.ory.sh/v1alpha1/rules",
-        "/api/v1/services",
-        "/apis/hydra.ory.sh/v1alpha1/namespaces/kyma-system/oauth2clients",
-        "/apis/hydra.ory.sh/v1alpha1/namespaces/default/oauth2clients",
-        "/api/v1/namespaces/kyma-system/secrets",
-        "/api/v1/namespaces/default/secrets",
-    ] {
-        assert!(seen.contains(path), "{path} not in {seen:?}");
     }
     stop_tx.send(()).unwrap();
     tokio::time::timeout(Duration::from_secs(5), task)

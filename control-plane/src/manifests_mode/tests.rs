@@ -49,10 +49,7 @@ impl Fixture {
     }
 
     fn ecds(&self) -> Value {
-        let path = self
-            .settings
-            .ecds_dir
-            .join("portcullis-httpbin.default.json");
+        let path = self.settings.ecds_dir.join(HTTPBIN_ECDS.as_str());
         let doc: Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
         let cfg = doc["resources"][0]["typed_config"]["config"]["configuration"]["value"]
             .as_str()
@@ -73,6 +70,16 @@ fn secret_yaml(name: &str, id: &str) -> String {
         "apiVersion: v1\nkind: Secret\nmetadata: {{name: {name}-secret, namespace: default}}\nstringData: {{CLIENT_ID: {id}, CLIENT_SECRET: secret-{id}}}\n"
     )
 }
+
+/// The Service the rules name: without it a rule has no target.
+const SERVICE: &str = "apiVersion: v1\nkind: Service\nmetadata: {name: httpbin, namespace: default}\nspec: {selector: {app: httpbin}}\n";
+
+static HTTPBIN_ECDS: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    portcullis_reconciler::manifests::ecds_file_name(&portcullis_reconciler::rule_set::Workload {
+        namespace: "default".into(),
+        labels: [("app".to_string(), "httpbin".to_string())].into(),
+    })
+});
 
 const RULE: &str = "apiVersion: oathkeeper.ory.sh/v1alpha1\nkind: Rule\nmetadata: {name: r, namespace: default}\nspec:\n  upstream: {url: 'http://httpbin.default.svc:8000'}\n  match: {url: 'http://127.0.0.1:4444/<.*>', methods: [GET]}\n  authenticators: [{handler: jwt, config: {jwks_urls: ['http://127.0.0.1:4444/.well-known/jwks.json']}}]\n  authorizer: {handler: allow}\n";
 
@@ -327,9 +334,15 @@ async fn a_broken_secret_document_blocks_generation_and_removal() {
 #[tokio::test]
 async fn rules_become_an_ecds_file_and_deleting_them_disables_the_filter() {
     let f = fixture();
+    f.write("svc.yaml", SERVICE);
     f.write("r.yaml", RULE);
     let r = f.sync().await;
     assert_eq!(r.ecds_written.len(), 1, "{r:?}");
+    assert!(
+        HTTPBIN_ECDS.starts_with("portcullis-httpbin-"),
+        "{}",
+        *HTTPBIN_ECDS
+    );
     let cfg = f.ecds();
     assert_eq!(cfg["rules"][0]["id"], "r.default");
     // Plain Envoy: the control plane's own origins map to the named static clusters.
@@ -353,6 +366,75 @@ async fn rules_become_an_ecds_file_and_deleting_them_disables_the_filter() {
     assert!(engine.is_disabled());
     // Written once: the next pass leaves the file alone.
     assert!(f.sync().await.ecds_disabled.is_empty());
+}
+
+/// The review's `harmless` Rule: from `dev`, naming a Service of `shop`.
+#[tokio::test]
+async fn a_rule_naming_another_namespaces_service_gets_no_ecds_file() {
+    let f = fixture();
+    f.write(
+        "shop.yaml",
+        "apiVersion: v1\nkind: Service\nmetadata: {name: checkout, namespace: shop}\nspec: {selector: {app: checkout}}\n",
+    );
+    for url in [
+        "http://checkout.shop",
+        "http://checkout.shop.svc.cluster.local:8080",
+    ] {
+        f.write(
+            "harmless.yaml",
+            &format!("apiVersion: oathkeeper.ory.sh/v1alpha1\nkind: Rule\nmetadata: {{name: harmless, namespace: dev}}\nspec:\n  upstream: {{url: '{url}'}}\n  match: {{url: 'http://x/<.*>', methods: [GET]}}\n  authenticators: [{{handler: anonymous}}]\n  authorizer: {{handler: allow}}\n"),
+        );
+        let r = f.sync().await;
+        assert!(r.ecds_written.is_empty(), "{url}: {r:?}");
+        assert!(
+            r.errors
+                .iter()
+                .any(|e| e.contains("Rule dev/harmless") && e.contains("CrossNamespace")),
+            "{url}: {r:?}"
+        );
+    }
+    let files: Vec<_> = std::fs::read_dir(&f.settings.ecds_dir)
+        .map(|d| d.filter_map(Result::ok).map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(files.is_empty(), "{files:?}");
+}
+
+/// Names become file names in this mode: hostile ones are refused before any file is written.
+#[tokio::test]
+async fn hostile_secret_names_and_namespaces_write_nothing_outside() {
+    let f = fixture();
+    f.write(
+        "bad.yaml",
+        "apiVersion: hydra.ory.sh/v1alpha1\nkind: OAuth2Client\nmetadata: {name: esc, namespace: default}\nspec:\n  grantTypes: [client_credentials]\n  secretName: ../outside/escaped\n---\napiVersion: oathkeeper.ory.sh/v1alpha1\nkind: Rule\nmetadata: {name: r, namespace: ../../tmp}\nspec:\n  selector: {matchLabels: {app: x}}\n  match: {url: 'http://x/<.*>', methods: [GET]}\n",
+    );
+    let r = f.sync().await;
+    assert!(
+        r.secrets_written.is_empty() && r.ecds_written.is_empty(),
+        "{r:?}"
+    );
+    assert!(
+        r.errors
+            .iter()
+            .any(|e| e.contains("spec.secretName") && e.contains("DNS-1123")),
+        "{r:?}"
+    );
+    assert!(
+        r.errors
+            .iter()
+            .any(|e| e.contains("metadata.namespace") && e.contains("DNS-1123")),
+        "{r:?}"
+    );
+    let parent = f.settings.dir.parent().unwrap();
+    assert!(!parent.join("outside").exists());
+    assert!(
+        f.svc
+            .clients
+            .list(10, None)
+            .await
+            .unwrap()
+            .clients
+            .is_empty()
+    );
 }
 
 #[tokio::test]

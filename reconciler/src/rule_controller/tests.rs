@@ -26,24 +26,42 @@ fn opts() -> RenderOptions {
     }
 }
 
-const LIST: &str = "/apis/extensions.istio.io/v1alpha1/wasmplugins?&labelSelector=app.kubernetes.io%2Fmanaged-by%3Dportcullis";
+const LIST: &str = "/apis/extensions.istio.io/v1alpha1/namespaces/default/wasmplugins?&labelSelector=app.kubernetes.io%2Fmanaged-by%3Dportcullis";
 
+fn served() -> Namespaces {
+    Namespaces::Only(vec!["default".into()])
+}
+
+/// The name of the `app: web` workload's resource.
+fn web_name() -> String {
+    crate::rule_set::Workload {
+        namespace: "default".into(),
+        labels: [("app".to_string(), "web".to_string())].into(),
+    }
+    .resource_name()
+}
+
+/// Also the migration to hashed names: `portcullis-web`, written under the old naming, is
+/// deleted once its successor is applied.
 #[tokio::test]
 async fn first_sync_applies_desired_deletes_stale_and_writes_statuses_then_nothing() {
     let (service, mut api) = mock::pair::<Request<Body>, Response<Body>>();
     let client = Client::new(service, "default");
     let mut rules = vec![rule("r1", "web")];
+    let new_path = format!(
+        "/apis/extensions.istio.io/v1alpha1/namespaces/default/wasmplugins/{}?&force=true&fieldManager=portcullis",
+        web_name()
+    );
     let server = tokio::spawn(async move {
         expect(&mut api, Method::GET, LIST, StatusCode::OK, json!({
             "apiVersion": "extensions.istio.io/v1alpha1", "kind": "WasmPluginList", "metadata": {},
             "items": [{"apiVersion": "extensions.istio.io/v1alpha1", "kind": "WasmPlugin",
-                "metadata": {"name": "portcullis-old", "namespace": "default", "labels": {MANAGED_BY_LABEL: MANAGED_BY}}, "spec": {}}]
+                "metadata": {"name": "portcullis-web", "namespace": "default", "labels": {MANAGED_BY_LABEL: MANAGED_BY}}, "spec": {}}]
         })).await;
-        let applied = expect(&mut api, Method::PATCH,
-            "/apis/extensions.istio.io/v1alpha1/namespaces/default/wasmplugins/portcullis-web?&force=true&fieldManager=portcullis",
+        let applied = expect(&mut api, Method::PATCH, &new_path,
+            StatusCode::OK, json!({"apiVersion": "extensions.istio.io/v1alpha1", "kind": "WasmPlugin", "metadata": {"name": web_name(), "namespace": "default"}})).await;
+        expect(&mut api, Method::DELETE, "/apis/extensions.istio.io/v1alpha1/namespaces/default/wasmplugins/portcullis-web?",
             StatusCode::OK, json!({"apiVersion": "extensions.istio.io/v1alpha1", "kind": "WasmPlugin", "metadata": {"name": "portcullis-web", "namespace": "default"}})).await;
-        expect(&mut api, Method::DELETE, "/apis/extensions.istio.io/v1alpha1/namespaces/default/wasmplugins/portcullis-old?",
-            StatusCode::OK, json!({"apiVersion": "extensions.istio.io/v1alpha1", "kind": "WasmPlugin", "metadata": {"name": "portcullis-old", "namespace": "default"}})).await;
         let status = expect(&mut api, Method::PATCH,
             "/apis/oathkeeper.ory.sh/v1alpha1/namespaces/default/rules/r1/status?&force=true&fieldManager=portcullis",
             StatusCode::OK, json!({"apiVersion": "oathkeeper.ory.sh/v1alpha1", "kind": "Rule", "metadata": {"name": "r1", "namespace": "default"},
@@ -58,6 +76,7 @@ async fn first_sync_applies_desired_deletes_stale_and_writes_statuses_then_nothi
         &[],
         &GlobalConfig::default(),
         &opts(),
+        &served(),
         "t0",
     )
     .await;
@@ -80,6 +99,7 @@ async fn first_sync_applies_desired_deletes_stale_and_writes_statuses_then_nothi
         &[],
         &GlobalConfig::default(),
         &opts(),
+        &served(),
         "t1",
     )
     .await;
@@ -97,11 +117,15 @@ async fn a_failed_apply_is_retried_next_sync_and_reported_on_the_rules() {
     let (service, mut api) = mock::pair::<Request<Body>, Response<Body>>();
     let client = Client::new(service, "default");
     let rules = vec![rule("r1", "web")];
-    let path = "/apis/extensions.istio.io/v1alpha1/namespaces/default/wasmplugins/portcullis-web?&force=true&fieldManager=portcullis";
+    let path = format!(
+        "/apis/extensions.istio.io/v1alpha1/namespaces/default/wasmplugins/{}?&force=true&fieldManager=portcullis",
+        web_name()
+    );
+    let path = path.as_str().to_owned();
     let status_path = "/apis/oathkeeper.ory.sh/v1alpha1/namespaces/default/rules/r1/status?&force=true&fieldManager=portcullis";
     let rule_reply = json!({"apiVersion": "oathkeeper.ory.sh/v1alpha1", "kind": "Rule", "metadata": {"name": "r1", "namespace": "default"},
         "spec": {"match": {"url": "http://web/", "methods": ["GET"]}}});
-    let ok_plugin = json!({"apiVersion": "extensions.istio.io/v1alpha1", "kind": "WasmPlugin", "metadata": {"name": "portcullis-web", "namespace": "default"}});
+    let ok_plugin = json!({"apiVersion": "extensions.istio.io/v1alpha1", "kind": "WasmPlugin", "metadata": {"name": web_name(), "namespace": "default"}});
     let server = tokio::spawn(async move {
         expect(
             &mut api,
@@ -111,7 +135,7 @@ async fn a_failed_apply_is_retried_next_sync_and_reported_on_the_rules() {
             json!({"apiVersion": "v1", "kind": "List", "metadata": {}, "items": []}),
         )
         .await;
-        expect(&mut api, Method::PATCH, path, StatusCode::INTERNAL_SERVER_ERROR,
+        expect(&mut api, Method::PATCH, &path, StatusCode::INTERNAL_SERVER_ERROR,
             json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "InternalError", "code": 500, "message": "etcd timeout"})).await;
         let failed_status = expect(
             &mut api,
@@ -122,7 +146,7 @@ async fn a_failed_apply_is_retried_next_sync_and_reported_on_the_rules() {
         )
         .await;
         // Second sync: the same apply again (it was not remembered as written).
-        expect(&mut api, Method::PATCH, path, StatusCode::OK, ok_plugin).await;
+        expect(&mut api, Method::PATCH, &path, StatusCode::OK, ok_plugin).await;
         let ok_status = expect(
             &mut api,
             Method::PATCH,
@@ -141,6 +165,7 @@ async fn a_failed_apply_is_retried_next_sync_and_reported_on_the_rules() {
         &[],
         &GlobalConfig::default(),
         &opts(),
+        &served(),
         "t0",
     )
     .await;
@@ -153,6 +178,7 @@ async fn a_failed_apply_is_retried_next_sync_and_reported_on_the_rules() {
         &[],
         &GlobalConfig::default(),
         &opts(),
+        &served(),
         "t1",
     )
     .await;
