@@ -99,7 +99,11 @@ fn rbac_grants_exactly_what_the_controllers_call() {
     // leader::run_as_leader: get_opt, create, replace.
     assert_eq!(
         grants("istio/rbac.yaml", "Role", "portcullis-leader-election"),
-        table(&[("coordination.k8s.io", "leases", &["get", "create", "update"])])
+        table(&[(
+            "coordination.k8s.io",
+            "leases",
+            &["get", "create", "update"]
+        )])
     );
     // --output=envoyfilter only, from its own file.
     assert_eq!(

@@ -377,12 +377,17 @@ fn render_puts_no_rule_of_one_namespace_on_another() {
         .arg(manifests.path())
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let yaml = String::from_utf8(out.stdout).unwrap();
     assert!(!yaml.contains("kind: WasmPlugin"), "{yaml}");
     assert!(
         yaml.lines()
-            .any(|l| l.starts_with("# Rule dev/harmless: CrossNamespace") && l.contains("shop/checkout")),
+            .any(|l| l.starts_with("# Rule dev/harmless: CrossNamespace")
+                && l.contains("shop/checkout")),
         "{yaml}"
     );
     // No Service `nosuchservice` in dev: no guessed `app=nosuchservice` workload either.
@@ -410,7 +415,10 @@ fn manifests_mode_refuses_a_client_id_owned_by_another_namespace() {
     .unwrap();
     let cp = ControlPlane::start(&["--manifests", dir.to_str().unwrap()]);
     let deadline = Instant::now() + Duration::from_secs(15);
-    while cp.token("billing-svc", "team-a-secret-1", "billing.admin").is_err() {
+    while cp
+        .token("billing-svc", "team-a-secret-1", "billing.admin")
+        .is_err()
+    {
         assert!(Instant::now() < deadline, "{}", cp.log());
         std::thread::sleep(Duration::from_millis(100));
     }

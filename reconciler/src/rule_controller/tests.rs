@@ -191,3 +191,63 @@ async fn a_failed_apply_is_retried_next_sync_and_reported_on_the_rules() {
     assert_eq!(failed_status["status"]["conditions"][0]["status"], "False");
     assert_eq!(ok_status["status"]["conditions"][0]["reason"], "Applied");
 }
+
+/// The review's `harmless` Rule in `dev` naming `shop`'s Service (both namespaces watched): no
+/// WasmPlugin anywhere, and the Rule says why.
+#[tokio::test]
+async fn a_rule_naming_another_namespaces_service_writes_nothing_but_its_status() {
+    let (service, mut api) = mock::pair::<Request<Body>, Response<Body>>();
+    let client = Client::new(service, "default");
+    let harmless: Rule = serde_yaml::from_str(
+        "apiVersion: oathkeeper.ory.sh/v1alpha1\nkind: Rule\nmetadata: {name: harmless, namespace: dev, generation: 1}\nspec:\n  upstream: {url: 'http://checkout.shop.svc.cluster.local:8080'}\n  match: {url: 'http://checkout/<.*>', methods: [GET]}\n  authenticators: [{handler: anonymous}]\n  authorizer: {handler: allow}\n",
+    )
+    .unwrap();
+    let services = [ServiceInfo {
+        name: "checkout".into(),
+        namespace: "shop".into(),
+        selector: [("app".to_string(), "checkout".to_string())].into(),
+    }];
+    let server = tokio::spawn(async move {
+        let empty = json!({"apiVersion": "v1", "kind": "List", "metadata": {}, "items": []});
+        for ns in ["dev", "shop"] {
+            expect(&mut api, Method::GET,
+                &format!("/apis/extensions.istio.io/v1alpha1/namespaces/{ns}/wasmplugins?&labelSelector=app.kubernetes.io%2Fmanaged-by%3Dportcullis"),
+                StatusCode::OK, empty.clone()).await;
+        }
+        // No apply: straight to the Rule's status.
+        let status = expect(&mut api, Method::PATCH,
+            "/apis/oathkeeper.ory.sh/v1alpha1/namespaces/dev/rules/harmless/status?&force=true&fieldManager=portcullis",
+            StatusCode::OK, json!({"apiVersion": "oathkeeper.ory.sh/v1alpha1", "kind": "Rule", "metadata": {"name": "harmless", "namespace": "dev"},
+                "spec": {"match": {"url": "http://checkout/", "methods": ["GET"]}}})).await;
+        assert!(!matches!(
+            tokio::time::timeout(Duration::from_millis(200), api.next_request()).await,
+            Ok(Some(_))
+        ));
+        status
+    });
+    let mut state = SyncState::default();
+    let report = sync_once(
+        &client,
+        &mut state,
+        &[harmless],
+        &services,
+        &GlobalConfig::default(),
+        &opts(),
+        &Namespaces::Only(vec!["dev".into(), "shop".into()]),
+        "t0",
+    )
+    .await;
+    let status = server.await.unwrap();
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
+    assert_eq!((report.applied, report.statuses), (0, 1));
+    let condition = &status["status"]["conditions"][0];
+    assert_eq!(condition["status"], "False");
+    assert_eq!(condition["reason"], "CrossNamespace");
+    assert!(
+        condition["message"]
+            .as_str()
+            .unwrap()
+            .contains("shop/checkout"),
+        "{condition}"
+    );
+}
