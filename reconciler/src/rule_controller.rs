@@ -27,6 +27,17 @@ pub struct SyncState {
     /// The resources last written successfully; `None` until read from the API server once
     /// (so resources left by a previous run can be deleted).
     applied: Option<Vec<Value>>,
+    /// Where resources left by a previous run are looked for (the served namespaces).
+    namespaces: Namespaces,
+}
+
+impl SyncState {
+    pub fn new(namespaces: Namespaces) -> Self {
+        SyncState {
+            applied: None,
+            namespaces,
+        }
+    }
 }
 
 /// What one sync did.
@@ -46,13 +57,12 @@ pub async fn sync_once(
     services: &[ServiceInfo],
     global: &GlobalConfig,
     opts: &RenderOptions,
-    namespaces: &Namespaces,
     now: &str,
 ) -> SyncReport {
     let mut report = SyncReport::default();
     let previous = match state.applied.take() {
         Some(p) => p,
-        None => match managed_resources(client, opts.output, namespaces).await {
+        None => match managed_resources(client, opts.output, &state.namespaces).await {
             Ok(p) => p,
             Err(source) => {
                 report.errors.push(WriteError {
@@ -185,7 +195,7 @@ pub async fn run(
         );
     }
     let mut triggers = stream::select_all(events);
-    let mut state = SyncState::default();
+    let mut state = SyncState::new(namespaces.clone());
     let mut failures = 0u32;
     loop {
         let pending = if failures > 0 {
@@ -218,7 +228,6 @@ pub async fn run(
             &service_list,
             &global,
             &opts,
-            &namespaces,
             &now_rfc3339(),
         )
         .await;

@@ -68,7 +68,7 @@ async fn first_sync_applies_desired_deletes_stale_and_writes_statuses_then_nothi
                 "spec": {"match": {"url": "http://web/", "methods": ["GET"]}}})).await;
         (applied, status, api)
     });
-    let mut state = SyncState::default();
+    let mut state = SyncState::new(served());
     let report = sync_once(
         &client,
         &mut state,
@@ -76,7 +76,6 @@ async fn first_sync_applies_desired_deletes_stale_and_writes_statuses_then_nothi
         &[],
         &GlobalConfig::default(),
         &opts(),
-        &served(),
         "t0",
     )
     .await;
@@ -99,7 +98,6 @@ async fn first_sync_applies_desired_deletes_stale_and_writes_statuses_then_nothi
         &[],
         &GlobalConfig::default(),
         &opts(),
-        &served(),
         "t1",
     )
     .await;
@@ -157,7 +155,7 @@ async fn a_failed_apply_is_retried_next_sync_and_reported_on_the_rules() {
         .await;
         (failed_status, ok_status)
     });
-    let mut state = SyncState::default();
+    let mut state = SyncState::new(served());
     let first = sync_once(
         &client,
         &mut state,
@@ -165,7 +163,6 @@ async fn a_failed_apply_is_retried_next_sync_and_reported_on_the_rules() {
         &[],
         &GlobalConfig::default(),
         &opts(),
-        &served(),
         "t0",
     )
     .await;
@@ -178,7 +175,6 @@ async fn a_failed_apply_is_retried_next_sync_and_reported_on_the_rules() {
         &[],
         &GlobalConfig::default(),
         &opts(),
-        &served(),
         "t1",
     )
     .await;
@@ -225,7 +221,7 @@ async fn a_rule_naming_another_namespaces_service_writes_nothing_but_its_status(
         ));
         status
     });
-    let mut state = SyncState::default();
+    let mut state = SyncState::new(Namespaces::Only(vec!["dev".into(), "shop".into()]));
     let report = sync_once(
         &client,
         &mut state,
@@ -233,7 +229,6 @@ async fn a_rule_naming_another_namespaces_service_writes_nothing_but_its_status(
         &services,
         &GlobalConfig::default(),
         &opts(),
-        &Namespaces::Only(vec!["dev".into(), "shop".into()]),
         "t0",
     )
     .await;
