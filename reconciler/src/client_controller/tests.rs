@@ -299,6 +299,28 @@ async fn a_client_id_owned_elsewhere_is_refused_with_a_condition_and_an_event() 
     assert_eq!(event["regarding"]["namespace"], "default");
 }
 
+/// A `secretName` that is no Secret name never reaches a request path.
+#[tokio::test]
+async fn a_hostile_secret_name_is_refused_without_a_request_for_it() {
+    let registry = FakeRegistry::default();
+    let (ctx, mut api) = context(registry.clone());
+    let mut obj = (*oauth2client(WITH_FINALIZER, "")).clone();
+    obj.spec.secret_name = "../../kube-system/secrets/x".into();
+    let obj = Arc::new(obj);
+    let reply = serde_json::to_value(&*obj).unwrap();
+    let server = tokio::spawn(async move {
+        expect(&mut api, Method::PATCH, STATUS_PATH, StatusCode::OK, reply).await
+    });
+    assert_eq!(reconcile(obj, ctx).await.unwrap(), Action::await_change());
+    let status = server.await.unwrap();
+    assert_eq!(status["status"]["conditions"][0]["status"], "False");
+    assert_eq!(
+        status["status"]["reconciliationError"]["statusCode"],
+        "INVALID_SECRET"
+    );
+    assert!(registry.calls.lock().unwrap().is_empty());
+}
+
 #[tokio::test]
 async fn deletion_removes_the_client_then_the_finalizer() {
     for (spec, removed) in [("", true), ("  deletionPolicy: orphan\n", false)] {
