@@ -29,7 +29,8 @@ MANIFESTS=$DATA/manifests
 LOGS=$DATA/logs
 ECDS=$DATA/ecds
 # The workload the example rules protect: Service httpbin in namespace default (app=httpbin).
-ECDS_FILE=$ECDS/portcullis-httpbin.default.json
+# Its ECDS file is portcullis-httpbin-<hash of the selector>.default.json, found once written.
+ECDS_GLOB="$ECDS/portcullis-httpbin-*.default.json"
 
 say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 die() { printf 'make run: %s\n' "$*" >&2; exit 1; }
@@ -58,6 +59,9 @@ if ! ls "$MANIFESTS"/*.yaml >/dev/null 2>&1; then
   say "first run: copying examples/ into $MANIFESTS (generated credentials are written there)"
   cp "$ROOT"/examples/*.yaml "$MANIFESTS"/
 fi
+# Rules target a workload through its Service (no guessed label): data directories from before
+# the Service manifest existed get it too.
+[ -e "$MANIFESTS/httpbin-service.yaml" ] || cp "$ROOT/examples/httpbin-service.yaml" "$MANIFESTS"/
 # The example rules name the control plane's JWKS and introspection URLs; point them at the
 # ports of this run (files are rewritten only when a port actually changed).
 python3 - "$PUBLIC_PORT" "$ADMIN_PORT" "$MANIFESTS"/*.yaml <<'PY'
@@ -105,7 +109,9 @@ setsid "$BIN/portcullis" serve \
   >"$LOGS/portcullis.log" 2>&1 &
 PIDS+=($!)
 wait_for "the control plane" 60 curl -fsS "http://127.0.0.1:$ADMIN_PORT/health/ready"
-wait_for "the filter configuration ($ECDS_FILE)" 30 test -s "$ECDS_FILE"
+ecds_written() { for f in $ECDS_GLOB; do [ -s "$f" ] && return 0; done; return 1; }
+wait_for "the filter configuration ($ECDS_GLOB)" 30 ecds_written
+ECDS_FILE=$(ls $ECDS_GLOB | head -n 1)
 SECRET_FILE=$MANIFESTS/demo-client.default.secret.yaml
 wait_for "the generated client credentials ($SECRET_FILE)" 30 test -s "$SECRET_FILE"
 

@@ -222,7 +222,7 @@ pub struct ServeArgs {
     /// KUBERNETES_SERVICE_HOST is set and --manifests is not].
     #[arg(long, env = "PORTCULLIS_KUBERNETES")]
     pub kubernetes: bool,
-    /// Namespaces whose OAuth2Clients are reconciled (comma-separated, `*` for all).
+    /// Namespaces whose OAuth2Clients and Rules are reconciled (comma-separated, `*` for all).
     #[arg(
         long,
         env = "PORTCULLIS_WATCH_NAMESPACES",

@@ -6,7 +6,9 @@
 use crate::manifests_mode::{MANAGED_BY_KEY, to_client};
 use crate::server::Service;
 use crate::store::ClientFilter;
-use portcullis_reconciler::client::HydraClient;
+use portcullis_reconciler::client::{
+    ExistingClient, HydraClient, RegistrationError, check_ownership,
+};
 use portcullis_reconciler::client_controller::{self, ClientContext, ClientRegistry, Namespaces};
 use portcullis_reconciler::global::GlobalConfig;
 use portcullis_reconciler::leader::{LeaseLock, run_as_leader};
@@ -19,11 +21,23 @@ use std::time::Duration;
 const MANAGED_BY_KUBERNETES: &str = "kubernetes";
 
 /// The token service as the OAuth2Client controller's registry. Clients it registers are marked
-/// in `metadata` ([`MANAGED_BY_KEY`]: `kubernetes`); only those are ever removed.
+/// in `metadata` ([`MANAGED_BY_KEY`]: `kubernetes`); only those are ever removed, and only for
+/// their owner. The controller reconciles objects concurrently, so the ownership check and the
+/// write happen under one lock: two namespaces racing for a fresh `client_id` cannot both pass.
 #[derive(Clone)]
-pub struct ServiceRegistry(pub Arc<Service>);
+pub struct ServiceRegistry {
+    svc: Arc<Service>,
+    claims: Arc<tokio::sync::Mutex<()>>,
+}
 
 impl ServiceRegistry {
+    pub fn new(svc: Arc<Service>) -> Self {
+        ServiceRegistry {
+            svc,
+            claims: Arc::new(tokio::sync::Mutex::new(())),
+        }
+    }
+
     async fn managed_by_owner(&self, owner: &str) -> Result<Vec<String>, String> {
         let mut ids = Vec::new();
         let mut token: Option<String> = None;
@@ -33,7 +47,7 @@ impl ServiceRegistry {
                 ..ClientFilter::default()
             };
             let page = self
-                .0
+                .svc
                 .clients
                 .list_filtered(500, token.as_deref(), filter)
                 .await
@@ -56,30 +70,34 @@ impl ServiceRegistry {
 }
 
 impl ClientRegistry for ServiceRegistry {
-    async fn upsert(&self, client: HydraClient) -> Result<(), String> {
+    async fn upsert(&self, client: HydraClient) -> Result<(), RegistrationError> {
+        let failed = |e: String| RegistrationError::Failed(e);
         let id = client.client_id.clone();
-        if let Some(existing) = self.0.clients.get(&id)
-            && existing
-                .metadata
-                .get(MANAGED_BY_KEY)
-                .and_then(Value::as_str)
-                != Some(MANAGED_BY_KUBERNETES)
-        {
-            return Err(format!(
-                "client_id {id:?} already exists and was not created by the OAuth2Client controller"
-            ));
-        }
+        let _claim = self.claims.lock().await;
+        let existing = self.svc.clients.get(&id);
+        check_ownership(
+            &client,
+            existing.as_ref().map(|e| ExistingClient {
+                owner: &e.owner,
+                managed: e.metadata.get(MANAGED_BY_KEY).and_then(Value::as_str)
+                    == Some(MANAGED_BY_KUBERNETES),
+            }),
+        )?;
         // Deletion policy is the finalizer's business in this mode.
-        let c = to_client(&client, false, MANAGED_BY_KUBERNETES)?;
-        self.0.clients.upsert(c).await.map_err(|e| e.to_string())?;
+        let c = to_client(&client, false, MANAGED_BY_KUBERNETES).map_err(failed)?;
+        self.svc
+            .clients
+            .upsert(c)
+            .await
+            .map_err(|e| failed(e.to_string()))?;
         // A Secret whose client_id changed leaves the old client behind: remove it.
-        for old in self.managed_by_owner(&client.owner).await? {
+        for old in self.managed_by_owner(&client.owner).await.map_err(failed)? {
             if old != id {
-                self.0
+                self.svc
                     .clients
                     .delete(&old)
                     .await
-                    .map_err(|e| e.to_string())?;
+                    .map_err(|e| failed(e.to_string()))?;
             }
         }
         Ok(())
@@ -87,7 +105,7 @@ impl ClientRegistry for ServiceRegistry {
 
     async fn remove(&self, owner: &str) -> Result<(), String> {
         for id in self.managed_by_owner(owner).await? {
-            match self.0.clients.delete(&id).await {
+            match self.svc.clients.delete(&id).await {
                 Ok(()) | Err(crate::client::ClientError::NotFound(_)) => {}
                 Err(e) => return Err(e.to_string()),
             }
@@ -141,7 +159,7 @@ pub async fn run(
     let work = || {
         let ctx = Arc::new(ClientContext::new(
             client.clone(),
-            ServiceRegistry(Arc::clone(&svc)),
+            ServiceRegistry::new(Arc::clone(&svc)),
             settings.namespaces.clone(),
             Box::new(generate),
         ));
@@ -149,6 +167,7 @@ pub async fn run(
             client.clone(),
             settings.global.clone(),
             settings.render.clone(),
+            settings.namespaces.clone(),
             Duration::from_millis(500),
         );
         async move {

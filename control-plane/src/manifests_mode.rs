@@ -15,7 +15,9 @@ use axum::Router;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use portcullis_reconciler::client::{ClientPlan, HydraClient, deletes_client};
+use portcullis_reconciler::client::{
+    ClientPlan, ExistingClient, HydraClient, RegistrationError, check_ownership, deletes_client,
+};
 use portcullis_reconciler::global::{ClusterNaming, GlobalConfig};
 use portcullis_reconciler::manifests::{
     DocumentError, Manifests, ecds_document, plan_clients, write_atomic, write_ecds_files,
@@ -290,16 +292,25 @@ async fn sync_clients(
         .iter()
         .any(|e| error_kind_is(e, &["OAuth2Client", "Secret"]));
     let plans = plan_clients(manifests, generate_credentials);
+    // Who asks for which client_id: two manifests asking for one nobody holds get neither.
+    let mut claims: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+    for (located, plan) in &plans {
+        if let Some(h) = &plan.register {
+            claims
+                .entry(h.client_id.as_str())
+                .or_default()
+                .push(owner_of(&located.object));
+        }
+    }
     let mut wanted_ids: BTreeSet<String> = BTreeSet::new();
+    // Refused because another owner holds the client_id: retried once that client is removed
+    // below (its manifest is gone), so a renamed OAuth2Client gets its client back in one pass.
+    let mut refused: Vec<usize> = Vec::new();
     // Owners whose client could not be (re)registered this time: their current client stays.
     let mut kept_owners: BTreeSet<String> = BTreeSet::new();
-    for (located, plan) in &plans {
+    for (index, (located, plan)) in plans.iter().enumerate() {
         let c = &located.object;
-        let owner = format!(
-            "{}/{}",
-            c.metadata.name.as_deref().unwrap_or_default(),
-            c.metadata.namespace.as_deref().unwrap_or("default")
-        );
+        let owner = owner_of(c);
         let file = located.file.display().to_string();
         if plan.create_secret.is_some() && uncertain {
             tracing::warn!(client = %owner, file = %file,
@@ -326,9 +337,21 @@ async fn sync_clients(
                 }
             }
         }
-        register(svc, &owner, &file, c, plan, report, &mut wanted_ids).await;
-        if plan.register.is_none() {
+        let claimants = plan
+            .register
+            .as_ref()
+            .and_then(|h| claims.get(h.client_id.as_str()))
+            .map_or(&[][..], Vec::as_slice);
+        let ok = register(svc, &owner, &file, c, plan, claimants, report).await;
+        if ok.is_err() {
             kept_owners.insert(owner);
+        }
+        match (&plan.register, ok) {
+            (Some(h), Ok(())) => {
+                wanted_ids.insert(h.client_id.clone());
+            }
+            (Some(_), Err(RegistrationError::OwnedByAnother { .. })) => refused.push(index),
+            _ => {}
         }
     }
     if uncertain {
@@ -367,17 +390,59 @@ async fn sync_clients(
             }
         }
     }
+    for index in refused {
+        let Some((located, plan)) = plans.get(index) else {
+            continue;
+        };
+        let freed = plan
+            .register
+            .as_ref()
+            .is_some_and(|h| report.removed.contains(&h.client_id));
+        if !freed {
+            continue;
+        }
+        let c = &located.object;
+        let owner = owner_of(c);
+        let file = located.file.display().to_string();
+        let claimants = plan
+            .register
+            .as_ref()
+            .and_then(|h| claims.get(h.client_id.as_str()))
+            .map_or(&[][..], Vec::as_slice);
+        let mut retry = SyncReport::default();
+        if register(svc, &owner, &file, c, plan, claimants, &mut retry)
+            .await
+            .is_ok()
+        {
+            // The refusal reported in the first pass is stale now.
+            let prefix = format!("OAuth2Client {owner} ({file}): ");
+            report.errors.retain(|e| !e.starts_with(&prefix));
+        }
+        report.registered.extend(retry.registered);
+        report.errors.extend(retry.errors);
+    }
 }
 
+/// `<name>/<namespace>`: the owner recorded on the client (as in Kubernetes mode).
+fn owner_of(c: &portcullis_reconciler::crd::OAuth2Client) -> String {
+    format!(
+        "{}/{}",
+        c.metadata.name.as_deref().unwrap_or_default(),
+        c.metadata.namespace.as_deref().unwrap_or("default")
+    )
+}
+
+/// Registers one planned client unless its `client_id` is someone else's (see
+/// [`check_ownership`]) or contested by several manifests; problems go to `report`.
 async fn register(
     svc: &Service,
     owner: &str,
     file: &str,
     c: &portcullis_reconciler::crd::OAuth2Client,
     plan: &ClientPlan,
+    claimants: &[String],
     report: &mut SyncReport,
-    wanted_ids: &mut BTreeSet<String>,
-) {
+) -> Result<(), RegistrationError> {
     let Some(h) = &plan.register else {
         let msg = format!(
             "OAuth2Client {owner} ({file}): {}: {}",
@@ -386,46 +451,54 @@ async fn register(
         );
         tracing::error!("{msg}");
         report.errors.push(msg);
-        return;
+        return Err(RegistrationError::Failed(plan.message.clone()));
     };
-    wanted_ids.insert(h.client_id.clone());
-    let client = match to_client(h, !deletes_client(c), MANAGED_BY_MANIFESTS) {
-        Ok(c) => c,
-        Err(e) => {
-            let msg = format!("OAuth2Client {owner} ({file}): {e}");
-            tracing::error!("{msg}");
-            report.errors.push(msg);
-            return;
-        }
-    };
-    if let Some(existing) = svc.clients.get(&client.client_id)
-        && managed_by(&existing) != Some(MANAGED_BY_MANIFESTS)
-    {
-        // Taking over a client someone registered through the admin API would change its
-        // credentials under them.
-        let msg = format!(
-            "OAuth2Client {owner} ({file}): client_id {:?} already exists and was not created from a manifest; not touched",
-            client.client_id
-        );
-        tracing::error!("{msg}");
-        report.errors.push(msg);
-        return;
-    }
-    match svc.clients.upsert(client).await {
-        Ok(outcome) => {
-            let what = match outcome {
-                crate::client::UpsertOutcome::Created(_) => "registered",
-                crate::client::UpsertOutcome::Updated(_) => "updated",
-                crate::client::UpsertOutcome::Unchanged(_) => "unchanged",
-            };
+    let result = register_checked(svc, h, c, claimants).await;
+    match &result {
+        Ok(what) => {
             tracing::info!(client = %owner, client_id = %h.client_id, file = %file, "client {what}");
             report.registered.push(h.client_id.clone());
         }
         Err(e) => {
-            let msg = format!("OAuth2Client {owner} ({file}): registering failed: {e}");
-            tracing::error!("{msg}");
+            let msg = format!("OAuth2Client {owner} ({file}): {}: {e}", e.code());
+            tracing::error!(other_owner = ?e, "{msg}");
             report.errors.push(msg);
         }
+    }
+    result.map(|_| ())
+}
+
+async fn register_checked(
+    svc: &Service,
+    h: &HydraClient,
+    c: &portcullis_reconciler::crd::OAuth2Client,
+    claimants: &[String],
+) -> Result<&'static str, RegistrationError> {
+    let client = to_client(h, !deletes_client(c), MANAGED_BY_MANIFESTS)
+        .map_err(RegistrationError::Failed)?;
+    let existing = svc.clients.get(&client.client_id);
+    // Taking over a client someone registered through the admin API, or for another
+    // OAuth2Client, would change its credentials under them.
+    check_ownership(
+        h,
+        existing.as_ref().map(|e| ExistingClient {
+            owner: &e.owner,
+            managed: managed_by(e) == Some(MANAGED_BY_MANIFESTS),
+        }),
+    )?;
+    if existing.is_none() && claimants.len() > 1 {
+        return Err(RegistrationError::Contested {
+            client_id: h.client_id.clone(),
+            owners: claimants.join(", "),
+        });
+    }
+    match svc.clients.upsert(client).await {
+        Ok(crate::client::UpsertOutcome::Created(_)) => Ok("registered"),
+        Ok(crate::client::UpsertOutcome::Updated(_)) => Ok("updated"),
+        Ok(crate::client::UpsertOutcome::Unchanged(_)) => Ok("unchanged"),
+        Err(e) => Err(RegistrationError::Failed(format!(
+            "registering failed: {e}"
+        ))),
     }
 }
 

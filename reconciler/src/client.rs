@@ -22,6 +22,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference}
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::collections::BTreeMap;
+use thiserror::Error;
 
 /// Finalizer the reconciler puts on every OAuth2Client so deletion can remove the client.
 pub const FINALIZER: &str = "hydra.ory.sh/finalizer";
@@ -110,6 +111,21 @@ pub fn plan_client(
         .clone()
         .unwrap_or_else(|| "default".into());
     let secret_name = &client.spec.secret_name;
+    if !crate::dns::is_subdomain(secret_name) {
+        let message = format!(
+            "spec.secretName {secret_name:?} is not a DNS-1123 name (lower-case a-z, 0-9, '-', '.')"
+        );
+        return ClientPlan {
+            register: None,
+            create_secret: None,
+            reason: ClientReason::InvalidSecret,
+            error: Some(ReconciliationError {
+                status_code: Some("INVALID_SECRET".into()),
+                description: Some(message.clone()),
+            }),
+            message,
+        };
+    }
     match secret {
         Some(s) => match secret_credentials(s) {
             Some((id, sec)) if !id.is_empty() && sec.len() >= 6 => ClientPlan {
@@ -302,6 +318,83 @@ impl ClientPlan {
             reconciliation_error: error,
             conditions,
         }
+    }
+}
+
+/// ORY-style code (status reason and `reconciliationError.statusCode`) of a refused
+/// registration: the `client_id` belongs to someone else.
+pub const CLIENT_ID_CONFLICT: &str = "CLIENT_ID_CONFLICT";
+
+/// A client already registered under the `client_id` an OAuth2Client asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ExistingClient<'a> {
+    /// `<name>/<namespace>` of the resource it was registered for.
+    pub owner: &'a str,
+    /// Registered by this reconciler (not through the admin API or by another mode).
+    pub managed: bool,
+}
+
+/// Why a client could not be registered.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum RegistrationError {
+    /// The `client_id` is registered for another OAuth2Client (another namespace, or another
+    /// name): registering would hand that client's identity to this resource's Secret. The
+    /// message does not name the owner: it goes to the status of a resource another tenant may
+    /// have written (the owner is logged).
+    #[error(
+        "client_id {client_id:?} is registered for another OAuth2Client; it is not taken over (choose another client_id)"
+    )]
+    OwnedByAnother { client_id: String, owner: String },
+    /// The `client_id` exists but was not registered by this reconciler (admin API).
+    #[error(
+        "client_id {client_id:?} already exists and was not registered from an OAuth2Client; it is not taken over"
+    )]
+    NotManaged { client_id: String },
+    /// Several OAuth2Clients ask for a `client_id` nobody holds yet (manifests mode, where they
+    /// arrive together): none gets it until only one asks.
+    #[error(
+        "client_id {client_id:?} is asked for by several OAuth2Clients ({owners}); none is registered until only one remains"
+    )]
+    Contested { client_id: String, owners: String },
+    /// The token service failed.
+    #[error("{0}")]
+    Failed(String),
+}
+
+impl RegistrationError {
+    /// The ORY-style code for the status.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::OwnedByAnother { .. } | Self::NotManaged { .. } | Self::Contested { .. } => {
+                CLIENT_ID_CONFLICT
+            }
+            Self::Failed(_) => "CLIENT_REGISTRATION_FAILED",
+        }
+    }
+
+    /// Whether retrying cannot help until another resource changes.
+    pub fn is_conflict(&self) -> bool {
+        self.code() == CLIENT_ID_CONFLICT
+    }
+}
+
+/// Whether `wanted` (registering for `owner`) may write over what is registered under its
+/// `client_id`: only a client this reconciler registered for the same resource. Owners are
+/// compared whole, so a same-named resource in another namespace is another owner.
+pub fn check_ownership(
+    wanted: &HydraClient,
+    existing: Option<ExistingClient<'_>>,
+) -> Result<(), RegistrationError> {
+    match existing {
+        None => Ok(()),
+        Some(e) if !e.managed => Err(RegistrationError::NotManaged {
+            client_id: wanted.client_id.clone(),
+        }),
+        Some(e) if e.owner != wanted.owner => Err(RegistrationError::OwnedByAnother {
+            client_id: wanted.client_id.clone(),
+            owner: e.owner.to_string(),
+        }),
+        Some(_) => Ok(()),
     }
 }
 

@@ -4,17 +4,25 @@
 //! registers the client in the token service through [`ClientRegistry`], and writes the status.
 //! A finalizer lets deletion remove the client (unless `deletionPolicy: orphan`). Failures go to
 //! the status and requeue with exponential backoff; nothing here exits the process.
+//!
+//! A `client_id` belongs to the OAuth2Client it was first registered for: another resource (in
+//! another namespace, or under another name) whose Secret names it is refused
+//! (`Ready=False`, `CLIENT_ID_CONFLICT`, and a Warning event), and the registry never writes
+//! over or deletes the owner's client for it ([`ClientRegistry`]).
 
-use crate::client::{ClientPlan, FINALIZER, HydraClient, deletes_client, plan_client};
+use crate::client::{
+    ClientPlan, FINALIZER, HydraClient, RegistrationError, deletes_client, plan_client,
+};
 use crate::crd::OAuth2Client;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
 use kube::runtime::finalizer::{Event, finalizer};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
-use kube::{Client, ResourceExt};
+use kube::{Client, Resource, ResourceExt};
 use serde_json::json;
 use std::collections::HashMap;
 use std::future::Future;
@@ -27,8 +35,13 @@ pub const FIELD_MANAGER: &str = "portcullis";
 
 /// The token service, as the controller needs it (same process: no HTTP hop).
 pub trait ClientRegistry: Send + Sync + 'static {
-    /// Creates or replaces the client `client.client_id`.
-    fn upsert(&self, client: HydraClient) -> impl Future<Output = Result<(), String>> + Send;
+    /// Creates or replaces the client `client.client_id`, unless that id is registered for
+    /// another owner or outside the controller ([`crate::client::check_ownership`]); the check
+    /// and the write must be atomic against other upserts.
+    fn upsert(
+        &self,
+        client: HydraClient,
+    ) -> impl Future<Output = Result<(), RegistrationError>> + Send;
     /// Removes the client registered for `owner` (`<name>/<namespace>`).
     fn remove(&self, owner: &str) -> impl Future<Output = Result<(), String>> + Send;
 }
@@ -65,6 +78,8 @@ pub struct ClientContext<R> {
     pub generate: Box<dyn Fn() -> (String, String) + Send + Sync>,
     /// RFC 3339 time now (injectable for tests).
     pub now: Box<dyn Fn() -> String + Send + Sync>,
+    /// Kubernetes events on the OAuth2Client (refused registrations).
+    recorder: Recorder,
     failures: Mutex<HashMap<ObjectRef<OAuth2Client>, u32>>,
 }
 
@@ -75,7 +90,12 @@ impl<R: ClientRegistry> ClientContext<R> {
         namespaces: Namespaces,
         generate: Box<dyn Fn() -> (String, String) + Send + Sync>,
     ) -> Self {
+        let reporter = Reporter {
+            controller: FIELD_MANAGER.into(),
+            instance: std::env::var("POD_NAME").ok().filter(|v| !v.is_empty()),
+        };
         ClientContext {
+            recorder: Recorder::new(client.clone(), reporter),
             client,
             registry,
             namespaces,
@@ -104,8 +124,12 @@ pub enum ClientError {
         #[source]
         source: kube::Error,
     },
-    #[error("registering client {owner}: {message}")]
-    Register { owner: String, message: String },
+    #[error("registering client {owner}: {source}")]
+    Register {
+        owner: String,
+        #[source]
+        source: RegistrationError,
+    },
     #[error("removing client {owner}: {message}")]
     Remove { owner: String, message: String },
     #[error("writing status of OAuth2Client {owner}: {source}")]
@@ -148,14 +172,19 @@ async fn apply<R: ClientRegistry>(
     let owner = format!("{name}/{namespace}");
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), namespace);
     let secret_name = &c.spec.secret_name;
-    let secret = secrets
-        .get_opt(secret_name)
-        .await
-        .map_err(|source| ClientError::ReadSecret {
-            namespace: namespace.into(),
-            name: secret_name.clone(),
-            source,
-        })?;
+    // A name that is no Secret name (`../x`) never reaches a request path; the plan refuses it.
+    let secret = if crate::dns::is_subdomain(secret_name) {
+        secrets
+            .get_opt(secret_name)
+            .await
+            .map_err(|source| ClientError::ReadSecret {
+                namespace: namespace.into(),
+                name: secret_name.clone(),
+                source,
+            })?
+    } else {
+        None
+    };
     let plan = plan_client(c, secret.as_ref(), || (ctx.generate)());
     let mut failure: Option<(&str, String)> = None;
     let mut error = None;
@@ -181,16 +210,24 @@ async fn apply<R: ClientRegistry>(
             }
         }
     }
+    let mut conflict = None;
     if let (None, Some(reg)) = (&failure, &plan.register)
-        && let Err(message) = ctx.registry.upsert(reg.clone()).await
+        && let Err(source) = ctx.registry.upsert(reg.clone()).await
     {
-        failure = Some(("CLIENT_REGISTRATION_FAILED", message.clone()));
-        error = Some(ClientError::Register {
-            owner: owner.clone(),
-            message,
-        });
+        failure = Some((source.code(), source.to_string()));
+        if source.is_conflict() {
+            // The owner's name stays in the log: the status is readable by this namespace.
+            tracing::warn!(client = %owner, client_id = %reg.client_id, error = ?source,
+                "registration refused: the client_id is not this OAuth2Client's");
+            conflict = Some(source);
+        } else {
+            error = Some(ClientError::Register {
+                owner: owner.clone(),
+                source,
+            });
+        }
     }
-    write_status(
+    let written = write_status(
         c,
         namespace,
         &plan,
@@ -198,11 +235,37 @@ async fn apply<R: ClientRegistry>(
         ctx,
     )
     .await?;
+    if let Some(refused) = &conflict
+        && written
+    {
+        refused_event(c, refused, ctx).await;
+    }
     match error {
         Some(e) => Err(e),
+        // The owner may delete its client later; no point retrying sooner.
+        None if conflict.is_some() => Ok(Action::requeue(Duration::from_secs(300))),
         None if plan.ready() => Ok(Action::requeue(Duration::from_secs(600))),
         // Invalid Secret: wait for it to change (Secrets are watched).
         None => Ok(Action::await_change()),
+    }
+}
+
+/// A Warning event on the refused OAuth2Client, once per change of its status (so periodic
+/// retries do not flood). A failed event is logged, never fails the reconcile.
+async fn refused_event<R: ClientRegistry>(
+    c: &OAuth2Client,
+    refused: &RegistrationError,
+    ctx: &ClientContext<R>,
+) {
+    let event = KubeEvent {
+        type_: EventType::Warning,
+        reason: "ClientIdConflict".into(),
+        note: Some(refused.to_string()),
+        action: "Register".into(),
+        secondary: None,
+    };
+    if let Err(e) = ctx.recorder.publish(&event, &c.object_ref(&())).await {
+        tracing::warn!(client = %c.name_any(), error = %e, "recording the refusal as an event failed");
     }
 }
 
@@ -212,7 +275,7 @@ async fn write_status<R: ClientRegistry>(
     plan: &ClientPlan,
     failure: Option<(&str, &str)>,
     ctx: &ClientContext<R>,
-) -> Result<(), ClientError> {
+) -> Result<bool, ClientError> {
     let status = plan.status(
         c.metadata.generation,
         c.status.as_ref(),
@@ -220,7 +283,7 @@ async fn write_status<R: ClientRegistry>(
         &(ctx.now)(),
     );
     if c.status.as_ref() == Some(&status) {
-        return Ok(());
+        return Ok(false);
     }
     let api: Api<OAuth2Client> = Api::namespaced(ctx.client.clone(), namespace);
     let body =
@@ -231,7 +294,7 @@ async fn write_status<R: ClientRegistry>(
         &Patch::Apply(&body),
     )
     .await
-    .map(|_| ())
+    .map(|_| true)
     .map_err(|source| ClientError::Status {
         owner: format!("{}/{namespace}", c.name_any()),
         source,

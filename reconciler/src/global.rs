@@ -105,6 +105,11 @@ pub struct GlobalConfig {
     /// Reconciler setting, not passed to the filter.
     #[serde(default)]
     pub cluster_naming: ClusterNaming,
+    /// Reconciler setting, not passed to the filter: target namespace -> the namespaces whose
+    /// Rules may name its Services in `upstream.url`. Empty (the default): a Rule is enforced only
+    /// on workloads of its own namespace. Only the operator (who writes this file) can open it.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub cross_namespace_targets: BTreeMap<String, Vec<String>>,
 }
 
 fn enabled(names: &[&str]) -> BTreeMap<String, HandlerToggle> {
@@ -143,6 +148,7 @@ impl Default for GlobalConfig {
             clusters: BTreeMap::new(),
             trust_forwarded_headers: false,
             cluster_naming: ClusterNaming::default(),
+            cross_namespace_targets: BTreeMap::new(),
         }
     }
 }
@@ -174,6 +180,8 @@ impl GlobalConfig {
             trust_forwarded_headers: bool,
             #[serde(default)]
             cluster_naming: ClusterNaming,
+            #[serde(default)]
+            cross_namespace_targets: BTreeMap<String, Vec<String>>,
         }
         let p: Partial = serde_yaml::from_str(text)?;
         if let Some(a) = &p.access_rules
@@ -191,7 +199,19 @@ impl GlobalConfig {
             clusters: p.clusters,
             trust_forwarded_headers: p.trust_forwarded_headers,
             cluster_naming: p.cluster_naming,
+            cross_namespace_targets: p.cross_namespace_targets,
         })
+    }
+
+    /// Whether a Rule in `source` may be enforced on a workload in `target` (always within one
+    /// namespace; across only as [`Self::cross_namespace_targets`] allows). Exact names: no
+    /// wildcard, so a new namespace never gains rights by being created.
+    pub fn allows_target(&self, source: &str, target: &str) -> bool {
+        source == target
+            || self
+                .cross_namespace_targets
+                .get(target)
+                .is_some_and(|sources| sources.iter().any(|s| s == source))
     }
 
     /// The filter configuration document for `rules` (already in the filter's JSON shape),

@@ -3,6 +3,7 @@
 //! patches of the rules. Every write is attempted; failures are collected (never a process exit)
 //! so the caller can requeue with backoff.
 
+use crate::client_controller::Namespaces;
 use crate::crd::{Rule, RuleStatus};
 use crate::rule_set::{Changes, MANAGED_BY, MANAGED_BY_LABEL, Output, ResourceKey};
 use kube::api::{
@@ -47,28 +48,37 @@ fn output_kind(output: Output) -> &'static str {
     }
 }
 
-/// The resources of `output`'s kind that carry the owner label, in every namespace: the
-/// "previous" state to diff against after a restart.
-pub async fn managed_resources(client: &Client, output: Output) -> Result<Vec<Value>, kube::Error> {
+/// The resources of `output`'s kind that carry the owner label, in the served namespaces: the
+/// "previous" state to diff against after a restart (resources under names an older version
+/// used are among them, so the first sync deletes them once their successors are written).
+pub async fn managed_resources(
+    client: &Client,
+    output: Output,
+    namespaces: &Namespaces,
+) -> Result<Vec<Value>, kube::Error> {
     let kind = output_kind(output);
     let Some(ar) = api_resource(kind) else {
         return Ok(Vec::new());
     };
-    let api: Api<DynamicObject> = Api::all_with(client.clone(), &ar);
-    let list = api
-        .list(&ListParams::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY}")))
-        .await?;
-    Ok(list
-        .items
-        .into_iter()
-        .map(|o| {
-            json!({
+    let apis: Vec<Api<DynamicObject>> = match namespaces {
+        Namespaces::All => vec![Api::all_with(client.clone(), &ar)],
+        Namespaces::Only(list) => list
+            .iter()
+            .map(|ns| Api::namespaced_with(client.clone(), ns, &ar))
+            .collect(),
+    };
+    let lp = ListParams::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY}"));
+    let mut out = Vec::new();
+    for api in apis {
+        for o in api.list(&lp).await?.items {
+            out.push(json!({
                 "apiVersion": ar.api_version,
                 "kind": kind,
                 "metadata": {"name": o.name_any(), "namespace": o.namespace().unwrap_or_default()},
-            })
-        })
-        .collect())
+            }));
+        }
+    }
+    Ok(out)
 }
 
 /// Applies `changes`: server-side apply (forced: this controller owns these objects) of each

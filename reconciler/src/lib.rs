@@ -9,6 +9,7 @@ pub mod client;
 pub mod client_controller;
 mod core_seam;
 pub mod crd;
+pub mod dns;
 pub mod global;
 pub mod kube_apply;
 pub mod leader;

@@ -170,6 +170,21 @@ pub fn load_text(file: &Path, text: &str, out: &mut Manifests) {
                 .push(err(kind, None, "metadata.name".into(), "required".into()));
             continue;
         }
+        // Names and namespaces become file names here (ECDS files, Secret manifests).
+        if let Some(n) = name.as_deref().filter(|n| !crate::dns::is_subdomain(n)) {
+            let message = format!("{n:?} is not a DNS-1123 name (lower-case a-z, 0-9, '-', '.')");
+            out.errors
+                .push(err(kind, name, "metadata.name".into(), message));
+            continue;
+        }
+        if let Some(ns) = value["metadata"]["namespace"].as_str()
+            && !crate::dns::is_label(ns)
+        {
+            let message = format!("{ns:?} is not a DNS-1123 label (lower-case a-z, 0-9, '-')");
+            out.errors
+                .push(err(kind, name, "metadata.namespace".into(), message));
+            continue;
+        }
         let file_buf = file.to_path_buf();
         let result = match (group, k.as_str()) {
             ("hydra.ory.sh", "OAuth2Client") => typed::<OAuth2Client>(value)
@@ -234,8 +249,14 @@ fn check_client(c: &OAuth2Client) -> Result<(), (String, String)> {
             "at least one grant type is required".into(),
         ));
     }
-    if c.spec.secret_name.is_empty() {
-        return Err(("spec.secretName".into(), "must not be empty".into()));
+    if !crate::dns::is_subdomain(&c.spec.secret_name) {
+        return Err((
+            "spec.secretName".into(),
+            format!(
+                "{:?} is not a DNS-1123 name (lower-case a-z, 0-9, '-', '.')",
+                c.spec.secret_name
+            ),
+        ));
     }
     Ok(())
 }
@@ -413,6 +434,16 @@ pub fn write_ecds_files(
     std::fs::create_dir_all(dir)?;
     let mut out = EcdsWrite::default();
     for wc in state.workloads.values() {
+        // Loading refuses such namespaces already; this keeps any other caller inside `dir`.
+        if !crate::dns::is_label(&wc.workload.namespace) {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!(
+                    "namespace {:?} is not a DNS-1123 label: no ECDS file written",
+                    wc.workload.namespace
+                ),
+            ));
+        }
         let path = dir.join(ecds_file_name(&wc.workload));
         let mut bytes = serde_json::to_vec_pretty(&ecds_document(&wc.filter_config, wasm_path))
             .map_err(std::io::Error::other)?;
@@ -468,6 +499,13 @@ pub fn plan_clients(
 pub fn write_secret_manifest(dir: &Path, secret: &Secret) -> std::io::Result<PathBuf> {
     let name = secret.metadata.name.as_deref().unwrap_or("secret");
     let ns = secret.metadata.namespace.as_deref().unwrap_or("default");
+    // Loading refuses such names already; this keeps any other caller inside `dir`.
+    if !crate::dns::is_subdomain(name) || !crate::dns::is_label(ns) {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("Secret {ns}/{name}: not DNS-1123 names, not written"),
+        ));
+    }
     let path = dir.join(format!("{name}.{ns}.secret.yaml"));
     let mut secret = secret.clone();
     // Owner references point at API objects; in a directory they mean nothing.

@@ -3,8 +3,11 @@
 //! from the watched Rules and Services, then writing only what changed: the resources of changed
 //! workloads ([`diff`]) and the statuses that differ. A failed write is retried with backoff and
 //! reported on the status of the workload's rules; the process never exits over it.
+//!
+//! Rules, Services and the managed resources are watched and listed only in the served
+//! namespaces (`--watch-namespaces`): a Rule elsewhere is never read, so it is enforced nowhere.
 
-use crate::client_controller::{backoff, now_rfc3339};
+use crate::client_controller::{Namespaces, backoff, now_rfc3339};
 use crate::crd::{Rule, RuleStatus};
 use crate::global::GlobalConfig;
 use crate::kube_apply::{WriteError, apply_changes, managed_resources, patch_rule_status};
@@ -24,6 +27,17 @@ pub struct SyncState {
     /// The resources last written successfully; `None` until read from the API server once
     /// (so resources left by a previous run can be deleted).
     applied: Option<Vec<Value>>,
+    /// Where resources left by a previous run are looked for (the served namespaces).
+    namespaces: Namespaces,
+}
+
+impl SyncState {
+    pub fn new(namespaces: Namespaces) -> Self {
+        SyncState {
+            applied: None,
+            namespaces,
+        }
+    }
 }
 
 /// What one sync did.
@@ -48,7 +62,7 @@ pub async fn sync_once(
     let mut report = SyncReport::default();
     let previous = match state.applied.take() {
         Some(p) => p,
-        None => match managed_resources(client, opts.output).await {
+        None => match managed_resources(client, opts.output, &state.namespaces).await {
             Ok(p) => p,
             Err(source) => {
                 report.errors.push(WriteError {
@@ -134,29 +148,54 @@ pub async fn sync_once(
     report
 }
 
-/// Runs the Rule controller: watches Rules and Services, and syncs after each burst of changes
-/// (waiting `debounce` for the burst to settle). Failed syncs are retried with exponential
-/// backoff.
-pub async fn run(client: Client, global: GlobalConfig, opts: RenderOptions, debounce: Duration) {
-    let (rules, rules_writer) = reflector::store::<Rule>();
-    let (services, services_writer) = reflector::store::<Service>();
-    let rule_events = reflector(
-        rules_writer,
-        watcher(Api::<Rule>::all(client.clone()), watcher::Config::default()),
-    )
-    .default_backoff()
-    .map(|_| ());
-    let service_events = reflector(
-        services_writer,
-        watcher(
-            Api::<Service>::all(client.clone()),
-            watcher::Config::default(),
-        ),
-    )
-    .default_backoff()
-    .map(|_| ());
-    let mut triggers = std::pin::pin!(stream::select(rule_events, service_events));
-    let mut state = SyncState::default();
+/// Runs the Rule controller: watches Rules and Services in `namespaces`, and syncs after each
+/// burst of changes (waiting `debounce` for the burst to settle). Failed syncs are retried with
+/// exponential backoff.
+pub async fn run(
+    client: Client,
+    global: GlobalConfig,
+    opts: RenderOptions,
+    namespaces: Namespaces,
+    debounce: Duration,
+) {
+    let scopes: Vec<(Api<Rule>, Api<Service>)> = match &namespaces {
+        Namespaces::All => vec![(Api::all(client.clone()), Api::all(client.clone()))],
+        Namespaces::Only(list) => list
+            .iter()
+            .map(|ns| {
+                (
+                    Api::namespaced(client.clone(), ns),
+                    Api::namespaced(client.clone(), ns),
+                )
+            })
+            .collect(),
+    };
+    let mut rule_stores = Vec::new();
+    let mut service_stores = Vec::new();
+    let mut events = Vec::new();
+    for (rule_api, service_api) in scopes {
+        let (rules, rules_writer) = reflector::store::<Rule>();
+        let (services, services_writer) = reflector::store::<Service>();
+        rule_stores.push(rules);
+        service_stores.push(services);
+        events.push(
+            reflector(rules_writer, watcher(rule_api, watcher::Config::default()))
+                .default_backoff()
+                .map(|_| ())
+                .boxed(),
+        );
+        events.push(
+            reflector(
+                services_writer,
+                watcher(service_api, watcher::Config::default()),
+            )
+            .default_backoff()
+            .map(|_| ())
+            .boxed(),
+        );
+    }
+    let mut triggers = stream::select_all(events);
+    let mut state = SyncState::new(namespaces.clone());
     let mut failures = 0u32;
     loop {
         let pending = if failures > 0 {
@@ -172,11 +211,15 @@ pub async fn run(client: Client, global: GlobalConfig, opts: RenderOptions, debo
         }
         // Let a burst of events (initial list, kubectl apply -f dir) settle into one sync.
         while let Ok(Some(())) = tokio::time::timeout(debounce, triggers.next()).await {}
-        let rule_list: Vec<Rule> = rules.state().iter().map(|r| (**r).clone()).collect();
-        let service_list: Vec<ServiceInfo> = services
-            .state()
+        let rule_list: Vec<Rule> = rule_stores
             .iter()
-            .filter_map(|s| ServiceInfo::from_service(s))
+            .flat_map(|s| s.state())
+            .map(|r| (*r).clone())
+            .collect();
+        let service_list: Vec<ServiceInfo> = service_stores
+            .iter()
+            .flat_map(|s| s.state())
+            .filter_map(|s| ServiceInfo::from_service(&s))
             .collect();
         let report = sync_once(
             &client,

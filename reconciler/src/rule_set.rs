@@ -8,13 +8,23 @@
 //! # Target workload
 //! 1. `spec.selector.matchLabels`, in the rule's namespace.
 //! 2. Else the Service named by `upstream.url`'s host: `<svc>`, `<svc>.<ns>`, `<svc>.<ns>.svc`
-//!    or `<svc>.<ns>.svc.<cluster-domain>` (a bare `<svc>` is in the rule's namespace). When that
-//!    Service is among the inputs (from the API server, or a Service manifest in manifests
-//!    mode), its `spec.selector` is the workload. Without it, the hosts that can only be
-//!    in-cluster names (`<svc>` or `...svc[.domain]`) fall back to the label `app=<svc>` (Kyma's
-//!    and Istio's convention); a two-label host `<a>.<b>` could as well be an external name, so it
-//!    needs the Service.
+//!    or `<svc>.<ns>.svc.<cluster-domain>` (a bare `<svc>` is in the rule's namespace); its
+//!    `spec.selector` is the workload. The Service must be among the inputs (from the API
+//!    server, or a Service manifest in manifests mode): a guessed `app=<svc>` label could put
+//!    the filter on pods nobody meant.
 //! 3. Otherwise the rule is `Ready=False`, reason `NoTarget`, and is enforced nowhere.
+//!
+//! # Namespaces are the tenant boundary
+//! A rule is enforced only on workloads of its own namespace. A Service host in another
+//! namespace is refused (`CrossNamespace`) unless the operator's global config lists the rule's
+//! namespace under `cross_namespace_targets` for the target namespace
+//! ([`GlobalConfig::allows_target`]).
+//!
+//! # Resource names
+//! Each workload's resource is named `portcullis-<app>-<hash of the selector>`
+//! ([`Workload::resource_name`]). Should two selectors of one namespace still map to one name,
+//! neither resource is emitted and both rules report `NameCollision`: one workload silently
+//! losing its filter to the other's is the failure this prevents.
 //!
 //! # Invalid rules fail closed
 //! A rule that fails validation is reported (`Invalid`) and, when its `match` is usable, is
@@ -75,9 +85,11 @@ pub struct Workload {
 }
 
 impl Workload {
-    /// A DNS-1123 name for this workload's resource: `portcullis-<app>` where `<app>` is the
-    /// `app` (or `app.kubernetes.io/name`) label, with a hash of the labels appended when the
-    /// selector is anything but that single label (so two selectors never share a name).
+    /// A DNS-1123 label naming this workload's resource: `portcullis-<app>-<hash>`, where
+    /// `<app>` is the `app` (or `app.kubernetes.io/name`, else every value) label, sanitised
+    /// and cut to 41 characters, and `<hash>` 40 bits of SHA-256 over the whole selector
+    /// (every key and value), so two selectors differing anywhere (`app: web` and
+    /// `app.kubernetes.io/name: web`, or values sharing a long prefix) get different names.
     pub fn resource_name(&self) -> String {
         let app = self
             .labels
@@ -97,31 +109,24 @@ impl Workload {
             })
             .collect();
         base = base.trim_matches('-').to_string();
-        let simple = self.labels.len() == 1
-            && (self.labels.get("app") == Some(&app)
-                || self.labels.get("app.kubernetes.io/name") == Some(&app))
-            && base == app;
-        base.truncate(if simple { 52 } else { 43 });
+        // 11 ("portcullis-") + 41 + 1 + 10 = 63, the DNS-1123 label limit.
+        base.truncate(41);
         let base = base.trim_end_matches('-');
-        if simple {
-            format!("portcullis-{base}")
+        let mut h = Sha256::new();
+        for (k, v) in &self.labels {
+            h.update(k.as_bytes());
+            h.update([0]);
+            h.update(v.as_bytes());
+            h.update([0]);
+        }
+        let hex: String = h.finalize()[..5]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        if base.is_empty() {
+            format!("portcullis-{hex}")
         } else {
-            let mut h = Sha256::new();
-            for (k, v) in &self.labels {
-                h.update(k.as_bytes());
-                h.update([0]);
-                h.update(v.as_bytes());
-                h.update([0]);
-            }
-            let hex: String = h.finalize()[..4]
-                .iter()
-                .map(|b| format!("{b:02x}"))
-                .collect();
-            if base.is_empty() {
-                format!("portcullis-{hex}")
-            } else {
-                format!("portcullis-{base}-{hex}")
-            }
+            format!("portcullis-{base}-{hex}")
         }
     }
 }
@@ -144,18 +149,46 @@ impl fmt::Display for Workload {
 pub enum TargetSource {
     Selector,
     Service,
-    AppLabelFallback,
+}
+
+/// Why a rule has no target.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TargetError {
+    /// Nothing names a workload (reason `NoTarget`).
+    #[error("{0}")]
+    NoTarget(String),
+    /// The Service is in another namespace, which does not admit this rule's (reason
+    /// `CrossNamespace`).
+    #[error(
+        "spec.upstream.url names Service {target}/{service}, outside the Rule's namespace {from}; a Rule is enforced only on workloads of its own namespace (the operator may allow {from} under cross_namespace_targets.{target} in the global config)"
+    )]
+    CrossNamespace {
+        from: String,
+        target: String,
+        service: String,
+    },
+}
+
+impl TargetError {
+    fn reason(&self) -> Reason {
+        match self {
+            Self::NoTarget(_) => Reason::NoTarget,
+            Self::CrossNamespace { .. } => Reason::CrossNamespace,
+        }
+    }
 }
 
 /// The target workload of `rule` (see the module docs), or why there is none.
 pub fn rule_target(
     rule: &Rule,
     services: &[ServiceInfo],
-) -> Result<(Workload, TargetSource), String> {
+    global: &GlobalConfig,
+) -> Result<(Workload, TargetSource), TargetError> {
+    let no = |m: String| TargetError::NoTarget(m);
     let namespace = rule_namespace(rule);
     if let Some(sel) = &rule.spec.selector {
         if sel.match_labels.is_empty() {
-            return Err("spec.selector.matchLabels is empty".into());
+            return Err(no("spec.selector.matchLabels is empty".into()));
         }
         return Ok((
             Workload {
@@ -166,63 +199,56 @@ pub fn rule_target(
         ));
     }
     let Some(url) = rule.spec.upstream.as_ref().and_then(|u| u.url.as_deref()) else {
-        return Err("no spec.selector and no spec.upstream.url to find the target Service".into());
+        return Err(no(
+            "no spec.selector and no spec.upstream.url to find the target Service".into(),
+        ));
     };
-    let host = url_host(url).ok_or_else(|| format!("spec.upstream.url {url:?} has no host"))?;
+    let host = url_host(url).ok_or_else(|| no(format!("spec.upstream.url {url:?} has no host")))?;
     let labels: Vec<&str> = host.split('.').collect();
-    let (svc, svc_ns, in_cluster_only) = match labels.as_slice() {
-        [svc] => (*svc, namespace.as_str(), true),
-        [svc, ns] => (*svc, *ns, false),
-        [svc, ns, "svc", ..] => (*svc, *ns, true),
+    let (svc, svc_ns) = match labels.as_slice() {
+        [svc] => (*svc, namespace.as_str()),
+        [svc, ns] | [svc, ns, "svc", ..] => (*svc, *ns),
         _ => {
-            return Err(format!(
+            return Err(no(format!(
                 "spec.upstream.url host {host:?} is not a Service name (<svc>[.<ns>[.svc[.<domain>]]]); set spec.selector"
-            ));
+            )));
         }
     };
-    if !is_dns_label(svc) || !is_dns_label(svc_ns) {
-        return Err(format!(
+    if !crate::dns::is_label(svc) || !crate::dns::is_label(svc_ns) {
+        return Err(no(format!(
             "spec.upstream.url host {host:?} is not a Service name; set spec.selector"
-        ));
+        )));
     }
-    if let Some(s) = services
+    let known = services
         .iter()
-        .find(|s| s.name == svc && s.namespace == svc_ns)
-    {
-        if s.selector.is_empty() {
-            return Err(format!(
-                "Service {svc_ns}/{svc} has no selector (headless or external); set spec.selector"
-            ));
-        }
-        return Ok((
-            Workload {
-                namespace: svc_ns.to_string(),
-                labels: s.selector.clone(),
-            },
-            TargetSource::Service,
-        ));
+        .find(|s| s.name == svc && s.namespace == svc_ns);
+    // `<a>.<b>` could as well be an external name: unless it is a known Service, "no known
+    // Service" says more than "another namespace" (both refuse it).
+    let surely_in_cluster = labels.len() != 2;
+    if !global.allows_target(&namespace, svc_ns) && (known.is_some() || surely_in_cluster) {
+        return Err(TargetError::CrossNamespace {
+            from: namespace.clone(),
+            target: svc_ns.to_string(),
+            service: svc.to_string(),
+        });
     }
-    if in_cluster_only {
-        return Ok((
-            Workload {
-                namespace: svc_ns.to_string(),
-                labels: BTreeMap::from([("app".to_string(), svc.to_string())]),
-            },
-            TargetSource::AppLabelFallback,
-        ));
+    let Some(s) = known.filter(|_| global.allows_target(&namespace, svc_ns)) else {
+        return Err(no(format!(
+            "spec.upstream.url host {host:?} names no known Service {svc_ns}/{svc}; create the Service (in manifests mode: a Service manifest) or set spec.selector"
+        )));
+    };
+    if s.selector.is_empty() {
+        return Err(no(format!(
+            "Service {svc_ns}/{svc} has no selector (headless or external); set spec.selector"
+        )));
     }
-    Err(format!(
-        "spec.upstream.url host {host:?} names no known Service {svc_ns}/{svc}; set spec.selector"
+    Ok((
+        Workload {
+            namespace: svc_ns.to_string(),
+            labels: s.selector.clone(),
+        },
+        TargetSource::Service,
     ))
-}
-
-fn is_dns_label(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 63
-        && s.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !s.starts_with('-')
-        && !s.ends_with('-')
 }
 
 /// The host of an absolute URL (lower-case, without userinfo and port).
@@ -330,6 +356,11 @@ pub enum Reason {
     ConfigTooLarge,
     /// Writing the workload's resource failed (set by the caller that writes it).
     ApplyFailed,
+    /// The target Service is in another namespace that does not admit this rule's: enforced
+    /// nowhere.
+    CrossNamespace,
+    /// Another workload's resource would get the same name: neither is emitted.
+    NameCollision,
 }
 
 impl Reason {
@@ -341,6 +372,8 @@ impl Reason {
             Self::Overlapping => "Overlapping",
             Self::ConfigTooLarge => "ConfigTooLarge",
             Self::ApplyFailed => "ApplyFailed",
+            Self::CrossNamespace => "CrossNamespace",
+            Self::NameCollision => "NameCollision",
         }
     }
 }
@@ -596,15 +629,61 @@ pub fn desired_state(
             },
         );
     }
-    DesiredState {
+    let mut state = DesiredState {
         workloads,
         rules: pending.into_iter().map(|p| p.outcome).collect(),
+    };
+    state.fail_closed_on_name_collisions();
+    state
+}
+
+impl DesiredState {
+    /// Drops every workload whose resource would share its kind, namespace and name with
+    /// another's, and reports `NameCollision` on their rules: applying both would let the last
+    /// write win while the other's rules still said `Applied`.
+    pub fn fail_closed_on_name_collisions(&mut self) {
+        let found = name_collisions(self.workloads.values().map(|w| (&w.workload, &w.resource)));
+        for (workload, other) in found {
+            let Some(wc) = self.workloads.remove(&workload) else {
+                continue;
+            };
+            let name = wc.resource["metadata"]["name"].as_str().unwrap_or_default();
+            for o in self
+                .rules
+                .iter_mut()
+                .filter(|o| wc.rule_ids.contains(&o.id))
+            {
+                o.reason = Reason::NameCollision;
+                o.message = format!(
+                    "the resource of workload {workload} would have the same name ({name}) as that of workload {other}; neither is applied (change one selector)"
+                );
+            }
+        }
     }
+}
+
+/// Every workload whose rendered resource has the same kind, namespace and name as another's,
+/// with one of those others. Both sides are listed, so neither overwrites the other.
+pub fn name_collisions<'a>(
+    resources: impl Iterator<Item = (&'a Workload, &'a Value)>,
+) -> Vec<(Workload, Workload)> {
+    let mut by_key: BTreeMap<ResourceKey, Vec<&Workload>> = BTreeMap::new();
+    for (w, r) in resources {
+        by_key.entry(ResourceKey::of(r)).or_default().push(w);
+    }
+    let mut out = Vec::new();
+    for group in by_key.values().filter(|g| g.len() > 1) {
+        for (i, w) in group.iter().enumerate() {
+            let other = group[if i == 0 { 1 } else { 0 }];
+            out.push(((*w).clone(), other.clone()));
+        }
+    }
+    out
 }
 
 fn evaluate(rule: &Rule, services: &[ServiceInfo], global: &GlobalConfig, base: &Value) -> Pending {
     let json = access_rule(rule);
-    let target = rule_target(rule, services);
+    let target = rule_target(rule, services, global);
     let mut outcome = RuleOutcome {
         name: rule.metadata.name.clone().unwrap_or_default(),
         namespace: rule_namespace(rule),
@@ -640,9 +719,9 @@ fn evaluate(rule: &Rule, services: &[ServiceInfo], global: &GlobalConfig, base: 
     };
     match (&target, &enforce) {
         (Err(why), _) => {
-            if outcome.reason == Reason::Applied {
-                outcome.reason = Reason::NoTarget;
-                outcome.message = why.clone();
+            if outcome.reason == Reason::Applied || why.reason() == Reason::CrossNamespace {
+                outcome.reason = why.reason();
+                outcome.message = why.to_string();
             } else {
                 outcome.message = format!("{}; no target: {why}", outcome.message);
             }
@@ -656,11 +735,6 @@ fn evaluate(rule: &Rule, services: &[ServiceInfo], global: &GlobalConfig, base: 
                 outcome.message = match source {
                     TargetSource::Selector => format!("enforced by workload {w}"),
                     TargetSource::Service => format!("enforced by workload {w} (from its Service)"),
-                    TargetSource::AppLabelFallback => format!(
-                        "enforced by workload {w} (label app=<service>: no Service {}/{} known)",
-                        w.namespace,
-                        w.labels.get("app").map(String::as_str).unwrap_or_default()
-                    ),
                 };
             }
             Pending { outcome, enforce }

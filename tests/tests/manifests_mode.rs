@@ -14,7 +14,40 @@ use std::time::{Duration, Instant};
 const CLIENT_ID: &str = "demo-client";
 const CLIENT_SECRET: &str = "demo-secret-value-1234";
 
+/// The Service the rules' `upstream.url` names: a rule's workload is its Service's selector.
+const HTTPBIN_SERVICE: &str = "apiVersion: v1
+kind: Service
+metadata: {name: httpbin, namespace: default}
+spec: {selector: {app: httpbin}}
+";
+
+/// Waits for the ECDS file of workload `app` in namespace `default` (its name ends in a hash of
+/// the selector: `portcullis-<app>-<hash>.default.json`) and returns its path.
+fn wait_for_ecds(dir: &Path, app: &str) -> std::path::PathBuf {
+    let prefix = format!("portcullis-{app}-");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let found = fs::read_dir(dir).ok().and_then(|entries| {
+            entries.filter_map(Result::ok).map(|e| e.path()).find(|p| {
+                let name = p.file_name().unwrap().to_string_lossy().into_owned();
+                name.starts_with(&prefix) && name.ends_with(".default.json")
+            })
+        });
+        if let Some(path) = found {
+            wait_for_file(&path, Duration::from_secs(5));
+            return path;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no ECDS file {prefix}*.default.json in {}",
+            dir.display()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 fn client_manifests(dir: &Path) {
+    fs::write(dir.join("httpbin-service.yaml"), HTTPBIN_SERVICE).unwrap();
     fs::write(
         dir.join("client.yaml"),
         format!(
@@ -135,11 +168,7 @@ fn manifests_mode_issues_tokens_and_enforces_rules_in_a_running_envoy() {
     let cp = ControlPlane::start(&["--manifests", dir.to_str().unwrap()]);
     fs::write(dir.join("headers.yaml"), jwt_rule(&cp, "allow")).unwrap();
     fs::write(dir.join("post.yaml"), introspection_rule(&cp)).unwrap();
-    let ecds = cp
-        .data_dir
-        .join("ecds")
-        .join("portcullis-httpbin.default.json");
-    wait_for_file(&ecds, Duration::from_secs(15));
+    let ecds = wait_for_ecds(&cp.data_dir.join("ecds"), "httpbin");
 
     let upstream = Upstream::start();
     let envoy = Envoy::builder(upstream.port())
@@ -263,6 +292,7 @@ fn manifests_mode_issues_tokens_and_enforces_rules_in_a_running_envoy() {
 #[test]
 fn render_prints_resources_and_fails_readably_on_a_bad_directory() {
     let manifests = tempfile::tempdir().unwrap();
+    fs::write(manifests.path().join("svc.yaml"), HTTPBIN_SERVICE).unwrap();
     fs::write(
         manifests.path().join("rule.yaml"),
         "apiVersion: oathkeeper.ory.sh/v1alpha1\nkind: Rule\nmetadata: {name: r, namespace: default}\nspec:\n  upstream: {url: 'http://httpbin.default.svc.cluster.local:8000'}\n  match: {url: 'http://httpbin.example.com/<.*>', methods: [GET]}\n  authenticators: [{handler: anonymous}]\n  authorizer: {handler: allow}\n",
@@ -324,6 +354,105 @@ fn render_prints_resources_and_fails_readably_on_a_bad_directory() {
     let crds = String::from_utf8(out.stdout).unwrap();
     assert!(
         crds.contains("rules.oathkeeper.ory.sh") && crds.contains("oauth2clients.hydra.ory.sh")
+    );
+}
+
+/// The review's `harmless` Rule: written in `dev`, naming a Service of `shop`. It must not put a
+/// filter on `shop`'s workload, and says why.
+#[test]
+fn render_puts_no_rule_of_one_namespace_on_another() {
+    let manifests = tempfile::tempdir().unwrap();
+    fs::write(
+        manifests.path().join("shop.yaml"),
+        "apiVersion: v1\nkind: Service\nmetadata: {name: checkout, namespace: shop}\nspec: {selector: {app: checkout}}\n",
+    )
+    .unwrap();
+    fs::write(
+        manifests.path().join("harmless.yaml"),
+        "apiVersion: oathkeeper.ory.sh/v1alpha1\nkind: Rule\nmetadata: {name: harmless, namespace: dev}\nspec:\n  upstream: {url: 'http://checkout.shop.svc.cluster.local:8080'}\n  match: {url: 'http://checkout.example.com/<.*>', methods: [GET]}\n  authenticators: [{handler: anonymous}]\n  authorizer: {handler: allow}\n---\napiVersion: oathkeeper.ory.sh/v1alpha1\nkind: Rule\nmetadata: {name: guessed, namespace: dev}\nspec:\n  upstream: {url: 'http://nosuchservice.dev.svc.cluster.local'}\n  match: {url: 'http://other.example.com/<.*>', methods: [GET]}\n  authenticators: [{handler: anonymous}]\n  authorizer: {handler: allow}\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(portcullis_e2e::control_plane::binary())
+        .args(["render", "--manifests"])
+        .arg(manifests.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let yaml = String::from_utf8(out.stdout).unwrap();
+    assert!(!yaml.contains("kind: WasmPlugin"), "{yaml}");
+    assert!(
+        yaml.lines()
+            .any(|l| l.starts_with("# Rule dev/harmless: CrossNamespace")
+                && l.contains("shop/checkout")),
+        "{yaml}"
+    );
+    // No Service `nosuchservice` in dev: no guessed `app=nosuchservice` workload either.
+    assert!(
+        yaml.lines()
+            .any(|l| l.starts_with("# Rule dev/guessed: NoTarget")),
+        "{yaml}"
+    );
+}
+
+/// The review's client takeover in manifests mode: `mine` in team-b names team-a's client_id.
+#[test]
+fn manifests_mode_refuses_a_client_id_owned_by_another_namespace() {
+    let manifests = tempfile::tempdir().unwrap();
+    let dir = manifests.path();
+    let client = |name: &str, ns: &str, secret: &str, scope: &str| {
+        format!(
+            "apiVersion: v1\nkind: Secret\nmetadata: {{name: {name}, namespace: {ns}}}\nstringData: {{client_id: billing-svc, client_secret: {secret}}}\n---\napiVersion: hydra.ory.sh/v1alpha1\nkind: OAuth2Client\nmetadata: {{name: {name}, namespace: {ns}}}\nspec:\n  grantTypes: [client_credentials]\n  scope: {scope}\n  secretName: {name}\n"
+        )
+    };
+    fs::write(
+        dir.join("a.yaml"),
+        client("billing", "team-a", "team-a-secret-1", "billing.admin"),
+    )
+    .unwrap();
+    let cp = ControlPlane::start(&["--manifests", dir.to_str().unwrap()]);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while cp
+        .token("billing-svc", "team-a-secret-1", "billing.admin")
+        .is_err()
+    {
+        assert!(Instant::now() < deadline, "{}", cp.log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    fs::write(
+        dir.join("b.yaml"),
+        client("mine", "team-b", "team-b-chosen-1", "billing.admin"),
+    )
+    .unwrap();
+    cp.wait_for_log("CLIENT_ID_CONFLICT", Duration::from_secs(15));
+    assert!(
+        cp.token("billing-svc", "team-a-secret-1", "billing.admin")
+            .is_ok(),
+        "{}",
+        cp.log()
+    );
+    assert_eq!(
+        cp.token("billing-svc", "team-b-chosen-1", "billing.admin")
+            .unwrap_err()
+            .0,
+        401
+    );
+    // Removing the refused manifest leaves team-a's client alone.
+    let synced = cp.log().matches("manifests synced").count();
+    fs::remove_file(dir.join("b.yaml")).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while cp.log().matches("manifests synced").count() <= synced {
+        assert!(Instant::now() < deadline, "{}", cp.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        cp.token("billing-svc", "team-a-secret-1", "billing.admin")
+            .is_ok(),
+        "{}",
+        cp.log()
     );
 }
 

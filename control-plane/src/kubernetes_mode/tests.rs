@@ -28,7 +28,7 @@ fn hydra(id: &str, owner: &str) -> HydraClient {
 #[tokio::test]
 async fn upsert_registers_marked_clients_and_drops_a_rotated_client_id() {
     let (svc, _dir) = service();
-    let reg = ServiceRegistry(Arc::clone(&svc));
+    let reg = ServiceRegistry::new(Arc::clone(&svc));
     reg.upsert(hydra("one", "c/default")).await.unwrap();
     let c = svc.clients.get("one").unwrap();
     assert_eq!(c.metadata[MANAGED_BY_KEY], "kubernetes");
@@ -47,7 +47,7 @@ async fn upsert_registers_marked_clients_and_drops_a_rotated_client_id() {
 #[tokio::test]
 async fn remove_deletes_only_the_controllers_clients_of_that_owner() {
     let (svc, _dir) = service();
-    let reg = ServiceRegistry(Arc::clone(&svc));
+    let reg = ServiceRegistry::new(Arc::clone(&svc));
     reg.upsert(hydra("mine", "c/default")).await.unwrap();
     reg.upsert(hydra("other", "d/default")).await.unwrap();
     svc.clients
@@ -79,17 +79,83 @@ async fn an_admin_api_client_is_not_taken_over() {
         )
         .await
         .unwrap();
-    let err = ServiceRegistry(Arc::clone(&svc))
+    let err = ServiceRegistry::new(Arc::clone(&svc))
         .upsert(hydra("taken", "c/default"))
         .await
         .unwrap_err();
-    assert!(err.contains("taken"), "{err}");
+    assert!(
+        matches!(&err, RegistrationError::NotManaged { client_id } if client_id == "taken"),
+        "{err}"
+    );
     assert!(
         svc.clients
             .authenticate_secret("taken", "keep-this-one")
             .await
             .is_ok()
     );
+}
+
+/// The review's takeover: `mine` in team-b names team-a's `billing-svc` in its Secret.
+#[tokio::test]
+async fn a_client_id_of_another_namespace_is_refused_and_survives_the_intruders_deletion() {
+    let (svc, _dir) = service();
+    let reg = ServiceRegistry::new(Arc::clone(&svc));
+    let mut billing = hydra("billing-svc", "billing/team-a");
+    billing.scope = "billing.admin".into();
+    reg.upsert(billing).await.unwrap();
+    for intruder in ["mine/team-b", "billing/team-b", "other/team-a"] {
+        let mut takeover = hydra("billing-svc", intruder);
+        takeover.client_secret = "chosen-by-team-b".into();
+        takeover.scope = "everything".into();
+        let err = reg.upsert(takeover).await.unwrap_err();
+        assert!(
+            matches!(&err, RegistrationError::OwnedByAnother { owner, .. } if owner == "billing/team-a"),
+            "{intruder}: {err:?}"
+        );
+        assert_eq!(err.code(), "CLIENT_ID_CONFLICT");
+        assert!(!err.to_string().contains("team-a"), "{err}");
+        // Deleting the refused resource removes nothing of team-a's.
+        reg.remove(intruder).await.unwrap();
+    }
+    let kept = svc.clients.get("billing-svc").unwrap();
+    assert_eq!(
+        (kept.owner.as_str(), kept.scope.as_str()),
+        ("billing/team-a", "billing.admin")
+    );
+    assert!(
+        svc.clients
+            .authenticate_secret("billing-svc", "secret-of-billing-svc")
+            .await
+            .is_ok()
+    );
+    assert!(
+        svc.clients
+            .authenticate_secret("billing-svc", "chosen-by-team-b")
+            .await
+            .is_err()
+    );
+    // Its owner still updates it.
+    let mut update = hydra("billing-svc", "billing/team-a");
+    update.scope = "billing.read".into();
+    reg.upsert(update).await.unwrap();
+    assert_eq!(
+        svc.clients.get("billing-svc").unwrap().scope,
+        "billing.read"
+    );
+}
+
+/// Two namespaces racing for a fresh client_id: exactly one gets it.
+#[tokio::test]
+async fn concurrent_claims_on_a_new_client_id_register_one_owner() {
+    let (svc, _dir) = service();
+    let reg = ServiceRegistry::new(Arc::clone(&svc));
+    let (a, b) = tokio::join!(
+        reg.upsert(hydra("fresh", "a/team-a")),
+        reg.upsert(hydra("fresh", "b/team-b"))
+    );
+    assert!(a.is_ok() != b.is_ok(), "{a:?} {b:?}");
+    let owner = svc.clients.get("fresh").unwrap().owner;
+    assert_eq!(owner, if a.is_ok() { "a/team-a" } else { "b/team-b" });
 }
 
 #[test]
@@ -153,28 +219,32 @@ async fn run_takes_the_lease_then_starts_both_controllers() {
         json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
         "metadata": {"name": "portcullis-controller", "namespace": "ns", "resourceVersion": "1"}, "spec": {}}),
     );
-    // Rules and Services cluster-wide; OAuth2Clients and Secrets per watched namespace (the
-    // default kyma-system and default), so Secrets need no cluster-wide RBAC.
+    // Everything per watched namespace (the default kyma-system and default): a Rule in any
+    // other namespace is never read, and no cluster-wide RBAC is needed.
+    let expected = [
+        "/apis/oathkeeper.ory.sh/v1alpha1/namespaces/kyma-system/rules",
+        "/apis/oathkeeper.ory.sh/v1alpha1/namespaces/default/rules",
+        "/api/v1/namespaces/kyma-system/services",
+        "/api/v1/namespaces/default/services",
+        "/apis/hydra.ory.sh/v1alpha1/namespaces/kyma-system/oauth2clients",
+        "/apis/hydra.ory.sh/v1alpha1/namespaces/default/oauth2clients",
+        "/api/v1/namespaces/kyma-system/secrets",
+        "/api/v1/namespaces/default/secrets",
+    ];
     let mut seen = std::collections::BTreeSet::new();
-    while seen.len() < 6 {
+    while !expected.iter().all(|p| seen.contains(*p)) {
         let (m, p, send) = next().await;
         assert_eq!(m, Method::GET, "{p}");
+        assert!(
+            p.contains("/namespaces/kyma-system/") || p.contains("/namespaces/default/"),
+            "a request outside the watched namespaces: {p}"
+        );
         seen.insert(p);
         reply(
             send,
             200,
             json!({"apiVersion": "v1", "kind": "List", "metadata": {"resourceVersion": "1"}, "items": []}),
         );
-    }
-    for path in [
-        "/apis/oathkeeper.ory.sh/v1alpha1/rules",
-        "/api/v1/services",
-        "/apis/hydra.ory.sh/v1alpha1/namespaces/kyma-system/oauth2clients",
-        "/apis/hydra.ory.sh/v1alpha1/namespaces/default/oauth2clients",
-        "/api/v1/namespaces/kyma-system/secrets",
-        "/api/v1/namespaces/default/secrets",
-    ] {
-        assert!(seen.contains(path), "{path} not in {seen:?}");
     }
     stop_tx.send(()).unwrap();
     tokio::time::timeout(Duration::from_secs(5), task)

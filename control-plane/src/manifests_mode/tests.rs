@@ -49,10 +49,7 @@ impl Fixture {
     }
 
     fn ecds(&self) -> Value {
-        let path = self
-            .settings
-            .ecds_dir
-            .join("portcullis-httpbin.default.json");
+        let path = self.settings.ecds_dir.join(HTTPBIN_ECDS.as_str());
         let doc: Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
         let cfg = doc["resources"][0]["typed_config"]["config"]["configuration"]["value"]
             .as_str()
@@ -73,6 +70,16 @@ fn secret_yaml(name: &str, id: &str) -> String {
         "apiVersion: v1\nkind: Secret\nmetadata: {{name: {name}-secret, namespace: default}}\nstringData: {{CLIENT_ID: {id}, CLIENT_SECRET: secret-{id}}}\n"
     )
 }
+
+/// The Service the rules name: without it a rule has no target.
+const SERVICE: &str = "apiVersion: v1\nkind: Service\nmetadata: {name: httpbin, namespace: default}\nspec: {selector: {app: httpbin}}\n";
+
+static HTTPBIN_ECDS: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    portcullis_reconciler::manifests::ecds_file_name(&portcullis_reconciler::rule_set::Workload {
+        namespace: "default".into(),
+        labels: [("app".to_string(), "httpbin".to_string())].into(),
+    })
+});
 
 const RULE: &str = "apiVersion: oathkeeper.ory.sh/v1alpha1\nkind: Rule\nmetadata: {name: r, namespace: default}\nspec:\n  upstream: {url: 'http://httpbin.default.svc:8000'}\n  match: {url: 'http://127.0.0.1:4444/<.*>', methods: [GET]}\n  authenticators: [{handler: jwt, config: {jwks_urls: ['http://127.0.0.1:4444/.well-known/jwks.json']}}]\n  authorizer: {handler: allow}\n";
 
@@ -140,15 +147,147 @@ async fn a_client_id_taken_through_the_admin_api_is_not_taken_over() {
     let r = f.sync().await;
     assert!(r.registered.is_empty());
     assert!(
-        r.errors
-            .iter()
-            .any(|e| e.contains("not created from a manifest")),
+        r.errors.iter().any(|e| e.contains("CLIENT_ID_CONFLICT")
+            && e.contains("not registered from an OAuth2Client")),
         "{r:?}"
     );
     assert!(
         f.svc
             .clients
             .authenticate_secret("id-a", "original-secret")
+            .await
+            .is_ok()
+    );
+}
+
+fn ns_client_yaml(name: &str, ns: &str, scope: &str) -> String {
+    format!(
+        "apiVersion: hydra.ory.sh/v1alpha1\nkind: OAuth2Client\nmetadata: {{name: {name}, namespace: {ns}}}\nspec:\n  grantTypes: [client_credentials]\n  scope: {scope}\n  secretName: {name}-secret\n"
+    )
+}
+
+fn ns_secret_yaml(name: &str, ns: &str, id: &str, secret: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Secret\nmetadata: {{name: {name}-secret, namespace: {ns}}}\nstringData: {{client_id: {id}, client_secret: {secret}}}\n"
+    )
+}
+
+/// The review's takeover in manifests mode: `mine` in team-b reuses team-a's `billing-svc`.
+#[tokio::test]
+async fn a_client_id_owned_by_another_manifest_is_not_taken_over() {
+    let f = fixture();
+    f.write(
+        "a.yaml",
+        &format!(
+            "{}---\n{}",
+            ns_client_yaml("billing", "team-a", "billing.admin"),
+            ns_secret_yaml("billing", "team-a", "billing-svc", "team-a-secret")
+        ),
+    );
+    let r = f.sync().await;
+    assert_eq!(r.registered, ["billing-svc"], "{r:?}");
+    f.write(
+        "b.yaml",
+        &format!(
+            "{}---\n{}",
+            ns_client_yaml("mine", "team-b", "everything"),
+            ns_secret_yaml("mine", "team-b", "billing-svc", "team-b-chosen")
+        ),
+    );
+    let r = f.sync().await;
+    assert!(
+        r.errors
+            .iter()
+            .any(|e| e.contains("mine/team-b") && e.contains("CLIENT_ID_CONFLICT")),
+        "{r:?}"
+    );
+    let kept = f.svc.clients.get("billing-svc").unwrap();
+    assert_eq!(
+        (kept.owner.as_str(), kept.scope.as_str()),
+        ("billing/team-a", "billing.admin")
+    );
+    assert!(
+        f.svc
+            .clients
+            .authenticate_secret("billing-svc", "team-a-secret")
+            .await
+            .is_ok()
+    );
+    assert!(
+        f.svc
+            .clients
+            .authenticate_secret("billing-svc", "team-b-chosen")
+            .await
+            .is_err()
+    );
+    // Removing the intruder's manifest leaves team-a's client alone.
+    f.remove("b.yaml");
+    let r = f.sync().await;
+    assert!(r.removed.is_empty(), "{r:?}");
+    assert!(
+        f.svc
+            .clients
+            .authenticate_secret("billing-svc", "team-a-secret")
+            .await
+            .is_ok()
+    );
+}
+
+#[tokio::test]
+async fn a_client_id_asked_for_by_two_new_manifests_goes_to_neither() {
+    let f = fixture();
+    f.write(
+        "a.yaml",
+        &format!(
+            "{}---\n{}---\n{}---\n{}",
+            ns_client_yaml("one", "team-a", "read"),
+            ns_secret_yaml("one", "team-a", "shared", "secret-one"),
+            ns_client_yaml("two", "team-b", "write"),
+            ns_secret_yaml("two", "team-b", "shared", "secret-two")
+        ),
+    );
+    let r = f.sync().await;
+    assert!(r.registered.is_empty(), "{r:?}");
+    assert_eq!(
+        r.errors
+            .iter()
+            .filter(|e| e.contains("asked for by several"))
+            .count(),
+        2,
+        "{r:?}"
+    );
+    assert!(f.svc.clients.get("shared").is_none());
+}
+
+/// Renaming an OAuth2Client (its old manifest gone, same Secret) hands the client over in one
+/// pass: the old owner's client is removed, then the new one registers.
+#[tokio::test]
+async fn a_renamed_client_gets_its_client_id_back_in_one_pass() {
+    let f = fixture();
+    f.write(
+        "a.yaml",
+        &format!(
+            "{}---\n{}",
+            ns_client_yaml("old", "team-a", "read"),
+            ns_secret_yaml("old", "team-a", "renamed-id", "secret-old")
+        ),
+    );
+    f.sync().await;
+    f.write(
+        "a.yaml",
+        &format!(
+            "{}---\n{}",
+            ns_client_yaml("new", "team-a", "read"),
+            ns_secret_yaml("new", "team-a", "renamed-id", "secret-new")
+        ),
+    );
+    let r = f.sync().await;
+    assert!(r.errors.is_empty(), "{r:?}");
+    assert_eq!(f.svc.clients.get("renamed-id").unwrap().owner, "new/team-a");
+    assert!(
+        f.svc
+            .clients
+            .authenticate_secret("renamed-id", "secret-new")
             .await
             .is_ok()
     );
@@ -195,9 +334,15 @@ async fn a_broken_secret_document_blocks_generation_and_removal() {
 #[tokio::test]
 async fn rules_become_an_ecds_file_and_deleting_them_disables_the_filter() {
     let f = fixture();
+    f.write("svc.yaml", SERVICE);
     f.write("r.yaml", RULE);
     let r = f.sync().await;
     assert_eq!(r.ecds_written.len(), 1, "{r:?}");
+    assert!(
+        HTTPBIN_ECDS.starts_with("portcullis-httpbin-"),
+        "{}",
+        *HTTPBIN_ECDS
+    );
     let cfg = f.ecds();
     assert_eq!(cfg["rules"][0]["id"], "r.default");
     // Plain Envoy: the control plane's own origins map to the named static clusters.
@@ -221,6 +366,75 @@ async fn rules_become_an_ecds_file_and_deleting_them_disables_the_filter() {
     assert!(engine.is_disabled());
     // Written once: the next pass leaves the file alone.
     assert!(f.sync().await.ecds_disabled.is_empty());
+}
+
+/// The review's `harmless` Rule: from `dev`, naming a Service of `shop`.
+#[tokio::test]
+async fn a_rule_naming_another_namespaces_service_gets_no_ecds_file() {
+    let f = fixture();
+    f.write(
+        "shop.yaml",
+        "apiVersion: v1\nkind: Service\nmetadata: {name: checkout, namespace: shop}\nspec: {selector: {app: checkout}}\n",
+    );
+    for url in [
+        "http://checkout.shop",
+        "http://checkout.shop.svc.cluster.local:8080",
+    ] {
+        f.write(
+            "harmless.yaml",
+            &format!("apiVersion: oathkeeper.ory.sh/v1alpha1\nkind: Rule\nmetadata: {{name: harmless, namespace: dev}}\nspec:\n  upstream: {{url: '{url}'}}\n  match: {{url: 'http://x/<.*>', methods: [GET]}}\n  authenticators: [{{handler: anonymous}}]\n  authorizer: {{handler: allow}}\n"),
+        );
+        let r = f.sync().await;
+        assert!(r.ecds_written.is_empty(), "{url}: {r:?}");
+        assert!(
+            r.errors
+                .iter()
+                .any(|e| e.contains("Rule dev/harmless") && e.contains("CrossNamespace")),
+            "{url}: {r:?}"
+        );
+    }
+    let files: Vec<_> = std::fs::read_dir(&f.settings.ecds_dir)
+        .map(|d| d.filter_map(Result::ok).map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(files.is_empty(), "{files:?}");
+}
+
+/// Names become file names in this mode: hostile ones are refused before any file is written.
+#[tokio::test]
+async fn hostile_secret_names_and_namespaces_write_nothing_outside() {
+    let f = fixture();
+    f.write(
+        "bad.yaml",
+        "apiVersion: hydra.ory.sh/v1alpha1\nkind: OAuth2Client\nmetadata: {name: esc, namespace: default}\nspec:\n  grantTypes: [client_credentials]\n  secretName: ../outside/escaped\n---\napiVersion: oathkeeper.ory.sh/v1alpha1\nkind: Rule\nmetadata: {name: r, namespace: ../../tmp}\nspec:\n  selector: {matchLabels: {app: x}}\n  match: {url: 'http://x/<.*>', methods: [GET]}\n",
+    );
+    let r = f.sync().await;
+    assert!(
+        r.secrets_written.is_empty() && r.ecds_written.is_empty(),
+        "{r:?}"
+    );
+    assert!(
+        r.errors
+            .iter()
+            .any(|e| e.contains("spec.secretName") && e.contains("DNS-1123")),
+        "{r:?}"
+    );
+    assert!(
+        r.errors
+            .iter()
+            .any(|e| e.contains("metadata.namespace") && e.contains("DNS-1123")),
+        "{r:?}"
+    );
+    let parent = f.settings.dir.parent().unwrap();
+    assert!(!parent.join("outside").exists());
+    assert!(
+        f.svc
+            .clients
+            .list(10, None)
+            .await
+            .unwrap()
+            .clients
+            .is_empty()
+    );
 }
 
 #[tokio::test]

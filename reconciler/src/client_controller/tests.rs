@@ -13,21 +13,32 @@ use crate::mock_api::{ApiServer, expect};
 struct FakeRegistry {
     calls: Arc<Mutex<Vec<String>>>,
     fail: bool,
+    /// `client_id` -> owner of clients registered before the test.
+    owned: Arc<Mutex<HashMap<String, String>>>,
 }
 
 impl ClientRegistry for FakeRegistry {
-    fn upsert(&self, client: HydraClient) -> impl Future<Output = Result<(), String>> + Send {
+    fn upsert(
+        &self,
+        client: HydraClient,
+    ) -> impl Future<Output = Result<(), RegistrationError>> + Send {
         self.calls.lock().unwrap().push(format!(
             "upsert {} {} {}",
             client.client_id, client.client_secret, client.scope
         ));
         let fail = self.fail;
+        let owned = self.owned.lock().unwrap().get(&client.client_id).cloned();
         async move {
             if fail {
-                Err("store unavailable".into())
-            } else {
-                Ok(())
+                return Err(RegistrationError::Failed("store unavailable".into()));
             }
+            crate::client::check_ownership(
+                &client,
+                owned.as_deref().map(|owner| crate::client::ExistingClient {
+                    owner,
+                    managed: true,
+                }),
+            )
         }
     }
     fn remove(&self, owner: &str) -> impl Future<Output = Result<(), String>> + Send {
@@ -233,6 +244,81 @@ async fn a_registration_failure_goes_to_the_status_and_requeues() {
         error_policy(obj, &err, ctx),
         Action::requeue(Duration::from_secs(2))
     );
+}
+
+/// The review's takeover: this OAuth2Client's Secret names a client_id registered for an
+/// OAuth2Client of another namespace.
+#[tokio::test]
+async fn a_client_id_owned_elsewhere_is_refused_with_a_condition_and_an_event() {
+    let registry = FakeRegistry::default();
+    registry
+        .owned
+        .lock()
+        .unwrap()
+        .insert("billing-svc".into(), "billing/team-a".into());
+    let (ctx, mut api) = context(registry.clone());
+    let obj = oauth2client(WITH_FINALIZER, "");
+    let reply = serde_json::to_value(&*obj).unwrap();
+    let server = tokio::spawn(async move {
+        expect(&mut api, Method::GET, SECRET_PATH, StatusCode::OK,
+            json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "c-secret", "namespace": "default"},
+                   "stringData": {"client_id": "billing-svc", "client_secret": "chosen-by-intruder"}})).await;
+        let status = expect(&mut api, Method::PATCH, STATUS_PATH, StatusCode::OK, reply).await;
+        let event = expect(
+            &mut api,
+            Method::POST,
+            "/apis/events.k8s.io/v1/namespaces/default/events?",
+            StatusCode::CREATED,
+            json!({"apiVersion": "events.k8s.io/v1", "kind": "Event", "metadata": {"name": "e", "namespace": "default"}, "eventTime": "2026-11-29T00:00:00.000000Z"}),
+        )
+        .await;
+        // Nothing else: no Secret write, no finalizer change.
+        assert!(!matches!(
+            tokio::time::timeout(Duration::from_millis(200), api.next_request()).await,
+            Ok(Some(_))
+        ));
+        (status, event)
+    });
+    let action = reconcile(obj, ctx).await.unwrap();
+    assert_eq!(action, Action::requeue(Duration::from_secs(300)));
+    let (status, event) = server.await.unwrap();
+    let s = &status["status"];
+    assert_eq!(s["conditions"][0]["status"], "False");
+    assert_eq!(s["conditions"][0]["reason"], "CLIENT_ID_CONFLICT");
+    let message = s["conditions"][0]["message"].as_str().unwrap();
+    assert!(message.contains("billing-svc"), "{message}");
+    assert!(
+        !message.contains("team-a"),
+        "the other tenant is not named: {message}"
+    );
+    assert_eq!(s["reconciliationError"]["statusCode"], "CLIENT_ID_CONFLICT");
+    assert_eq!(event["type"], "Warning");
+    assert_eq!(event["reason"], "ClientIdConflict");
+    assert_eq!(event["regarding"]["kind"], "OAuth2Client");
+    assert_eq!(event["regarding"]["name"], "c");
+    assert_eq!(event["regarding"]["namespace"], "default");
+}
+
+/// A `secretName` that is no Secret name never reaches a request path.
+#[tokio::test]
+async fn a_hostile_secret_name_is_refused_without_a_request_for_it() {
+    let registry = FakeRegistry::default();
+    let (ctx, mut api) = context(registry.clone());
+    let mut obj = (*oauth2client(WITH_FINALIZER, "")).clone();
+    obj.spec.secret_name = "../../kube-system/secrets/x".into();
+    let obj = Arc::new(obj);
+    let reply = serde_json::to_value(&*obj).unwrap();
+    let server = tokio::spawn(async move {
+        expect(&mut api, Method::PATCH, STATUS_PATH, StatusCode::OK, reply).await
+    });
+    assert_eq!(reconcile(obj, ctx).await.unwrap(), Action::await_change());
+    let status = server.await.unwrap();
+    assert_eq!(status["status"]["conditions"][0]["status"], "False");
+    assert_eq!(
+        status["status"]["reconciliationError"]["statusCode"],
+        "INVALID_SECRET"
+    );
+    assert!(registry.calls.lock().unwrap().is_empty());
 }
 
 #[tokio::test]

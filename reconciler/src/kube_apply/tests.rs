@@ -232,7 +232,7 @@ async fn managed_resources_are_listed_by_owner_label() {
                 "items": [plugin("a", "default", &["x"])]}),
         }],
     ));
-    let found = managed_resources(&client, Output::WasmPlugin)
+    let found = managed_resources(&client, Output::WasmPlugin, &Namespaces::All)
         .await
         .unwrap();
     server.await.unwrap();
@@ -242,4 +242,27 @@ async fn managed_resources_are_listed_by_owner_label() {
     let changes = diff(&found, &[]);
     assert_eq!(changes.delete.len(), 1);
     assert_eq!(changes.delete[0].kind, "WasmPlugin");
+}
+
+/// With `--watch-namespaces`, the listing (and so any deletion) stays in those namespaces.
+#[tokio::test]
+async fn managed_resources_are_listed_only_in_served_namespaces() {
+    let (client, handle) = mock_client();
+    let list = |ns: &str| Expect {
+        method: Method::GET,
+        uri: format!(
+            "/apis/extensions.istio.io/v1alpha1/namespaces/{ns}/wasmplugins?&labelSelector=app.kubernetes.io%2Fmanaged-by%3Dportcullis"
+        ),
+        status: StatusCode::OK,
+        reply: json!({"apiVersion": "extensions.istio.io/v1alpha1", "kind": "WasmPluginList", "metadata": {},
+            "items": [plugin("a", ns, &["x"])]}),
+    };
+    let server = tokio::spawn(serve(handle, vec![list("team-a"), list("team-b")]));
+    let served = Namespaces::Only(vec!["team-a".into(), "team-b".into()]);
+    let found = managed_resources(&client, Output::WasmPlugin, &served)
+        .await
+        .unwrap();
+    server.await.unwrap();
+    let namespaces: Vec<String> = found.iter().map(|r| ResourceKey::of(r).namespace).collect();
+    assert_eq!(namespaces, ["team-a", "team-b"]);
 }

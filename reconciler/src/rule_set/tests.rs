@@ -102,14 +102,15 @@ fn access_rule_copies_handler_configs_verbatim_and_reads_legacy_mutator() {
 }
 
 #[test]
-fn target_from_selector_service_or_app_label() {
+fn target_from_selector_or_service() {
+    let g = GlobalConfig::default();
     let sel = rule_at(
         "s",
         "ns1",
         "selector: {matchLabels: {app: api, tier: web}}\nmatch: {url: 'http://x/', methods: [GET]}",
     );
     assert_eq!(
-        rule_target(&sel, &[]).unwrap(),
+        rule_target(&sel, &[], &g).unwrap(),
         (
             Workload {
                 namespace: "ns1".into(),
@@ -125,45 +126,105 @@ fn target_from_selector_service_or_app_label() {
         &[("app", "httpbin"), ("version", "v1")],
     )];
     let by_svc = rule_at("j", "default", JWT_RULE);
-    let (w, src) = rule_target(&by_svc, &services).unwrap();
+    let (w, src) = rule_target(&by_svc, &services, &g).unwrap();
     assert_eq!(src, TargetSource::Service);
     assert_eq!(w.labels, labels(&[("app", "httpbin"), ("version", "v1")]));
-
-    let (w, src) = rule_target(&by_svc, &[]).unwrap();
-    assert_eq!(src, TargetSource::AppLabelFallback);
-    assert_eq!(
-        w,
-        Workload {
-            namespace: "default".into(),
-            labels: labels(&[("app", "httpbin")])
-        }
-    );
 
     let bare = rule_at(
         "b",
         "team",
         "upstream: {url: 'http://orders:8080/x'}\nmatch: {url: 'http://x/', methods: [GET]}",
     );
+    let orders = [svc("orders", "team", &[("app", "orders-v2")])];
     assert_eq!(
-        rule_target(&bare, &[]).unwrap().0,
+        rule_target(&bare, &orders, &g).unwrap().0,
         Workload {
             namespace: "team".into(),
-            labels: labels(&[("app", "orders")])
+            labels: labels(&[("app", "orders-v2")])
         }
     );
+}
 
-    let cross = rule_at(
-        "c",
-        "team",
-        "upstream: {url: 'http://orders.shop'}\nmatch: {url: 'http://x/', methods: [GET]}",
+/// No guessed `app=<svc>` label: a Service nobody knows is no target.
+#[test]
+fn an_unknown_service_is_no_target_not_an_app_label() {
+    let g = GlobalConfig::default();
+    for url in [
+        "http://orders:8080/x",
+        "http://orders.team",
+        "http://orders.team.svc",
+        "http://orders.team.svc.cluster.local:80",
+    ] {
+        let r = rule_at(
+            "b",
+            "team",
+            &format!("upstream: {{url: '{url}'}}\nmatch: {{url: 'http://x/', methods: [GET]}}"),
+        );
+        let e = rule_target(&r, &[svc("orders", "other", &[("app", "orders")])], &g).unwrap_err();
+        assert!(
+            matches!(&e, TargetError::NoTarget(m) if m.contains("no known Service team/orders")),
+            "{url}: {e}"
+        );
+        let state = desired_state(&[r], &[], &g, &opts());
+        assert!(state.workloads.is_empty());
+        assert_eq!(state.rules[0].reason, Reason::NoTarget);
+    }
+}
+
+/// The review's `harmless` Rule in `dev` naming a Service of `shop`, in every spelling.
+#[test]
+fn a_service_in_another_namespace_is_refused_unless_the_operator_allows_it() {
+    let shop = [svc("checkout", "shop", &[("app", "checkout")])];
+    let mut g = GlobalConfig::default();
+    for url in [
+        "http://checkout.shop",
+        "http://checkout.shop:8080/x",
+        "http://checkout.shop.svc",
+        "http://checkout.shop.svc.cluster.local",
+        "http://CHECKOUT.Shop.svc.cluster.local",
+        "http://user@checkout.shop.svc.cluster.local:80/",
+    ] {
+        let r = rule_at(
+            "harmless",
+            "dev",
+            &format!(
+                "upstream: {{url: '{url}'}}\nmatch: {{url: 'http://x/', methods: [GET]}}\nauthenticators: [{{handler: anonymous}}]\nauthorizer: {{handler: allow}}"
+            ),
+        );
+        let e = rule_target(&r, &shop, &g).unwrap_err();
+        assert!(
+            matches!(e, TargetError::CrossNamespace { .. }),
+            "{url}: {e}"
+        );
+        let state = desired_state(std::slice::from_ref(&r), &shop, &g, &opts());
+        assert!(state.workloads.is_empty(), "{url}");
+        let o = &state.rules[0];
+        assert_eq!(o.reason, Reason::CrossNamespace);
+        assert!(
+            o.message.contains("shop/checkout") && o.message.contains("dev"),
+            "{}",
+            o.message
+        );
+        assert_eq!(o.status(None, "t").conditions[0].status, "False");
+    }
+    // Opt-in on the target side, by exact source namespace.
+    g.cross_namespace_targets
+        .insert("shop".into(), vec!["dev".into()]);
+    let r = rule_at(
+        "harmless",
+        "dev",
+        "upstream: {url: 'http://checkout.shop'}\nmatch: {url: 'http://x/', methods: [GET]}",
     );
-    assert!(
-        rule_target(&cross, &[])
-            .unwrap_err()
-            .contains("no known Service shop/orders")
+    assert_eq!(rule_target(&r, &shop, &g).unwrap().0.namespace, "shop");
+    let other = rule_at(
+        "harmless",
+        "dev2",
+        "upstream: {url: 'http://checkout.shop'}\nmatch: {url: 'http://x/', methods: [GET]}",
     );
-    let found = [svc("orders", "shop", &[("app", "orders-v2")])];
-    assert_eq!(rule_target(&cross, &found).unwrap().0.namespace, "shop");
+    assert!(matches!(
+        rule_target(&other, &shop, &g),
+        Err(TargetError::CrossNamespace { .. })
+    ));
 }
 
 #[test]
@@ -188,7 +249,13 @@ fn rules_without_a_determinable_target_are_reported() {
     ];
     let services = [svc("db", "default", &[])];
     for (spec, needle) in cases {
-        let e = rule_target(&rule_at("n", "default", spec), &services).unwrap_err();
+        let e = rule_target(
+            &rule_at("n", "default", spec),
+            &services,
+            &GlobalConfig::default(),
+        )
+        .unwrap_err()
+        .to_string();
         assert!(e.contains(needle), "{spec}: {e}");
     }
     let state = desired_state(
@@ -283,8 +350,9 @@ fn valid_rules_compile_into_one_wasm_plugin_per_workload() {
     };
     assert_eq!(
         state.workloads[&orders].resource["metadata"]["name"],
-        "portcullis-orders"
+        orders.resource_name()
     );
+    assert!(orders.resource_name().starts_with("portcullis-orders-"));
     let status = state.rules[0].status(None, "t0");
     assert_eq!(
         status.target.as_deref(),
@@ -410,14 +478,21 @@ fn envoy_filter_output_inserts_the_wasm_filter_before_the_router() {
     };
     let state = desired_state(
         &[rule_at("j", "default", JWT_RULE)],
-        &[],
+        &[svc("httpbin", "default", &[("app", "httpbin")])],
         &GlobalConfig::default(),
         &o,
     );
     let r = &state.resources()[0];
     assert_eq!(r["apiVersion"], "networking.istio.io/v1alpha3");
     assert_eq!(r["kind"], "EnvoyFilter");
-    assert_eq!(r["metadata"]["name"], "portcullis-httpbin");
+    assert_eq!(
+        r["metadata"]["name"],
+        Workload {
+            namespace: "default".into(),
+            labels: labels(&[("app", "httpbin")])
+        }
+        .resource_name()
+    );
     assert_eq!(
         r["spec"]["workloadSelector"]["labels"],
         json!({"app": "httpbin"})
@@ -481,14 +556,19 @@ fn diff_returns_only_changed_workloads() {
     let after = desired_state(&[a.clone(), b2], &[], &g, &opts()).resources();
     let changes = diff(&before, &after);
     assert_eq!(changes.apply.len(), 1);
-    assert_eq!(changes.apply[0]["metadata"]["name"], "portcullis-b");
+    let b_name = Workload {
+        namespace: "default".into(),
+        labels: labels(&[("app", "b")]),
+    }
+    .resource_name();
+    assert_eq!(changes.apply[0]["metadata"]["name"], b_name.as_str());
     assert!(changes.delete.is_empty());
 
     let after = desired_state(&[a], &[], &g, &opts()).resources();
     let changes = diff(&before, &after);
     assert!(changes.apply.is_empty());
     assert_eq!(changes.delete.len(), 1);
-    assert_eq!(changes.delete[0].name, "portcullis-b");
+    assert_eq!(changes.delete[0].name, b_name);
     assert_eq!(changes.delete[0].kind, "WasmPlugin");
 }
 
@@ -528,10 +608,8 @@ fn resource_names_are_dns_labels_and_distinct() {
         namespace: "n".into(),
         labels: labels(l),
     };
-    assert_eq!(
-        w(&[("app", "httpbin")]).resource_name(),
-        "portcullis-httpbin"
-    );
+    let simple = w(&[("app", "httpbin")]).resource_name();
+    assert!(simple.starts_with("portcullis-httpbin-"), "{simple}");
     let a = w(&[("app", "httpbin"), ("version", "v1")]).resource_name();
     let b = w(&[("app", "httpbin"), ("version", "v2")]).resource_name();
     assert_ne!(a, b);
@@ -539,15 +617,81 @@ fn resource_names_are_dns_labels_and_distinct() {
     assert!(weird.starts_with("portcullis-my-app-v1-"), "{weird}");
     let long = w(&[("app", &"x".repeat(80))]).resource_name();
     assert!(long.len() <= 63, "{long}");
-    for name in [a, b, weird, long, w(&[("tier", "web")]).resource_name()] {
-        assert!(
-            name.len() <= 63
-                && name
-                    .bytes()
-                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-'),
-            "{name}"
-        );
+    // The review's collisions: one app label under two keys, and two long values sharing their
+    // first 52 characters.
+    let web = w(&[("app", "web")]).resource_name();
+    let k8s_web = w(&[("app.kubernetes.io/name", "web")]).resource_name();
+    assert_ne!(web, k8s_web);
+    let prefix = "p".repeat(52);
+    let long_a = w(&[("app", &format!("{prefix}-a"))]).resource_name();
+    let long_b = w(&[("app", &format!("{prefix}-b"))]).resource_name();
+    assert_ne!(long_a, long_b);
+    for name in [
+        simple,
+        a,
+        b,
+        weird,
+        long,
+        web,
+        k8s_web,
+        long_a,
+        long_b,
+        w(&[("tier", "web")]).resource_name(),
+        w(&[("x", "---")]).resource_name(),
+    ] {
+        assert!(crate::dns::is_label(&name), "{name}");
     }
+}
+
+/// Two workloads whose selectors map to one resource name: neither resource is emitted, both
+/// rules say why (never Applied while the other's resource overwrites theirs).
+#[test]
+fn a_name_collision_fails_closed_on_both_rules() {
+    let g = GlobalConfig::default();
+    let rules = [
+        rule_at(
+            "web",
+            "n",
+            "selector: {matchLabels: {app: web}}\nmatch: {url: 'http://x/a', methods: [GET]}\nauthenticators: [{handler: anonymous}]\nauthorizer: {handler: allow}",
+        ),
+        rule_at(
+            "k8s-web",
+            "n",
+            "selector: {matchLabels: {app.kubernetes.io/name: web}}\nmatch: {url: 'http://x/b', methods: [GET]}\nauthenticators: [{handler: anonymous}]\nauthorizer: {handler: allow}",
+        ),
+    ];
+    let state = desired_state(&rules, &[], &g, &opts());
+    // Today's names differ, so both are applied...
+    assert_eq!(state.workloads.len(), 2);
+    assert!(state.rules.iter().all(RuleOutcome::ready));
+    // ...and were two resources ever to share a name, both sides are reported.
+    let mut forced = state.clone();
+    let first_name = forced.workloads.values().next().unwrap().resource["metadata"]["name"].clone();
+    for wc in forced.workloads.values_mut() {
+        wc.resource["metadata"]["name"] = first_name.clone();
+    }
+    forced.fail_closed_on_name_collisions();
+    assert!(forced.workloads.is_empty() && forced.resources().is_empty());
+    for o in &forced.rules {
+        assert_eq!(o.reason, Reason::NameCollision, "{o:?}");
+        assert!(
+            o.message.contains(first_name.as_str().unwrap()),
+            "{}",
+            o.message
+        );
+        assert_eq!(o.status(None, "t").conditions[0].status, "False");
+    }
+    let mut resources: Vec<(Workload, Value)> = state
+        .workloads
+        .values()
+        .map(|wc| (wc.workload.clone(), wc.resource.clone()))
+        .collect();
+    resources[1].1["metadata"]["name"] = resources[0].1["metadata"]["name"].clone();
+    let found = name_collisions(resources.iter().map(|(w, r)| (w, r)));
+    assert_eq!(found.len(), 2, "{found:?}");
+    // Different namespaces or kinds do not collide.
+    resources[1].1["metadata"]["namespace"] = json!("other");
+    assert!(name_collisions(resources.iter().map(|(w, r)| (w, r))).is_empty());
 }
 
 #[test]
@@ -598,7 +742,7 @@ fn handler_configs_are_validated_by_the_core_as_the_filter_would() {
 fn emitted_configs_compile_in_the_core_engine_with_both_strategies() {
     let state = desired_state(
         &[rule_at("j", "default", JWT_RULE)],
-        &[],
+        &[svc("httpbin", "default", &[("app", "httpbin")])],
         &GlobalConfig::default(),
         &opts(),
     );
