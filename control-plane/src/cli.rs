@@ -167,6 +167,11 @@ pub struct ServeArgs {
           env = "PORTCULLIS_ACCESS_TOKEN_TTL",
           default_value = "1h", value_parser = duration)]
     pub access_token_ttl: Duration,
+    /// The longest access-token lifetime allowed, global or per client (at most 720h): larger
+    /// client lifespans are refused at registration. It also bounds how long a rotated signing
+    /// key stays published.
+    #[arg(long, env = "PORTCULLIS_MAX_ACCESS_TOKEN_TTL", default_value = "24h", value_parser = duration)]
+    pub max_access_token_ttl: Duration,
     /// How requested scopes are matched against a client's allowed scopes.
     #[arg(
         long,
@@ -178,6 +183,11 @@ pub struct ServeArgs {
     /// Rotate the signing key this often (Go duration, e.g. 720h); off when absent.
     #[arg(long, env = "PORTCULLIS_KEY_ROTATION", value_parser = duration)]
     pub key_rotation: Option<Duration>,
+    /// Let clients' `jwks_uri` (private_key_jwt) target loopback, private, link-local or
+    /// unspecified addresses. Off: such URLs (after DNS resolution, every address) are refused,
+    /// since any unauthenticated caller can make the service fetch a client's `jwks_uri`.
+    #[arg(long, env = "PORTCULLIS_ALLOW_PRIVATE_JWKS_URI")]
+    pub allow_private_jwks_uri: bool,
     /// File holding the system secret that encrypts private keys at rest.
     #[arg(long, env = "PORTCULLIS_SECRETS_FILE")]
     pub secrets_file: Option<PathBuf>,
@@ -290,11 +300,13 @@ impl ServeArgs {
             .map_or(crate::server::DEFAULT_SIGNING_ALG, Into::into);
         config.keep_existing_alg = self.signing_alg.is_none();
         config.access_token_ttl = self.access_token_ttl;
+        config.max_access_token_ttl = self.max_access_token_ttl;
         config.scope_strategy = self.scope_strategy.into();
         config.key_rotation = self.key_rotation;
         config.secrets_file = self.secrets_file;
         config.secrets_system = self.secrets_system;
         config.shutdown_timeout = self.shutdown_timeout;
+        config.allow_private_jwks_uri = self.allow_private_jwks_uri;
         config
     }
 }

@@ -348,8 +348,11 @@ impl KeyService {
             expires_at: None,
         })?;
         // A small margin covers tokens signed in the instant before the swap and clock skew.
-        self.store
-            .retire_keys(set, &kid, now + max_token_ttl.max(0) + 60)?;
+        self.store.retire_keys(
+            set,
+            &kid,
+            crate::lifespan::expiry(now, max_token_ttl).saturating_add(60),
+        )?;
         self.reload()?;
         tracing::info!(set, kid = %kid, alg = %alg, "signing key created");
         self.ring()

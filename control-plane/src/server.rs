@@ -49,12 +49,16 @@ pub struct Config {
     /// algorithm under verifiers that only accept the old one.
     pub keep_existing_alg: bool,
     pub access_token_ttl: Duration,
+    /// The longest access-token lifespan, global or per client (see [`crate::lifespan`]).
+    pub max_access_token_ttl: Duration,
     pub scope_strategy: ScopeStrategy,
     pub key_rotation: Option<Duration>,
     pub secrets_file: Option<PathBuf>,
     pub secrets_system: Option<String>,
     pub shutdown_timeout: Duration,
     pub purge_interval: Duration,
+    /// Lets clients' `jwks_uri` resolve to loopback, private or link-local addresses.
+    pub allow_private_jwks_uri: bool,
 }
 
 impl Config {
@@ -69,12 +73,14 @@ impl Config {
             signing_alg: DEFAULT_SIGNING_ALG,
             keep_existing_alg: false,
             access_token_ttl: Duration::from_secs(3600),
+            max_access_token_ttl: crate::lifespan::DEFAULT_MAX,
             scope_strategy: ScopeStrategy::Wildcard,
             key_rotation: None,
             secrets_file: None,
             secrets_system: None,
             shutdown_timeout: Duration::from_secs(10),
             purge_interval: Duration::from_secs(60),
+            allow_private_jwks_uri: false,
         }
     }
 
@@ -83,7 +89,7 @@ impl Config {
     }
 
     pub fn access_token_ttl_secs(&self) -> i64 {
-        i64::try_from(self.access_token_ttl.as_secs()).unwrap_or(i64::MAX)
+        crate::lifespan::secs(self.access_token_ttl)
     }
 }
 
@@ -95,6 +101,8 @@ pub enum StartError {
     Secret(#[from] crate::crypto::CryptoError),
     #[error("signing keys: {0}")]
     Keys(#[from] crate::keys::KeyError),
+    #[error("token lifespan: {0}")]
+    Lifespan(#[from] crate::lifespan::BoundError),
     #[error("binding {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -111,7 +119,7 @@ pub struct Service {
     pub keys: KeyService,
     pub metrics: Arc<Metrics>,
     pub verified_jwts: introspect::JwtCache,
-    pub jwks_fetcher: crate::assertion::JwksFetcher,
+    pub jwks_fetcher: crate::jwks_uri::JwksFetcher,
     /// Revoked JWT ids and their `exp`, mirrored from the store for allocation-free checks.
     revoked: RwLock<HashMap<String, i64>>,
 }
@@ -125,6 +133,7 @@ impl Service {
     }
 
     pub fn with_store(mut config: Config, store: Arc<dyn Store>) -> Result<Arc<Self>, StartError> {
+        crate::lifespan::check_config(config.access_token_ttl, config.max_access_token_ttl)?;
         let (secret, generated) = SystemSecret::load(
             config.secrets_file.as_deref(),
             config.secrets_system.as_deref(),
@@ -137,7 +146,7 @@ impl Service {
                  with a generated secret stored next to the database"
             );
         }
-        let clients = ClientService::load(Arc::clone(&store))?;
+        let clients = ClientService::load(Arc::clone(&store), config.max_access_token_ttl)?;
         let keys = KeyService::load(Arc::clone(&store), secret)?;
         if config.keep_existing_alg
             && let Some(current) = keys.ring().current(ACCESS_TOKEN_SET)
@@ -145,6 +154,7 @@ impl Service {
             config.signing_alg = current.alg;
         }
         let revoked = store.list_revocations(clock::now())?.into_iter().collect();
+        let jwks_fetcher = crate::jwks_uri::JwksFetcher::new(config.allow_private_jwks_uri);
         let svc = Arc::new(Self {
             config,
             store,
@@ -152,7 +162,7 @@ impl Service {
             keys,
             metrics: Arc::new(Metrics::new()),
             verified_jwts: introspect::JwtCache::new(100_000),
-            jwks_fetcher: crate::assertion::JwksFetcher::new(),
+            jwks_fetcher,
             revoked: RwLock::new(revoked),
         });
         svc.keys.ensure_current(
