@@ -151,6 +151,11 @@ pub struct ServeArgs {
     /// Address of the admin API (clients, keys, introspection, metrics).
     #[arg(long, env = "PORTCULLIS_ADMIN_ADDR", default_value = "127.0.0.1:4445")]
     pub admin_addr: SocketAddr,
+    /// Host names the admin API answers to besides IP literals and `localhost`
+    /// (comma-separated), e.g. its in-cluster Service name. Other `Host` headers get 403
+    /// (DNS rebinding).
+    #[arg(long, env = "PORTCULLIS_ADMIN_HOSTS", value_delimiter = ',')]
+    pub admin_hosts: Vec<String>,
     /// Issuer URL put in tokens and discovery [default: http://<public-addr>].
     #[arg(long, env = "PORTCULLIS_ISSUER")]
     pub issuer: Option<String>,
@@ -307,6 +312,7 @@ impl ServeArgs {
         config.secrets_system = self.secrets_system;
         config.shutdown_timeout = self.shutdown_timeout;
         config.allow_private_jwks_uri = self.allow_private_jwks_uri;
+        config.admin_hosts = self.admin_hosts;
         config
     }
 }

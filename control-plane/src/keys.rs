@@ -425,6 +425,23 @@ mod tests {
     }
 
     #[test]
+    fn rotation_with_a_huge_lifespan_neither_wraps_nor_lingers_for_years() {
+        let dir = tempfile::tempdir().unwrap();
+        let svc = service(dir.path());
+        svc.rotate("s", Alg::ES256, Some("k1".into()), 3600)
+            .unwrap();
+        // Once `now + i64::MAX` wrapped negative: the old key was purged at once and every
+        // token it signed died.
+        svc.rotate("s", Alg::ES256, Some("k2".into()), i64::MAX)
+            .unwrap();
+        let now = clock::now();
+        let retired = svc.ring().find("s", "k1").unwrap().expires_at.unwrap();
+        assert!(retired > now, "retired at {retired}, now {now}");
+        let ceiling = crate::lifespan::secs(crate::lifespan::CEILING);
+        assert!(retired <= now + ceiling + 61, "retired at {retired}");
+    }
+
+    #[test]
     fn rotation_keeps_old_public_key_until_tokens_expire() {
         let dir = tempfile::tempdir().unwrap();
         let svc = service(dir.path());

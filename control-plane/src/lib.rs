@@ -6,6 +6,7 @@
 //! register clients in-process through [`client::ClientService`] (see [`server::Service`]).
 
 pub mod admin;
+pub mod admin_guard;
 pub mod assertion;
 pub mod cli;
 pub mod client;

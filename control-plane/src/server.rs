@@ -57,6 +57,9 @@ pub struct Config {
     pub secrets_system: Option<String>,
     pub shutdown_timeout: Duration,
     pub purge_interval: Duration,
+    /// Names the admin API answers to besides IP literals and `localhost` (see
+    /// [`crate::admin_guard`]).
+    pub admin_hosts: Vec<String>,
     /// Lets clients' `jwks_uri` resolve to loopback, private or link-local addresses.
     pub allow_private_jwks_uri: bool,
 }
@@ -81,6 +84,7 @@ impl Config {
             shutdown_timeout: Duration::from_secs(10),
             purge_interval: Duration::from_secs(60),
             allow_private_jwks_uri: false,
+            admin_hosts: Vec::new(),
         }
     }
 
@@ -344,7 +348,11 @@ pub fn admin_app(svc: Arc<Service>) -> Router {
         )
         .route("/metrics/prometheus", get(metrics::prometheus_endpoint));
     let r = Router::new().merge(routes.clone()).nest("/admin", routes);
-    common(r, &svc, "admin")
+    let allowed = crate::admin_guard::AllowedHosts::new(&svc.config.admin_hosts);
+    common(r, &svc, "admin").layer(axum::middleware::from_fn_with_state(
+        allowed,
+        crate::admin_guard::guard,
+    ))
 }
 
 /// Binds both listeners, runs until `shutdown` resolves, then lets in-flight requests finish

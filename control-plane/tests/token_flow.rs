@@ -827,7 +827,8 @@ async fn serve_jwks(jwks: std::sync::Arc<std::sync::Mutex<Value>>) -> String {
 #[tokio::test]
 async fn private_key_jwt_with_jwks_uri_follows_client_key_rotation() {
     let dir = TestDir::new();
-    let srv = Server::start(&dir.data(), &[]).await;
+    // The test's key server is on loopback.
+    let srv = Server::start(&dir.data(), &["--allow-private-jwks-uri"]).await;
     let first = ClientKey::Ec(josekit::jws::ES256.generate_key_pair().expect("EC key"));
     let jwks = std::sync::Arc::new(std::sync::Mutex::new(
         json!({"keys": [first.public_jwk("first")]}),

@@ -42,7 +42,12 @@ struct Reply {
     body: Value,
 }
 
-async fn send(app: &Router, req: Request<Body>) -> Reply {
+async fn send(app: &Router, mut req: Request<Body>) -> Reply {
+    // As every HTTP/1.1 client does (the admin API refuses requests without a Host).
+    if !req.headers().contains_key(header::HOST) {
+        req.headers_mut()
+            .insert(header::HOST, header::HeaderValue::from_static("localhost"));
+    }
     let resp = app.clone().oneshot(req).await.unwrap();
     let status = resp.status();
     let headers = resp.headers().clone();
@@ -868,7 +873,7 @@ async fn serves_on_sockets_and_shuts_down() {
     );
     let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
     stream
-        .write_all(b"GET /health/alive HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .write_all(b"GET /health/alive HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
         .await
         .unwrap();
     let mut out = String::new();
@@ -1252,4 +1257,104 @@ fn an_existing_key_keeps_its_algorithm_unless_one_is_asked_for() {
     let mut c = config(fresh.path(), DEFAULT_SIGNING_ALG);
     c.keep_existing_alg = true;
     assert_eq!(current_alg(&Service::open(c).unwrap()), Alg::ES256);
+}
+
+#[tokio::test]
+async fn admin_api_refuses_cross_site_requests_and_foreign_hosts() {
+    let h = harness(Alg::ES256);
+    let with = |mut req: Request<Body>, headers: &[(&'static str, &'static str)]| {
+        for (k, v) in headers {
+            req.headers_mut()
+                .insert(*k, header::HeaderValue::from_static(v));
+        }
+        req
+    };
+    let evil_client = json!({"client_id": "evil", "client_secret": "attacker-chosen",
+                             "grant_types": ["client_credentials"]});
+    // The cross-site form POST a web page can send without a preflight.
+    let req = Request::builder()
+        .method("POST")
+        .uri("/admin/clients")
+        .header(header::CONTENT_TYPE, "text/plain")
+        .body(Body::from(evil_client.to_string()))
+        .unwrap();
+    let r = send(&h.admin, req).await;
+    assert_eq!(r.status, StatusCode::UNSUPPORTED_MEDIA_TYPE, "{}", r.body);
+    assert_eq!(r.body["error"], "unsupported_media_type");
+    for headers in [
+        &[("sec-fetch-site", "cross-site")][..],
+        &[("sec-fetch-site", "same-site")],
+        &[("origin", "http://evil.example")],
+        &[("origin", "null")],
+        &[("origin", "http://localhost:9999")],
+        &[("host", "evil.example:4445")],
+        &[("host", "localhost.evil.example")],
+    ] {
+        let r = send(
+            &h.admin,
+            with(
+                json_req("POST", "/admin/clients", evil_client.clone()),
+                headers,
+            ),
+        )
+        .await;
+        assert_eq!(r.status, StatusCode::FORBIDDEN, "{headers:?}: {}", r.body);
+        assert_eq!(r.body["error"], "request_forbidden");
+        // Reads and form endpoints too: a rebound page must not read clients either.
+        let r = send(&h.admin, with(get("/admin/clients"), headers)).await;
+        assert_eq!(r.status, StatusCode::FORBIDDEN, "{headers:?}: {}", r.body);
+        let r = send(
+            &h.admin,
+            with(form("/admin/oauth2/introspect", "token=x", None), headers),
+        )
+        .await;
+        assert_eq!(r.status, StatusCode::FORBIDDEN, "{headers:?}: {}", r.body);
+    }
+    assert!(h.svc.clients.get("evil").is_none());
+    // Hydra SDKs and curl (JSON, no Origin), a same-origin browser and IP-literal hosts pass.
+    for headers in [
+        &[][..],
+        &[
+            ("host", "localhost:4445"),
+            ("origin", "http://localhost:4445"),
+        ],
+        &[("sec-fetch-site", "same-origin")],
+        &[("host", "10.1.2.3:4445")],
+    ] {
+        let r = send(&h.admin, with(get("/admin/clients"), headers)).await;
+        assert_eq!(r.status, StatusCode::OK, "{headers:?}: {}", r.body);
+    }
+    let mut c = cc("fine");
+    c["client_id"] = json!("fine");
+    let r = send(
+        &h.admin,
+        with(
+            json_req("POST", "/admin/clients", c),
+            &[("content-type", "application/json; charset=utf-8")],
+        ),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+}
+
+#[tokio::test]
+async fn admin_hosts_adds_names() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = config(dir.path(), Alg::ES256);
+    c.admin_hosts = vec!["portcullis-admin.portcullis-system.svc.cluster.local".into()];
+    let admin = admin_app(Service::open(c).unwrap());
+    let mut req = get("/health/alive");
+    req.headers_mut().insert(
+        header::HOST,
+        header::HeaderValue::from_static(
+            "portcullis-admin.portcullis-system.svc.cluster.local:4445",
+        ),
+    );
+    assert_eq!(send(&admin, req).await.status, StatusCode::OK);
+    let mut req = get("/health/alive");
+    req.headers_mut().insert(
+        header::HOST,
+        header::HeaderValue::from_static("portcullis-admin:4445"),
+    );
+    assert_eq!(send(&admin, req).await.status, StatusCode::FORBIDDEN);
 }
