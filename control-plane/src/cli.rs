@@ -202,6 +202,21 @@ pub struct ServeArgs {
     /// How long in-flight requests may take to finish on SIGTERM/SIGINT.
     #[arg(long, env = "PORTCULLIS_SHUTDOWN_TIMEOUT", default_value = "10s", value_parser = duration)]
     pub shutdown_timeout: Duration,
+    /// Most connections the public port holds open at once; more wait in the kernel's
+    /// backlog. Lowered at start to fit the file-descriptor limit.
+    #[arg(long, env = "PORTCULLIS_MAX_CONNECTIONS", default_value_t = 1024)]
+    pub max_connections: usize,
+    /// Most connections the admin port holds open at once (its own budget: a flood of the
+    /// public port cannot starve introspection or readiness).
+    #[arg(long, env = "PORTCULLIS_ADMIN_MAX_CONNECTIONS", default_value_t = 256)]
+    pub admin_max_connections: usize,
+    /// How long a client may take to send a request's headers (also the keep-alive idle
+    /// limit) before the connection is closed.
+    #[arg(long, env = "PORTCULLIS_HTTP_HEADER_TIMEOUT", default_value = "10s", value_parser = duration)]
+    pub http_header_timeout: Duration,
+    /// How long a client may take to send a request's body (answered 408 after).
+    #[arg(long, env = "PORTCULLIS_HTTP_BODY_TIMEOUT", default_value = "30s", value_parser = duration)]
+    pub http_body_timeout: Duration,
     /// Manifests mode: reconcile OAuth2Client/Rule/Secret manifests from this directory
     /// (watched), writing an Envoy ECDS file per workload.
     #[arg(long, env = "PORTCULLIS_MANIFESTS", conflicts_with = "kubernetes")]
@@ -313,6 +328,14 @@ impl ServeArgs {
         config.shutdown_timeout = self.shutdown_timeout;
         config.allow_private_jwks_uri = self.allow_private_jwks_uri;
         config.admin_hosts = self.admin_hosts;
+        for (limits, cap) in [
+            (&mut config.public_limits, self.max_connections),
+            (&mut config.admin_limits, self.admin_max_connections),
+        ] {
+            limits.max_connections = cap;
+            limits.header_timeout = self.http_header_timeout;
+            limits.body_timeout = self.http_body_timeout;
+        }
         config
     }
 }

@@ -57,6 +57,9 @@ pub struct Config {
     pub secrets_system: Option<String>,
     pub shutdown_timeout: Duration,
     pub purge_interval: Duration,
+    /// Connection caps and timeouts of the public and admin ports (see [`connections`]).
+    pub public_limits: connections::Limits,
+    pub admin_limits: connections::Limits,
     /// Names the admin API answers to besides IP literals and `localhost` (see
     /// [`crate::admin_guard`]).
     pub admin_hosts: Vec<String>,
@@ -85,6 +88,16 @@ impl Config {
             purge_interval: Duration::from_secs(60),
             allow_private_jwks_uri: false,
             admin_hosts: Vec::new(),
+            public_limits: connections::Limits {
+                max_connections: 1024,
+                header_timeout: Duration::from_secs(10),
+                body_timeout: Duration::from_secs(30),
+            },
+            admin_limits: connections::Limits {
+                max_connections: 256,
+                header_timeout: Duration::from_secs(10),
+                body_timeout: Duration::from_secs(30),
+            },
         }
     }
 
@@ -410,11 +423,27 @@ pub async fn serve_on(
         alg = %svc.config.signing_alg,
         "portcullis token service listening"
     );
-    let wait = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
-        let _ = rx.wait_for(|stop| *stop).await;
-    };
-    let public_srv = axum::serve(public, apps.public).with_graceful_shutdown(wait(rx.clone()));
-    let admin_srv = axum::serve(admin, apps.admin).with_graceful_shutdown(wait(rx.clone()));
+    let mut public_limits = svc.config.public_limits;
+    public_limits.max_connections = connections::fit_to_fd_limit(
+        public_limits.max_connections,
+        svc.config.admin_limits.max_connections,
+    );
+    let public_srv = connections::serve(
+        public,
+        apps.public,
+        public_limits,
+        Arc::clone(&svc.metrics),
+        "public",
+        rx.clone(),
+    );
+    let admin_srv = connections::serve(
+        admin,
+        apps.admin,
+        svc.config.admin_limits,
+        Arc::clone(&svc.metrics),
+        "admin",
+        rx.clone(),
+    );
     let mut servers = tokio::spawn(async move { tokio::try_join!(public_srv, admin_srv) });
     tokio::select! {
         res = &mut servers => {
@@ -459,5 +488,6 @@ pub async fn shutdown_signal() {
     }
 }
 
+pub mod connections;
 #[cfg(test)]
 mod tests;
