@@ -51,7 +51,7 @@ impl AllowedHosts {
             return true;
         }
         let name = normalize(name);
-        name == "localhost" || self.0.iter().any(|n| *n == name)
+        name == "localhost" || self.0.contains(&name)
     }
 }
 

@@ -54,7 +54,7 @@ pub fn fit_to_fd_limit(public: usize, admin: usize) -> usize {
                 current: lim.maximum,
                 maximum: lim.maximum,
             };
-            if setrlimit(Resource::Nofile, raised.clone()).is_ok() {
+            if setrlimit(Resource::Nofile, raised).is_ok() {
                 lim = raised;
             }
         }
