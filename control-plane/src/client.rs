@@ -959,6 +959,56 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn lifespans_above_the_maximum_are_refused_on_every_write_path() {
+        let svc = service();
+        let with = |lifespan: &str| {
+            let mut c = cc_client("long", "the-secret");
+            c.client_credentials_grant_access_token_lifespan = Some(lifespan.into());
+            c
+        };
+        let too_long = |r: Result<_, ClientError>| {
+            matches!(
+                r,
+                Err(ClientError::Invalid {
+                    field: "client_credentials_grant_access_token_lifespan",
+                    ..
+                })
+            )
+        };
+        // The reconcilers register through upsert: an OAuth2Client gets the same refusal.
+        assert!(too_long(
+            svc.upsert(with("9223372036854775807")).await.map(|_| ())
+        ));
+        assert!(too_long(svc.create(with("25h")).await.map(|_| ())));
+        svc.create(with("24h")).await.unwrap();
+        assert_eq!(svc.lookup("long").unwrap().lifespan_secs, Some(86_400));
+        assert!(too_long(
+            svc.update("long", with("24h1s")).await.map(|_| ())
+        ));
+        let patch: json_patch::Patch = serde_json::from_value(json!([{"op": "replace",
+            "path": "/client_credentials_grant_access_token_lifespan", "value": "9223372036854775807"}]))
+        .unwrap();
+        assert!(too_long(svc.patch("long", &patch).await.map(|_| ())));
+        assert_eq!(svc.max_lifespan_secs(), 86_400);
+    }
+
+    #[tokio::test]
+    async fn unknown_clients_cost_a_hash_and_fail_like_wrong_secrets() {
+        let svc = service();
+        svc.create(cc_client("c1", "the-secret")).await.unwrap();
+        assert_eq!(
+            svc.authenticate_secret("nobody", "the-secret").await.err(),
+            Some(AuthError::UnknownClient)
+        );
+        assert_eq!(
+            svc.authenticate_secret("c1", "wrong-secret").await.err(),
+            Some(AuthError::WrongSecret)
+        );
+        assert!(!secret::verify_secret("", &svc.dummy_hash));
+        assert!(svc.dummy_hash.starts_with("$pbkdf2-sha256$i=25000,"));
+    }
+
+    #[tokio::test]
     async fn upsert_creates_then_rotates_secret() {
         let svc = service();
         let out = svc.upsert(cc_client("rec", "first-secret")).await.unwrap();
