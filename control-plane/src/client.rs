@@ -351,6 +351,10 @@ pub struct ClientService {
     /// Verified against for unknown clients and clients without a secret, so that a failure
     /// costs the same slow hash whether or not the client exists.
     dummy_hash: String,
+    /// When client ids were deleted (Unix seconds), for the last couple of seconds: a client
+    /// re-created with the same id gets a creation time after its predecessor's last token
+    /// (see [`Self::create`]).
+    deleted_at: std::sync::Mutex<HashMap<String, i64>>,
 }
 
 async fn blocking<T: Send + 'static>(
@@ -382,6 +386,7 @@ impl ClientService {
             ),
             max_lifespan: lifespan::secs(max_lifespan),
             dummy_hash,
+            deleted_at: std::sync::Mutex::new(HashMap::new()),
         };
         let mut after: Option<String> = None;
         let mut map = HashMap::new();
@@ -490,6 +495,19 @@ impl ClientService {
                 "client {:?}",
                 client.client_id
             )));
+        }
+        // Introspection refuses tokens issued before their client's creation (whole seconds).
+        // A client deleted in this very second may have issued tokens in it: start the new
+        // one in the next second, so none of them counts as the new client's.
+        let deleted = self
+            .deleted_at
+            .lock()
+            .ok()
+            .and_then(|m| m.get(&client.client_id).copied());
+        if let Some(deleted) = deleted {
+            while clock::now() <= deleted {
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
         }
         let now = clock::now();
         client.created_at = clock::rfc3339(now);
@@ -627,6 +645,11 @@ impl ClientService {
             m.remove(client_id);
         }
         self.verified.invalidate(client_id);
+        if let Ok(mut m) = self.deleted_at.lock() {
+            let now = clock::now();
+            m.retain(|_, at| *at >= now - 1);
+            m.insert(client_id.to_string(), now);
+        }
         if deleted {
             Ok(())
         } else {
@@ -956,6 +979,17 @@ mod tests {
             svc.patch("c1", &failing).await,
             Err(ClientError::BadRequest(_))
         ));
+    }
+
+    #[tokio::test]
+    async fn a_recreated_client_starts_after_its_predecessor_was_deleted() {
+        let svc = service();
+        svc.create(cc_client("again", "the-secret")).await.unwrap();
+        let before_delete = clock::now();
+        svc.delete("again").await.unwrap();
+        svc.create(cc_client("again", "the-secret")).await.unwrap();
+        // Every token of the old client has iat <= the deletion second < created_at.
+        assert!(svc.lookup("again").unwrap().created_at > before_delete);
     }
 
     #[tokio::test]

@@ -77,8 +77,8 @@ impl JwtCache {
 
 /// The client exists and the token was issued to this incarnation of it: a deleted and
 /// re-created client (perhaps with fewer scopes) must not revive its predecessor's tokens.
-/// Times are whole seconds, so a token issued in the very second of the re-creation still
-/// counts; re-creation within the same second as a deletion is the residual window.
+/// Times are whole seconds; [`crate::client::ClientService::create`] starts a re-created client
+/// in a later second than its predecessor's deletion, so the predecessor's tokens never count.
 pub fn issued_to_current_client(svc: &Service, client_id: &str, issued_at: i64) -> bool {
     svc.clients
         .lookup(client_id)

@@ -188,6 +188,10 @@ async fn deadline_body(
     req: Request,
     next: Next,
 ) -> Response {
+    // Requests without a body (GETs, health probes) need no timer.
+    if req.body().is_end_stream() {
+        return next.run(req).await;
+    }
     let expired = Arc::new(AtomicBool::new(false));
     let (parts, body) = req.into_parts();
     let body = Body::new(DeadlineBody {
