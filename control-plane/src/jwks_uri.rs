@@ -135,7 +135,12 @@ impl tower::Service<Name> for GuardedResolver {
 type Fetched = Result<Arc<JwkSet>, FetchError>;
 
 enum Cached {
-    Set(Arc<JwkSet>, Instant),
+    /// A key set, when it was fetched, and when refetching it last failed.
+    Set {
+        set: Arc<JwkSet>,
+        fetched: Instant,
+        failed: Option<Instant>,
+    },
     Failed(Instant),
 }
 
@@ -201,10 +206,16 @@ impl JwksFetcher {
     fn cached(&self, uri: &str, refresh: bool) -> Option<Fetched> {
         let cache = self.cache.lock().ok()?;
         match cache.get(uri)? {
-            Cached::Set(set, at) => {
-                let age = at.elapsed();
-                (age < JWKS_TTL && !(refresh && age >= JWKS_MIN_REFRESH))
-                    .then(|| Ok(Arc::clone(set)))
+            Cached::Set {
+                set,
+                fetched,
+                failed,
+            } => {
+                let age = fetched.elapsed();
+                // A recent refetch failure keeps the stale set without trying again.
+                let fresh = age < JWKS_TTL && !(refresh && age >= JWKS_MIN_REFRESH);
+                let failing = failed.is_some_and(|f| f.elapsed() < FAILURE_TTL);
+                (fresh || failing).then(|| Ok(Arc::clone(set)))
             }
             Cached::Failed(at) => {
                 (at.elapsed() < FAILURE_TTL).then_some(Err(FetchError::RecentlyFailed))
@@ -222,14 +233,19 @@ impl JwksFetcher {
                 let set = Arc::new(set);
                 cache.insert(
                     uri.to_string(),
-                    Cached::Set(Arc::clone(&set), Instant::now()),
+                    Cached::Set {
+                        set: Arc::clone(&set),
+                        fetched: Instant::now(),
+                        failed: None,
+                    },
                 );
                 Ok(set)
             }
             Err(e) => {
                 tracing::warn!(uri, error = %e, "fetching a client's jwks_uri failed");
                 // A stale set beats none while the URI is briefly unreachable.
-                if let Some(Cached::Set(set, _)) = cache.get(uri) {
+                if let Some(Cached::Set { set, failed, .. }) = cache.get_mut(uri) {
+                    *failed = Some(Instant::now());
                     return Ok(Arc::clone(set));
                 }
                 cache.insert(uri.to_string(), Cached::Failed(Instant::now()));
@@ -335,5 +351,50 @@ mod tests {
             let e = f.get(uri, false).await.unwrap_err();
             assert!(matches!(e, FetchError::RecentlyFailed), "{uri}: {e:?}");
         }
+    }
+
+    /// A server that counts connections and answers 500.
+    async fn failing_server() -> (String, Arc<std::sync::atomic::AtomicUsize>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let hits = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let h = Arc::clone(&hits);
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                h.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let mut buf = [0u8; 2048];
+                let _ = s.read(&mut buf).await;
+                let _ = s
+                    .write_all(
+                        b"HTTP/1.1 500 Oops\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                    )
+                    .await;
+            }
+        });
+        (format!("http://{addr}/jwks.json"), hits)
+    }
+
+    #[tokio::test]
+    async fn a_failing_refetch_keeps_the_stale_set_and_is_not_retried_at_once() {
+        let (uri, hits) = failing_server().await;
+        let f = JwksFetcher::new(true);
+        let stale = Arc::new(JwkSet { keys: Vec::new() });
+        let long_ago = Instant::now()
+            .checked_sub(JWKS_TTL + Duration::from_secs(1))
+            .unwrap();
+        f.cache.lock().unwrap().insert(
+            uri.clone(),
+            Cached::Set {
+                set: Arc::clone(&stale),
+                fetched: long_ago,
+                failed: None,
+            },
+        );
+        for refresh in [false, true, false, true] {
+            let got = f.get(&uri, refresh).await.unwrap();
+            assert!(Arc::ptr_eq(&got, &stale));
+        }
+        assert_eq!(hits.load(std::sync::atomic::Ordering::SeqCst), 1);
     }
 }
