@@ -364,6 +364,51 @@ mod tests {
         assert_eq!(c.access_token_ttl, Duration::from_secs(3600));
         assert_eq!(c.scope_strategy, ScopeStrategy::Wildcard);
         assert!(c.key_rotation.is_none());
+        assert_eq!(c.max_access_token_ttl, Duration::from_secs(24 * 3600));
+        assert!(c.admin_hosts.is_empty());
+        assert!(!c.allow_private_jwks_uri);
+        assert_eq!(c.public_limits.max_connections, 1024);
+        assert_eq!(c.admin_limits.max_connections, 256);
+        assert_eq!(c.admin_limits.header_timeout, Duration::from_secs(10));
+        assert_eq!(c.public_limits.body_timeout, Duration::from_secs(30));
+    }
+
+    #[test]
+    fn hardening_flags() {
+        let cli = Cli::try_parse_from([
+            "portcullis",
+            "serve",
+            "--admin-hosts",
+            "portcullis-admin,portcullis-admin.ns.svc",
+            "--allow-private-jwks-uri",
+            "--max-access-token-ttl",
+            "2h",
+            "--max-connections",
+            "10",
+            "--admin-max-connections",
+            "5",
+            "--http-header-timeout",
+            "3s",
+            "--http-body-timeout",
+            "4s",
+        ])
+        .unwrap();
+        let Command::Serve(args) = cli.command else {
+            panic!("serve")
+        };
+        let c = args.into_config();
+        assert_eq!(
+            c.admin_hosts,
+            ["portcullis-admin", "portcullis-admin.ns.svc"]
+        );
+        assert!(c.allow_private_jwks_uri);
+        assert_eq!(c.max_access_token_ttl, Duration::from_secs(7200));
+        assert_eq!(c.public_limits.max_connections, 10);
+        assert_eq!(c.admin_limits.max_connections, 5);
+        for l in [c.public_limits, c.admin_limits] {
+            assert_eq!(l.header_timeout, Duration::from_secs(3));
+            assert_eq!(l.body_timeout, Duration::from_secs(4));
+        }
     }
 
     #[test]
