@@ -3,8 +3,14 @@
 # (`/filter.wasm` on the public port, the default WasmPlugin.url).
 #
 #   docker build -t ghcr.io/portcullis/portcullis:0.1.0 .
-#   docker run --rm -p 4444:4444 -p 4445:4445 -v portcullis-data:/var/lib/portcullis \
+#   docker run --rm -p 4444:4444 -v portcullis-data:/var/lib/portcullis \
 #     -e PORTCULLIS_ISSUER=http://localhost:4444 ghcr.io/portcullis/portcullis:0.1.0 serve
+#
+# The admin API (clients, keys, introspection) listens on loopback inside the container: it
+# has no authentication of its own. Reach it with `docker exec`, or publish it deliberately to
+# a trusted interface only, e.g. `-e PORTCULLIS_ADMIN_ADDR=0.0.0.0:4445 -p 127.0.0.1:4445:4445`.
+# The Kubernetes manifests set --admin-addr=0.0.0.0:4445 and guard the port with mesh policy
+# (istio/mesh-security.yaml).
 #
 # Set PORTCULLIS_ISSUER (or --issuer): the default, http://<public-addr>, would be
 # http://0.0.0.0:4444 here. The default command is Kubernetes mode (istio/deployment.yaml).
@@ -39,8 +45,8 @@ USER 65532:65532
 ENV PORTCULLIS_DATA_DIR=/var/lib/portcullis \
     PORTCULLIS_WASM_FILE=/usr/share/portcullis/filter.wasm \
     PORTCULLIS_PUBLIC_ADDR=0.0.0.0:4444 \
-    PORTCULLIS_ADMIN_ADDR=0.0.0.0:4445
-EXPOSE 4444 4445
+    PORTCULLIS_ADMIN_ADDR=127.0.0.1:4445
+EXPOSE 4444
 VOLUME ["/var/lib/portcullis"]
 ENTRYPOINT ["/usr/local/bin/portcullis"]
 CMD ["serve", "--kubernetes"]

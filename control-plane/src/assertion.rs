@@ -1,7 +1,11 @@
 //! `private_key_jwt` client authentication (RFC 7523 section 2.2 / OpenID Connect Core 9): the
-//! client signs a JWT with `iss` = `sub` = its id, `aud` = our token endpoint, `exp` and a
-//! single-use `jti`, verified against the client's registered `jwks` or the key set at its
-//! `jwks_uri` (fetched over HTTP(S), cached, refetched when an unknown `kid` shows up).
+//! client signs a JWT with `iss` = `sub` = its id, `aud` = our token endpoint, `exp` (and
+//! optionally `nbf`) and a single-use `jti`, verified against the client's registered `jwks` or
+//! the key set at its `jwks_uri` ([`crate::jwks_uri`], refetched when an unknown `kid` shows up).
+//!
+//! Once the assertion names a client, every failure answers the same generic `invalid_client`
+//! (the reason is logged): whether a client exists, which method it uses, or what its
+//! `jwks_uri` answered is nobody's business who cannot authenticate as it.
 
 use crate::client::{AuthMethod, ClientRecord};
 use crate::clock;
@@ -9,103 +13,10 @@ use crate::crypto::b64url_decode;
 use crate::oauth2_error::OAuth2Error;
 use crate::server::Service;
 use crate::token::JWT_BEARER_ASSERTION;
-use axum::body::Bytes;
-use http_body_util::{BodyExt, Empty, Limited};
-use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::Client as HttpClient;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
 use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::{Algorithm, DecodingKey, Header, Validation};
 use serde::Deserialize;
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
-
-/// How long a fetched key set is trusted before it is fetched again.
-const JWKS_TTL: Duration = Duration::from_secs(300);
-/// An unknown `kid` triggers a refetch, but not more often than this per URI.
-const JWKS_MIN_REFRESH: Duration = Duration::from_secs(10);
-const JWKS_TIMEOUT: Duration = Duration::from_secs(5);
-const JWKS_MAX_BYTES: usize = 256 * 1024;
-
-/// Fetches and caches clients' `jwks_uri` key sets.
-pub struct JwksFetcher {
-    client: Option<HttpClient<HttpsConnector<HttpConnector>, Empty<Bytes>>>,
-    cache: Mutex<HashMap<String, (Arc<JwkSet>, Instant)>>,
-}
-
-impl Default for JwksFetcher {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl JwksFetcher {
-    pub fn new() -> Self {
-        let client = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_provider_and_webpki_roots(rustls::crypto::ring::default_provider())
-            .map(|b| {
-                let connector = b.https_or_http().enable_http1().build();
-                HttpClient::builder(TokioExecutor::new()).build(connector)
-            })
-            .map_err(|e| tracing::error!(error = %e, "TLS setup failed: jwks_uri disabled"))
-            .ok();
-        Self {
-            client,
-            cache: Mutex::new(HashMap::new()),
-        }
-    }
-
-    /// The key set at `uri`, from cache unless stale (or `refresh` and the entry is not brand new).
-    pub async fn get(&self, uri: &str, refresh: bool) -> Result<Arc<JwkSet>, String> {
-        let cached = self.cache.lock().ok().and_then(|c| c.get(uri).cloned());
-        if let Some((set, at)) = &cached {
-            let age = at.elapsed();
-            if age < JWKS_TTL && !(refresh && age >= JWKS_MIN_REFRESH) {
-                return Ok(Arc::clone(set));
-            }
-        }
-        match self.fetch(uri).await {
-            Ok(set) => {
-                let set = Arc::new(set);
-                if let Ok(mut c) = self.cache.lock() {
-                    c.insert(uri.to_string(), (Arc::clone(&set), Instant::now()));
-                }
-                Ok(set)
-            }
-            // A stale set beats none while the URI is briefly unreachable.
-            Err(e) => match cached {
-                Some((set, _)) => {
-                    tracing::warn!(uri, error = %e, "jwks_uri refetch failed; using cached set");
-                    Ok(set)
-                }
-                None => Err(e),
-            },
-        }
-    }
-
-    async fn fetch(&self, uri: &str) -> Result<JwkSet, String> {
-        let client = self.client.as_ref().ok_or("no HTTP client")?;
-        let uri: hyper::Uri = uri.parse().map_err(|e| format!("bad jwks_uri: {e}"))?;
-        let resp = tokio::time::timeout(JWKS_TIMEOUT, client.get(uri))
-            .await
-            .map_err(|_| "fetching jwks_uri timed out".to_string())?
-            .map_err(|e| format!("fetching jwks_uri failed: {e}"))?;
-        if !resp.status().is_success() {
-            return Err(format!("jwks_uri answered {}", resp.status()));
-        }
-        let body = tokio::time::timeout(
-            JWKS_TIMEOUT,
-            Limited::new(resp.into_body(), JWKS_MAX_BYTES).collect(),
-        )
-        .await
-        .map_err(|_| "reading jwks_uri timed out".to_string())?
-        .map_err(|e| format!("reading jwks_uri failed: {e}"))?
-        .to_bytes();
-        serde_json::from_slice(&body).map_err(|e| format!("jwks_uri is not a JWK set: {e}"))
-    }
-}
+use std::sync::Arc;
 
 enum VerifyFailure {
     /// No key of the set matches the assertion's `kid` (a refetch may help).
@@ -120,6 +31,7 @@ fn verify_with(
     validation: &Validation,
 ) -> Result<VerifiedClaims, VerifyFailure> {
     let mut last_error = None;
+    let header_alg = format!("{:?}", header.alg);
     for jwk in jwks
         .keys
         .iter()
@@ -129,6 +41,16 @@ fn verify_with(
             (None, _) => true,
         })
     {
+        // A key labelled with an algorithm verifies only that algorithm (RFC 7517 4.4): an RSA
+        // key for RS256 must not accept a PS256 signature.
+        if let Some(alg) = &jwk.common.key_algorithm
+            && alg.to_string() != header_alg
+        {
+            last_error = Some(format!(
+                "the header alg {header_alg} differs from the key's alg {alg}"
+            ));
+            continue;
+        }
         let Ok(key) = DecodingKey::from_jwk(jwk) else {
             continue;
         };
@@ -156,11 +78,19 @@ struct VerifiedClaims {
     jti: Option<String>,
 }
 
+/// A malformed assertion, before it names a client: the reason helps the developer and says
+/// nothing about our clients.
 fn invalid(reason: impl Into<String>) -> OAuth2Error {
     OAuth2Error::invalid_client(format!(
         "The client assertion is invalid: {}",
         reason.into()
     ))
+}
+
+/// Any failure once the assertion names a client: one message, the reason only in the log.
+fn failed(client_id: &str, reason: impl std::fmt::Display) -> OAuth2Error {
+    tracing::debug!(client_id, reason = %reason, "private_key_jwt authentication failed");
+    OAuth2Error::invalid_client(crate::token::AUTH_FAILED)
 }
 
 pub async fn authenticate(
@@ -191,16 +121,12 @@ pub async fn authenticate(
     if client_id_param.is_some_and(|p| p != client_id) {
         return Err(invalid("client_id does not match the assertion's subject"));
     }
-    let rec = svc
-        .clients
-        .lookup(&client_id)
-        .ok_or_else(|| invalid("unknown client"))?;
-    if rec.auth_method != AuthMethod::PrivateKeyJwt {
-        return Err(OAuth2Error::invalid_client(format!(
-            "The OAuth 2.0 Client supports client authentication method {:?}, but method \"private_key_jwt\" was requested.",
-            rec.auth_method.as_str()
-        )));
-    }
+    let rec = svc.clients.lookup(&client_id);
+    let rec = match rec {
+        Some(r) if r.auth_method == AuthMethod::PrivateKeyJwt => r,
+        Some(_) => return Err(failed(&client_id, "the client uses another method")),
+        None => return Err(failed(&client_id, "unknown client")),
+    };
     let header = jsonwebtoken::decode_header(assertion).map_err(|e| invalid(e.to_string()))?;
     if matches!(
         header.alg,
@@ -213,20 +139,29 @@ pub async fn authenticate(
     validation.set_audience(&audiences);
     validation.set_issuer(&[client_id.as_str()]);
     validation.set_required_spec_claims(&["exp", "iss", "sub", "aud"]);
+    validation.validate_nbf = true;
     validation.leeway = 30;
 
     let claims = match &rec.client.jwks {
         Some(v) => {
             let jwks: JwkSet = serde_json::from_value(v.clone())
-                .map_err(|_| invalid("the client's jwks is unusable"))?;
+                .map_err(|e| failed(&client_id, format!("the client's jwks is unusable: {e}")))?;
             verify_with(&jwks, &header, assertion, &validation)
         }
         None => {
             let uri = &rec.client.jwks_uri;
-            let jwks = svc.jwks_fetcher.get(uri, false).await.map_err(invalid)?;
+            let jwks = svc
+                .jwks_fetcher
+                .get(uri, false)
+                .await
+                .map_err(|e| failed(&client_id, e))?;
             match verify_with(&jwks, &header, assertion, &validation) {
                 Err(VerifyFailure::NoKey) => {
-                    let jwks = svc.jwks_fetcher.get(uri, true).await.map_err(invalid)?;
+                    let jwks = svc
+                        .jwks_fetcher
+                        .get(uri, true)
+                        .await
+                        .map_err(|e| failed(&client_id, e))?;
                     verify_with(&jwks, &header, assertion, &validation)
                 }
                 other => other,
@@ -234,29 +169,29 @@ pub async fn authenticate(
         }
     };
     let claims = claims.map_err(|e| match e {
-        VerifyFailure::NoKey => invalid("no registered key matches the assertion's kid"),
-        VerifyFailure::Invalid(e) => invalid(e),
+        VerifyFailure::NoKey => failed(&client_id, "no registered key matches the assertion's kid"),
+        VerifyFailure::Invalid(e) => failed(&client_id, e),
     })?;
     if claims.sub != client_id {
-        return Err(invalid("sub must equal the client id"));
+        return Err(failed(&client_id, "sub must equal the client id"));
     }
     let now = clock::now();
-    if claims.exp - now > MAX_ASSERTION_LIFETIME {
-        return Err(invalid("exp is too far in the future"));
+    if claims.exp.saturating_sub(now) > MAX_ASSERTION_LIFETIME {
+        return Err(failed(&client_id, "exp is too far in the future"));
     }
     let jti = claims
         .jti
         .filter(|j| !j.is_empty())
-        .ok_or_else(|| invalid("jti is missing"))?;
+        .ok_or_else(|| failed(&client_id, "jti is missing"))?;
     let store = Arc::clone(&svc.store);
     let id = client_id.clone();
     let first_use = tokio::task::spawn_blocking(move || {
-        store.use_assertion_jti(&id, &jti, claims.exp.max(now) + 60)
+        store.use_assertion_jti(&id, &jti, claims.exp.max(now).saturating_add(60))
     })
     .await
     .map_err(OAuth2Error::server_error)??;
     if !first_use {
-        return Err(invalid("jti has already been used"));
+        return Err(failed(&client_id, "jti has already been used"));
     }
     Ok(rec)
 }

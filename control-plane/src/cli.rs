@@ -151,6 +151,11 @@ pub struct ServeArgs {
     /// Address of the admin API (clients, keys, introspection, metrics).
     #[arg(long, env = "PORTCULLIS_ADMIN_ADDR", default_value = "127.0.0.1:4445")]
     pub admin_addr: SocketAddr,
+    /// Host names the admin API answers to besides IP literals and `localhost`
+    /// (comma-separated), e.g. its in-cluster Service name. Other `Host` headers get 403
+    /// (DNS rebinding).
+    #[arg(long, env = "PORTCULLIS_ADMIN_HOSTS", value_delimiter = ',')]
+    pub admin_hosts: Vec<String>,
     /// Issuer URL put in tokens and discovery [default: http://<public-addr>].
     #[arg(long, env = "PORTCULLIS_ISSUER")]
     pub issuer: Option<String>,
@@ -167,6 +172,11 @@ pub struct ServeArgs {
           env = "PORTCULLIS_ACCESS_TOKEN_TTL",
           default_value = "1h", value_parser = duration)]
     pub access_token_ttl: Duration,
+    /// The longest access-token lifetime allowed, global or per client (at most 720h): larger
+    /// client lifespans are refused at registration. It also bounds how long a rotated signing
+    /// key stays published.
+    #[arg(long, env = "PORTCULLIS_MAX_ACCESS_TOKEN_TTL", default_value = "24h", value_parser = duration)]
+    pub max_access_token_ttl: Duration,
     /// How requested scopes are matched against a client's allowed scopes.
     #[arg(
         long,
@@ -178,6 +188,11 @@ pub struct ServeArgs {
     /// Rotate the signing key this often (Go duration, e.g. 720h); off when absent.
     #[arg(long, env = "PORTCULLIS_KEY_ROTATION", value_parser = duration)]
     pub key_rotation: Option<Duration>,
+    /// Let clients' `jwks_uri` (private_key_jwt) target loopback, private, link-local or
+    /// unspecified addresses. Off: such URLs (after DNS resolution, every address) are refused,
+    /// since any unauthenticated caller can make the service fetch a client's `jwks_uri`.
+    #[arg(long, env = "PORTCULLIS_ALLOW_PRIVATE_JWKS_URI")]
+    pub allow_private_jwks_uri: bool,
     /// File holding the system secret that encrypts private keys at rest.
     #[arg(long, env = "PORTCULLIS_SECRETS_FILE")]
     pub secrets_file: Option<PathBuf>,
@@ -187,6 +202,21 @@ pub struct ServeArgs {
     /// How long in-flight requests may take to finish on SIGTERM/SIGINT.
     #[arg(long, env = "PORTCULLIS_SHUTDOWN_TIMEOUT", default_value = "10s", value_parser = duration)]
     pub shutdown_timeout: Duration,
+    /// Most connections the public port holds open at once; more wait in the kernel's
+    /// backlog. Lowered at start to fit the file-descriptor limit.
+    #[arg(long, env = "PORTCULLIS_MAX_CONNECTIONS", default_value_t = 1024)]
+    pub max_connections: usize,
+    /// Most connections the admin port holds open at once (its own budget: a flood of the
+    /// public port cannot starve introspection or readiness).
+    #[arg(long, env = "PORTCULLIS_ADMIN_MAX_CONNECTIONS", default_value_t = 256)]
+    pub admin_max_connections: usize,
+    /// How long a client may take to send a request's headers (also the keep-alive idle
+    /// limit) before the connection is closed.
+    #[arg(long, env = "PORTCULLIS_HTTP_HEADER_TIMEOUT", default_value = "10s", value_parser = duration)]
+    pub http_header_timeout: Duration,
+    /// How long a client may take to send a request's body (answered 408 after).
+    #[arg(long, env = "PORTCULLIS_HTTP_BODY_TIMEOUT", default_value = "30s", value_parser = duration)]
+    pub http_body_timeout: Duration,
     /// Manifests mode: reconcile OAuth2Client/Rule/Secret manifests from this directory
     /// (watched), writing an Envoy ECDS file per workload.
     #[arg(long, env = "PORTCULLIS_MANIFESTS", conflicts_with = "kubernetes")]
@@ -290,11 +320,22 @@ impl ServeArgs {
             .map_or(crate::server::DEFAULT_SIGNING_ALG, Into::into);
         config.keep_existing_alg = self.signing_alg.is_none();
         config.access_token_ttl = self.access_token_ttl;
+        config.max_access_token_ttl = self.max_access_token_ttl;
         config.scope_strategy = self.scope_strategy.into();
         config.key_rotation = self.key_rotation;
         config.secrets_file = self.secrets_file;
         config.secrets_system = self.secrets_system;
         config.shutdown_timeout = self.shutdown_timeout;
+        config.allow_private_jwks_uri = self.allow_private_jwks_uri;
+        config.admin_hosts = self.admin_hosts;
+        for (limits, cap) in [
+            (&mut config.public_limits, self.max_connections),
+            (&mut config.admin_limits, self.admin_max_connections),
+        ] {
+            limits.max_connections = cap;
+            limits.header_timeout = self.http_header_timeout;
+            limits.body_timeout = self.http_body_timeout;
+        }
         config
     }
 }
@@ -323,6 +364,51 @@ mod tests {
         assert_eq!(c.access_token_ttl, Duration::from_secs(3600));
         assert_eq!(c.scope_strategy, ScopeStrategy::Wildcard);
         assert!(c.key_rotation.is_none());
+        assert_eq!(c.max_access_token_ttl, Duration::from_secs(24 * 3600));
+        assert!(c.admin_hosts.is_empty());
+        assert!(!c.allow_private_jwks_uri);
+        assert_eq!(c.public_limits.max_connections, 1024);
+        assert_eq!(c.admin_limits.max_connections, 256);
+        assert_eq!(c.admin_limits.header_timeout, Duration::from_secs(10));
+        assert_eq!(c.public_limits.body_timeout, Duration::from_secs(30));
+    }
+
+    #[test]
+    fn hardening_flags() {
+        let cli = Cli::try_parse_from([
+            "portcullis",
+            "serve",
+            "--admin-hosts",
+            "portcullis-admin,portcullis-admin.ns.svc",
+            "--allow-private-jwks-uri",
+            "--max-access-token-ttl",
+            "2h",
+            "--max-connections",
+            "10",
+            "--admin-max-connections",
+            "5",
+            "--http-header-timeout",
+            "3s",
+            "--http-body-timeout",
+            "4s",
+        ])
+        .unwrap();
+        let Command::Serve(args) = cli.command else {
+            panic!("serve")
+        };
+        let c = args.into_config();
+        assert_eq!(
+            c.admin_hosts,
+            ["portcullis-admin", "portcullis-admin.ns.svc"]
+        );
+        assert!(c.allow_private_jwks_uri);
+        assert_eq!(c.max_access_token_ttl, Duration::from_secs(7200));
+        assert_eq!(c.public_limits.max_connections, 10);
+        assert_eq!(c.admin_limits.max_connections, 5);
+        for l in [c.public_limits, c.admin_limits] {
+            assert_eq!(l.header_timeout, Duration::from_secs(3));
+            assert_eq!(l.body_timeout, Duration::from_secs(4));
+        }
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! to the store before the in-memory copy changes or the caller is answered.
 
 use crate::clock;
+use crate::lifespan;
 use crate::secret::{self, MIN_SECRET_LEN, VerificationCache};
 use crate::store::{ClientFilter, Store, StoreError, StoredClient};
 use serde::{Deserialize, Deserializer, Serialize};
@@ -270,7 +271,13 @@ impl ClientRecord {
     }
 }
 
-fn record_from(stored: &StoredClient, version: u64) -> Result<ClientRecord, StoreError> {
+/// `max_lifespan` caps a stored lifespan registered before the bound existed (or under a larger
+/// one): such a client gets tokens of the maximum lifespan, never longer.
+fn record_from(
+    stored: &StoredClient,
+    version: u64,
+    max_lifespan: i64,
+) -> Result<ClientRecord, StoreError> {
     let client: Client = serde_json::from_str(&stored.json).map_err(|e| StoreError::Corrupt {
         table: "clients",
         detail: format!("{}: {e}", stored.client_id),
@@ -279,7 +286,7 @@ fn record_from(stored: &StoredClient, version: u64) -> Result<ClientRecord, Stor
         .client_credentials_grant_access_token_lifespan
         .as_deref()
         .and_then(|l| clock::parse_duration(l).ok())
-        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+        .map(|d| lifespan::secs(d).min(max_lifespan));
     Ok(ClientRecord {
         auth_method: client.auth_method(),
         scopes: client
@@ -339,6 +346,15 @@ pub struct ClientService {
     write_lock: tokio::sync::Mutex<()>,
     /// One slow hash per core at a time.
     hashing: tokio::sync::Semaphore,
+    /// The longest `client_credentials_grant_access_token_lifespan` accepted (seconds).
+    max_lifespan: i64,
+    /// Verified against for unknown clients and clients without a secret, so that a failure
+    /// costs the same slow hash whether or not the client exists.
+    dummy_hash: String,
+    /// When client ids were deleted (Unix seconds), for the last couple of seconds: a client
+    /// re-created with the same id gets a creation time after its predecessor's last token
+    /// (see [`Self::create`]).
+    deleted_at: std::sync::Mutex<HashMap<String, i64>>,
 }
 
 async fn blocking<T: Send + 'static>(
@@ -350,8 +366,14 @@ async fn blocking<T: Send + 'static>(
 }
 
 impl ClientService {
-    /// Loads every stored client into memory.
-    pub fn load(store: Arc<dyn Store>) -> Result<Self, StoreError> {
+    /// Loads every stored client into memory. `max_lifespan` bounds per-client token lifespans.
+    pub fn load(
+        store: Arc<dyn Store>,
+        max_lifespan: std::time::Duration,
+    ) -> Result<Self, StoreError> {
+        let dummy_hash = secret::generate_secret()
+            .and_then(|s| secret::hash_secret(&s))
+            .map_err(|e| StoreError::Database(e.to_string()))?;
         let svc = Self {
             store,
             clients: RwLock::new(HashMap::new()),
@@ -362,6 +384,9 @@ impl ClientService {
             hashing: tokio::sync::Semaphore::new(
                 std::thread::available_parallelism().map_or(2, |n| n.get()),
             ),
+            max_lifespan: lifespan::secs(max_lifespan),
+            dummy_hash,
+            deleted_at: std::sync::Mutex::new(HashMap::new()),
         };
         let mut after: Option<String> = None;
         let mut map = HashMap::new();
@@ -372,7 +397,19 @@ impl ClientService {
             let Some(last) = page.last() else { break };
             after = Some(last.client_id.clone());
             for stored in &page {
-                let rec = record_from(stored, svc.next_version())?;
+                let rec = record_from(stored, svc.next_version(), svc.max_lifespan)?;
+                if rec
+                    .client
+                    .client_credentials_grant_access_token_lifespan
+                    .as_deref()
+                    .and_then(|l| clock::parse_duration(l).ok())
+                    .is_some_and(|d| lifespan::secs(d) > svc.max_lifespan)
+                {
+                    tracing::warn!(
+                        client_id = %stored.client_id,
+                        "the client's token lifespan exceeds --max-access-token-ttl: its tokens get the maximum"
+                    );
+                }
                 map.insert(stored.client_id.clone(), Arc::new(rec));
             }
         }
@@ -380,6 +417,23 @@ impl ClientService {
             *clients = map;
         }
         Ok(svc)
+    }
+
+    /// [`Client::normalize`] plus the service's bounds.
+    fn validate(&self, client: &mut Client) -> Result<(), ClientError> {
+        client.normalize()?;
+        if let Some(l) = &client.client_credentials_grant_access_token_lifespan
+            && clock::parse_duration(l).is_ok_and(|d| lifespan::secs(d) > self.max_lifespan)
+        {
+            return Err(invalid(
+                "client_credentials_grant_access_token_lifespan",
+                format!(
+                    "must be at most {}s (the service's --max-access-token-ttl)",
+                    self.max_lifespan
+                ),
+            ));
+        }
+        Ok(())
     }
 
     fn next_version(&self) -> u64 {
@@ -418,7 +472,7 @@ impl ClientService {
     /// Registers a client. Generates `client_id` (UUID) and, for secret-based methods, a secret
     /// when absent. Returns the client with its plaintext secret: the only time it is shown.
     pub async fn create(&self, mut client: Client) -> Result<Client, ClientError> {
-        client.normalize()?;
+        self.validate(&mut client)?;
         if client.client_id.is_empty() {
             client.client_id = uuid::Uuid::new_v4().to_string();
         }
@@ -442,11 +496,28 @@ impl ClientService {
                 client.client_id
             )));
         }
+        // Introspection refuses tokens issued before their client's creation (whole seconds).
+        // A client deleted in this very second may have issued tokens in it: start the new
+        // one in the next second, so none of them counts as the new client's.
+        let deleted = self
+            .deleted_at
+            .lock()
+            .ok()
+            .and_then(|m| m.get(&client.client_id).copied());
+        if let Some(deleted) = deleted {
+            while clock::now() <= deleted {
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+        }
         let now = clock::now();
         client.created_at = clock::rfc3339(now);
         client.updated_at = client.created_at.clone();
         let stored = self.persist(&client, hash, now, now, true).await?;
-        self.install(record_from(&stored, self.next_version())?);
+        self.install(record_from(
+            &stored,
+            self.next_version(),
+            self.max_lifespan,
+        )?);
         client.client_secret = secret;
         Ok(client)
     }
@@ -458,7 +529,7 @@ impl ClientService {
             return Err(invalid("client_id", "must match the client id in the path"));
         }
         client.client_id = client_id.to_string();
-        client.normalize()?;
+        self.validate(&mut client)?;
         let new_secret = client.client_secret.take();
         let new_hash = self.hash(new_secret.clone()).await?;
         let _guard = self.write_lock.lock().await;
@@ -487,7 +558,11 @@ impl ClientService {
         let stored = self
             .persist(&client, secret_hash, old.created_at, now, false)
             .await?;
-        self.install(record_from(&stored, self.next_version())?);
+        self.install(record_from(
+            &stored,
+            self.next_version(),
+            self.max_lifespan,
+        )?);
         client.client_secret = new_secret;
         Ok(client)
     }
@@ -519,7 +594,7 @@ impl ClientService {
         if client.client_id != client_id {
             return Err(invalid("client_id", "cannot be changed"));
         }
-        client.normalize()?;
+        self.validate(&mut client)?;
         let new_secret = client.client_secret.take();
         let new_hash = self.hash(new_secret.clone()).await?;
         self.update_locked(client, new_secret, new_hash).await
@@ -537,7 +612,7 @@ impl ClientService {
             return self.create(client).await.map(UpsertOutcome::Created);
         };
         let mut wanted = client.clone();
-        wanted.normalize()?;
+        self.validate(&mut wanted)?;
         let secret = wanted.client_secret.take();
         let mut current = existing.client.clone();
         wanted.created_at.clone_from(&current.created_at);
@@ -570,6 +645,11 @@ impl ClientService {
             m.remove(client_id);
         }
         self.verified.invalidate(client_id);
+        if let Ok(mut m) = self.deleted_at.lock() {
+            let now = clock::now();
+            m.retain(|_, at| *at >= now - 1);
+            m.insert(client_id.to_string(), now);
+        }
         if deleted {
             Ok(())
         } else {
@@ -609,7 +689,7 @@ impl ClientService {
         let has_more = rows.len() > size;
         let mut clients = Vec::with_capacity(size);
         for stored in rows.iter().take(size) {
-            clients.push(record_from(stored, 0)?.client);
+            clients.push(record_from(stored, 0, self.max_lifespan)?.client);
         }
         let next_page_token = if has_more {
             clients
@@ -631,11 +711,18 @@ impl ClientService {
         client_id: &str,
         secret: &str,
     ) -> Result<Arc<ClientRecord>, AuthError> {
-        let rec = self.lookup(client_id).ok_or(AuthError::UnknownClient)?;
-        if self.verified.check(client_id, secret, rec.version) {
-            return Ok(rec);
+        let rec = self.lookup(client_id);
+        if let Some(rec) = &rec
+            && self.verified.check(client_id, secret, rec.version)
+        {
+            return Ok(Arc::clone(rec));
         }
-        let hash = rec.secret_hash.clone().ok_or(AuthError::NoSecret)?;
+        // Unknown clients and clients without a secret pay the same slow hash as a wrong
+        // secret: the response time must not tell which client ids exist.
+        let hash = rec
+            .as_ref()
+            .and_then(|r| r.secret_hash.clone())
+            .unwrap_or_else(|| self.dummy_hash.clone());
         let presented = secret.to_string();
         let Ok(_permit) = self.hashing.acquire().await else {
             return Err(AuthError::WrongSecret);
@@ -643,6 +730,11 @@ impl ClientService {
         let ok = tokio::task::spawn_blocking(move || secret::verify_secret(&presented, &hash))
             .await
             .unwrap_or(false);
+        let rec = match rec {
+            None => return Err(AuthError::UnknownClient),
+            Some(r) if r.secret_hash.is_none() => return Err(AuthError::NoSecret),
+            Some(r) => r,
+        };
         if !ok {
             return Err(AuthError::WrongSecret);
         }
@@ -711,7 +803,11 @@ mod tests {
     use serde_json::json;
 
     fn service() -> ClientService {
-        ClientService::load(Arc::new(SqliteStore::in_memory().unwrap())).unwrap()
+        ClientService::load(
+            Arc::new(SqliteStore::in_memory().unwrap()),
+            lifespan::DEFAULT_MAX,
+        )
+        .unwrap()
     }
 
     fn cc_client(id: &str, secret: &str) -> Client {
@@ -886,6 +982,67 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_recreated_client_starts_after_its_predecessor_was_deleted() {
+        let svc = service();
+        svc.create(cc_client("again", "the-secret")).await.unwrap();
+        let before_delete = clock::now();
+        svc.delete("again").await.unwrap();
+        svc.create(cc_client("again", "the-secret")).await.unwrap();
+        // Every token of the old client has iat <= the deletion second < created_at.
+        assert!(svc.lookup("again").unwrap().created_at > before_delete);
+    }
+
+    #[tokio::test]
+    async fn lifespans_above_the_maximum_are_refused_on_every_write_path() {
+        let svc = service();
+        let with = |lifespan: &str| {
+            let mut c = cc_client("long", "the-secret");
+            c.client_credentials_grant_access_token_lifespan = Some(lifespan.into());
+            c
+        };
+        let too_long = |r: Result<_, ClientError>| {
+            matches!(
+                r,
+                Err(ClientError::Invalid {
+                    field: "client_credentials_grant_access_token_lifespan",
+                    ..
+                })
+            )
+        };
+        // The reconcilers register through upsert: an OAuth2Client gets the same refusal.
+        assert!(too_long(
+            svc.upsert(with("9223372036854775807")).await.map(|_| ())
+        ));
+        assert!(too_long(svc.create(with("25h")).await.map(|_| ())));
+        svc.create(with("24h")).await.unwrap();
+        assert_eq!(svc.lookup("long").unwrap().lifespan_secs, Some(86_400));
+        assert!(too_long(
+            svc.update("long", with("24h1s")).await.map(|_| ())
+        ));
+        let patch: json_patch::Patch = serde_json::from_value(json!([{"op": "replace",
+            "path": "/client_credentials_grant_access_token_lifespan", "value": "9223372036854775807"}]))
+        .unwrap();
+        assert!(too_long(svc.patch("long", &patch).await.map(|_| ())));
+        assert_eq!(svc.max_lifespan_secs(), 86_400);
+    }
+
+    #[tokio::test]
+    async fn unknown_clients_cost_a_hash_and_fail_like_wrong_secrets() {
+        let svc = service();
+        svc.create(cc_client("c1", "the-secret")).await.unwrap();
+        assert_eq!(
+            svc.authenticate_secret("nobody", "the-secret").await.err(),
+            Some(AuthError::UnknownClient)
+        );
+        assert_eq!(
+            svc.authenticate_secret("c1", "wrong-secret").await.err(),
+            Some(AuthError::WrongSecret)
+        );
+        assert!(!secret::verify_secret("", &svc.dummy_hash));
+        assert!(svc.dummy_hash.starts_with("$pbkdf2-sha256$i=25000,"));
+    }
+
+    #[tokio::test]
     async fn upsert_creates_then_rotates_secret() {
         let svc = service();
         let out = svc.upsert(cc_client("rec", "first-secret")).await.unwrap();
@@ -953,13 +1110,20 @@ mod tests {
     async fn clients_survive_restart() {
         let dir = tempfile::tempdir().unwrap();
         {
-            let svc =
-                ClientService::load(Arc::new(SqliteStore::open(dir.path()).unwrap())).unwrap();
+            let svc = ClientService::load(
+                Arc::new(SqliteStore::open(dir.path()).unwrap()),
+                lifespan::DEFAULT_MAX,
+            )
+            .unwrap();
             svc.create(cc_client("persist", "persisted-secret"))
                 .await
                 .unwrap();
         }
-        let svc = ClientService::load(Arc::new(SqliteStore::open(dir.path()).unwrap())).unwrap();
+        let svc = ClientService::load(
+            Arc::new(SqliteStore::open(dir.path()).unwrap()),
+            lifespan::DEFAULT_MAX,
+        )
+        .unwrap();
         let rec = svc
             .authenticate_secret("persist", "persisted-secret")
             .await

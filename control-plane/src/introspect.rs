@@ -75,6 +75,16 @@ impl JwtCache {
     }
 }
 
+/// The client exists and the token was issued to this incarnation of it: a deleted and
+/// re-created client (perhaps with fewer scopes) must not revive its predecessor's tokens.
+/// Times are whole seconds; [`crate::client::ClientService::create`] starts a re-created client
+/// in a later second than its predecessor's deletion, so the predecessor's tokens never count.
+pub fn issued_to_current_client(svc: &Service, client_id: &str, issued_at: i64) -> bool {
+    svc.clients
+        .lookup(client_id)
+        .is_some_and(|c| issued_at >= c.created_at)
+}
+
 /// Verifies one of our JWTs (see [`verify_jwt`]), through the cache.
 pub fn inspect_jwt(svc: &Service, token: &str, now: i64) -> Option<ActiveToken> {
     let key = sha256(token.as_bytes());
@@ -97,7 +107,7 @@ pub fn inspect_jwt(svc: &Service, token: &str, now: i64) -> Option<ActiveToken> 
     let still_valid = found.exp > now
         && key_alive()
         && found.jti.as_deref().is_none_or(|j| !svc.is_revoked(j))
-        && svc.clients.lookup(&found.client_id).is_some();
+        && issued_to_current_client(svc, &found.client_id, found.iat);
     still_valid.then(|| (*found).clone())
 }
 
@@ -115,7 +125,7 @@ pub fn verify_jwt(svc: &Service, token: &str, now: i64) -> Option<ActiveToken> {
         return None;
     }
     let claims: AccessClaims = serde_json::from_slice(&b64url_decode(claims_b64)?).ok()?;
-    if claims.iss != svc.config.issuer || claims.exp <= now || claims.nbf > now + 30 {
+    if claims.iss != svc.config.issuer || claims.exp <= now || claims.nbf > now.saturating_add(30) {
         return None;
     }
     if svc.is_revoked(&claims.jti) {
@@ -145,7 +155,7 @@ pub async fn inspect_opaque(
         .await
         .map_err(OAuth2Error::server_error)??;
     Ok(row
-        .filter(|r| r.expires_at > now && svc.clients.lookup(&r.client_id).is_some())
+        .filter(|r| r.expires_at > now && issued_to_current_client(svc, &r.client_id, r.issued_at))
         .map(|r| ActiveToken {
             client_id: r.client_id,
             scopes: r.scopes,

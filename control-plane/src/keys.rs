@@ -348,8 +348,11 @@ impl KeyService {
             expires_at: None,
         })?;
         // A small margin covers tokens signed in the instant before the swap and clock skew.
-        self.store
-            .retire_keys(set, &kid, now + max_token_ttl.max(0) + 60)?;
+        self.store.retire_keys(
+            set,
+            &kid,
+            crate::lifespan::expiry(now, max_token_ttl).saturating_add(60),
+        )?;
         self.reload()?;
         tracing::info!(set, kid = %kid, alg = %alg, "signing key created");
         self.ring()
@@ -419,6 +422,23 @@ mod tests {
             let tampered = jwt.replacen('.', ".e30", 1);
             assert!(!verify_compact(&key, &tampered));
         }
+    }
+
+    #[test]
+    fn rotation_with_a_huge_lifespan_neither_wraps_nor_lingers_for_years() {
+        let dir = tempfile::tempdir().unwrap();
+        let svc = service(dir.path());
+        svc.rotate("s", Alg::ES256, Some("k1".into()), 3600)
+            .unwrap();
+        // Once `now + i64::MAX` wrapped negative: the old key was purged at once and every
+        // token it signed died.
+        svc.rotate("s", Alg::ES256, Some("k2".into()), i64::MAX)
+            .unwrap();
+        let now = clock::now();
+        let retired = svc.ring().find("s", "k1").unwrap().expires_at.unwrap();
+        assert!(retired > now, "retired at {retired}, now {now}");
+        let ceiling = crate::lifespan::secs(crate::lifespan::CEILING);
+        assert!(retired <= now + ceiling + 61, "retired at {retired}");
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //! register clients in-process through [`client::ClientService`] (see [`server::Service`]).
 
 pub mod admin;
+pub mod admin_guard;
 pub mod assertion;
 pub mod cli;
 pub mod client;
@@ -14,8 +15,10 @@ pub mod crypto;
 pub mod discovery;
 pub mod health;
 pub mod introspect;
+pub mod jwks_uri;
 pub mod keys;
 pub mod kubernetes_mode;
+pub mod lifespan;
 pub mod manifests_mode;
 pub mod metrics;
 pub mod oauth2_error;

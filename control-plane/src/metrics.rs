@@ -8,6 +8,7 @@ use axum::response::{IntoResponse, Response};
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use std::sync::Arc;
@@ -24,6 +25,7 @@ pub struct Metrics {
     revocations: Counter,
     http_requests: Family<HttpLabels, Counter>,
     http_duration: Family<HttpLabels, Histogram>,
+    connections: Family<Labels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -63,6 +65,12 @@ impl Metrics {
             "Tokens revoked",
             revocations.clone(),
         );
+        let connections = Family::<Labels, Gauge>::default();
+        registry.register(
+            "portcullis_http_connections",
+            "Open HTTP connections, by server (capped by --max-connections / --admin-max-connections)",
+            connections.clone(),
+        );
         registry.register(
             "portcullis_http_requests",
             "HTTP requests, by server, route and status",
@@ -81,7 +89,15 @@ impl Metrics {
             revocations,
             http_requests,
             http_duration,
+            connections,
         }
+    }
+
+    /// A connection to `server` was accepted (+1) or closed (-1).
+    pub fn connections(&self, server: &'static str, delta: i64) {
+        self.connections
+            .get_or_create(&vec![("server", server)])
+            .inc_by(delta);
     }
 
     pub fn token_issued(&self, kind: &'static str) {

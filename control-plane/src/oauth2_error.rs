@@ -20,6 +20,12 @@ pub enum ErrorCode {
     NotFound,
     MethodNotAllowed,
     Conflict,
+    /// 403: a cross-site request or an unexpected `Host` on the admin API.
+    RequestForbidden,
+    /// 415: a JSON endpoint was sent another media type.
+    UnsupportedMediaType,
+    /// 408: the request body did not arrive in time.
+    RequestTimeout,
     ServerError,
     TemporarilyUnavailable,
 }
@@ -38,6 +44,9 @@ impl ErrorCode {
             Self::NotFound => "not_found",
             Self::MethodNotAllowed => "method_not_allowed",
             Self::Conflict => "conflict",
+            Self::RequestForbidden => "request_forbidden",
+            Self::UnsupportedMediaType => "unsupported_media_type",
+            Self::RequestTimeout => "request_timeout",
             Self::ServerError => "server_error",
             Self::TemporarilyUnavailable => "temporarily_unavailable",
         }
@@ -49,6 +58,9 @@ impl ErrorCode {
             Self::NotFound => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::Conflict => StatusCode::CONFLICT,
+            Self::RequestForbidden => StatusCode::FORBIDDEN,
+            Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             Self::ServerError => StatusCode::INTERNAL_SERVER_ERROR,
             Self::TemporarilyUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             _ => StatusCode::BAD_REQUEST,
@@ -205,6 +217,9 @@ mod tests {
             (ErrorCode::UnauthorizedClient, 400),
             (ErrorCode::NotFound, 404),
             (ErrorCode::Conflict, 409),
+            (ErrorCode::RequestForbidden, 403),
+            (ErrorCode::UnsupportedMediaType, 415),
+            (ErrorCode::RequestTimeout, 408),
             (ErrorCode::TemporarilyUnavailable, 503),
         ] {
             let (s, _, body) = parts(OAuth2Error::new(code, "d")).await;

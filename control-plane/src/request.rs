@@ -2,7 +2,7 @@
 //! HTTP Basic client credentials (form-urldecoded per RFC 6749 2.3.1), and JSON bodies. Every
 //! rejection is an [`OAuth2Error`].
 
-use crate::oauth2_error::OAuth2Error;
+use crate::oauth2_error::{ErrorCode, OAuth2Error};
 use axum::body::Bytes;
 use axum::extract::{FromRequest, Multipart, Request};
 use axum::http::{HeaderMap, header};
@@ -93,6 +93,26 @@ impl<S: Send + Sync> FromRequest<S> for Form {
     }
 }
 
+/// `application/json` or a `+json` type (`application/json-patch+json`), parameters allowed.
+pub fn is_json(headers: &HeaderMap) -> bool {
+    let Some(ct) = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return false;
+    };
+    let media = ct
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    media == "application/json"
+        || media
+            .strip_prefix("application/")
+            .is_some_and(|sub| sub.len() > 5 && sub.ends_with("+json"))
+}
+
 /// Extractor for JSON bodies whose errors are RFC 6749-style `invalid_request`.
 pub struct Json<T>(pub T);
 
@@ -100,6 +120,14 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Json<T> {
     type Rejection = OAuth2Error;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        // A browser sends `text/plain` cross-site without a CORS preflight; requiring JSON
+        // means a web page can only reach these handlers with a preflight we never grant.
+        if !is_json(req.headers()) {
+            return Err(OAuth2Error::new(
+                ErrorCode::UnsupportedMediaType,
+                "The request body must be JSON (Content-Type: application/json).",
+            ));
+        }
         let body = Bytes::from_request(req, state)
             .await
             .map_err(|e| OAuth2Error::invalid_request(format!("Unreadable request body: {e}")))?;

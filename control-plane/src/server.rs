@@ -49,12 +49,22 @@ pub struct Config {
     /// algorithm under verifiers that only accept the old one.
     pub keep_existing_alg: bool,
     pub access_token_ttl: Duration,
+    /// The longest access-token lifespan, global or per client (see [`crate::lifespan`]).
+    pub max_access_token_ttl: Duration,
     pub scope_strategy: ScopeStrategy,
     pub key_rotation: Option<Duration>,
     pub secrets_file: Option<PathBuf>,
     pub secrets_system: Option<String>,
     pub shutdown_timeout: Duration,
     pub purge_interval: Duration,
+    /// Connection caps and timeouts of the public and admin ports (see [`connections`]).
+    pub public_limits: connections::Limits,
+    pub admin_limits: connections::Limits,
+    /// Names the admin API answers to besides IP literals and `localhost` (see
+    /// [`crate::admin_guard`]).
+    pub admin_hosts: Vec<String>,
+    /// Lets clients' `jwks_uri` resolve to loopback, private or link-local addresses.
+    pub allow_private_jwks_uri: bool,
 }
 
 impl Config {
@@ -69,12 +79,25 @@ impl Config {
             signing_alg: DEFAULT_SIGNING_ALG,
             keep_existing_alg: false,
             access_token_ttl: Duration::from_secs(3600),
+            max_access_token_ttl: crate::lifespan::DEFAULT_MAX,
             scope_strategy: ScopeStrategy::Wildcard,
             key_rotation: None,
             secrets_file: None,
             secrets_system: None,
             shutdown_timeout: Duration::from_secs(10),
             purge_interval: Duration::from_secs(60),
+            allow_private_jwks_uri: false,
+            admin_hosts: Vec::new(),
+            public_limits: connections::Limits {
+                max_connections: 1024,
+                header_timeout: Duration::from_secs(10),
+                body_timeout: Duration::from_secs(30),
+            },
+            admin_limits: connections::Limits {
+                max_connections: 256,
+                header_timeout: Duration::from_secs(10),
+                body_timeout: Duration::from_secs(30),
+            },
         }
     }
 
@@ -83,7 +106,7 @@ impl Config {
     }
 
     pub fn access_token_ttl_secs(&self) -> i64 {
-        i64::try_from(self.access_token_ttl.as_secs()).unwrap_or(i64::MAX)
+        crate::lifespan::secs(self.access_token_ttl)
     }
 }
 
@@ -95,6 +118,8 @@ pub enum StartError {
     Secret(#[from] crate::crypto::CryptoError),
     #[error("signing keys: {0}")]
     Keys(#[from] crate::keys::KeyError),
+    #[error("token lifespan: {0}")]
+    Lifespan(#[from] crate::lifespan::BoundError),
     #[error("binding {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -111,7 +136,7 @@ pub struct Service {
     pub keys: KeyService,
     pub metrics: Arc<Metrics>,
     pub verified_jwts: introspect::JwtCache,
-    pub jwks_fetcher: crate::assertion::JwksFetcher,
+    pub jwks_fetcher: crate::jwks_uri::JwksFetcher,
     /// Revoked JWT ids and their `exp`, mirrored from the store for allocation-free checks.
     revoked: RwLock<HashMap<String, i64>>,
 }
@@ -125,6 +150,7 @@ impl Service {
     }
 
     pub fn with_store(mut config: Config, store: Arc<dyn Store>) -> Result<Arc<Self>, StartError> {
+        crate::lifespan::check_config(config.access_token_ttl, config.max_access_token_ttl)?;
         let (secret, generated) = SystemSecret::load(
             config.secrets_file.as_deref(),
             config.secrets_system.as_deref(),
@@ -137,7 +163,7 @@ impl Service {
                  with a generated secret stored next to the database"
             );
         }
-        let clients = ClientService::load(Arc::clone(&store))?;
+        let clients = ClientService::load(Arc::clone(&store), config.max_access_token_ttl)?;
         let keys = KeyService::load(Arc::clone(&store), secret)?;
         if config.keep_existing_alg
             && let Some(current) = keys.ring().current(ACCESS_TOKEN_SET)
@@ -145,6 +171,7 @@ impl Service {
             config.signing_alg = current.alg;
         }
         let revoked = store.list_revocations(clock::now())?.into_iter().collect();
+        let jwks_fetcher = crate::jwks_uri::JwksFetcher::new(config.allow_private_jwks_uri);
         let svc = Arc::new(Self {
             config,
             store,
@@ -152,7 +179,7 @@ impl Service {
             keys,
             metrics: Arc::new(Metrics::new()),
             verified_jwts: introspect::JwtCache::new(100_000),
-            jwks_fetcher: crate::assertion::JwksFetcher::new(),
+            jwks_fetcher,
             revoked: RwLock::new(revoked),
         });
         svc.keys.ensure_current(
@@ -334,7 +361,11 @@ pub fn admin_app(svc: Arc<Service>) -> Router {
         )
         .route("/metrics/prometheus", get(metrics::prometheus_endpoint));
     let r = Router::new().merge(routes.clone()).nest("/admin", routes);
-    common(r, &svc, "admin")
+    let allowed = crate::admin_guard::AllowedHosts::new(&svc.config.admin_hosts);
+    common(r, &svc, "admin").layer(axum::middleware::from_fn_with_state(
+        allowed,
+        crate::admin_guard::guard,
+    ))
 }
 
 /// Binds both listeners, runs until `shutdown` resolves, then lets in-flight requests finish
@@ -392,11 +423,27 @@ pub async fn serve_on(
         alg = %svc.config.signing_alg,
         "portcullis token service listening"
     );
-    let wait = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
-        let _ = rx.wait_for(|stop| *stop).await;
-    };
-    let public_srv = axum::serve(public, apps.public).with_graceful_shutdown(wait(rx.clone()));
-    let admin_srv = axum::serve(admin, apps.admin).with_graceful_shutdown(wait(rx.clone()));
+    let mut public_limits = svc.config.public_limits;
+    public_limits.max_connections = connections::fit_to_fd_limit(
+        public_limits.max_connections,
+        svc.config.admin_limits.max_connections,
+    );
+    let public_srv = connections::serve(
+        public,
+        apps.public,
+        public_limits,
+        Arc::clone(&svc.metrics),
+        "public",
+        rx.clone(),
+    );
+    let admin_srv = connections::serve(
+        admin,
+        apps.admin,
+        svc.config.admin_limits,
+        Arc::clone(&svc.metrics),
+        "admin",
+        rx.clone(),
+    );
     let mut servers = tokio::spawn(async move { tokio::try_join!(public_srv, admin_srv) });
     tokio::select! {
         res = &mut servers => {
@@ -441,5 +488,6 @@ pub async fn shutdown_signal() {
     }
 }
 
+pub mod connections;
 #[cfg(test)]
 mod tests;

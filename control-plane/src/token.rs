@@ -19,6 +19,10 @@ use std::sync::Arc;
 
 /// Opaque access tokens start with this, so a token's kind is known without a lookup.
 pub const OPAQUE_PREFIX: &str = "ptc_at_";
+/// The one message of every failed client authentication (unknown client, wrong secret, wrong
+/// method, bad assertion): the answer must not tell which client ids exist or how they
+/// authenticate.
+pub const AUTH_FAILED: &str = "Client authentication failed (e.g., unknown client, no client authentication included, or unsupported authentication method).";
 pub const JWT_BEARER_ASSERTION: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
 
 /// Claims of our JWT access tokens (Hydra's names).
@@ -92,19 +96,7 @@ async fn authenticate_inner(
     if let (Some(id), Some(secret)) = (post_id, post_secret) {
         return with_secret(svc, id, secret, AuthMethod::ClientSecretPost).await;
     }
-    if let Some(id) = post_id
-        && svc
-            .clients
-            .lookup(id)
-            .is_some_and(|c| c.auth_method == AuthMethod::None)
-    {
-        return Err(OAuth2Error::invalid_client(
-            "Public clients (token_endpoint_auth_method none) cannot use this grant.",
-        ));
-    }
-    Err(OAuth2Error::invalid_client(
-        "Client authentication failed: no client authentication was included.",
-    ))
+    Err(OAuth2Error::invalid_client(AUTH_FAILED))
 }
 
 async fn with_secret(
@@ -113,26 +105,26 @@ async fn with_secret(
     secret: &str,
     used: AuthMethod,
 ) -> Result<Arc<ClientRecord>, OAuth2Error> {
-    let failed = || {
-        OAuth2Error::invalid_client(
-            "Client authentication failed (unknown client or wrong secret).",
-        )
-    };
-    let rec = svc.clients.lookup(id).ok_or_else(failed)?;
-    if rec.auth_method != used {
-        return Err(OAuth2Error::invalid_client(format!(
-            "The OAuth 2.0 Client supports client authentication method {:?}, but method {:?} was requested.",
-            rec.auth_method.as_str(),
-            used.as_str()
-        )));
-    }
-    svc.clients
+    // The secret is checked first (against a dummy for unknown clients) so that every failure
+    // costs the same slow hash and answers the same message.
+    let rec = svc
+        .clients
         .authenticate_secret(id, secret)
         .await
         .map_err(|e: AuthError| {
             tracing::debug!(client_id = id, reason = %e, "client authentication failed");
-            failed()
-        })
+            OAuth2Error::invalid_client(AUTH_FAILED)
+        })?;
+    if rec.auth_method != used {
+        tracing::debug!(
+            client_id = id,
+            registered = rec.auth_method.as_str(),
+            used = used.as_str(),
+            "client authentication failed: wrong method"
+        );
+        return Err(OAuth2Error::invalid_client(AUTH_FAILED));
+    }
+    Ok(rec)
 }
 
 /// fosite's default audience matching: exact, or a URL below an allowed URL.
@@ -249,6 +241,9 @@ pub async fn issue(
         .lifespan_secs
         .unwrap_or(svc.config.access_token_ttl_secs());
     let now = clock::now();
+    // Lifespans are bounded at registration; this keeps `exp` sane whatever slipped through.
+    let exp = crate::lifespan::expiry(now, ttl);
+    let ttl = exp - now;
     if client.opaque {
         let raw = random_bytes::<32>().map_err(OAuth2Error::server_error)?;
         let token = format!("{OPAQUE_PREFIX}{}", b64url(&raw));
@@ -258,7 +253,7 @@ pub async fn issue(
             scopes,
             audience,
             issued_at: now,
-            expires_at: now + ttl,
+            expires_at: exp,
         };
         let store = Arc::clone(&svc.store);
         tokio::task::spawn_blocking(move || store.insert_opaque_token(&row))
@@ -275,7 +270,7 @@ pub async fn issue(
         iss: svc.config.issuer.clone(),
         sub: client.client.client_id.clone(),
         aud: audience,
-        exp: now + ttl,
+        exp,
         iat: now,
         nbf: now,
         jti: uuid::Uuid::new_v4().to_string(),

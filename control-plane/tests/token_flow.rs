@@ -827,7 +827,8 @@ async fn serve_jwks(jwks: std::sync::Arc<std::sync::Mutex<Value>>) -> String {
 #[tokio::test]
 async fn private_key_jwt_with_jwks_uri_follows_client_key_rotation() {
     let dir = TestDir::new();
-    let srv = Server::start(&dir.data(), &[]).await;
+    // The test's key server is on loopback.
+    let srv = Server::start(&dir.data(), &["--allow-private-jwks-uri"]).await;
     let first = ClientKey::Ec(josekit::jws::ES256.generate_key_pair().expect("EC key"));
     let jwks = std::sync::Arc::new(std::sync::Mutex::new(
         json!({"keys": [first.public_jwk("first")]}),
@@ -967,4 +968,50 @@ async fn no_token_without_a_secret_and_oversized_bodies_are_refused() {
         );
     }
     srv.token(&id, &secret, &[("scope", "read")]).await;
+}
+
+/// A JWK labelled `alg: RS256` verifies RS256 only: a PS256 signature by the same RSA key is
+/// refused (RFC 7517 4.4), as is an assertion not yet valid (`nbf`).
+#[tokio::test]
+async fn private_key_jwt_requires_the_keys_alg_and_checks_nbf() {
+    let dir = TestDir::new();
+    let srv = Server::start(&dir.data(), &[]).await;
+    let pair = josekit::jws::RS256
+        .generate_key_pair(2048)
+        .expect("RSA key");
+    let labelled = ClientKey::Rsa(pair.clone()).public_jwk("k");
+    assert_eq!(labelled["alg"], "RS256");
+    let c = srv
+        .create_client(json!({
+            "grant_types": ["client_credentials"],
+            "token_endpoint_auth_method": "private_key_jwt",
+            "jwks": {"keys": [labelled]},
+        }))
+        .await;
+    let id = str_field(&c, "client_id");
+    let aud = srv.token_endpoint();
+    let pss = ClientKey::Pss(pair.clone()).assertion("k", &id, &aud, "pss", now() + 120);
+    let r = assertion_request(&srv, &pss, &[]).await;
+    r.assert_oauth_error(401, "invalid_client");
+    let rs = ClientKey::Rsa(pair.clone()).assertion("k", &id, &aud, "rs", now() + 120);
+    let r = assertion_request(&srv, &rs, &[]).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+
+    // nbf ten minutes ahead (beyond the 30 s leeway), signed correctly.
+    let mut header = josekit::jws::JwsHeader::new();
+    header.set_key_id("k");
+    let mut payload = josekit::jwt::JwtPayload::new();
+    payload.set_issuer(&id);
+    payload.set_subject(&id);
+    payload.set_audience(vec![aud.as_str()]);
+    payload.set_jwt_id("future");
+    let at = |t: i64| std::time::UNIX_EPOCH + Duration::from_secs(t as u64);
+    payload.set_not_before(&at(now() + 600));
+    payload.set_expires_at(&at(now() + 900));
+    let signer = josekit::jws::RS256
+        .signer_from_der(pair.to_der_private_key())
+        .expect("RS256 signer");
+    let future = josekit::jwt::encode_with_signer(&payload, &header, &signer).expect("sign");
+    let r = assertion_request(&srv, &future, &[]).await;
+    r.assert_oauth_error(401, "invalid_client");
 }

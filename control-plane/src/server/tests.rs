@@ -20,6 +20,8 @@ fn config(dir: &std::path::Path, alg: Alg) -> Config {
     let mut c = Config::new(dir.to_path_buf());
     c.signing_alg = alg;
     c.secrets_system = Some("unit-test-system-secret".into());
+    // The jwks_uri tests serve key sets on loopback.
+    c.allow_private_jwks_uri = true;
     c
 }
 
@@ -40,7 +42,12 @@ struct Reply {
     body: Value,
 }
 
-async fn send(app: &Router, req: Request<Body>) -> Reply {
+async fn send(app: &Router, mut req: Request<Body>) -> Reply {
+    // As every HTTP/1.1 client does (the admin API refuses requests without a Host).
+    if !req.headers().contains_key(header::HOST) {
+        req.headers_mut()
+            .insert(header::HOST, header::HeaderValue::from_static("localhost"));
+    }
     let resp = app.clone().oneshot(req).await.unwrap();
     let status = resp.status();
     let headers = resp.headers().clone();
@@ -694,11 +701,10 @@ async fn private_key_jwt_with_single_use_jti() {
     // Replay of the same jti.
     let r = send(&h.public, form("/oauth2/token", &body(a1), None)).await;
     assert_eq!(r.status, StatusCode::UNAUTHORIZED);
-    assert!(
-        r.body["error_description"]
-            .as_str()
-            .unwrap()
-            .contains("jti")
+    // The reason (a replayed jti) is logged, not sent: one message for every failure.
+    assert_eq!(
+        r.body["error_description"].as_str().unwrap(),
+        crate::token::AUTH_FAILED
     );
     // Wrong audience.
     let r = send(
@@ -867,7 +873,7 @@ async fn serves_on_sockets_and_shuts_down() {
     );
     let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
     stream
-        .write_all(b"GET /health/alive HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .write_all(b"GET /health/alive HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
         .await
         .unwrap();
     let mut out = String::new();
@@ -1010,14 +1016,92 @@ async fn private_key_jwt_with_jwks_uri() {
     header.kid = Some("unknown".into());
     let r = send(&h.public, form("/oauth2/token", &body(&header, "b"), None)).await;
     assert_eq!(r.status, StatusCode::UNAUTHORIZED);
-    assert!(
-        r.body["error_description"]
-            .as_str()
-            .unwrap()
-            .contains("kid"),
-        "{}",
-        r.body
+    assert_eq!(
+        r.body["error_description"].as_str().unwrap(),
+        crate::token::AUTH_FAILED
     );
+}
+
+/// Signs a private_key_jwt assertion for client `pk` with a fresh P-256 key; returns the
+/// public JWK (labelled `jwk_alg`, when given) and a signer taking the claims.
+fn p256_client(jwk_alg: Option<&str>) -> (Value, impl Fn(Value) -> String) {
+    use aws_lc_rs::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, KeyPair};
+    let rng = aws_lc_rs::rand::SystemRandom::new();
+    let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).unwrap();
+    let kp = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref()).unwrap();
+    let point = kp.public_key().as_ref().to_vec();
+    let b64 = crate::crypto::b64url;
+    let mut jwk = json!({"kty": "EC", "crv": "P-256", "kid": "k",
+                         "x": b64(&point[1..33]), "y": b64(&point[33..65])});
+    if let Some(alg) = jwk_alg {
+        jwk["alg"] = json!(alg);
+    }
+    let key = jsonwebtoken::EncodingKey::from_ec_der(pkcs8.as_ref());
+    let sign = move |claims: Value| {
+        let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
+        header.kid = Some("k".into());
+        let a = jsonwebtoken::encode(&header, &claims, &key).unwrap();
+        format!(
+            "grant_type=client_credentials&client_assertion_type=urn%3Aietf%3Aparams%3Aoauth%3Aclient-assertion-type%3Ajwt-bearer&client_assertion={a}"
+        )
+    };
+    (json!({"keys": [jwk]}), sign)
+}
+
+#[tokio::test]
+async fn private_key_jwt_checks_nbf() {
+    let h = harness(Alg::ES256);
+    let (jwks, sign) = p256_client(Some("ES256"));
+    let mut c = cc("pk");
+    c["client_secret"] = Value::Null;
+    c["token_endpoint_auth_method"] = json!("private_key_jwt");
+    c["jwks"] = jwks;
+    create(&h, c).await;
+    let now = clock::now();
+    let aud = "http://127.0.0.1:4444/oauth2/token";
+    let claims = |jti: &str, nbf: i64| json!({"iss": "pk", "sub": "pk", "aud": aud, "jti": jti, "exp": now + 600, "nbf": nbf});
+    // Not yet valid (beyond the 30 s leeway): refused.
+    let r = send(
+        &h.public,
+        form("/oauth2/token", &sign(claims("a", now + 300)), None),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{}", r.body);
+    let r = send(
+        &h.public,
+        form("/oauth2/token", &sign(claims("b", now - 5)), None),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+}
+
+#[tokio::test]
+async fn private_key_jwt_requires_the_jwks_alg() {
+    let h = harness(Alg::ES256);
+    // A P-256 key labelled for another algorithm must not verify an ES256 signature.
+    let (jwks, sign) = p256_client(Some("ES384"));
+    let mut c = cc("pk");
+    c["client_secret"] = Value::Null;
+    c["token_endpoint_auth_method"] = json!("private_key_jwt");
+    c["jwks"] = jwks;
+    create(&h, c).await;
+    let now = clock::now();
+    let claims = json!({"iss": "pk", "sub": "pk", "aud": "http://127.0.0.1:4444/oauth2/token",
+                        "jti": "a", "exp": now + 60});
+    let r = send(&h.public, form("/oauth2/token", &sign(claims), None)).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{}", r.body);
+    // Unlabelled keys verify whatever their type allows.
+    let h = harness(Alg::ES256);
+    let (jwks, sign) = p256_client(None);
+    let mut c = cc("pk");
+    c["client_secret"] = Value::Null;
+    c["token_endpoint_auth_method"] = json!("private_key_jwt");
+    c["jwks"] = jwks;
+    create(&h, c).await;
+    let claims = json!({"iss": "pk", "sub": "pk", "aud": "http://127.0.0.1:4444/oauth2/token",
+                        "jti": "a", "exp": now + 60});
+    let r = send(&h.public, form("/oauth2/token", &sign(claims), None)).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
 }
 
 /// A store whose readiness probe fails, everything else delegated.
@@ -1173,4 +1257,104 @@ fn an_existing_key_keeps_its_algorithm_unless_one_is_asked_for() {
     let mut c = config(fresh.path(), DEFAULT_SIGNING_ALG);
     c.keep_existing_alg = true;
     assert_eq!(current_alg(&Service::open(c).unwrap()), Alg::ES256);
+}
+
+#[tokio::test]
+async fn admin_api_refuses_cross_site_requests_and_foreign_hosts() {
+    let h = harness(Alg::ES256);
+    let with = |mut req: Request<Body>, headers: &[(&'static str, &'static str)]| {
+        for (k, v) in headers {
+            req.headers_mut()
+                .insert(*k, header::HeaderValue::from_static(v));
+        }
+        req
+    };
+    let evil_client = json!({"client_id": "evil", "client_secret": "attacker-chosen",
+                             "grant_types": ["client_credentials"]});
+    // The cross-site form POST a web page can send without a preflight.
+    let req = Request::builder()
+        .method("POST")
+        .uri("/admin/clients")
+        .header(header::CONTENT_TYPE, "text/plain")
+        .body(Body::from(evil_client.to_string()))
+        .unwrap();
+    let r = send(&h.admin, req).await;
+    assert_eq!(r.status, StatusCode::UNSUPPORTED_MEDIA_TYPE, "{}", r.body);
+    assert_eq!(r.body["error"], "unsupported_media_type");
+    for headers in [
+        &[("sec-fetch-site", "cross-site")][..],
+        &[("sec-fetch-site", "same-site")],
+        &[("origin", "http://evil.example")],
+        &[("origin", "null")],
+        &[("origin", "http://localhost:9999")],
+        &[("host", "evil.example:4445")],
+        &[("host", "localhost.evil.example")],
+    ] {
+        let r = send(
+            &h.admin,
+            with(
+                json_req("POST", "/admin/clients", evil_client.clone()),
+                headers,
+            ),
+        )
+        .await;
+        assert_eq!(r.status, StatusCode::FORBIDDEN, "{headers:?}: {}", r.body);
+        assert_eq!(r.body["error"], "request_forbidden");
+        // Reads and form endpoints too: a rebound page must not read clients either.
+        let r = send(&h.admin, with(get("/admin/clients"), headers)).await;
+        assert_eq!(r.status, StatusCode::FORBIDDEN, "{headers:?}: {}", r.body);
+        let r = send(
+            &h.admin,
+            with(form("/admin/oauth2/introspect", "token=x", None), headers),
+        )
+        .await;
+        assert_eq!(r.status, StatusCode::FORBIDDEN, "{headers:?}: {}", r.body);
+    }
+    assert!(h.svc.clients.get("evil").is_none());
+    // Hydra SDKs and curl (JSON, no Origin), a same-origin browser and IP-literal hosts pass.
+    for headers in [
+        &[][..],
+        &[
+            ("host", "localhost:4445"),
+            ("origin", "http://localhost:4445"),
+        ],
+        &[("sec-fetch-site", "same-origin")],
+        &[("host", "10.1.2.3:4445")],
+    ] {
+        let r = send(&h.admin, with(get("/admin/clients"), headers)).await;
+        assert_eq!(r.status, StatusCode::OK, "{headers:?}: {}", r.body);
+    }
+    let mut c = cc("fine");
+    c["client_id"] = json!("fine");
+    let r = send(
+        &h.admin,
+        with(
+            json_req("POST", "/admin/clients", c),
+            &[("content-type", "application/json; charset=utf-8")],
+        ),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+}
+
+#[tokio::test]
+async fn admin_hosts_adds_names() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = config(dir.path(), Alg::ES256);
+    c.admin_hosts = vec!["portcullis-admin.portcullis-system.svc.cluster.local".into()];
+    let admin = admin_app(Service::open(c).unwrap());
+    let mut req = get("/health/alive");
+    req.headers_mut().insert(
+        header::HOST,
+        header::HeaderValue::from_static(
+            "portcullis-admin.portcullis-system.svc.cluster.local:4445",
+        ),
+    );
+    assert_eq!(send(&admin, req).await.status, StatusCode::OK);
+    let mut req = get("/health/alive");
+    req.headers_mut().insert(
+        header::HOST,
+        header::HeaderValue::from_static("portcullis-admin:4445"),
+    );
+    assert_eq!(send(&admin, req).await.status, StatusCode::FORBIDDEN);
 }

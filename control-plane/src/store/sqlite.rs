@@ -60,17 +60,81 @@ CREATE TABLE assertion_jtis (
 );
 "#];
 
+/// Creates `dir` (and parents) with mode 0700, or tightens an existing one when we may.
+fn private_dir(dir: &Path) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)?;
+    }
+    #[cfg(not(unix))]
+    std::fs::create_dir_all(dir)?;
+    tighten(dir, 0o700);
+    Ok(())
+}
+
+/// Creates `path` empty with mode 0600 unless it exists (then tightens it when we may).
+fn private_file(path: &Path) -> std::io::Result<()> {
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+    match opts.open(path) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            tighten(path, 0o600);
+            Ok(())
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Removes group/other access from an existing path. A volume root owned by someone else
+/// (Kubernetes `fsGroup`) cannot be changed: that is logged, not fatal.
+fn tighten(path: &Path, mode: u32) {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let Ok(meta) = std::fs::metadata(path) else {
+            return;
+        };
+        if meta.permissions().mode() & 0o777 & !mode == 0 {
+            return;
+        }
+        if let Err(e) = std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)) {
+            tracing::warn!(path = %path.display(), error = %e, "cannot restrict permissions");
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = (path, mode);
+}
+
 fn db(e: rusqlite::Error) -> StoreError {
     StoreError::Database(e.to_string())
 }
 
 impl SqliteStore {
     /// Opens (creating if needed) `<dir>/portcullis.sqlite` and applies pending migrations.
+    /// The directory is created 0700 and the database 0600 (it holds secret hashes and sealed
+    /// keys); SQLite gives its `-wal` and `-shm` files the database's mode.
     pub fn open(dir: &Path) -> StoreResult<Self> {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| StoreError::Database(format!("creating {}: {e}", dir.display())))?;
-        let conn = Connection::open(dir.join("portcullis.sqlite")).map_err(db)?;
-        Self::from_connection(conn)
+        let io = |what: &Path, e: std::io::Error| {
+            StoreError::Database(format!("creating {}: {e}", what.display()))
+        };
+        private_dir(dir).map_err(|e| io(dir, e))?;
+        let path = dir.join("portcullis.sqlite");
+        private_file(&path).map_err(|e| io(&path, e))?;
+        let conn = Connection::open(&path).map_err(db)?;
+        let store = Self::from_connection(conn)?;
+        for suffix in ["-wal", "-shm"] {
+            let mut side = path.clone().into_os_string();
+            side.push(suffix);
+            tighten(Path::new(&side), 0o600);
+        }
+        Ok(store)
     }
 
     pub fn in_memory() -> StoreResult<Self> {
@@ -433,6 +497,40 @@ impl Store for SqliteStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[cfg(unix)]
+    #[test]
+    fn data_dir_and_database_files_are_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("data");
+        let store = SqliteStore::open(&dir).unwrap();
+        store.insert_client(&client("c")).unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&dir), 0o700);
+        for f in [
+            "portcullis.sqlite",
+            "portcullis.sqlite-wal",
+            "portcullis.sqlite-shm",
+        ] {
+            assert_eq!(mode(&dir.join(f)), 0o600, "{f}");
+        }
+        drop(store);
+        // An existing database left world-readable by an older version is tightened.
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let db = dir.join("portcullis.sqlite");
+        std::fs::set_permissions(&db, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let store = SqliteStore::open(&dir).unwrap();
+        assert_eq!(
+            store
+                .list_clients(None, 10, &ClientFilter::default())
+                .unwrap()
+                .len(),
+            1
+        );
+        assert_eq!(mode(&dir), 0o700);
+        assert_eq!(mode(&db), 0o600);
+    }
 
     fn client(id: &str) -> StoredClient {
         StoredClient {
