@@ -157,7 +157,7 @@ pub struct ServeArgs {
     /// Directory of the embedded database (and of the generated secrets.key).
     #[arg(long, env = "PORTCULLIS_DATA_DIR", default_value = "./data")]
     pub data_dir: PathBuf,
-    /// Algorithm of the access-token signing key [default: ES256 for a new data dir; an
+    /// Algorithm of the access-token signing key [default: RS256 for a new data dir; an
     /// existing one keeps its current key's algorithm]. A value that differs from the current
     /// key's rotates to a new key (the old one stays in the JWKS until its tokens expire).
     #[arg(long, env = "PORTCULLIS_SIGNING_ALG", value_enum)]
@@ -315,7 +315,7 @@ mod tests {
         assert_eq!(c.public_addr.to_string(), "127.0.0.1:4444");
         assert_eq!(c.admin_addr.to_string(), "127.0.0.1:4445");
         assert_eq!(c.issuer, "http://127.0.0.1:4444");
-        assert_eq!(c.signing_alg, Alg::ES256);
+        assert_eq!(c.signing_alg, Alg::RS256);
         assert!(
             c.keep_existing_alg,
             "without --signing-alg an existing key's alg stays"

@@ -2,7 +2,7 @@
 //! `/.well-known/oauth-authorization-server`) and the public JWKS.
 
 use crate::clock;
-use crate::keys::ACCESS_TOKEN_SET;
+use crate::keys::{ACCESS_TOKEN_SET, Alg};
 use crate::server::{Config, Service};
 use axum::extract::State;
 use axum::http::{HeaderValue, header};
@@ -10,7 +10,9 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 use std::sync::Arc;
 
-pub fn metadata(config: &Config) -> Value {
+/// `signing_alg`: the algorithm of the key that signs now (a key rotated in over the admin API
+/// may differ from the configured one), so the document never names an algorithm we do not use.
+pub fn metadata(config: &Config, signing_alg: Alg) -> Value {
     let base = config.issuer.trim_end_matches('/');
     json!({
         "issuer": config.issuer,
@@ -30,7 +32,7 @@ pub fn metadata(config: &Config) -> Value {
             ["client_secret_basic", "client_secret_post", "private_key_jwt"],
         "scopes_supported": [],
         "subject_types_supported": ["public"],
-        "id_token_signing_alg_values_supported": [config.signing_alg.as_str()],
+        "id_token_signing_alg_values_supported": [signing_alg.as_str()],
         "claims_supported": ["iss", "sub", "aud", "exp", "iat", "nbf", "jti", "client_id", "scp"],
         "request_parameter_supported": false,
     })
@@ -46,7 +48,12 @@ pub async fn authorization_endpoint() -> crate::oauth2_error::OAuth2Error {
 }
 
 pub async fn discovery_endpoint(State(svc): State<Arc<Service>>) -> Response {
-    axum::Json(metadata(&svc.config)).into_response()
+    let alg = svc
+        .keys
+        .ring()
+        .current(ACCESS_TOKEN_SET)
+        .map_or(svc.config.signing_alg, |k| k.alg);
+    axum::Json(metadata(&svc.config, alg)).into_response()
 }
 
 pub async fn jwks_endpoint(State(svc): State<Arc<Service>>) -> Response {

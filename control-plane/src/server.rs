@@ -29,11 +29,12 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 use tokio::net::TcpListener;
 
-/// The algorithm of a new store's signing key. ES256 rather than Hydra's RS256: on the 2-core
-/// reference machine RSA-2048 signing caps RS256 at ~7,000 tokens/s (AWS-LC, the faster
-/// library, signs ~3,900/s per core), ES256 issues ~50,000/s. `--signing-alg RS256` remains
-/// for verifiers that accept nothing else.
-pub const DEFAULT_SIGNING_ALG: Alg = Alg::ES256;
+/// The algorithm of a new store's signing key: RS256, as Hydra, OpenID Connect (the ID-token
+/// default) and Oathkeeper's `jwt` authenticator (RS256 only unless `allowed_algorithms` says
+/// otherwise) expect, so tokens work with verifiers configured for Hydra. It costs speed: on
+/// the 2-core reference machine RSA-2048 signing caps RS256 at ~7,000 tokens/s, while
+/// `--signing-alg ES256` issues ~50,000/s.
+pub const DEFAULT_SIGNING_ALG: Alg = Alg::RS256;
 
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -58,7 +59,7 @@ pub struct Config {
 }
 
 impl Config {
-    /// Defaults for a data directory (ports 4444/4445 on loopback, ES256, 1h, wildcard).
+    /// Defaults for a data directory (ports 4444/4445 on loopback, RS256, 1h, wildcard).
     pub fn new(data_dir: PathBuf) -> Self {
         let public_addr = SocketAddr::from(([127, 0, 0, 1], 4444));
         Self {

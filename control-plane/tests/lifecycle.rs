@@ -10,7 +10,7 @@ mod harness;
 use harness::{ACCESS_TOKEN_SET, Reply, Server, TestDir, basic, http, jwt_parts, str_field};
 use serde_json::json;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -95,11 +95,19 @@ async fn kill_9_during_writes_loses_nothing_acknowledged() {
         v
     };
 
-    // Writers: client registrations on three connections, and revocations on one.
+    // Writers: client registrations on three connections, and revocations on one. The counters
+    // say when enough was acknowledged to make the kill meaningful (no fixed sleep: the machine
+    // may be slow).
     let stop = Arc::new(AtomicBool::new(false));
+    let (n_clients, n_revocations, n_tokens) = (
+        Arc::new(AtomicUsize::new(0)),
+        Arc::new(AtomicUsize::new(0)),
+        Arc::new(AtomicUsize::new(0)),
+    );
     let mut writers = Vec::new();
     for w in 0..3 {
         let (url, stop) = (format!("{}/admin/clients", srv.admin()), Arc::clone(&stop));
+        let count = Arc::clone(&n_clients);
         writers.push(tokio::spawn(async move {
             let c = http();
             let mut acked = Vec::new();
@@ -112,7 +120,10 @@ async fn kill_9_during_writes_loses_nothing_acknowledged() {
                     "grant_types": ["client_credentials"],
                 });
                 match c.post(&url).json(&body).send().await {
-                    Ok(r) if r.status() == 201 => acked.push(format!("w{w}-{n}")),
+                    Ok(r) if r.status() == 201 => {
+                        acked.push(format!("w{w}-{n}"));
+                        count.fetch_add(1, Ordering::Relaxed);
+                    }
                     Ok(r) => panic!("registration answered {}", r.status()),
                     Err(_) => break, // the server died mid-request: not acknowledged
                 }
@@ -127,6 +138,7 @@ async fn kill_9_during_writes_loses_nothing_acknowledged() {
             Arc::clone(&stop),
         );
         let tokens = tokens.clone();
+        let count = Arc::clone(&n_revocations);
         tokio::spawn(async move {
             let c = http();
             let mut acked = Vec::new();
@@ -141,7 +153,10 @@ async fn kill_9_during_writes_loses_nothing_acknowledged() {
                     .send()
                     .await
                 {
-                    Ok(r) if r.status() == 200 => acked.push(t),
+                    Ok(r) if r.status() == 200 => {
+                        acked.push(t);
+                        count.fetch_add(1, Ordering::Relaxed);
+                    }
                     Ok(r) => panic!("revocation answered {}", r.status()),
                     Err(_) => break,
                 }
@@ -168,6 +183,7 @@ async fn kill_9_during_writes_loses_nothing_acknowledged() {
             ),
             Arc::clone(&stop),
         );
+        let count = Arc::clone(&n_tokens);
         issuers.push(tokio::spawn(async move {
             let c = http();
             let mut acked = Vec::new();
@@ -184,12 +200,23 @@ async fn kill_9_during_writes_loses_nothing_acknowledged() {
                     break; // the answer was cut by the kill: not acknowledged
                 };
                 acked.push(str_field(&body, "access_token"));
+                count.fetch_add(1, Ordering::Relaxed);
             }
             acked
         }));
     }
 
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !(n_clients.load(Ordering::Relaxed) >= 5
+        && n_revocations.load(Ordering::Relaxed) >= 1
+        && n_tokens.load(Ordering::Relaxed) >= 1)
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "writes were not acknowledged within 60 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     srv.kill(); // SIGKILL while the writers are running
     stop.store(true, Ordering::Relaxed);
     let mut acked_clients = Vec::new();
@@ -474,7 +501,7 @@ fn help_documents_every_flag_and_its_environment_variable() {
         assert!(help.contains(flag), "{flag} missing from --help:\n{help}");
         assert!(help.contains(env), "{env} missing from --help:\n{help}");
     }
-    for default in ["127.0.0.1:4444", "127.0.0.1:4445", "ES256"] {
+    for default in ["127.0.0.1:4444", "127.0.0.1:4445", "RS256"] {
         assert!(
             help.contains(default),
             "default {default} not shown:\n{help}"

@@ -1151,26 +1151,43 @@ fn an_existing_key_keeps_its_algorithm_unless_one_is_asked_for() {
             .map(|k| k.alg)
             .unwrap()
     };
-    // A store from before the default changed: its key is RS256.
-    let svc = Service::open(config(dir.path(), Alg::RS256)).unwrap();
-    assert_eq!(current_alg(&svc), Alg::RS256);
+    // A store from the releases whose default was ES256.
+    let svc = Service::open(config(dir.path(), Alg::ES256)).unwrap();
+    assert_eq!(current_alg(&svc), Alg::ES256);
     drop(svc);
-    // Restarted without --signing-alg: the default (ES256) must not rotate the RS256 key away.
+    // Restarted without --signing-alg: the default (RS256) must not rotate the ES256 key away.
     let mut c = config(dir.path(), DEFAULT_SIGNING_ALG);
     c.keep_existing_alg = true;
     let svc = Service::open(c).unwrap();
-    assert_eq!(current_alg(&svc), Alg::RS256);
-    assert_eq!(svc.config.signing_alg, Alg::RS256, "rotations keep it too");
-    drop(svc);
-    // Asked for explicitly: a new ES256 key signs, the RS256 one stays published.
-    let svc = Service::open(config(dir.path(), Alg::ES256)).unwrap();
     assert_eq!(current_alg(&svc), Alg::ES256);
+    assert_eq!(svc.config.signing_alg, Alg::ES256, "rotations keep it too");
+    drop(svc);
+    // Asked for explicitly: a new RS256 key signs, the ES256 one stays published.
+    let svc = Service::open(config(dir.path(), Alg::RS256)).unwrap();
+    assert_eq!(current_alg(&svc), Alg::RS256);
     let jwks = svc.keys.ring().jwks(ACCESS_TOKEN_SET, crate::clock::now());
     assert_eq!(jwks["keys"].as_array().unwrap().len(), 2, "{jwks}");
     drop(svc);
-    // A fresh store without --signing-alg gets the default.
+    // A fresh store without --signing-alg gets the default, RS256 (what Hydra, OIDC and
+    // Oathkeeper's jwt authenticator expect).
     let fresh = tempfile::tempdir().unwrap();
     let mut c = config(fresh.path(), DEFAULT_SIGNING_ALG);
     c.keep_existing_alg = true;
-    assert_eq!(current_alg(&Service::open(c).unwrap()), Alg::ES256);
+    assert_eq!(current_alg(&Service::open(c).unwrap()), Alg::RS256);
+}
+
+#[tokio::test]
+async fn discovery_names_the_algorithm_that_signs_now() {
+    let h = harness(Alg::ES256);
+    let algs = |r: Reply| r.body["id_token_signing_alg_values_supported"].clone();
+    let r = send(&h.public, get("/.well-known/openid-configuration")).await;
+    assert_eq!(algs(r), json!(["ES256"]));
+    // A key of another algorithm rotated in over the admin API signs from now on.
+    let svc = Arc::clone(&h.svc);
+    tokio::task::spawn_blocking(move || svc.rotate_signing_key(Alg::RS256, None))
+        .await
+        .unwrap()
+        .unwrap();
+    let r = send(&h.public, get("/.well-known/openid-configuration")).await;
+    assert_eq!(algs(r), json!(["RS256"]));
 }
