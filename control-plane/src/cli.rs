@@ -187,6 +187,29 @@ pub struct ServeArgs {
     /// How long in-flight requests may take to finish on SIGTERM/SIGINT.
     #[arg(long, env = "PORTCULLIS_SHUTDOWN_TIMEOUT", default_value = "10s", value_parser = duration)]
     pub shutdown_timeout: Duration,
+    /// The login app (Hydra's `urls.login`): `/oauth2/auth` sends browsers here with a
+    /// `login_challenge`. Without it, the authorization endpoint answers an error naming it.
+    #[arg(long, env = "PORTCULLIS_LOGIN_URL")]
+    pub login_url: Option<String>,
+    /// The consent app (Hydra's `urls.consent`), sent a `consent_challenge`.
+    #[arg(long, env = "PORTCULLIS_CONSENT_URL")]
+    pub consent_url: Option<String>,
+    /// Where browser-flow errors go that cannot go to a client (Hydra's `urls.error`)
+    /// [default: <issuer>/oauth2/fallbacks/error].
+    #[arg(long, env = "PORTCULLIS_ERROR_URL")]
+    pub error_url: Option<String>,
+    /// Require PKCE (S256) from every client in the authorization code flow.
+    #[arg(long, env = "PORTCULLIS_PKCE_ENFORCED")]
+    pub pkce_enforced: bool,
+    /// Require PKCE (S256) from public clients (`token_endpoint_auth_method: none`).
+    #[arg(long, env = "PORTCULLIS_PKCE_ENFORCED_FOR_PUBLIC_CLIENTS")]
+    pub pkce_enforced_for_public_clients: bool,
+    /// Default ID token lifetime, overridable per client.
+    #[arg(long, env = "PORTCULLIS_ID_TOKEN_TTL", default_value = "1h", value_parser = duration)]
+    pub id_token_ttl: Duration,
+    /// Default refresh token lifetime, overridable per client.
+    #[arg(long, env = "PORTCULLIS_REFRESH_TOKEN_TTL", default_value = "720h", value_parser = duration)]
+    pub refresh_token_ttl: Duration,
     /// Manifests mode: reconcile OAuth2Client/Rule/Secret manifests from this directory
     /// (watched), writing an Envoy ECDS file per workload.
     #[arg(long, env = "PORTCULLIS_MANIFESTS", conflicts_with = "kubernetes")]
@@ -295,6 +318,13 @@ impl ServeArgs {
         config.secrets_file = self.secrets_file;
         config.secrets_system = self.secrets_system;
         config.shutdown_timeout = self.shutdown_timeout;
+        config.flows.login_url = self.login_url.filter(|u| !u.is_empty());
+        config.flows.consent_url = self.consent_url.filter(|u| !u.is_empty());
+        config.flows.error_url = self.error_url.filter(|u| !u.is_empty());
+        config.flows.pkce_enforced = self.pkce_enforced;
+        config.flows.pkce_enforced_for_public_clients = self.pkce_enforced_for_public_clients;
+        config.flows.id_token_ttl = self.id_token_ttl;
+        config.flows.refresh_token_ttl = self.refresh_token_ttl;
         config
     }
 }
@@ -356,6 +386,34 @@ mod tests {
         assert_eq!(c.access_token_ttl, Duration::from_secs(300));
         assert_eq!(c.scope_strategy, ScopeStrategy::Exact);
         assert_eq!(c.key_rotation, Some(Duration::from_secs(86_400)));
+        let cli = Cli::try_parse_from([
+            "portcullis",
+            "serve",
+            "--login-url",
+            "https://app.example/login",
+            "--consent-url",
+            "https://app.example/consent",
+            "--pkce-enforced-for-public-clients",
+            "--refresh-token-ttl",
+            "2h",
+        ])
+        .unwrap();
+        let Command::Serve(args) = cli.command else {
+            panic!("serve")
+        };
+        let c = args.into_config();
+        assert_eq!(
+            c.flows.login_url.as_deref(),
+            Some("https://app.example/login")
+        );
+        assert_eq!(
+            c.flows.consent_url.as_deref(),
+            Some("https://app.example/consent")
+        );
+        assert!(c.flows.error_url.is_none());
+        assert!(c.flows.pkce_enforced_for_public_clients && !c.flows.pkce_enforced);
+        assert_eq!(c.flows.refresh_token_ttl, Duration::from_secs(7200));
+        assert_eq!(c.flows.id_token_ttl, Duration::from_secs(3600));
         assert!(Cli::try_parse_from(["portcullis", "serve", "--signing-alg", "HS256"]).is_err());
     }
 

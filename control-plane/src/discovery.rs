@@ -16,35 +16,36 @@ pub fn metadata(config: &Config, signing_alg: Alg) -> Value {
     let base = config.issuer.trim_end_matches('/');
     json!({
         "issuer": config.issuer,
-        // OpenID discovery requires it (and so do client libraries that parse this document);
-        // the endpoint exists but refuses every response type: this server is M2M only.
         "authorization_endpoint": format!("{base}/oauth2/auth"),
         "token_endpoint": config.token_endpoint(),
         "jwks_uri": format!("{base}/.well-known/jwks.json"),
         "revocation_endpoint": format!("{base}/oauth2/revoke"),
-        "grant_types_supported": ["client_credentials"],
-        "response_types_supported": ["token"],
+        // The browser grants only when the login and consent apps are configured.
+        "grant_types_supported": if config.flows.login_url.is_some() {
+            json!(["authorization_code", "refresh_token", "client_credentials"])
+        } else {
+            json!(["client_credentials"])
+        },
+        // Only the code flow: implicit and hybrid response types are not offered.
+        "response_types_supported": ["code"],
+        "response_modes_supported": ["query"],
+        // Plain is refused (as Hydra does in practice, though Hydra still lists it).
+        "code_challenge_methods_supported": ["S256"],
         "token_endpoint_auth_methods_supported":
-            ["client_secret_basic", "client_secret_post", "private_key_jwt"],
+            ["client_secret_basic", "client_secret_post", "private_key_jwt", "none"],
         "token_endpoint_auth_signing_alg_values_supported":
             ["RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA"],
         "revocation_endpoint_auth_methods_supported":
             ["client_secret_basic", "client_secret_post", "private_key_jwt"],
-        "scopes_supported": [],
+        "scopes_supported": ["openid", "offline", "offline_access"],
         "subject_types_supported": ["public"],
         "id_token_signing_alg_values_supported": [signing_alg.as_str()],
-        "claims_supported": ["iss", "sub", "aud", "exp", "iat", "nbf", "jti", "client_id", "scp"],
+        "claims_supported": ["iss", "sub", "aud", "exp", "iat", "jti", "auth_time", "nonce",
+            "at_hash", "acr", "amr", "sid", "rat", "nbf", "client_id", "scp"],
         "request_parameter_supported": false,
+        "request_uri_parameter_supported": false,
+        "claims_parameter_supported": false,
     })
-}
-
-/// `/oauth2/auth`: browser flows are not offered (RFC 6749 4.1.2.1 error, no redirect since no
-/// client redirect URI can be trusted here).
-pub async fn authorization_endpoint() -> crate::oauth2_error::OAuth2Error {
-    crate::oauth2_error::OAuth2Error::new(
-        crate::oauth2_error::ErrorCode::UnsupportedResponseType,
-        "This server only issues tokens with the client_credentials grant.",
-    )
 }
 
 pub async fn discovery_endpoint(State(svc): State<Arc<Service>>) -> Response {

@@ -7,18 +7,26 @@
 
 pub mod admin;
 pub mod assertion;
+pub mod authorize;
+pub mod browser_session;
 pub mod cli;
 pub mod client;
 pub mod clock;
+pub mod code_grant;
 pub mod crypto;
 pub mod discovery;
+pub mod flow;
+pub mod grant_tokens;
 pub mod health;
+pub mod id_token;
 pub mod introspect;
 pub mod keys;
 pub mod kubernetes_mode;
+pub mod login_consent;
 pub mod manifests_mode;
 pub mod metrics;
 pub mod oauth2_error;
+pub mod refresh;
 pub mod request;
 pub mod revoke;
 pub mod secret;

@@ -56,6 +56,8 @@ pub struct Config {
     pub secrets_system: Option<String>,
     pub shutdown_timeout: Duration,
     pub purge_interval: Duration,
+    /// Browser flows (login/consent URLs, PKCE, lifetimes).
+    pub flows: crate::flow::FlowConfig,
 }
 
 impl Config {
@@ -76,6 +78,7 @@ impl Config {
             secrets_system: None,
             shutdown_timeout: Duration::from_secs(10),
             purge_interval: Duration::from_secs(60),
+            flows: crate::flow::FlowConfig::default(),
         }
     }
 
@@ -294,7 +297,12 @@ pub fn public_app(svc: Arc<Service>) -> Router {
         .route("/oauth2/revoke", post(revoke::revoke_endpoint))
         .route(
             "/oauth2/auth",
-            get(discovery::authorization_endpoint).post(discovery::authorization_endpoint),
+            get(crate::authorize::authorization_endpoint)
+                .post(crate::authorize::authorization_endpoint),
+        )
+        .route(
+            "/oauth2/fallbacks/error",
+            get(crate::authorize::fallback_error),
         )
         .route(
             "/.well-known/openid-configuration",
@@ -333,7 +341,31 @@ pub fn admin_app(svc: Arc<Service>) -> Router {
             "/keys/{set}/{kid}",
             get(admin::get_key).delete(admin::delete_key),
         )
-        .route("/metrics/prometheus", get(metrics::prometheus_endpoint));
+        .route("/metrics/prometheus", get(metrics::prometheus_endpoint))
+        .route(
+            "/oauth2/auth/requests/login",
+            get(crate::login_consent::get_login_request),
+        )
+        .route(
+            "/oauth2/auth/requests/login/accept",
+            axum::routing::put(crate::login_consent::accept_login),
+        )
+        .route(
+            "/oauth2/auth/requests/login/reject",
+            axum::routing::put(crate::login_consent::reject_login),
+        )
+        .route(
+            "/oauth2/auth/requests/consent",
+            get(crate::login_consent::get_consent_request),
+        )
+        .route(
+            "/oauth2/auth/requests/consent/accept",
+            axum::routing::put(crate::login_consent::accept_consent),
+        )
+        .route(
+            "/oauth2/auth/requests/consent/reject",
+            axum::routing::put(crate::login_consent::reject_consent),
+        );
     let r = Router::new().merge(routes.clone()).nest("/admin", routes);
     common(r, &svc, "admin")
 }

@@ -767,8 +767,17 @@ async fn discovery_health_and_not_found() {
         get("/oauth2/auth?response_type=code&client_id=x"),
     )
     .await;
-    assert_eq!(r.status, StatusCode::BAD_REQUEST);
-    assert_eq!(r.body["error"], "unsupported_response_type");
+    // Without a login app the endpoint says which flag is missing.
+    assert_eq!(r.status, StatusCode::INTERNAL_SERVER_ERROR);
+    assert_eq!(r.body["error"], "server_error");
+    assert!(
+        r.body["error_description"]
+            .as_str()
+            .unwrap()
+            .contains("--login-url"),
+        "{}",
+        r.body
+    );
     let r = send(&h.public, get("/oauth2/token")).await;
     assert_eq!(r.status, StatusCode::METHOD_NOT_ALLOWED);
     assert_eq!(r.body["error"], "method_not_allowed");
@@ -1088,6 +1097,61 @@ impl Store for BrokenStore {
     }
     fn use_assertion_jti(&self, id: &str, jti: &str, exp: i64) -> crate::store::StoreResult<bool> {
         self.0.use_assertion_jti(id, jti, exp)
+    }
+    fn insert_flow(&self, f: &crate::store::StoredFlow) -> crate::store::StoreResult<()> {
+        self.0.insert_flow(f)
+    }
+    fn get_flow(&self, id: &str) -> crate::store::StoreResult<Option<crate::store::StoredFlow>> {
+        self.0.get_flow(id)
+    }
+    fn advance_flow(
+        &self,
+        from: i64,
+        f: &crate::store::StoredFlow,
+    ) -> crate::store::StoreResult<bool> {
+        self.0.advance_flow(from, f)
+    }
+    fn put_session(
+        &self,
+        kind: &str,
+        s: &crate::store::StoredSession,
+    ) -> crate::store::StoreResult<()> {
+        self.0.put_session(kind, s)
+    }
+    fn get_session(
+        &self,
+        kind: &str,
+        id: &str,
+    ) -> crate::store::StoreResult<Option<crate::store::StoredSession>> {
+        self.0.get_session(kind, id)
+    }
+    fn delete_session(&self, kind: &str, id: &str) -> crate::store::StoreResult<bool> {
+        self.0.delete_session(kind, id)
+    }
+    fn insert_refresh_token(
+        &self,
+        t: &crate::store::StoredRefreshToken,
+    ) -> crate::store::StoreResult<()> {
+        self.0.insert_refresh_token(t)
+    }
+    fn get_refresh_token(
+        &self,
+        h: &[u8; 32],
+    ) -> crate::store::StoreResult<Option<crate::store::StoredRefreshToken>> {
+        self.0.get_refresh_token(h)
+    }
+    fn rotate_refresh_token(
+        &self,
+        old: &[u8; 32],
+        new: &crate::store::StoredRefreshToken,
+    ) -> crate::store::StoreResult<bool> {
+        self.0.rotate_refresh_token(old, new)
+    }
+    fn revoke_refresh_chain(
+        &self,
+        chain: &str,
+    ) -> crate::store::StoreResult<Vec<crate::store::StoredRefreshToken>> {
+        self.0.revoke_refresh_chain(chain)
     }
     fn purge_expired(&self, now: i64) -> crate::store::StoreResult<usize> {
         self.0.purge_expired(now)
