@@ -160,6 +160,9 @@ pub async fn exchange(
         grant_tokens::revoke_grant(svc, &flow.grant_id, &flow.issued).await?;
         return Err(replayed(svc, id).await?);
     }
+    if grant.has_scope("openid") {
+        crate::userinfo::record(svc, &issued.access_jti, issued.access_exp, &grant).await?;
+    }
     Ok(grant_tokens::response(&issued, &grant))
 }
 

@@ -33,3 +33,4 @@ pub mod secret;
 pub mod server;
 pub mod store;
 pub mod token;
+pub mod userinfo;

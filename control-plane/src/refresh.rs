@@ -94,5 +94,8 @@ pub async fn exchange(
     if state.access_exp > clock::now() {
         svc.revoke_jti(state.access_jti, state.access_exp).await?;
     }
+    if grant.has_scope("openid") {
+        crate::userinfo::record(svc, &issued.access_jti, issued.access_exp, &grant).await?;
+    }
     Ok(grant_tokens::response(&issued, &grant))
 }

@@ -305,6 +305,10 @@ pub fn public_app(svc: Arc<Service>) -> Router {
             get(crate::authorize::fallback_error),
         )
         .route(
+            "/userinfo",
+            get(crate::userinfo::userinfo_endpoint).post(crate::userinfo::userinfo_endpoint),
+        )
+        .route(
             "/.well-known/openid-configuration",
             get(discovery::discovery_endpoint),
         )

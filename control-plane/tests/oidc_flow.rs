@@ -379,10 +379,59 @@ async fn code_flow_with_an_independent_relying_party() {
     assert_eq!(access["aud"], json!(["https://api.example"]));
     assert_eq!(access["scp"], json!(["openid", "offline"]));
     assert_eq!(access["ext"], json!({"team": "blue"}));
+    let info = srv.introspect(tokens.access_token().secret()).await;
+    assert_eq!(info["active"], true);
     assert_eq!(
-        srv.introspect(tokens.access_token().secret()).await["active"],
-        true
+        info["sub"], "alice",
+        "introspection names the person, not the client"
     );
+    assert_eq!(info["client_id"], id.as_str());
+    // /userinfo: the person's claims, by Bearer header or (POST) form parameter.
+    let ui = Reply::from(
+        http()
+            .get(format!("{}/userinfo", srv.public()))
+            .bearer_auth(tokens.access_token().secret())
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(ui.status, 200, "{}", ui.body);
+    assert_eq!(ui.json["sub"], "alice");
+    assert_eq!(ui.json["email"], "alice@example.com");
+    assert!(ui.json.get("nonce").is_none() && ui.json.get("sid").is_none());
+    let ui = Reply::from(
+        http()
+            .post(format!("{}/userinfo", srv.public()))
+            .form(&[("access_token", tokens.access_token().secret().as_str())])
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(ui.json["sub"], "alice", "{}", ui.body);
+    for auth in [None, Some("Bearer not-a-token".to_string())] {
+        let mut req = http().get(format!("{}/userinfo", srv.public()));
+        if let Some(a) = &auth {
+            req = req.header("authorization", a);
+        }
+        let r = Reply::from(req.send().await.unwrap()).await;
+        r.assert_oauth_error(401, "invalid_token");
+        assert!(r.header("www-authenticate").unwrap().starts_with("Bearer"));
+    }
+    // A client_credentials token speaks for no person.
+    let (cc, cc_secret) = srv.cc_client("", &[]).await;
+    let m2m = srv.token(&cc, &cc_secret, &[]).await;
+    let r = Reply::from(
+        http()
+            .get(format!("{}/userinfo", srv.public()))
+            .bearer_auth(&m2m)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    r.assert_oauth_error(401, "invalid_token");
     let refresh = tokens
         .refresh_token()
         .expect("refresh token with offline")
