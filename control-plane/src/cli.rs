@@ -194,6 +194,14 @@ pub struct ServeArgs {
     /// The consent app (Hydra's `urls.consent`), sent a `consent_challenge`.
     #[arg(long, env = "PORTCULLIS_CONSENT_URL")]
     pub consent_url: Option<String>,
+    /// The logout app (Hydra's `urls.logout`), sent a `logout_challenge` by
+    /// `/oauth2/sessions/logout`.
+    #[arg(long, env = "PORTCULLIS_LOGOUT_URL")]
+    pub logout_url: Option<String>,
+    /// Where a finished logout goes without a `post_logout_redirect_uri` (Hydra's
+    /// `urls.post_logout_redirect`) [default: <issuer>/oauth2/fallbacks/logout/callback].
+    #[arg(long, env = "PORTCULLIS_POST_LOGOUT_URL")]
+    pub post_logout_url: Option<String>,
     /// Where browser-flow errors go that cannot go to a client (Hydra's `urls.error`)
     /// [default: <issuer>/oauth2/fallbacks/error].
     #[arg(long, env = "PORTCULLIS_ERROR_URL")]
@@ -321,6 +329,8 @@ impl ServeArgs {
         config.flows.login_url = self.login_url.filter(|u| !u.is_empty());
         config.flows.consent_url = self.consent_url.filter(|u| !u.is_empty());
         config.flows.error_url = self.error_url.filter(|u| !u.is_empty());
+        config.flows.logout_url = self.logout_url.filter(|u| !u.is_empty());
+        config.flows.post_logout_url = self.post_logout_url.filter(|u| !u.is_empty());
         config.flows.pkce_enforced = self.pkce_enforced;
         config.flows.pkce_enforced_for_public_clients = self.pkce_enforced_for_public_clients;
         config.flows.id_token_ttl = self.id_token_ttl;

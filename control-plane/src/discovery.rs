@@ -20,6 +20,7 @@ pub fn metadata(config: &Config, signing_alg: Alg) -> Value {
         "token_endpoint": config.token_endpoint(),
         "jwks_uri": format!("{base}/.well-known/jwks.json"),
         "userinfo_endpoint": format!("{base}/userinfo"),
+        "end_session_endpoint": format!("{base}/oauth2/sessions/logout"),
         "revocation_endpoint": format!("{base}/oauth2/revoke"),
         // The browser grants only when the login and consent apps are configured.
         "grant_types_supported": if config.flows.login_url.is_some() {

@@ -267,8 +267,10 @@ pub async fn load(svc: &Service, id: &str) -> Result<Option<(Flow, Stage)>, OAut
     if stored.expires_at <= clock::now() {
         return Ok(None);
     }
-    let stage = Stage::from_i64(stored.stage)
-        .ok_or_else(|| OAuth2Error::server_error(format!("flow stage {}", stored.stage)))?;
+    // Other kinds of request (logout) share the table: not a login flow.
+    let Some(stage) = Stage::from_i64(stored.stage) else {
+        return Ok(None);
+    };
     let flow: Flow = serde_json::from_str(&stored.json).map_err(OAuth2Error::server_error)?;
     Ok(Some((flow, stage)))
 }

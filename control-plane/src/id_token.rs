@@ -1,8 +1,10 @@
 //! ID tokens (OpenID Connect Core 2): the claims Hydra puts in them, signed with the service's
 //! current signing key (published in the JWKS and rotated with the access-token keys).
 
-use crate::crypto::{b64url, sha256};
+use crate::crypto::{b64url, b64url_decode, sha256};
 use crate::grant_tokens::Grant;
+use crate::keys::ACCESS_TOKEN_SET;
+use crate::server::Service;
 use serde_json::{Map, Value, json};
 
 /// Claims the consent app's `session.id_token` may not set: they carry the server's assertions.
@@ -68,6 +70,33 @@ pub fn claims(
     }
     c.insert("sid".into(), json!(grant.sid));
     c
+}
+
+/// The claims of an ID token this server signed (`id_token_hint`): signature by one of our keys
+/// (an expired token is fine, as OIDC allows for hints), our issuer, and a `sid` (which access
+/// tokens do not have, so one cannot stand in for an ID token).
+pub fn verify_hint(svc: &Service, token: &str) -> Option<Map<String, Value>> {
+    let (signed, sig) = token.rsplit_once('.')?;
+    let (header_b64, claims_b64) = signed.split_once('.')?;
+    let header: Value = serde_json::from_slice(&b64url_decode(header_b64)?).ok()?;
+    let ring = svc.keys.ring();
+    let key = ring.find(ACCESS_TOKEN_SET, header.get("kid")?.as_str()?)?;
+    if header.get("alg")?.as_str()? != key.alg.as_str()
+        || !key.verify(signed.as_bytes(), &b64url_decode(sig)?)
+    {
+        return None;
+    }
+    let claims: Map<String, Value> = serde_json::from_slice(&b64url_decode(claims_b64)?).ok()?;
+    let ok = claims.get("iss").and_then(Value::as_str) == Some(svc.config.issuer.as_str())
+        && claims
+            .get("sid")
+            .and_then(Value::as_str)
+            .is_some_and(|s| !s.is_empty())
+        && claims
+            .get("sub")
+            .and_then(Value::as_str)
+            .is_some_and(|s| !s.is_empty());
+    ok.then_some(claims)
 }
 
 #[cfg(test)]

@@ -23,6 +23,7 @@ pub mod introspect;
 pub mod keys;
 pub mod kubernetes_mode;
 pub mod login_consent;
+pub mod logout;
 pub mod manifests_mode;
 pub mod metrics;
 pub mod oauth2_error;

@@ -305,6 +305,14 @@ pub fn public_app(svc: Arc<Service>) -> Router {
             get(crate::authorize::fallback_error),
         )
         .route(
+            "/oauth2/sessions/logout",
+            get(crate::logout::logout_endpoint).post(crate::logout::logout_endpoint),
+        )
+        .route(
+            "/oauth2/fallbacks/logout/callback",
+            get(crate::logout::logged_out),
+        )
+        .route(
             "/userinfo",
             get(crate::userinfo::userinfo_endpoint).post(crate::userinfo::userinfo_endpoint),
         )
@@ -369,6 +377,18 @@ pub fn admin_app(svc: Arc<Service>) -> Router {
         .route(
             "/oauth2/auth/requests/consent/reject",
             axum::routing::put(crate::login_consent::reject_consent),
+        )
+        .route(
+            "/oauth2/auth/requests/logout",
+            get(crate::logout::get_logout_request),
+        )
+        .route(
+            "/oauth2/auth/requests/logout/accept",
+            axum::routing::put(crate::logout::accept_logout),
+        )
+        .route(
+            "/oauth2/auth/requests/logout/reject",
+            axum::routing::put(crate::logout::reject_logout),
         );
     let r = Router::new().merge(routes.clone()).nest("/admin", routes);
     common(r, &svc, "admin")

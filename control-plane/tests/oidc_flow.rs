@@ -419,6 +419,21 @@ async fn code_flow_with_an_independent_relying_party() {
         r.assert_oauth_error(401, "invalid_token");
         assert!(r.header("www-authenticate").unwrap().starts_with("Bearer"));
     }
+    // An ID token is no access token.
+    assert_eq!(
+        srv.introspect(&id_token.to_string()).await,
+        json!({"active": false})
+    );
+    let r = Reply::from(
+        http()
+            .get(format!("{}/userinfo", srv.public()))
+            .bearer_auth(id_token.to_string())
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    r.assert_oauth_error(401, "invalid_token");
     // A client_credentials token speaks for no person.
     let (cc, cc_secret) = srv.cc_client("", &[]).await;
     let m2m = srv.token(&cc, &cc_secret, &[]).await;
@@ -935,4 +950,119 @@ async fn public_client_with_pkce_and_concurrent_refresh_has_one_winner() {
     )
     .await
     .assert_oauth_error(400, "invalid_grant");
+}
+
+#[tokio::test]
+async fn rp_initiated_logout_through_the_logout_app() {
+    const LOGOUT_APP: &str = "https://login.example/logout";
+    const BYE: &str = "https://rp.example/bye";
+    let dir = TestDir::new();
+    let srv = Server::start(
+        &dir.data(),
+        &[
+            "--login-url",
+            LOGIN_APP,
+            "--consent-url",
+            CONSENT_APP,
+            "--logout-url",
+            LOGOUT_APP,
+        ],
+    )
+    .await;
+    let c = srv
+        .create_client(json!({
+            "grant_types": ["authorization_code"],
+            "scope": "openid",
+            "redirect_uris": [CALLBACK],
+            "post_logout_redirect_uris": [BYE],
+            "audience": ["https://api.example"],
+        }))
+        .await;
+    let (id, secret) = (str_field(&c, "client_id"), str_field(&c, "client_secret"));
+    let mut browser = Browser::default();
+    let url = format!(
+        "{}/oauth2/auth?client_id={id}&response_type=code&scope=openid&state=state-4242&redirect_uri={}",
+        srv.public(),
+        form(CALLBACK)
+    );
+    let back = authorize(&srv, &mut browser, &url, "erin", &["openid"]).await;
+    let code = query_param(&back, "code").unwrap();
+    let t = srv
+        .token_basic(
+            &id,
+            &secret,
+            &[
+                ("grant_type", "authorization_code"),
+                ("code", code.as_str()),
+                ("redirect_uri", CALLBACK),
+            ],
+        )
+        .await;
+    assert_eq!(t.status, 200, "{}", t.body);
+    let id_token = str_field(&t.json, "id_token");
+    let access = str_field(&t.json, "access_token");
+    let logout = format!("{}/oauth2/sessions/logout", srv.public());
+
+    // An unregistered post_logout_redirect_uri, or an access token as hint: the error page.
+    for query in [
+        format!(
+            "id_token_hint={id_token}&post_logout_redirect_uri={}",
+            form("https://evil.example/")
+        ),
+        format!(
+            "id_token_hint={access}&post_logout_redirect_uri={}",
+            form(BYE)
+        ),
+        format!("post_logout_redirect_uri={}", form(BYE)),
+    ] {
+        let r = browser.get(&format!("{logout}?{query}")).await;
+        assert_eq!(r.status, 302, "{query}: {}", r.body);
+        let to = location(&r);
+        assert!(to.contains("/oauth2/fallbacks/error"), "{query}: {to}");
+    }
+
+    let r = browser
+        .get(&format!(
+            "{logout}?id_token_hint={id_token}&post_logout_redirect_uri={}&state=bye-state",
+            form(BYE)
+        ))
+        .await;
+    assert_eq!(r.status, 302, "{}", r.body);
+    let to_app = location(&r);
+    assert!(to_app.starts_with(LOGOUT_APP), "{to_app}");
+    let q = format!(
+        "logout_challenge={}",
+        query_param(&to_app, "logout_challenge").unwrap()
+    );
+    let lr = admin(&srv, "GET", &format!("logout?{q}"), None).await;
+    assert_eq!(lr.status, 200, "{}", lr.body);
+    assert_eq!(lr.json["subject"], "erin");
+    assert_eq!(lr.json["rp_initiated"], true);
+    assert_eq!(lr.json["client"]["client_id"], id.as_str());
+    let acc = admin(&srv, "PUT", &format!("logout/accept?{q}"), None).await;
+    assert_eq!(acc.status, 200, "{}", acc.body);
+    assert_eq!(
+        admin(&srv, "GET", &format!("logout?{q}"), None)
+            .await
+            .status,
+        410
+    );
+    let verifier_url = str_field(&acc.json, "redirect_to");
+    let r = browser.get(&verifier_url).await;
+    assert_eq!(r.status, 302, "{}", r.body);
+    assert_eq!(location(&r), format!("{BYE}?state=bye-state"));
+    assert!(
+        !browser.cookies.contains_key("ory_hydra_session_dev"),
+        "session cookie cleared"
+    );
+    // The verifier works once.
+    let r = browser.get(&verifier_url).await;
+    assert!(location(&r).contains("/oauth2/fallbacks/error"));
+
+    // The session is gone server-side too: prompt=none now needs a login.
+    let r = browser.get(&format!("{url}&prompt=none")).await;
+    assert_eq!(
+        query_param(&location(&r), "error").as_deref(),
+        Some("login_required")
+    );
 }
