@@ -17,8 +17,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::sync::Arc;
 
-const LOGIN: &str = "login";
-const CONSENT: &str = "consent";
+pub const LOGIN: &str = "login";
+pub const CONSENT: &str = "consent";
 
 /// Whether cookies get `Secure`: always, except for a plain-http loopback issuer.
 pub fn secure_cookies(issuer: &str) -> bool {
@@ -125,7 +125,7 @@ pub struct RememberedConsent {
     pub handled_at: i64,
 }
 
-fn consent_key(client_id: &str, subject: &str) -> String {
+pub fn consent_key(client_id: &str, subject: &str) -> String {
     // JSON keeps the pair unambiguous whatever characters the two contain.
     serde_json::to_string(&[client_id, subject]).unwrap_or_default()
 }

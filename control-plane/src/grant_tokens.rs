@@ -143,6 +143,7 @@ pub fn mint(
             hash: sha256(token.as_bytes()),
             chain: grant.grant_id.clone(),
             client_id: client.client.client_id.clone(),
+            subject: grant.subject.clone(),
             active: true,
             json: serde_json::to_string(&state).map_err(OAuth2Error::server_error)?,
             expires_at: now.saturating_add(life.refresh),

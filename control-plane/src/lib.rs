@@ -32,6 +32,7 @@ pub mod request;
 pub mod revoke;
 pub mod secret;
 pub mod server;
+pub mod sessions;
 pub mod store;
 pub mod token;
 pub mod userinfo;

@@ -245,7 +245,7 @@ async fn finish(svc: &Service, verifier: &str) -> Result<Response, OAuth2Error> 
     }
     let store = Arc::clone(&svc.store);
     let sid = req.sid.clone();
-    blocking(move || store.delete_session("login", &sid)).await?;
+    blocking(move || store.delete_session(browser_session::LOGIN, &sid)).await?;
     let to = match &req.post_logout_redirect_uri {
         Some(uri) => with_state(uri, req.state.as_deref()),
         None => post_logout_default(svc),

@@ -379,6 +379,14 @@ pub fn admin_app(svc: Arc<Service>) -> Router {
             axum::routing::put(crate::login_consent::reject_consent),
         )
         .route(
+            "/oauth2/auth/sessions/consent",
+            get(crate::sessions::list_consents).delete(crate::sessions::revoke_consents),
+        )
+        .route(
+            "/oauth2/auth/sessions/login",
+            axum::routing::delete(crate::sessions::revoke_logins),
+        )
+        .route(
             "/oauth2/auth/requests/logout",
             get(crate::logout::get_logout_request),
         )

@@ -70,6 +70,8 @@ pub struct StoredRefreshToken {
     pub hash: [u8; 32],
     pub chain: String,
     pub client_id: String,
+    /// The person the grant is for (revoking a subject's consent finds its chains).
+    pub subject: String,
     pub active: bool,
     pub json: String,
     pub expires_at: i64,
@@ -142,6 +144,10 @@ pub trait Store: Send + Sync + 'static {
     fn put_session(&self, kind: &str, session: &StoredSession) -> StoreResult<()>;
     fn get_session(&self, kind: &str, id: &str) -> StoreResult<Option<StoredSession>>;
     fn delete_session(&self, kind: &str, id: &str) -> StoreResult<bool>;
+    /// Every live-or-not row of `kind` for `subject`.
+    fn list_sessions(&self, kind: &str, subject: &str) -> StoreResult<Vec<StoredSession>>;
+    /// Deletes every row of `kind` for `subject`; returns how many went.
+    fn delete_sessions(&self, kind: &str, subject: &str) -> StoreResult<usize>;
 
     fn insert_refresh_token(&self, token: &StoredRefreshToken) -> StoreResult<()>;
     fn get_refresh_token(&self, hash: &[u8; 32]) -> StoreResult<Option<StoredRefreshToken>>;
@@ -151,6 +157,12 @@ pub trait Store: Send + Sync + 'static {
     fn rotate_refresh_token(&self, old: &[u8; 32], new: &StoredRefreshToken) -> StoreResult<bool>;
     /// Deactivates every token of `chain`; returns all of its rows (to revoke what they issued).
     fn revoke_refresh_chain(&self, chain: &str) -> StoreResult<Vec<StoredRefreshToken>>;
+    /// Deactivates every refresh token of `subject` (of one client, or all); returns the rows.
+    fn revoke_refresh_tokens_of(
+        &self,
+        subject: &str,
+        client_id: Option<&str>,
+    ) -> StoreResult<Vec<StoredRefreshToken>>;
 
     /// Deletes expired tokens, revocations, assertion ids and retired keys; returns rows removed.
     fn purge_expired(&self, now: i64) -> StoreResult<usize>;

@@ -16,7 +16,7 @@ use serde_json::{Map, Value, json};
 use std::sync::Arc;
 
 /// Store kind of the rows that tie an access token (`jti`) to its grant.
-const KIND: &str = "userinfo";
+pub const KIND: &str = "userinfo";
 
 /// Records who an access token with `openid` speaks for, until it expires.
 pub async fn record(svc: &Service, jti: &str, exp: i64, grant: &Grant) -> Result<(), OAuth2Error> {

@@ -1066,3 +1066,130 @@ async fn rp_initiated_logout_through_the_logout_app() {
         Some("login_required")
     );
 }
+
+#[tokio::test]
+async fn revoking_consent_revokes_its_tokens_and_ending_logins_needs_a_new_login() {
+    let dir = TestDir::new();
+    let srv = start(&dir).await;
+    let (id, secret) = web_client(&srv).await;
+    let mut browser = Browser::default();
+    let url = format!(
+        "{}/oauth2/auth?client_id={id}&response_type=code&scope=openid+offline&state=state-7777&redirect_uri={}",
+        srv.public(),
+        form(CALLBACK)
+    );
+    let back = authorize(&srv, &mut browser, &url, "frank", &["openid", "offline"]).await;
+    let code = query_param(&back, "code").unwrap();
+    let t = srv
+        .token_basic(
+            &id,
+            &secret,
+            &[
+                ("grant_type", "authorization_code"),
+                ("code", code.as_str()),
+                ("redirect_uri", CALLBACK),
+            ],
+        )
+        .await;
+    assert_eq!(t.status, 200, "{}", t.body);
+    let (access, refresh) = (
+        str_field(&t.json, "access_token"),
+        str_field(&t.json, "refresh_token"),
+    );
+    let sessions = format!("{}/admin/oauth2/auth/sessions", srv.admin());
+
+    let list = Reply::from(
+        http()
+            .get(format!("{sessions}/consent?subject=frank"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(list.status, 200, "{}", list.body);
+    assert_eq!(list.json.as_array().unwrap().len(), 1, "{}", list.body);
+    assert_eq!(list.json[0]["grant_scope"], json!(["openid", "offline"]));
+    assert_eq!(
+        list.json[0]["consent_request"]["client"]["client_id"],
+        id.as_str()
+    );
+    let none = Reply::from(
+        http()
+            .get(format!("{sessions}/consent?subject=nobody"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(none.json, json!([]));
+
+    // Ending the login sessions: prompt=none needs a login again.
+    let r = Reply::from(
+        http()
+            .delete(format!("{sessions}/login"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    r.assert_oauth_error(400, "invalid_request");
+    let r = Reply::from(
+        http()
+            .delete(format!("{sessions}/login?subject=frank"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(r.status, 204, "{}", r.body);
+    let r = browser.get(&format!("{url}&prompt=none")).await;
+    assert_eq!(
+        query_param(&location(&r), "error").as_deref(),
+        Some("login_required")
+    );
+    assert_eq!(
+        srv.introspect(&access).await["active"],
+        true,
+        "tokens survive a logout"
+    );
+
+    // Revoking the consent revokes the grant's tokens.
+    let r = Reply::from(
+        http()
+            .delete(format!("{sessions}/consent?subject=frank"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    r.assert_oauth_error(400, "invalid_request");
+    let r = Reply::from(
+        http()
+            .delete(format!("{sessions}/consent?subject=frank&client={id}"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(r.status, 204, "{}", r.body);
+    assert_eq!(srv.introspect(&access).await["active"], false);
+    srv.token_basic(
+        &id,
+        &secret,
+        &[
+            ("grant_type", "refresh_token"),
+            ("refresh_token", refresh.as_str()),
+        ],
+    )
+    .await
+    .assert_oauth_error(400, "invalid_grant");
+    let list = Reply::from(
+        http()
+            .get(format!("{sessions}/consent?subject=frank"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(list.json, json!([]));
+}

@@ -1153,6 +1153,23 @@ impl Store for BrokenStore {
     ) -> crate::store::StoreResult<Vec<crate::store::StoredRefreshToken>> {
         self.0.revoke_refresh_chain(chain)
     }
+    fn revoke_refresh_tokens_of(
+        &self,
+        subject: &str,
+        client_id: Option<&str>,
+    ) -> crate::store::StoreResult<Vec<crate::store::StoredRefreshToken>> {
+        self.0.revoke_refresh_tokens_of(subject, client_id)
+    }
+    fn list_sessions(
+        &self,
+        kind: &str,
+        subject: &str,
+    ) -> crate::store::StoreResult<Vec<crate::store::StoredSession>> {
+        self.0.list_sessions(kind, subject)
+    }
+    fn delete_sessions(&self, kind: &str, subject: &str) -> crate::store::StoreResult<usize> {
+        self.0.delete_sessions(kind, subject)
+    }
     fn purge_expired(&self, now: i64) -> crate::store::StoreResult<usize> {
         self.0.purge_expired(now)
     }

@@ -83,11 +83,13 @@ CREATE TABLE refresh_tokens (
     hash       BLOB PRIMARY KEY NOT NULL,
     chain      TEXT NOT NULL,
     client_id  TEXT NOT NULL,
+    subject    TEXT NOT NULL,
     active     INTEGER NOT NULL,
     json       TEXT NOT NULL,
     expires_at INTEGER NOT NULL
 );
 CREATE INDEX refresh_tokens_chain ON refresh_tokens(chain);
+CREATE INDEX refresh_tokens_subject ON refresh_tokens(subject, client_id);
 CREATE INDEX refresh_tokens_exp ON refresh_tokens(expires_at);
 "#,
 ];
@@ -201,20 +203,22 @@ fn refresh_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredRefreshToken> {
         hash: h,
         chain: r.get(1)?,
         client_id: r.get(2)?,
-        active: r.get::<_, i64>(3)? != 0,
-        json: r.get(4)?,
-        expires_at: r.get(5)?,
+        subject: r.get(3)?,
+        active: r.get::<_, i64>(4)? != 0,
+        json: r.get(5)?,
+        expires_at: r.get(6)?,
     })
 }
 
 fn insert_refresh(c: &Connection, t: &StoredRefreshToken) -> rusqlite::Result<usize> {
     c.execute(
-        "INSERT INTO refresh_tokens (hash, chain, client_id, active, json, expires_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        "INSERT INTO refresh_tokens (hash, chain, client_id, subject, active, json, expires_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
         params![
             &t.hash[..],
             t.chain,
             t.client_id,
+            t.subject,
             i64::from(t.active),
             t.json,
             t.expires_at
@@ -550,6 +554,33 @@ impl Store for SqliteStore {
         })
     }
 
+    fn list_sessions(&self, kind: &str, subject: &str) -> StoreResult<Vec<StoredSession>> {
+        self.with(|c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT id, subject, json, expires_at FROM oidc_sessions
+                 WHERE kind = ?1 AND subject = ?2 ORDER BY id",
+            )?;
+            let rows = stmt.query_map(params![kind, subject], |r| {
+                Ok(StoredSession {
+                    id: r.get(0)?,
+                    subject: r.get(1)?,
+                    json: r.get(2)?,
+                    expires_at: r.get(3)?,
+                })
+            })?;
+            rows.collect()
+        })
+    }
+
+    fn delete_sessions(&self, kind: &str, subject: &str) -> StoreResult<usize> {
+        self.with(|c| {
+            c.execute(
+                "DELETE FROM oidc_sessions WHERE kind = ?1 AND subject = ?2",
+                params![kind, subject],
+            )
+        })
+    }
+
     fn delete_session(&self, kind: &str, id: &str) -> StoreResult<bool> {
         self.with(|c| {
             c.execute(
@@ -567,7 +598,7 @@ impl Store for SqliteStore {
     fn get_refresh_token(&self, hash: &[u8; 32]) -> StoreResult<Option<StoredRefreshToken>> {
         self.with(|c| {
             c.query_row(
-                "SELECT hash, chain, client_id, active, json, expires_at
+                "SELECT hash, chain, client_id, subject, active, json, expires_at
                  FROM refresh_tokens WHERE hash = ?1",
                 [&hash[..]],
                 refresh_row,
@@ -598,10 +629,30 @@ impl Store for SqliteStore {
                 [chain],
             )?;
             let mut stmt = c.prepare_cached(
-                "SELECT hash, chain, client_id, active, json, expires_at
+                "SELECT hash, chain, client_id, subject, active, json, expires_at
                  FROM refresh_tokens WHERE chain = ?1",
             )?;
             let rows = stmt.query_map([chain], refresh_row)?;
+            rows.collect()
+        })
+    }
+
+    fn revoke_refresh_tokens_of(
+        &self,
+        subject: &str,
+        client_id: Option<&str>,
+    ) -> StoreResult<Vec<StoredRefreshToken>> {
+        self.with(|c| {
+            c.execute(
+                "UPDATE refresh_tokens SET active = 0
+                 WHERE subject = ?1 AND (?2 IS NULL OR client_id = ?2)",
+                params![subject, client_id],
+            )?;
+            let mut stmt = c.prepare_cached(
+                "SELECT hash, chain, client_id, subject, active, json, expires_at
+                 FROM refresh_tokens WHERE subject = ?1 AND (?2 IS NULL OR client_id = ?2)",
+            )?;
+            let rows = stmt.query_map(params![subject, client_id], refresh_row)?;
             rows.collect()
         })
     }
@@ -791,6 +842,7 @@ mod tests {
             hash: [b; 32],
             chain: chain.into(),
             client_id: "c".into(),
+            subject: "s".into(),
             active: true,
             json: "{}".into(),
             expires_at: 100,
@@ -804,7 +856,16 @@ mod tests {
         let chain = s.revoke_refresh_chain("ch").unwrap();
         assert_eq!(chain.len(), 2);
         assert!(chain.iter().all(|t| !t.active));
-        assert_eq!(s.purge_expired(100).unwrap(), 3);
+        s.insert_refresh_token(&rt(4, "other")).unwrap();
+        assert!(
+            s.revoke_refresh_tokens_of("s", Some("d"))
+                .unwrap()
+                .is_empty()
+        );
+        assert!(s.get_refresh_token(&[4; 32]).unwrap().unwrap().active);
+        assert_eq!(s.revoke_refresh_tokens_of("s", Some("c")).unwrap().len(), 3);
+        assert!(!s.get_refresh_token(&[4; 32]).unwrap().unwrap().active);
+        assert_eq!(s.purge_expired(100).unwrap(), 4);
     }
 
     #[test]
