@@ -420,26 +420,32 @@ pub async fn establish_login(
     } else {
         secs(svc.config.flows.authentication_session_ttl)
     };
-    let session = LoginSession {
+    let skipped = flow.skip_session.as_ref().filter(|_| flow.login_skip);
+    let mut session = LoginSession {
         sid: login.sid.clone(),
         subject: login.subject.clone(),
         auth_time: login.auth_time,
-        remember: login.remember || flow.login_skip,
+        remember: login.remember || skipped.is_some(),
         acr: login.acr.clone(),
         amr: login.amr.clone(),
-        expires_at: now.saturating_add(lifetime),
+        // A skipped login reuses the session without extending it.
+        expires_at: skipped.map_or(now.saturating_add(lifetime), |s| s.expires_at),
+        cookie_hash: skipped.and_then(|s| s.cookie_hash.clone()),
     };
-    browser_session::save_login(svc, &session).await?;
     let name = browser_session::session_cookie_name(secure);
-    Ok(if login.remember {
+    let cookie = if login.remember {
+        let (value, hash) = flow::artifact(&session.sid)?;
+        session.cookie_hash = Some(hash);
         // Hydra v2.2+: remember_for 0 is a browser-session cookie.
         let max_age = (login.remember_for > 0).then_some(login.remember_for);
-        Some(set_cookie(name, &session.sid, max_age, secure))
-    } else if flow.login_skip {
+        Some(set_cookie(name, &value, max_age, secure))
+    } else if skipped.is_some() {
         None
     } else {
         Some(set_cookie(name, "", Some(0), secure))
-    })
+    };
+    browser_session::save_login(svc, &session).await?;
+    Ok(cookie)
 }
 
 /// `GET /oauth2/fallbacks/error`: where errors land without `--error-url`.

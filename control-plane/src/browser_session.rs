@@ -91,17 +91,22 @@ pub async fn current_login(
     headers: &HeaderMap,
 ) -> Result<Option<LoginSession>, OAuth2Error> {
     let secure = secure_cookies(&svc.config.issuer);
-    let Some(sid) = read_cookie(headers, session_cookie_name(secure)) else {
+    let Some(cookie) = read_cookie(headers, session_cookie_name(secure)) else {
+        return Ok(None);
+    };
+    let Some((sid, secret)) = crate::flow::parse_artifact(&cookie) else {
         return Ok(None);
     };
     let store = Arc::clone(&svc.store);
-    let Some(row) = blocking(move || store.get_session(LOGIN, &sid)).await? else {
+    let id = sid.to_string();
+    let Some(row) = blocking(move || store.get_session(LOGIN, &id)).await? else {
         return Ok(None);
     };
     if row.expires_at <= clock::now() {
         return Ok(None);
     }
-    Ok(serde_json::from_str(&row.json).ok())
+    let session: Option<LoginSession> = serde_json::from_str(&row.json).ok();
+    Ok(session.filter(|s| crate::flow::secret_matches(s.cookie_hash.as_deref(), secret)))
 }
 
 pub async fn save_login(svc: &Service, s: &LoginSession) -> Result<(), OAuth2Error> {

@@ -194,6 +194,10 @@ pub struct LoginSession {
     pub acr: String,
     pub amr: Vec<String>,
     pub expires_at: i64,
+    /// SHA-256 of the secret half of the session cookie (`<sid>.<secret>`). The `sid` alone is
+    /// no credential: it is in every ID token, so any client knows it.
+    #[serde(default)]
+    pub cookie_hash: Option<String>,
 }
 
 /// A fresh random secret (256 bits, base64url).

@@ -372,6 +372,37 @@ async fn code_flow_with_an_independent_relying_party() {
     assert_eq!(raw["acr"], "1");
     assert_eq!(raw["amr"], json!(["pwd"]));
     let sid = str_field(&raw, "sid");
+    // Every client learns the sid from ID tokens: as a cookie it must not resume the session.
+    let mut forger = Browser::default();
+    forger
+        .cookies
+        .insert("ory_hydra_session_dev".into(), sid.clone());
+    let r = forger.get(auth_url.as_str()).await;
+    let forged = query_param(&location(&r), "login_challenge").unwrap();
+    let lr = admin(
+        &srv,
+        "GET",
+        &format!("login?login_challenge={forged}"),
+        None,
+    )
+    .await;
+    assert_eq!(lr.json["skip"], false, "sid as cookie: {}", lr.body);
+    let real = browser.cookies["ory_hydra_session_dev"].clone();
+    let tampered = format!("{sid}.{}", "A".repeat(43));
+    assert_ne!(real, tampered);
+    forger
+        .cookies
+        .insert("ory_hydra_session_dev".into(), tampered);
+    let r = forger.get(auth_url.as_str()).await;
+    let forged = query_param(&location(&r), "login_challenge").unwrap();
+    let lr = admin(
+        &srv,
+        "GET",
+        &format!("login?login_challenge={forged}"),
+        None,
+    )
+    .await;
+    assert_eq!(lr.json["skip"], false, "guessed cookie secret: {}", lr.body);
     assert!(raw["jti"].is_string());
     let (_, access) = srv.verify(tokens.access_token().secret()).await;
     assert_eq!(access["sub"], "alice");
