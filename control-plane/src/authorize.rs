@@ -340,9 +340,10 @@ async fn start(svc: &Service, headers: &HeaderMap, p: &Params) -> Result<Respons
     let session = browser_session::current_login(svc, headers).await?;
     let now = clock::now();
     if let Some(s) = session {
+        // max_age 0 demands a new login (OIDC Core 3.1.2.1), even within the same second.
         let fresh = flow
             .max_age
-            .is_none_or(|a| s.auth_time.saturating_add(a) >= now);
+            .is_none_or(|a| a > 0 && s.auth_time.saturating_add(a) >= now);
         if fresh && !flow.prompt.iter().any(|w| w == "login") {
             flow.login_skip = true;
             flow.skip_session = Some(s);

@@ -804,6 +804,58 @@ async fn remembered_sessions_skip_and_prompt_none_succeeds() {
     let back = authorize(&srv, &mut browser, &url(""), "carol", &["openid"]).await;
     assert!(query_param(&back, "code").is_some(), "{back}");
 
+    // Same browser, but prompt=login, prompt=consent or max_age=0: the apps must ask again.
+    for (extra, login_skip) in [
+        ("&prompt=login", false),
+        ("&max_age=0", false),
+        ("&max_age=3600", true),
+    ] {
+        let r = browser.get(&url(extra)).await;
+        let challenge = query_param(&location(&r), "login_challenge").unwrap();
+        let lr = admin(
+            &srv,
+            "GET",
+            &format!("login?login_challenge={challenge}"),
+            None,
+        )
+        .await;
+        assert_eq!(lr.json["skip"], login_skip, "{extra}: {}", lr.body);
+    }
+    let r = browser.get(&url("&prompt=consent")).await;
+    let challenge = query_param(&location(&r), "login_challenge").unwrap();
+    let q = format!("login_challenge={challenge}");
+    let acc = admin(
+        &srv,
+        "PUT",
+        &format!("login/accept?{q}"),
+        Some(json!({"subject": "carol"})),
+    )
+    .await;
+    let r = browser.get(&str_field(&acc.json, "redirect_to")).await;
+    let to_consent = location(&r);
+    let cq = format!(
+        "consent_challenge={}",
+        query_param(&to_consent, "consent_challenge").unwrap()
+    );
+    let cr = admin(&srv, "GET", &format!("consent?{cq}"), None).await;
+    assert_eq!(cr.json["skip"], false, "prompt=consent: {}", cr.body);
+    // The consent step is bound to the browser too.
+    let rej = admin(
+        &srv,
+        "PUT",
+        &format!("consent/reject?{cq}"),
+        Some(json!({})),
+    )
+    .await;
+    let verifier_url = str_field(&rej.json, "redirect_to");
+    let r = Browser::default().get(&verifier_url).await;
+    assert_eq!(r.status, 403, "{}", r.body);
+    // A rejection without an error code reaches the client as access_denied.
+    let r = browser.get(&verifier_url).await;
+    let to = location(&r);
+    assert!(to.starts_with(CALLBACK), "{to}");
+    assert_eq!(query_param(&to, "error").as_deref(), Some("access_denied"));
+
     // Same browser, prompt=none: login and consent are remembered; the apps see skip=true.
     let r = browser.get(&url("&prompt=none")).await;
     assert_eq!(r.status, 302, "{}", r.body);
