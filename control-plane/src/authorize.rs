@@ -284,6 +284,14 @@ fn build_flow(svc: &Service, t: &Target, p: &Params) -> Result<Flow, OAuth2Error
             }
         }
     }
+    let id_token_hint_claims = match p.get("id_token_hint")? {
+        None => None,
+        Some(hint) => Some(crate::id_token::verify_hint(svc, hint).ok_or_else(|| {
+            OAuth2Error::invalid_request(
+                "The id_token_hint is not an ID token issued by this server.",
+            )
+        })?),
+    };
     let now = clock::now();
     let id = flow::new_secret()?;
     // Hydra's request_url: the authorization URL as the login app may show or restart it.
@@ -305,6 +313,7 @@ fn build_flow(svc: &Service, t: &Target, p: &Params) -> Result<Flow, OAuth2Error
         acr_values: words(p.get("acr_values")?),
         ui_locales: words(p.get("ui_locales")?),
         display: p.get("display")?.map(str::to_string),
+        id_token_hint_claims,
         request_url: append_query(&auth_url(svc), &kept),
         requested_at: now,
         login_csrf: flow::new_secret()?,
@@ -344,7 +353,10 @@ async fn start(svc: &Service, headers: &HeaderMap, p: &Params) -> Result<Respons
         let fresh = flow
             .max_age
             .is_none_or(|a| a > 0 && s.auth_time.saturating_add(a) >= now);
-        if fresh && !flow.prompt.iter().any(|w| w == "login") {
+        let hinted = flow.id_token_hint_claims.as_ref().is_none_or(|c| {
+            c.get("sub").and_then(serde_json::Value::as_str) == Some(s.subject.as_str())
+        });
+        if fresh && hinted && !flow.prompt.iter().any(|w| w == "login") {
             flow.login_skip = true;
             flow.skip_session = Some(s);
         }

@@ -163,6 +163,10 @@ pub struct Flow {
     pub acr_values: Vec<String>,
     pub ui_locales: Vec<String>,
     pub display: Option<String>,
+    /// Claims of a valid `id_token_hint` (shown to the login app; its `sub` must be the
+    /// remembered session's for login to be skipped).
+    #[serde(default)]
+    pub id_token_hint_claims: Option<serde_json::Map<String, Value>>,
     pub request_url: String,
     pub requested_at: i64,
     pub login_csrf: String,

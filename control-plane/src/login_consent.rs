@@ -62,6 +62,7 @@ fn oidc_context(flow: &Flow) -> Value {
         "ui_locales": flow.ui_locales,
         "display": flow.display.clone().unwrap_or_default(),
         "login_hint": flow.login_hint.clone().unwrap_or_default(),
+        "id_token_hint_claims": flow.id_token_hint_claims,
     })
 }
 

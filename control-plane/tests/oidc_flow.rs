@@ -928,6 +928,49 @@ async fn remembered_sessions_skip_and_prompt_none_succeeds() {
     assert!(t.json.get("refresh_token").is_none(), "{}", t.body);
     assert!(t.json["id_token"].is_string());
 
+    // id_token_hint: a hint for the session's subject lets login be skipped (the login app sees
+    // its claims); a hint for someone else does not; a forged hint is refused.
+    let hint = str_field(&t.json, "id_token");
+    let r = browser
+        .get(&url(&format!("&prompt=none&id_token_hint={hint}")))
+        .await;
+    let challenge = query_param(&location(&r), "login_challenge").unwrap();
+    let lr = admin(
+        &srv,
+        "GET",
+        &format!("login?login_challenge={challenge}"),
+        None,
+    )
+    .await;
+    assert_eq!(lr.json["skip"], true, "{}", lr.body);
+    assert_eq!(
+        lr.json["oidc_context"]["id_token_hint_claims"]["sub"],
+        "carol"
+    );
+    let mut other = Browser::default();
+    let _ = authorize(&srv, &mut other, &url(""), "dan", &["openid"]).await;
+    let r = other
+        .get(&url(&format!("&prompt=none&id_token_hint={hint}")))
+        .await;
+    assert_eq!(
+        query_param(&location(&r), "error").as_deref(),
+        Some("login_required")
+    );
+    let (h, c, _) = {
+        let mut parts = hint.split('.');
+        (
+            parts.next().unwrap().to_string(),
+            parts.next().unwrap().to_string(),
+            (),
+        )
+    };
+    let forged = format!("{h}.{c}.AAAA");
+    let r = browser.get(&url(&format!("&id_token_hint={forged}"))).await;
+    assert_eq!(
+        query_param(&location(&r), "error").as_deref(),
+        Some("invalid_request")
+    );
+
     // A fresh browser has no session: prompt=none fails with login_required.
     let r = Browser::default().get(&url("&prompt=none")).await;
     assert_eq!(
