@@ -94,6 +94,9 @@ CREATE INDEX refresh_tokens_exp ON refresh_tokens(expires_at);
 "#,
 ];
 
+/// Rows deleted per statement when purging the browser-flow tables.
+const PURGE_BATCH: usize = 1000;
+
 fn db(e: rusqlite::Error) -> StoreError {
     StoreError::Database(e.to_string())
 }
@@ -658,11 +661,24 @@ impl Store for SqliteStore {
     }
 
     fn purge_expired(&self, now: i64) -> StoreResult<usize> {
+        // The browser-flow tables grow with traffic (Hydra's unbounded janitor is a known
+        // complaint): delete in batches, letting requests have the connection between them.
+        let mut n = 0;
+        for table in ["oidc_flows", "oidc_sessions", "refresh_tokens"] {
+            let sql = format!(
+                "DELETE FROM {table} WHERE rowid IN
+                 (SELECT rowid FROM {table} WHERE expires_at <= ?1 LIMIT {PURGE_BATCH})"
+            );
+            loop {
+                let deleted = self.with(|c| c.execute(&sql, [now]))?;
+                n += deleted;
+                if deleted < PURGE_BATCH {
+                    break;
+                }
+            }
+        }
         self.with(|c| {
-            let mut n = c.execute("DELETE FROM opaque_tokens WHERE expires_at <= ?1", [now])?;
-            n += c.execute("DELETE FROM oidc_flows WHERE expires_at <= ?1", [now])?;
-            n += c.execute("DELETE FROM oidc_sessions WHERE expires_at <= ?1", [now])?;
-            n += c.execute("DELETE FROM refresh_tokens WHERE expires_at <= ?1", [now])?;
+            let mut n = n + c.execute("DELETE FROM opaque_tokens WHERE expires_at <= ?1", [now])?;
             n += c.execute("DELETE FROM revocations WHERE expires_at <= ?1", [now])?;
             n += c.execute("DELETE FROM assertion_jtis WHERE expires_at <= ?1", [now])?;
             n += c.execute(
@@ -866,6 +882,25 @@ mod tests {
         assert_eq!(s.revoke_refresh_tokens_of("s", Some("c")).unwrap().len(), 3);
         assert!(!s.get_refresh_token(&[4; 32]).unwrap().unwrap().active);
         assert_eq!(s.purge_expired(100).unwrap(), 4);
+    }
+
+    #[test]
+    fn purge_deletes_large_backlogs_in_batches() {
+        let s = SqliteStore::in_memory().unwrap();
+        for i in 0..(PURGE_BATCH * 2 + 5) {
+            let expires_at = if i % 2 == 0 { 10 } else { 1000 };
+            s.insert_flow(&StoredFlow {
+                id: format!("f{i}"),
+                stage: 0,
+                json: "{}".into(),
+                expires_at,
+            })
+            .unwrap();
+        }
+        assert_eq!(s.purge_expired(100).unwrap(), PURGE_BATCH + 3);
+        assert!(s.get_flow("f0").unwrap().is_none());
+        assert!(s.get_flow("f1").unwrap().is_some());
+        assert_eq!(s.purge_expired(100).unwrap(), 0);
     }
 
     #[test]
