@@ -18,6 +18,26 @@ fn invalid_grant(d: impl Into<String>) -> OAuth2Error {
     OAuth2Error::new(ErrorCode::InvalidGrant, d)
 }
 
+/// RFC 7009 for a refresh token: revokes its whole grant (every refresh token of the chain and
+/// the access tokens issued with them), as Hydra. Unknown tokens are no error.
+pub async fn revoke(svc: &Service, client: &ClientRecord, token: &str) -> Result<(), OAuth2Error> {
+    let hash = sha256(token.as_bytes());
+    let store = Arc::clone(&svc.store);
+    let Some(row) = tokio::task::spawn_blocking(move || store.get_refresh_token(&hash))
+        .await
+        .map_err(OAuth2Error::server_error)??
+    else {
+        return Ok(());
+    };
+    if row.client_id != client.client.client_id {
+        return Err(OAuth2Error::new(
+            ErrorCode::UnauthorizedClient,
+            "The token was not issued to the client making the revocation request.",
+        ));
+    }
+    grant_tokens::revoke_grant(svc, &row.chain, &[]).await
+}
+
 pub async fn exchange(
     svc: &Service,
     client: &ClientRecord,

@@ -624,6 +624,47 @@ async fn a_replayed_code_revokes_what_it_issued() {
     )
     .await
     .assert_oauth_error(400, "invalid_grant");
+
+    // RFC 7009 on a refresh token revokes its grant.
+    let back = authorize(&srv, &mut browser, &url, "bob", &["openid", "offline"]).await;
+    let t = exchange(query_param(&back, "code").unwrap()).await;
+    assert_eq!(t.status, 200, "{}", t.body);
+    let (access2, refresh2) = (
+        str_field(&t.json, "access_token"),
+        str_field(&t.json, "refresh_token"),
+    );
+    let revoke = |who: (String, String), token: String| {
+        let url = format!("{}/oauth2/revoke", srv.public());
+        async move {
+            Reply::from(
+                http()
+                    .post(url)
+                    .header("authorization", harness::basic(&who.0, &who.1))
+                    .form(&[("token", token.as_str())])
+                    .send()
+                    .await
+                    .unwrap(),
+            )
+            .await
+        }
+    };
+    let (other, other_secret) = web_client(&srv).await;
+    let r = revoke((other, other_secret), refresh2.clone()).await;
+    assert_eq!(r.status, 400, "another client cannot revoke it: {}", r.body);
+    assert_eq!(srv.introspect(&access2).await["active"], true);
+    let r = revoke((id.clone(), secret.clone()), refresh2.clone()).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(srv.introspect(&access2).await["active"], false);
+    srv.token_basic(
+        &id,
+        &secret,
+        &[
+            ("grant_type", "refresh_token"),
+            ("refresh_token", refresh2.as_str()),
+        ],
+    )
+    .await
+    .assert_oauth_error(400, "invalid_grant");
 }
 
 fn form(s: &str) -> String {
