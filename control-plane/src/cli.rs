@@ -143,6 +143,14 @@ fn duration(s: &str) -> Result<Duration, String> {
     parse_duration(s).map_err(|e| e.to_string())
 }
 
+fn grace_period(s: &str) -> Result<Duration, String> {
+    let d = duration(s)?;
+    if d > Duration::from_secs(300) {
+        return Err("at most 5m (as Hydra's rotation_grace_period)".into());
+    }
+    Ok(d)
+}
+
 #[derive(Debug, Clone, clap::Args)]
 pub struct ServeArgs {
     /// Address of the public API (token, revoke, JWKS, discovery).
@@ -218,6 +226,11 @@ pub struct ServeArgs {
     /// Default refresh token lifetime, overridable per client.
     #[arg(long, env = "PORTCULLIS_REFRESH_TOKEN_TTL", default_value = "720h", value_parser = duration)]
     pub refresh_token_ttl: Duration,
+    /// How long a rotated-out refresh token keeps working (Hydra's
+    /// `rotation_grace_period`, at most 5m); 0 = strict rotation with reuse detection.
+    #[arg(long, env = "PORTCULLIS_REFRESH_TOKEN_ROTATION_GRACE_PERIOD", default_value = "0s",
+          value_parser = grace_period)]
+    pub refresh_token_rotation_grace_period: Duration,
     /// Manifests mode: reconcile OAuth2Client/Rule/Secret manifests from this directory
     /// (watched), writing an Envoy ECDS file per workload.
     #[arg(long, env = "PORTCULLIS_MANIFESTS", conflicts_with = "kubernetes")]
@@ -335,6 +348,7 @@ impl ServeArgs {
         config.flows.pkce_enforced_for_public_clients = self.pkce_enforced_for_public_clients;
         config.flows.id_token_ttl = self.id_token_ttl;
         config.flows.refresh_token_ttl = self.refresh_token_ttl;
+        config.flows.refresh_grace_period = self.refresh_token_rotation_grace_period;
         config
     }
 }
@@ -424,6 +438,16 @@ mod tests {
         assert!(c.flows.pkce_enforced_for_public_clients && !c.flows.pkce_enforced);
         assert_eq!(c.flows.refresh_token_ttl, Duration::from_secs(7200));
         assert_eq!(c.flows.id_token_ttl, Duration::from_secs(3600));
+        assert_eq!(c.flows.refresh_grace_period, Duration::ZERO);
+        assert!(
+            Cli::try_parse_from([
+                "portcullis",
+                "serve",
+                "--refresh-token-rotation-grace-period",
+                "6m"
+            ])
+            .is_err()
+        );
         assert!(Cli::try_parse_from(["portcullis", "serve", "--signing-alg", "HS256"]).is_err());
     }
 

@@ -39,6 +39,9 @@ pub struct FlowConfig {
     pub authentication_session_ttl: Duration,
     pub id_token_ttl: Duration,
     pub refresh_token_ttl: Duration,
+    /// Hydra's `rotation_grace_period`: how long a rotated-out refresh token keeps working
+    /// (each use rotating again) before reuse counts as theft. 0 = strict.
+    pub refresh_grace_period: Duration,
 }
 
 impl Default for FlowConfig {
@@ -55,6 +58,7 @@ impl Default for FlowConfig {
             authentication_session_ttl: Duration::from_secs(720 * 3600),
             id_token_ttl: Duration::from_secs(3600),
             refresh_token_ttl: Duration::from_secs(720 * 3600),
+            refresh_grace_period: Duration::ZERO,
         }
     }
 }

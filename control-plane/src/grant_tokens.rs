@@ -145,6 +145,7 @@ pub fn mint(
             client_id: client.client.client_id.clone(),
             subject: grant.subject.clone(),
             active: true,
+            used_at: None,
             json: serde_json::to_string(&state).map_err(OAuth2Error::server_error)?,
             expires_at: now.saturating_add(life.refresh),
         };

@@ -67,13 +67,17 @@ pub async fn exchange(
             "The refresh token was issued to another client.",
         ));
     }
-    if !row.active {
+    let now = clock::now();
+    let grace = secs(svc.config.flows.refresh_grace_period);
+    let in_grace =
+        !row.active && grace > 0 && row.used_at.is_some_and(|u| u.saturating_add(grace) > now);
+    if !row.active && !in_grace {
         grant_tokens::revoke_grant(svc, &row.chain, &[]).await?;
         return Err(invalid_grant(
             "The refresh token has already been used; every token of its grant is revoked.",
         ));
     }
-    if row.expires_at <= clock::now() {
+    if row.expires_at <= now {
         return Err(unknown());
     }
     let state: RefreshState = serde_json::from_str(&row.json).map_err(OAuth2Error::server_error)?;
@@ -102,9 +106,16 @@ pub async fn exchange(
         ));
     };
     let store = Arc::clone(&svc.store);
-    let won = tokio::task::spawn_blocking(move || store.rotate_refresh_token(&hash, &new_row))
-        .await
-        .map_err(OAuth2Error::server_error)??;
+    let won = tokio::task::spawn_blocking(move || {
+        if in_grace {
+            // Within the grace period the used token rotates again, without a race to win.
+            store.insert_refresh_token(&new_row).map(|()| true)
+        } else {
+            store.rotate_refresh_token(&hash, &new_row, now)
+        }
+    })
+    .await
+    .map_err(OAuth2Error::server_error)??;
     if !won {
         return Err(OAuth2Error::invalid_request(
             "The refresh token was used by a concurrent request; it is no longer valid.",

@@ -73,6 +73,8 @@ pub struct StoredRefreshToken {
     /// The person the grant is for (revoking a subject's consent finds its chains).
     pub subject: String,
     pub active: bool,
+    /// When it was rotated out (for the grace period); `None` while active or once revoked.
+    pub used_at: Option<i64>,
     pub json: String,
     pub expires_at: i64,
 }
@@ -151,11 +153,17 @@ pub trait Store: Send + Sync + 'static {
 
     fn insert_refresh_token(&self, token: &StoredRefreshToken) -> StoreResult<()>;
     fn get_refresh_token(&self, hash: &[u8; 32]) -> StoreResult<Option<StoredRefreshToken>>;
-    /// In one transaction: deactivates `old` if it is still active and inserts `new`. False
-    /// (and nothing written) when `old` was no longer active: concurrent rotations of one
-    /// token have exactly one winner.
-    fn rotate_refresh_token(&self, old: &[u8; 32], new: &StoredRefreshToken) -> StoreResult<bool>;
-    /// Deactivates every token of `chain`; returns all of its rows (to revoke what they issued).
+    /// In one transaction: deactivates `old` (recording `now` as its use) if it is still
+    /// active and inserts `new`. False (and nothing written) when `old` was no longer active:
+    /// concurrent rotations of one token have exactly one winner.
+    fn rotate_refresh_token(
+        &self,
+        old: &[u8; 32],
+        new: &StoredRefreshToken,
+        now: i64,
+    ) -> StoreResult<bool>;
+    /// Deactivates every token of `chain` (no grace period applies to a revoked token); returns
+    /// all of its rows (to revoke what they issued).
     fn revoke_refresh_chain(&self, chain: &str) -> StoreResult<Vec<StoredRefreshToken>>;
     /// Deactivates every refresh token of `subject` (of one client, or all); returns the rows.
     fn revoke_refresh_tokens_of(

@@ -1360,3 +1360,57 @@ async fn revoking_consent_revokes_its_tokens_and_ending_logins_needs_a_new_login
     .await;
     assert_eq!(list.json, json!([]));
 }
+
+#[tokio::test]
+async fn a_grace_period_lets_a_rotated_refresh_token_work_again() {
+    let dir = TestDir::new();
+    let srv = Server::start(
+        &dir.data(),
+        &[
+            "--login-url",
+            LOGIN_APP,
+            "--consent-url",
+            CONSENT_APP,
+            "--refresh-token-rotation-grace-period",
+            "5m",
+        ],
+    )
+    .await;
+    let (id, secret) = web_client(&srv).await;
+    let mut browser = Browser::default();
+    let url = format!(
+        "{}/oauth2/auth?client_id={id}&response_type=code&scope=offline&state=state-3333&redirect_uri={}",
+        srv.public(),
+        form(CALLBACK)
+    );
+    let back = authorize(&srv, &mut browser, &url, "gina", &["offline"]).await;
+    let code = query_param(&back, "code").unwrap();
+    let t = srv
+        .token_basic(
+            &id,
+            &secret,
+            &[
+                ("grant_type", "authorization_code"),
+                ("code", code.as_str()),
+                ("redirect_uri", CALLBACK),
+            ],
+        )
+        .await;
+    let refresh = str_field(&t.json, "refresh_token");
+    let form = [
+        ("grant_type", "refresh_token"),
+        ("refresh_token", refresh.as_str()),
+    ];
+    let first = srv.token_basic(&id, &secret, &form).await;
+    assert_eq!(first.status, 200, "{}", first.body);
+    // A lost response (the client retries with the same token): still fine within the grace.
+    let second = srv.token_basic(&id, &secret, &form).await;
+    assert_eq!(second.status, 200, "{}", second.body);
+    assert_ne!(first.json["refresh_token"], second.json["refresh_token"]);
+    assert_eq!(
+        srv.introspect(&str_field(&first.json, "access_token"))
+            .await["active"],
+        true,
+        "no reuse revocation within the grace period"
+    );
+}

@@ -1144,8 +1144,9 @@ impl Store for BrokenStore {
         &self,
         old: &[u8; 32],
         new: &crate::store::StoredRefreshToken,
+        now: i64,
     ) -> crate::store::StoreResult<bool> {
-        self.0.rotate_refresh_token(old, new)
+        self.0.rotate_refresh_token(old, new, now)
     }
     fn revoke_refresh_chain(
         &self,

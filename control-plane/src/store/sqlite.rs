@@ -85,6 +85,7 @@ CREATE TABLE refresh_tokens (
     client_id  TEXT NOT NULL,
     subject    TEXT NOT NULL,
     active     INTEGER NOT NULL,
+    used_at    INTEGER,
     json       TEXT NOT NULL,
     expires_at INTEGER NOT NULL
 );
@@ -208,21 +209,24 @@ fn refresh_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredRefreshToken> {
         client_id: r.get(2)?,
         subject: r.get(3)?,
         active: r.get::<_, i64>(4)? != 0,
-        json: r.get(5)?,
-        expires_at: r.get(6)?,
+        used_at: r.get(5)?,
+        json: r.get(6)?,
+        expires_at: r.get(7)?,
     })
 }
 
 fn insert_refresh(c: &Connection, t: &StoredRefreshToken) -> rusqlite::Result<usize> {
     c.execute(
-        "INSERT INTO refresh_tokens (hash, chain, client_id, subject, active, json, expires_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        "INSERT INTO refresh_tokens
+         (hash, chain, client_id, subject, active, used_at, json, expires_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
         params![
             &t.hash[..],
             t.chain,
             t.client_id,
             t.subject,
             i64::from(t.active),
+            t.used_at,
             t.json,
             t.expires_at
         ],
@@ -601,7 +605,7 @@ impl Store for SqliteStore {
     fn get_refresh_token(&self, hash: &[u8; 32]) -> StoreResult<Option<StoredRefreshToken>> {
         self.with(|c| {
             c.query_row(
-                "SELECT hash, chain, client_id, subject, active, json, expires_at
+                "SELECT hash, chain, client_id, subject, active, used_at, json, expires_at
                  FROM refresh_tokens WHERE hash = ?1",
                 [&hash[..]],
                 refresh_row,
@@ -610,12 +614,17 @@ impl Store for SqliteStore {
         })
     }
 
-    fn rotate_refresh_token(&self, old: &[u8; 32], new: &StoredRefreshToken) -> StoreResult<bool> {
+    fn rotate_refresh_token(
+        &self,
+        old: &[u8; 32],
+        new: &StoredRefreshToken,
+        now: i64,
+    ) -> StoreResult<bool> {
         self.with(|c| {
             let tx = c.unchecked_transaction()?;
             let won = tx.execute(
-                "UPDATE refresh_tokens SET active = 0 WHERE hash = ?1 AND active = 1",
-                [&old[..]],
+                "UPDATE refresh_tokens SET active = 0, used_at = ?2 WHERE hash = ?1 AND active = 1",
+                params![&old[..], now],
             )? == 1;
             if won {
                 insert_refresh(&tx, new)?;
@@ -628,11 +637,11 @@ impl Store for SqliteStore {
     fn revoke_refresh_chain(&self, chain: &str) -> StoreResult<Vec<StoredRefreshToken>> {
         self.with(|c| {
             c.execute(
-                "UPDATE refresh_tokens SET active = 0 WHERE chain = ?1",
+                "UPDATE refresh_tokens SET active = 0, used_at = NULL WHERE chain = ?1",
                 [chain],
             )?;
             let mut stmt = c.prepare_cached(
-                "SELECT hash, chain, client_id, subject, active, json, expires_at
+                "SELECT hash, chain, client_id, subject, active, used_at, json, expires_at
                  FROM refresh_tokens WHERE chain = ?1",
             )?;
             let rows = stmt.query_map([chain], refresh_row)?;
@@ -647,12 +656,12 @@ impl Store for SqliteStore {
     ) -> StoreResult<Vec<StoredRefreshToken>> {
         self.with(|c| {
             c.execute(
-                "UPDATE refresh_tokens SET active = 0
+                "UPDATE refresh_tokens SET active = 0, used_at = NULL
                  WHERE subject = ?1 AND (?2 IS NULL OR client_id = ?2)",
                 params![subject, client_id],
             )?;
             let mut stmt = c.prepare_cached(
-                "SELECT hash, chain, client_id, subject, active, json, expires_at
+                "SELECT hash, chain, client_id, subject, active, used_at, json, expires_at
                  FROM refresh_tokens WHERE subject = ?1 AND (?2 IS NULL OR client_id = ?2)",
             )?;
             let rows = stmt.query_map(params![subject, client_id], refresh_row)?;
@@ -860,18 +869,21 @@ mod tests {
             client_id: "c".into(),
             subject: "s".into(),
             active: true,
+            used_at: None,
             json: "{}".into(),
             expires_at: 100,
         };
         s.insert_refresh_token(&rt(1, "ch")).unwrap();
-        assert!(s.rotate_refresh_token(&[1; 32], &rt(2, "ch")).unwrap());
+        assert!(s.rotate_refresh_token(&[1; 32], &rt(2, "ch"), 50).unwrap());
         // The loser writes nothing: its successor does not exist.
-        assert!(!s.rotate_refresh_token(&[1; 32], &rt(3, "ch")).unwrap());
+        assert!(!s.rotate_refresh_token(&[1; 32], &rt(3, "ch"), 51).unwrap());
         assert!(s.get_refresh_token(&[3; 32]).unwrap().is_none());
-        assert!(!s.get_refresh_token(&[1; 32]).unwrap().unwrap().active);
+        let used = s.get_refresh_token(&[1; 32]).unwrap().unwrap();
+        assert!(!used.active);
+        assert_eq!(used.used_at, Some(50), "the winner's use is recorded");
         let chain = s.revoke_refresh_chain("ch").unwrap();
         assert_eq!(chain.len(), 2);
-        assert!(chain.iter().all(|t| !t.active));
+        assert!(chain.iter().all(|t| !t.active && t.used_at.is_none()));
         s.insert_refresh_token(&rt(4, "other")).unwrap();
         assert!(
             s.revoke_refresh_tokens_of("s", Some("d"))
