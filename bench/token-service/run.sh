@@ -4,7 +4,7 @@
 # Hydra's published figures (2 cores, hey, 10,000 requests at concurrency 100).
 #
 # Usage: bench/token-service/run.sh
-#   DURATION=10s CONNS=100 THREADS=2 ALG=ES256 (the default; RS256, EdDSA) PUBLIC_PORT=14444
+#   DURATION=10s CONNS=100 THREADS=2 ALG=RS256 (the default; ES256, EdDSA) PUBLIC_PORT=14444
 #   ADMIN_PORT=14445 DISTINCT=500
 #   PORTCULLIS_BIN=path/to/portcullis (skips the release build)
 # Only loopback is targeted; every wrk run is bounded by DURATION.
@@ -15,7 +15,7 @@ root=$(cd "$here/../.." && pwd)
 DURATION=${DURATION:-10s}
 CONNS=${CONNS:-100}
 THREADS=${THREADS:-2}
-ALG=${ALG:-ES256}
+ALG=${ALG:-RS256}
 DISTINCT=${DISTINCT:-500}
 PUBLIC_PORT=${PUBLIC_PORT:-14444}
 ADMIN_PORT=${ADMIN_PORT:-14445}

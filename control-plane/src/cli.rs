@@ -143,6 +143,14 @@ fn duration(s: &str) -> Result<Duration, String> {
     parse_duration(s).map_err(|e| e.to_string())
 }
 
+fn grace_period(s: &str) -> Result<Duration, String> {
+    let d = duration(s)?;
+    if d > Duration::from_secs(300) {
+        return Err("at most 5m (as Hydra's rotation_grace_period)".into());
+    }
+    Ok(d)
+}
+
 #[derive(Debug, Clone, clap::Args)]
 pub struct ServeArgs {
     /// Address of the public API (token, revoke, JWKS, discovery).
@@ -162,7 +170,7 @@ pub struct ServeArgs {
     /// Directory of the embedded database (and of the generated secrets.key).
     #[arg(long, env = "PORTCULLIS_DATA_DIR", default_value = "./data")]
     pub data_dir: PathBuf,
-    /// Algorithm of the access-token signing key [default: ES256 for a new data dir; an
+    /// Algorithm of the access-token signing key [default: RS256 for a new data dir; an
     /// existing one keeps its current key's algorithm]. A value that differs from the current
     /// key's rotates to a new key (the old one stays in the JWKS until its tokens expire).
     #[arg(long, env = "PORTCULLIS_SIGNING_ALG", value_enum)]
@@ -217,6 +225,42 @@ pub struct ServeArgs {
     /// How long a client may take to send a request's body (answered 408 after).
     #[arg(long, env = "PORTCULLIS_HTTP_BODY_TIMEOUT", default_value = "30s", value_parser = duration)]
     pub http_body_timeout: Duration,
+    /// The login app (Hydra's `urls.login`): `/oauth2/auth` sends browsers here with a
+    /// `login_challenge`. Without it, the authorization endpoint answers an error naming it.
+    #[arg(long, env = "PORTCULLIS_LOGIN_URL")]
+    pub login_url: Option<String>,
+    /// The consent app (Hydra's `urls.consent`), sent a `consent_challenge`.
+    #[arg(long, env = "PORTCULLIS_CONSENT_URL")]
+    pub consent_url: Option<String>,
+    /// The logout app (Hydra's `urls.logout`), sent a `logout_challenge` by
+    /// `/oauth2/sessions/logout`.
+    #[arg(long, env = "PORTCULLIS_LOGOUT_URL")]
+    pub logout_url: Option<String>,
+    /// Where a finished logout goes without a `post_logout_redirect_uri` (Hydra's
+    /// `urls.post_logout_redirect`) [default: <issuer>/oauth2/fallbacks/logout/callback].
+    #[arg(long, env = "PORTCULLIS_POST_LOGOUT_URL")]
+    pub post_logout_url: Option<String>,
+    /// Where browser-flow errors go that cannot go to a client (Hydra's `urls.error`)
+    /// [default: <issuer>/oauth2/fallbacks/error].
+    #[arg(long, env = "PORTCULLIS_ERROR_URL")]
+    pub error_url: Option<String>,
+    /// Require PKCE (S256) from every client in the authorization code flow.
+    #[arg(long, env = "PORTCULLIS_PKCE_ENFORCED")]
+    pub pkce_enforced: bool,
+    /// Require PKCE (S256) from public clients (`token_endpoint_auth_method: none`).
+    #[arg(long, env = "PORTCULLIS_PKCE_ENFORCED_FOR_PUBLIC_CLIENTS")]
+    pub pkce_enforced_for_public_clients: bool,
+    /// Default ID token lifetime, overridable per client.
+    #[arg(long, env = "PORTCULLIS_ID_TOKEN_TTL", default_value = "1h", value_parser = duration)]
+    pub id_token_ttl: Duration,
+    /// Default refresh token lifetime, overridable per client.
+    #[arg(long, env = "PORTCULLIS_REFRESH_TOKEN_TTL", default_value = "720h", value_parser = duration)]
+    pub refresh_token_ttl: Duration,
+    /// How long a rotated-out refresh token keeps working (Hydra's
+    /// `rotation_grace_period`, at most 5m); 0 = strict rotation with reuse detection.
+    #[arg(long, env = "PORTCULLIS_REFRESH_TOKEN_ROTATION_GRACE_PERIOD", default_value = "0s",
+          value_parser = grace_period)]
+    pub refresh_token_rotation_grace_period: Duration,
     /// Manifests mode: reconcile OAuth2Client/Rule/Secret manifests from this directory
     /// (watched), writing an Envoy ECDS file per workload.
     #[arg(long, env = "PORTCULLIS_MANIFESTS", conflicts_with = "kubernetes")]
@@ -336,6 +380,16 @@ impl ServeArgs {
             limits.header_timeout = self.http_header_timeout;
             limits.body_timeout = self.http_body_timeout;
         }
+        config.flows.login_url = self.login_url.filter(|u| !u.is_empty());
+        config.flows.consent_url = self.consent_url.filter(|u| !u.is_empty());
+        config.flows.error_url = self.error_url.filter(|u| !u.is_empty());
+        config.flows.logout_url = self.logout_url.filter(|u| !u.is_empty());
+        config.flows.post_logout_url = self.post_logout_url.filter(|u| !u.is_empty());
+        config.flows.pkce_enforced = self.pkce_enforced;
+        config.flows.pkce_enforced_for_public_clients = self.pkce_enforced_for_public_clients;
+        config.flows.id_token_ttl = self.id_token_ttl;
+        config.flows.refresh_token_ttl = self.refresh_token_ttl;
+        config.flows.refresh_grace_period = self.refresh_token_rotation_grace_period;
         config
     }
 }
@@ -356,7 +410,7 @@ mod tests {
         assert_eq!(c.public_addr.to_string(), "127.0.0.1:4444");
         assert_eq!(c.admin_addr.to_string(), "127.0.0.1:4445");
         assert_eq!(c.issuer, "http://127.0.0.1:4444");
-        assert_eq!(c.signing_alg, Alg::ES256);
+        assert_eq!(c.signing_alg, Alg::RS256);
         assert!(
             c.keep_existing_alg,
             "without --signing-alg an existing key's alg stays"
@@ -442,6 +496,44 @@ mod tests {
         assert_eq!(c.access_token_ttl, Duration::from_secs(300));
         assert_eq!(c.scope_strategy, ScopeStrategy::Exact);
         assert_eq!(c.key_rotation, Some(Duration::from_secs(86_400)));
+        let cli = Cli::try_parse_from([
+            "portcullis",
+            "serve",
+            "--login-url",
+            "https://app.example/login",
+            "--consent-url",
+            "https://app.example/consent",
+            "--pkce-enforced-for-public-clients",
+            "--refresh-token-ttl",
+            "2h",
+        ])
+        .unwrap();
+        let Command::Serve(args) = cli.command else {
+            panic!("serve")
+        };
+        let c = args.into_config();
+        assert_eq!(
+            c.flows.login_url.as_deref(),
+            Some("https://app.example/login")
+        );
+        assert_eq!(
+            c.flows.consent_url.as_deref(),
+            Some("https://app.example/consent")
+        );
+        assert!(c.flows.error_url.is_none());
+        assert!(c.flows.pkce_enforced_for_public_clients && !c.flows.pkce_enforced);
+        assert_eq!(c.flows.refresh_token_ttl, Duration::from_secs(7200));
+        assert_eq!(c.flows.id_token_ttl, Duration::from_secs(3600));
+        assert_eq!(c.flows.refresh_grace_period, Duration::ZERO);
+        assert!(
+            Cli::try_parse_from([
+                "portcullis",
+                "serve",
+                "--refresh-token-rotation-grace-period",
+                "6m"
+            ])
+            .is_err()
+        );
         assert!(Cli::try_parse_from(["portcullis", "serve", "--signing-alg", "HS256"]).is_err());
     }
 

@@ -56,6 +56,31 @@ pub struct Client {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_credentials_grant_access_token_lifespan: Option<String>,
     #[serde(default, deserialize_with = "null_default")]
+    pub post_logout_redirect_uris: Vec<String>,
+    /// A hint for the login/consent app (Hydra: the server itself never skips consent for it).
+    #[serde(default, deserialize_with = "null_default")]
+    pub skip_consent: bool,
+    #[serde(default, deserialize_with = "null_default")]
+    pub frontchannel_logout_uri: String,
+    #[serde(default, deserialize_with = "null_default")]
+    pub frontchannel_logout_session_required: bool,
+    #[serde(default, deserialize_with = "null_default")]
+    pub backchannel_logout_uri: String,
+    #[serde(default, deserialize_with = "null_default")]
+    pub backchannel_logout_session_required: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub authorization_code_grant_access_token_lifespan: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub authorization_code_grant_id_token_lifespan: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub authorization_code_grant_refresh_token_lifespan: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refresh_token_grant_access_token_lifespan: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refresh_token_grant_id_token_lifespan: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refresh_token_grant_refresh_token_lifespan: Option<String>,
+    #[serde(default, deserialize_with = "null_default")]
     pub created_at: String,
     #[serde(default, deserialize_with = "null_default")]
     pub updated_at: String,
@@ -131,6 +156,66 @@ impl From<StoreError> for ClientError {
     }
 }
 
+/// Response types Hydra accepts in a client (any order of the words is the same type).
+const RESPONSE_TYPE_WORDS: &[&str] = &["code", "token", "id_token", "none"];
+
+/// Checks a redirect-type URI: absolute, no fragment (RFC 6749 3.1.2), and not a scheme that
+/// runs code or reads local files in a browser (`javascript:`, `data:`, ...), whose only use
+/// as a "redirect" is an attack.
+fn check_redirect_uri(field: &'static str, uri: &str) -> Result<(), ClientError> {
+    let parsed = url::Url::parse(uri)
+        .map_err(|e| invalid(field, format!("{uri:?} is not an absolute URI: {e}")))?;
+    if uri.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(invalid(
+            field,
+            format!("{uri:?} must not contain whitespace"),
+        ));
+    }
+    if parsed.fragment().is_some() {
+        return Err(invalid(
+            field,
+            format!("{uri:?} must not contain a fragment"),
+        ));
+    }
+    if matches!(
+        parsed.scheme(),
+        "javascript" | "data" | "vbscript" | "file" | "blob" | "about"
+    ) {
+        return Err(invalid(
+            field,
+            format!("{uri:?} uses a scheme that cannot be a redirect target"),
+        ));
+    }
+    // The URL parser repairs `https:///cb` into `https://cb/`; matching compares the raw string,
+    // so refuse what would only match after repair.
+    if matches!(parsed.scheme(), "http" | "https")
+        && !uri
+            .get(parsed.scheme().len()..)
+            .and_then(|rest| rest.strip_prefix("://"))
+            .is_some_and(|host| !host.is_empty() && !host.starts_with('/'))
+    {
+        return Err(invalid(field, format!("{uri:?} has no host")));
+    }
+    Ok(())
+}
+
+fn check_lifespan(field: &'static str, value: &mut Option<String>) -> Result<(), ClientError> {
+    match value.as_deref() {
+        None => Ok(()),
+        Some("") => {
+            *value = None;
+            Ok(())
+        }
+        Some(l) => {
+            let d = clock::parse_duration(l).map_err(|e| invalid(field, e.to_string()))?;
+            if d.as_secs() == 0 {
+                return Err(invalid(field, "must be at least one second"));
+            }
+            Ok(())
+        }
+    }
+}
+
 fn invalid(field: &'static str, reason: impl Into<String>) -> ClientError {
     ClientError::Invalid {
         field,
@@ -169,6 +254,59 @@ impl Client {
         if self.response_types.is_empty() {
             self.response_types = vec!["code".into()];
         }
+        for rt in &self.response_types {
+            let words: Vec<&str> = rt.split(' ').collect();
+            let known = words.iter().all(|w| RESPONSE_TYPE_WORDS.contains(w));
+            let mut dedup = words.clone();
+            dedup.sort_unstable();
+            dedup.dedup();
+            if !known || dedup.len() != words.len() || (words.contains(&"none") && words.len() > 1)
+            {
+                return Err(invalid(
+                    "response_types",
+                    format!("unsupported response type {rt:?}"),
+                ));
+            }
+        }
+        for uri in &self.redirect_uris {
+            check_redirect_uri("redirect_uris", uri)?;
+        }
+        for uri in &self.post_logout_redirect_uris {
+            check_redirect_uri("post_logout_redirect_uris", uri)?;
+        }
+        if !self.frontchannel_logout_uri.is_empty() {
+            check_redirect_uri("frontchannel_logout_uri", &self.frontchannel_logout_uri)?;
+        }
+        if !self.backchannel_logout_uri.is_empty() {
+            check_redirect_uri("backchannel_logout_uri", &self.backchannel_logout_uri)?;
+            if !self.backchannel_logout_uri.starts_with("http") {
+                return Err(invalid("backchannel_logout_uri", "must be an http(s) URL"));
+            }
+        }
+        check_lifespan(
+            "authorization_code_grant_access_token_lifespan",
+            &mut self.authorization_code_grant_access_token_lifespan,
+        )?;
+        check_lifespan(
+            "authorization_code_grant_id_token_lifespan",
+            &mut self.authorization_code_grant_id_token_lifespan,
+        )?;
+        check_lifespan(
+            "authorization_code_grant_refresh_token_lifespan",
+            &mut self.authorization_code_grant_refresh_token_lifespan,
+        )?;
+        check_lifespan(
+            "refresh_token_grant_access_token_lifespan",
+            &mut self.refresh_token_grant_access_token_lifespan,
+        )?;
+        check_lifespan(
+            "refresh_token_grant_id_token_lifespan",
+            &mut self.refresh_token_grant_id_token_lifespan,
+        )?;
+        check_lifespan(
+            "refresh_token_grant_refresh_token_lifespan",
+            &mut self.refresh_token_grant_refresh_token_lifespan,
+        )?;
         let method = AuthMethod::parse(&self.token_endpoint_auth_method).ok_or_else(|| {
             invalid(
                 "token_endpoint_auth_method",
@@ -218,24 +356,10 @@ impl Client {
         if self.audience.iter().any(|a| a.trim().is_empty()) {
             return Err(invalid("audience", "entries must not be empty"));
         }
-        if let Some(l) = &self.client_credentials_grant_access_token_lifespan {
-            if l.is_empty() {
-                self.client_credentials_grant_access_token_lifespan = None;
-            } else {
-                let d = clock::parse_duration(l).map_err(|e| {
-                    invalid(
-                        "client_credentials_grant_access_token_lifespan",
-                        e.to_string(),
-                    )
-                })?;
-                if d.as_secs() == 0 {
-                    return Err(invalid(
-                        "client_credentials_grant_access_token_lifespan",
-                        "must be at least one second",
-                    ));
-                }
-            }
-        }
+        check_lifespan(
+            "client_credentials_grant_access_token_lifespan",
+            &mut self.client_credentials_grant_access_token_lifespan,
+        )?;
         if self.metadata.is_null() {
             self.metadata = Value::Object(Map::new());
         }
@@ -261,6 +385,8 @@ pub struct ClientRecord {
     pub auth_method: AuthMethod,
     pub scopes: Vec<String>,
     pub lifespan_secs: Option<i64>,
+    /// Per-client lifespans of the browser grants (seconds), `None` = the server default.
+    pub lifespans: GrantLifespans,
     pub opaque: bool,
     pub created_at: i64,
 }
@@ -268,6 +394,47 @@ pub struct ClientRecord {
 impl ClientRecord {
     pub fn has_grant(&self, grant: &str) -> bool {
         self.client.grant_types.iter().any(|g| g == grant)
+    }
+}
+
+/// Hydra's per-client `*_grant_*_lifespan` overrides for the authorization code and refresh
+/// grants, in seconds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct GrantLifespans {
+    pub code_access: Option<i64>,
+    pub code_id: Option<i64>,
+    pub code_refresh: Option<i64>,
+    pub refresh_access: Option<i64>,
+    pub refresh_id: Option<i64>,
+    pub refresh_refresh: Option<i64>,
+}
+
+fn secs(l: Option<&str>) -> Option<i64> {
+    l.and_then(|l| clock::parse_duration(l).ok())
+        .map(lifespan::secs)
+}
+
+impl GrantLifespans {
+    /// Signed tokens' lifespans are capped at `max` (see [`record_from`]); refresh tokens are
+    /// opaque and stored, so no key's retirement waits on them.
+    fn of(c: &Client, max: i64) -> Self {
+        let signed = |l: Option<&str>| secs(l).map(|s| s.min(max));
+        Self {
+            code_access: signed(c.authorization_code_grant_access_token_lifespan.as_deref()),
+            code_id: signed(c.authorization_code_grant_id_token_lifespan.as_deref()),
+            code_refresh: secs(c.authorization_code_grant_refresh_token_lifespan.as_deref()),
+            refresh_access: signed(c.refresh_token_grant_access_token_lifespan.as_deref()),
+            refresh_id: signed(c.refresh_token_grant_id_token_lifespan.as_deref()),
+            refresh_refresh: secs(c.refresh_token_grant_refresh_token_lifespan.as_deref()),
+        }
+    }
+
+    /// The longest lifetime of a token these let us sign (for key retirement).
+    fn max_signed(&self) -> Option<i64> {
+        self.code_access
+            .max(self.refresh_access)
+            .max(self.code_id)
+            .max(self.refresh_id)
     }
 }
 
@@ -282,12 +449,14 @@ fn record_from(
         table: "clients",
         detail: format!("{}: {e}", stored.client_id),
     })?;
-    let lifespan_secs = client
-        .client_credentials_grant_access_token_lifespan
-        .as_deref()
-        .and_then(|l| clock::parse_duration(l).ok())
-        .map(|d| lifespan::secs(d).min(max_lifespan));
+    let lifespan_secs = secs(
+        client
+            .client_credentials_grant_access_token_lifespan
+            .as_deref(),
+    )
+    .map(|s| s.min(max_lifespan));
     Ok(ClientRecord {
+        lifespans: GrantLifespans::of(&client, max_lifespan),
         auth_method: client.auth_method(),
         scopes: client
             .scope
@@ -422,16 +591,42 @@ impl ClientService {
     /// [`Client::normalize`] plus the service's bounds.
     fn validate(&self, client: &mut Client) -> Result<(), ClientError> {
         client.normalize()?;
-        if let Some(l) = &client.client_credentials_grant_access_token_lifespan
-            && clock::parse_duration(l).is_ok_and(|d| lifespan::secs(d) > self.max_lifespan)
-        {
-            return Err(invalid(
+        // Every lifespan of a token the service signs: a retired key stays published for the
+        // longest of them.
+        let signed = [
+            (
                 "client_credentials_grant_access_token_lifespan",
-                format!(
-                    "must be at most {}s (the service's --max-access-token-ttl)",
-                    self.max_lifespan
-                ),
-            ));
+                &client.client_credentials_grant_access_token_lifespan,
+            ),
+            (
+                "authorization_code_grant_access_token_lifespan",
+                &client.authorization_code_grant_access_token_lifespan,
+            ),
+            (
+                "authorization_code_grant_id_token_lifespan",
+                &client.authorization_code_grant_id_token_lifespan,
+            ),
+            (
+                "refresh_token_grant_access_token_lifespan",
+                &client.refresh_token_grant_access_token_lifespan,
+            ),
+            (
+                "refresh_token_grant_id_token_lifespan",
+                &client.refresh_token_grant_id_token_lifespan,
+            ),
+        ];
+        for (field, value) in signed {
+            if let Some(l) = value
+                && clock::parse_duration(l).is_ok_and(|d| lifespan::secs(d) > self.max_lifespan)
+            {
+                return Err(invalid(
+                    field,
+                    format!(
+                        "must be at most {}s (the service's --max-access-token-ttl)",
+                        self.max_lifespan
+                    ),
+                ));
+            }
         }
         Ok(())
     }
@@ -454,7 +649,7 @@ impl ClientService {
             .read()
             .map(|m| {
                 m.values()
-                    .filter_map(|r| r.lifespan_secs)
+                    .filter_map(|r| r.lifespan_secs.max(r.lifespans.max_signed()))
                     .max()
                     .unwrap_or(0)
             })
@@ -854,6 +1049,39 @@ mod tests {
                 "client_credentials_grant_access_token_lifespan",
             ),
             (json!({"metadata": [1]}), "metadata"),
+            (json!({"redirect_uris": ["/relative"]}), "redirect_uris"),
+            (
+                json!({"redirect_uris": ["https://app.example/cb#frag"]}),
+                "redirect_uris",
+            ),
+            (
+                json!({"redirect_uris": ["javascript:alert(1)//"]}),
+                "redirect_uris",
+            ),
+            (
+                json!({"redirect_uris": ["https://app.example/cb x"]}),
+                "redirect_uris",
+            ),
+            (json!({"redirect_uris": ["https:///cb"]}), "redirect_uris"),
+            (
+                json!({"post_logout_redirect_uris": ["data:text/html,x"]}),
+                "post_logout_redirect_uris",
+            ),
+            (
+                json!({"backchannel_logout_uri": "com.example:/x"}),
+                "backchannel_logout_uri",
+            ),
+            (json!({"response_types": ["code code"]}), "response_types"),
+            (json!({"response_types": ["code none"]}), "response_types"),
+            (json!({"response_types": ["device"]}), "response_types"),
+            (
+                json!({"authorization_code_grant_refresh_token_lifespan": "-1h"}),
+                "authorization_code_grant_refresh_token_lifespan",
+            ),
+            (
+                json!({"refresh_token_grant_id_token_lifespan": "0s"}),
+                "refresh_token_grant_id_token_lifespan",
+            ),
         ];
         for (input, field) in cases {
             let mut c: Client = serde_json::from_value(input.clone()).unwrap();
@@ -865,11 +1093,45 @@ mod tests {
     }
 
     #[test]
-    fn unknown_fields_round_trip() {
-        let c: Client =
-            serde_json::from_value(json!({"skip_consent": true, "client_name": "x"})).unwrap();
+    fn browser_fields_are_kept_with_hydra_names() {
+        let mut c: Client = serde_json::from_value(json!({
+            "redirect_uris": ["https://app.example/cb", "http://127.0.0.1/cb", "com.example.app:/cb"],
+            "post_logout_redirect_uris": ["https://app.example/bye"],
+            "response_types": ["code", "id_token code"],
+            "grant_types": ["authorization_code", "refresh_token"],
+            "token_endpoint_auth_method": "none",
+            "skip_consent": true,
+            "frontchannel_logout_uri": "https://app.example/fc",
+            "backchannel_logout_uri": "https://app.example/bc",
+            "backchannel_logout_session_required": true,
+            "authorization_code_grant_refresh_token_lifespan": "2h",
+            "refresh_token_grant_access_token_lifespan": "",
+        }))
+        .unwrap();
+        c.normalize().unwrap();
         let v = serde_json::to_value(&c).unwrap();
         assert_eq!(v["skip_consent"], true);
+        assert_eq!(
+            v["post_logout_redirect_uris"],
+            json!(["https://app.example/bye"])
+        );
+        assert_eq!(v["backchannel_logout_session_required"], true);
+        assert_eq!(v["authorization_code_grant_refresh_token_lifespan"], "2h");
+        assert!(v.get("refresh_token_grant_access_token_lifespan").is_none());
+        assert_eq!(c.auth_method(), AuthMethod::None);
+        let lifespans = GrantLifespans::of(&c, 3600);
+        assert_eq!(lifespans.code_refresh, Some(7200));
+        assert_eq!(lifespans.refresh_access, None);
+    }
+
+    #[test]
+    fn unknown_fields_round_trip() {
+        let c: Client = serde_json::from_value(
+            json!({"userinfo_signed_response_alg": "none", "client_name": "x"}),
+        )
+        .unwrap();
+        let v = serde_json::to_value(&c).unwrap();
+        assert_eq!(v["userinfo_signed_response_alg"], "none");
         assert!(v.get("client_secret").is_none());
     }
 
@@ -1024,6 +1286,21 @@ mod tests {
         .unwrap();
         assert!(too_long(svc.patch("long", &patch).await.map(|_| ())));
         assert_eq!(svc.max_lifespan_secs(), 86_400);
+
+        // The browser grants' signed tokens are bounded the same way; refresh tokens are stored,
+        // not signed, so no key waits on them.
+        let mut id_token = cc_client("oidc", "the-secret");
+        id_token.authorization_code_grant_id_token_lifespan = Some("9223372036854775807".into());
+        assert!(matches!(
+            svc.create(id_token).await,
+            Err(ClientError::Invalid {
+                field: "authorization_code_grant_id_token_lifespan",
+                ..
+            })
+        ));
+        let mut refresh = cc_client("oidc", "the-secret");
+        refresh.refresh_token_grant_refresh_token_lifespan = Some("8760h".into());
+        svc.create(refresh).await.unwrap();
     }
 
     #[tokio::test]

@@ -18,6 +18,8 @@ use std::sync::{Arc, RwLock};
 #[derive(Debug, Clone, PartialEq)]
 pub struct ActiveToken {
     pub client_id: String,
+    /// The client for client_credentials tokens; the person for authorization-code grants.
+    pub sub: String,
     pub scopes: Vec<String>,
     pub audience: Vec<String>,
     pub exp: i64,
@@ -132,6 +134,7 @@ pub fn verify_jwt(svc: &Service, token: &str, now: i64) -> Option<ActiveToken> {
         return None;
     }
     Some(ActiveToken {
+        sub: claims.sub,
         client_id: claims.client_id,
         scopes: claims.scp,
         audience: claims.aud,
@@ -157,6 +160,7 @@ pub async fn inspect_opaque(
     Ok(row
         .filter(|r| r.expires_at > now && issued_to_current_client(svc, &r.client_id, r.issued_at))
         .map(|r| ActiveToken {
+            sub: r.client_id.clone(),
             client_id: r.client_id,
             scopes: r.scopes,
             audience: r.audience,
@@ -215,7 +219,7 @@ pub async fn introspect_endpoint(
             active: true,
             scope: t.scopes.join(" "),
             client_id: &t.client_id,
-            sub: &t.client_id,
+            sub: &t.sub,
             exp: t.exp,
             iat: t.iat,
             nbf: t.nbf,

@@ -28,6 +28,16 @@ pub enum ErrorCode {
     RequestTimeout,
     ServerError,
     TemporarilyUnavailable,
+    // OpenID Connect / browser flows (OIDC Core 3.1.2.6, Hydra's extras).
+    AccessDenied,
+    LoginRequired,
+    ConsentRequired,
+    InvalidState,
+    InsufficientEntropy,
+    RequestNotSupported,
+    RequestUriNotSupported,
+    /// Answered by `/userinfo` without a usable token (RFC 6750 3.1, with `WWW-Authenticate`).
+    InvalidToken,
 }
 
 impl ErrorCode {
@@ -49,16 +59,24 @@ impl ErrorCode {
             Self::RequestTimeout => "request_timeout",
             Self::ServerError => "server_error",
             Self::TemporarilyUnavailable => "temporarily_unavailable",
+            Self::AccessDenied => "access_denied",
+            Self::LoginRequired => "login_required",
+            Self::ConsentRequired => "consent_required",
+            Self::InvalidState => "invalid_state",
+            Self::InsufficientEntropy => "insufficient_entropy",
+            Self::RequestNotSupported => "request_not_supported",
+            Self::RequestUriNotSupported => "request_uri_not_supported",
+            Self::InvalidToken => "invalid_token",
         }
     }
 
     pub fn status(self) -> StatusCode {
         match self {
-            Self::InvalidClient => StatusCode::UNAUTHORIZED,
+            Self::InvalidClient | Self::InvalidToken => StatusCode::UNAUTHORIZED,
+            Self::AccessDenied | Self::RequestForbidden => StatusCode::FORBIDDEN,
             Self::NotFound => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::Conflict => StatusCode::CONFLICT,
-            Self::RequestForbidden => StatusCode::FORBIDDEN,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             Self::ServerError => StatusCode::INTERNAL_SERVER_ERROR,
@@ -128,6 +146,65 @@ impl OAuth2Error {
     }
 }
 
+/// `uri` with `params` added to its query (form-encoded), keeping any query it has.
+pub fn append_query(uri: &str, params: &[(&str, &str)]) -> String {
+    let encoded = serde_urlencoded::to_string(params).unwrap_or_default();
+    if encoded.is_empty() {
+        return uri.to_string();
+    }
+    let sep = if uri.contains('?') { '&' } else { '?' };
+    format!("{uri}{sep}{encoded}")
+}
+
+/// A redirect the browser follows. A `Location` that is not a valid header value (the URIs are
+/// validated before they get here) becomes a 500 instead of a panic.
+pub fn redirect(status: StatusCode, location: &str) -> Response {
+    match HeaderValue::from_str(location) {
+        Ok(v) => {
+            let mut resp = status.into_response();
+            resp.headers_mut().insert(header::LOCATION, v);
+            resp.headers_mut()
+                .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            resp
+        }
+        Err(e) => OAuth2Error::server_error(format!("bad Location header: {e}")).into_response(),
+    }
+}
+
+impl OAuth2Error {
+    /// The error as OIDC Core 3.1.2.6 sends it: 303 to the client's registered `redirect_uri`
+    /// with `error`, `error_description` and `state`. Callers pass only a URI that was matched
+    /// against the client's registration: never an open redirect.
+    pub fn to_client(&self, registered_redirect_uri: &str, state: &str) -> Response {
+        let mut params = vec![
+            ("error", self.code.as_str()),
+            ("error_description", self.description.as_str()),
+        ];
+        if !state.is_empty() {
+            params.push(("state", state));
+        }
+        redirect(
+            StatusCode::SEE_OTHER,
+            &append_query(registered_redirect_uri, &params),
+        )
+    }
+
+    /// The error for the browser when no client redirect can be trusted (unknown client,
+    /// unregistered `redirect_uri`): 302 to the error page (Hydra's `urls.error`).
+    pub fn to_error_page(&self, error_url: &str) -> Response {
+        redirect(
+            StatusCode::FOUND,
+            &append_query(
+                error_url,
+                &[
+                    ("error", self.code.as_str()),
+                    ("error_description", self.description.as_str()),
+                ],
+            ),
+        )
+    }
+}
+
 impl std::fmt::Display for OAuth2Error {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}: {}", self.code.as_str(), self.description)
@@ -152,6 +229,12 @@ impl IntoResponse for OAuth2Error {
         );
         headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
         headers.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
+        if self.code == ErrorCode::InvalidToken {
+            headers.insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer error=\"invalid_token\""),
+            );
+        }
         if self.basic_challenge && status == StatusCode::UNAUTHORIZED {
             headers.insert(
                 header::WWW_AUTHENTICATE,
@@ -226,6 +309,30 @@ mod tests {
             assert_eq!(s.as_u16(), status);
             assert_eq!(body["error"], code.as_str());
         }
+    }
+
+    #[test]
+    fn client_redirects_carry_error_and_state_only_to_the_given_uri() {
+        let e = OAuth2Error::new(ErrorCode::LoginRequired, "no session & more");
+        let resp = e.to_client("https://app.example/cb?x=1", "st4te-123");
+        assert_eq!(resp.status(), StatusCode::SEE_OTHER);
+        assert_eq!(
+            resp.headers()[header::LOCATION],
+            "https://app.example/cb?x=1&error=login_required&error_description=no+session+%26+more&state=st4te-123"
+        );
+        let resp = e.to_error_page("/oauth2/fallbacks/error");
+        assert_eq!(resp.status(), StatusCode::FOUND);
+        assert!(
+            resp.headers()[header::LOCATION]
+                .to_str()
+                .unwrap()
+                .starts_with("/oauth2/fallbacks/error?error=login_required")
+        );
+        // A location that cannot be a header is refused, not a panic.
+        assert_eq!(
+            redirect(StatusCode::FOUND, "https://x/\n").status(),
+            StatusCode::INTERNAL_SERVER_ERROR
+        );
     }
 
     #[tokio::test]

@@ -22,6 +22,11 @@ pub async fn revoke_endpoint(
     let token = params.get("token")?.ok_or_else(|| {
         OAuth2Error::invalid_request("The request is missing the token parameter.")
     })?;
+    if token.starts_with(crate::grant_tokens::REFRESH_PREFIX) {
+        crate::refresh::revoke(&svc, &client, token).await?;
+        svc.metrics.revocation();
+        return Ok(StatusCode::OK);
+    }
     let now = clock::now();
     let found = if token.starts_with(OPAQUE_PREFIX) {
         inspect_opaque(&svc, token, now).await?

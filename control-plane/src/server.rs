@@ -29,11 +29,12 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 use tokio::net::TcpListener;
 
-/// The algorithm of a new store's signing key. ES256 rather than Hydra's RS256: on the 2-core
-/// reference machine RSA-2048 signing caps RS256 at ~7,000 tokens/s (AWS-LC, the faster
-/// library, signs ~3,900/s per core), ES256 issues ~50,000/s. `--signing-alg RS256` remains
-/// for verifiers that accept nothing else.
-pub const DEFAULT_SIGNING_ALG: Alg = Alg::ES256;
+/// The algorithm of a new store's signing key: RS256, as Hydra, OpenID Connect (the ID-token
+/// default) and Oathkeeper's `jwt` authenticator (RS256 only unless `allowed_algorithms` says
+/// otherwise) expect, so tokens work with verifiers configured for Hydra. It costs speed: on
+/// the 2-core reference machine RSA-2048 signing caps RS256 at ~7,000 tokens/s, while
+/// `--signing-alg ES256` issues ~50,000/s.
+pub const DEFAULT_SIGNING_ALG: Alg = Alg::RS256;
 
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -65,10 +66,12 @@ pub struct Config {
     pub admin_hosts: Vec<String>,
     /// Lets clients' `jwks_uri` resolve to loopback, private or link-local addresses.
     pub allow_private_jwks_uri: bool,
+    /// Browser flows (login/consent URLs, PKCE, lifetimes).
+    pub flows: crate::flow::FlowConfig,
 }
 
 impl Config {
-    /// Defaults for a data directory (ports 4444/4445 on loopback, ES256, 1h, wildcard).
+    /// Defaults for a data directory (ports 4444/4445 on loopback, RS256, 1h, wildcard).
     pub fn new(data_dir: PathBuf) -> Self {
         let public_addr = SocketAddr::from(([127, 0, 0, 1], 4444));
         Self {
@@ -98,6 +101,7 @@ impl Config {
                 header_timeout: Duration::from_secs(10),
                 body_timeout: Duration::from_secs(30),
             },
+            flows: crate::flow::FlowConfig::default(),
         }
     }
 
@@ -320,7 +324,24 @@ pub fn public_app(svc: Arc<Service>) -> Router {
         .route("/oauth2/revoke", post(revoke::revoke_endpoint))
         .route(
             "/oauth2/auth",
-            get(discovery::authorization_endpoint).post(discovery::authorization_endpoint),
+            get(crate::authorize::authorization_endpoint)
+                .post(crate::authorize::authorization_endpoint),
+        )
+        .route(
+            "/oauth2/fallbacks/error",
+            get(crate::authorize::fallback_error),
+        )
+        .route(
+            "/oauth2/sessions/logout",
+            get(crate::logout::logout_endpoint).post(crate::logout::logout_endpoint),
+        )
+        .route(
+            "/oauth2/fallbacks/logout/callback",
+            get(crate::logout::logged_out),
+        )
+        .route(
+            "/userinfo",
+            get(crate::userinfo::userinfo_endpoint).post(crate::userinfo::userinfo_endpoint),
         )
         .route(
             "/.well-known/openid-configuration",
@@ -359,7 +380,51 @@ pub fn admin_app(svc: Arc<Service>) -> Router {
             "/keys/{set}/{kid}",
             get(admin::get_key).delete(admin::delete_key),
         )
-        .route("/metrics/prometheus", get(metrics::prometheus_endpoint));
+        .route("/metrics/prometheus", get(metrics::prometheus_endpoint))
+        .route(
+            "/oauth2/auth/requests/login",
+            get(crate::login_consent::get_login_request),
+        )
+        .route(
+            "/oauth2/auth/requests/login/accept",
+            axum::routing::put(crate::login_consent::accept_login),
+        )
+        .route(
+            "/oauth2/auth/requests/login/reject",
+            axum::routing::put(crate::login_consent::reject_login),
+        )
+        .route(
+            "/oauth2/auth/requests/consent",
+            get(crate::login_consent::get_consent_request),
+        )
+        .route(
+            "/oauth2/auth/requests/consent/accept",
+            axum::routing::put(crate::login_consent::accept_consent),
+        )
+        .route(
+            "/oauth2/auth/requests/consent/reject",
+            axum::routing::put(crate::login_consent::reject_consent),
+        )
+        .route(
+            "/oauth2/auth/sessions/consent",
+            get(crate::sessions::list_consents).delete(crate::sessions::revoke_consents),
+        )
+        .route(
+            "/oauth2/auth/sessions/login",
+            axum::routing::delete(crate::sessions::revoke_logins),
+        )
+        .route(
+            "/oauth2/auth/requests/logout",
+            get(crate::logout::get_logout_request),
+        )
+        .route(
+            "/oauth2/auth/requests/logout/accept",
+            axum::routing::put(crate::logout::accept_logout),
+        )
+        .route(
+            "/oauth2/auth/requests/logout/reject",
+            axum::routing::put(crate::logout::reject_logout),
+        );
     let r = Router::new().merge(routes.clone()).nest("/admin", routes);
     let allowed = crate::admin_guard::AllowedHosts::new(&svc.config.admin_hosts);
     common(r, &svc, "admin").layer(axum::middleware::from_fn_with_state(

@@ -42,6 +42,43 @@ pub struct StoredOpaqueToken {
     pub expires_at: i64,
 }
 
+/// The state of one browser authorization flow (login, consent, code) as JSON, with the stage
+/// it has reached: stages only advance, each by a compare-and-set, which is what makes
+/// challenges, verifiers and codes single-use.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredFlow {
+    pub id: String,
+    pub stage: i64,
+    pub json: String,
+    pub expires_at: i64,
+}
+
+/// A login session (`sid`) or a remembered consent, as JSON.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredSession {
+    /// `sid` of a login session; `<client_id> <subject>` of a consent.
+    pub id: String,
+    pub subject: String,
+    pub json: String,
+    pub expires_at: i64,
+}
+
+/// A refresh token, keyed by the SHA-256 of the token string. `chain` names the authorization
+/// (the flow) every rotation descends from: reuse detection revokes the whole chain.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredRefreshToken {
+    pub hash: [u8; 32],
+    pub chain: String,
+    pub client_id: String,
+    /// The person the grant is for (revoking a subject's consent finds its chains).
+    pub subject: String,
+    pub active: bool,
+    /// When it was rotated out (for the grace period); `None` while active or once revoked.
+    pub used_at: Option<i64>,
+    pub json: String,
+    pub expires_at: i64,
+}
+
 /// Hydra's list filters (exact match); `None` matches everything.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ClientFilter {
@@ -98,6 +135,42 @@ pub trait Store: Send + Sync + 'static {
 
     /// Records a client assertion's `jti`; false when it was already used (replay).
     fn use_assertion_jti(&self, client_id: &str, jti: &str, expires_at: i64) -> StoreResult<bool>;
+
+    fn insert_flow(&self, flow: &StoredFlow) -> StoreResult<()>;
+    fn get_flow(&self, id: &str) -> StoreResult<Option<StoredFlow>>;
+    /// Replaces the flow if it is still at stage `from`; false when another request advanced
+    /// it first (or it is gone). Exactly one of concurrent callers wins.
+    fn advance_flow(&self, from: i64, flow: &StoredFlow) -> StoreResult<bool>;
+
+    /// Inserts or replaces a login session (`kind` "login") or remembered consent ("consent").
+    fn put_session(&self, kind: &str, session: &StoredSession) -> StoreResult<()>;
+    fn get_session(&self, kind: &str, id: &str) -> StoreResult<Option<StoredSession>>;
+    fn delete_session(&self, kind: &str, id: &str) -> StoreResult<bool>;
+    /// Every live-or-not row of `kind` for `subject`.
+    fn list_sessions(&self, kind: &str, subject: &str) -> StoreResult<Vec<StoredSession>>;
+    /// Deletes every row of `kind` for `subject`; returns how many went.
+    fn delete_sessions(&self, kind: &str, subject: &str) -> StoreResult<usize>;
+
+    fn insert_refresh_token(&self, token: &StoredRefreshToken) -> StoreResult<()>;
+    fn get_refresh_token(&self, hash: &[u8; 32]) -> StoreResult<Option<StoredRefreshToken>>;
+    /// In one transaction: deactivates `old` (recording `now` as its use) if it is still
+    /// active and inserts `new`. False (and nothing written) when `old` was no longer active:
+    /// concurrent rotations of one token have exactly one winner.
+    fn rotate_refresh_token(
+        &self,
+        old: &[u8; 32],
+        new: &StoredRefreshToken,
+        now: i64,
+    ) -> StoreResult<bool>;
+    /// Deactivates every token of `chain` (no grace period applies to a revoked token); returns
+    /// all of its rows (to revoke what they issued).
+    fn revoke_refresh_chain(&self, chain: &str) -> StoreResult<Vec<StoredRefreshToken>>;
+    /// Deactivates every refresh token of `subject` (of one client, or all); returns the rows.
+    fn revoke_refresh_tokens_of(
+        &self,
+        subject: &str,
+        client_id: Option<&str>,
+    ) -> StoreResult<Vec<StoredRefreshToken>>;
 
     /// Deletes expired tokens, revocations, assertion ids and retired keys; returns rows removed.
     fn purge_expired(&self, now: i64) -> StoreResult<usize>;

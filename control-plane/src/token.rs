@@ -53,9 +53,20 @@ pub async fn authenticate(
     headers: &HeaderMap,
     params: &Params,
 ) -> Result<Arc<ClientRecord>, OAuth2Error> {
+    authenticate_for(svc, headers, params, false).await
+}
+
+/// Like [`authenticate`]; `allow_public` lets a public client (auth method `none`) identify
+/// itself by `client_id` alone, for the grants that allow it (authorization code, refresh).
+pub async fn authenticate_for(
+    svc: &Service,
+    headers: &HeaderMap,
+    params: &Params,
+    allow_public: bool,
+) -> Result<Arc<ClientRecord>, OAuth2Error> {
     let basic = basic_credentials(headers)?;
     let used_basic = basic.is_some();
-    authenticate_inner(svc, basic, params)
+    authenticate_inner(svc, basic, params, allow_public)
         .await
         .map_err(|e| e.with_basic_challenge(used_basic))
 }
@@ -64,6 +75,7 @@ async fn authenticate_inner(
     svc: &Service,
     basic: Option<(String, String)>,
     params: &Params,
+    allow_public: bool,
 ) -> Result<Arc<ClientRecord>, OAuth2Error> {
     let post_id = params.get("client_id")?;
     let post_secret = params.get("client_secret")?;
@@ -95,6 +107,15 @@ async fn authenticate_inner(
     }
     if let (Some(id), Some(secret)) = (post_id, post_secret) {
         return with_secret(svc, id, secret, AuthMethod::ClientSecretPost).await;
+    }
+    if let Some(id) = post_id
+        && let Some(public) = svc
+            .clients
+            .lookup(id)
+            .filter(|c| c.auth_method == AuthMethod::None)
+        && allow_public
+    {
+        return Ok(public);
     }
     Err(OAuth2Error::invalid_client(AUTH_FAILED))
 }
@@ -197,7 +218,13 @@ async fn grant(
             OAuth2Error::invalid_request("The request is missing the grant_type parameter.")
         })?
         .to_string();
-    let client = authenticate(svc, headers, params).await?;
+    let browser_grant = matches!(grant_type.as_str(), "authorization_code" | "refresh_token");
+    let client = authenticate_for(svc, headers, params, browser_grant).await?;
+    match grant_type.as_str() {
+        "authorization_code" => return crate::code_grant::exchange(svc, &client, params).await,
+        "refresh_token" => return crate::refresh::exchange(svc, &client, params).await,
+        _ => {}
+    }
     if grant_type != "client_credentials" {
         return Err(OAuth2Error::new(
             ErrorCode::UnsupportedGrantType,

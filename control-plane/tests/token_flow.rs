@@ -131,7 +131,7 @@ async fn oauth2_crate_flow_with_discovery_and_jwks_verification() {
 
     let token = resp.access_token().secret().clone();
     let (header, claims) = srv.verify(&token).await;
-    assert_eq!(header["alg"], "ES256", "default algorithm");
+    assert_eq!(header["alg"], "RS256", "default algorithm (as Hydra)");
     assert!(header["kid"].as_str().is_some_and(|k| !k.is_empty()));
     assert_claims(&claims, &srv.issuer(), &id, &["orders.read"], 3600);
 

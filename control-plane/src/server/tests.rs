@@ -773,8 +773,17 @@ async fn discovery_health_and_not_found() {
         get("/oauth2/auth?response_type=code&client_id=x"),
     )
     .await;
-    assert_eq!(r.status, StatusCode::BAD_REQUEST);
-    assert_eq!(r.body["error"], "unsupported_response_type");
+    // Without a login app the endpoint says which flag is missing.
+    assert_eq!(r.status, StatusCode::INTERNAL_SERVER_ERROR);
+    assert_eq!(r.body["error"], "server_error");
+    assert!(
+        r.body["error_description"]
+            .as_str()
+            .unwrap()
+            .contains("--login-url"),
+        "{}",
+        r.body
+    );
     let r = send(&h.public, get("/oauth2/token")).await;
     assert_eq!(r.status, StatusCode::METHOD_NOT_ALLOWED);
     assert_eq!(r.body["error"], "method_not_allowed");
@@ -1173,6 +1182,79 @@ impl Store for BrokenStore {
     fn use_assertion_jti(&self, id: &str, jti: &str, exp: i64) -> crate::store::StoreResult<bool> {
         self.0.use_assertion_jti(id, jti, exp)
     }
+    fn insert_flow(&self, f: &crate::store::StoredFlow) -> crate::store::StoreResult<()> {
+        self.0.insert_flow(f)
+    }
+    fn get_flow(&self, id: &str) -> crate::store::StoreResult<Option<crate::store::StoredFlow>> {
+        self.0.get_flow(id)
+    }
+    fn advance_flow(
+        &self,
+        from: i64,
+        f: &crate::store::StoredFlow,
+    ) -> crate::store::StoreResult<bool> {
+        self.0.advance_flow(from, f)
+    }
+    fn put_session(
+        &self,
+        kind: &str,
+        s: &crate::store::StoredSession,
+    ) -> crate::store::StoreResult<()> {
+        self.0.put_session(kind, s)
+    }
+    fn get_session(
+        &self,
+        kind: &str,
+        id: &str,
+    ) -> crate::store::StoreResult<Option<crate::store::StoredSession>> {
+        self.0.get_session(kind, id)
+    }
+    fn delete_session(&self, kind: &str, id: &str) -> crate::store::StoreResult<bool> {
+        self.0.delete_session(kind, id)
+    }
+    fn insert_refresh_token(
+        &self,
+        t: &crate::store::StoredRefreshToken,
+    ) -> crate::store::StoreResult<()> {
+        self.0.insert_refresh_token(t)
+    }
+    fn get_refresh_token(
+        &self,
+        h: &[u8; 32],
+    ) -> crate::store::StoreResult<Option<crate::store::StoredRefreshToken>> {
+        self.0.get_refresh_token(h)
+    }
+    fn rotate_refresh_token(
+        &self,
+        old: &[u8; 32],
+        new: &crate::store::StoredRefreshToken,
+        now: i64,
+    ) -> crate::store::StoreResult<bool> {
+        self.0.rotate_refresh_token(old, new, now)
+    }
+    fn revoke_refresh_chain(
+        &self,
+        chain: &str,
+    ) -> crate::store::StoreResult<Vec<crate::store::StoredRefreshToken>> {
+        self.0.revoke_refresh_chain(chain)
+    }
+    fn revoke_refresh_tokens_of(
+        &self,
+        subject: &str,
+        client_id: Option<&str>,
+    ) -> crate::store::StoreResult<Vec<crate::store::StoredRefreshToken>> {
+        self.0.revoke_refresh_tokens_of(subject, client_id)
+    }
+    fn list_sessions(
+        &self,
+        kind: &str,
+        subject: &str,
+    ) -> crate::store::StoreResult<Vec<crate::store::StoredSession>> {
+        self.0.list_sessions(kind, subject)
+    }
+    fn delete_sessions(&self, kind: &str, subject: &str) -> crate::store::StoreResult<usize> {
+        self.0.delete_sessions(kind, subject)
+    }
     fn purge_expired(&self, now: i64) -> crate::store::StoreResult<usize> {
         self.0.purge_expired(now)
     }
@@ -1235,28 +1317,45 @@ fn an_existing_key_keeps_its_algorithm_unless_one_is_asked_for() {
             .map(|k| k.alg)
             .unwrap()
     };
-    // A store from before the default changed: its key is RS256.
-    let svc = Service::open(config(dir.path(), Alg::RS256)).unwrap();
-    assert_eq!(current_alg(&svc), Alg::RS256);
+    // A store from the releases whose default was ES256.
+    let svc = Service::open(config(dir.path(), Alg::ES256)).unwrap();
+    assert_eq!(current_alg(&svc), Alg::ES256);
     drop(svc);
-    // Restarted without --signing-alg: the default (ES256) must not rotate the RS256 key away.
+    // Restarted without --signing-alg: the default (RS256) must not rotate the ES256 key away.
     let mut c = config(dir.path(), DEFAULT_SIGNING_ALG);
     c.keep_existing_alg = true;
     let svc = Service::open(c).unwrap();
-    assert_eq!(current_alg(&svc), Alg::RS256);
-    assert_eq!(svc.config.signing_alg, Alg::RS256, "rotations keep it too");
-    drop(svc);
-    // Asked for explicitly: a new ES256 key signs, the RS256 one stays published.
-    let svc = Service::open(config(dir.path(), Alg::ES256)).unwrap();
     assert_eq!(current_alg(&svc), Alg::ES256);
+    assert_eq!(svc.config.signing_alg, Alg::ES256, "rotations keep it too");
+    drop(svc);
+    // Asked for explicitly: a new RS256 key signs, the ES256 one stays published.
+    let svc = Service::open(config(dir.path(), Alg::RS256)).unwrap();
+    assert_eq!(current_alg(&svc), Alg::RS256);
     let jwks = svc.keys.ring().jwks(ACCESS_TOKEN_SET, crate::clock::now());
     assert_eq!(jwks["keys"].as_array().unwrap().len(), 2, "{jwks}");
     drop(svc);
-    // A fresh store without --signing-alg gets the default.
+    // A fresh store without --signing-alg gets the default, RS256 (what Hydra, OIDC and
+    // Oathkeeper's jwt authenticator expect).
     let fresh = tempfile::tempdir().unwrap();
     let mut c = config(fresh.path(), DEFAULT_SIGNING_ALG);
     c.keep_existing_alg = true;
-    assert_eq!(current_alg(&Service::open(c).unwrap()), Alg::ES256);
+    assert_eq!(current_alg(&Service::open(c).unwrap()), Alg::RS256);
+}
+
+#[tokio::test]
+async fn discovery_names_the_algorithm_that_signs_now() {
+    let h = harness(Alg::ES256);
+    let algs = |r: Reply| r.body["id_token_signing_alg_values_supported"].clone();
+    let r = send(&h.public, get("/.well-known/openid-configuration")).await;
+    assert_eq!(algs(r), json!(["ES256"]));
+    // A key of another algorithm rotated in over the admin API signs from now on.
+    let svc = Arc::clone(&h.svc);
+    tokio::task::spawn_blocking(move || svc.rotate_signing_key(Alg::RS256, None))
+        .await
+        .unwrap()
+        .unwrap();
+    let r = send(&h.public, get("/.well-known/openid-configuration")).await;
+    assert_eq!(algs(r), json!(["RS256"]));
 }
 
 #[tokio::test]

@@ -2,7 +2,8 @@
 //! (SQLite serialises writers anyway; hot reads are served from memory by the services above).
 
 use super::{
-    ClientFilter, Store, StoreError, StoreResult, StoredClient, StoredKey, StoredOpaqueToken,
+    ClientFilter, Store, StoreError, StoreResult, StoredClient, StoredFlow, StoredKey,
+    StoredOpaqueToken, StoredRefreshToken, StoredSession,
 };
 use rusqlite::{Connection, OptionalExtension, params};
 use std::path::Path;
@@ -20,7 +21,8 @@ struct PendingToken {
 }
 
 /// Schema versions, applied in order; `PRAGMA user_version` records how many ran.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE clients (
     client_id   TEXT PRIMARY KEY NOT NULL,
     json        TEXT NOT NULL,
@@ -58,7 +60,43 @@ CREATE TABLE assertion_jtis (
     expires_at INTEGER NOT NULL,
     PRIMARY KEY (client_id, jti)
 );
-"#];
+"#,
+    r#"
+CREATE TABLE oidc_flows (
+    id         TEXT PRIMARY KEY NOT NULL,
+    stage      INTEGER NOT NULL,
+    json       TEXT NOT NULL,
+    expires_at INTEGER NOT NULL
+);
+CREATE INDEX oidc_flows_exp ON oidc_flows(expires_at);
+CREATE TABLE oidc_sessions (
+    kind       TEXT NOT NULL,
+    id         TEXT NOT NULL,
+    subject    TEXT NOT NULL,
+    json       TEXT NOT NULL,
+    expires_at INTEGER NOT NULL,
+    PRIMARY KEY (kind, id)
+);
+CREATE INDEX oidc_sessions_exp ON oidc_sessions(expires_at);
+CREATE INDEX oidc_sessions_subject ON oidc_sessions(kind, subject);
+CREATE TABLE refresh_tokens (
+    hash       BLOB PRIMARY KEY NOT NULL,
+    chain      TEXT NOT NULL,
+    client_id  TEXT NOT NULL,
+    subject    TEXT NOT NULL,
+    active     INTEGER NOT NULL,
+    used_at    INTEGER,
+    json       TEXT NOT NULL,
+    expires_at INTEGER NOT NULL
+);
+CREATE INDEX refresh_tokens_chain ON refresh_tokens(chain);
+CREATE INDEX refresh_tokens_subject ON refresh_tokens(subject, client_id);
+CREATE INDEX refresh_tokens_exp ON refresh_tokens(expires_at);
+"#,
+];
+
+/// Rows deleted per statement when purging the browser-flow tables.
+const PURGE_BATCH: usize = 1000;
 
 /// Creates `dir` (and parents) with mode 0700, or tightens an existing one when we may.
 fn private_dir(dir: &Path) -> std::io::Result<()> {
@@ -212,6 +250,51 @@ fn commit_tokens(conn: &Connection, batch: &[PendingToken]) -> rusqlite::Result<
         }
     }
     tx.commit()
+}
+
+fn flow_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredFlow> {
+    Ok(StoredFlow {
+        id: r.get(0)?,
+        stage: r.get(1)?,
+        json: r.get(2)?,
+        expires_at: r.get(3)?,
+    })
+}
+
+fn refresh_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredRefreshToken> {
+    let hash: Vec<u8> = r.get(0)?;
+    let mut h = [0u8; 32];
+    if hash.len() == 32 {
+        h.copy_from_slice(&hash);
+    }
+    Ok(StoredRefreshToken {
+        hash: h,
+        chain: r.get(1)?,
+        client_id: r.get(2)?,
+        subject: r.get(3)?,
+        active: r.get::<_, i64>(4)? != 0,
+        used_at: r.get(5)?,
+        json: r.get(6)?,
+        expires_at: r.get(7)?,
+    })
+}
+
+fn insert_refresh(c: &Connection, t: &StoredRefreshToken) -> rusqlite::Result<usize> {
+    c.execute(
+        "INSERT INTO refresh_tokens
+         (hash, chain, client_id, subject, active, used_at, json, expires_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        params![
+            &t.hash[..],
+            t.chain,
+            t.client_id,
+            t.subject,
+            i64::from(t.active),
+            t.used_at,
+            t.json,
+            t.expires_at
+        ],
+    )
 }
 
 fn split_list(s: &str) -> Vec<String> {
@@ -480,9 +563,195 @@ impl Store for SqliteStore {
         .map(|n| n > 0)
     }
 
-    fn purge_expired(&self, now: i64) -> StoreResult<usize> {
+    fn insert_flow(&self, f: &StoredFlow) -> StoreResult<()> {
         self.with(|c| {
-            let mut n = c.execute("DELETE FROM opaque_tokens WHERE expires_at <= ?1", [now])?;
+            c.execute(
+                "INSERT INTO oidc_flows (id, stage, json, expires_at) VALUES (?1, ?2, ?3, ?4)",
+                params![f.id, f.stage, f.json, f.expires_at],
+            )
+        })
+        .map(|_| ())
+    }
+
+    fn get_flow(&self, id: &str) -> StoreResult<Option<StoredFlow>> {
+        self.with(|c| {
+            c.query_row(
+                "SELECT id, stage, json, expires_at FROM oidc_flows WHERE id = ?1",
+                [id],
+                flow_row,
+            )
+            .optional()
+        })
+    }
+
+    fn advance_flow(&self, from: i64, f: &StoredFlow) -> StoreResult<bool> {
+        self.with(|c| {
+            c.execute(
+                "UPDATE oidc_flows SET stage = ?3, json = ?4, expires_at = ?5
+                 WHERE id = ?1 AND stage = ?2",
+                params![f.id, from, f.stage, f.json, f.expires_at],
+            )
+        })
+        .map(|n| n == 1)
+    }
+
+    fn put_session(&self, kind: &str, s: &StoredSession) -> StoreResult<()> {
+        self.with(|c| {
+            c.execute(
+                "INSERT OR REPLACE INTO oidc_sessions (kind, id, subject, json, expires_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![kind, s.id, s.subject, s.json, s.expires_at],
+            )
+        })
+        .map(|_| ())
+    }
+
+    fn get_session(&self, kind: &str, id: &str) -> StoreResult<Option<StoredSession>> {
+        self.with(|c| {
+            c.query_row(
+                "SELECT id, subject, json, expires_at FROM oidc_sessions
+                 WHERE kind = ?1 AND id = ?2",
+                params![kind, id],
+                |r| {
+                    Ok(StoredSession {
+                        id: r.get(0)?,
+                        subject: r.get(1)?,
+                        json: r.get(2)?,
+                        expires_at: r.get(3)?,
+                    })
+                },
+            )
+            .optional()
+        })
+    }
+
+    fn list_sessions(&self, kind: &str, subject: &str) -> StoreResult<Vec<StoredSession>> {
+        self.with(|c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT id, subject, json, expires_at FROM oidc_sessions
+                 WHERE kind = ?1 AND subject = ?2 ORDER BY id",
+            )?;
+            let rows = stmt.query_map(params![kind, subject], |r| {
+                Ok(StoredSession {
+                    id: r.get(0)?,
+                    subject: r.get(1)?,
+                    json: r.get(2)?,
+                    expires_at: r.get(3)?,
+                })
+            })?;
+            rows.collect()
+        })
+    }
+
+    fn delete_sessions(&self, kind: &str, subject: &str) -> StoreResult<usize> {
+        self.with(|c| {
+            c.execute(
+                "DELETE FROM oidc_sessions WHERE kind = ?1 AND subject = ?2",
+                params![kind, subject],
+            )
+        })
+    }
+
+    fn delete_session(&self, kind: &str, id: &str) -> StoreResult<bool> {
+        self.with(|c| {
+            c.execute(
+                "DELETE FROM oidc_sessions WHERE kind = ?1 AND id = ?2",
+                params![kind, id],
+            )
+        })
+        .map(|n| n > 0)
+    }
+
+    fn insert_refresh_token(&self, t: &StoredRefreshToken) -> StoreResult<()> {
+        self.with(|c| insert_refresh(c, t)).map(|_| ())
+    }
+
+    fn get_refresh_token(&self, hash: &[u8; 32]) -> StoreResult<Option<StoredRefreshToken>> {
+        self.with(|c| {
+            c.query_row(
+                "SELECT hash, chain, client_id, subject, active, used_at, json, expires_at
+                 FROM refresh_tokens WHERE hash = ?1",
+                [&hash[..]],
+                refresh_row,
+            )
+            .optional()
+        })
+    }
+
+    fn rotate_refresh_token(
+        &self,
+        old: &[u8; 32],
+        new: &StoredRefreshToken,
+        now: i64,
+    ) -> StoreResult<bool> {
+        self.with(|c| {
+            let tx = c.unchecked_transaction()?;
+            let won = tx.execute(
+                "UPDATE refresh_tokens SET active = 0, used_at = ?2 WHERE hash = ?1 AND active = 1",
+                params![&old[..], now],
+            )? == 1;
+            if won {
+                insert_refresh(&tx, new)?;
+                tx.commit()?;
+            }
+            Ok(won)
+        })
+    }
+
+    fn revoke_refresh_chain(&self, chain: &str) -> StoreResult<Vec<StoredRefreshToken>> {
+        self.with(|c| {
+            c.execute(
+                "UPDATE refresh_tokens SET active = 0, used_at = NULL WHERE chain = ?1",
+                [chain],
+            )?;
+            let mut stmt = c.prepare_cached(
+                "SELECT hash, chain, client_id, subject, active, used_at, json, expires_at
+                 FROM refresh_tokens WHERE chain = ?1",
+            )?;
+            let rows = stmt.query_map([chain], refresh_row)?;
+            rows.collect()
+        })
+    }
+
+    fn revoke_refresh_tokens_of(
+        &self,
+        subject: &str,
+        client_id: Option<&str>,
+    ) -> StoreResult<Vec<StoredRefreshToken>> {
+        self.with(|c| {
+            c.execute(
+                "UPDATE refresh_tokens SET active = 0, used_at = NULL
+                 WHERE subject = ?1 AND (?2 IS NULL OR client_id = ?2)",
+                params![subject, client_id],
+            )?;
+            let mut stmt = c.prepare_cached(
+                "SELECT hash, chain, client_id, subject, active, used_at, json, expires_at
+                 FROM refresh_tokens WHERE subject = ?1 AND (?2 IS NULL OR client_id = ?2)",
+            )?;
+            let rows = stmt.query_map(params![subject, client_id], refresh_row)?;
+            rows.collect()
+        })
+    }
+
+    fn purge_expired(&self, now: i64) -> StoreResult<usize> {
+        // The browser-flow tables grow with traffic (Hydra's unbounded janitor is a known
+        // complaint): delete in batches, letting requests have the connection between them.
+        let mut n = 0;
+        for table in ["oidc_flows", "oidc_sessions", "refresh_tokens"] {
+            let sql = format!(
+                "DELETE FROM {table} WHERE rowid IN
+                 (SELECT rowid FROM {table} WHERE expires_at <= ?1 LIMIT {PURGE_BATCH})"
+            );
+            loop {
+                let deleted = self.with(|c| c.execute(&sql, [now]))?;
+                n += deleted;
+                if deleted < PURGE_BATCH {
+                    break;
+                }
+            }
+        }
+        self.with(|c| {
+            let mut n = n + c.execute("DELETE FROM opaque_tokens WHERE expires_at <= ?1", [now])?;
             n += c.execute("DELETE FROM revocations WHERE expires_at <= ?1", [now])?;
             n += c.execute("DELETE FROM assertion_jtis WHERE expires_at <= ?1", [now])?;
             n += c.execute(
@@ -668,6 +937,80 @@ mod tests {
             expires_at: 100,
         };
         assert!(reopened.insert_opaque_token(&dup).is_err());
+    }
+
+    #[test]
+    fn flows_advance_once_and_refresh_rotation_has_one_winner() {
+        let s = SqliteStore::in_memory().unwrap();
+        let f = StoredFlow {
+            id: "f".into(),
+            stage: 0,
+            json: "{}".into(),
+            expires_at: 100,
+        };
+        s.insert_flow(&f).unwrap();
+        let next = StoredFlow {
+            stage: 1,
+            json: "{\"a\":1}".into(),
+            ..f.clone()
+        };
+        assert!(s.advance_flow(0, &next).unwrap());
+        assert!(
+            !s.advance_flow(0, &next).unwrap(),
+            "a stage is left only once"
+        );
+        assert_eq!(s.get_flow("f").unwrap(), Some(next));
+
+        let rt = |b: u8, chain: &str| StoredRefreshToken {
+            hash: [b; 32],
+            chain: chain.into(),
+            client_id: "c".into(),
+            subject: "s".into(),
+            active: true,
+            used_at: None,
+            json: "{}".into(),
+            expires_at: 100,
+        };
+        s.insert_refresh_token(&rt(1, "ch")).unwrap();
+        assert!(s.rotate_refresh_token(&[1; 32], &rt(2, "ch"), 50).unwrap());
+        // The loser writes nothing: its successor does not exist.
+        assert!(!s.rotate_refresh_token(&[1; 32], &rt(3, "ch"), 51).unwrap());
+        assert!(s.get_refresh_token(&[3; 32]).unwrap().is_none());
+        let used = s.get_refresh_token(&[1; 32]).unwrap().unwrap();
+        assert!(!used.active);
+        assert_eq!(used.used_at, Some(50), "the winner's use is recorded");
+        let chain = s.revoke_refresh_chain("ch").unwrap();
+        assert_eq!(chain.len(), 2);
+        assert!(chain.iter().all(|t| !t.active && t.used_at.is_none()));
+        s.insert_refresh_token(&rt(4, "other")).unwrap();
+        assert!(
+            s.revoke_refresh_tokens_of("s", Some("d"))
+                .unwrap()
+                .is_empty()
+        );
+        assert!(s.get_refresh_token(&[4; 32]).unwrap().unwrap().active);
+        assert_eq!(s.revoke_refresh_tokens_of("s", Some("c")).unwrap().len(), 3);
+        assert!(!s.get_refresh_token(&[4; 32]).unwrap().unwrap().active);
+        assert_eq!(s.purge_expired(100).unwrap(), 4);
+    }
+
+    #[test]
+    fn purge_deletes_large_backlogs_in_batches() {
+        let s = SqliteStore::in_memory().unwrap();
+        for i in 0..(PURGE_BATCH * 2 + 5) {
+            let expires_at = if i % 2 == 0 { 10 } else { 1000 };
+            s.insert_flow(&StoredFlow {
+                id: format!("f{i}"),
+                stage: 0,
+                json: "{}".into(),
+                expires_at,
+            })
+            .unwrap();
+        }
+        assert_eq!(s.purge_expired(100).unwrap(), PURGE_BATCH + 3);
+        assert!(s.get_flow("f0").unwrap().is_none());
+        assert!(s.get_flow("f1").unwrap().is_some());
+        assert_eq!(s.purge_expired(100).unwrap(), 0);
     }
 
     #[test]

@@ -1,0 +1,206 @@
+//! The browser side of flows: the login-session cookie (`ory_hydra_session`), the per-client
+//! CSRF cookies of the login and consent steps, and remembered login sessions and consents in
+//! the store.
+//!
+//! Cookies are `HttpOnly`, `SameSite=Lax` (the flow comes back by top-level redirects, which
+//! Lax allows and cross-site subrequests do not) and `Secure` unless the issuer is plain-http
+//! loopback (local development), in which case the session cookie takes Hydra's `_dev` name.
+
+use crate::clock;
+use crate::crypto::{hex, sha256};
+use crate::flow::LoginSession;
+use crate::oauth2_error::OAuth2Error;
+use crate::server::Service;
+use crate::store::StoredSession;
+use axum::http::{HeaderMap, HeaderValue, header};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::sync::Arc;
+
+pub const LOGIN: &str = "login";
+pub const CONSENT: &str = "consent";
+
+/// Whether cookies get `Secure`: always, except for a plain-http loopback issuer.
+pub fn secure_cookies(issuer: &str) -> bool {
+    let Ok(url) = url::Url::parse(issuer) else {
+        return true;
+    };
+    if url.scheme() != "http" {
+        return true;
+    }
+    !match url.host() {
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        Some(url::Host::Domain(d)) => d == "localhost",
+        None => false,
+    }
+}
+
+pub fn session_cookie_name(secure: bool) -> &'static str {
+    if secure {
+        "ory_hydra_session"
+    } else {
+        "ory_hydra_session_dev"
+    }
+}
+
+/// Hydra names CSRF cookies per client so flows of several clients in one browser do not
+/// clobber each other; the suffix is a hash of the client id (Hydra: murmur3, here SHA-256).
+pub fn csrf_cookie_name(step: &str, client_id: &str) -> String {
+    let h = hex(&sha256(client_id.as_bytes()));
+    format!("ory_hydra_{step}_csrf_{}", h.get(..16).unwrap_or(&h))
+}
+
+/// The value of cookie `name`, if the request carries exactly that cookie.
+pub fn read_cookie(headers: &HeaderMap, name: &str) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v.trim_matches('"').to_string())
+}
+
+/// A `Set-Cookie` value; `max_age` `None` is a browser-session cookie, `Some(0)` deletes.
+pub fn set_cookie(name: &str, value: &str, max_age: Option<i64>, secure: bool) -> HeaderValue {
+    let mut c = format!("{name}={value}; Path=/; HttpOnly; SameSite=Lax");
+    if let Some(age) = max_age {
+        c.push_str(&format!("; Max-Age={}", age.max(0)));
+    }
+    if secure {
+        c.push_str("; Secure");
+    }
+    // Names and values are ours (base64url, hex): always valid header text.
+    HeaderValue::from_str(&c).unwrap_or_else(|_| HeaderValue::from_static("invalid=; Max-Age=0"))
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, crate::store::StoreError> + Send + 'static,
+) -> Result<T, OAuth2Error> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(OAuth2Error::server_error)?
+        .map_err(OAuth2Error::from)
+}
+
+/// The live login session the browser's cookie names, if any.
+pub async fn current_login(
+    svc: &Service,
+    headers: &HeaderMap,
+) -> Result<Option<LoginSession>, OAuth2Error> {
+    let secure = secure_cookies(&svc.config.issuer);
+    let Some(cookie) = read_cookie(headers, session_cookie_name(secure)) else {
+        return Ok(None);
+    };
+    let Some((sid, secret)) = crate::flow::parse_artifact(&cookie) else {
+        return Ok(None);
+    };
+    let store = Arc::clone(&svc.store);
+    let id = sid.to_string();
+    let Some(row) = blocking(move || store.get_session(LOGIN, &id)).await? else {
+        return Ok(None);
+    };
+    if row.expires_at <= clock::now() {
+        return Ok(None);
+    }
+    let session: Option<LoginSession> = serde_json::from_str(&row.json).ok();
+    Ok(session.filter(|s| crate::flow::secret_matches(s.cookie_hash.as_deref(), secret)))
+}
+
+pub async fn save_login(svc: &Service, s: &LoginSession) -> Result<(), OAuth2Error> {
+    let row = StoredSession {
+        id: s.sid.clone(),
+        subject: s.subject.clone(),
+        json: serde_json::to_string(s).map_err(OAuth2Error::server_error)?,
+        expires_at: s.expires_at,
+    };
+    let store = Arc::clone(&svc.store);
+    blocking(move || store.put_session(LOGIN, &row)).await
+}
+
+/// A consent the user asked to be remembered, for one client and subject.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct RememberedConsent {
+    pub grant_scope: Vec<String>,
+    pub grant_access_token_audience: Vec<String>,
+    pub access_token_claims: Value,
+    pub id_token_claims: Value,
+    pub handled_at: i64,
+}
+
+pub fn consent_key(client_id: &str, subject: &str) -> String {
+    // JSON keeps the pair unambiguous whatever characters the two contain.
+    serde_json::to_string(&[client_id, subject]).unwrap_or_default()
+}
+
+pub async fn remembered_consent(
+    svc: &Service,
+    client_id: &str,
+    subject: &str,
+) -> Result<Option<RememberedConsent>, OAuth2Error> {
+    let store = Arc::clone(&svc.store);
+    let key = consent_key(client_id, subject);
+    let Some(row) = blocking(move || store.get_session(CONSENT, &key)).await? else {
+        return Ok(None);
+    };
+    if row.expires_at <= clock::now() {
+        return Ok(None);
+    }
+    Ok(serde_json::from_str(&row.json).ok())
+}
+
+pub async fn remember_consent(
+    svc: &Service,
+    client_id: &str,
+    subject: &str,
+    consent: &RememberedConsent,
+    expires_at: i64,
+) -> Result<(), OAuth2Error> {
+    let row = StoredSession {
+        id: consent_key(client_id, subject),
+        subject: subject.to_string(),
+        json: serde_json::to_string(consent).map_err(OAuth2Error::server_error)?,
+        expires_at,
+    };
+    let store = Arc::clone(&svc.store);
+    blocking(move || store.put_session(CONSENT, &row)).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secure_unless_plain_http_loopback() {
+        assert!(!secure_cookies("http://127.0.0.1:4444"));
+        assert!(!secure_cookies("http://localhost:4444/"));
+        assert!(!secure_cookies("http://[::1]:4444"));
+        assert!(secure_cookies("https://127.0.0.1:4444"));
+        assert!(secure_cookies("http://auth.example.com"));
+        // A host that merely starts like loopback is not loopback.
+        assert!(secure_cookies("http://127.0.0.1.evil.example"));
+        assert!(secure_cookies("not a url"));
+    }
+
+    #[test]
+    fn cookies_are_read_exactly_and_set_with_flags() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::COOKIE,
+            HeaderValue::from_static("a=1; ory_hydra_session_devx=2; ory_hydra_session_dev=3"),
+        );
+        assert_eq!(
+            read_cookie(&h, "ory_hydra_session_dev").as_deref(),
+            Some("3")
+        );
+        assert_eq!(read_cookie(&h, "ory_hydra_session"), None);
+        let c = set_cookie("n", "v", Some(60), true);
+        assert_eq!(c, "n=v; Path=/; HttpOnly; SameSite=Lax; Max-Age=60; Secure");
+        assert_ne!(
+            csrf_cookie_name("login", "a"),
+            csrf_cookie_name("login", "b")
+        );
+    }
+}

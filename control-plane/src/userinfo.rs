@@ -1,0 +1,109 @@
+//! `GET|POST /userinfo` (OIDC Core 5.3): the claims of the person an access token was issued
+//! for, as Hydra returns them (the ID token's claims without `nonce`, `at_hash`, `exp`, `sid`,
+//! `jti`). Without a usable token: 401 with `WWW-Authenticate: Bearer` (RFC 6750 3.1).
+
+use crate::clock;
+use crate::grant_tokens::Grant;
+use crate::oauth2_error::{ErrorCode, OAuth2Error};
+use crate::request::Params;
+use crate::server::Service;
+use crate::store::StoredSession;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, Method, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Map, Value, json};
+use std::sync::Arc;
+
+/// Store kind of the rows that tie an access token (`jti`) to its grant.
+pub const KIND: &str = "userinfo";
+
+/// Records who an access token with `openid` speaks for, until it expires.
+pub async fn record(svc: &Service, jti: &str, exp: i64, grant: &Grant) -> Result<(), OAuth2Error> {
+    let row = StoredSession {
+        id: jti.to_string(),
+        subject: grant.subject.clone(),
+        json: serde_json::to_string(grant).map_err(OAuth2Error::server_error)?,
+        expires_at: exp,
+    };
+    let store = Arc::clone(&svc.store);
+    tokio::task::spawn_blocking(move || store.put_session(KIND, &row))
+        .await
+        .map_err(OAuth2Error::server_error)?
+        .map_err(OAuth2Error::from)
+}
+
+fn invalid_token(d: &str) -> OAuth2Error {
+    OAuth2Error::new(ErrorCode::InvalidToken, d)
+}
+
+fn bearer(headers: &HeaderMap) -> Option<String> {
+    let v = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = v.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim().to_string())
+}
+
+pub fn claims(issuer: &str, grant: &Grant) -> Map<String, Value> {
+    let mut c = crate::id_token::claims(issuer, grant, "", 0, 0);
+    for k in ["nonce", "at_hash", "c_hash", "exp", "sid", "jti", "iat"] {
+        c.remove(k);
+    }
+    c
+}
+
+pub async fn userinfo_endpoint(
+    State(svc): State<Arc<Service>>,
+    method: Method,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    match userinfo(&svc, &method, &headers, &body).await {
+        Ok(r) => r,
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn userinfo(
+    svc: &Service,
+    method: &Method,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<Response, OAuth2Error> {
+    let from_body = if *method == Method::POST {
+        Params::parse_urlencoded(body)?
+            .get("access_token")?
+            .map(str::to_string)
+    } else {
+        None
+    };
+    let token = match (bearer(headers), from_body) {
+        (Some(_), Some(_)) => {
+            return Err(OAuth2Error::invalid_request(
+                "The access token must be sent in one place only.",
+            ));
+        }
+        (Some(t), None) | (None, Some(t)) => t,
+        (None, None) => return Err(invalid_token("The request carries no access token.")),
+    };
+    let now = clock::now();
+    let active = crate::introspect::inspect_jwt(svc, &token, now)
+        .ok_or_else(|| invalid_token("The access token is invalid, expired or revoked."))?;
+    let jti = active
+        .jti
+        .ok_or_else(|| invalid_token("The access token is invalid, expired or revoked."))?;
+    let store = Arc::clone(&svc.store);
+    let row = tokio::task::spawn_blocking(move || store.get_session(KIND, &jti))
+        .await
+        .map_err(OAuth2Error::server_error)??
+        .filter(|r| r.expires_at > now)
+        .ok_or_else(|| {
+            invalid_token("The access token was not issued to a person with scope openid.")
+        })?;
+    let grant: Grant = serde_json::from_str(&row.json).map_err(OAuth2Error::server_error)?;
+    let mut resp = axum::Json(json!(claims(&svc.config.issuer, &grant))).into_response();
+    resp.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    Ok(resp)
+}

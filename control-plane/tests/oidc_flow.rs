@@ -1,0 +1,1416 @@
+//! Black-box tests of the OpenID Connect authorization code flow of the real `portcullis`
+//! binary. The relying party is the independent `openidconnect` crate; the test plays the
+//! browser (carrying cookies by hand, following no redirect it did not choose to) and the
+//! login/consent app (over the Hydra v2 admin API).
+// A test crate: failing loudly (expect/panic) is how it reports.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+#[path = "support/harness.rs"]
+mod harness;
+
+use harness::{Reply, Server, TestDir, http, str_field};
+use openidconnect::core::{CoreAuthenticationFlow, CoreClient, CoreProviderMetadata};
+use openidconnect::{
+    AccessTokenHash, AuthorizationCode, ClientId, ClientSecret, CsrfToken, IssuerUrl, Nonce,
+    OAuth2TokenResponse, PkceCodeChallenge, PkceCodeVerifier, RedirectUrl, Scope, TokenResponse,
+};
+use serde_json::{Value, json};
+use std::collections::HashMap;
+
+const CALLBACK: &str = "https://rp.example/cb";
+const LOGIN_APP: &str = "https://login.example/login";
+const CONSENT_APP: &str = "https://login.example/consent";
+
+async fn start(dir: &TestDir) -> Server {
+    Server::start(
+        &dir.data(),
+        &["--login-url", LOGIN_APP, "--consent-url", CONSENT_APP],
+    )
+    .await
+}
+
+/// A browser: keeps cookies per name (one host is enough here), follows nothing by itself.
+#[derive(Default, Clone)]
+struct Browser {
+    cookies: HashMap<String, String>,
+}
+
+impl Browser {
+    async fn get(&mut self, url: &str) -> Reply {
+        let mut req = http().get(url);
+        if !self.cookies.is_empty() {
+            let header: Vec<String> = self
+                .cookies
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect();
+            req = req.header("cookie", header.join("; "));
+        }
+        let r = Reply::from(req.send().await.expect("browser GET")).await;
+        for c in r.headers.get_all("set-cookie") {
+            let c = c.to_str().unwrap();
+            let (pair, attrs) = c.split_once(';').unwrap_or((c, ""));
+            let (k, v) = pair.split_once('=').unwrap();
+            assert!(attrs.contains("HttpOnly"), "cookie {c} without HttpOnly");
+            assert!(
+                attrs.contains("SameSite=Lax"),
+                "cookie {c} without SameSite"
+            );
+            if attrs.contains("Max-Age=0") {
+                self.cookies.remove(k);
+            } else {
+                self.cookies.insert(k.to_string(), v.to_string());
+            }
+        }
+        r
+    }
+}
+
+fn location(r: &Reply) -> String {
+    r.header("location")
+        .unwrap_or_else(|| panic!("no Location on {} {}", r.status, r.body))
+}
+
+fn query_param(url: &str, name: &str) -> Option<String> {
+    let q = url.split_once('?')?.1;
+    serde_urlencoded::from_str::<Vec<(String, String)>>(q)
+        .ok()?
+        .into_iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v)
+}
+
+async fn admin(srv: &Server, method: &str, path: &str, body: Option<Value>) -> Reply {
+    let url = format!("{}/admin/oauth2/auth/requests/{path}", srv.admin());
+    let req = match method {
+        "GET" => http().get(url),
+        _ => http().put(url).json(&body.unwrap_or(json!({}))),
+    };
+    Reply::from(req.send().await.expect("admin request")).await
+}
+
+async fn rp_client(
+    srv: &Server,
+    id: &str,
+    secret: Option<&str>,
+) -> CoreClient<
+    openidconnect::EndpointSet,
+    openidconnect::EndpointNotSet,
+    openidconnect::EndpointNotSet,
+    openidconnect::EndpointNotSet,
+    openidconnect::EndpointMaybeSet,
+    openidconnect::EndpointMaybeSet,
+> {
+    let meta =
+        CoreProviderMetadata::discover_async(IssuerUrl::new(srv.issuer()).unwrap(), &rp_http())
+            .await
+            .expect("OIDC discovery");
+    CoreClient::from_provider_metadata(
+        meta,
+        ClientId::new(id.to_string()),
+        secret.map(|s| ClientSecret::new(s.to_string())),
+    )
+    .set_redirect_uri(RedirectUrl::new(CALLBACK.to_string()).unwrap())
+}
+
+fn rp_http() -> openidconnect::reqwest::Client {
+    openidconnect::reqwest::Client::builder()
+        .redirect(openidconnect::reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+}
+
+async fn web_client(srv: &Server) -> (String, String) {
+    let c = srv
+        .create_client(json!({
+            "client_name": "rp",
+            "grant_types": ["authorization_code", "refresh_token"],
+            "response_types": ["code"],
+            "scope": "openid offline profile",
+            "redirect_uris": [CALLBACK],
+            "audience": ["https://api.example"],
+        }))
+        .await;
+    (str_field(&c, "client_id"), str_field(&c, "client_secret"))
+}
+
+/// Drives one flow from the authorization URL to the callback, accepting login and consent.
+/// Returns the final redirect (to the client).
+async fn authorize(
+    srv: &Server,
+    browser: &mut Browser,
+    auth_url: &str,
+    subject: &str,
+    grant_scope: &[&str],
+) -> String {
+    let r = browser.get(auth_url).await;
+    assert_eq!(r.status, 302, "{}", r.body);
+    let to_login = location(&r);
+    assert!(to_login.starts_with(LOGIN_APP), "{to_login}");
+    let challenge = query_param(&to_login, "login_challenge").unwrap();
+    let q = format!("login_challenge={challenge}");
+    let lr = admin(srv, "GET", &format!("login?{q}"), None).await;
+    assert_eq!(lr.status, 200, "{}", lr.body);
+    let accepted = admin(
+        srv,
+        "PUT",
+        &format!("login/accept?{q}"),
+        Some(
+            json!({"subject": subject, "remember": true, "remember_for": 3600,
+                    "acr": "1", "amr": ["pwd"]}),
+        ),
+    )
+    .await;
+    assert_eq!(accepted.status, 200, "{}", accepted.body);
+    let r = browser.get(&str_field(&accepted.json, "redirect_to")).await;
+    assert_eq!(r.status, 302, "{}", r.body);
+    let to_consent = location(&r);
+    assert!(to_consent.starts_with(CONSENT_APP), "{to_consent}");
+    let cq = format!(
+        "consent_challenge={}",
+        query_param(&to_consent, "consent_challenge").unwrap()
+    );
+    let cr = admin(srv, "GET", &format!("consent?{cq}"), None).await;
+    assert_eq!(cr.status, 200, "{}", cr.body);
+    assert_eq!(cr.json["subject"], subject);
+    let accepted = admin(
+        srv,
+        "PUT",
+        &format!("consent/accept?{cq}"),
+        Some(json!({
+            "grant_scope": grant_scope,
+            "grant_access_token_audience": ["https://api.example"],
+            "remember": true,
+            "session": {"id_token": {"email": format!("{subject}@example.com")},
+                        "access_token": {"team": "blue"}},
+        })),
+    )
+    .await;
+    assert_eq!(accepted.status, 200, "{}", accepted.body);
+    let r = browser.get(&str_field(&accepted.json, "redirect_to")).await;
+    assert_eq!(r.status, 303, "{}", r.body);
+    location(&r)
+}
+
+#[tokio::test]
+async fn code_flow_with_an_independent_relying_party() {
+    let dir = TestDir::new();
+    let mut srv = start(&dir).await;
+    let (id, secret) = web_client(&srv).await;
+    let rp = rp_client(&srv, &id, Some(&secret)).await;
+    let (pkce, verifier) = PkceCodeChallenge::new_random_sha256();
+    let (auth_url, csrf, nonce) = rp
+        .authorize_url(
+            CoreAuthenticationFlow::AuthorizationCode,
+            CsrfToken::new_random,
+            Nonce::new_random,
+        )
+        .add_scope(Scope::new("offline".into()))
+        .set_pkce_challenge(pkce)
+        .url();
+    let mut browser = Browser::default();
+
+    // Walk the login step by hand once, to check the admin API's shapes and single use.
+    let r = browser.get(auth_url.as_str()).await;
+    assert_eq!(r.status, 302, "{}", r.body);
+    let challenge = query_param(&location(&r), "login_challenge").unwrap();
+    let q = format!("login_challenge={challenge}");
+    let lr = admin(&srv, "GET", &format!("login?{q}"), None).await;
+    assert_eq!(lr.status, 200, "{}", lr.body);
+    assert_eq!(lr.json["skip"], false);
+    assert_eq!(lr.json["client"]["client_id"], id.as_str());
+    assert!(lr.json["client"].get("client_secret").is_none());
+    assert_eq!(lr.json["requested_scope"], json!(["openid", "offline"]));
+    // The same admin path without the /admin prefix, as Hydra serves it.
+    let bare = Reply::from(
+        http()
+            .get(format!("{}/oauth2/auth/requests/login?{q}", srv.admin()))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(bare.status, 200, "{}", bare.body);
+    let accepted = admin(
+        &srv,
+        "PUT",
+        &format!("login/accept?{q}"),
+        Some(
+            json!({"subject": "alice", "remember": true, "remember_for": 3600,
+                    "acr": "1", "amr": ["pwd"]}),
+        ),
+    )
+    .await;
+    assert_eq!(accepted.status, 200, "{}", accepted.body);
+    // A handled challenge is gone (410), for reads and for a second accept.
+    let again = admin(&srv, "GET", &format!("login?{q}"), None).await;
+    assert_eq!(again.status, 410, "{}", again.body);
+    assert!(again.json["redirect_to"].is_string());
+    let again = admin(
+        &srv,
+        "PUT",
+        &format!("login/accept?{q}"),
+        Some(json!({"subject": "mallory"})),
+    )
+    .await;
+    assert_eq!(again.status, 410, "{}", again.body);
+
+    // A browser without the login CSRF cookie cannot use the verifier (login CSRF).
+    let login_verifier_url = str_field(&accepted.json, "redirect_to");
+    let mut stranger = Browser::default();
+    let r = stranger.get(&login_verifier_url).await;
+    assert_eq!(r.status, 403, "{}", r.body);
+    assert_eq!(r.json["error"], "request_forbidden");
+
+    let r = browser.get(&login_verifier_url).await;
+    assert_eq!(r.status, 302, "{}", r.body);
+    let to_consent = location(&r);
+    assert!(to_consent.starts_with(CONSENT_APP), "{to_consent}");
+    assert!(
+        browser.cookies.contains_key("ory_hydra_session_dev"),
+        "remembered login sets the session cookie: {:?}",
+        browser.cookies
+    );
+    // The login verifier is single-use: back to the client with access_denied and state.
+    let r = browser.get(&login_verifier_url).await;
+    assert_eq!(r.status, 303, "{}", r.body);
+    let back = location(&r);
+    assert!(back.starts_with(CALLBACK), "{back}");
+    assert_eq!(
+        query_param(&back, "error").as_deref(),
+        Some("access_denied")
+    );
+    assert_eq!(
+        query_param(&back, "state").as_deref(),
+        Some(csrf.secret().as_str())
+    );
+
+    let cq = format!(
+        "consent_challenge={}",
+        query_param(&to_consent, "consent_challenge").unwrap()
+    );
+    let cr = admin(&srv, "GET", &format!("consent?{cq}"), None).await;
+    assert_eq!(cr.status, 200, "{}", cr.body);
+    assert_eq!(cr.json["subject"], "alice");
+    assert_eq!(cr.json["login_challenge"], challenge.as_str());
+    assert_eq!(cr.json["amr"], json!(["pwd"]));
+    // The consent app may not grant what the client may not hold.
+    let too_much = admin(
+        &srv,
+        "PUT",
+        &format!("consent/accept?{cq}"),
+        Some(json!({"grant_scope": ["openid", "admin"]})),
+    )
+    .await;
+    too_much.assert_oauth_error(400, "invalid_scope");
+    let accepted = admin(
+        &srv,
+        "PUT",
+        &format!("consent/accept?{cq}"),
+        Some(json!({
+            "grant_scope": ["openid", "offline"],
+            "grant_access_token_audience": ["https://api.example"],
+            "remember": true,
+            "session": {"id_token": {"email": "alice@example.com", "sub": "mallory"},
+                        "access_token": {"team": "blue"}},
+        })),
+    )
+    .await;
+    assert_eq!(accepted.status, 200, "{}", accepted.body);
+    let r = browser.get(&str_field(&accepted.json, "redirect_to")).await;
+    assert_eq!(r.status, 303, "{}", r.body);
+    let callback = location(&r);
+    assert!(callback.starts_with(&format!("{CALLBACK}?")), "{callback}");
+    assert_eq!(
+        query_param(&callback, "state").as_deref(),
+        Some(csrf.secret().as_str())
+    );
+    assert_eq!(
+        query_param(&callback, "scope").as_deref(),
+        Some("openid offline")
+    );
+    let code = query_param(&callback, "code").unwrap();
+    assert!(code.starts_with("ory_ac_"), "{code}");
+
+    // A wrong PKCE verifier is refused and does not spend the code.
+    let wrong = rp
+        .exchange_code(AuthorizationCode::new(code.clone()))
+        .unwrap()
+        .set_pkce_verifier(PkceCodeVerifier::new("x".repeat(43)))
+        .request_async(&rp_http())
+        .await;
+    let err = format!("{:?}", wrong.expect_err("wrong verifier must fail"));
+    assert!(err.contains("invalid_grant"), "{err}");
+
+    let tokens = rp
+        .exchange_code(AuthorizationCode::new(code.clone()))
+        .unwrap()
+        .set_pkce_verifier(verifier)
+        .request_async(&rp_http())
+        .await
+        .expect("code exchange");
+    let id_token = tokens.id_token().expect("id_token with scope openid");
+    let id_verifier = rp.id_token_verifier();
+    let claims = id_token
+        .claims(&id_verifier, &nonce)
+        .expect("ID token verifies (signature, iss, aud, exp, nonce)");
+    assert_eq!(claims.subject().as_str(), "alice");
+    assert_eq!(claims.issuer().as_str(), srv.issuer());
+    assert!(claims.auth_time().is_some());
+    let expected_hash = AccessTokenHash::from_token(
+        tokens.access_token(),
+        id_token.signing_alg().unwrap(),
+        id_token.signing_key(&id_verifier).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(claims.access_token_hash(), Some(&expected_hash));
+    // Raw claims: Hydra's extras and the consent's session claims (which cannot override sub).
+    let (header, raw) = srv.verify(&id_token.to_string()).await;
+    assert_eq!(header["alg"], "RS256", "OIDC's default ID token algorithm");
+    assert_eq!(raw["email"], "alice@example.com");
+    assert_eq!(raw["sub"], "alice");
+    assert_eq!(raw["acr"], "1");
+    assert_eq!(raw["amr"], json!(["pwd"]));
+    let sid = str_field(&raw, "sid");
+    // Every client learns the sid from ID tokens: as a cookie it must not resume the session.
+    let mut forger = Browser::default();
+    forger
+        .cookies
+        .insert("ory_hydra_session_dev".into(), sid.clone());
+    let r = forger.get(auth_url.as_str()).await;
+    let forged = query_param(&location(&r), "login_challenge").unwrap();
+    let lr = admin(
+        &srv,
+        "GET",
+        &format!("login?login_challenge={forged}"),
+        None,
+    )
+    .await;
+    assert_eq!(lr.json["skip"], false, "sid as cookie: {}", lr.body);
+    let real = browser.cookies["ory_hydra_session_dev"].clone();
+    let tampered = format!("{sid}.{}", "A".repeat(43));
+    assert_ne!(real, tampered);
+    forger
+        .cookies
+        .insert("ory_hydra_session_dev".into(), tampered);
+    let r = forger.get(auth_url.as_str()).await;
+    let forged = query_param(&location(&r), "login_challenge").unwrap();
+    let lr = admin(
+        &srv,
+        "GET",
+        &format!("login?login_challenge={forged}"),
+        None,
+    )
+    .await;
+    assert_eq!(lr.json["skip"], false, "guessed cookie secret: {}", lr.body);
+    assert!(raw["jti"].is_string());
+    let (_, access) = srv.verify(tokens.access_token().secret()).await;
+    assert_eq!(access["sub"], "alice");
+    assert_eq!(access["client_id"], id.as_str());
+    assert_eq!(access["aud"], json!(["https://api.example"]));
+    assert_eq!(access["scp"], json!(["openid", "offline"]));
+    assert_eq!(access["ext"], json!({"team": "blue"}));
+    let info = srv.introspect(tokens.access_token().secret()).await;
+    assert_eq!(info["active"], true);
+    assert_eq!(
+        info["sub"], "alice",
+        "introspection names the person, not the client"
+    );
+    assert_eq!(info["client_id"], id.as_str());
+    // /userinfo: the person's claims, by Bearer header or (POST) form parameter.
+    let ui = Reply::from(
+        http()
+            .get(format!("{}/userinfo", srv.public()))
+            .bearer_auth(tokens.access_token().secret())
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(ui.status, 200, "{}", ui.body);
+    assert_eq!(ui.json["sub"], "alice");
+    assert_eq!(ui.json["email"], "alice@example.com");
+    assert!(ui.json.get("nonce").is_none() && ui.json.get("sid").is_none());
+    let ui = Reply::from(
+        http()
+            .post(format!("{}/userinfo", srv.public()))
+            .form(&[("access_token", tokens.access_token().secret().as_str())])
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(ui.json["sub"], "alice", "{}", ui.body);
+    for auth in [None, Some("Bearer not-a-token".to_string())] {
+        let mut req = http().get(format!("{}/userinfo", srv.public()));
+        if let Some(a) = &auth {
+            req = req.header("authorization", a);
+        }
+        let r = Reply::from(req.send().await.unwrap()).await;
+        r.assert_oauth_error(401, "invalid_token");
+        assert!(r.header("www-authenticate").unwrap().starts_with("Bearer"));
+    }
+    // An ID token is no access token.
+    assert_eq!(
+        srv.introspect(&id_token.to_string()).await,
+        json!({"active": false})
+    );
+    let r = Reply::from(
+        http()
+            .get(format!("{}/userinfo", srv.public()))
+            .bearer_auth(id_token.to_string())
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    r.assert_oauth_error(401, "invalid_token");
+    // A client_credentials token speaks for no person.
+    let (cc, cc_secret) = srv.cc_client("", &[]).await;
+    let m2m = srv.token(&cc, &cc_secret, &[]).await;
+    let r = Reply::from(
+        http()
+            .get(format!("{}/userinfo", srv.public()))
+            .bearer_auth(&m2m)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    r.assert_oauth_error(401, "invalid_token");
+    let refresh = tokens
+        .refresh_token()
+        .expect("refresh token with offline")
+        .clone();
+
+    // Everything the flow stored survives kill -9.
+    srv.restart().await;
+
+    // Refresh rotates: a new refresh token, a new ID token with the same sid and auth_time.
+    let rp = rp_client(&srv, &id, Some(&secret)).await;
+    let refreshed = rp
+        .exchange_refresh_token(&refresh)
+        .unwrap()
+        .request_async(&rp_http())
+        .await
+        .expect("refresh");
+    let new_refresh = refreshed
+        .refresh_token()
+        .expect("rotated refresh token")
+        .clone();
+    assert_ne!(new_refresh.secret(), refresh.secret());
+    let (_, raw2) = srv
+        .verify(
+            &refreshed
+                .id_token()
+                .expect("id token on refresh")
+                .to_string(),
+        )
+        .await;
+    assert_eq!(raw2["sid"], sid.as_str());
+    assert_eq!(raw2["auth_time"], raw["auth_time"]);
+    assert_eq!(raw2["nonce"], raw["nonce"]);
+    assert_ne!(raw2["jti"], raw["jti"]);
+    // Strict rotation: the access token issued with the old refresh token ends.
+    assert_eq!(
+        srv.introspect(tokens.access_token().secret()).await["active"],
+        false
+    );
+    let live = refreshed.access_token().secret().clone();
+    assert_eq!(srv.introspect(&live).await["active"], true);
+
+    // Reusing the rotated-out refresh token revokes the whole chain.
+    let reuse = srv
+        .token_basic(
+            &id,
+            &secret,
+            &[
+                ("grant_type", "refresh_token"),
+                ("refresh_token", refresh.secret()),
+            ],
+        )
+        .await;
+    reuse.assert_oauth_error(400, "invalid_grant");
+    assert_eq!(srv.introspect(&live).await["active"], false);
+    let after = srv
+        .token_basic(
+            &id,
+            &secret,
+            &[
+                ("grant_type", "refresh_token"),
+                ("refresh_token", new_refresh.secret()),
+            ],
+        )
+        .await;
+    after.assert_oauth_error(400, "invalid_grant");
+
+    // The code is single-use.
+    let replay = srv
+        .token_basic(
+            &id,
+            &secret,
+            &[
+                ("grant_type", "authorization_code"),
+                ("code", code.as_str()),
+                ("redirect_uri", CALLBACK),
+            ],
+        )
+        .await;
+    replay.assert_oauth_error(400, "invalid_grant");
+}
+
+#[tokio::test]
+async fn a_replayed_code_revokes_what_it_issued() {
+    let dir = TestDir::new();
+    let srv = start(&dir).await;
+    let (id, secret) = web_client(&srv).await;
+    let mut browser = Browser::default();
+    let url = format!(
+        "{}/oauth2/auth?client_id={id}&response_type=code&scope=openid+offline&state=state-1234&redirect_uri={}",
+        srv.public(),
+        form(CALLBACK)
+    );
+    let back = authorize(&srv, &mut browser, &url, "bob", &["openid", "offline"]).await;
+    let code = query_param(&back, "code").unwrap();
+    let exchange = |code: String| {
+        let (id, secret) = (id.clone(), secret.clone());
+        let srv = &srv;
+        async move {
+            srv.token_basic(
+                &id,
+                &secret,
+                &[
+                    ("grant_type", "authorization_code"),
+                    ("code", code.as_str()),
+                    ("redirect_uri", CALLBACK),
+                ],
+            )
+            .await
+        }
+    };
+    // The redirect_uri of the token request must be the authorization request's.
+    let r = srv
+        .token_basic(
+            &id,
+            &secret,
+            &[
+                ("grant_type", "authorization_code"),
+                ("code", code.as_str()),
+                ("redirect_uri", "https://rp.example/other"),
+            ],
+        )
+        .await;
+    r.assert_oauth_error(400, "invalid_grant");
+    let first = exchange(code.clone()).await;
+    assert_eq!(first.status, 200, "{}", first.body);
+    let access = str_field(&first.json, "access_token");
+    let refresh = str_field(&first.json, "refresh_token");
+    assert_eq!(srv.introspect(&access).await["active"], true);
+    exchange(code.clone())
+        .await
+        .assert_oauth_error(400, "invalid_grant");
+    assert_eq!(
+        srv.introspect(&access).await["active"],
+        false,
+        "replay revokes the access token"
+    );
+    srv.token_basic(
+        &id,
+        &secret,
+        &[
+            ("grant_type", "refresh_token"),
+            ("refresh_token", refresh.as_str()),
+        ],
+    )
+    .await
+    .assert_oauth_error(400, "invalid_grant");
+
+    // RFC 7009 on a refresh token revokes its grant.
+    let back = authorize(&srv, &mut browser, &url, "bob", &["openid", "offline"]).await;
+    let t = exchange(query_param(&back, "code").unwrap()).await;
+    assert_eq!(t.status, 200, "{}", t.body);
+    let (access2, refresh2) = (
+        str_field(&t.json, "access_token"),
+        str_field(&t.json, "refresh_token"),
+    );
+    let revoke = |who: (String, String), token: String| {
+        let url = format!("{}/oauth2/revoke", srv.public());
+        async move {
+            Reply::from(
+                http()
+                    .post(url)
+                    .header("authorization", harness::basic(&who.0, &who.1))
+                    .form(&[("token", token.as_str())])
+                    .send()
+                    .await
+                    .unwrap(),
+            )
+            .await
+        }
+    };
+    let (other, other_secret) = web_client(&srv).await;
+    let r = revoke((other, other_secret), refresh2.clone()).await;
+    assert_eq!(r.status, 400, "another client cannot revoke it: {}", r.body);
+    assert_eq!(srv.introspect(&access2).await["active"], true);
+    let r = revoke((id.clone(), secret.clone()), refresh2.clone()).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(srv.introspect(&access2).await["active"], false);
+    srv.token_basic(
+        &id,
+        &secret,
+        &[
+            ("grant_type", "refresh_token"),
+            ("refresh_token", refresh2.as_str()),
+        ],
+    )
+    .await
+    .assert_oauth_error(400, "invalid_grant");
+}
+
+fn form(s: &str) -> String {
+    harness::form_encode(s)
+}
+
+#[tokio::test]
+async fn authorization_errors_never_redirect_anywhere_unregistered() {
+    let dir = TestDir::new();
+    let srv = start(&dir).await;
+    let (id, _) = web_client(&srv).await;
+    let mut browser = Browser::default();
+    let base = format!("{}/oauth2/auth", srv.public());
+    let fallback = format!("{}/oauth2/fallbacks/error", srv.public());
+
+    // Unknown client and unregistered redirect: to the error page, never to the given URI.
+    for (query, error) in [
+        (
+            format!(
+                "client_id=nope&response_type=code&state=abcdefgh&redirect_uri={}",
+                form(CALLBACK)
+            ),
+            "invalid_client",
+        ),
+        (
+            format!(
+                "client_id={id}&response_type=code&state=abcdefgh&redirect_uri={}",
+                form("https://evil.example/cb")
+            ),
+            "invalid_request",
+        ),
+        (
+            format!(
+                "client_id={id}&response_type=code&state=abcdefgh&redirect_uri={}",
+                form("https://rp.example/cb/../evil")
+            ),
+            "invalid_request",
+        ),
+        (
+            format!(
+                "client_id={id}&response_type=code&state=abcdefgh&redirect_uri={}",
+                form("https://rp.example/cb?x=1")
+            ),
+            "invalid_request",
+        ),
+        // Without redirect_uri, openid requires one.
+        (
+            format!("client_id={id}&response_type=code&state=abcdefgh&scope=openid"),
+            "invalid_request",
+        ),
+    ] {
+        let r = browser.get(&format!("{base}?{query}")).await;
+        assert_eq!(r.status, 302, "{query}: {}", r.body);
+        let to = location(&r);
+        assert!(to.starts_with(&fallback), "{query}: {to}");
+        assert_eq!(query_param(&to, "error").as_deref(), Some(error), "{to}");
+        let page = browser.get(&to).await;
+        assert_eq!(page.json["error"], error);
+    }
+
+    // After the client and redirect check: to the registered URI, with state.
+    let ok = format!("client_id={id}&redirect_uri={}", form(CALLBACK));
+    for (query, error, state) in [
+        (
+            format!("{ok}&response_type=code&state=short"),
+            "invalid_state",
+            "short",
+        ),
+        (format!("{ok}&response_type=code"), "invalid_state", ""),
+        (
+            format!("{ok}&response_type=token&state=abcdefgh"),
+            "unsupported_response_type",
+            "abcdefgh",
+        ),
+        (
+            format!(
+                "{ok}&response_type=code&state=abcdefgh&code_challenge={}&code_challenge_method=plain",
+                "a".repeat(43)
+            ),
+            "invalid_request",
+            "abcdefgh",
+        ),
+        (
+            format!(
+                "{ok}&response_type=code&state=abcdefgh&code_challenge={}",
+                "a".repeat(43)
+            ),
+            "invalid_request",
+            "abcdefgh",
+        ),
+        (
+            format!("{ok}&response_type=code&state=abcdefgh&prompt=none"),
+            "login_required",
+            "abcdefgh",
+        ),
+        (
+            format!("{ok}&response_type=code&state=abcdefgh&prompt=none+login"),
+            "invalid_request",
+            "abcdefgh",
+        ),
+        (
+            format!("{ok}&response_type=code&state=abcdefgh&scope=admin"),
+            "invalid_scope",
+            "abcdefgh",
+        ),
+        (
+            format!("{ok}&response_type=code&state=abcdefgh&nonce=short"),
+            "insufficient_entropy",
+            "abcdefgh",
+        ),
+        (
+            format!("{ok}&response_type=code&state=abcdefgh&max_age=-1"),
+            "invalid_request",
+            "abcdefgh",
+        ),
+        (
+            format!("{ok}&response_type=code&state=abcdefgh&request=eyJ"),
+            "request_not_supported",
+            "abcdefgh",
+        ),
+    ] {
+        let r = browser.get(&format!("{base}?{query}")).await;
+        assert_eq!(r.status, 303, "{query}: {}", r.body);
+        let to = location(&r);
+        assert!(to.starts_with(&format!("{CALLBACK}?")), "{query}: {to}");
+        assert_eq!(
+            query_param(&to, "error").as_deref(),
+            Some(error),
+            "{query}: {to}"
+        );
+        assert_eq!(
+            query_param(&to, "state").as_deref().unwrap_or(""),
+            state,
+            "{to}"
+        );
+        assert!(query_param(&to, "code").is_none());
+    }
+
+    // The login app rejects: access_denied with state.
+    let r = browser
+        .get(&format!("{base}?{ok}&response_type=code&state=abcdefgh"))
+        .await;
+    let challenge = query_param(&location(&r), "login_challenge").unwrap();
+    let rej = admin(
+        &srv,
+        "PUT",
+        &format!("login/reject?login_challenge={challenge}"),
+        Some(json!({"error": "access_denied", "error_description": "wrong password"})),
+    )
+    .await;
+    assert_eq!(rej.status, 200, "{}", rej.body);
+    let r = browser.get(&str_field(&rej.json, "redirect_to")).await;
+    let to = location(&r);
+    assert!(to.starts_with(CALLBACK), "{to}");
+    assert_eq!(query_param(&to, "error").as_deref(), Some("access_denied"));
+    assert_eq!(query_param(&to, "state").as_deref(), Some("abcdefgh"));
+
+    // Unknown challenges are 404.
+    let r = admin(&srv, "GET", "login?login_challenge=nope", None).await;
+    r.assert_oauth_error(404, "not_found");
+    let r = admin(&srv, "GET", "consent?consent_challenge=nope.nope", None).await;
+    r.assert_oauth_error(404, "not_found");
+}
+
+#[tokio::test]
+async fn remembered_sessions_skip_and_prompt_none_succeeds() {
+    let dir = TestDir::new();
+    let srv = start(&dir).await;
+    let (id, secret) = web_client(&srv).await;
+    let mut browser = Browser::default();
+    let url = |extra: &str| {
+        format!(
+            "{}/oauth2/auth?client_id={id}&response_type=code&scope=openid&state=state-5678&redirect_uri={}{extra}",
+            srv.public(),
+            form(CALLBACK)
+        )
+    };
+    let back = authorize(&srv, &mut browser, &url(""), "carol", &["openid"]).await;
+    assert!(query_param(&back, "code").is_some(), "{back}");
+
+    // Same browser, but prompt=login, prompt=consent or max_age=0: the apps must ask again.
+    for (extra, login_skip) in [
+        ("&prompt=login", false),
+        ("&max_age=0", false),
+        ("&max_age=3600", true),
+    ] {
+        let r = browser.get(&url(extra)).await;
+        let challenge = query_param(&location(&r), "login_challenge").unwrap();
+        let lr = admin(
+            &srv,
+            "GET",
+            &format!("login?login_challenge={challenge}"),
+            None,
+        )
+        .await;
+        assert_eq!(lr.json["skip"], login_skip, "{extra}: {}", lr.body);
+    }
+    let r = browser.get(&url("&prompt=consent")).await;
+    let challenge = query_param(&location(&r), "login_challenge").unwrap();
+    let q = format!("login_challenge={challenge}");
+    let acc = admin(
+        &srv,
+        "PUT",
+        &format!("login/accept?{q}"),
+        Some(json!({"subject": "carol"})),
+    )
+    .await;
+    let r = browser.get(&str_field(&acc.json, "redirect_to")).await;
+    let to_consent = location(&r);
+    let cq = format!(
+        "consent_challenge={}",
+        query_param(&to_consent, "consent_challenge").unwrap()
+    );
+    let cr = admin(&srv, "GET", &format!("consent?{cq}"), None).await;
+    assert_eq!(cr.json["skip"], false, "prompt=consent: {}", cr.body);
+    // The consent step is bound to the browser too.
+    let rej = admin(
+        &srv,
+        "PUT",
+        &format!("consent/reject?{cq}"),
+        Some(json!({})),
+    )
+    .await;
+    let verifier_url = str_field(&rej.json, "redirect_to");
+    let r = Browser::default().get(&verifier_url).await;
+    assert_eq!(r.status, 403, "{}", r.body);
+    // A rejection without an error code reaches the client as access_denied.
+    let r = browser.get(&verifier_url).await;
+    let to = location(&r);
+    assert!(to.starts_with(CALLBACK), "{to}");
+    assert_eq!(query_param(&to, "error").as_deref(), Some("access_denied"));
+
+    // Same browser, prompt=none: login and consent are remembered; the apps see skip=true.
+    let r = browser.get(&url("&prompt=none")).await;
+    assert_eq!(r.status, 302, "{}", r.body);
+    let challenge = query_param(&location(&r), "login_challenge").unwrap();
+    let q = format!("login_challenge={challenge}");
+    let lr = admin(&srv, "GET", &format!("login?{q}"), None).await;
+    assert_eq!(lr.json["skip"], true, "{}", lr.body);
+    assert_eq!(lr.json["subject"], "carol");
+    // A skipped login cannot switch subject.
+    let switch = admin(
+        &srv,
+        "PUT",
+        &format!("login/accept?{q}"),
+        Some(json!({"subject": "mallory"})),
+    )
+    .await;
+    switch.assert_oauth_error(400, "invalid_request");
+    let acc = admin(
+        &srv,
+        "PUT",
+        &format!("login/accept?{q}"),
+        Some(json!({"subject": "carol"})),
+    )
+    .await;
+    assert_eq!(acc.status, 200, "{}", acc.body);
+    let r = browser.get(&str_field(&acc.json, "redirect_to")).await;
+    let to_consent = location(&r);
+    let cq = format!(
+        "consent_challenge={}",
+        query_param(&to_consent, "consent_challenge").unwrap()
+    );
+    let cr = admin(&srv, "GET", &format!("consent?{cq}"), None).await;
+    assert_eq!(cr.json["skip"], true, "{}", cr.body);
+    let acc = admin(
+        &srv,
+        "PUT",
+        &format!("consent/accept?{cq}"),
+        Some(json!({"grant_scope": ["openid"]})),
+    )
+    .await;
+    let r = browser.get(&str_field(&acc.json, "redirect_to")).await;
+    let back = location(&r);
+    let code = query_param(&back, "code").expect("prompt=none with a session succeeds");
+    // Consent challenge and verifier are single-use too.
+    assert_eq!(
+        admin(&srv, "GET", &format!("consent?{cq}"), None)
+            .await
+            .status,
+        410
+    );
+    let r = browser.get(&str_field(&acc.json, "redirect_to")).await;
+    assert_eq!(
+        query_param(&location(&r), "error").as_deref(),
+        Some("access_denied")
+    );
+
+    // No refresh token without offline; an ID token with openid.
+    let t = srv
+        .token_basic(
+            &id,
+            &secret,
+            &[
+                ("grant_type", "authorization_code"),
+                ("code", code.as_str()),
+                ("redirect_uri", CALLBACK),
+            ],
+        )
+        .await;
+    assert_eq!(t.status, 200, "{}", t.body);
+    assert!(t.json.get("refresh_token").is_none(), "{}", t.body);
+    assert!(t.json["id_token"].is_string());
+
+    // id_token_hint: a hint for the session's subject lets login be skipped (the login app sees
+    // its claims); a hint for someone else does not; a forged hint is refused.
+    let hint = str_field(&t.json, "id_token");
+    let r = browser
+        .get(&url(&format!("&prompt=none&id_token_hint={hint}")))
+        .await;
+    let challenge = query_param(&location(&r), "login_challenge").unwrap();
+    let lr = admin(
+        &srv,
+        "GET",
+        &format!("login?login_challenge={challenge}"),
+        None,
+    )
+    .await;
+    assert_eq!(lr.json["skip"], true, "{}", lr.body);
+    assert_eq!(
+        lr.json["oidc_context"]["id_token_hint_claims"]["sub"],
+        "carol"
+    );
+    let mut other = Browser::default();
+    let _ = authorize(&srv, &mut other, &url(""), "dan", &["openid"]).await;
+    let r = other
+        .get(&url(&format!("&prompt=none&id_token_hint={hint}")))
+        .await;
+    assert_eq!(
+        query_param(&location(&r), "error").as_deref(),
+        Some("login_required")
+    );
+    let (h, c, _) = {
+        let mut parts = hint.split('.');
+        (
+            parts.next().unwrap().to_string(),
+            parts.next().unwrap().to_string(),
+            (),
+        )
+    };
+    let forged = format!("{h}.{c}.AAAA");
+    let r = browser.get(&url(&format!("&id_token_hint={forged}"))).await;
+    assert_eq!(
+        query_param(&location(&r), "error").as_deref(),
+        Some("invalid_request")
+    );
+
+    // A fresh browser has no session: prompt=none fails with login_required.
+    let r = Browser::default().get(&url("&prompt=none")).await;
+    assert_eq!(
+        query_param(&location(&r), "error").as_deref(),
+        Some("login_required")
+    );
+}
+
+#[tokio::test]
+async fn public_client_with_pkce_and_concurrent_refresh_has_one_winner() {
+    let dir = TestDir::new();
+    let srv = start(&dir).await;
+    let c = srv
+        .create_client(json!({
+            "grant_types": ["authorization_code", "refresh_token"],
+            "token_endpoint_auth_method": "none",
+            "scope": "openid offline_access",
+            "redirect_uris": ["http://127.0.0.1/cb"],
+            "audience": ["https://api.example"],
+        }))
+        .await;
+    let id = str_field(&c, "client_id");
+    assert!(
+        c.get("client_secret").is_none(),
+        "public clients get no secret: {c}"
+    );
+    let (pkce, verifier) = PkceCodeChallenge::new_random_sha256();
+    // Loopback redirect: any port matches the registered port-less URI.
+    let url = format!(
+        "{}/oauth2/auth?client_id={id}&response_type=code&scope=openid+offline_access&state=state-9012&redirect_uri={}&code_challenge={}&code_challenge_method=S256",
+        srv.public(),
+        form("http://127.0.0.1:53123/cb"),
+        pkce.as_str()
+    );
+    let mut browser = Browser::default();
+    let back = authorize(
+        &srv,
+        &mut browser,
+        &url,
+        "dave",
+        &["openid", "offline_access"],
+    )
+    .await;
+    assert!(back.starts_with("http://127.0.0.1:53123/cb?"), "{back}");
+    let code = query_param(&back, "code").unwrap();
+    let exchange = |extra: Vec<(&'static str, String)>| {
+        let mut form: Vec<(String, String)> = vec![
+            ("grant_type".into(), "authorization_code".into()),
+            ("client_id".into(), id.clone()),
+            ("code".into(), code.clone()),
+            ("redirect_uri".into(), "http://127.0.0.1:53123/cb".into()),
+        ];
+        form.extend(extra.into_iter().map(|(k, v)| (k.to_string(), v)));
+        let url = srv.token_endpoint();
+        async move { Reply::from(http().post(url).form(&form).send().await.unwrap()).await }
+    };
+    // A public client must prove possession with PKCE.
+    exchange(vec![])
+        .await
+        .assert_oauth_error(400, "invalid_grant");
+    let t = exchange(vec![("code_verifier", verifier.secret().clone())]).await;
+    assert_eq!(t.status, 200, "{}", t.body);
+    let refresh = str_field(&t.json, "refresh_token");
+
+    // Eight concurrent refreshes of one token: exactly one wins.
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let (url, id, refresh) = (srv.token_endpoint(), id.clone(), refresh.clone());
+        tasks.push(tokio::spawn(async move {
+            let r = http()
+                .post(url)
+                .form(&[
+                    ("grant_type", "refresh_token"),
+                    ("client_id", id.as_str()),
+                    ("refresh_token", refresh.as_str()),
+                ])
+                .send()
+                .await
+                .unwrap();
+            Reply::from(r).await
+        }));
+    }
+    let mut winners = 0;
+    for t in tasks {
+        let r = t.await.unwrap();
+        if r.status == 200 {
+            winners += 1;
+        } else {
+            assert_eq!(r.status, 400, "{}", r.body);
+        }
+    }
+    assert_eq!(winners, 1, "concurrent refreshes of one token");
+
+    // A confidential client's secret is required: another client's refresh token is refused.
+    let (other, other_secret) = web_client(&srv).await;
+    srv.token_basic(
+        &other,
+        &other_secret,
+        &[
+            ("grant_type", "refresh_token"),
+            ("refresh_token", refresh.as_str()),
+        ],
+    )
+    .await
+    .assert_oauth_error(400, "invalid_grant");
+}
+
+#[tokio::test]
+async fn rp_initiated_logout_through_the_logout_app() {
+    const LOGOUT_APP: &str = "https://login.example/logout";
+    const BYE: &str = "https://rp.example/bye";
+    let dir = TestDir::new();
+    let srv = Server::start(
+        &dir.data(),
+        &[
+            "--login-url",
+            LOGIN_APP,
+            "--consent-url",
+            CONSENT_APP,
+            "--logout-url",
+            LOGOUT_APP,
+        ],
+    )
+    .await;
+    let c = srv
+        .create_client(json!({
+            "grant_types": ["authorization_code"],
+            "scope": "openid",
+            "redirect_uris": [CALLBACK],
+            "post_logout_redirect_uris": [BYE],
+            "audience": ["https://api.example"],
+        }))
+        .await;
+    let (id, secret) = (str_field(&c, "client_id"), str_field(&c, "client_secret"));
+    let mut browser = Browser::default();
+    let url = format!(
+        "{}/oauth2/auth?client_id={id}&response_type=code&scope=openid&state=state-4242&redirect_uri={}",
+        srv.public(),
+        form(CALLBACK)
+    );
+    let back = authorize(&srv, &mut browser, &url, "erin", &["openid"]).await;
+    let code = query_param(&back, "code").unwrap();
+    let t = srv
+        .token_basic(
+            &id,
+            &secret,
+            &[
+                ("grant_type", "authorization_code"),
+                ("code", code.as_str()),
+                ("redirect_uri", CALLBACK),
+            ],
+        )
+        .await;
+    assert_eq!(t.status, 200, "{}", t.body);
+    let id_token = str_field(&t.json, "id_token");
+    let access = str_field(&t.json, "access_token");
+    let logout = format!("{}/oauth2/sessions/logout", srv.public());
+
+    // An unregistered post_logout_redirect_uri, or an access token as hint: the error page.
+    for query in [
+        format!(
+            "id_token_hint={id_token}&post_logout_redirect_uri={}",
+            form("https://evil.example/")
+        ),
+        format!(
+            "id_token_hint={access}&post_logout_redirect_uri={}",
+            form(BYE)
+        ),
+        format!("post_logout_redirect_uri={}", form(BYE)),
+    ] {
+        let r = browser.get(&format!("{logout}?{query}")).await;
+        assert_eq!(r.status, 302, "{query}: {}", r.body);
+        let to = location(&r);
+        assert!(to.contains("/oauth2/fallbacks/error"), "{query}: {to}");
+    }
+
+    let r = browser
+        .get(&format!(
+            "{logout}?id_token_hint={id_token}&post_logout_redirect_uri={}&state=bye-state",
+            form(BYE)
+        ))
+        .await;
+    assert_eq!(r.status, 302, "{}", r.body);
+    let to_app = location(&r);
+    assert!(to_app.starts_with(LOGOUT_APP), "{to_app}");
+    let q = format!(
+        "logout_challenge={}",
+        query_param(&to_app, "logout_challenge").unwrap()
+    );
+    let lr = admin(&srv, "GET", &format!("logout?{q}"), None).await;
+    assert_eq!(lr.status, 200, "{}", lr.body);
+    assert_eq!(lr.json["subject"], "erin");
+    assert_eq!(lr.json["rp_initiated"], true);
+    assert_eq!(lr.json["client"]["client_id"], id.as_str());
+    let acc = admin(&srv, "PUT", &format!("logout/accept?{q}"), None).await;
+    assert_eq!(acc.status, 200, "{}", acc.body);
+    assert_eq!(
+        admin(&srv, "GET", &format!("logout?{q}"), None)
+            .await
+            .status,
+        410
+    );
+    let verifier_url = str_field(&acc.json, "redirect_to");
+    let r = browser.get(&verifier_url).await;
+    assert_eq!(r.status, 302, "{}", r.body);
+    assert_eq!(location(&r), format!("{BYE}?state=bye-state"));
+    assert!(
+        !browser.cookies.contains_key("ory_hydra_session_dev"),
+        "session cookie cleared"
+    );
+    // The verifier works once.
+    let r = browser.get(&verifier_url).await;
+    assert!(location(&r).contains("/oauth2/fallbacks/error"));
+
+    // The session is gone server-side too: prompt=none now needs a login.
+    let r = browser.get(&format!("{url}&prompt=none")).await;
+    assert_eq!(
+        query_param(&location(&r), "error").as_deref(),
+        Some("login_required")
+    );
+}
+
+#[tokio::test]
+async fn revoking_consent_revokes_its_tokens_and_ending_logins_needs_a_new_login() {
+    let dir = TestDir::new();
+    let srv = start(&dir).await;
+    let (id, secret) = web_client(&srv).await;
+    let mut browser = Browser::default();
+    let url = format!(
+        "{}/oauth2/auth?client_id={id}&response_type=code&scope=openid+offline&state=state-7777&redirect_uri={}",
+        srv.public(),
+        form(CALLBACK)
+    );
+    let back = authorize(&srv, &mut browser, &url, "frank", &["openid", "offline"]).await;
+    let code = query_param(&back, "code").unwrap();
+    let t = srv
+        .token_basic(
+            &id,
+            &secret,
+            &[
+                ("grant_type", "authorization_code"),
+                ("code", code.as_str()),
+                ("redirect_uri", CALLBACK),
+            ],
+        )
+        .await;
+    assert_eq!(t.status, 200, "{}", t.body);
+    let (access, refresh) = (
+        str_field(&t.json, "access_token"),
+        str_field(&t.json, "refresh_token"),
+    );
+    let sessions = format!("{}/admin/oauth2/auth/sessions", srv.admin());
+
+    let list = Reply::from(
+        http()
+            .get(format!("{sessions}/consent?subject=frank"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(list.status, 200, "{}", list.body);
+    assert_eq!(list.json.as_array().unwrap().len(), 1, "{}", list.body);
+    assert_eq!(list.json[0]["grant_scope"], json!(["openid", "offline"]));
+    assert_eq!(
+        list.json[0]["consent_request"]["client"]["client_id"],
+        id.as_str()
+    );
+    let none = Reply::from(
+        http()
+            .get(format!("{sessions}/consent?subject=nobody"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(none.json, json!([]));
+
+    // Ending the login sessions: prompt=none needs a login again.
+    let r = Reply::from(
+        http()
+            .delete(format!("{sessions}/login"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    r.assert_oauth_error(400, "invalid_request");
+    let r = Reply::from(
+        http()
+            .delete(format!("{sessions}/login?subject=frank"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(r.status, 204, "{}", r.body);
+    let r = browser.get(&format!("{url}&prompt=none")).await;
+    assert_eq!(
+        query_param(&location(&r), "error").as_deref(),
+        Some("login_required")
+    );
+    assert_eq!(
+        srv.introspect(&access).await["active"],
+        true,
+        "tokens survive a logout"
+    );
+
+    // Revoking the consent revokes the grant's tokens.
+    let r = Reply::from(
+        http()
+            .delete(format!("{sessions}/consent?subject=frank"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    r.assert_oauth_error(400, "invalid_request");
+    let r = Reply::from(
+        http()
+            .delete(format!("{sessions}/consent?subject=frank&client={id}"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(r.status, 204, "{}", r.body);
+    assert_eq!(srv.introspect(&access).await["active"], false);
+    srv.token_basic(
+        &id,
+        &secret,
+        &[
+            ("grant_type", "refresh_token"),
+            ("refresh_token", refresh.as_str()),
+        ],
+    )
+    .await
+    .assert_oauth_error(400, "invalid_grant");
+    let list = Reply::from(
+        http()
+            .get(format!("{sessions}/consent?subject=frank"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(list.json, json!([]));
+}
+
+#[tokio::test]
+async fn a_grace_period_lets_a_rotated_refresh_token_work_again() {
+    let dir = TestDir::new();
+    let srv = Server::start(
+        &dir.data(),
+        &[
+            "--login-url",
+            LOGIN_APP,
+            "--consent-url",
+            CONSENT_APP,
+            "--refresh-token-rotation-grace-period",
+            "5m",
+        ],
+    )
+    .await;
+    let (id, secret) = web_client(&srv).await;
+    let mut browser = Browser::default();
+    let url = format!(
+        "{}/oauth2/auth?client_id={id}&response_type=code&scope=offline&state=state-3333&redirect_uri={}",
+        srv.public(),
+        form(CALLBACK)
+    );
+    let back = authorize(&srv, &mut browser, &url, "gina", &["offline"]).await;
+    let code = query_param(&back, "code").unwrap();
+    let t = srv
+        .token_basic(
+            &id,
+            &secret,
+            &[
+                ("grant_type", "authorization_code"),
+                ("code", code.as_str()),
+                ("redirect_uri", CALLBACK),
+            ],
+        )
+        .await;
+    let refresh = str_field(&t.json, "refresh_token");
+    let form = [
+        ("grant_type", "refresh_token"),
+        ("refresh_token", refresh.as_str()),
+    ];
+    let first = srv.token_basic(&id, &secret, &form).await;
+    assert_eq!(first.status, 200, "{}", first.body);
+    // A lost response (the client retries with the same token): still fine within the grace.
+    let second = srv.token_basic(&id, &secret, &form).await;
+    assert_eq!(second.status, 200, "{}", second.body);
+    assert_ne!(first.json["refresh_token"], second.json["refresh_token"]);
+    assert_eq!(
+        srv.introspect(&str_field(&first.json, "access_token"))
+            .await["active"],
+        true,
+        "no reuse revocation within the grace period"
+    );
+}
