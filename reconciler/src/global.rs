@@ -102,6 +102,10 @@ pub struct GlobalConfig {
     pub clusters: BTreeMap<String, String>,
     #[serde(default)]
     pub trust_forwarded_headers: bool,
+    /// How long JWKS keys keep verifying past their TTL while refreshes fail (Go duration);
+    /// absent: the filter's default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwks_max_stale: Option<String>,
     /// Reconciler setting, not passed to the filter.
     #[serde(default)]
     pub cluster_naming: ClusterNaming,
@@ -119,10 +123,10 @@ fn enabled(names: &[&str]) -> BTreeMap<String, HandlerToggle> {
         .collect()
 }
 
-/// The `allowed_algorithms` of the default global jwt config: the token service's default
-/// (ES256) and Hydra's (RS256), so Rules that leave the list to the global config accept both
-/// Portcullis tokens and Hydra tokens still in circulation during a migration. The filter's own
-/// default, as Oathkeeper's, is RS256 alone.
+/// The `allowed_algorithms` of the default global jwt config: RS256 (the token service's
+/// default, and Hydra's) and ES256 (the token service's faster option), so Rules that leave the
+/// list to the global config accept Portcullis tokens of either and Hydra tokens still in
+/// circulation during a migration. The filter's own default, as Oathkeeper's, is RS256 alone.
 pub const DEFAULT_JWT_ALGORITHMS: [&str; 2] = ["ES256", "RS256"];
 
 impl Default for GlobalConfig {
@@ -147,6 +151,7 @@ impl Default for GlobalConfig {
             errors: ErrorsSection::default(),
             clusters: BTreeMap::new(),
             trust_forwarded_headers: false,
+            jwks_max_stale: None,
             cluster_naming: ClusterNaming::default(),
             cross_namespace_targets: BTreeMap::new(),
         }
@@ -179,6 +184,8 @@ impl GlobalConfig {
             #[serde(default)]
             trust_forwarded_headers: bool,
             #[serde(default)]
+            jwks_max_stale: Option<String>,
+            #[serde(default)]
             cluster_naming: ClusterNaming,
             #[serde(default)]
             cross_namespace_targets: BTreeMap<String, Vec<String>>,
@@ -198,6 +205,7 @@ impl GlobalConfig {
             errors: p.errors.unwrap_or(d.errors),
             clusters: p.clusters,
             trust_forwarded_headers: p.trust_forwarded_headers,
+            jwks_max_stale: p.jwks_max_stale,
             cluster_naming: p.cluster_naming,
             cross_namespace_targets: p.cross_namespace_targets,
         })
@@ -227,7 +235,7 @@ impl GlobalConfig {
                 }
             }
         }
-        json!({
+        let mut config = json!({
             "access_rules": self.access_rules,
             "authenticators": self.authenticators,
             "authorizers": self.authorizers,
@@ -236,7 +244,11 @@ impl GlobalConfig {
             "rules": rules,
             "clusters": clusters,
             "trust_forwarded_headers": self.trust_forwarded_headers,
-        })
+        });
+        if let Some(stale) = &self.jwks_max_stale {
+            config["jwks_max_stale"] = json!(stale);
+        }
+        config
     }
 }
 
@@ -366,6 +378,19 @@ mod tests {
         assert!(GlobalConfig::from_yaml("authenticators: [1]").is_err());
         let e = GlobalConfig::from_yaml("access_rules: {matching_strategy: Glob}").unwrap_err();
         assert!(e.to_string().contains("matching_strategy"), "{e}");
+    }
+
+    #[test]
+    fn jwks_max_stale_reaches_the_filter_only_when_set() {
+        let g = GlobalConfig::default();
+        assert!(g.filter_config(&[]).get("jwks_max_stale").is_none());
+        let g = GlobalConfig::from_yaml("jwks_max_stale: 2m\n").unwrap();
+        let cfg = g.filter_config(&[]);
+        assert_eq!(cfg["jwks_max_stale"], "2m");
+        crate::core_seam::compile_config(&cfg).unwrap();
+        let bad = GlobalConfig::from_yaml("jwks_max_stale: soon\n").unwrap();
+        let e = crate::core_seam::compile_config(&bad.filter_config(&[])).unwrap_err();
+        assert!(e.contains("jwks_max_stale"), "{e}");
     }
 
     #[test]
