@@ -13,8 +13,8 @@
 # Host: BENCH_HOST, whatever the variant.
 # Targets (issues 2, 13): e >= 0.9 x b, f >= 0.9 x c.
 # Then a memory table (issue 13): Envoy's RSS with 2 workers after 200 requests, one Envoy per
-# row: no filter, the no-op module, Portcullis with 100 and with 1,000 rules. BENCH_MEMORY=0
-# skips it; BENCH_MEMORY=only runs nothing else.
+# row: no filter, the no-op module, Portcullis with 100 and with 1,000 rules (BENCH_MEMORY_RULES,
+# default "100 1000"). BENCH_MEMORY=0 skips it; BENCH_MEMORY=only runs nothing else.
 # Knobs: BENCH_DURATION (s, default 5), BENCH_ROUNDS (default 3), BENCH_VARIANTS (e.g. "b e" to
 # compare only those; default all), BENCH_TOKENS (default 12000;
 # must exceed the filter's verified-token cache capacity, 10,000 per worker, for f to measure
@@ -122,20 +122,20 @@ memory_row() { # variant rules -> MB
 }
 
 memory_table() {
-  local none noop p100 p1000
+  local none noop n rss
+  local -A target=([100]=15 [1000]=30)
   log "memory: one Envoy per row, 2 workers, 200 requests each"
   none=$(memory_row nofilter 100)
   noop=$(memory_row noop 100)
-  if [ "$HAVE_FILTER" = 1 ]; then
-    p100=$(memory_row portcullis 100)
-    p1000=$(memory_row portcullis 1000)
-  fi
   echo
   echo "Envoy RSS (VmRSS), 2 workers, after 200 requests; module $(wc -c <"$FILTER_WASM") bytes"
   printf '  %-32s %6s MB\n' "no filter" "$none" "noop wasm module" "$noop"
   [ "$HAVE_FILTER" = 1 ] || { echo "  (Portcullis rows skipped: no filter module)"; return 0; }
-  printf '  %-32s %6s MB   (%+d over noop; target <= +15)\n' "portcullis, 100 rules" "$p100" "$((p100 - noop))"
-  printf '  %-32s %6s MB   (%+d over noop; target <= +30)\n' "portcullis, 1,000 rules" "$p1000" "$((p1000 - noop))"
+  for n in ${BENCH_MEMORY_RULES:-100 1000}; do
+    rss=$(memory_row portcullis "$n")
+    printf '  %-32s %6s MB   (%+d over noop%s)\n' "portcullis, $n rules" "$rss" "$((rss - noop))" \
+      "${target[$n]:+; target <= +${target[$n]}}"
+  done
 }
 
 if [ "$MEMORY" = only ]; then
