@@ -240,6 +240,24 @@ impl UrlPattern {
         Some(path.find('<').map_or(path, |end| &path[..end]))
     }
 
+    /// For Kyma's shape `<http|https>://HOST/path...` (scheme one of `<http|https>`,
+    /// `<https|http>`, `<https?>`; host and the path's first `/` literal), the literal prefix
+    /// a matching URL starts with, once per scheme. Such a rule can be indexed by host like one
+    /// whose scheme is literal, instead of joining the `RegexSet` every request runs.
+    pub fn scheme_choice_prefixes(&self) -> Option<[String; 2]> {
+        if self.strategy != MatchingStrategy::Regexp {
+            return None;
+        }
+        let rest = ["<http|https>://", "<https|http>://", "<https?>://"]
+            .iter()
+            .find_map(|scheme| self.source.strip_prefix(scheme))?;
+        let literal = rest.find('<').map_or(rest, |end| &rest[..end]);
+        if !literal.contains('/') {
+            return None;
+        }
+        Some([format!("http://{literal}"), format!("https://{literal}")])
+    }
+
     fn runtime_error(&self, e: fancy_regex::Error) -> MatchError {
         match e {
             fancy_regex::Error::RuntimeError(fancy_regex::RuntimeError::BacktrackLimitExceeded) => {
@@ -427,6 +445,12 @@ impl RuleIndex {
             let prefix = e.pattern.literal_prefix();
             if let Some(key) = host_key(prefix) {
                 hosts.entry(key.to_string()).or_default().insert(prefix, i);
+            } else if let Some(prefixes) = e.pattern.scheme_choice_prefixes() {
+                for prefix in &prefixes {
+                    if let Some(key) = host_key(prefix) {
+                        hosts.entry(key.to_string()).or_default().insert(prefix, i);
+                    }
+                }
             } else if let Some(path) = e.pattern.any_host_path_prefix() {
                 any_host.insert(path, i);
             } else {

@@ -481,3 +481,45 @@ fn regexp_engines_are_built_on_first_use() {
     assert!(built(&p), "the first evaluation builds it");
     assert!(UrlPattern::compile("http://a/<(?!x>", MatchingStrategy::Regexp).is_err());
 }
+
+/// Kyma's `<http|https>://HOST/...` rules are found through the host table, for either scheme,
+/// and never for another host; everything else they decide stays as before.
+#[test]
+fn scheme_choice_rules_are_indexed_by_host() {
+    let index = RuleIndex::new(vec![
+        entry(&["GET"], "<http|https>://svc.example.com/api/<.*>"),
+        entry(&["GET"], "<https?>://svc.example.com/api/admin<.*>"),
+        entry(&["GET"], "<http|https>://other.example.com/api/<.*>"),
+        entry(&["GET"], "<http|https>://<[^/]+>/any/<.*>"),
+    ]);
+    assert!(index.fallback_set_rules.is_empty() || index.fallback_set_rules == [3]);
+    let cands = |url| {
+        let mut c: Vec<usize> = index.candidates(url).collect();
+        c.sort_unstable();
+        c
+    };
+    assert_eq!(cands("http://svc.example.com/api/x"), [0]);
+    assert_eq!(cands("https://svc.example.com/api/x"), [0]);
+    assert_eq!(cands("https://svc.example.com/api/admin/x"), [0, 1]);
+    assert_eq!(cands("https://other.example.com/api/x"), [2]);
+    assert!(matches!(
+        index.find("GET", "https://svc.example.com/api/x"),
+        Lookup::Matched { rule: 0, .. }
+    ));
+    assert!(matches!(
+        index.find("GET", "http://svc.example.com/api/adminx"),
+        Lookup::Ambiguous(_)
+    ));
+    assert!(matches!(
+        index.find("GET", "ftp://svc.example.com/api/x"),
+        Lookup::NoMatch
+    ));
+    assert!(matches!(
+        index.find("GET", "https://svc.example.com.evil/api/x"),
+        Lookup::NoMatch
+    ));
+    assert!(matches!(
+        index.find("GET", "https://x.test/any/y"),
+        Lookup::Matched { rule: 3, .. }
+    ));
+}
