@@ -523,3 +523,32 @@ fn scheme_choice_rules_are_indexed_by_host() {
         Lookup::Matched { rule: 3, .. }
     ));
 }
+
+/// The regex engine carries the Unicode classes Oathkeeper's regexp2 has; classes it does not
+/// have are a configuration error, never a different match.
+#[test]
+fn unicode_classes_are_oathkeepers() {
+    for ok in [r"\p{L}+", r"\p{Greek}+", r"\w+", r"(?i)straße"] {
+        let p = UrlPattern::compile(&format!("http://a.test/<{ok}>"), MatchingStrategy::Regexp);
+        assert!(p.is_ok(), "{ok}: {p:?}");
+    }
+    assert!(
+        regexp(r"http://a.test/<\p{Greek}+>")
+            .is_match("http://a.test/αβγ")
+            .unwrap()
+    );
+    for refused in [
+        r"\p{Alphabetic}+",
+        r"\p{Age=6.0}",
+        r"\p{Grapheme_Cluster_Break=L}",
+    ] {
+        let p = UrlPattern::compile(
+            &format!("http://a.test/<{refused}>"),
+            MatchingStrategy::Regexp,
+        );
+        assert!(
+            matches!(p, Err(PatternError::Regex { .. })),
+            "{refused}: {p:?}"
+        );
+    }
+}
