@@ -1,17 +1,21 @@
 #!/usr/bin/env python3
 """Writes the benchmark's Envoy bootstrap: one Envoy, one listener per variant, all answering
 with a direct response so only the filter's cost differs. Also writes the Portcullis filter
-configuration (issue 2 format) with 100 rules, one of which matches the benchmark path.
+configuration (issue 2 format) with BENCH_RULES rules (default 100) of the shape people deploy,
+one of which matches the benchmark request.
 
 usage: config.py OUT_DIR ADMIN_ADDR_PATH JWKS_PORT NOOP_WASM FILTER_WASM|- PORT_a PORT_b ...
 Ports are given in the order of VARIANTS below; FILTER_WASM '-' omits the Portcullis listener.
+BENCH_ONLY=<variant> writes a bootstrap with that variant's listener alone (memory table).
 """
 import json
+import os
 import sys
 
 ISSUER = "https://issuer.portcullis.test/"
 AUDIENCE = "https://api.portcullis.test"
 BENCH_PATH = "/api/resource"
+BENCH_HOST = "bench.shop.svc.cluster.local"
 
 # name -> http filters before the router (see build_filters)
 VARIANTS = ["nofilter", "noop", "jwt_nocache", "jwt_cache", "portcullis"]
@@ -58,18 +62,36 @@ def jwt_authn(jwks_file, cache):
     return {"name": "envoy.filters.http.jwt_authn", "typed_config": config}
 
 
-def portcullis_config(jwks_port):
-    origin = f"http://127.0.0.1:{jwks_port}"
-    handlers = {
-        "authenticators": [{"handler": "jwt"}],
+def rule(rule_id, url, methods, host_header):
+    """A rule as deployed (Kyma's APIRule output, hand-written Oathkeeper rules alike): a `jwt`
+    authenticator with its own issuer, audience and scope, and a templated `header` mutator."""
+    return {
+        "id": rule_id,
+        "match": {"url": url, "methods": methods},
+        "authenticators": [{"handler": "jwt", "config": {
+            "trusted_issuers": [ISSUER],
+            "target_audience": [AUDIENCE],
+            "required_scope": ["read"],
+        }}],
         "authorizer": {"handler": "allow"},
-        "mutators": [{"handler": "header"}],
+        "mutators": [{"handler": "header", "config": {"headers": {
+            "X-User": "{{ print .Subject }}",
+            "X-Host": host_header,
+        }}}],
     }
+
+
+def portcullis_config(jwks_port, nrules):
+    """`nrules` rules in Kyma's shape, `<http|https>://HOST/path<...>`, over 50 literal hosts;
+    the last one matches the benchmark request (Host BENCH_HOST, path BENCH_PATH)."""
+    origin = f"http://127.0.0.1:{jwks_port}"
     rules = [
-        {"id": f"other-{i:02}", "match": {"url": f"http://<[^/]+>/svc-{i:02}/<.*>", "methods": ["GET", "POST"]}, **handlers}
-        for i in range(99)
+        rule(f"svc-{i:04}", f"<http|https>://svc-{i % 50:02}.shop.svc.cluster.local/v{i}/<.*>",
+             ["GET", "POST"], f"svc-{i % 50:02} {{{{ print .Extra.client_id }}}}")
+        for i in range(nrules - 1)
     ]
-    rules.append({"id": "bench", "match": {"url": "http://<[^/]+>/api/<.*>", "methods": ["GET"]}, **handlers})
+    rules.append(rule("bench", f"<http|https>://{BENCH_HOST}/api/<.*>", ["GET"],
+                      "bench {{ print .Extra.client_id }}"))
     return {
         "access_rules": {"matching_strategy": "regexp"},
         "authenticators": {
@@ -80,6 +102,7 @@ def portcullis_config(jwks_port):
                     "trusted_issuers": [ISSUER],
                     "target_audience": [AUDIENCE],
                     "allowed_algorithms": ["RS256"],
+                    "scope_strategy": "exact",
                 },
             }
         },
@@ -119,7 +142,8 @@ def main():
     out, admin_path, jwks_port, noop_wasm, filter_wasm = sys.argv[1:6]
     ports = [int(p) for p in sys.argv[6:]]
     jwks_file = f"{out}/jwks.json"
-    pc = portcullis_config(int(jwks_port))
+    pc = portcullis_config(int(jwks_port), int(os.environ.get("BENCH_RULES", "100")))
+    only = os.environ.get("BENCH_ONLY")
     with open(f"{out}/portcullis.json", "w") as f:
         json.dump(pc, f, indent=1)
     filters = {
@@ -132,7 +156,7 @@ def main():
     listeners = [
         listener(name, port, filters[name])
         for name, port in zip(VARIANTS, ports)
-        if not (name == "portcullis" and filter_wasm == "-")
+        if not (name == "portcullis" and filter_wasm == "-") and only in (None, name)
     ]
     bootstrap = {
         "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}}},

@@ -7,7 +7,14 @@
 #   d jwt_cache       native jwt_authn with jwt_cache_config, same token every request
 #   e pc_hit          Portcullis, 100 rules, same RS256 token every request (cache hit)
 #   f pc_miss         Portcullis, a fresh RS256 token every request (cache miss)
-# Targets (issue 2): e >= 0.9 x b, f >= 0.9 x c.
+# Portcullis runs the configuration people deploy (config.py): rules in Kyma's shape
+# `<http|https>://HOST/path<...>` over literal hosts, each with a `jwt` authenticator checking
+# issuer, audience and scope and a templated `header` mutator. Every request carries
+# Host: BENCH_HOST, whatever the variant.
+# Targets (issues 2, 13): e >= 0.9 x b, f >= 0.9 x c.
+# Then a memory table (issue 13): Envoy's RSS with 2 workers after 200 requests, one Envoy per
+# row: no filter, the no-op module, Portcullis with 100 and with 1,000 rules (BENCH_MEMORY_RULES,
+# default "100 1000"). BENCH_MEMORY=0 skips it; BENCH_MEMORY=only runs nothing else.
 # Knobs: BENCH_DURATION (s, default 5), BENCH_ROUNDS (default 3), BENCH_VARIANTS (e.g. "b e" to
 # compare only those; default all), BENCH_TOKENS (default 12000;
 # must exceed the filter's verified-token cache capacity, 10,000 per worker, for f to measure
@@ -23,10 +30,14 @@ CONNECTIONS=16
 ENVOY=${ENVOY_BIN:-$ROOT/.venv/bin/envoy}
 NOOP_WASM=${PORTCULLIS_NOOP_WASM:-$ROOT/dist/noop.wasm}
 FILTER_WASM=${PORTCULLIS_WASM:-$ROOT/dist/filter.wasm}
+BENCH_HOST=bench.shop.svc.cluster.local
+export BENCH_HOST
+MEMORY=${BENCH_MEMORY:-1}
 WORK=$ROOT/target/bench-filter
 mkdir -p "$WORK"
 
 log() { printf '>> %s\n' "$*" >&2; }
+status() { curl -s -o /dev/null -w '%{http_code}' -H "Host: $BENCH_HOST" "$@"; }
 
 if ! command -v wrk >/dev/null; then
   log "installing wrk"
@@ -70,6 +81,67 @@ PIDS+=($!)
 
 cp "$TOKDIR/jwks.json" "$WORK/jwks.json"
 FW=-; [ "$HAVE_FILTER" = 1 ] && FW=$FILTER_WASM
+
+free_ports() { # n -> n free loopback ports
+  python3 -c '
+import socket, sys
+socks = [socket.socket() for _ in range(int(sys.argv[1]))]
+for s in socks: s.bind(("127.0.0.1", 0))
+print(" ".join(str(s.getsockname()[1]) for s in socks))' "$1"
+}
+
+# One row of the memory table: Envoy with 2 workers and only variant $1's listener ($2 rules for
+# Portcullis), 200 requests on fresh connections (so both workers' VMs take part), then VmRSS.
+memory_row() { # variant rules -> MB
+  local v=$1 n=$2 dir=$WORK/memory-$1-$2 pid port code rss
+  local -A index=([nofilter]=0 [noop]=1 [portcullis]=4)
+  mkdir -p "$dir"
+  cp "$TOKDIR/jwks.json" "$dir/jwks.json"
+  read -r -a mp <<<"$(free_ports 5)"
+  BENCH_ONLY=$v BENCH_RULES=$n python3 "$HERE/config.py" "$dir" - "$JWKS_PORT" "$NOOP_WASM" "$FW" "${mp[@]}"
+  rm -f "$dir/admin-address"
+  "$ENVOY" -c "$dir/envoy.yaml" --concurrency 2 -l warning --use-dynamic-base-id \
+    --admin-address-path "$dir/admin-address" >"$dir/envoy.log" 2>&1 &
+  pid=$!
+  port=${mp[${index[$v]}]}
+  for _ in $(seq 300); do # ready, and the first request has fetched the JWKS
+    code=$(status -H "Authorization: Bearer $TOKEN" "http://127.0.0.1:$port/api/resource" || true)
+    [ "$code" = 200 ] && break
+    sleep 0.1
+  done
+  if [ "$code" != 200 ]; then
+    log "memory $v/$n: got $code, not 200"; tail -5 "$dir/envoy.log" >&2; kill "$pid"; wait "$pid" 2>/dev/null || true
+    echo "-"; return
+  fi
+  for _ in $(seq 199); do
+    status -H "Authorization: Bearer $TOKEN" "http://127.0.0.1:$port/api/resource" >/dev/null
+  done
+  rss=$(awk '/^VmRSS:/ {printf "%.0f", $2 / 1024}' "/proc/$pid/status")
+  kill "$pid"; wait "$pid" 2>/dev/null || true
+  echo "$rss"
+}
+
+memory_table() {
+  local none noop n rss
+  local -A target=([100]=15 [1000]=30)
+  log "memory: one Envoy per row, 2 workers, 200 requests each"
+  none=$(memory_row nofilter 100)
+  noop=$(memory_row noop 100)
+  echo
+  echo "Envoy RSS (VmRSS), 2 workers, after 200 requests; module $(wc -c <"$FILTER_WASM") bytes"
+  printf '  %-32s %6s MB\n' "no filter" "$none" "noop wasm module" "$noop"
+  [ "$HAVE_FILTER" = 1 ] || { echo "  (Portcullis rows skipped: no filter module)"; return 0; }
+  for n in ${BENCH_MEMORY_RULES:-100 1000}; do
+    rss=$(memory_row portcullis "$n")
+    printf '  %-32s %6s MB   (%+d over noop%s)\n' "portcullis, $n rules" "$rss" "$((rss - noop))" \
+      "${target[$n]:+; target <= +${target[$n]}}"
+  done
+}
+
+if [ "$MEMORY" = only ]; then
+  memory_table
+  exit 0
+fi
 python3 "$HERE/config.py" "$WORK" "$WORK/admin-address" "$JWKS_PORT" "$NOOP_WASM" "$FW" "${PORTS[@]:0:5}"
 rm -f "$WORK/admin-address"
 "$ENVOY" -c "$WORK/envoy.yaml" --concurrency 1 -l warning --use-dynamic-base-id \
@@ -94,7 +166,6 @@ fi
 # Each variant must answer 200 with the token, and the authenticating ones 401 without it:
 # otherwise wrk would be timing error responses.
 url() { echo "http://127.0.0.1:${PORT[$1]}/api/resource"; }
-status() { curl -s -o /dev/null -w '%{http_code}' "$@"; }
 OK_VARIANTS=()
 for v in "${VARIANTS[@]}"; do
   code=000
@@ -115,7 +186,7 @@ run_wrk() { # variant seconds -> requests/s (0 if any non-2xx answer)
   if [ -n "${FRESH[$v]:-}" ]; then
     out=$(TOKENS_FILE=$TOKDIR/tokens.txt wrk -t1 -c$CONNECTIONS -d"${secs}s" -s "$HERE/tokens.lua" "$(url "$v")")
   else
-    out=$(wrk -t1 -c$CONNECTIONS -d"${secs}s" -H "Authorization: Bearer $TOKEN" "$(url "$v")")
+    out=$(wrk -t1 -c$CONNECTIONS -d"${secs}s" -H "Host: $BENCH_HOST" -H "Authorization: Bearer $TOKEN" "$(url "$v")")
   fi
   if grep -q 'Non-2xx' <<<"$out"; then
     log "$v: $(grep 'Non-2xx' <<<"$out")"
@@ -156,3 +227,4 @@ ratio "d/c jwt_authn cache vs no cache" d c
 ratio "e/b portcullis hit vs noop wasm" e b 0.9
 ratio "f/c portcullis miss vs jwt_authn" f c 0.9
 [ "$HAVE_FILTER" = 1 ] || echo "  (e, f skipped: no Portcullis filter module yet)"
+[ "$MEMORY" = 0 ] || memory_table

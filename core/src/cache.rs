@@ -296,4 +296,41 @@ mod tests {
         zero.insert(k(1), 1, 10, 0);
         assert!(zero.is_empty());
     }
+
+    /// Every worker keeps one of these for the life of the VM, so what bounds sidecar memory is
+    /// the allocation, not only the entry count: a stream of distinct tokens, re-sent tokens
+    /// and expiries must leave both the table and the order queue within a small multiple of the
+    /// configured capacity.
+    #[test]
+    fn allocation_is_bounded_by_capacity() {
+        const CAP: usize = 500;
+        let mut c = ExpiringCache::new(CAP);
+        for i in 0..50_000u32 {
+            let now = u64::from(i);
+            // Mostly fresh keys, some replayed, some already near expiry.
+            let key = if i % 3 == 0 { k(i % 97) } else { k(i) };
+            let expires = if i % 5 == 0 { now + 2 } else { now + 1_000_000 };
+            c.insert(key, [0u8; 64], expires, now);
+            assert!(c.len() <= CAP, "{} entries over capacity {CAP}", c.len());
+        }
+        assert_eq!(c.len(), CAP, "a full cache keeps capacity entries");
+        assert!(
+            c.map.capacity() <= 2 * CAP,
+            "table allocated for {} entries",
+            c.map.capacity()
+        );
+        assert!(
+            c.order.capacity() <= 4 * CAP + 16,
+            "order queue allocated for {} entries",
+            c.order.capacity()
+        );
+    }
+
+    #[test]
+    fn per_vm_caches_take_the_configured_capacity() {
+        let caches = crate::authn::Caches::new(123);
+        assert_eq!(caches.jwt.capacity(), 123);
+        assert_eq!(caches.introspection.capacity(), 123);
+        assert!(caches.jwt.is_empty() && caches.introspection.is_empty());
+    }
 }

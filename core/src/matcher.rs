@@ -11,6 +11,7 @@ mod glob;
 
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
+use std::sync::OnceLock;
 use thiserror::Error;
 
 /// Backtracking steps one regexp match may take before it fails closed. Patterns without
@@ -51,8 +52,34 @@ pub enum MatchError {
 enum Compiled {
     /// No `<...>` section: plain string equality, whatever the strategy.
     Literal,
-    Regexp(fancy_regex::Regex),
+    Regexp(LazyRegex),
     Glob(regex::Regex),
+}
+
+/// A `regexp` pattern's engine, built on first use. Built, one costs tens of KB (forward and
+/// reverse NFAs, engine tables), and every worker VM holds its own copy of every rule: 1,000
+/// rules took ~36 MB per worker, for rules a worker mostly never evaluates one by one (the
+/// index finds candidates, the any-host `RegexSet` decides most matches). The expression is
+/// checked when the configuration compiles, so a bad one is still refused there.
+#[derive(Debug, Clone)]
+struct LazyRegex {
+    expr: String,
+    built: OnceLock<Result<fancy_regex::Regex, String>>,
+}
+
+impl LazyRegex {
+    fn build(expr: &str) -> Result<fancy_regex::Regex, fancy_regex::Error> {
+        fancy_regex::RegexBuilder::new(expr)
+            .backtrack_limit(BACKTRACK_LIMIT)
+            .build()
+    }
+
+    fn get(&self) -> Result<&fancy_regex::Regex, &str> {
+        self.built
+            .get_or_init(|| Self::build(&self.expr).map_err(|e| e.to_string()))
+            .as_ref()
+            .map_err(String::as_str)
+    }
 }
 
 /// A compiled `match.url`.
@@ -142,14 +169,17 @@ impl UrlPattern {
                 linear = Some(re.clone());
             }
             match strategy {
-                MatchingStrategy::Regexp => fancy_regex::RegexBuilder::new(&re)
-                    .backtrack_limit(BACKTRACK_LIMIT)
-                    .build()
-                    .map(Compiled::Regexp)
-                    .map_err(|e| PatternError::Regex {
+                MatchingStrategy::Regexp => {
+                    // Built to be checked, then dropped: see `LazyRegex`.
+                    LazyRegex::build(&re).map_err(|e| PatternError::Regex {
                         pattern: pattern.to_string(),
                         message: e.to_string(),
-                    })?,
+                    })?;
+                    Compiled::Regexp(LazyRegex {
+                        expr: re,
+                        built: OnceLock::new(),
+                    })
+                }
                 MatchingStrategy::Glob => {
                     regex::Regex::new(&re)
                         .map(Compiled::Glob)
@@ -210,6 +240,24 @@ impl UrlPattern {
         Some(path.find('<').map_or(path, |end| &path[..end]))
     }
 
+    /// For Kyma's shape `<http|https>://HOST/path...` (scheme one of `<http|https>`,
+    /// `<https|http>`, `<https?>`; host and the path's first `/` literal), the literal prefix
+    /// a matching URL starts with, once per scheme. Such a rule can be indexed by host like one
+    /// whose scheme is literal, instead of joining the `RegexSet` every request runs.
+    pub fn scheme_choice_prefixes(&self) -> Option<[String; 2]> {
+        if self.strategy != MatchingStrategy::Regexp {
+            return None;
+        }
+        let rest = ["<http|https>://", "<https|http>://", "<https?>://"]
+            .iter()
+            .find_map(|scheme| self.source.strip_prefix(scheme))?;
+        let literal = rest.find('<').map_or(rest, |end| &rest[..end]);
+        if !literal.contains('/') {
+            return None;
+        }
+        Some([format!("http://{literal}"), format!("https://{literal}")])
+    }
+
     fn runtime_error(&self, e: fancy_regex::Error) -> MatchError {
         match e {
             fancy_regex::Error::RuntimeError(fancy_regex::RuntimeError::BacktrackLimitExceeded) => {
@@ -224,11 +272,23 @@ impl UrlPattern {
         }
     }
 
+    /// The built engine of a `regexp` pattern; a build that fails now (it succeeded when the
+    /// configuration compiled) denies.
+    fn regexp<'a>(&self, lazy: &'a LazyRegex) -> Result<&'a fancy_regex::Regex, MatchError> {
+        lazy.get().map_err(|message| MatchError::Runtime {
+            pattern: self.source.clone(),
+            message: message.to_string(),
+        })
+    }
+
     pub fn is_match(&self, url: &str) -> Result<bool, MatchError> {
         match &self.compiled {
             Compiled::Literal => Ok(url == self.source),
             Compiled::Glob(re) => Ok(re.is_match(url)),
-            Compiled::Regexp(re) => re.is_match(url).map_err(|e| self.runtime_error(e)),
+            Compiled::Regexp(lazy) => self
+                .regexp(lazy)?
+                .is_match(url)
+                .map_err(|e| self.runtime_error(e)),
         }
     }
 
@@ -239,7 +299,8 @@ impl UrlPattern {
     pub fn captures(&self, url: &str) -> Result<Option<Vec<String>>, MatchError> {
         match &self.compiled {
             Compiled::Literal | Compiled::Glob(_) => Ok(self.is_match(url)?.then(Vec::new)),
-            Compiled::Regexp(re) => {
+            Compiled::Regexp(lazy) => {
+                let re = self.regexp(lazy)?;
                 let Some(caps) = re.captures(url).map_err(|e| self.runtime_error(e))? else {
                     return Ok(None);
                 };
@@ -384,6 +445,12 @@ impl RuleIndex {
             let prefix = e.pattern.literal_prefix();
             if let Some(key) = host_key(prefix) {
                 hosts.entry(key.to_string()).or_default().insert(prefix, i);
+            } else if let Some(prefixes) = e.pattern.scheme_choice_prefixes() {
+                for prefix in &prefixes {
+                    if let Some(key) = host_key(prefix) {
+                        hosts.entry(key.to_string()).or_default().insert(prefix, i);
+                    }
+                }
             } else if let Some(path) = e.pattern.any_host_path_prefix() {
                 any_host.insert(path, i);
             } else {

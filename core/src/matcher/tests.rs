@@ -449,3 +449,106 @@ fn the_index_finds_what_trying_every_rule_finds() {
         }
     }
 }
+
+/// Every worker holds every rule: a `regexp` pattern's engine is built on its first
+/// evaluation, not when the configuration compiles (a thousand rules took ~36 MB per worker),
+/// while a bad expression is still refused at compile time.
+#[test]
+fn regexp_engines_are_built_on_first_use() {
+    let built = |p: &UrlPattern| match &p.compiled {
+        Compiled::Regexp(lazy) => lazy.built.get().is_some(),
+        other => panic!("not a regexp pattern: {other:?}"),
+    };
+    let p = regexp("<http|https>://svc.example.com/api/<(?!admin).*>");
+    assert!(!built(&p), "compiling the configuration builds no engine");
+    let index = RuleIndex::new(vec![IndexEntry {
+        methods: vec!["GET".into()],
+        pattern: p.clone(),
+        captures: false,
+    }]);
+    assert!(
+        matches!(
+            index.find("GET", "http://svc.example.com/api/users"),
+            Lookup::Matched { rule: 0, .. }
+        ),
+        "decisions do not change"
+    );
+    assert!(matches!(
+        index.find("GET", "http://svc.example.com/api/admin"),
+        Lookup::NoMatch
+    ));
+    assert!(p.is_match("https://svc.example.com/api/x").unwrap());
+    assert!(built(&p), "the first evaluation builds it");
+    assert!(UrlPattern::compile("http://a/<(?!x>", MatchingStrategy::Regexp).is_err());
+}
+
+/// Kyma's `<http|https>://HOST/...` rules are found through the host table, for either scheme,
+/// and never for another host; everything else they decide stays as before.
+#[test]
+fn scheme_choice_rules_are_indexed_by_host() {
+    let index = RuleIndex::new(vec![
+        entry(&["GET"], "<http|https>://svc.example.com/api/<.*>"),
+        entry(&["GET"], "<https?>://svc.example.com/api/admin<.*>"),
+        entry(&["GET"], "<http|https>://other.example.com/api/<.*>"),
+        entry(&["GET"], "<http|https>://<[^/]+>/any/<.*>"),
+    ]);
+    assert!(index.fallback_set_rules.is_empty() || index.fallback_set_rules == [3]);
+    let cands = |url| {
+        let mut c: Vec<usize> = index.candidates(url).collect();
+        c.sort_unstable();
+        c
+    };
+    assert_eq!(cands("http://svc.example.com/api/x"), [0]);
+    assert_eq!(cands("https://svc.example.com/api/x"), [0]);
+    assert_eq!(cands("https://svc.example.com/api/admin/x"), [0, 1]);
+    assert_eq!(cands("https://other.example.com/api/x"), [2]);
+    assert!(matches!(
+        index.find("GET", "https://svc.example.com/api/x"),
+        Lookup::Matched { rule: 0, .. }
+    ));
+    assert!(matches!(
+        index.find("GET", "http://svc.example.com/api/adminx"),
+        Lookup::Ambiguous(_)
+    ));
+    assert!(matches!(
+        index.find("GET", "ftp://svc.example.com/api/x"),
+        Lookup::NoMatch
+    ));
+    assert!(matches!(
+        index.find("GET", "https://svc.example.com.evil/api/x"),
+        Lookup::NoMatch
+    ));
+    assert!(matches!(
+        index.find("GET", "https://x.test/any/y"),
+        Lookup::Matched { rule: 3, .. }
+    ));
+}
+
+/// The regex engine carries the Unicode classes Oathkeeper's regexp2 has; classes it does not
+/// have are a configuration error, never a different match.
+#[test]
+fn unicode_classes_are_oathkeepers() {
+    for ok in [r"\p{L}+", r"\p{Greek}+", r"\w+", r"(?i)straße"] {
+        let p = UrlPattern::compile(&format!("http://a.test/<{ok}>"), MatchingStrategy::Regexp);
+        assert!(p.is_ok(), "{ok}: {p:?}");
+    }
+    assert!(
+        regexp(r"http://a.test/<\p{Greek}+>")
+            .is_match("http://a.test/αβγ")
+            .unwrap()
+    );
+    for refused in [
+        r"\p{Alphabetic}+",
+        r"\p{Age=6.0}",
+        r"\p{Grapheme_Cluster_Break=L}",
+    ] {
+        let p = UrlPattern::compile(
+            &format!("http://a.test/<{refused}>"),
+            MatchingStrategy::Regexp,
+        );
+        assert!(
+            matches!(p, Err(PatternError::Regex { .. })),
+            "{refused}: {p:?}"
+        );
+    }
+}
