@@ -8,7 +8,7 @@
 
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
-use axum::response::{IntoResponse, Redirect, Response};
+use axum::response::{AppendHeaders, IntoResponse, Redirect, Response};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use jsonwebtoken::jwk::JwkSet;
@@ -151,8 +151,9 @@ pub async fn callback(
         &upstream_body,
         &tokens,
     );
+    // `AppendHeaders`: a plain array would keep only the last `Set-Cookie`.
     Ok((
-        [
+        AppendHeaders([
             (
                 header::SET_COOKIE,
                 format!("{SESSION_COOKIE}={session}; Path=/; HttpOnly; SameSite=Lax"),
@@ -161,7 +162,7 @@ pub async fn callback(
                 header::SET_COOKIE,
                 format!("{STATE_COOKIE}=; Path=/; HttpOnly; Max-Age=0"),
             ),
-        ],
+        ]),
         page(StatusCode::OK, "Signed in", &body),
     )
         .into_response())
