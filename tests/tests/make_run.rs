@@ -2,7 +2,8 @@
 //! data directory, non-interactively: it builds, starts the control plane in manifests mode,
 //! the sample upstream and Envoy with the filter, then runs the curl commands it prints and
 //! checks 200/401/403, and signs in through the example login app's pages (start, login,
-//! consent, callback with the upstream's 200, logout) with curl. A second run on the same data directory reuses the client.
+//! consent, callback with the upstream's 200, logout) with curl. A second run on the same data
+//! directory reuses the client.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::process::Command;
@@ -19,6 +20,7 @@ fn smoke(data: &std::path::Path) -> String {
         .env("PROXY_PORT", ports::free_port().to_string())
         .env("UPSTREAM_PORT", ports::free_port().to_string())
         .env("ENVOY_ADMIN_PORT", ports::free_port().to_string())
+        .env("LOGIN_APP_PORT", ports::free_port().to_string())
         .output()
         .expect("running scripts/run.sh");
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
