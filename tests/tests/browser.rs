@@ -158,9 +158,7 @@ impl Browser {
     }
 
     fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {
-        let mut req = self
-            .http
-            .request(method, format!("{}{path}", self.session));
+        let mut req = self.http.request(method, format!("{}{path}", self.session));
         if let Some(b) = body {
             req = req.json(&b);
         }
@@ -192,7 +190,10 @@ impl Browser {
             }
             if Instant::now() > end {
                 let url = self.call(reqwest::Method::GET, "/url", None);
-                panic!("no {css} at {url} within {PAGE_DEADLINE:?}; page:\n{}", self.source());
+                panic!(
+                    "no {css} at {url} within {PAGE_DEADLINE:?}; page:\n{}",
+                    self.source()
+                );
             }
             std::thread::sleep(Duration::from_millis(100));
         }
@@ -281,7 +282,11 @@ fn a_person_signs_in_sees_the_claims_and_the_upstream_then_signs_out() {
     browser.type_into("#username", "alice");
     browser.type_into("#password", "not-the-password");
     browser.click("#sign-in");
-    assert!(browser.text("#login-error").contains("Wrong username or password"));
+    assert!(
+        browser
+            .text("#login-error")
+            .contains("Wrong username or password")
+    );
     browser.type_into("#password", &run.password);
     browser.click("#sign-in");
 

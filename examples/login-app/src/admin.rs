@@ -48,7 +48,8 @@ impl Admin {
 
     /// The pending request behind `challenge`.
     pub async fn request(&self, flow: Flow, challenge: &str) -> Result<Value, AppError> {
-        self.send(self.http.get(self.url(flow, "", challenge))).await
+        self.send(self.http.get(self.url(flow, "", challenge)))
+            .await
     }
 
     /// Accepts (or, with `accept == false`, rejects) the request; returns where the browser

@@ -43,7 +43,12 @@ pub async fn login_page(
         let subject = req.get("subject").and_then(Value::as_str).unwrap_or("");
         let to = app
             .admin
-            .decide(Flow::Login, &challenge, true, &json!({ "subject": subject }))
+            .decide(
+                Flow::Login,
+                &challenge,
+                true,
+                &json!({ "subject": subject }),
+            )
             .await?;
         return Ok(Redirect::to(&to).into_response());
     }

@@ -25,7 +25,10 @@ pub const DEMO_USER: &str = "alice";
 const MAX_ENTRIES: usize = 10_000;
 
 #[derive(Parser, Debug)]
-#[command(name = "login-app", about = "Example login/consent/logout app and relying party")]
+#[command(
+    name = "login-app",
+    about = "Example login/consent/logout app and relying party"
+)]
 struct Config {
     /// Address to listen on.
     #[arg(long, env = "LOGIN_APP_ADDR", default_value = "127.0.0.1:5555")]
@@ -34,10 +37,18 @@ struct Config {
     #[arg(long, env = "LOGIN_APP_URL", default_value = "http://127.0.0.1:5555")]
     public_url: String,
     /// The token service's issuer (public port).
-    #[arg(long, env = "PORTCULLIS_ISSUER", default_value = "http://127.0.0.1:4444")]
+    #[arg(
+        long,
+        env = "PORTCULLIS_ISSUER",
+        default_value = "http://127.0.0.1:4444"
+    )]
     issuer: String,
     /// The token service's admin port.
-    #[arg(long, env = "PORTCULLIS_ADMIN_URL", default_value = "http://127.0.0.1:4445")]
+    #[arg(
+        long,
+        env = "PORTCULLIS_ADMIN_URL",
+        default_value = "http://127.0.0.1:4445"
+    )]
     admin_url: String,
     /// Envoy in front of the protected sample upstream.
     #[arg(long, env = "PROXY_URL", default_value = "http://127.0.0.1:8080")]

@@ -99,8 +99,7 @@ pub async fn callback(
         .ok_or_else(|| AppError::BadRequest("the callback has no state".into()))?;
     if cookie(&headers, STATE_COOKIE).as_deref() != Some(state.as_str()) {
         return Err(AppError::BadRequest(
-            "this sign-in was not started in this browser (state does not match its cookie)"
-                .into(),
+            "this sign-in was not started in this browser (state does not match its cookie)".into(),
         ));
     }
     let pending = app
@@ -111,7 +110,13 @@ pub async fn callback(
         .ok_or_else(|| AppError::BadRequest("the callback has no code".into()))?;
 
     let tokens = exchange(&app, &code, &pending.verifier).await?;
-    let text = |k: &str| tokens.get(k).and_then(Value::as_str).unwrap_or("").to_string();
+    let text = |k: &str| {
+        tokens
+            .get(k)
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string()
+    };
     let (raw_id_token, access_token) = (text("id_token"), text("access_token"));
     let jwks: JwkSet = app
         .http
