@@ -145,7 +145,7 @@ pub async fn callback(
         .await
         .map_err(|e| AppError::upstream("calling the upstream through Envoy", e))?;
     let upstream_status = upstream.status();
-    let upstream_body = upstream.text().await.unwrap_or_default();
+    let upstream_body = shown_upstream_body(&upstream.text().await.unwrap_or_default());
 
     let session = random();
     app.remember_session(session.clone(), raw_id_token);
@@ -251,6 +251,19 @@ fn callback_body(
         code = status.as_u16(),
         body = escape(upstream_body),
     )
+}
+
+/// The upstream's echo, indented, with the bearer token it echoes shortened: the page is about
+/// what reached the upstream (`X-User`), not a place to copy a live token from.
+fn shown_upstream_body(raw: &str) -> String {
+    let Ok(mut v) = serde_json::from_str::<Value>(raw) else {
+        return raw.to_string();
+    };
+    if let Some(Value::String(auth)) = v.pointer_mut("/headers/authorization") {
+        let kept: String = auth.chars().take(20).collect();
+        *auth = format!("{kept}… (the access token)");
+    }
+    serde_json::to_string_pretty(&v).unwrap_or_else(|_| raw.to_string())
 }
 
 /// RP-initiated logout: the token service asks this app's logout page, ends its session, and
