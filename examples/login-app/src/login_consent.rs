@@ -14,8 +14,8 @@ use crate::error::AppError;
 use crate::html::{escape, page};
 use crate::{App, DEMO_USER};
 
-/// How long the token service remembers a login or consent (seconds): a second sign-in from
-/// the same browser skips both pages until logout.
+/// How long the token service remembers a login (seconds): a second sign-in from the same
+/// browser skips the login page until logout.
 const REMEMBER_FOR: u64 = 3600;
 
 #[derive(Deserialize)]
@@ -125,7 +125,7 @@ pub async fn consent_page(
     if req.get("skip").and_then(Value::as_bool) == Some(true) {
         let to = app
             .admin
-            .decide(Flow::Consent, &challenge, true, &grant(&req, false))
+            .decide(Flow::Consent, &challenge, true, &grant(&req))
             .await?;
         return Ok(Redirect::to(&to).into_response());
     }
@@ -153,7 +153,7 @@ pub async fn consent_submit(
     let to = if f.decision == "allow" {
         let req = app.admin.request(Flow::Consent, &f.challenge).await?;
         app.admin
-            .decide(Flow::Consent, &f.challenge, true, &grant(&req, true))
+            .decide(Flow::Consent, &f.challenge, true, &grant(&req))
             .await?
     } else {
         let reject = json!({
@@ -168,16 +168,16 @@ pub async fn consent_submit(
 }
 
 /// Grants what was asked (the token service allows only what the client may request), and
-/// adds a display name to the ID token.
-fn grant(req: &Value, remember: bool) -> Value {
+/// adds a display name to the ID token. Consent is not remembered: each sign-in shows what the
+/// client asks for (the login is remembered until logout).
+fn grant(req: &Value) -> Value {
     json!({
         "grant_scope": req.get("requested_scope").cloned().unwrap_or(json!([])),
         "grant_access_token_audience": req
             .get("requested_access_token_audience")
             .cloned()
             .unwrap_or(json!([])),
-        "remember": remember,
-        "remember_for": REMEMBER_FOR,
+        "remember": false,
         "session": { "id_token": { "name": "Alice Example" } },
     })
 }
