@@ -247,3 +247,29 @@ fn client_label(req: &Value) -> String {
         .unwrap_or("An application");
     escape(name)
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+    use axum::body::to_bytes;
+    use serde_json::json;
+
+    use super::login_form;
+
+    #[tokio::test]
+    async fn a_hostile_client_name_and_challenge_are_shown_as_text() {
+        let req = json!({"client": {"client_name": "<script>alert(1)</script>"}});
+        let page = login_form("\"><img src=x onerror=alert(2)>", &req, Some("<b>x</b>"));
+        let html =
+            String::from_utf8(to_bytes(page.into_body(), 1 << 20).await.unwrap().to_vec()).unwrap();
+        assert!(
+            html.contains("&lt;script&gt;alert(1)&lt;/script&gt;"),
+            "{html}"
+        );
+        assert!(html.contains("value=\"&quot;&gt;&lt;img"), "{html}");
+        for raw in ["<script>", "<img", "<b>x"] {
+            assert!(!html.contains(raw), "{raw} unescaped in {html}");
+        }
+    }
+}
