@@ -134,6 +134,8 @@ impl Browser {
                     "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
                     "--disable-background-networking", "--disable-component-update",
                     "--disable-sync", "--window-size=1000,1100",
+                    // Containers often have a 64 MB /dev/shm, too small for Chromium.
+                    "--disable-dev-shm-usage",
                     format!("--user-data-dir={}", profile.path().display()),
                 ],
             },
