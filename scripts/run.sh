@@ -1,15 +1,18 @@
 #!/usr/bin/env bash
 # `make run`: the whole system on loopback. The control plane in manifests mode (embedded
-# database in $DATA), the sample httpbin upstream, and an Envoy with the access-rule filter in
-# front of it, configured by the control plane through an ECDS file. Ctrl-C stops everything;
+# database in $DATA), the sample httpbin upstream, an Envoy with the access-rule filter in
+# front of it, configured by the control plane through an ECDS file, and the example login app
+# (examples/login-app: login/consent/logout pages and a relying party to click through).
+# Ctrl-C stops everything;
 # a second run reuses $DATA (clients, keys and generated credentials are still there).
 #
 #   scripts/run.sh            run until Ctrl-C
-#   scripts/run.sh --smoke    start, run the printed curl commands, check 200/401/403, stop
+#   scripts/run.sh --smoke    start, run the printed curl commands, check 200/401/403, sign
+#                             in through the example app's pages with curl, stop
 #
 # Ports and the data directory can be moved with environment variables:
 #   PORTCULLIS_DATA (./data), PUBLIC_PORT (4444), ADMIN_PORT (4445), PROXY_PORT (8080),
-#   UPSTREAM_PORT (8000), ENVOY_ADMIN_PORT (9901).
+#   UPSTREAM_PORT (8000), ENVOY_ADMIN_PORT (9901), LOGIN_APP_PORT (5555).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 ROOT=$PWD
@@ -23,6 +26,8 @@ ADMIN_PORT=${ADMIN_PORT:-4445}
 PROXY_PORT=${PROXY_PORT:-8080}
 UPSTREAM_PORT=${UPSTREAM_PORT:-8000}
 ENVOY_ADMIN_PORT=${ENVOY_ADMIN_PORT:-9901}
+LOGIN_APP_PORT=${LOGIN_APP_PORT:-5555}
+APP=http://127.0.0.1:$LOGIN_APP_PORT
 ENVOY=${ENVOY_BIN:-$ROOT/.venv/bin/envoy}
 WASM=${PORTCULLIS_WASM:-$ROOT/dist/filter.wasm}
 MANIFESTS=$DATA/manifests
@@ -40,17 +45,18 @@ command -v cargo >/dev/null || die "cargo not found: install Rust with rustup (h
 command -v python3 >/dev/null || die "python3 not found: install Python 3 (apt-get install python3 python3-venv) and retry"
 command -v curl >/dev/null || die "curl not found: apt-get install curl, then retry"
 port_busy() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-for p in "$PUBLIC_PORT" "$ADMIN_PORT" "$PROXY_PORT" "$UPSTREAM_PORT" "$ENVOY_ADMIN_PORT"; do
+for p in "$PUBLIC_PORT" "$ADMIN_PORT" "$PROXY_PORT" "$UPSTREAM_PORT" "$ENVOY_ADMIN_PORT" "$LOGIN_APP_PORT"; do
   if port_busy "$p"; then
-    die "port $p is already in use (another make run?): stop that process or set PUBLIC_PORT/ADMIN_PORT/PROXY_PORT/UPSTREAM_PORT/ENVOY_ADMIN_PORT"
+    die "port $p is already in use (another make run?): stop that process or set PUBLIC_PORT/ADMIN_PORT/PROXY_PORT/UPSTREAM_PORT/ENVOY_ADMIN_PORT/LOGIN_APP_PORT"
   fi
 done
 
 # --- build (first time: several minutes; cargo shows progress) ------------------------------
 say "building the filter (wasm) and installing Envoy into .venv (first run takes a while)"
 make --no-print-directory wasm-filter envoy
-say "building the control plane and the sample upstream"
-cargo build -p portcullis -p portcullis-e2e --bin portcullis --bin httpbin
+say "building the control plane, the sample upstream and the example login app"
+cargo build -p portcullis -p portcullis-e2e -p portcullis-example-login-app \
+  --bin portcullis --bin httpbin --bin login-app
 BIN=$ROOT/target/debug
 
 # --- data directory ---------------------------------------------------------------------------
@@ -62,15 +68,19 @@ fi
 # Rules target a workload through its Service (no guessed label): data directories from before
 # the Service manifest existed get it too.
 [ -e "$MANIFESTS/httpbin-service.yaml" ] || cp "$ROOT/examples/httpbin-service.yaml" "$MANIFESTS"/
-# The example rules name the control plane's JWKS and introspection URLs; point them at the
-# ports of this run (files are rewritten only when a port actually changed).
-python3 - "$PUBLIC_PORT" "$ADMIN_PORT" "$MANIFESTS"/*.yaml <<'PY'
+# Likewise the example login app's client, for data directories from before it existed.
+[ -e "$MANIFESTS/login-app-client.yaml" ] || cp "$ROOT/examples/login-app-client.yaml" "$MANIFESTS"/
+# The example rules name the control plane's JWKS and introspection URLs, and the login app's
+# client its redirect URIs; point them at the ports of this run (files are rewritten only when
+# a port actually changed).
+python3 - "$PUBLIC_PORT" "$ADMIN_PORT" "$LOGIN_APP_PORT" "$MANIFESTS"/*.yaml <<'PY'
 import re, sys
-public, admin, files = sys.argv[1], sys.argv[2], sys.argv[3:]
+public, admin, app, files = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4:]
 for path in files:
     text = open(path).read()
     new = re.sub(r"127\.0\.0\.1:\d+/\.well-known/jwks\.json", f"127.0.0.1:{public}/.well-known/jwks.json", text)
     new = re.sub(r"127\.0\.0\.1:\d+/admin/oauth2/introspect", f"127.0.0.1:{admin}/admin/oauth2/introspect", new)
+    new = re.sub(r"127\.0\.0\.1:\d+/(callback|signed-out)\b", f"127.0.0.1:{app}/\\1", new)
     if new != text:
         open(path, "w").write(new)
 PY
@@ -106,6 +116,7 @@ say "starting the control plane (public 127.0.0.1:$PUBLIC_PORT, admin 127.0.0.1:
 setsid "$BIN/portcullis" serve \
   --public-addr "127.0.0.1:$PUBLIC_PORT" --admin-addr "127.0.0.1:$ADMIN_PORT" \
   --data-dir "$DATA" --manifests "$MANIFESTS" --ecds-dir "$ECDS" --wasm "$WASM" \
+  --login-url "$APP/login" --consent-url "$APP/consent" --logout-url "$APP/logout-confirm" \
   >"$LOGS/portcullis.log" 2>&1 &
 PIDS+=($!)
 wait_for "the control plane" 60 curl -fsS "http://127.0.0.1:$ADMIN_PORT/health/ready"
@@ -162,8 +173,8 @@ PIDS+=($!)
 wait_for "Envoy" 30 curl -fsS "http://127.0.0.1:$ENVOY_ADMIN_PORT/ready"
 
 # --- what to try -----------------------------------------------------------------------------
-field() { # key of the generated Secret manifest (data is base64)
-  python3 - "$SECRET_FILE" "$1" <<'PY'
+field() { # key of a generated Secret manifest (data is base64); $2 picks the file
+  python3 - "${2:-$SECRET_FILE}" "$1" <<'PY'
 import base64, sys
 path, key = sys.argv[1], sys.argv[2]
 section = None
@@ -182,14 +193,37 @@ CLIENT_ID=$(field client_id)
 CLIENT_SECRET=$(field client_secret)
 [ -n "$CLIENT_ID" ] && [ -n "$CLIENT_SECRET" ] || die "no credentials in $SECRET_FILE"
 PROXY=http://127.0.0.1:$PROXY_PORT
+
+# --- the example login app -------------------------------------------------------------------
+APP_SECRET_FILE=$MANIFESTS/login-app.default.secret.yaml
+wait_for "the login app's generated client credentials ($APP_SECRET_FILE)" 30 test -s "$APP_SECRET_FILE"
+APP_CLIENT_ID=$(field client_id "$APP_SECRET_FILE")
+APP_CLIENT_SECRET=$(field client_secret "$APP_SECRET_FILE")
+[ -n "$APP_CLIENT_ID" ] && [ -n "$APP_CLIENT_SECRET" ] || die "no credentials in $APP_SECRET_FILE"
+# The demo user's password: made up on the first run, kept in the data directory.
+PASSWORD_FILE=$DATA/demo-password
+if [ ! -s "$PASSWORD_FILE" ]; then
+  (umask 077 && python3 -c 'import secrets; print(secrets.token_hex(6))' >"$PASSWORD_FILE")
+fi
+DEMO_PASSWORD=$(cat "$PASSWORD_FILE")
+say "starting the example login app on $APP"
+# Secrets reach the app through its environment, not its command line (visible in ps).
+LOGIN_APP_ADDR="127.0.0.1:$LOGIN_APP_PORT" LOGIN_APP_URL="$APP" \
+  PORTCULLIS_ISSUER="http://127.0.0.1:$PUBLIC_PORT" PORTCULLIS_ADMIN_URL="http://127.0.0.1:$ADMIN_PORT" \
+  PROXY_URL="$PROXY" LOGIN_APP_CLIENT_ID="$APP_CLIENT_ID" LOGIN_APP_CLIENT_SECRET="$APP_CLIENT_SECRET" \
+  LOGIN_APP_PASSWORD="$DEMO_PASSWORD" setsid "$BIN/login-app" >"$LOGS/login-app.log" 2>&1 &
+PIDS+=($!)
+wait_for "the login app" 30 curl -fsS "$APP/"
+
 TOKEN_CMD="curl -s -u '$CLIENT_ID:$CLIENT_SECRET' -d grant_type=client_credentials -d scope='read write' http://127.0.0.1:$PUBLIC_PORT/oauth2/token"
 
 cat <<EOF
 
-Portcullis is running.
+Portcullis is running. Open $APP/ and sign in as alice, password $DEMO_PASSWORD
+
   client        $CLIENT_ID (credentials in $SECRET_FILE)
   rules         $MANIFESTS/rules.yaml (edit it: Envoy picks changes up within seconds)
-  logs          $LOGS/{portcullis,envoy,httpbin}.log
+  logs          $LOGS/{portcullis,envoy,httpbin,login-app}.log
   admin API     http://127.0.0.1:$ADMIN_PORT/admin/clients, /admin/metrics/prometheus
   Envoy admin   http://127.0.0.1:$ENVOY_ADMIN_PORT/stats?filter=portcullis
 
@@ -229,7 +263,41 @@ if [ "$SMOKE" = 1 ]; then
   check 401 "GET /headers without a token" "$PROXY/headers"
   check 200 "POST /post with scope write" -X POST -H "Authorization: Bearer $TOKEN" -d '{}' "$PROXY/post"
   check 403 "POST /post with scope read only" -X POST -H "Authorization: Bearer $READ" -d '{}' "$PROXY/post"
-  echo "smoke: 4 passed, 0 failed"
+
+  # The example app's sign-in, as a browser would click through it (curl follows the 303s and
+  # keeps the cookies): start -> login page -> consent page -> callback -> logout -> signed out.
+  JAR=$DATA/smoke-cookies.txt PAGE=$DATA/smoke-page.html
+  rm -f "$JAR"
+  visit() { # curl args...; prints the URL the redirects ended at, the page goes to $PAGE
+    curl -sS -L -b "$JAR" -c "$JAR" -o "$PAGE" -w '%{url_effective}' "$@"
+  }
+  param() { python3 -c 'import sys, urllib.parse as u; print(u.parse_qs(u.urlsplit(sys.argv[1]).query)[sys.argv[2]][0])' "$1" "$2"; }
+  expect() { # description, what the page/URL must contain, the URL
+    if ! grep -qF -- "$2" "$PAGE"; then
+      echo "smoke: FAIL $1: ${3%%\?*} lacks $2" >&2
+      cat "$PAGE" >&2
+      tail -n 30 "$LOGS/portcullis.log" "$LOGS/login-app.log" >&2
+      exit 1
+    fi
+    echo "smoke: ok   $1"
+  }
+  at=$(visit "$APP/start")
+  expect "the start page leads to the login page" 'id="password"' "$at"
+  at=$(visit -d "challenge=$(param "$at" login_challenge)" -d username=alice \
+    --data-urlencode "password=$DEMO_PASSWORD" "$APP/login")
+  expect "signing in leads to the consent page" 'id="allow"' "$at"
+  at=$(visit -d "challenge=$(param "$at" consent_challenge)" -d decision=allow "$APP/consent")
+  expect "the callback verified the ID token" 'id="nonce-check"' "$at"
+  expect "the callback shows sub" '<code id="claim-sub">alice</code>' "$at"
+  expect "the upstream answered the access token" 'id="upstream-status">200<' "$at"
+  at=$(visit "$APP/logout")
+  expect "signing out asks for confirmation" 'id="confirm-logout"' "$at"
+  at=$(visit -d "challenge=$(param "$at" logout_challenge)" -d decision=yes "$APP/logout-confirm")
+  expect "signing out ends at the signed-out page" 'id="signed-out"' "$at"
+  at=$(visit "$APP/start")
+  expect "after logout, signing in asks for the password again" 'id="password"' "$at"
+  rm -f "$JAR" "$PAGE"
+  echo "smoke: 12 passed, 0 failed"
   exit 0
 fi
 

@@ -1,0 +1,323 @@
+//! A real browser through the example `make run` prints: headless Chromium, driven over
+//! WebDriver (chromedriver, plain HTTP), opens the one URL, signs in as the demo user on the
+//! login page, grants consent, and lands on the callback page, which must show the verified ID
+//! token's claims (`sub`, `aud` = the example client, nonce checked) and the protected
+//! upstream's 200 through Envoy; then signs out through the logout page and must be asked for
+//! the password again. `make test` installs Debian's `chromium` and `chromium-driver`
+//! (CHROMIUM and CHROMEDRIVER override the binaries).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use portcullis_e2e::{paths, ports};
+use serde_json::{Value, json};
+
+/// W3C WebDriver's key for an element reference in JSON.
+const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
+/// Page changes in a loaded CI machine: generous, and only ever waited for, never slept.
+const PAGE_DEADLINE: Duration = Duration::from_secs(60);
+
+/// `scripts/run.sh` in the foreground mode a person uses; stopped (SIGTERM, which its trap
+/// turns into stopping every child) when dropped.
+struct MakeRun {
+    child: Child,
+    url: String,
+    password: String,
+}
+
+impl MakeRun {
+    fn start(data: &Path) -> Self {
+        let mut child = Command::new("bash")
+            .arg(paths::repo_root().join("scripts/run.sh"))
+            .env("PORTCULLIS_DATA", data)
+            .env("PUBLIC_PORT", ports::free_port().to_string())
+            .env("ADMIN_PORT", ports::free_port().to_string())
+            .env("PROXY_PORT", ports::free_port().to_string())
+            .env("UPSTREAM_PORT", ports::free_port().to_string())
+            .env("ENVOY_ADMIN_PORT", ports::free_port().to_string())
+            .env("LOGIN_APP_PORT", ports::free_port().to_string())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("running scripts/run.sh");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        // The first run builds the filter, the control plane and the app: minutes on CI.
+        let deadline = Instant::now() + Duration::from_secs(1200);
+        let mut seen = String::new();
+        let line = loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(l) if l.contains("Portcullis is running. Open ") => break l,
+                Ok(l) => seen.push_str(&(l + "\n")),
+                Err(e) => panic!(
+                    "make run never printed its URL ({e}); logs in {}/logs\n{seen}",
+                    data.display()
+                ),
+            }
+        };
+        // "Portcullis is running. Open <url> and sign in as alice, password <password>"
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let after = |w: &str| {
+            let i = words.iter().position(|x| *x == w).unwrap();
+            words[i + 1].trim_end_matches(',').to_string()
+        };
+        Self {
+            url: after("Open"),
+            password: after("password"),
+            child,
+        }
+    }
+}
+
+impl Drop for MakeRun {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let _ = self.child.wait();
+    }
+}
+
+/// chromedriver and one Chromium session with a fresh profile.
+struct Browser {
+    driver: Child,
+    http: reqwest::blocking::Client,
+    session: String,
+    _profile: tempfile::TempDir,
+}
+
+impl Browser {
+    fn start() -> Self {
+        let driver_bin = std::env::var("CHROMEDRIVER").unwrap_or_else(|_| "chromedriver".into());
+        let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
+        let port = ports::free_port();
+        let driver = Command::new(&driver_bin)
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("starting {driver_bin} ({e}): `make test` installs chromium-driver")
+            });
+        let http = reqwest::blocking::Client::builder()
+            .no_proxy()
+            .timeout(Duration::from_secs(120))
+            .build()
+            .unwrap();
+        let base = format!("http://127.0.0.1:{port}");
+        wait_until("chromedriver to be ready", Duration::from_secs(60), || {
+            http.get(format!("{base}/status"))
+                .send()
+                .ok()
+                .and_then(|r| r.json::<Value>().ok())
+                .is_some_and(|v| v["value"]["ready"] == true)
+        });
+        let profile = tempfile::tempdir().unwrap();
+        let caps = json!({"capabilities": {"alwaysMatch": {
+            "browserName": "chrome",
+            "goog:chromeOptions": {
+                "binary": chromium,
+                "args": [
+                    "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+                    "--disable-background-networking", "--disable-component-update",
+                    "--disable-sync", "--window-size=1000,1100",
+                    // Containers often have a 64 MB /dev/shm, too small for Chromium.
+                    "--disable-dev-shm-usage",
+                    format!("--user-data-dir={}", profile.path().display()),
+                ],
+            },
+        }}});
+        let reply: Value = http
+            .post(format!("{base}/session"))
+            .json(&caps)
+            .send()
+            .unwrap()
+            .json()
+            .unwrap();
+        let session = reply["value"]["sessionId"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no WebDriver session: {reply}"))
+            .to_string();
+        Self {
+            driver,
+            http,
+            session: format!("{base}/session/{session}"),
+            _profile: profile,
+        }
+    }
+
+    fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {
+        let mut req = self.http.request(method, format!("{}{path}", self.session));
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let reply: Value = req.send().unwrap().json().unwrap();
+        reply["value"].clone()
+    }
+
+    fn goto(&self, url: &str) {
+        let v = self.call(reqwest::Method::POST, "/url", Some(json!({ "url": url })));
+        assert!(v.is_null(), "navigating to {url}: {v}");
+    }
+
+    fn find(&self, css: &str) -> Option<String> {
+        let v = self.call(
+            reqwest::Method::POST,
+            "/element",
+            Some(json!({"using": "css selector", "value": css})),
+        );
+        v[ELEMENT].as_str().map(str::to_string)
+    }
+
+    /// Waits until `css` matches on the current page (a page load or redirect chain may still
+    /// be under way) and returns the element.
+    fn wait_for(&self, css: &str) -> String {
+        let end = Instant::now() + PAGE_DEADLINE;
+        loop {
+            if let Some(el) = self.find(css) {
+                return el;
+            }
+            if Instant::now() > end {
+                let url = self.call(reqwest::Method::GET, "/url", None);
+                panic!(
+                    "no {css} at {url} within {PAGE_DEADLINE:?}; page:\n{}",
+                    self.source()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn text(&self, css: &str) -> String {
+        let el = self.wait_for(css);
+        let v = self.call(reqwest::Method::GET, &format!("/element/{el}/text"), None);
+        v.as_str().unwrap_or_default().to_string()
+    }
+
+    fn click(&self, css: &str) {
+        let el = self.wait_for(css);
+        self.call(
+            reqwest::Method::POST,
+            &format!("/element/{el}/click"),
+            Some(json!({})),
+        );
+    }
+
+    fn type_into(&self, css: &str, text: &str) {
+        let el = self.wait_for(css);
+        self.call(
+            reqwest::Method::POST,
+            &format!("/element/{el}/clear"),
+            Some(json!({})),
+        );
+        self.call(
+            reqwest::Method::POST,
+            &format!("/element/{el}/value"),
+            Some(json!({ "text": text })),
+        );
+    }
+
+    fn source(&self) -> String {
+        let v = self.call(reqwest::Method::GET, "/source", None);
+        v.as_str().unwrap_or_default().to_string()
+    }
+
+    fn screenshot(&self, to: &Path) {
+        let v = self.call(reqwest::Method::GET, "/screenshot", None);
+        let png = base64::engine::general_purpose::STANDARD
+            .decode(v.as_str().unwrap())
+            .unwrap();
+        std::fs::write(to, png).unwrap();
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        let _ = self.http.delete(&self.session).send();
+        let _ = self.driver.kill();
+        let _ = self.driver.wait();
+    }
+}
+
+fn wait_until(what: &str, deadline: Duration, mut ok: impl FnMut() -> bool) {
+    let end = Instant::now() + deadline;
+    while !ok() {
+        assert!(Instant::now() < end, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The example client's id, from the Secret manifest the control plane generated.
+fn example_client_id(data: &Path) -> String {
+    let path = data.join("manifests/login-app.default.secret.yaml");
+    let doc: Value = serde_yaml::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let field = &doc["data"]["client_id"];
+    let raw = base64::engine::general_purpose::STANDARD
+        .decode(field.as_str().unwrap())
+        .unwrap();
+    String::from_utf8(raw).unwrap()
+}
+
+#[test]
+fn a_person_signs_in_sees_the_claims_and_the_upstream_then_signs_out() {
+    let data = tempfile::tempdir().unwrap();
+    let run = MakeRun::start(data.path());
+    let browser = Browser::start();
+
+    browser.goto(&run.url);
+    browser.click("#start");
+
+    // The login page: a wrong password is refused first, then the printed one works.
+    browser.type_into("#username", "alice");
+    browser.type_into("#password", "not-the-password");
+    browser.click("#sign-in");
+    assert!(
+        browser
+            .text("#login-error")
+            .contains("Wrong username or password")
+    );
+    browser.type_into("#password", &run.password);
+    browser.click("#sign-in");
+
+    // The consent page lists what the example client asks for.
+    let scopes = browser.text("#scopes");
+    for s in ["openid", "offline_access", "read"] {
+        assert!(scopes.contains(s), "consent page lists {scopes:?}");
+    }
+    browser.click("#allow");
+
+    // The callback page: verified claims and the upstream's answer.
+    assert_eq!(browser.text("#claim-sub"), "alice");
+    let aud = browser.text("#claim-aud");
+    assert!(aud.contains(&example_client_id(data.path())), "aud {aud}");
+    assert!(browser.text("#verified").contains("nonce matches"));
+    assert_eq!(browser.text("#upstream-status"), "200");
+    // The rule's header mutator told the upstream who signed in.
+    let echoed = browser.text("#upstream-body");
+    assert!(echoed.contains("alice"), "upstream saw {echoed}");
+    let shot = std::env::temp_dir().join("portcullis-browser-callback.png");
+    browser.screenshot(&shot);
+    eprintln!("callback page screenshot: {}", shot.display());
+
+    // Logout through the token service's logout page, back to a signed-out state.
+    browser.click("#logout");
+    browser.click("#confirm-logout");
+    assert!(browser.text("#signed-out").contains("signed out"));
+    // The token service's session is gone too: signing in asks for the password again
+    // (the login was remembered, so without the logout this would skip straight through).
+    browser.click("#start");
+    browser.wait_for("#password");
+}
