@@ -177,3 +177,28 @@ pub fn wait_for_file(path: &Path, timeout: Duration) {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// Waits for the ECDS file of workload `app` in namespace `default` (its name ends in a hash of
+/// the selector: `portcullis-<app>-<hash>.default.json`) and returns its path.
+pub fn wait_for_ecds(dir: &Path, app: &str) -> PathBuf {
+    let prefix = format!("portcullis-{app}-");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let found = fs::read_dir(dir).ok().and_then(|entries| {
+            entries.filter_map(Result::ok).map(|e| e.path()).find(|p| {
+                let name = p.file_name().unwrap().to_string_lossy().into_owned();
+                name.starts_with(&prefix) && name.ends_with(".default.json")
+            })
+        });
+        if let Some(path) = found {
+            wait_for_file(&path, Duration::from_secs(5));
+            return path;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no ECDS file {prefix}*.default.json in {}",
+            dir.display()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

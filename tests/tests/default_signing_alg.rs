@@ -9,7 +9,7 @@
 // Integration tests: helpers outside #[test] fns may panic too.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use portcullis_e2e::control_plane::{ControlPlane, wait_for_file};
+use portcullis_e2e::control_plane::{ControlPlane, wait_for_ecds};
 use portcullis_e2e::{Envoy, Upstream};
 use std::fs;
 use std::time::{Duration, Instant};
@@ -33,6 +33,11 @@ spec:
   grantTypes: [client_credentials]
   scope: read
   secretName: kyma
+---
+apiVersion: v1
+kind: Service
+metadata: {name: httpbin, namespace: default}
+spec: {selector: {app: httpbin}}
 ",
     )
     .unwrap();
@@ -81,11 +86,7 @@ spec:
         ),
     )
     .unwrap();
-    let ecds = cp
-        .data_dir
-        .join("ecds")
-        .join("portcullis-httpbin.default.json");
-    wait_for_file(&ecds, Duration::from_secs(15));
+    let ecds = wait_for_ecds(&cp.data_dir.join("ecds"), "httpbin");
     let upstream = Upstream::start();
     let envoy = Envoy::builder(upstream.port())
         .ecds_file(&ecds)

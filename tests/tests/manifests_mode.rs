@@ -5,7 +5,7 @@
 // Integration tests: helpers outside #[test] fns may panic too.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use portcullis_e2e::control_plane::{ControlPlane, wait_for_file};
+use portcullis_e2e::control_plane::{ControlPlane, wait_for_ecds, wait_for_file};
 use portcullis_e2e::{Envoy, Upstream};
 use std::fs;
 use std::path::Path;
@@ -20,31 +20,6 @@ kind: Service
 metadata: {name: httpbin, namespace: default}
 spec: {selector: {app: httpbin}}
 ";
-
-/// Waits for the ECDS file of workload `app` in namespace `default` (its name ends in a hash of
-/// the selector: `portcullis-<app>-<hash>.default.json`) and returns its path.
-fn wait_for_ecds(dir: &Path, app: &str) -> std::path::PathBuf {
-    let prefix = format!("portcullis-{app}-");
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let found = fs::read_dir(dir).ok().and_then(|entries| {
-            entries.filter_map(Result::ok).map(|e| e.path()).find(|p| {
-                let name = p.file_name().unwrap().to_string_lossy().into_owned();
-                name.starts_with(&prefix) && name.ends_with(".default.json")
-            })
-        });
-        if let Some(path) = found {
-            wait_for_file(&path, Duration::from_secs(5));
-            return path;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no ECDS file {prefix}*.default.json in {}",
-            dir.display()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
 
 fn client_manifests(dir: &Path) {
     fs::write(dir.join("httpbin-service.yaml"), HTTPBIN_SERVICE).unwrap();
