@@ -80,6 +80,20 @@ fn query_param(url: &str, name: &str) -> Option<String> {
         .map(|(_, v)| v)
 }
 
+/// Exchanges `code` at the token endpoint with HTTP Basic, for the registered [`CALLBACK`].
+async fn redeem(srv: &Server, id: &str, secret: &str, code: &str) -> Reply {
+    srv.token_basic(
+        id,
+        secret,
+        &[
+            ("grant_type", "authorization_code"),
+            ("code", code),
+            ("redirect_uri", CALLBACK),
+        ],
+    )
+    .await
+}
+
 async fn admin(srv: &Server, method: &str, path: &str, body: Option<Value>) -> Reply {
     let url = format!("{}/admin/oauth2/auth/requests/{path}", srv.admin());
     let req = match method {
@@ -545,17 +559,7 @@ async fn code_flow_with_an_independent_relying_party() {
     after.assert_oauth_error(400, "invalid_grant");
 
     // The code is single-use.
-    let replay = srv
-        .token_basic(
-            &id,
-            &secret,
-            &[
-                ("grant_type", "authorization_code"),
-                ("code", code.as_str()),
-                ("redirect_uri", CALLBACK),
-            ],
-        )
-        .await;
+    let replay = redeem(&srv, &id, &secret, &code).await;
     replay.assert_oauth_error(400, "invalid_grant");
 }
 
@@ -575,18 +579,7 @@ async fn a_replayed_code_revokes_what_it_issued() {
     let exchange = |code: String| {
         let (id, secret) = (id.clone(), secret.clone());
         let srv = &srv;
-        async move {
-            srv.token_basic(
-                &id,
-                &secret,
-                &[
-                    ("grant_type", "authorization_code"),
-                    ("code", code.as_str()),
-                    ("redirect_uri", CALLBACK),
-                ],
-            )
-            .await
-        }
+        async move { redeem(srv, &id, &secret, &code).await }
     };
     // The redirect_uri of the token request must be the authorization request's.
     let r = srv
@@ -954,17 +947,7 @@ async fn remembered_sessions_skip_and_prompt_none_succeeds() {
     );
 
     // No refresh token without offline; an ID token with openid.
-    let t = srv
-        .token_basic(
-            &id,
-            &secret,
-            &[
-                ("grant_type", "authorization_code"),
-                ("code", code.as_str()),
-                ("redirect_uri", CALLBACK),
-            ],
-        )
-        .await;
+    let t = redeem(&srv, &id, &secret, &code).await;
     assert_eq!(t.status, 200, "{}", t.body);
     assert!(t.json.get("refresh_token").is_none(), "{}", t.body);
     assert!(t.json["id_token"].is_string());
@@ -1154,17 +1137,7 @@ async fn rp_initiated_logout_through_the_logout_app() {
     );
     let back = authorize(&srv, &mut browser, &url, "erin", &["openid"]).await;
     let code = query_param(&back, "code").unwrap();
-    let t = srv
-        .token_basic(
-            &id,
-            &secret,
-            &[
-                ("grant_type", "authorization_code"),
-                ("code", code.as_str()),
-                ("redirect_uri", CALLBACK),
-            ],
-        )
-        .await;
+    let t = redeem(&srv, &id, &secret, &code).await;
     assert_eq!(t.status, 200, "{}", t.body);
     let id_token = str_field(&t.json, "id_token");
     let access = str_field(&t.json, "access_token");
@@ -1247,17 +1220,7 @@ async fn revoking_consent_revokes_its_tokens_and_ending_logins_needs_a_new_login
     );
     let back = authorize(&srv, &mut browser, &url, "frank", &["openid", "offline"]).await;
     let code = query_param(&back, "code").unwrap();
-    let t = srv
-        .token_basic(
-            &id,
-            &secret,
-            &[
-                ("grant_type", "authorization_code"),
-                ("code", code.as_str()),
-                ("redirect_uri", CALLBACK),
-            ],
-        )
-        .await;
+    let t = redeem(&srv, &id, &secret, &code).await;
     assert_eq!(t.status, 200, "{}", t.body);
     let (access, refresh) = (
         str_field(&t.json, "access_token"),
@@ -1385,17 +1348,7 @@ async fn a_grace_period_lets_a_rotated_refresh_token_work_again() {
     );
     let back = authorize(&srv, &mut browser, &url, "gina", &["offline"]).await;
     let code = query_param(&back, "code").unwrap();
-    let t = srv
-        .token_basic(
-            &id,
-            &secret,
-            &[
-                ("grant_type", "authorization_code"),
-                ("code", code.as_str()),
-                ("redirect_uri", CALLBACK),
-            ],
-        )
-        .await;
+    let t = redeem(&srv, &id, &secret, &code).await;
     let refresh = str_field(&t.json, "refresh_token");
     let form = [
         ("grant_type", "refresh_token"),
