@@ -27,6 +27,9 @@ use std::borrow::Cow;
 use std::str::FromStr;
 use std::sync::Arc;
 
+mod session_check;
+pub use session_check::{CachedSession, SessionCheckAuthenticator};
+
 /// Oathkeeper's defaults for the JWKS cache of the `jwt` authenticator.
 const DEFAULT_JWKS_TTL_MS: u64 = 30_000;
 const DEFAULT_JWKS_MAX_WAIT_MS: u64 = 1_000;
@@ -155,10 +158,14 @@ pub struct IntrospectionAuthenticator {
 #[derive(Debug)]
 pub enum Authenticator {
     Noop,
-    Anonymous { subject: String },
+    Anonymous {
+        subject: String,
+    },
     Unauthorized,
     Jwt(Box<JwtAuthenticator>),
     Introspection(Box<IntrospectionAuthenticator>),
+    /// `cookie_session` and `bearer_token`.
+    SessionCheck(Box<SessionCheckAuthenticator>),
 }
 
 #[derive(Debug, Deserialize)]
@@ -294,11 +301,15 @@ impl Authenticator {
             }
             "oauth2_introspection" => compile_introspection(globals, rule, field, config)
                 .map(|i| Self::Introspection(Box::new(i))),
+            name @ ("cookie_session" | "bearer_token") => {
+                SessionCheckAuthenticator::compile(globals, rule, field, name, config)
+                    .map(|a| Self::SessionCheck(Box::new(a)))
+            }
             other => Err(ConfigError::rule(
                 rule,
                 format!("{field}.handler"),
                 format!(
-                    "unknown or unsupported authenticator {other:?} (supported: noop, anonymous, unauthorized, jwt, oauth2_introspection)"
+                    "unknown or unsupported authenticator {other:?} (supported: noop, anonymous, unauthorized, jwt, oauth2_introspection, cookie_session, bearer_token)"
                 ),
             )),
         }
@@ -512,7 +523,11 @@ pub struct CachedIntrospection {
 pub struct Caches {
     pub jwt: ExpiringCache<CachedJwt>,
     pub introspection: ExpiringCache<CachedIntrospection>,
-    keyer: Keyer,
+    /// Session-store answers, when a `cookie_session`/`bearer_token` rule opts in.
+    pub session_check: ExpiringCache<CachedSession>,
+    /// Hydrator answers, when a `hydrator` mutator enables its cache.
+    pub hydrator: ExpiringCache<crate::mutator::HydratedSession>,
+    pub(crate) keyer: Keyer,
     stats: CacheStats,
 }
 
@@ -530,6 +545,8 @@ impl Caches {
         Self {
             jwt: ExpiringCache::new(capacity),
             introspection: ExpiringCache::new(capacity),
+            session_check: ExpiringCache::new(capacity),
+            hydrator: ExpiringCache::new(capacity),
             keyer: Keyer::default(),
             stats: CacheStats::default(),
         }

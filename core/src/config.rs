@@ -297,6 +297,36 @@ impl RetryConfig {
     }
 }
 
+/// The `cache {enabled, ttl}` block of handlers whose answers may be kept for a while
+/// (`hydrator`, and the session-check authenticators' opt-in cache).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct TtlCacheConfig {
+    #[serde(default)]
+    enabled: bool,
+    #[serde(default)]
+    ttl: Option<String>,
+}
+
+impl TtlCacheConfig {
+    /// How long answers are kept: `None` when the cache is off (absent or not enabled).
+    pub(crate) fn ttl_ms(
+        cache: Option<&TtlCacheConfig>,
+        rule: &str,
+        field: &str,
+        default_ms: u64,
+    ) -> Result<Option<u64>, ConfigError> {
+        match cache {
+            Some(c) if c.enabled => c.ttl.as_deref().map_or(Ok(Some(default_ms)), |t| {
+                crate::duration::parse_millis(t)
+                    .map(Some)
+                    .map_err(|e| ConfigError::rule(rule, format!("{field}.config.cache.ttl"), e))
+            }),
+            _ => Ok(None),
+        }
+    }
+}
+
 /// Deserialises a handler config, naming the rule and field on failure.
 pub(crate) fn parse_handler_config<T: serde::de::DeserializeOwned>(
     rule: &str,

@@ -7,11 +7,17 @@ use crate::template::Template;
 use serde::Deserialize;
 use std::collections::BTreeMap;
 
+mod hydrator;
+pub(crate) use hydrator::HydrateStep;
+pub use hydrator::{HydratedSession, Hydrator};
+
 #[derive(Debug)]
 pub enum Mutator {
     Noop,
     /// Header name (as configured) and the template of its value.
     Header(Vec<(String, Template)>),
+    /// Calls out: the pipeline drives it (see [`Hydrator`]).
+    Hydrator(Box<Hydrator>),
 }
 
 #[derive(Debug, Deserialize)]
@@ -59,10 +65,15 @@ impl Mutator {
                 }
                 Ok(Self::Header(headers))
             }
+            "hydrator" => {
+                Hydrator::compile(globals, rule, field, config).map(|h| Self::Hydrator(Box::new(h)))
+            }
             other => Err(ConfigError::rule(
                 rule,
                 format!("{field}.handler"),
-                format!("unknown or unsupported mutator {other:?} (supported: noop, header)"),
+                format!(
+                    "unknown or unsupported mutator {other:?} (supported: noop, header, hydrator)"
+                ),
             )),
         }
     }
@@ -70,7 +81,7 @@ impl Mutator {
     pub(crate) fn header_names(&self) -> impl Iterator<Item = &str> {
         let headers: &[(String, Template)] = match self {
             Self::Header(h) => h,
-            Self::Noop => &[],
+            Self::Noop | Self::Hydrator(_) => &[],
         };
         headers.iter().map(|(n, _)| n.as_str())
     }
@@ -78,6 +89,8 @@ impl Mutator {
     pub(crate) fn reads_captures(&self) -> bool {
         match self {
             Self::Header(h) => h.iter().any(|(_, t)| t.reads_captures()),
+            // The session it sends carries the capture groups.
+            Self::Hydrator(_) => true,
             Self::Noop => false,
         }
     }
@@ -85,6 +98,8 @@ impl Mutator {
     pub(crate) fn reads_request_headers(&self) -> bool {
         match self {
             Self::Header(h) => h.iter().any(|(_, t)| t.reads_request_headers()),
+            // The session it sends carries the request's headers.
+            Self::Hydrator(_) => true,
             Self::Noop => false,
         }
     }

@@ -10,6 +10,7 @@ use crate::config::Engine;
 use crate::error_handler::{ErrorKind, PolicyError, Response, json_error};
 use crate::host::Host;
 use crate::matcher::Lookup;
+use crate::mutator::{HydrateStep, Mutator};
 use crate::request::Request;
 use crate::session::{Session, method_name};
 use crate::url::{canonical_path, check_host, match_target, push_origin};
@@ -48,6 +49,12 @@ pub enum Step<'e> {
     WaitForKeys {
         max_wait_ms: u64,
     },
+    /// The rule's authorizer reads the request body: hand it to [`Evaluation::body_received`]
+    /// once the stream has ended, then call [`Evaluation::advance`] again. A body longer than
+    /// `max_bytes` is refused by the host (see [`crate::authz::body_too_large`]).
+    WaitForBody {
+        max_bytes: usize,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,7 +62,8 @@ enum Stage {
     Match,
     Authenticate(usize),
     Authorize,
-    Mutate,
+    /// The index of the next mutator to run.
+    Mutate(usize),
     Finished,
 }
 
@@ -72,6 +80,8 @@ pub struct Evaluation {
     /// The answer to the last callout, consumed by the stage that asked for it.
     response: Option<Option<CalloutResponse>>,
     forward: Vec<(String, String)>,
+    /// The request body, once read (only rules whose authorizer reads it wait for it).
+    body: Option<Vec<u8>>,
 }
 
 impl Evaluation {
@@ -84,6 +94,23 @@ impl Evaluation {
             keys_timed_out: false,
             response: None,
             forward: Vec::new(),
+            body: None,
+        }
+    }
+
+    /// The whole request body. A request that ended with its headers has an empty one, and
+    /// the host says so up front.
+    pub fn body_received(&mut self, body: Vec<u8>) {
+        self.body = Some(body);
+    }
+
+    /// The most body bytes the matched rule reads, while it still needs them; `None` when the
+    /// rule does not read the body (or has it, or no rule matched yet).
+    pub fn wants_body(&self, engine: &Engine) -> Option<usize> {
+        match self.stage {
+            Stage::Match | Stage::Finished => None,
+            _ if self.body.is_some() => None,
+            _ => engine.rules.get(self.rule)?.authorizer.body_limit(),
         }
     }
 
@@ -168,21 +195,42 @@ impl Evaluation {
                     let authorizer = &engine.rules[self.rule].authorizer;
                     let step = match self.response.take() {
                         Some(response) => authorizer.digest(response.as_ref()),
-                        None => authorizer.authorize(&self.req, &self.session),
+                        None => {
+                            authorizer.authorize(&self.req, &self.session, self.body.as_deref())
+                        }
                     };
                     match step {
                         AuthzStep::Allow { forward } => {
                             self.forward = forward;
-                            self.stage = Stage::Mutate;
+                            self.stage = Stage::Mutate(0);
                         }
                         AuthzStep::Deny(e) => return self.deny(engine, e),
                         AuthzStep::Callout(c) => return Step::Callout(c),
+                        AuthzStep::NeedBody => {
+                            return Step::WaitForBody {
+                                max_bytes: authorizer.body_limit().unwrap_or(0),
+                            };
+                        }
                     }
                 }
-                Stage::Mutate => {
+                Stage::Mutate(i) => {
                     let rule = &engine.rules[self.rule];
-                    for m in &rule.mutators {
-                        m.mutate(&mut self.session);
+                    if let Some(m) = rule.mutators.get(i) {
+                        let Mutator::Hydrator(h) = m else {
+                            m.mutate(&mut self.session);
+                            self.stage = Stage::Mutate(i + 1);
+                            continue;
+                        };
+                        let step = match self.response.take() {
+                            Some(r) => h.digest(&mut self.session, host, caches, r.as_ref()),
+                            None => h.hydrate(&mut self.session, host, caches),
+                        };
+                        match step {
+                            HydrateStep::Done => self.stage = Stage::Mutate(i + 1),
+                            HydrateStep::Callout(c) => return Step::Callout(c),
+                            HydrateStep::Fail(e) => return self.deny(engine, e),
+                        }
+                        continue;
                     }
                     self.stage = Stage::Finished;
                     let mut set_headers = std::mem::take(&mut self.session.header);
@@ -248,6 +296,10 @@ impl Evaluation {
             )),
             Authenticator::Jwt(j) => j.authenticate(&self.req, host, caches, self.keys_timed_out),
             Authenticator::Introspection(a) => match self.response.take() {
+                Some(response) => a.digest(&self.req, host, caches, response.as_ref()),
+                None => a.authenticate(&self.req, host, caches),
+            },
+            Authenticator::SessionCheck(a) => match self.response.take() {
                 Some(response) => a.digest(&self.req, host, caches, response.as_ref()),
                 None => a.authenticate(&self.req, host, caches),
             },
