@@ -146,10 +146,15 @@ impl Hydrator {
         })
     }
 
-    fn cache_key(&self, caches: &Caches, payload: &str) -> CacheKey {
+    /// Oathkeeper keys its cache on the whole session, so only an identical request hits. Behind
+    /// Envoy no two requests are identical (`x-request-id`, trace headers), so those headers are
+    /// left out of the key: the answer is reused for the same session on the same URL with the
+    /// same headers otherwise.
+    fn cache_key(&self, caches: &Caches, session: &Session) -> CacheKey {
+        let keyed = session_value(session, |name| !PER_REQUEST_HEADERS.contains(&name)).to_string();
         caches
             .keyer
-            .key(&[self.cache_scope.as_bytes(), payload.as_bytes()])
+            .key(&[self.cache_scope.as_bytes(), keyed.as_bytes()])
     }
 
     /// First pass: a cached answer applied, or the call to make.
@@ -159,9 +164,8 @@ impl Hydrator {
         host: &mut dyn Host,
         caches: &mut Caches,
     ) -> HydrateStep {
-        let payload = session_json(session).to_string();
         if self.cache_ms.is_some() {
-            let key = self.cache_key(caches, &payload);
+            let key = self.cache_key(caches, session);
             if let Some(hit) = caches.hydrator.get(&key, host.now()) {
                 apply(session, hit.clone());
                 return HydrateStep::Done;
@@ -175,7 +179,7 @@ impl Hydrator {
             endpoint: self.endpoint.clone(),
             method: "POST",
             headers,
-            body: payload.into_bytes(),
+            body: session_json(session).to_string().into_bytes(),
             timeout_ms: self.timeout_ms,
         })
     }
@@ -208,8 +212,8 @@ impl Hydrator {
             Err(message) => return failure("hydrator_malformed", message),
         };
         if let Some(ttl_ms) = self.cache_ms {
-            // The session has not changed since the call: this is the payload that was sent.
-            let key = self.cache_key(caches, &session_json(session).to_string());
+            // The session has not changed since the call was made.
+            let key = self.cache_key(caches, session);
             let now = host.now();
             caches.hydrator.insert(
                 key,
@@ -245,8 +249,22 @@ fn canonical(name: &str) -> String {
         .collect()
 }
 
+/// Request headers that differ on every request though nothing about the caller changed.
+const PER_REQUEST_HEADERS: [&str; 10] = [
+    "x-request-id",
+    "traceparent",
+    "tracestate",
+    "b3",
+    "x-b3-traceid",
+    "x-b3-spanid",
+    "x-b3-parentspanid",
+    "x-b3-sampled",
+    "x-b3-flags",
+    "x-envoy-expected-rq-timeout-ms",
+];
+
 /// Header pairs as Go's `http.Header`: canonical names, all values in order.
-fn header_json(headers: &[(String, String)]) -> Value {
+fn header_json<'a>(headers: impl Iterator<Item = &'a (String, String)>) -> Value {
     let mut map = Map::new();
     for (name, value) in headers {
         if let Value::Array(values) = map
@@ -285,16 +303,21 @@ fn go_url(url: &str) -> Value {
 
 /// Oathkeeper's `AuthenticationSession` JSON.
 pub(crate) fn session_json(session: &Session) -> Value {
+    session_value(session, |_| true)
+}
+
+/// The session JSON with only the request headers `keep` accepts (by lower-case name).
+fn session_value(session: &Session, keep: impl Fn(&str) -> bool) -> Value {
     let ctx = &session.match_context;
     json!({
         "subject": &*session.subject,
         "extra": &*session.extra,
-        "header": header_json(&session.header),
+        "header": header_json(session.header.iter()),
         "match_context": {
             "regexp_capture_groups": ctx.regexp_capture_groups,
             "url": go_url(&ctx.url),
             "method": ctx.method,
-            "header": header_json(&ctx.header),
+            "header": header_json(ctx.header.iter().filter(|(k, _)| keep(k))),
         },
     })
 }

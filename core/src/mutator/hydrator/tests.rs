@@ -160,3 +160,21 @@ fn config_is_checked() {
         assert!(e.contains(field), "{cfg}: {e}");
     }
 }
+
+#[test]
+fn the_cache_key_ignores_per_request_ids_only() {
+    let h = compile(json!({"api": {"url": "http://api.local/h"}, "cache": {"enabled": true}}))
+        .unwrap();
+    let caches = Caches::new(1);
+    let with = |name: &str, value: &str| {
+        let mut s = session();
+        s.match_context.header.push((name.into(), value.into()));
+        h.cache_key(&caches, &s)
+    };
+    assert_eq!(with("x-request-id", "1"), with("x-request-id", "2"));
+    assert_eq!(with("traceparent", "a"), with("traceparent", "b"));
+    assert_ne!(with("x-tenant", "1"), with("x-tenant", "2"));
+    let mut other = session();
+    other.subject = "bob".into();
+    assert_ne!(h.cache_key(&caches, &session()), h.cache_key(&caches, &other));
+}
