@@ -50,11 +50,9 @@ pub enum Step<'e> {
         max_wait_ms: u64,
     },
     /// The rule's authorizer reads the request body: hand it to [`Evaluation::body_received`]
-    /// once the stream has ended, then call [`Evaluation::advance`] again. A body longer than
-    /// `max_bytes` is refused by the host (see [`crate::authz::body_too_large`]).
-    WaitForBody {
-        max_bytes: usize,
-    },
+    /// and call [`Evaluation::advance`] again, or refuse the request (see
+    /// [`crate::authz::body_unreadable`]).
+    WaitForBody,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -104,13 +102,17 @@ impl Evaluation {
         self.body = Some(body);
     }
 
-    /// The most body bytes the matched rule reads, while it still needs them; `None` when the
-    /// rule does not read the body (or has it, or no rule matched yet).
-    pub fn wants_body(&self, engine: &Engine) -> Option<usize> {
+    /// Whether the matched rule reads the body and does not have it yet.
+    pub fn wants_body(&self, engine: &Engine) -> bool {
         match self.stage {
-            Stage::Match | Stage::Finished => None,
-            _ if self.body.is_some() => None,
-            _ => engine.rules.get(self.rule)?.authorizer.body_limit(),
+            Stage::Match | Stage::Finished => false,
+            _ => {
+                self.body.is_none()
+                    && engine
+                        .rules
+                        .get(self.rule)
+                        .is_some_and(|r| r.authorizer.reads_body())
+            }
         }
     }
 
@@ -206,11 +208,7 @@ impl Evaluation {
                         }
                         AuthzStep::Deny(e) => return self.deny(engine, e),
                         AuthzStep::Callout(c) => return Step::Callout(c),
-                        AuthzStep::NeedBody => {
-                            return Step::WaitForBody {
-                                max_bytes: authorizer.body_limit().unwrap_or(0),
-                            };
-                        }
+                        AuthzStep::NeedBody => return Step::WaitForBody,
                     }
                 }
                 Stage::Mutate(i) => {

@@ -30,12 +30,8 @@ const CACHE_CAPACITY: usize = 10_000;
 
 #[derive(Debug)]
 enum Waiting {
-    Keys {
-        deadline_ms: u64,
-    },
+    Keys { deadline_ms: u64 },
     Callout,
-    /// The rule's authorizer reads the body, which is still arriving.
-    Body,
 }
 
 struct Pending {
@@ -190,17 +186,14 @@ fn step(vm: &mut VmState, ctx: u32, engine: Rc<Engine>, eval: &mut Evaluation) -
                     eval.callout_done(None);
                 }
             },
-            Step::WaitForBody { .. } => {
-                // The body callbacks check the bound and hand the body over at its end.
-                vm.pending.insert(
-                    ctx,
-                    Pending {
-                        engine,
-                        eval: std::mem::replace(eval, Evaluation::new(Default::default())),
-                        waiting: Waiting::Body,
-                    },
-                );
-                return Effect::Pause;
+            Step::WaitForBody => {
+                // Envoy hands a wasm filter the body only after the paused headers went on to
+                // the next filter; asking the authorizer without the body could allow what it
+                // would deny. Requests that ended with their headers never get here.
+                debug!("portcullis: request {ctx} has a body its rule's authorizer would read");
+                vm.metrics.count("requests_denied", 1);
+                vm.metrics.count("denied_request_body_unreadable", 1);
+                return Effect::Respond(portcullis_core::authz::body_unreadable());
             }
             Step::WaitForKeys { max_wait_ms } => {
                 vm.pending.insert(
@@ -234,88 +227,6 @@ fn dispatch(c: &Callout) -> Result<u32, String> {
         Duration::from_millis(c.timeout_ms),
     )
     .map_err(|s| format!("{s:?} (is there a cluster named {:?}?)", c.endpoint.cluster))
-}
-
-/// What a body callback does with the chunk.
-enum BodyEffect {
-    /// The request was decided (or never paused): stream the body on.
-    Pass,
-    /// The decision is pending: Envoy keeps the body until it is made.
-    Hold,
-    TooLarge(usize),
-    /// The body was what the evaluation waited for.
-    Resume(Box<Pending>),
-}
-
-/// A chunk of the request body arrived (`body_size` is all Envoy holds so far; `None` when the
-/// trailers end the body and its size is whatever Envoy holds). While a request's decision is
-/// pending its body is held, so the request cannot slip upstream before it is decided (a
-/// `Continue` here would resume the paused headers); once decided it streams. Only a rule
-/// whose authorizer reads the body gets it copied into the VM, up to that authorizer's bound.
-pub fn on_request_body(ctx: u32, body_size: Option<usize>, end_of_stream: bool) -> Action {
-    let effect = with_vm(|vm| {
-        if vm.pending.is_empty() {
-            return BodyEffect::Pass;
-        }
-        let Some(p) = vm.pending.get_mut(&ctx) else {
-            return BodyEffect::Pass;
-        };
-        let Some(limit) = p.eval.wants_body(&p.engine) else {
-            return BodyEffect::Hold;
-        };
-        if body_size.is_some_and(|n| n > limit) {
-            vm.pending.remove(&ctx);
-            return BodyEffect::TooLarge(limit);
-        }
-        if !end_of_stream {
-            return BodyEffect::Hold;
-        }
-        let read = body_size.unwrap_or(limit.saturating_add(1));
-        let body = hostcalls::get_buffer(BufferType::HttpRequestBody, 0, read)
-            .ok()
-            .flatten()
-            .unwrap_or_default();
-        if body.len() > limit {
-            vm.pending.remove(&ctx);
-            return BodyEffect::TooLarge(limit);
-        }
-        p.eval.body_received(body);
-        if matches!(p.waiting, Waiting::Body) {
-            return vm
-                .pending
-                .remove(&ctx)
-                .map_or(BodyEffect::Hold, |p| BodyEffect::Resume(Box::new(p)));
-        }
-        BodyEffect::Hold
-    })
-    // Busy means re-entered mid-evaluation: holding is the safe answer.
-    .unwrap_or(BodyEffect::Hold);
-    match effect {
-        BodyEffect::Pass => Action::Continue,
-        BodyEffect::Hold => Action::Pause,
-        BodyEffect::TooLarge(limit) => {
-            with_vm(|vm| {
-                vm.metrics.count("requests_denied", 1);
-                vm.metrics.count("denied_request_body_too_large", 1);
-            });
-            let r = portcullis_core::authz::body_too_large(limit);
-            let headers: Vec<(&str, &str)> = r
-                .headers
-                .iter()
-                .map(|(k, v)| (k.as_str(), v.as_str()))
-                .collect();
-            let _ = hostcalls::send_http_response(
-                u32::from(r.status),
-                headers,
-                Some(r.body.as_bytes()),
-            );
-            Action::Pause
-        }
-        BodyEffect::Resume(p) => {
-            let Pending { engine, eval, .. } = *p;
-            drive(ctx, engine, eval, true)
-        }
-    }
 }
 
 /// Forgets a request whose stream ended.
@@ -473,7 +384,7 @@ fn wake_key_waiters(now: u64, keys_changed: bool) {
             .iter()
             .filter(|(_, p)| match p.waiting {
                 Waiting::Keys { deadline_ms } => keys_changed || now >= deadline_ms,
-                Waiting::Callout | Waiting::Body => false,
+                Waiting::Callout => false,
             })
             .map(|(id, _)| *id)
             .collect();

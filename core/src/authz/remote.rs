@@ -2,9 +2,13 @@
 //! with templated `headers`; 200 allows (copying `forward_response_headers_to_upstream`), 403
 //! denies, anything else is an error (500).
 //!
-//! It is the one handler that needs the request body, so a rule using it makes the host buffer
-//! the body, up to `max_body_bytes` (a Portcullis setting; Oathkeeper reads bodies of any size).
-//! Rules without it never wait for the body.
+//! It is the one handler that needs the request body, so the pipeline asks the host for it
+//! ([`crate::pipeline::Step::WaitForBody`]) and rules without it never wait. Envoy's proxy-wasm
+//! host cannot hand a filter the body before the request's headers have gone on to the next
+//! filter (it turns a paused `on_http_request_headers` into "stop all, watermark"), so the filter
+//! refuses a request that carries a body on such a rule ([`body_unreadable`]) rather than ask
+//! the authorizer without it: a policy that denies on the body's content must not see an empty
+//! one and allow.
 
 use super::AuthzStep;
 use crate::callout::{Callout, CalloutResponse, Endpoint};
@@ -19,10 +23,6 @@ use std::collections::BTreeMap;
 
 /// Oathkeeper's `retry.give_up_after` default for `remote`.
 const DEFAULT_TIMEOUT_MS: u64 = 1_000;
-/// Bodies larger than this are refused with 413 when the rule says nothing: large enough for
-/// API payloads, small enough that a burst of uploads cannot exhaust the VM's memory (the body
-/// is copied into it).
-pub const DEFAULT_MAX_BODY_BYTES: usize = 256 * 1024;
 
 #[derive(Debug)]
 pub struct RemoteAuthorizer {
@@ -32,7 +32,6 @@ pub struct RemoteAuthorizer {
     /// Headers of the authorizer's answer copied onto the upstream request (lower-case).
     pub forward_response_headers: Vec<String>,
     pub timeout_ms: u64,
-    pub max_body_bytes: usize,
 }
 
 #[derive(Debug, Deserialize)]
@@ -46,20 +45,17 @@ struct RemoteConfig {
     forward_response_headers_to_upstream: Vec<String>,
     #[serde(default)]
     retry: Option<RetryConfig>,
-    #[serde(default)]
-    max_body_bytes: Option<usize>,
 }
 
-/// The answer when a body is larger than the rule's remote authorizer accepts.
-pub fn body_too_large(limit: usize) -> Response {
-    let message = format!(
-        "the request body is larger than the {limit} bytes the remote authorizer of this rule accepts"
-    );
+/// The answer to a request with a body on a rule whose authorizer would read it, from a host
+/// that cannot read a body before releasing the request.
+pub fn body_unreadable() -> Response {
+    let message = "this rule's remote authorizer reads the request body, which the filter cannot read before the request is released: send the request without a body";
     Response {
         status: 413,
         headers: vec![("content-type".to_owned(), "application/json".to_owned())],
         body: format!(
-            "{{\"error\":{{\"code\":413,\"status\":\"Request Entity Too Large\",\"reason\":\"request_body_too_large\",\"message\":{}}}}}",
+            "{{\"error\":{{\"code\":413,\"status\":\"Request Entity Too Large\",\"reason\":\"request_body_unreadable\",\"message\":{}}}}}",
             Value::from(message)
         ),
     }
@@ -108,17 +104,6 @@ impl RemoteAuthorizer {
         }
         let timeout_ms =
             RetryConfig::timeout_ms(c.retry.as_ref(), rule, field, DEFAULT_TIMEOUT_MS)?;
-        let max_body_bytes = match c.max_body_bytes {
-            None => DEFAULT_MAX_BODY_BYTES,
-            Some(0) => {
-                return Err(ConfigError::rule(
-                    rule,
-                    format!("{field}.config.max_body_bytes"),
-                    "must be at least 1",
-                ));
-            }
-            Some(n) => n,
-        };
         Ok(Self {
             endpoint,
             headers,
@@ -128,7 +113,6 @@ impl RemoteAuthorizer {
                 .map(|h| h.to_ascii_lowercase())
                 .collect(),
             timeout_ms,
-            max_body_bytes,
         })
     }
 

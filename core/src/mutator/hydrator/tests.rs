@@ -163,8 +163,8 @@ fn config_is_checked() {
 
 #[test]
 fn the_cache_key_ignores_per_request_ids_only() {
-    let h = compile(json!({"api": {"url": "http://api.local/h"}, "cache": {"enabled": true}}))
-        .unwrap();
+    let h =
+        compile(json!({"api": {"url": "http://api.local/h"}, "cache": {"enabled": true}})).unwrap();
     let caches = Caches::new(1);
     let with = |name: &str, value: &str| {
         let mut s = session();
@@ -176,5 +176,8 @@ fn the_cache_key_ignores_per_request_ids_only() {
     assert_ne!(with("x-tenant", "1"), with("x-tenant", "2"));
     let mut other = session();
     other.subject = "bob".into();
-    assert_ne!(h.cache_key(&caches, &session()), h.cache_key(&caches, &other));
+    assert_ne!(
+        h.cache_key(&caches, &session()),
+        h.cache_key(&caches, &other)
+    );
 }
