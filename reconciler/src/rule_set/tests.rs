@@ -375,7 +375,7 @@ fn invalid_rules_are_reported_and_fail_closed() {
     assert!(!o.valid);
     let err = o.validation_error.as_deref().unwrap();
     assert!(
-        err.contains("authenticators[0].handler") && err.contains("cookie_session"),
+        err.contains("authenticators[0].config.check_session_url: is required"),
         "{err}"
     );
     assert!(o.message.contains("401"), "{}", o.message);
