@@ -26,7 +26,8 @@ struct HeaderConfig {
     headers: BTreeMap<String, String>,
 }
 
-fn valid_header_name(name: &str) -> bool {
+/// An RFC 9110 token: what a header name may be (shared by every handler that sets headers).
+pub(crate) fn valid_header_name(name: &str) -> bool {
     !name.is_empty()
         && name
             .bytes()

@@ -17,6 +17,7 @@ use crate::duration::parse_millis;
 use crate::error_handler::{ErrorKind, PolicyError};
 use crate::gjson::GjsonPath;
 use crate::host::Host;
+use crate::mutator::valid_header_name;
 use crate::request::Request;
 use serde::Deserialize;
 use serde_json::{Map, Value};
@@ -133,13 +134,6 @@ fn yes() -> bool {
 pub struct CachedSession {
     pub subject: Arc<str>,
     pub extra: Arc<Map<String, Value>>,
-}
-
-fn valid_header_name(name: &str) -> bool {
-    !name.is_empty()
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
 impl SessionCheckAuthenticator {

@@ -14,6 +14,7 @@ use super::AuthzStep;
 use crate::callout::{Callout, CalloutResponse, Endpoint};
 use crate::config::{ConfigError, Globals, RetryConfig, parse_handler_config, resolve_endpoint};
 use crate::error_handler::{ErrorKind, PolicyError, Response};
+use crate::mutator::valid_header_name;
 use crate::request::Request;
 use crate::session::Session;
 use crate::template::Template;
@@ -59,13 +60,6 @@ pub fn body_unreadable() -> Response {
             Value::from(message)
         ),
     }
-}
-
-fn valid_header_name(name: &str) -> bool {
-    !name.is_empty()
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
 impl RemoteAuthorizer {

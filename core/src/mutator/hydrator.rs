@@ -4,6 +4,7 @@
 //! after it. The subject may not change, and anything but a 200 is an error (500), as in
 //! Oathkeeper.
 
+use super::valid_header_name;
 use crate::authn::Caches;
 use crate::cache::{CacheKey, KeyScope};
 use crate::callout::{Callout, CalloutResponse, Endpoint};
@@ -359,13 +360,6 @@ struct AnswerUrl {
     RawPath: String,
     #[serde(default)]
     RawQuery: String,
-}
-
-fn valid_header_name(name: &str) -> bool {
-    !name.is_empty()
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
 /// `http.Header` JSON into pairs (lower-case names; `first_only` keeps one value per name, as
