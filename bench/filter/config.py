@@ -62,13 +62,13 @@ def jwt_authn(jwks_file, cache):
     return {"name": "envoy.filters.http.jwt_authn", "typed_config": config}
 
 
-def rule(rule_id, url, methods, host_header):
+def rule(rule_id, url, methods, host_header, authenticators=None):
     """A rule as deployed (Kyma's APIRule output, hand-written Oathkeeper rules alike): a `jwt`
     authenticator with its own issuer, audience and scope, and a templated `header` mutator."""
     return {
         "id": rule_id,
         "match": {"url": url, "methods": methods},
-        "authenticators": [{"handler": "jwt", "config": {
+        "authenticators": authenticators or [{"handler": "jwt", "config": {
             "trusted_issuers": [ISSUER],
             "target_audience": [AUDIENCE],
             "required_scope": ["read"],
@@ -92,6 +92,11 @@ def portcullis_config(jwks_port, nrules):
     ]
     rules.append(rule("bench", f"<http|https>://{BENCH_HOST}/api/<.*>", ["GET"],
                       "bench {{ print .Extra.client_id }}"))
+    # Variant g: a browser session checked against a session store (a static file here), with
+    # the opt-in cache warm: every measured request is a cache hit.
+    rules.append(rule("bench-session", f"<http|https>://{BENCH_HOST}/session/<.*>", ["GET"],
+                      "bench {{ print .Extra.client_id }}",
+                      [{"handler": "cookie_session", "config": {"cache": {"enabled": True, "ttl": "1h"}}}]))
     return {
         "access_rules": {"matching_strategy": "regexp"},
         "authenticators": {
@@ -104,7 +109,15 @@ def portcullis_config(jwks_port, nrules):
                     "allowed_algorithms": ["RS256"],
                     "scope_strategy": "exact",
                 },
-            }
+            },
+            "cookie_session": {
+                "enabled": True,
+                "config": {
+                    "check_session_url": f"{origin}/session.json",
+                    "preserve_path": True,
+                    "only": ["sid"],
+                },
+            },
         },
         "authorizers": {"allow": {"enabled": True}},
         "mutators": {"header": {"enabled": True, "config": {"headers": {"X-User": "{{ print .Subject }}"}}}},

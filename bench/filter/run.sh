@@ -7,6 +7,7 @@
 #   d jwt_cache       native jwt_authn with jwt_cache_config, same token every request
 #   e pc_hit          Portcullis, 100 rules, same RS256 token every request (cache hit)
 #   f pc_miss         Portcullis, a fresh RS256 token every request (cache miss)
+#   g pc_session      Portcullis, a cookie_session rule with its opt-in cache warm (same cookie)
 # Portcullis runs the configuration people deploy (config.py): rules in Kyma's shape
 # `<http|https>://HOST/path<...>` over literal hosts, each with a `jwt` authenticator checking
 # issuer, audience and scope and a templated `header` mutator. Every request carries
@@ -80,6 +81,7 @@ python3 -m http.server --bind 127.0.0.1 --directory "$TOKDIR" "$JWKS_PORT" >"$WO
 PIDS+=($!)
 
 cp "$TOKDIR/jwks.json" "$WORK/jwks.json"
+echo '{"subject": "bench", "extra": {"client_id": "bench"}}' >"$TOKDIR/session.json"
 FW=-; [ "$HAVE_FILTER" = 1 ] && FW=$FILTER_WASM
 
 free_ports() { # n -> n free loopback ports
@@ -153,28 +155,32 @@ for _ in $(seq 200); do
 done
 curl -sf "http://$(cat "$WORK/admin-address")/ready" >/dev/null || { tail -30 "$WORK/envoy.log"; exit 1; }
 
-declare -A PORT=([a]=${PORTS[0]} [b]=${PORTS[1]} [c]=${PORTS[2]} [d]=${PORTS[3]} [e]=${PORTS[4]} [f]=${PORTS[4]})
+declare -A PORT=([a]=${PORTS[0]} [b]=${PORTS[1]} [c]=${PORTS[2]} [d]=${PORTS[3]} [e]=${PORTS[4]} [f]=${PORTS[4]} [g]=${PORTS[4]})
 declare -A NAME=([a]="no filter" [b]="noop wasm" [c]="jwt_authn, no cache, fresh token" [d]="jwt_authn + jwt_cache_config"
-  [e]="portcullis, 100 rules, same token" [f]="portcullis, fresh token")
+  [e]="portcullis, 100 rules, same token" [f]="portcullis, fresh token"
+  [g]="portcullis, cookie_session cached")
+# The credential each variant sends (default: the bearer token).
+declare -A CRED=([g]="Cookie: sid=bench")
 declare -A FRESH=([c]=1 [f]=1)
 VARIANTS=(a b c d)
-[ "$HAVE_FILTER" = 1 ] && VARIANTS+=(e f)
+[ "$HAVE_FILTER" = 1 ] && VARIANTS+=(e f g)
 if [ -n "${BENCH_VARIANTS:-}" ]; then
   read -r -a VARIANTS <<<"$BENCH_VARIANTS"
 fi
 
 # Each variant must answer 200 with the token, and the authenticating ones 401 without it:
 # otherwise wrk would be timing error responses.
-url() { echo "http://127.0.0.1:${PORT[$1]}/api/resource"; }
+url() { if [ "$1" = g ]; then echo "http://127.0.0.1:${PORT[$1]}/session/resource"; else echo "http://127.0.0.1:${PORT[$1]}/api/resource"; fi; }
+cred() { echo "${CRED[$1]:-Authorization: Bearer $TOKEN}"; }
 OK_VARIANTS=()
 for v in "${VARIANTS[@]}"; do
   code=000
   for _ in $(seq 50); do # the first Portcullis request may wait for the JWKS
-    code=$(status -H "Authorization: Bearer $TOKEN" "$(url "$v")") && [ "$code" = 200 ] && break
+    code=$(status -H "$(cred "$v")" "$(url "$v")") && [ "$code" = 200 ] && break
     sleep 0.1
   done
   if [ "$code" != 200 ]; then log "SKIPPING $v (${NAME[$v]}): valid token got $code"; continue; fi
-  if [[ $v =~ [cdef] ]]; then
+  if [[ $v =~ [cdefg] ]]; then
     code=$(status "$(url "$v")")
     if [ "$code" != 401 ]; then log "SKIPPING $v (${NAME[$v]}): no token got $code, expected 401"; continue; fi
   fi
@@ -186,7 +192,7 @@ run_wrk() { # variant seconds -> requests/s (0 if any non-2xx answer)
   if [ -n "${FRESH[$v]:-}" ]; then
     out=$(TOKENS_FILE=$TOKDIR/tokens.txt wrk -t1 -c$CONNECTIONS -d"${secs}s" -s "$HERE/tokens.lua" "$(url "$v")")
   else
-    out=$(wrk -t1 -c$CONNECTIONS -d"${secs}s" -H "Host: $BENCH_HOST" -H "Authorization: Bearer $TOKEN" "$(url "$v")")
+    out=$(wrk -t1 -c$CONNECTIONS -d"${secs}s" -H "Host: $BENCH_HOST" -H "$(cred "$v")" "$(url "$v")")
   fi
   if grep -q 'Non-2xx' <<<"$out"; then
     log "$v: $(grep 'Non-2xx' <<<"$out")"
@@ -226,5 +232,7 @@ ratio "b/a noop wasm vs no filter" b a
 ratio "d/c jwt_authn cache vs no cache" d c
 ratio "e/b portcullis hit vs noop wasm" e b 0.9
 ratio "f/c portcullis miss vs jwt_authn" f c 0.9
+ratio "g/e cookie_session cached vs jwt cached" g e
+ratio "g/b cookie_session cached vs noop wasm" g b
 [ "$HAVE_FILTER" = 1 ] || echo "  (e, f skipped: no Portcullis filter module yet)"
 [ "$MEMORY" = 0 ] || memory_table
