@@ -99,6 +99,13 @@ fn rules(dead: &str) -> Value {
             json!([{"handler": "noop"}])
         ),
         rule(
+            "hydrator-down",
+            "/hydrator-down",
+            json!([anonymous()]),
+            allow(),
+            json!([{"handler": "hydrator", "config": {"api": {"url": dead}}}])
+        ),
+        rule(
             "plain",
             "/plain",
             json!([anonymous()]),
@@ -476,6 +483,7 @@ fn session_check_remote_and_hydrator_callouts() {
         let r = stack.get(&format!("/hydrated/{id}"), &[]);
         stack.expect(&r, 500, &format!("hydrator case {id}"));
     }
+    stack.expect(&stack.get("/hydrator-down", &[]), 500, "hydrator API down");
 
     // --- config errors: refused naming the rule and field; the last good config stays.
     let mut bad = cfg.clone();
