@@ -38,6 +38,8 @@ def wasm_filter(name, vm_id, path, configuration):
                     "value": configuration,
                 },
                 "failure_policy": "FAIL_CLOSED",
+                # As deployed: the filter may hold headers back while it reads a body.
+                "allow_on_headers_stop_iteration": True,
             },
         },
     }

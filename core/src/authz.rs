@@ -14,7 +14,7 @@ use serde::Deserialize;
 use std::collections::BTreeMap;
 
 mod remote;
-pub use remote::{RemoteAuthorizer, body_unreadable};
+pub use remote::{DEFAULT_MAX_BODY_BYTES, RemoteAuthorizer, body_not_received, body_too_large};
 
 const DEFAULT_REMOTE_TIMEOUT_MS: u64 = 1_000;
 
@@ -33,7 +33,7 @@ pub enum Authorizer {
     Allow,
     Deny,
     RemoteJson(Box<RemoteJson>),
-    /// Reads the request body: see [`Authorizer::reads_body`].
+    /// Needs the request body: see [`Authorizer::body_limit`].
     Remote(Box<RemoteAuthorizer>),
 }
 
@@ -158,9 +158,12 @@ impl Authorizer {
         }
     }
 
-    /// Whether this authorizer reads the request body.
-    pub fn reads_body(&self) -> bool {
-        matches!(self, Self::Remote(_))
+    /// The most body bytes this authorizer reads, when it reads the body at all.
+    pub fn body_limit(&self) -> Option<usize> {
+        match self {
+            Self::Remote(r) => Some(r.max_body_bytes),
+            _ => None,
+        }
     }
 
     pub(crate) fn reads_request_headers(&self) -> bool {

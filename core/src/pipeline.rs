@@ -50,9 +50,11 @@ pub enum Step<'e> {
         max_wait_ms: u64,
     },
     /// The rule's authorizer reads the request body: hand it to [`Evaluation::body_received`]
-    /// and call [`Evaluation::advance`] again, or refuse the request (see
-    /// [`crate::authz::body_unreadable`]).
-    WaitForBody,
+    /// once the stream has ended, then call [`Evaluation::advance`] again. A body longer than
+    /// `max_bytes` is refused by the host (see [`crate::authz::body_too_large`]).
+    WaitForBody {
+        max_bytes: usize,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -102,17 +104,13 @@ impl Evaluation {
         self.body = Some(body);
     }
 
-    /// Whether the matched rule reads the body and does not have it yet.
-    pub fn wants_body(&self, engine: &Engine) -> bool {
+    /// The most body bytes the matched rule reads, while it still needs them; `None` when the
+    /// rule does not read the body (or has it, or no rule matched yet).
+    pub fn wants_body(&self, engine: &Engine) -> Option<usize> {
         match self.stage {
-            Stage::Match | Stage::Finished => false,
-            _ => {
-                self.body.is_none()
-                    && engine
-                        .rules
-                        .get(self.rule)
-                        .is_some_and(|r| r.authorizer.reads_body())
-            }
+            Stage::Match | Stage::Finished => None,
+            _ if self.body.is_some() => None,
+            _ => engine.rules.get(self.rule)?.authorizer.body_limit(),
         }
     }
 
@@ -208,7 +206,11 @@ impl Evaluation {
                         }
                         AuthzStep::Deny(e) => return self.deny(engine, e),
                         AuthzStep::Callout(c) => return Step::Callout(c),
-                        AuthzStep::NeedBody => return Step::WaitForBody,
+                        AuthzStep::NeedBody => {
+                            return Step::WaitForBody {
+                                max_bytes: authorizer.body_limit().unwrap_or(0),
+                            };
+                        }
                     }
                 }
                 Stage::Mutate(i) => {

@@ -93,4 +93,12 @@ impl HttpContext for Stream {
         }
         vm::drive(self.id, engine, eval, true)
     }
+
+    fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        vm::on_request_body(self.id, Some(body_size), end_of_stream)
+    }
+
+    fn on_http_request_trailers(&mut self, _num_trailers: usize) -> Action {
+        vm::on_request_body(self.id, None, true)
+    }
 }

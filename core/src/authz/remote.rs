@@ -2,13 +2,12 @@
 //! with templated `headers`; 200 allows (copying `forward_response_headers_to_upstream`), 403
 //! denies, anything else is an error (500).
 //!
-//! It is the one handler that needs the request body, so the pipeline asks the host for it
-//! ([`crate::pipeline::Step::WaitForBody`]) and rules without it never wait. Envoy's proxy-wasm
-//! host cannot hand a filter the body before the request's headers have gone on to the next
-//! filter (it turns a paused `on_http_request_headers` into "stop all, watermark"), so the filter
-//! refuses a request that carries a body on such a rule ([`body_unreadable`]) rather than ask
-//! the authorizer without it: a policy that denies on the body's content must not see an empty
-//! one and allow.
+//! It is the one handler that needs the request body, so a rule using it makes the host buffer
+//! the body, up to `max_body_bytes` (a Portcullis setting; Oathkeeper reads bodies of any size).
+//! Rules without it never wait for the body. Envoy hands a Wasm filter the body of a request
+//! whose headers it holds back only with the plugin's `allow_on_headers_stop_iteration`; without
+//! it the body never comes and the host answers [`body_not_received`] instead of asking the
+//! authorizer without it (a policy that denies on the body must not see an empty one).
 
 use super::AuthzStep;
 use crate::callout::{Callout, CalloutResponse, Endpoint};
@@ -24,6 +23,11 @@ use std::collections::BTreeMap;
 
 /// Oathkeeper's `retry.give_up_after` default for `remote`.
 const DEFAULT_TIMEOUT_MS: u64 = 1_000;
+/// Bodies larger than this are refused with 413 when the rule says nothing: Envoy's default
+/// per-connection buffer limit, which caps what Envoy holds back for the filter anyway (past it
+/// Envoy itself answers 413), and small enough that a burst of uploads cannot exhaust the VM's
+/// memory (the body is copied into it).
+pub const DEFAULT_MAX_BODY_BYTES: usize = 1024 * 1024;
 
 #[derive(Debug)]
 pub struct RemoteAuthorizer {
@@ -33,6 +37,7 @@ pub struct RemoteAuthorizer {
     /// Headers of the authorizer's answer copied onto the upstream request (lower-case).
     pub forward_response_headers: Vec<String>,
     pub timeout_ms: u64,
+    pub max_body_bytes: usize,
 }
 
 #[derive(Debug, Deserialize)]
@@ -46,17 +51,37 @@ struct RemoteConfig {
     forward_response_headers_to_upstream: Vec<String>,
     #[serde(default)]
     retry: Option<RetryConfig>,
+    #[serde(default)]
+    max_body_bytes: Option<usize>,
 }
 
-/// The answer to a request with a body on a rule whose authorizer would read it, from a host
-/// that cannot read a body before releasing the request.
-pub fn body_unreadable() -> Response {
-    let message = "this rule's remote authorizer reads the request body, which the filter cannot read before the request is released: send the request without a body";
+/// The answer when a body is larger than the rule's remote authorizer accepts.
+pub fn body_too_large(limit: usize) -> Response {
+    let message = format!(
+        "the request body is larger than the {limit} bytes the remote authorizer of this rule accepts"
+    );
     Response {
         status: 413,
         headers: vec![("content-type".to_owned(), "application/json".to_owned())],
         body: format!(
-            "{{\"error\":{{\"code\":413,\"status\":\"Request Entity Too Large\",\"reason\":\"request_body_unreadable\",\"message\":{}}}}}",
+            "{{\"error\":{{\"code\":413,\"status\":\"Request Entity Too Large\",\"reason\":\"request_body_too_large\",\"message\":{}}}}}",
+            Value::from(message)
+        ),
+    }
+}
+
+/// The answer when no byte of a body the rule's remote authorizer reads arrived within
+/// `waited_ms` of the headers: a stalled client, or an Envoy that does not pass a Wasm filter
+/// the body of a request it holds back (`allow_on_headers_stop_iteration` unset).
+pub fn body_not_received(waited_ms: u64) -> Response {
+    let message = format!(
+        "no request body arrived within {waited_ms} ms; this rule's remote authorizer reads it (if this persists, the proxy's Wasm plugin config lacks allow_on_headers_stop_iteration: true)"
+    );
+    Response {
+        status: 408,
+        headers: vec![("content-type".to_owned(), "application/json".to_owned())],
+        body: format!(
+            "{{\"error\":{{\"code\":408,\"status\":\"Request Timeout\",\"reason\":\"request_body_not_received\",\"message\":{}}}}}",
             Value::from(message)
         ),
     }
@@ -98,6 +123,17 @@ impl RemoteAuthorizer {
         }
         let timeout_ms =
             RetryConfig::timeout_ms(c.retry.as_ref(), rule, field, DEFAULT_TIMEOUT_MS)?;
+        let max_body_bytes = match c.max_body_bytes {
+            None => DEFAULT_MAX_BODY_BYTES,
+            Some(0) => {
+                return Err(ConfigError::rule(
+                    rule,
+                    format!("{field}.config.max_body_bytes"),
+                    "must be at least 1",
+                ));
+            }
+            Some(n) => n,
+        };
         Ok(Self {
             endpoint,
             headers,
@@ -107,6 +143,7 @@ impl RemoteAuthorizer {
                 .map(|h| h.to_ascii_lowercase())
                 .collect(),
             timeout_ms,
+            max_body_bytes,
         })
     }
 

@@ -1036,7 +1036,7 @@ fn callout_handlers_engine() -> Engine {
                 "http://svc.local/r",
                 &["POST"],
                 json!([{"handler": "anonymous"}]),
-                json!({"handler": "remote"}),
+                json!({"handler": "remote", "config": {"max_body_bytes": 8}}),
                 json!([{"handler": "noop"}])
             ),
             rule(
@@ -1109,14 +1109,13 @@ fn remote_waits_for_the_body_and_posts_it() {
     let e = callout_handlers_engine();
     let (mut h, mut c) = (TestHost::new(), Caches::new(16));
     let mut ev = Evaluation::new(request("POST", "/r", &[("content-type", "text/plain")]));
-    assert!(!ev.wants_body(&e), "no rule matched yet");
     match run(&e, &mut ev, &mut h, &mut c) {
-        Step::WaitForBody => {}
+        Step::WaitForBody { max_bytes } => assert_eq!(max_bytes, 8),
         other => panic!("{other:?}"),
     }
-    assert!(ev.wants_body(&e));
+    assert_eq!(ev.wants_body(&e), Some(8));
     ev.body_received(b"payload".to_vec());
-    assert!(!ev.wants_body(&e));
+    assert_eq!(ev.wants_body(&e), None);
     let call = callout_of(run(&e, &mut ev, &mut h, &mut c));
     assert_eq!(
         (call.endpoint.path.as_str(), call.body.as_slice()),
@@ -1131,7 +1130,7 @@ fn remote_waits_for_the_body_and_posts_it() {
     // Rules without `remote` never ask for the body.
     let mut ev = Evaluation::new(request("GET", "/s", &[("cookie", "sid=x")]));
     callout_of(run(&e, &mut ev, &mut h, &mut c));
-    assert!(!ev.wants_body(&e));
+    assert_eq!(ev.wants_body(&e), None);
 }
 
 #[test]

@@ -21,6 +21,7 @@ fn posts_body_content_type_and_rendered_headers() {
         "headers": {"X-Subject": "{{ print .Subject }}", "X-Empty": "{{ print .Extra.none }}"},
     }))
     .unwrap();
+    assert_eq!(a.max_body_bytes, DEFAULT_MAX_BODY_BYTES);
     let req = Request::new(
         "PUT",
         "http",
@@ -84,6 +85,10 @@ fn config_is_checked() {
         (json!({"remote": "file:///x"}), "authorizer.config.remote"),
         (json!({"remote": "http://a/", "unknown": 1}), "unknown"),
         (
+            json!({"remote": "http://a/", "max_body_bytes": 0}),
+            "authorizer.config.max_body_bytes",
+        ),
+        (
             json!({"remote": "http://a/", "headers": {"Bad Name": "x"}}),
             "authorizer.config.headers.Bad Name",
         ),
@@ -99,9 +104,25 @@ fn config_is_checked() {
         let e = compile(cfg.clone()).unwrap_err().to_string();
         assert!(e.contains(field), "{cfg}: {e}");
     }
-    let r = body_unreadable();
+    assert_eq!(
+        compile(json!({"remote": "http://a/", "max_body_bytes": 10}))
+            .unwrap()
+            .max_body_bytes,
+        10
+    );
+    let r = body_too_large(10);
     assert_eq!(r.status, 413);
     let v: Value = serde_json::from_str(&r.body).unwrap();
     assert_eq!(v["error"]["code"], 413);
-    assert_eq!(v["error"]["reason"], "request_body_unreadable");
+    assert_eq!(v["error"]["reason"], "request_body_too_large");
+    let r = body_not_received(10_000);
+    assert_eq!(r.status, 408);
+    let v: Value = serde_json::from_str(&r.body).unwrap();
+    assert_eq!(v["error"]["reason"], "request_body_not_received");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("allow_on_headers_stop_iteration")
+    );
 }
