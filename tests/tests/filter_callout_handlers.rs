@@ -16,6 +16,8 @@ use serde_json::{Value, json};
 const SCRIPTED: &str = "scripted";
 /// A cluster whose endpoint accepts no connections.
 const DEAD: &str = "dead";
+/// The `remote` rule's `max_body_bytes`.
+const BODY_BOUND: usize = 64 * 1024;
 
 fn header(headers: Value) -> Value {
     json!({"handler": "header", "config": {"headers": headers}})
@@ -87,7 +89,8 @@ fn rules(dead: &str) -> Value {
                     "X-Nothing": "{{ print .Extra.none }}",
                     "X-Decision": "{{ .MatchContext.Header.Get \"X-Decision\" }}"
                 },
-                "forward_response_headers_to_upstream": ["X-Authz-Id"]
+                "forward_response_headers_to_upstream": ["X-Authz-Id"],
+                "max_body_bytes": BODY_BOUND
             }}),
             json!([{"handler": "noop"}])
         ),
@@ -401,24 +404,96 @@ fn session_check_remote_and_hydrator_callouts() {
         &[("x-decision", "allow")],
     );
     assert_eq!(status, 200, "{text}");
-    // A body the filter cannot read before releasing the request: refused, nobody asked.
+
+    // --- remote with a body: the headers wait while the filter reads it, the authorizer gets
+    // exactly the client's body and content type, and only then does the request go on.
     scripted.clear();
-    for size in [5, 200_000] {
-        let (status, text) = post(
-            &stack,
-            "/remote/doc",
-            vec![b'x'; size],
-            &[("x-decision", "allow")],
-        );
-        assert_eq!(status, 413, "{size}: {text}");
-        assert!(text.contains("request_body_unreadable"), "{text}");
-    }
-    assert_eq!(scripted.hits("/authz"), 0);
-    // A rule without `remote` never touches the body: it streams to the workload.
-    let (status, text) = post(&stack, "/plain", vec![b'y'; 300_000], &[]);
-    assert_eq!(status, 200);
+    let doc = r#"{"doc":"a","tags":["x","y"],"n":1}"#;
+    let (status, text) = post(
+        &stack,
+        "/remote/with-body",
+        doc.into(),
+        &[("x-decision", "allow"), ("content-type", "application/json")],
+    );
+    assert_eq!(status, 200, "{text}");
     let echo: portcullis_e2e::Echo = serde_json::from_str(&text).unwrap();
-    assert_eq!(echo.body.len(), 300_000);
+    assert_eq!(echo.body, doc, "the upstream got the body");
+    assert_eq!(echo.header("x-authz-id"), Some("7"));
+    let calls = scripted.requests("/authz");
+    assert_eq!(calls.len(), 1);
+    assert_eq!(calls[0].body, doc, "the authorizer got exactly the body");
+    assert_eq!(calls[0].header("content-type"), Some("application/json"));
+    assert_eq!(calls[0].method, "POST");
+
+    // Denied: the upstream never saw the request, body or not.
+    let (status, text) = post(
+        &stack,
+        "/remote/denied",
+        doc.into(),
+        &[("x-decision", "deny"), ("content-type", "application/json")],
+    );
+    assert_eq!(status, 403, "{text}");
+    assert_eq!(scripted.requests("/authz")[1].body, doc);
+    assert!(stack.upstream.requests("/remote/denied").is_empty());
+
+    // A chunked body arriving in pieces is read whole before anyone is asked.
+    let pieces: [&[u8]; 4] = [b"{\"part\":", b"\"one\",", b"\"two\":", b"[1,2,3]}"];
+    let head = "PUT /remote/chunked HTTP/1.1\r\nhost: localhost\r\nx-decision: allow\r\ncontent-type: application/json";
+    let r = portcullis_e2e::raw::http1_chunked(stack.envoy.port(), head, &pieces);
+    assert_eq!(r.status, 200, "{}", r.body);
+    let whole = pieces.concat();
+    assert_eq!(scripted.requests("/authz")[2].body.as_bytes(), whole);
+    let seen = stack.upstream.requests("/remote/chunked");
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].body.as_bytes(), whole, "the upstream got every piece");
+    let r = portcullis_e2e::raw::http1_chunked(
+        stack.envoy.port(),
+        &head.replace("/remote/chunked", "/remote/chunked-denied")
+            .replace("x-decision: allow", "x-decision: deny"),
+        &pieces,
+    );
+    assert_eq!(r.status, 403, "{}", r.body);
+    assert!(stack.upstream.requests("/remote/chunked-denied").is_empty());
+    assert_eq!(scripted.hits("/authz"), 4);
+
+    // Past the rule's bound: 413, nobody asked, nothing forwarded; at the bound: read.
+    scripted.clear();
+    let (status, text) = post(
+        &stack,
+        "/remote/too-large",
+        vec![b'x'; BODY_BOUND + 1],
+        &[("x-decision", "allow")],
+    );
+    assert_eq!(status, 413, "{text}");
+    let v: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(v["error"]["reason"], "request_body_too_large", "{text}");
+    let too_many: Vec<Vec<u8>> = (0..9).map(|_| vec![b'y'; BODY_BOUND / 8]).collect();
+    let too_many: Vec<&[u8]> = too_many.iter().map(Vec::as_slice).collect();
+    let r = portcullis_e2e::raw::http1_chunked(
+        stack.envoy.port(),
+        "POST /remote/too-large HTTP/1.1\r\nhost: localhost\r\nx-decision: allow",
+        &too_many,
+    );
+    assert_eq!(r.status, 413, "chunked past the bound: {}", r.body);
+    assert_eq!(scripted.hits("/authz"), 0);
+    assert!(stack.upstream.requests("/remote/too-large").is_empty());
+    let (status, text) = post(
+        &stack,
+        "/remote/at-bound",
+        vec![b'x'; BODY_BOUND],
+        &[("x-decision", "allow")],
+    );
+    assert_eq!(status, 200, "{text}");
+    assert_eq!(scripted.requests("/authz")[0].body.len(), BODY_BOUND);
+
+    // A rule without `remote` never holds the body: one larger than Envoy's buffer limit
+    // (1 MiB, past which a held body is refused with 413) streams to the workload (whose own
+    // limit is 2 MB).
+    let big = 1536 * 1024;
+    let (status, text) = post(&stack, "/plain", vec![b'y'; big], &[]);
+    assert_eq!(status, 200, "{text}");
+    let echo: portcullis_e2e::Echo = serde_json::from_str(&text).unwrap();
+    assert_eq!(echo.body.len(), big);
 
     // --- hydrator: the session goes out in Oathkeeper's shape, the answer replaces it.
     scripted.on("/hydrate", |r| {
