@@ -656,3 +656,58 @@ fn a_pending_decision_holds_the_body_back() {
     );
     assert_eq!(scripted.hits("/slow-authz"), 1);
 }
+
+/// Without the plugin's `allow_on_headers_stop_iteration` Envoy never hands the filter the body
+/// of a request whose headers it holds back: a `remote` rule then refuses a request with a body
+/// (408 once no byte came within the filter's 10 s), asking nobody and forwarding nothing,
+/// while bodiless requests are still authorized.
+#[test]
+fn without_the_stop_iteration_knob_a_body_is_never_authorized_blind() {
+    let scripted = Scripted::start();
+    scripted.on("/authz", |_| Answer::json(200, json!({})));
+    let dir = tempfile::tempdir().unwrap();
+    let ecds = dir.path().join("filter.json");
+    let stack = Stack::start_custom(
+        |auth| {
+            let mut c = config(
+                auth,
+                json!([rule(
+                    "remote",
+                    "/remote/<.*>",
+                    json!([{"handler": "anonymous"}]),
+                    json!({"handler": "remote", "config": {"remote": scripted.url("/authz")}}),
+                    json!([{"handler": "noop"}])
+                )]),
+            );
+            c["authorizers"]["remote"] = json!({"enabled": true});
+            c["clusters"][scripted.origin()] = json!(SCRIPTED);
+            let mut resource = portcullis_e2e::envoy::ecds_resource(
+                &portcullis_e2e::paths::filter_wasm(),
+                &c.to_string(),
+            );
+            let plugin = &mut resource["resources"][0]["typed_config"]["config"];
+            assert!(
+                plugin
+                    .as_object_mut()
+                    .unwrap()
+                    .remove("allow_on_headers_stop_iteration")
+                    .is_some(),
+                "the harness sets the knob"
+            );
+            std::fs::write(&ecds, resource.to_string()).unwrap();
+            c
+        },
+        |b| b.cluster(SCRIPTED, scripted.port()).ecds_file(&ecds),
+    );
+    stack.expect(
+        &stack.get("/remote/no-body", &[]),
+        200,
+        "a request without a body",
+    );
+    let (status, text) = post(&stack, "/remote/with-body", b"{\"a\":1}".to_vec(), &[]);
+    assert_eq!(status, 408, "{text}");
+    let v: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(v["error"]["reason"], "request_body_not_received", "{text}");
+    assert_eq!(scripted.hits("/authz"), 1, "only the bodiless request was asked");
+    assert!(stack.upstream.requests("/remote/with-body").is_empty());
+}
