@@ -40,7 +40,9 @@ enum Waiting {
     Callout,
     /// The rule's authorizer reads the body, which is still arriving; `deadline_ms` until its
     /// first byte arrives.
-    Body { deadline_ms: Option<u64> },
+    Body {
+        deadline_ms: Option<u64>,
+    },
 }
 
 struct Pending {

@@ -41,9 +41,7 @@ pub struct Upstream {
 impl Upstream {
     pub fn start() -> Self {
         let seen = Seen::default();
-        let router = axum::Router::new()
-            .fallback(echo)
-            .with_state(seen.clone());
+        let router = axum::Router::new().fallback(echo).with_state(seen.clone());
         let server = ServerHandle::serve(router, 0).expect("starting the echo upstream");
         Self { server, seen }
     }

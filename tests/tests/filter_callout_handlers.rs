@@ -413,7 +413,10 @@ fn session_check_remote_and_hydrator_callouts() {
         &stack,
         "/remote/with-body",
         doc.into(),
-        &[("x-decision", "allow"), ("content-type", "application/json")],
+        &[
+            ("x-decision", "allow"),
+            ("content-type", "application/json"),
+        ],
     );
     assert_eq!(status, 200, "{text}");
     let echo: portcullis_e2e::Echo = serde_json::from_str(&text).unwrap();
@@ -445,10 +448,15 @@ fn session_check_remote_and_hydrator_callouts() {
     assert_eq!(scripted.requests("/authz")[2].body.as_bytes(), whole);
     let seen = stack.upstream.requests("/remote/chunked");
     assert_eq!(seen.len(), 1);
-    assert_eq!(seen[0].body.as_bytes(), whole, "the upstream got every piece");
+    assert_eq!(
+        seen[0].body.as_bytes(),
+        whole,
+        "the upstream got every piece"
+    );
     let r = portcullis_e2e::raw::http1_chunked(
         stack.envoy.port(),
-        &head.replace("/remote/chunked", "/remote/chunked-denied")
+        &head
+            .replace("/remote/chunked", "/remote/chunked-denied")
             .replace("x-decision: allow", "x-decision: deny"),
         &pieces,
     );
@@ -708,6 +716,10 @@ fn without_the_stop_iteration_knob_a_body_is_never_authorized_blind() {
     assert_eq!(status, 408, "{text}");
     let v: Value = serde_json::from_str(&text).unwrap();
     assert_eq!(v["error"]["reason"], "request_body_not_received", "{text}");
-    assert_eq!(scripted.hits("/authz"), 1, "only the bodiless request was asked");
+    assert_eq!(
+        scripted.hits("/authz"),
+        1,
+        "only the bodiless request was asked"
+    );
     assert!(stack.upstream.requests("/remote/with-body").is_empty());
 }

@@ -524,8 +524,7 @@ fn envoy_filter_output_inserts_the_wasm_filter_before_the_router() {
     assert_eq!(vm["code"]["remote"]["sha256"], o.module_sha256);
     assert_eq!(tc["config"]["failure_policy"], "FAIL_CLOSED");
     assert_eq!(
-        tc["config"]["allow_on_headers_stop_iteration"],
-        true,
+        tc["config"]["allow_on_headers_stop_iteration"], true,
         "remote authorizers need the body before the headers go on"
     );
     let conf = &tc["config"]["configuration"];
