@@ -107,11 +107,7 @@ pub fn drive(ctx: u32, engine: Rc<Engine>, mut eval: Evaluation, own: bool) -> A
     }
     let effect = with_vm(|vm| step(vm, ctx, engine, &mut eval)).unwrap_or_else(|| {
         warn!("portcullis: VM state busy while driving request {ctx}: denying");
-        Effect::Respond(Response {
-            status: 500,
-            headers: vec![("content-type".into(), "application/json".into())],
-            body: r#"{"error":{"code":500,"status":"Internal Server Error","message":"An internal server error occurred, please contact the system administrator"}}"#.into(),
-        })
+        Effect::Respond(internal_error())
     });
     match effect {
         Effect::Continue if own => Action::Continue,
@@ -124,6 +120,14 @@ pub fn drive(ctx: u32, engine: Rc<Engine>, mut eval: Evaluation, own: bool) -> A
             Action::Pause
         }
         Effect::Pause => Action::Pause,
+    }
+}
+
+fn internal_error() -> Response {
+    Response {
+        status: 500,
+        headers: vec![("content-type".into(), "application/json".into())],
+        body: r#"{"error":{"code":500,"status":"Internal Server Error","message":"An internal server error occurred, please contact the system administrator"}}"#.into(),
     }
 }
 
@@ -260,6 +264,8 @@ enum BodyEffect {
     /// The decision is pending: Envoy keeps the body until it is made.
     Hold,
     TooLarge(usize),
+    /// Envoy would not hand over the body it holds: refuse rather than authorize another one.
+    Unreadable,
     /// The body was what the evaluation waited for.
     Resume(Box<Pending>),
 }
@@ -291,10 +297,18 @@ pub fn on_request_body(ctx: u32, body_size: Option<usize>, end_of_stream: bool) 
             return BodyEffect::Hold;
         }
         let read = body_size.unwrap_or(limit.saturating_add(1));
-        let body = hostcalls::get_buffer(BufferType::HttpRequestBody, 0, read)
-            .ok()
-            .flatten()
-            .unwrap_or_default();
+        let body = match hostcalls::get_buffer(BufferType::HttpRequestBody, 0, read) {
+            Ok(body) => body.unwrap_or_default(),
+            Err(_) => {
+                vm.pending.remove(&ctx);
+                return BodyEffect::Unreadable;
+            }
+        };
+        // The authorizer must judge the very body the upstream gets, not a part of it.
+        if body_size.is_some_and(|n| body.len() != n) {
+            vm.pending.remove(&ctx);
+            return BodyEffect::Unreadable;
+        }
         if body.len() > limit {
             vm.pending.remove(&ctx);
             return BodyEffect::TooLarge(limit);
@@ -319,6 +333,15 @@ pub fn on_request_body(ctx: u32, body_size: Option<usize>, end_of_stream: bool) 
                 vm.metrics.count("denied_request_body_too_large", 1);
             });
             respond(&portcullis_core::authz::body_too_large(limit));
+            Action::Pause
+        }
+        BodyEffect::Unreadable => {
+            warn!("portcullis: request {ctx}: the request body could not be read");
+            with_vm(|vm| {
+                vm.metrics.count("requests_denied", 1);
+                vm.metrics.count("denied_request_body_unreadable", 1);
+            });
+            respond(&internal_error());
             Action::Pause
         }
         BodyEffect::Resume(p) => {
