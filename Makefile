@@ -82,8 +82,9 @@ bench-filter: wasm-noop envoy
 	$(MAKE) --no-print-directory bench-edit
 
 # Rule edit -> new decision in a running Envoy, manifests mode: median of 20 edits (issue 13).
+# The harness builds the control plane itself, as the end-to-end tests do (same features).
 bench-edit: wasm envoy
-	cargo build -q -p portcullis -p portcullis-e2e --bin edit_latency
+	cargo build -q -p portcullis-e2e --bin edit_latency
 	$(ROOT)/target/debug/edit_latency 20
 
 # The policy core's cache-hit path alone: natively, then as wasm in V8 (Node.js, installed from
