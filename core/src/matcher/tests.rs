@@ -551,17 +551,32 @@ fn glob_scheme_choice_rules_are_indexed_by_host() {
     assert_eq!(cands("https://other.example.com/api/x"), [1]);
     assert!(cands("https://svc.example.com.evil/api/x").is_empty());
     let find = |url| index.find("GET", url);
-    assert!(matches!(find("https://svc.example.com/api/x/y"), Lookup::Matched { rule: 0, .. }));
-    assert!(matches!(find("http://other.example.com/api/x"), Lookup::Matched { rule: 1, .. }));
+    assert!(matches!(
+        find("https://svc.example.com/api/x/y"),
+        Lookup::Matched { rule: 0, .. }
+    ));
+    assert!(matches!(
+        find("http://other.example.com/api/x"),
+        Lookup::Matched { rule: 1, .. }
+    ));
     // `*` stops at a separator, whatever the index found.
     assert_eq!(find("http://other.example.com/api/x/y"), Lookup::NoMatch);
     assert_eq!(find("ftp://svc.example.com/api/x"), Lookup::NoMatch);
     assert_eq!(find("httpx://svc.example.com/api/x"), Lookup::NoMatch);
     assert_eq!(find("https://svc.example.com.evil/api/x"), Lookup::NoMatch);
-    assert!(matches!(find("ftp://svc.example.com/files/a"), Lookup::Matched { rule: 2, .. }));
-    assert!(matches!(find("https://localhost/any/a/b"), Lookup::Matched { rule: 3, .. }));
+    assert!(matches!(
+        find("ftp://svc.example.com/files/a"),
+        Lookup::Matched { rule: 2, .. }
+    ));
+    assert!(matches!(
+        find("https://localhost/any/a/b"),
+        Lookup::Matched { rule: 3, .. }
+    ));
     // A scheme section that merely starts like a choice is not one.
-    let p = UrlPattern::compile("<{http,https}x>://svc.example.com/a", MatchingStrategy::Glob);
+    let p = UrlPattern::compile(
+        "<{http,https}x>://svc.example.com/a",
+        MatchingStrategy::Glob,
+    );
     assert_eq!(p.unwrap().scheme_choice_prefixes(), None);
 }
 

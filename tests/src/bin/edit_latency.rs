@@ -87,11 +87,19 @@ fn main() -> Result<()> {
 
     let mut times = Vec::with_capacity(edits);
     for i in 0..edits {
-        let (authorizer, want) = if i % 2 == 0 { ("deny", 403) } else { ("allow", 200) };
+        let (authorizer, want) = if i % 2 == 0 {
+            ("deny", 403)
+        } else {
+            ("allow", 200)
+        };
         write(dir, authorizer)?;
         let took = until(&client, &envoy, want)
             .with_context(|| format!("edit {}: {}", i + 1, envoy.log_tail(20)))?;
-        println!("edit {:2} -> {authorizer:5}: {:6.0} ms", i + 1, took.as_secs_f64() * 1e3);
+        println!(
+            "edit {:2} -> {authorizer:5}: {:6.0} ms",
+            i + 1,
+            took.as_secs_f64() * 1e3
+        );
         times.push(took);
     }
     times.sort();
