@@ -7,6 +7,8 @@ one of which matches the benchmark request.
 usage: config.py OUT_DIR ADMIN_ADDR_PATH JWKS_PORT NOOP_WASM FILTER_WASM|- PORT_a PORT_b ...
 Ports are given in the order of VARIANTS below; FILTER_WASM '-' omits the Portcullis listener.
 BENCH_ONLY=<variant> writes a bootstrap with that variant's listener alone (memory table).
+BENCH_SCALING=1 writes one Portcullis listener per rule shape and count instead (ports in the
+order of scaling_listeners(): kyma-1, kyma-1000, literal-1, ...).
 """
 import json
 import os
@@ -83,16 +85,29 @@ def rule(rule_id, url, methods, host_header, authenticators=None):
     }
 
 
-def portcullis_config(jwks_port, nrules):
-    """`nrules` rules in Kyma's shape, `<http|https>://HOST/path<...>`, over 50 literal hosts;
-    the last one matches the benchmark request (Host BENCH_HOST, path BENCH_PATH)."""
+# The rule shapes deployed rule sets use (issue 13): URL pattern for (host, path prefix), and
+# the matching strategy (str.format templates: `{{` is a literal brace). Kyma's APIRules compile
+# to the first.
+SHAPES = {
+    "kyma": ("<http|https>://{host}{path}/<.*>", "regexp"),
+    "literal": ("http://{host}{path}/<.*>", "regexp"),
+    "anyhost": ("<http|https>://<[^/]+>{path}/<.*>", "regexp"),
+    "glob": ("<{{http,https}}>://{host}{path}/<**>", "glob"),
+}
+
+
+def portcullis_config(jwks_port, nrules, shape="kyma"):
+    """`nrules` rules of `shape` (default Kyma's, `<http|https>://HOST/path<...>`) over 50
+    literal hosts; the last one matches the benchmark request (Host BENCH_HOST, path
+    BENCH_PATH), so a request runs past every other candidate."""
     origin = f"http://127.0.0.1:{jwks_port}"
+    url, strategy = SHAPES[shape]
     rules = [
-        rule(f"svc-{i:04}", f"<http|https>://svc-{i % 50:02}.shop.svc.cluster.local/v{i}/<.*>",
+        rule(f"svc-{i:04}", url.format(host=f"svc-{i % 50:02}.shop.svc.cluster.local", path=f"/v{i}"),
              ["GET", "POST"], f"svc-{i % 50:02} {{{{ print .Extra.client_id }}}}")
         for i in range(nrules - 1)
     ]
-    rules.append(rule("bench", f"<http|https>://{BENCH_HOST}/api/<.*>", ["GET"],
+    rules.append(rule("bench", url.format(host=BENCH_HOST, path="/api"), ["GET"],
                       "bench {{ print .Extra.client_id }}"))
     # Variant g: a browser session checked against a session store (a static file here), with
     # the opt-in cache warm: every measured request is a cache hit.
@@ -100,7 +115,7 @@ def portcullis_config(jwks_port, nrules):
                       "bench {{ print .Extra.client_id }}",
                       [{"handler": "cookie_session", "config": {"cache": {"enabled": True, "ttl": "1h"}}}]))
     return {
-        "access_rules": {"matching_strategy": "regexp"},
+        "access_rules": {"matching_strategy": strategy},
         "authenticators": {
             "jwt": {
                 "enabled": True,
@@ -127,6 +142,16 @@ def portcullis_config(jwks_port, nrules):
         "rules": rules,
         "clusters": {origin: "jwks"},
     }
+
+
+def scaling_listeners(jwks_port):
+    """(name, Portcullis config) for every shape with 1 and with SCALING_RULES rules: the
+    1,000 ÷ 1 rules figures of `make bench-filter`."""
+    return [
+        (f"{shape}-{n}", portcullis_config(jwks_port, n, shape))
+        for shape in SHAPES
+        for n in (1, int(os.environ.get("SCALING_RULES", "1000")))
+    ]
 
 
 def listener(name, port, filters):
@@ -173,6 +198,12 @@ def main():
         for name, port in zip(VARIANTS, ports)
         if not (name == "portcullis" and filter_wasm == "-") and only in (None, name)
     ]
+    if os.environ.get("BENCH_SCALING"):
+        # One listener per (shape, rule count), in the order of scaling_listeners(): the ports.
+        listeners = [
+            listener(name, port, [wasm_filter(name, "portcullis", filter_wasm, json.dumps(config))])
+            for (name, config), port in zip(scaling_listeners(int(jwks_port)), ports)
+        ]
     bootstrap = {
         "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}}},
         "static_resources": {

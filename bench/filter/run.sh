@@ -16,6 +16,8 @@
 # Then a memory table (issue 13): Envoy's RSS with 2 workers after 200 requests, one Envoy per
 # row: no filter, the no-op module, Portcullis with 100 and with 1,000 rules (BENCH_MEMORY_RULES,
 # default "100 1000"). BENCH_MEMORY=0 skips it; BENCH_MEMORY=only runs nothing else.
+# Between them, 1,000 ÷ 1 rules for each rule shape (Kyma's, host-literal, any host, glob; target
+# >= 0.9): BENCH_SCALING=0 skips it, BENCH_SCALING=only runs nothing else; SCALING_RULES (1000).
 # Knobs: BENCH_DURATION (s, default 5), BENCH_ROUNDS (default 3), BENCH_VARIANTS (e.g. "b e" to
 # compare only those; default all), BENCH_TOKENS (default 12000;
 # must exceed the filter's verified-token cache capacity, 10,000 per worker, for f to measure
@@ -140,8 +142,65 @@ memory_table() {
   done
 }
 
+# 1,000 ÷ 1 rules for each rule shape (issue 13), side by side in one Envoy with 1 worker: one
+# listener per (shape, rule count), the matching rule last, wrk alternating, median of ROUNDS.
+scaling_table() {
+  local dir=$WORK/scaling n=${SCALING_RULES:-1000} pid code shape k r rps
+  local -a shapes=(kyma literal anyhost glob) names=() sp
+  local -A port=() res=()
+  [ "$HAVE_FILTER" = 1 ] || { echo "(rule-shape scaling skipped: no filter module)"; return 0; }
+  mkdir -p "$dir"
+  read -r -a sp <<<"$(free_ports $((2 * ${#shapes[@]})))"
+  for shape in "${shapes[@]}"; do names+=("$shape-1" "$shape-$n"); done
+  for k in "${!names[@]}"; do port[${names[$k]}]=${sp[$k]}; done
+  BENCH_SCALING=1 SCALING_RULES=$n python3 "$HERE/config.py" "$dir" - "$JWKS_PORT" "$NOOP_WASM" "$FW" "${sp[@]}"
+  rm -f "$dir/admin-address"
+  "$ENVOY" -c "$dir/envoy.yaml" --concurrency 1 -l warning --use-dynamic-base-id \
+    --admin-address-path "$dir/admin-address" >"$dir/envoy.log" 2>&1 &
+  pid=$!
+  for k in "${names[@]}"; do # ready, and each configuration has fetched the JWKS
+    for _ in $(seq 300); do
+      code=$(status -H "Authorization: Bearer $TOKEN" "http://127.0.0.1:${port[$k]}/api/resource" || true)
+      [ "$code" = 200 ] && break
+      sleep 0.1
+    done
+    [ "$code" = 200 ] || { log "scaling $k: got $code, not 200"; tail -5 "$dir/envoy.log" >&2; kill "$pid"; return 0; }
+  done
+  wrk_rps() { # listener seconds -> req/s (0 on any non-2xx)
+    local out
+    out=$(wrk -t1 -c$CONNECTIONS -d"$2s" -H "Host: $BENCH_HOST" -H "Authorization: Bearer $TOKEN" \
+      "http://127.0.0.1:${port[$1]}/api/resource")
+    if grep -q 'Non-2xx' <<<"$out"; then log "$1: $(grep 'Non-2xx' <<<"$out")"; echo 0; return; fi
+    awk '/Requests\/sec/ {printf "%d", $2}' <<<"$out"
+  }
+  for k in "${names[@]}"; do wrk_rps "$k" 1 >/dev/null; done
+  for r in $(seq "$ROUNDS"); do
+    for k in "${names[@]}"; do
+      rps=$(wrk_rps "$k" "$DURATION")
+      res[$k]+="$rps "
+      log "scaling round $r/$ROUNDS $k rules: $rps req/s"
+    done
+  done
+  kill "$pid"; wait "$pid" 2>/dev/null || true
+  echo
+  echo "Rules 1 vs $n by shape (cache hit, 1 worker, the matching rule last), median req/s"
+  for shape in "${shapes[@]}"; do
+    local one many
+    one=$(median <<<"${res[$shape-1]}"); many=$(median <<<"${res[$shape-$n]}")
+    awk -v s="$shape" -v a="$one" -v b="$many" -v n="$n" 'BEGIN {
+      r = (a > 0 ? b / a : 0)
+      printf "  %-10s 1 rule %8d   %d rules %8d   ratio %.2f   (target >= 0.9: %s)\n", s, a, n, b, r, (r >= 0.9 ? "met" : "MISSED") }'
+  done
+}
+
+median() { tr ' ' '\n' | grep -v '^$' | sort -n | awk '{a[NR]=$1} END {if (NR%2) print a[(NR+1)/2]; else printf "%d\n", (a[NR/2]+a[NR/2+1])/2}'; }
+
 if [ "$MEMORY" = only ]; then
   memory_table
+  exit 0
+fi
+if [ "${BENCH_SCALING:-1}" = only ]; then
+  scaling_table
   exit 0
 fi
 python3 "$HERE/config.py" "$WORK" "$WORK/admin-address" "$JWKS_PORT" "$NOOP_WASM" "$FW" "${PORTS[@]:0:5}"
@@ -214,7 +273,6 @@ for r in $(seq "$ROUNDS"); do
   done
 done
 
-median() { tr ' ' '\n' | grep -v '^$' | sort -n | awk '{a[NR]=$1} END {if (NR%2) print a[(NR+1)/2]; else printf "%d\n", (a[NR/2]+a[NR/2+1])/2}'; }
 declare -A MED
 echo
 echo "Envoy $("$ENVOY" --version | grep -o '[0-9]*\.[0-9]*\.[0-9]*' | head -1), 1 worker, wrk -t1 -c$CONNECTIONS, ${DURATION}s x $ROUNDS rounds, median req/s"
@@ -235,4 +293,5 @@ ratio "f/c portcullis miss vs jwt_authn" f c 0.9
 ratio "g/e cookie_session cached vs jwt cached" g e
 ratio "g/b cookie_session cached vs noop wasm" g b
 [ "$HAVE_FILTER" = 1 ] || echo "  (e, f skipped: no Portcullis filter module yet)"
+[ "${BENCH_SCALING:-1}" = 0 ] || scaling_table
 [ "$MEMORY" = 0 ] || memory_table
