@@ -12,6 +12,7 @@ use crate::host::Host;
 use crate::matcher::Lookup;
 use crate::request::Request;
 use crate::session::{Session, method_name};
+use crate::trace::Observer;
 use crate::url::{canonical_path, check_host, match_target, push_origin};
 use std::sync::Arc;
 
@@ -62,8 +63,11 @@ enum Stage {
 /// The evaluation of one request. Owns the request so that it can be resumed later; holds no
 /// reference to the engine, so a config reload mid-request is harmless (the host keeps the
 /// engine the request started with).
+///
+/// `O` watches the evaluation's steps for the rule tester's trace; the filter's `()` observes
+/// nothing and compiles to the same code as no observer at all.
 #[derive(Debug)]
-pub struct Evaluation {
+pub struct Evaluation<O: Observer = ()> {
     req: Request,
     rule: usize,
     stage: Stage,
@@ -72,10 +76,18 @@ pub struct Evaluation {
     /// The answer to the last callout, consumed by the stage that asked for it.
     response: Option<Option<CalloutResponse>>,
     forward: Vec<(String, String)>,
+    observer: O,
 }
 
 impl Evaluation {
     pub fn new(req: Request) -> Self {
+        Self::observed(req, ())
+    }
+}
+
+impl<O: Observer> Evaluation<O> {
+    /// An evaluation that reports each step to `observer`.
+    pub fn observed(req: Request, observer: O) -> Self {
         Self {
             req,
             rule: 0,
@@ -84,7 +96,16 @@ impl Evaluation {
             keys_timed_out: false,
             response: None,
             forward: Vec::new(),
+            observer,
         }
+    }
+
+    pub fn observer(&self) -> &O {
+        &self.observer
+    }
+
+    pub fn observer_mut(&mut self) -> &mut O {
+        &mut self.observer
     }
 
     /// The rule that matched, once matching has happened.
@@ -146,7 +167,10 @@ impl Evaluation {
                             ),
                         );
                     };
-                    match self.authenticate(authenticator, host, caches) {
+                    let step = self.authenticate(authenticator, host, caches);
+                    self.observer
+                        .authenticator(i, crate::trace::authn_verdict(&step));
+                    match step {
                         AuthnStep::Success { subject, extra } => {
                             self.session.subject = subject;
                             self.session.extra = extra;
@@ -170,6 +194,7 @@ impl Evaluation {
                         Some(response) => authorizer.digest(response.as_ref()),
                         None => authorizer.authorize(&self.req, &self.session),
                     };
+                    self.observer.authorizer(crate::trace::authz_verdict(&step));
                     match step {
                         AuthzStep::Allow { forward } => {
                             self.forward = forward;
@@ -343,7 +368,9 @@ impl Evaluation {
             }
             Some(u)
         };
-        let error = match engine.index.find(self.req.method(), &target) {
+        let lookup = engine.index.find(self.req.method(), &target);
+        self.observer.matched(&lookup);
+        let error = match lookup {
             Lookup::Matched { rule, captures } => {
                 self.rule = rule;
                 let ctx = &mut self.session.match_context;
