@@ -206,7 +206,7 @@ pub enum Need {
     Done,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, Deserialize)]
 pub struct CalloutRequest {
     pub method: String,
     pub url: String,

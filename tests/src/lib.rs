@@ -16,6 +16,7 @@ pub mod raw;
 pub mod runtime;
 pub mod stack;
 pub mod upstream;
+pub mod webdriver;
 
 pub use authserver::AuthServer;
 pub use envoy::{BACKEND_HEADER, ConfigUpdate, Envoy, EnvoyBuilder, Filter, PathNormalization};
