@@ -98,7 +98,7 @@ fn callouts_round_trip_and_are_recorded() {
 
 #[test]
 fn bad_input_is_a_clear_error_not_a_panic() {
-    assert!(TesterSession::new("{").unwrap_err().contains("JSON"));
+    assert!(TesterSession::new("{").err().unwrap().contains("JSON"));
     let t = TesterSession::new(&config()).unwrap();
     assert!(t.start("[]", 0.0).is_err());
     let err = t
