@@ -63,10 +63,11 @@ fn load_rules(path: &Path) -> Result<Vec<Value>, TestError> {
     } else {
         let text = std::fs::read_to_string(path).map_err(read_err)?;
         // A file of Oathkeeper access rules (a JSON or YAML list) is taken as it is.
-        if let Ok(Value::Array(list)) = serde_yaml::from_str::<Value>(&text) {
-            if !list.is_empty() && list.iter().all(|r| r.get("match").is_some()) {
-                return Ok(list);
-            }
+        if let Ok(Value::Array(list)) = serde_yaml::from_str::<Value>(&text)
+            && !list.is_empty()
+            && list.iter().all(|r| r.get("match").is_some())
+        {
+            return Ok(list);
         }
         let mut out = manifests::Manifests::default();
         manifests::load_text(path, &text, &mut out);

@@ -14,7 +14,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use base64::Engine;
-use portcullis_e2e::webdriver::{Browser, wait_until};
+use portcullis_e2e::webdriver::Browser;
 use portcullis_e2e::{paths, ports};
 use serde_json::Value;
 
