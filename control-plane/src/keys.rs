@@ -269,6 +269,11 @@ impl KeyRing {
         json!({ "keys": keys })
     }
 
+    /// Every loaded key, oldest first (the console lists them with their ages).
+    pub fn keys(&self) -> &[Arc<SigningKey>] {
+        &self.keys
+    }
+
     pub fn has_set(&self, set: &str, now: i64) -> bool {
         self.keys.iter().any(|k| k.set == set && k.in_jwks(now))
     }

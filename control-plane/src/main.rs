@@ -3,7 +3,7 @@
 
 use anyhow::Context;
 use clap::Parser;
-use portcullis::cli::{Cli, Command, LogFormat, RenderArgs, ServeArgs};
+use portcullis::cli::{Cli, Command, LogFormat, RenderArgs, ServeArgs, TestArgs};
 use portcullis::manifests_mode::{self, Settings, WasmModule};
 use portcullis::server::{Apps, Service, StartError, serve_on, shutdown_signal};
 use portcullis_reconciler::global::GlobalConfig;
@@ -25,6 +25,9 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
+    if let Command::Test(args) = &cli.command {
+        return runtime.block_on(test(args));
+    }
     match runtime.block_on(run(cli)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
@@ -42,9 +45,57 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Render(args) => render(&args),
+        // Handled in main (its own exit statuses).
+        Command::Test(args) => {
+            test(&args).await;
+            Ok(())
+        }
         Command::Serve(args) => {
             init_logging(&cli.log_format, &cli.log_level)?;
             serve(args).await
+        }
+    }
+}
+
+/// `portcullis test`: 0 allow, 1 deny, 2 when the rules, config or request are unusable.
+async fn test(args: &TestArgs) -> std::process::ExitCode {
+    use portcullis::rule_test;
+    use portcullis_core::rule_tester::TestRequest;
+    let outcome = async {
+        let mut request = TestRequest::parse_line(&args.request)?;
+        for h in &args.headers {
+            request.add_header(h)?;
+        }
+        request.token = args.token.clone();
+        let config = rule_test::filter_config(&args.rules, args.config.as_deref())?;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        rule_test::run(&config, &request, now).await
+    }
+    .await;
+    match outcome {
+        Ok(trace) => {
+            if args.json {
+                match serde_json::to_string_pretty(&trace) {
+                    Ok(s) => println!("{s}"),
+                    Err(e) => {
+                        eprintln!("portcullis: {e}");
+                        return std::process::ExitCode::from(2);
+                    }
+                }
+            } else {
+                print!("{}", rule_test::render_text(&trace));
+            }
+            if trace.decision.allowed {
+                std::process::ExitCode::SUCCESS
+            } else {
+                std::process::ExitCode::from(1)
+            }
+        }
+        Err(e) => {
+            eprintln!("portcullis: {e}");
+            std::process::ExitCode::from(2)
         }
     }
 }
@@ -155,6 +206,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         let _ = rx.wait_for(|s| *s).await;
     };
     let mut background = Vec::new();
+    let mut console_source = None;
     if let Some(dir) = &args.manifests {
         let mut global = match load_global(args.global_config.as_deref())? {
             Some(mut g) => {
@@ -188,6 +240,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         };
         tracing::info!(dir = %settings.dir.display(), ecds_dir = %settings.ecds_dir.display(),
             wasm = %settings.wasm_path, "manifests mode");
+        console_source = Some(portcullis::console::ManifestsSource {
+            dir: settings.dir.clone(),
+            global: settings.global.clone(),
+        });
         background.push(tokio::spawn(manifests_mode::run(
             Arc::clone(&svc),
             settings,
@@ -222,6 +278,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             stopped(stop_rx.clone()),
         )));
     }
+    let console = portcullis::console::Console::new(Arc::clone(&svc), console_source);
+    apps.admin = apps.admin.merge(portcullis::console::router(console));
     let result = serve_on(svc, public, admin, apps, shutdown_signal()).await;
     let _ = stop_tx.send(true);
     for b in background {

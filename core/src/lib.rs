@@ -26,10 +26,12 @@ pub mod mutator;
 pub mod pipeline;
 pub mod request;
 pub mod rule;
+pub mod rule_tester;
 pub mod scope;
 pub mod session;
 pub mod signature;
 pub mod template;
+pub mod trace;
 pub mod url;
 
 #[cfg(test)]

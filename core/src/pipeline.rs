@@ -13,6 +13,7 @@ use crate::matcher::Lookup;
 use crate::mutator::{HydrateStep, Mutator};
 use crate::request::Request;
 use crate::session::{Session, method_name};
+use crate::trace::Observer;
 use crate::url::{canonical_path, check_host, match_target, push_origin};
 use std::sync::Arc;
 
@@ -70,8 +71,11 @@ enum Stage {
 /// The evaluation of one request. Owns the request so that it can be resumed later; holds no
 /// reference to the engine, so a config reload mid-request is harmless (the host keeps the
 /// engine the request started with).
+///
+/// `O` watches the evaluation's steps for the rule tester's trace; the filter's `()` observes
+/// nothing and compiles to the same code as no observer at all.
 #[derive(Debug)]
-pub struct Evaluation {
+pub struct Evaluation<O: Observer = ()> {
     req: Request,
     rule: usize,
     stage: Stage,
@@ -82,10 +86,18 @@ pub struct Evaluation {
     forward: Vec<(String, String)>,
     /// The request body, once read (only rules whose authorizer reads it wait for it).
     body: Option<Vec<u8>>,
+    observer: O,
 }
 
 impl Evaluation {
     pub fn new(req: Request) -> Self {
+        Self::observed(req, ())
+    }
+}
+
+impl<O: Observer> Evaluation<O> {
+    /// An evaluation that reports each step to `observer`.
+    pub fn observed(req: Request, observer: O) -> Self {
         Self {
             req,
             rule: 0,
@@ -95,6 +107,7 @@ impl Evaluation {
             response: None,
             forward: Vec::new(),
             body: None,
+            observer,
         }
     }
 
@@ -112,6 +125,14 @@ impl Evaluation {
             _ if self.body.is_some() => None,
             _ => engine.rules.get(self.rule)?.authorizer.body_limit(),
         }
+    }
+
+    pub fn observer(&self) -> &O {
+        &self.observer
+    }
+
+    pub fn observer_mut(&mut self) -> &mut O {
+        &mut self.observer
     }
 
     /// The rule that matched, once matching has happened.
@@ -173,7 +194,10 @@ impl Evaluation {
                             ),
                         );
                     };
-                    match self.authenticate(authenticator, host, caches) {
+                    let step = self.authenticate(authenticator, host, caches);
+                    self.observer
+                        .authenticator(i, crate::trace::authn_verdict(&step));
+                    match step {
                         AuthnStep::Success { subject, extra } => {
                             self.session.subject = subject;
                             self.session.extra = extra;
@@ -199,6 +223,7 @@ impl Evaluation {
                             authorizer.authorize(&self.req, &self.session, self.body.as_deref())
                         }
                     };
+                    self.observer.authorizer(crate::trace::authz_verdict(&step));
                     match step {
                         AuthzStep::Allow { forward } => {
                             self.forward = forward;
@@ -395,7 +420,9 @@ impl Evaluation {
             }
             Some(u)
         };
-        let error = match engine.index.find(self.req.method(), &target) {
+        let lookup = engine.index.find(self.req.method(), &target);
+        self.observer.matched(&lookup);
+        let error = match lookup {
             Lookup::Matched { rule, captures } => {
                 self.rule = rule;
                 let ctx = &mut self.session.match_context;

@@ -291,6 +291,33 @@ fn called_urls(global: &GlobalConfig, rule: &Value) -> Vec<String> {
     out
 }
 
+/// Every URL a filter configuration document names for its handlers to call: in the global
+/// handler sections and in each rule's handler configs. The console's callout proxy calls no
+/// other.
+pub fn urls_named_by(filter_config: &Value) -> Vec<String> {
+    let mut out = Vec::new();
+    for section in ["authenticators", "authorizers", "mutators"] {
+        for handler in filter_config[section]
+            .as_object()
+            .into_iter()
+            .flat_map(|m| m.values())
+        {
+            collect_urls(&handler["config"], &mut out);
+        }
+    }
+    for rule in filter_config["rules"].as_array().into_iter().flatten() {
+        for key in ["authenticators", "mutators"] {
+            for h in rule[key].as_array().into_iter().flatten() {
+                collect_urls(&h["config"], &mut out);
+            }
+        }
+        collect_urls(&rule["authorizer"]["config"], &mut out);
+    }
+    out.sort();
+    out.dedup();
+    out
+}
+
 fn collect_urls(config: &Value, out: &mut Vec<String>) {
     let Value::Object(map) = config else { return };
     for (k, v) in map {

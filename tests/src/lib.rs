@@ -17,6 +17,7 @@ pub mod runtime;
 pub mod scripted;
 pub mod stack;
 pub mod upstream;
+pub mod webdriver;
 
 pub use authserver::AuthServer;
 pub use envoy::{BACKEND_HEADER, ConfigUpdate, Envoy, EnvoyBuilder, Filter, PathNormalization};
