@@ -40,6 +40,8 @@ pub enum Verdict<'a> {
     NotResponsible,
     Failed(&'a PolicyError),
     WaitingForKeys,
+    /// The authorizer reads the request body first.
+    WaitingForBody,
     Callout(&'a Callout),
 }
 
@@ -60,6 +62,7 @@ pub(crate) fn authz_verdict(step: &AuthzStep) -> Verdict<'_> {
         AuthzStep::Allow { .. } => Verdict::Success { subject: None },
         AuthzStep::Deny(e) => Verdict::Failed(e),
         AuthzStep::Callout(c) => Verdict::Callout(c),
+        AuthzStep::NeedBody => Verdict::WaitingForBody,
     }
 }
 
@@ -145,6 +148,7 @@ impl From<Verdict<'_>> for HandlerVerdict {
                 out.message = Some(e.message.clone());
             }
             Verdict::WaitingForKeys => out.outcome = "waiting_for_keys",
+            Verdict::WaitingForBody => out.outcome = "waiting_for_body",
             Verdict::Callout(c) => {
                 out.outcome = "callout";
                 out.callout = Some(c.endpoint.url.clone());
