@@ -108,7 +108,9 @@ impl Notifier {
                 let connector = b.https_or_http().enable_http1().wrap_connector(http);
                 HttpClient::builder(TokioExecutor::new()).build(connector)
             })
-            .map_err(|e| tracing::error!(error = %e, "TLS setup failed: back-channel logout disabled"))
+            .map_err(
+                |e| tracing::error!(error = %e, "TLS setup failed: back-channel logout disabled"),
+            )
             .ok();
         Self {
             client,

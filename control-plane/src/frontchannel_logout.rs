@@ -82,7 +82,10 @@ pub fn page(frames: &[String], next: &str) -> Response {
         HeaderValue::from_static("text/html; charset=utf-8"),
     );
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
     if let Ok(v) = HeaderValue::from_str(&CSP) {
         h.insert(header::CONTENT_SECURITY_POLICY, v);
     }
@@ -108,7 +111,9 @@ mod tests {
             .to_str()
             .unwrap()
             .to_string();
-        let body = axum::body::to_bytes(resp.into_body(), 1 << 16).await.unwrap();
+        let body = axum::body::to_bytes(resp.into_body(), 1 << 16)
+            .await
+            .unwrap();
         let body = String::from_utf8(body.to_vec()).unwrap();
         assert!(body.contains(
             "data-src=\"https://rp.example/fc?a=1&amp;b=&#34;&gt;&lt;script&gt;x&lt;/script&gt;\""

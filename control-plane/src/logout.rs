@@ -130,7 +130,11 @@ pub async fn logout_endpoint(
     }
 }
 
-async fn step(svc: &Arc<Service>, headers: &HeaderMap, p: &Params) -> Result<Response, OAuth2Error> {
+async fn step(
+    svc: &Arc<Service>,
+    headers: &HeaderMap,
+    p: &Params,
+) -> Result<Response, OAuth2Error> {
     if let Some(v) = p.get("logout_verifier")? {
         return finish(svc, v).await;
     }
@@ -244,8 +248,7 @@ async fn finish(svc: &Arc<Service>, verifier: &str) -> Result<Response, OAuth2Er
         return Err(invalid());
     }
     let ended =
-        browser_session::end_logins(svc, browser_session::Logins::Session(req.sid.clone()))
-            .await?;
+        browser_session::end_logins(svc, browser_session::Logins::Session(req.sid.clone())).await?;
     crate::backchannel_logout::notify(svc, &ended.subject, &ended.participants);
     let to = match &req.post_logout_redirect_uri {
         Some(uri) => with_state(uri, req.state.as_deref()),

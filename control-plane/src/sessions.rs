@@ -6,12 +6,12 @@
 
 use crate::browser_session::{CONSENT, Logins, RememberedConsent, consent_key, end_logins};
 use crate::clock;
+use crate::crypto::{b64url, b64url_decode};
 use crate::grant_tokens::{Grant, RefreshState};
 use crate::oauth2_error::OAuth2Error;
 use crate::request::Params;
 use crate::server::Service;
 use crate::store::{StoreError, StoredSession};
-use crate::crypto::{b64url, b64url_decode};
 use axum::extract::{OriginalUri, RawQuery, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};

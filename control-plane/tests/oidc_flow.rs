@@ -1367,3 +1367,378 @@ async fn a_grace_period_lets_a_rotated_refresh_token_work_again() {
         "no reuse revocation within the grace period"
     );
 }
+
+/// A relying party's logout endpoints: records every request it gets (path, body).
+#[derive(Clone, Default)]
+struct Recorder {
+    seen: std::sync::Arc<std::sync::Mutex<Vec<(String, String)>>>,
+}
+
+impl Recorder {
+    /// Serves on loopback: `/bc` answers 200, `/redirect` 307 to `/stolen`, `/hang` never
+    /// answers. Returns the base URL.
+    async fn start(&self) -> String {
+        use axum::routing::post;
+        let rec = self.clone();
+        let record = move |path: &'static str| {
+            let rec = rec.clone();
+            move |body: String| {
+                let rec = rec.clone();
+                async move {
+                    rec.seen.lock().unwrap().push((path.to_string(), body));
+                }
+            }
+        };
+        let app = axum::Router::new()
+            .route("/bc", post(record("/bc")))
+            .route("/stolen", post(record("/stolen")))
+            .route(
+                "/redirect",
+                post({
+                    let r = record("/redirect");
+                    move |body: String| async move {
+                        r(body).await;
+                        (
+                            axum::http::StatusCode::TEMPORARY_REDIRECT,
+                            [("location", "/stolen")],
+                        )
+                    }
+                }),
+            )
+            .route(
+                "/hang",
+                post({
+                    let r = record("/hang");
+                    move |body: String| async move {
+                        r(body).await;
+                        std::future::pending::<()>().await;
+                    }
+                }),
+            );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        format!("http://{addr}")
+    }
+
+    fn bodies(&self, path: &str) -> Vec<String> {
+        self.seen
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(p, _)| p == path)
+            .map(|(_, b)| b.clone())
+            .collect()
+    }
+}
+
+/// Polls `cond` until it holds (generous deadline: a condition, never a fixed sleep).
+async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !cond() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+/// The `logout_token` a relying party received, verified with the JWKS: its claims.
+async fn logout_claims(srv: &Server, body: &str) -> Value {
+    let form: HashMap<String, String> = serde_urlencoded::from_str(body).unwrap();
+    let (_, claims) = srv.verify(&form["logout_token"]).await;
+    claims
+}
+
+fn flow_url(srv: &Server, id: &str) -> String {
+    format!(
+        "{}/oauth2/auth?client_id={id}&response_type=code&scope=openid&state=state-9999&redirect_uri={}",
+        srv.public(),
+        form(CALLBACK)
+    )
+}
+
+/// Signs in at `id` with `browser` and returns the ID token's `sid` and the ID token.
+async fn sign_in(
+    srv: &Server,
+    browser: &mut Browser,
+    id: &str,
+    secret: &str,
+    who: &str,
+) -> (String, String) {
+    let back = authorize(srv, browser, &flow_url(srv, id), who, &["openid"]).await;
+    let t = redeem(srv, id, secret, &query_param(&back, "code").unwrap()).await;
+    assert_eq!(t.status, 200, "{}", t.body);
+    let id_token = str_field(&t.json, "id_token");
+    let (_, claims) = srv.verify(&id_token).await;
+    (str_field(&claims, "sid"), id_token)
+}
+
+#[tokio::test]
+async fn logout_notifies_clients_over_the_back_and_front_channel() {
+    const LOGOUT_APP: &str = "https://login.example/logout";
+    const BYE: &str = "https://rp.example/bye";
+    let rp = Recorder::default();
+    let rp_url = rp.start().await;
+    let dir = TestDir::new();
+    let srv = Server::start(
+        &dir.data(),
+        &[
+            "--login-url",
+            LOGIN_APP,
+            "--consent-url",
+            CONSENT_APP,
+            "--logout-url",
+            LOGOUT_APP,
+        ],
+    )
+    .await;
+    let meta = Reply::from(
+        http()
+            .get(format!("{}/.well-known/openid-configuration", srv.public()))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    for flag in [
+        "backchannel_logout_supported",
+        "backchannel_logout_session_supported",
+        "frontchannel_logout_supported",
+        "frontchannel_logout_session_supported",
+    ] {
+        assert_eq!(meta.json[flag], true, "{flag}");
+    }
+    let client = |extra: Value| {
+        let srv = &srv;
+        async move {
+            let mut body = json!({
+                "grant_types": ["authorization_code"],
+                "scope": "openid",
+                "redirect_uris": [CALLBACK],
+                "post_logout_redirect_uris": [BYE],
+                "audience": ["https://api.example"],
+            });
+            body.as_object_mut()
+                .unwrap()
+                .extend(extra.as_object().unwrap().clone());
+            let c = srv.create_client(body).await;
+            (str_field(&c, "client_id"), str_field(&c, "client_secret"))
+        }
+    };
+    let a = client(json!({
+        "backchannel_logout_uri": format!("{rp_url}/bc"),
+        "backchannel_logout_session_required": true,
+        "frontchannel_logout_uri": "https://a.example/fc?tenant=a&x=%3Cb%3E",
+        "frontchannel_logout_session_required": true,
+    }))
+    .await;
+    let b = client(json!({
+        "backchannel_logout_uri": format!("{rp_url}/hang"),
+        "frontchannel_logout_uri": "https://b.example/fc",
+    }))
+    .await;
+    let c = client(json!({})).await;
+    let d = client(json!({"backchannel_logout_uri": format!("{rp_url}/redirect")})).await;
+
+    // One login session, four clients signed in through it.
+    let mut browser = Browser::default();
+    let (sid, id_token) = sign_in(&srv, &mut browser, &a.0, &a.1, "gina").await;
+    for (id, secret) in [&b, &c, &d] {
+        let (other_sid, _) = sign_in(&srv, &mut browser, id, secret, "gina").await;
+        assert_eq!(other_sid, sid, "one login session");
+    }
+
+    let r = browser
+        .get(&format!(
+            "{}/oauth2/sessions/logout?id_token_hint={id_token}&post_logout_redirect_uri={}&state=bye-state",
+            srv.public(),
+            form(BYE)
+        ))
+        .await;
+    let q = format!(
+        "logout_challenge={}",
+        query_param(&location(&r), "logout_challenge").unwrap()
+    );
+    let acc = admin(&srv, "PUT", &format!("logout/accept?{q}"), None).await;
+    assert_eq!(acc.status, 200, "{}", acc.body);
+    // The page comes back while b's endpoint is still hanging: delivery does not block it.
+    let page = browser.get(&str_field(&acc.json, "redirect_to")).await;
+    assert_eq!(page.status, 200, "{}", page.body);
+    assert!(
+        !browser.cookies.contains_key("ory_hydra_session_dev"),
+        "session cookie cleared"
+    );
+    assert!(
+        page.header("content-type")
+            .unwrap()
+            .starts_with("text/html"),
+        "{:?}",
+        page.header("content-type")
+    );
+    let csp = page.header("content-security-policy").unwrap();
+    assert!(csp.contains("script-src 'sha256-"), "{csp}");
+    assert!(
+        page.body
+            .contains(&format!("href=\"{BYE}?state=bye-state\"")),
+        "{}",
+        page.body
+    );
+    // Only registered front-channel URIs, HTML-escaped, with iss and sid where required.
+    let frames: Vec<String> = page
+        .body
+        .split("data-src=\"")
+        .skip(1)
+        .map(|s| s.split('"').next().unwrap().replace("&amp;", "&"))
+        .collect();
+    assert_eq!(frames.len(), 2, "{}", page.body);
+    assert!(
+        !page.body.contains("tenant=a&x"),
+        "unescaped & in attribute"
+    );
+    let fa = frames
+        .iter()
+        .find(|f| f.starts_with("https://a.example/fc?tenant=a&x=%3Cb%3E&"))
+        .unwrap_or_else(|| panic!("{frames:?}"));
+    assert_eq!(query_param(fa, "iss").unwrap(), srv.issuer());
+    assert_eq!(query_param(fa, "sid").unwrap(), sid);
+    assert!(
+        frames.iter().any(|f| f == "https://b.example/fc"),
+        "{frames:?}"
+    );
+
+    // Back channel: a's token arrives and verifies; b hangs; d's redirect is not followed.
+    eventually("the back-channel deliveries", || {
+        rp.bodies("/bc").len() == 1
+            && rp.bodies("/hang").len() == 1
+            && srv.log().contains("answered 307")
+    })
+    .await;
+    assert!(rp.bodies("/stolen").is_empty(), "a redirect was followed");
+    let claims = logout_claims(&srv, &rp.bodies("/bc")[0]).await;
+    assert_eq!(claims["iss"], srv.issuer());
+    assert_eq!(claims["aud"], json!([a.0]));
+    assert_eq!(claims["sub"], "gina");
+    assert_eq!(claims["sid"], sid.as_str());
+    assert_eq!(
+        claims["events"],
+        json!({"http://schemas.openid.net/event/backchannel-logout": {}})
+    );
+    assert!(claims.get("nonce").is_none(), "{claims}");
+    assert!(!str_field(&claims, "jti").is_empty());
+    assert!(claims["exp"].as_i64().unwrap() > claims["iat"].as_i64().unwrap());
+    let r = browser
+        .get(&format!("{}&prompt=none", flow_url(&srv, &a.0)))
+        .await;
+    assert_eq!(
+        query_param(&location(&r), "error").as_deref(),
+        Some("login_required")
+    );
+
+    // Ending a session over the admin API notifies too, by sid and by subject.
+    let sessions = format!("{}/admin/oauth2/auth/sessions/login", srv.admin());
+    let (sid2, _) = sign_in(&srv, &mut Browser::default(), &a.0, &a.1, "gina").await;
+    let r = Reply::from(
+        http()
+            .delete(format!("{sessions}?sid={sid2}"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(r.status, 204, "{}", r.body);
+    eventually("the token for the deleted sid", || {
+        rp.bodies("/bc").len() == 2
+    })
+    .await;
+    assert_eq!(
+        logout_claims(&srv, &rp.bodies("/bc")[1]).await["sid"],
+        sid2.as_str()
+    );
+    let (sid3, _) = sign_in(&srv, &mut Browser::default(), &a.0, &a.1, "gina").await;
+    let r = Reply::from(
+        http()
+            .delete(format!("{sessions}?subject=gina"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(r.status, 204, "{}", r.body);
+    eventually("the token for the subject's session", || {
+        rp.bodies("/bc").len() == 3
+    })
+    .await;
+    assert_eq!(
+        logout_claims(&srv, &rp.bodies("/bc")[2]).await["sid"],
+        sid3.as_str()
+    );
+}
+
+#[tokio::test]
+async fn consent_sessions_are_listed_in_pages() {
+    let dir = TestDir::new();
+    let srv = start(&dir).await;
+    let mut browser = Browser::default();
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        let (id, secret) = web_client(&srv).await;
+        sign_in(&srv, &mut browser, &id, &secret, "hana").await;
+        ids.push(id);
+    }
+    let list = |query: String| {
+        let url = format!("{}{query}", srv.admin());
+        async move { Reply::from(http().get(url).send().await.unwrap()).await }
+    };
+    let path = "/admin/oauth2/auth/sessions/consent";
+    let first = list(format!("{path}?subject=hana&page_size=2")).await;
+    assert_eq!(first.status, 200, "{}", first.body);
+    assert_eq!(first.json.as_array().unwrap().len(), 2, "{}", first.body);
+    let link = first.header("link").unwrap();
+    let next = link
+        .split(", ")
+        .find(|l| l.ends_with("rel=\"next\""))
+        .and_then(|l| l.strip_prefix('<')?.split('>').next())
+        .unwrap_or_else(|| panic!("no next page in {link}"));
+    assert!(
+        next.starts_with(path) && next.contains("subject=hana"),
+        "{next}"
+    );
+    let second = list(next.to_string()).await;
+    assert_eq!(second.json.as_array().unwrap().len(), 1, "{}", second.body);
+    assert!(
+        !second.header("link").unwrap().contains("rel=\"next\""),
+        "last page"
+    );
+    let mut listed: Vec<String> = first
+        .json
+        .as_array()
+        .unwrap()
+        .iter()
+        .chain(second.json.as_array().unwrap())
+        .map(|c| str_field(&c["consent_request"]["client"], "client_id"))
+        .collect();
+    listed.sort();
+    ids.sort();
+    assert_eq!(listed, ids);
+    let sid = str_field(&first.json[0]["consent_request"], "login_session_id");
+    assert!(!sid.is_empty() && !str_field(&first.json[0], "consent_request_id").is_empty());
+
+    let all = list(format!("{path}?subject=hana&login_session_id={sid}")).await;
+    assert_eq!(all.json.as_array().unwrap().len(), 3, "{}", all.body);
+    let none = list(format!("{path}?subject=hana&login_session_id=other")).await;
+    assert_eq!(none.json, json!([]));
+    // Page size is bounded; a bad size or token is the client's error.
+    let big = list(format!("{path}?subject=hana&page_size=100000")).await;
+    assert!(big.header("link").unwrap().contains("page_size=500"));
+    list(format!("{path}?subject=hana&page_size=0"))
+        .await
+        .assert_oauth_error(400, "invalid_request");
+    list(format!("{path}?subject=hana&page_size=-1"))
+        .await
+        .assert_oauth_error(400, "invalid_request");
+    list(format!("{path}?subject=hana&page_token=%FF%FE"))
+        .await
+        .assert_oauth_error(400, "invalid_request");
+}
