@@ -35,6 +35,9 @@ const MAX_IN_FLIGHT: usize = 32;
 const TOKEN_TTL: i64 = 120;
 
 const EVENT: &str = "http://schemas.openid.net/event/backchannel-logout";
+/// Explicit typing (Back-Channel Logout 1.0 section 2.4, RFC 8725 3.11): the filter's `jwt`
+/// authenticator refuses this `typ`, so a logout token is never taken as an access token.
+pub const TYP: &str = "logout+jwt";
 
 /// The claims of a logout token (Back-Channel Logout 1.0, section 2.4): never a `nonce`, so
 /// it cannot pass for an ID token. Hydra omits `exp` and `sub`; the spec requires `exp`, and
@@ -141,7 +144,7 @@ impl Notifier {
     }
 }
 
-/// Signs a logout token for `client_id` with the current ID-token key.
+/// Signs a logout token for `client_id` with the current ID-token key, typed `logout+jwt`.
 pub fn logout_token(
     svc: &Service,
     subject: &str,
@@ -151,7 +154,7 @@ pub fn logout_token(
     let ring = svc.keys.ring();
     let key = ring.current(ACCESS_TOKEN_SET).ok_or(DeliveryError::NoKey)?;
     let claims = LogoutClaims::new(&svc.config.issuer, subject, client_id, sid, clock::now());
-    key.sign_jwt(&claims, &svc.keys.rng)
+    key.sign_typed_jwt(TYP, &claims, &svc.keys.rng)
         .map_err(|_| DeliveryError::Sign)
 }
 

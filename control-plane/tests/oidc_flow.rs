@@ -1617,6 +1617,11 @@ async fn logout_notifies_clients_over_the_back_and_front_channel() {
     .await;
     assert!(rp.bodies("/stolen").is_empty(), "a redirect was followed");
     let claims = logout_claims(&srv, &rp.bodies("/bc")[0]).await;
+    // Explicitly typed, and no access token: introspection refuses it.
+    let form: HashMap<String, String> = serde_urlencoded::from_str(&rp.bodies("/bc")[0]).unwrap();
+    let (header, _) = harness::jwt_parts(&form["logout_token"]);
+    assert_eq!(header["typ"], "logout+jwt");
+    assert_eq!(srv.introspect(&form["logout_token"]).await["active"], false);
     assert_eq!(claims["iss"], srv.issuer());
     assert_eq!(claims["aud"], json!([a.0]));
     assert_eq!(claims["sub"], "gina");
@@ -1741,4 +1746,324 @@ async fn consent_sessions_are_listed_in_pages() {
     list(format!("{path}?subject=hana&page_token=%FF%FE"))
         .await
         .assert_oauth_error(400, "invalid_request");
+}
+
+#[tokio::test]
+async fn the_login_app_sees_the_hints_and_client_lifespans_apply() {
+    let dir = TestDir::new();
+    let srv = start(&dir).await;
+    let c = srv
+        .create_client(json!({
+            "grant_types": ["authorization_code", "refresh_token"],
+            "scope": "openid offline",
+            "redirect_uris": [CALLBACK],
+            "skip_consent": true,
+            "authorization_code_grant_access_token_lifespan": "5m",
+            "authorization_code_grant_id_token_lifespan": "2m",
+            "refresh_token_grant_access_token_lifespan": "3m",
+            "refresh_token_grant_id_token_lifespan": "90s",
+        }))
+        .await;
+    let (id, secret) = (str_field(&c, "client_id"), str_field(&c, "client_secret"));
+    let mut browser = Browser::default();
+    let url = format!(
+        "{}&scope=openid+offline&login_hint={}&acr_values=urn%3Aa+urn%3Ab&ui_locales=de+en&display=popup",
+        flow_url(&srv, &id).replace("&scope=openid", ""),
+        form("alice@example.com")
+    );
+    let r = browser.get(&url).await;
+    let q = format!(
+        "login_challenge={}",
+        query_param(&location(&r), "login_challenge").unwrap()
+    );
+    let lr = admin(&srv, "GET", &format!("login?{q}"), None).await;
+    let ctx = &lr.json["oidc_context"];
+    assert_eq!(ctx["login_hint"], "alice@example.com", "{}", lr.body);
+    assert_eq!(ctx["acr_values"], json!(["urn:a", "urn:b"]));
+    assert_eq!(ctx["ui_locales"], json!(["de", "en"]));
+    assert_eq!(ctx["display"], "popup");
+    // No acr from the login app although the client asked for acr_values: "0", as Hydra.
+    let acc = admin(
+        &srv,
+        "PUT",
+        &format!("login/accept?{q}"),
+        Some(json!({"subject": "ivy", "remember": true})),
+    )
+    .await;
+    let r = browser.get(&str_field(&acc.json, "redirect_to")).await;
+    let cq = format!(
+        "consent_challenge={}",
+        query_param(&location(&r), "consent_challenge").unwrap()
+    );
+    let cr = admin(&srv, "GET", &format!("consent?{cq}"), None).await;
+    // skip_consent is the consent app's hint (Hydra), carried in the client.
+    assert_eq!(cr.json["client"]["skip_consent"], true, "{}", cr.body);
+    let acc = admin(
+        &srv,
+        "PUT",
+        &format!("consent/accept?{cq}"),
+        Some(json!({"grant_scope": ["openid", "offline"]})),
+    )
+    .await;
+    let r = browser.get(&str_field(&acc.json, "redirect_to")).await;
+    let t = redeem(
+        &srv,
+        &id,
+        &secret,
+        &query_param(&location(&r), "code").unwrap(),
+    )
+    .await;
+    assert_eq!(t.status, 200, "{}", t.body);
+    let life = |claims: &Value| claims["exp"].as_i64().unwrap() - claims["iat"].as_i64().unwrap();
+    let (_, access) = srv.verify(&str_field(&t.json, "access_token")).await;
+    let (_, idt) = srv.verify(&str_field(&t.json, "id_token")).await;
+    assert_eq!(
+        (life(&access), t.json["expires_in"].as_i64().unwrap()),
+        (300, 300)
+    );
+    assert_eq!(life(&idt), 120);
+    assert_eq!(idt["acr"], "0");
+    let t = srv
+        .token_basic(
+            &id,
+            &secret,
+            &[
+                ("grant_type", "refresh_token"),
+                ("refresh_token", &str_field(&t.json, "refresh_token")),
+            ],
+        )
+        .await;
+    assert_eq!(t.status, 200, "{}", t.body);
+    let (_, access) = srv.verify(&str_field(&t.json, "access_token")).await;
+    let (_, idt) = srv.verify(&str_field(&t.json, "id_token")).await;
+    assert_eq!((life(&access), life(&idt)), (180, 90));
+
+    // A remembered login but no remembered consent: prompt=none ends in consent_required.
+    let r = browser.get(&format!("{url}&prompt=none")).await;
+    let q = format!(
+        "login_challenge={}",
+        query_param(&location(&r), "login_challenge").unwrap()
+    );
+    assert_eq!(
+        admin(&srv, "GET", &format!("login?{q}"), None).await.json["skip"],
+        true
+    );
+    let acc = admin(
+        &srv,
+        "PUT",
+        &format!("login/accept?{q}"),
+        Some(json!({"subject": "ivy"})),
+    )
+    .await;
+    let r = browser.get(&str_field(&acc.json, "redirect_to")).await;
+    assert_eq!(r.status, 303, "{}", r.body);
+    let back = location(&r);
+    assert!(back.starts_with(CALLBACK), "{back}");
+    assert_eq!(
+        query_param(&back, "error").as_deref(),
+        Some("consent_required")
+    );
+    assert_eq!(query_param(&back, "state").as_deref(), Some("state-9999"));
+}
+
+#[tokio::test]
+async fn pkce_can_be_enforced_for_public_or_all_clients() {
+    let dir = TestDir::new();
+    let mut srv = Server::start(
+        &dir.data(),
+        &[
+            "--login-url",
+            LOGIN_APP,
+            "--consent-url",
+            CONSENT_APP,
+            "--pkce-enforced-for-public-clients",
+        ],
+    )
+    .await;
+    let public = srv
+        .create_client(json!({
+            "grant_types": ["authorization_code"],
+            "scope": "openid",
+            "redirect_uris": [CALLBACK],
+            "token_endpoint_auth_method": "none",
+        }))
+        .await;
+    let (confidential, _) = web_client(&srv).await;
+    let public = str_field(&public, "client_id");
+    let challenge = "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM";
+    let outcome = |srv: &Server, id: &str, pkce: bool| {
+        let mut url = flow_url(srv, id);
+        if pkce {
+            url.push_str(&format!(
+                "&code_challenge={challenge}&code_challenge_method=S256"
+            ));
+        }
+        async move {
+            let r = Browser::default().get(&url).await;
+            let to = location(&r);
+            if to.starts_with(LOGIN_APP) {
+                "login".to_string()
+            } else {
+                assert!(to.starts_with(CALLBACK), "{to}");
+                assert_eq!(query_param(&to, "state").as_deref(), Some("state-9999"));
+                query_param(&to, "error").unwrap()
+            }
+        }
+    };
+    assert_eq!(outcome(&srv, &public, false).await, "invalid_request");
+    assert_eq!(outcome(&srv, &public, true).await, "login");
+    assert_eq!(outcome(&srv, &confidential, false).await, "login");
+
+    // --pkce-enforced: every client.
+    srv.stop().await;
+    let srv = Server::start(
+        &dir.data(),
+        &[
+            "--login-url",
+            LOGIN_APP,
+            "--consent-url",
+            CONSENT_APP,
+            "--pkce-enforced",
+        ],
+    )
+    .await;
+    assert_eq!(outcome(&srv, &confidential, false).await, "invalid_request");
+    assert_eq!(outcome(&srv, &confidential, true).await, "login");
+}
+
+#[tokio::test]
+async fn hostile_input_to_every_oidc_endpoint_never_gets_a_500() {
+    const LOGOUT_APP: &str = "https://login.example/logout";
+    let dir = TestDir::new();
+    let srv = Server::start(
+        &dir.data(),
+        &[
+            "--login-url",
+            LOGIN_APP,
+            "--consent-url",
+            CONSENT_APP,
+            "--logout-url",
+            LOGOUT_APP,
+        ],
+    )
+    .await;
+    let (id, secret) = web_client(&srv).await;
+    let (p, a) = (srv.public(), srv.admin());
+    let requests = [
+        ("GET", format!("{p}/oauth2/auth?%ZZ=1"), ""),
+        ("GET", format!("{p}/oauth2/auth?client_id=%FF%FE"), ""),
+        (
+            "GET",
+            format!("{p}/oauth2/auth?client_id={id}&client_id=x"),
+            "",
+        ),
+        ("GET", format!("{p}/oauth2/auth?login_verifier=..."), ""),
+        ("GET", format!("{p}/oauth2/auth?consent_verifier=a.b"), ""),
+        ("POST", format!("{p}/oauth2/auth"), "%%%&&=="),
+        (
+            "GET",
+            format!("{p}/oauth2/sessions/logout?id_token_hint=a.b.c"),
+            "",
+        ),
+        (
+            "GET",
+            format!("{p}/oauth2/sessions/logout?id_token_hint=%FF"),
+            "",
+        ),
+        (
+            "GET",
+            format!("{p}/oauth2/sessions/logout?logout_verifier=x.y"),
+            "",
+        ),
+        ("POST", format!("{p}/oauth2/sessions/logout"), "state=%ZZ"),
+        ("POST", format!("{p}/userinfo"), "access_token=a.b.c"),
+        (
+            "GET",
+            format!("{a}/admin/oauth2/auth/requests/login?login_challenge=%FF"),
+            "",
+        ),
+        (
+            "PUT",
+            format!("{a}/admin/oauth2/auth/requests/login/accept?login_challenge=x"),
+            "not json",
+        ),
+        (
+            "PUT",
+            format!("{a}/admin/oauth2/auth/requests/login/accept?login_challenge=x"),
+            "{\"subject\":5}",
+        ),
+        (
+            "PUT",
+            format!("{a}/admin/oauth2/auth/requests/consent/accept?consent_challenge=x.y"),
+            "{\"grant_scope\":\"x\"}",
+        ),
+        (
+            "PUT",
+            format!("{a}/admin/oauth2/auth/requests/logout/accept?logout_challenge="),
+            "",
+        ),
+        (
+            "GET",
+            format!("{a}/admin/oauth2/auth/sessions/consent?subject=%FF"),
+            "",
+        ),
+        (
+            "GET",
+            format!("{a}/admin/oauth2/auth/sessions/consent?subject=x&page_token=%25%25"),
+            "",
+        ),
+        (
+            "DELETE",
+            format!("{a}/admin/oauth2/auth/sessions/login?sid=x&subject=y"),
+            "",
+        ),
+        (
+            "DELETE",
+            format!("{a}/admin/oauth2/auth/sessions/login?sid=no-such-session"),
+            "",
+        ),
+    ];
+    for (method, url, body) in requests {
+        let req = http()
+            .request(method.parse().unwrap(), &url)
+            .header(
+                "content-type",
+                if body.starts_with('{') || body.starts_with('n') {
+                    "application/json"
+                } else {
+                    "application/x-www-form-urlencoded"
+                },
+            )
+            .body(body.to_string());
+        let r = Reply::from(req.send().await.unwrap()).await;
+        assert!(
+            r.status < 500,
+            "{method} {url} {body}: {} {}",
+            r.status,
+            r.body
+        );
+        assert!(
+            r.header("location").is_some() || r.status == 204 || r.json.get("error").is_some(),
+            "{method} {url}: {} {}",
+            r.status,
+            r.body
+        );
+    }
+    for form in [
+        vec![("grant_type", "authorization_code"), ("code", "ory_ac_x.y")],
+        vec![("grant_type", "authorization_code"), ("code", "")],
+        vec![
+            ("grant_type", "refresh_token"),
+            ("refresh_token", "ory_rt_%%"),
+        ],
+        vec![("grant_type", "refresh_token")],
+    ] {
+        let r = srv.token_basic(&id, &secret, &form).await;
+        assert!(
+            r.status < 500 && r.json.get("error").is_some(),
+            "{form:?}: {} {}",
+            r.status,
+            r.body
+        );
+    }
 }
