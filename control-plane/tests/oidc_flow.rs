@@ -1867,7 +1867,7 @@ async fn the_login_app_sees_the_hints_and_client_lifespans_apply() {
 }
 
 #[tokio::test]
-async fn pkce_can_be_enforced_for_public_or_all_clients() {
+async fn pkce_can_be_enforced_and_errors_can_go_to_the_error_url() {
     let dir = TestDir::new();
     let mut srv = Server::start(
         &dir.data(),
@@ -1924,11 +1924,20 @@ async fn pkce_can_be_enforced_for_public_or_all_clients() {
             "--consent-url",
             CONSENT_APP,
             "--pkce-enforced",
+            "--error-url",
+            "https://login.example/error",
         ],
     )
     .await;
     assert_eq!(outcome(&srv, &confidential, false).await, "invalid_request");
     assert_eq!(outcome(&srv, &confidential, true).await, "login");
+    // --error-url: what cannot go to a client goes there instead of /oauth2/fallbacks/error.
+    let r = Browser::default()
+        .get(&flow_url(&srv, "no-such-client"))
+        .await;
+    let to = location(&r);
+    assert!(to.starts_with("https://login.example/error?"), "{to}");
+    assert_eq!(query_param(&to, "error").as_deref(), Some("invalid_client"));
 }
 
 #[tokio::test]
