@@ -80,7 +80,7 @@ for path in files:
     text = open(path).read()
     new = re.sub(r"127\.0\.0\.1:\d+/\.well-known/jwks\.json", f"127.0.0.1:{public}/.well-known/jwks.json", text)
     new = re.sub(r"127\.0\.0\.1:\d+/admin/oauth2/introspect", f"127.0.0.1:{admin}/admin/oauth2/introspect", new)
-    new = re.sub(r"127\.0\.0\.1:\d+/(callback|signed-out)\b", f"127.0.0.1:{app}/\\1", new)
+    new = re.sub(r"127\.0\.0\.1:\d+/(callback|signed-out|frontchannel-logout)\b", f"127.0.0.1:{app}/\\1", new)
     if new != text:
         open(path, "w").write(new)
 PY
@@ -293,11 +293,15 @@ if [ "$SMOKE" = 1 ]; then
   at=$(visit "$APP/logout")
   expect "signing out asks for confirmation" 'id="confirm-logout"' "$at"
   at=$(visit -d "challenge=$(param "$at" logout_challenge)" -d decision=yes "$APP/logout-confirm")
+  expect "signing out frames the app's front-channel logout URI" '/frontchannel-logout?iss=' "$at"
+  # The page's script goes on once the frames loaded; curl runs no script: follow its link.
+  next=$(python3 -c 'import html, re, sys; print(html.unescape(re.search(r"id=\"next\" href=\"([^\"]*)\"", open(sys.argv[1]).read()).group(1)))' "$PAGE")
+  at=$(visit "$next")
   expect "signing out ends at the signed-out page" 'id="signed-out"' "$at"
   at=$(visit "$APP/start")
   expect "after logout, signing in asks for the password again" 'id="password"' "$at"
   rm -f "$JAR" "$PAGE"
-  echo "smoke: 12 passed, 0 failed"
+  echo "smoke: 13 passed, 0 failed"
   exit 0
 fi
 

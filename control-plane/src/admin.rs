@@ -89,15 +89,30 @@ pub fn list_query(query: Option<&str>) -> Result<ListQuery, OAuth2Error> {
 /// RFC 8288 `Link` header value with `rel="first"` and, when there is one, `rel="next"`;
 /// filters are carried over.
 pub fn link_header(path: &str, q: &ListQuery, next: Option<&str>) -> String {
+    let mut carried = Vec::new();
+    if let Some(n) = &q.filter.client_name {
+        carried.push(("client_name", n.as_str()));
+    }
+    if let Some(o) = &q.filter.owner {
+        carried.push(("owner", o.as_str()));
+    }
+    page_links(path, q.page_size, &carried, next)
+}
+
+/// The `Link` header of any paged list: `first` and `next` pages of `path` with the filters
+/// in `carried`.
+pub fn page_links(
+    path: &str,
+    page_size: usize,
+    carried: &[(&str, &str)],
+    next: Option<&str>,
+) -> String {
     let enc = |v: &str| {
         percent_encoding::utf8_percent_encode(v, percent_encoding::NON_ALPHANUMERIC).to_string()
     };
-    let mut base = format!("{path}?page_size={}", q.page_size);
-    if let Some(n) = &q.filter.client_name {
-        base.push_str(&format!("&client_name={}", enc(n)));
-    }
-    if let Some(o) = &q.filter.owner {
-        base.push_str(&format!("&owner={}", enc(o)));
+    let mut base = format!("{path}?page_size={page_size}");
+    for (k, v) in carried {
+        base.push_str(&format!("&{k}={}", enc(v)));
     }
     let mut link = format!("<{base}>; rel=\"first\"");
     if let Some(next) = next {

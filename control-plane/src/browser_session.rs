@@ -19,6 +19,9 @@ use std::sync::Arc;
 
 pub const LOGIN: &str = "login";
 pub const CONSENT: &str = "consent";
+/// A client that received a grant within a login session and registered a front- or
+/// back-channel logout URI: ending the session must notify it.
+pub const PARTICIPANT: &str = "logout_participant";
 
 /// Whether cookies get `Secure`: always, except for a plain-http loopback issuer.
 pub fn secure_cookies(issuer: &str) -> bool {
@@ -128,6 +131,16 @@ pub struct RememberedConsent {
     pub access_token_claims: Value,
     pub id_token_claims: Value,
     pub handled_at: i64,
+    /// Hydra's `consent_request_id` of the grant that was remembered.
+    #[serde(default)]
+    pub consent_request_id: String,
+    /// The login session the consent was given in (the list's `login_session_id` filter).
+    #[serde(default)]
+    pub login_session_id: String,
+    #[serde(default)]
+    pub remember_for: i64,
+    #[serde(default)]
+    pub context: Value,
 }
 
 pub fn consent_key(client_id: &str, subject: &str) -> String {
@@ -166,6 +179,102 @@ pub async fn remember_consent(
     };
     let store = Arc::clone(&svc.store);
     blocking(move || store.put_session(CONSENT, &row)).await
+}
+
+/// A client that received a grant within login session `sid` (see [`PARTICIPANT`]).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Participant {
+    pub sid: String,
+    pub client_id: String,
+}
+
+/// Records that `client_id` got a grant in login session `sid` of `subject`, for as long as the
+/// session lives. Only clients with a logout channel are recorded: nobody else is notified, so
+/// the extra write is spared for every other flow.
+pub async fn record_participant(
+    svc: &Service,
+    subject: &str,
+    sid: &str,
+    client_id: &str,
+) -> Result<(), OAuth2Error> {
+    let store = Arc::clone(&svc.store);
+    let p = Participant {
+        sid: sid.to_string(),
+        client_id: client_id.to_string(),
+    };
+    let fallback = clock::now().saturating_add(crate::flow::secs(
+        svc.config.flows.authentication_session_ttl,
+    ));
+    let subject = subject.to_string();
+    blocking(move || {
+        let expires_at = store
+            .get_session(LOGIN, &p.sid)?
+            .map_or(fallback, |s| s.expires_at);
+        let row = StoredSession {
+            // JSON keeps the pair unambiguous whatever characters the two contain.
+            id: serde_json::to_string(&[&p.sid, &p.client_id]).unwrap_or_default(),
+            subject,
+            json: serde_json::to_string(&p).unwrap_or_default(),
+            expires_at,
+        };
+        store.put_session(PARTICIPANT, &row)
+    })
+    .await
+}
+
+/// Which login sessions to end.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Logins {
+    /// One session, by `sid`.
+    Session(String),
+    /// Every session of a subject.
+    OfSubject(String),
+}
+
+/// Ended login sessions: whose they were, and the clients that got grants in them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Ended {
+    pub subject: String,
+    pub participants: Vec<Participant>,
+}
+
+/// Ends login sessions and returns the clients that got grants in them (forgetting those
+/// records too), so that they can be told.
+pub async fn end_logins(svc: &Service, which: Logins) -> Result<Ended, OAuth2Error> {
+    let store = Arc::clone(&svc.store);
+    blocking(move || {
+        let (subject, sid) = match which {
+            Logins::Session(sid) => {
+                let Some(row) = store.get_session(LOGIN, &sid)? else {
+                    return Ok(Ended::default());
+                };
+                store.delete_session(LOGIN, &sid)?;
+                (row.subject, Some(sid))
+            }
+            Logins::OfSubject(subject) => {
+                store.delete_sessions(LOGIN, &subject)?;
+                (subject, None)
+            }
+        };
+        let now = clock::now();
+        let mut participants = Vec::new();
+        for row in store.list_sessions(PARTICIPANT, &subject)? {
+            let Ok(p) = serde_json::from_str::<Participant>(&row.json) else {
+                continue;
+            };
+            if sid.as_ref().is_none_or(|s| *s == p.sid) {
+                store.delete_session(PARTICIPANT, &row.id)?;
+                if row.expires_at > now {
+                    participants.push(p);
+                }
+            }
+        }
+        Ok(Ended {
+            subject,
+            participants,
+        })
+    })
+    .await
 }
 
 #[cfg(test)]

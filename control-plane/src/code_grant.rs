@@ -68,7 +68,12 @@ pub fn grant_of(flow: &Flow) -> Grant {
         requested_at: flow.requested_at,
         nonce: flow.nonce.clone(),
         sid: login.sid,
-        acr: login.acr,
+        // Hydra: a client that asked for acr_values learns "0" when the login app set none.
+        acr: if login.acr.is_empty() && !flow.acr_values.is_empty() {
+            "0".to_string()
+        } else {
+            login.acr
+        },
         amr: login.amr,
     }
 }

@@ -47,6 +47,12 @@ pub fn metadata(config: &Config, signing_alg: Alg) -> Value {
         "request_parameter_supported": false,
         "request_uri_parameter_supported": false,
         "claims_parameter_supported": false,
+        // Sent to the clients of every ended login session (see crate::backchannel_logout and
+        // crate::frontchannel_logout), always with `sid`.
+        "backchannel_logout_supported": true,
+        "backchannel_logout_session_supported": true,
+        "frontchannel_logout_supported": true,
+        "frontchannel_logout_session_supported": true,
     })
 }
 

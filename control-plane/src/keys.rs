@@ -186,9 +186,30 @@ impl SigningKey {
         claims: &C,
         rng: &SystemRandom,
     ) -> Result<String, KeyError> {
+        self.sign_with_header(&self.header_b64, claims, rng)
+    }
+
+    /// A compact JWS with an explicit `typ` (RFC 8725 3.11), e.g. `logout+jwt`, so that the
+    /// token cannot pass where a plain JWT (an access token) is expected.
+    pub fn sign_typed_jwt<C: Serialize>(
+        &self,
+        typ: &str,
+        claims: &C,
+        rng: &SystemRandom,
+    ) -> Result<String, KeyError> {
+        let header = json!({"alg": self.alg.as_str(), "kid": self.kid, "typ": typ});
+        self.sign_with_header(&b64url(header.to_string().as_bytes()), claims, rng)
+    }
+
+    fn sign_with_header<C: Serialize>(
+        &self,
+        header_b64: &str,
+        claims: &C,
+        rng: &SystemRandom,
+    ) -> Result<String, KeyError> {
         let claims = serde_json::to_vec(claims).map_err(|_| KeyError::Sign)?;
-        let mut out = String::with_capacity(self.header_b64.len() + claims.len() * 4 / 3 + 360);
-        out.push_str(&self.header_b64);
+        let mut out = String::with_capacity(header_b64.len() + claims.len() * 4 / 3 + 360);
+        out.push_str(header_b64);
         out.push('.');
         out.push_str(&b64url(&claims));
         let sig = match &self.signer {

@@ -566,6 +566,10 @@ pub async fn consent_verified(
             access_token_claims: consent.access_token_claims.clone(),
             id_token_claims: consent.id_token_claims.clone(),
             handled_at: consent.handled_at,
+            consent_request_id: flow.grant_id.clone(),
+            login_session_id: login.sid.clone(),
+            remember_for: consent.remember_for,
+            context: consent.context.clone(),
         };
         browser_session::remember_consent(
             svc,
@@ -575,6 +579,13 @@ pub async fn consent_verified(
             clock::now().saturating_add(lifetime),
         )
         .await?;
+    }
+    let has_channel = svc.clients.lookup(&flow.client_id).is_some_and(|c| {
+        !c.client.backchannel_logout_uri.is_empty() || !c.client.frontchannel_logout_uri.is_empty()
+    });
+    if has_channel {
+        browser_session::record_participant(svc, &login.subject, &login.sid, &flow.client_id)
+            .await?;
     }
     issue_code(svc, flow, Stage::ConsentHandled).await
 }

@@ -130,7 +130,11 @@ pub async fn logout_endpoint(
     }
 }
 
-async fn step(svc: &Service, headers: &HeaderMap, p: &Params) -> Result<Response, OAuth2Error> {
+async fn step(
+    svc: &Arc<Service>,
+    headers: &HeaderMap,
+    p: &Params,
+) -> Result<Response, OAuth2Error> {
     if let Some(v) = p.get("logout_verifier")? {
         return finish(svc, v).await;
     }
@@ -228,7 +232,7 @@ fn with_state(uri: &str, state: Option<&str>) -> String {
 }
 
 /// The browser is back from the logout app: end the session and leave.
-async fn finish(svc: &Service, verifier: &str) -> Result<Response, OAuth2Error> {
+async fn finish(svc: &Arc<Service>, verifier: &str) -> Result<Response, OAuth2Error> {
     let invalid = || {
         OAuth2Error::new(
             ErrorCode::AccessDenied,
@@ -243,14 +247,19 @@ async fn finish(svc: &Service, verifier: &str) -> Result<Response, OAuth2Error> 
     if !advance(svc, &req, ACCEPTED, DONE).await? {
         return Err(invalid());
     }
-    let store = Arc::clone(&svc.store);
-    let sid = req.sid.clone();
-    blocking(move || store.delete_session(browser_session::LOGIN, &sid)).await?;
+    let ended =
+        browser_session::end_logins(svc, browser_session::Logins::Session(req.sid.clone())).await?;
+    crate::backchannel_logout::notify(svc, &ended.subject, &ended.participants);
     let to = match &req.post_logout_redirect_uri {
         Some(uri) => with_state(uri, req.state.as_deref()),
         None => post_logout_default(svc),
     };
-    let mut resp = redirect(StatusCode::FOUND, &to);
+    let frames = crate::frontchannel_logout::frame_urls(svc, &ended.participants);
+    let mut resp = if frames.is_empty() {
+        redirect(StatusCode::FOUND, &to)
+    } else {
+        crate::frontchannel_logout::page(&frames, &to)
+    };
     let secure = secure_cookies(&svc.config.issuer);
     resp.headers_mut().append(
         header::SET_COOKIE,

@@ -141,6 +141,8 @@ pub struct Service {
     pub metrics: Arc<Metrics>,
     pub verified_jwts: introspect::JwtCache,
     pub jwks_fetcher: crate::jwks_uri::JwksFetcher,
+    /// Delivers back-channel logout tokens.
+    pub backchannel: crate::backchannel_logout::Notifier,
     /// Revoked JWT ids and their `exp`, mirrored from the store for allocation-free checks.
     revoked: RwLock<HashMap<String, i64>>,
 }
@@ -184,6 +186,7 @@ impl Service {
             metrics: Arc::new(Metrics::new()),
             verified_jwts: introspect::JwtCache::new(100_000),
             jwks_fetcher,
+            backchannel: crate::backchannel_logout::Notifier::new(),
             revoked: RwLock::new(revoked),
         });
         svc.keys.ensure_current(

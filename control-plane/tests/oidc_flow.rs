@@ -1367,3 +1367,713 @@ async fn a_grace_period_lets_a_rotated_refresh_token_work_again() {
         "no reuse revocation within the grace period"
     );
 }
+
+/// A relying party's logout endpoints: records every request it gets (path, body).
+#[derive(Clone, Default)]
+struct Recorder {
+    seen: std::sync::Arc<std::sync::Mutex<Vec<(String, String)>>>,
+}
+
+impl Recorder {
+    /// Serves on loopback: `/bc` answers 200, `/redirect` 307 to `/stolen`, `/hang` never
+    /// answers. Returns the base URL.
+    async fn start(&self) -> String {
+        use axum::routing::post;
+        let rec = self.clone();
+        let record = move |path: &'static str| {
+            let rec = rec.clone();
+            move |body: String| {
+                let rec = rec.clone();
+                async move {
+                    rec.seen.lock().unwrap().push((path.to_string(), body));
+                }
+            }
+        };
+        let app = axum::Router::new()
+            .route("/bc", post(record("/bc")))
+            .route("/stolen", post(record("/stolen")))
+            .route(
+                "/redirect",
+                post({
+                    let r = record("/redirect");
+                    move |body: String| async move {
+                        r(body).await;
+                        (
+                            axum::http::StatusCode::TEMPORARY_REDIRECT,
+                            [("location", "/stolen")],
+                        )
+                    }
+                }),
+            )
+            .route(
+                "/hang",
+                post({
+                    let r = record("/hang");
+                    move |body: String| async move {
+                        r(body).await;
+                        std::future::pending::<()>().await;
+                    }
+                }),
+            );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        format!("http://{addr}")
+    }
+
+    fn bodies(&self, path: &str) -> Vec<String> {
+        self.seen
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(p, _)| p == path)
+            .map(|(_, b)| b.clone())
+            .collect()
+    }
+}
+
+/// Polls `cond` until it holds (generous deadline: a condition, never a fixed sleep).
+async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !cond() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+/// The `logout_token` a relying party received, verified with the JWKS: its claims.
+async fn logout_claims(srv: &Server, body: &str) -> Value {
+    let form: HashMap<String, String> = serde_urlencoded::from_str(body).unwrap();
+    let (_, claims) = srv.verify(&form["logout_token"]).await;
+    claims
+}
+
+fn flow_url(srv: &Server, id: &str) -> String {
+    format!(
+        "{}/oauth2/auth?client_id={id}&response_type=code&scope=openid&state=state-9999&redirect_uri={}",
+        srv.public(),
+        form(CALLBACK)
+    )
+}
+
+/// Signs in at `id` with `browser` and returns the ID token's `sid` and the ID token.
+async fn sign_in(
+    srv: &Server,
+    browser: &mut Browser,
+    id: &str,
+    secret: &str,
+    who: &str,
+) -> (String, String) {
+    let back = authorize(srv, browser, &flow_url(srv, id), who, &["openid"]).await;
+    let t = redeem(srv, id, secret, &query_param(&back, "code").unwrap()).await;
+    assert_eq!(t.status, 200, "{}", t.body);
+    let id_token = str_field(&t.json, "id_token");
+    let (_, claims) = srv.verify(&id_token).await;
+    (str_field(&claims, "sid"), id_token)
+}
+
+#[tokio::test]
+async fn logout_notifies_clients_over_the_back_and_front_channel() {
+    const LOGOUT_APP: &str = "https://login.example/logout";
+    const BYE: &str = "https://rp.example/bye";
+    let rp = Recorder::default();
+    let rp_url = rp.start().await;
+    let dir = TestDir::new();
+    let srv = Server::start(
+        &dir.data(),
+        &[
+            "--login-url",
+            LOGIN_APP,
+            "--consent-url",
+            CONSENT_APP,
+            "--logout-url",
+            LOGOUT_APP,
+        ],
+    )
+    .await;
+    let meta = Reply::from(
+        http()
+            .get(format!("{}/.well-known/openid-configuration", srv.public()))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    for flag in [
+        "backchannel_logout_supported",
+        "backchannel_logout_session_supported",
+        "frontchannel_logout_supported",
+        "frontchannel_logout_session_supported",
+    ] {
+        assert_eq!(meta.json[flag], true, "{flag}");
+    }
+    let client = |extra: Value| {
+        let srv = &srv;
+        async move {
+            let mut body = json!({
+                "grant_types": ["authorization_code"],
+                "scope": "openid",
+                "redirect_uris": [CALLBACK],
+                "post_logout_redirect_uris": [BYE],
+                "audience": ["https://api.example"],
+            });
+            body.as_object_mut()
+                .unwrap()
+                .extend(extra.as_object().unwrap().clone());
+            let c = srv.create_client(body).await;
+            (str_field(&c, "client_id"), str_field(&c, "client_secret"))
+        }
+    };
+    let a = client(json!({
+        "backchannel_logout_uri": format!("{rp_url}/bc"),
+        "backchannel_logout_session_required": true,
+        "frontchannel_logout_uri": "https://a.example/fc?tenant=a&x=%3Cb%3E",
+        "frontchannel_logout_session_required": true,
+    }))
+    .await;
+    let b = client(json!({
+        "backchannel_logout_uri": format!("{rp_url}/hang"),
+        "frontchannel_logout_uri": "https://b.example/fc",
+    }))
+    .await;
+    let c = client(json!({})).await;
+    let d = client(json!({"backchannel_logout_uri": format!("{rp_url}/redirect")})).await;
+
+    // One login session, four clients signed in through it.
+    let mut browser = Browser::default();
+    let (sid, id_token) = sign_in(&srv, &mut browser, &a.0, &a.1, "gina").await;
+    for (id, secret) in [&b, &c, &d] {
+        let (other_sid, _) = sign_in(&srv, &mut browser, id, secret, "gina").await;
+        assert_eq!(other_sid, sid, "one login session");
+    }
+
+    let r = browser
+        .get(&format!(
+            "{}/oauth2/sessions/logout?id_token_hint={id_token}&post_logout_redirect_uri={}&state=bye-state",
+            srv.public(),
+            form(BYE)
+        ))
+        .await;
+    let q = format!(
+        "logout_challenge={}",
+        query_param(&location(&r), "logout_challenge").unwrap()
+    );
+    let acc = admin(&srv, "PUT", &format!("logout/accept?{q}"), None).await;
+    assert_eq!(acc.status, 200, "{}", acc.body);
+    // The page comes back while b's endpoint is still hanging: delivery does not block it.
+    let page = browser.get(&str_field(&acc.json, "redirect_to")).await;
+    assert_eq!(page.status, 200, "{}", page.body);
+    assert!(
+        !browser.cookies.contains_key("ory_hydra_session_dev"),
+        "session cookie cleared"
+    );
+    assert!(
+        page.header("content-type")
+            .unwrap()
+            .starts_with("text/html"),
+        "{:?}",
+        page.header("content-type")
+    );
+    let csp = page.header("content-security-policy").unwrap();
+    assert!(csp.contains("script-src 'sha256-"), "{csp}");
+    assert!(
+        page.body
+            .contains(&format!("href=\"{BYE}?state=bye-state\"")),
+        "{}",
+        page.body
+    );
+    // Only registered front-channel URIs, HTML-escaped, with iss and sid where required.
+    let frames: Vec<String> = page
+        .body
+        .split("data-src=\"")
+        .skip(1)
+        .map(|s| s.split('"').next().unwrap().replace("&amp;", "&"))
+        .collect();
+    assert_eq!(frames.len(), 2, "{}", page.body);
+    assert!(
+        !page.body.contains("tenant=a&x"),
+        "unescaped & in attribute"
+    );
+    let fa = frames
+        .iter()
+        .find(|f| f.starts_with("https://a.example/fc?tenant=a&x=%3Cb%3E&"))
+        .unwrap_or_else(|| panic!("{frames:?}"));
+    assert_eq!(query_param(fa, "iss").unwrap(), srv.issuer());
+    assert_eq!(query_param(fa, "sid").unwrap(), sid);
+    assert!(
+        frames.iter().any(|f| f == "https://b.example/fc"),
+        "{frames:?}"
+    );
+
+    // Back channel: a's token arrives and verifies; b hangs; d's redirect is not followed.
+    eventually("the back-channel deliveries", || {
+        rp.bodies("/bc").len() == 1
+            && rp.bodies("/hang").len() == 1
+            && srv.log().contains("answered 307")
+    })
+    .await;
+    assert!(rp.bodies("/stolen").is_empty(), "a redirect was followed");
+    let claims = logout_claims(&srv, &rp.bodies("/bc")[0]).await;
+    // Explicitly typed, and no access token: introspection refuses it.
+    let form: HashMap<String, String> = serde_urlencoded::from_str(&rp.bodies("/bc")[0]).unwrap();
+    let (header, _) = harness::jwt_parts(&form["logout_token"]);
+    assert_eq!(header["typ"], "logout+jwt");
+    assert_eq!(srv.introspect(&form["logout_token"]).await["active"], false);
+    assert_eq!(claims["iss"], srv.issuer());
+    assert_eq!(claims["aud"], json!([a.0]));
+    assert_eq!(claims["sub"], "gina");
+    assert_eq!(claims["sid"], sid.as_str());
+    assert_eq!(
+        claims["events"],
+        json!({"http://schemas.openid.net/event/backchannel-logout": {}})
+    );
+    assert!(claims.get("nonce").is_none(), "{claims}");
+    assert!(!str_field(&claims, "jti").is_empty());
+    assert!(claims["exp"].as_i64().unwrap() > claims["iat"].as_i64().unwrap());
+    let r = browser
+        .get(&format!("{}&prompt=none", flow_url(&srv, &a.0)))
+        .await;
+    assert_eq!(
+        query_param(&location(&r), "error").as_deref(),
+        Some("login_required")
+    );
+
+    // Ending a session over the admin API notifies too, by sid and by subject.
+    let sessions = format!("{}/admin/oauth2/auth/sessions/login", srv.admin());
+    let (sid2, _) = sign_in(&srv, &mut Browser::default(), &a.0, &a.1, "gina").await;
+    let r = Reply::from(
+        http()
+            .delete(format!("{sessions}?sid={sid2}"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(r.status, 204, "{}", r.body);
+    eventually("the token for the deleted sid", || {
+        rp.bodies("/bc").len() == 2
+    })
+    .await;
+    assert_eq!(
+        logout_claims(&srv, &rp.bodies("/bc")[1]).await["sid"],
+        sid2.as_str()
+    );
+    let (sid3, _) = sign_in(&srv, &mut Browser::default(), &a.0, &a.1, "gina").await;
+    let r = Reply::from(
+        http()
+            .delete(format!("{sessions}?subject=gina"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(r.status, 204, "{}", r.body);
+    eventually("the token for the subject's session", || {
+        rp.bodies("/bc").len() == 3
+    })
+    .await;
+    assert_eq!(
+        logout_claims(&srv, &rp.bodies("/bc")[2]).await["sid"],
+        sid3.as_str()
+    );
+}
+
+#[tokio::test]
+async fn consent_sessions_are_listed_in_pages() {
+    let dir = TestDir::new();
+    let srv = start(&dir).await;
+    let mut browser = Browser::default();
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        let (id, secret) = web_client(&srv).await;
+        sign_in(&srv, &mut browser, &id, &secret, "hana").await;
+        ids.push(id);
+    }
+    let list = |query: String| {
+        let url = format!("{}{query}", srv.admin());
+        async move { Reply::from(http().get(url).send().await.unwrap()).await }
+    };
+    let path = "/admin/oauth2/auth/sessions/consent";
+    let first = list(format!("{path}?subject=hana&page_size=2")).await;
+    assert_eq!(first.status, 200, "{}", first.body);
+    assert_eq!(first.json.as_array().unwrap().len(), 2, "{}", first.body);
+    let link = first.header("link").unwrap();
+    let next = link
+        .split(", ")
+        .find(|l| l.ends_with("rel=\"next\""))
+        .and_then(|l| l.strip_prefix('<')?.split('>').next())
+        .unwrap_or_else(|| panic!("no next page in {link}"));
+    assert!(
+        next.starts_with(path) && next.contains("subject=hana"),
+        "{next}"
+    );
+    let second = list(next.to_string()).await;
+    assert_eq!(second.json.as_array().unwrap().len(), 1, "{}", second.body);
+    assert!(
+        !second.header("link").unwrap().contains("rel=\"next\""),
+        "last page"
+    );
+    let mut listed: Vec<String> = first
+        .json
+        .as_array()
+        .unwrap()
+        .iter()
+        .chain(second.json.as_array().unwrap())
+        .map(|c| str_field(&c["consent_request"]["client"], "client_id"))
+        .collect();
+    listed.sort();
+    ids.sort();
+    assert_eq!(listed, ids);
+    let sid = str_field(&first.json[0]["consent_request"], "login_session_id");
+    assert!(!sid.is_empty() && !str_field(&first.json[0], "consent_request_id").is_empty());
+
+    let all = list(format!("{path}?subject=hana&login_session_id={sid}")).await;
+    assert_eq!(all.json.as_array().unwrap().len(), 3, "{}", all.body);
+    let none = list(format!("{path}?subject=hana&login_session_id=other")).await;
+    assert_eq!(none.json, json!([]));
+    // Page size is bounded; a bad size or token is the client's error.
+    let big = list(format!("{path}?subject=hana&page_size=100000")).await;
+    assert!(big.header("link").unwrap().contains("page_size=500"));
+    list(format!("{path}?subject=hana&page_size=0"))
+        .await
+        .assert_oauth_error(400, "invalid_request");
+    list(format!("{path}?subject=hana&page_size=-1"))
+        .await
+        .assert_oauth_error(400, "invalid_request");
+    list(format!("{path}?subject=hana&page_token=%FF%FE"))
+        .await
+        .assert_oauth_error(400, "invalid_request");
+}
+
+#[tokio::test]
+async fn the_login_app_sees_the_hints_and_client_lifespans_apply() {
+    let dir = TestDir::new();
+    let srv = start(&dir).await;
+    let c = srv
+        .create_client(json!({
+            "grant_types": ["authorization_code", "refresh_token"],
+            "scope": "openid offline",
+            "redirect_uris": [CALLBACK],
+            "skip_consent": true,
+            "authorization_code_grant_access_token_lifespan": "5m",
+            "authorization_code_grant_id_token_lifespan": "2m",
+            "refresh_token_grant_access_token_lifespan": "3m",
+            "refresh_token_grant_id_token_lifespan": "90s",
+        }))
+        .await;
+    let (id, secret) = (str_field(&c, "client_id"), str_field(&c, "client_secret"));
+    let mut browser = Browser::default();
+    let url = format!(
+        "{}&scope=openid+offline&login_hint={}&acr_values=urn%3Aa+urn%3Ab&ui_locales=de+en&display=popup",
+        flow_url(&srv, &id).replace("&scope=openid", ""),
+        form("alice@example.com")
+    );
+    let r = browser.get(&url).await;
+    let q = format!(
+        "login_challenge={}",
+        query_param(&location(&r), "login_challenge").unwrap()
+    );
+    let lr = admin(&srv, "GET", &format!("login?{q}"), None).await;
+    let ctx = &lr.json["oidc_context"];
+    assert_eq!(ctx["login_hint"], "alice@example.com", "{}", lr.body);
+    assert_eq!(ctx["acr_values"], json!(["urn:a", "urn:b"]));
+    assert_eq!(ctx["ui_locales"], json!(["de", "en"]));
+    assert_eq!(ctx["display"], "popup");
+    // No acr from the login app although the client asked for acr_values: "0", as Hydra.
+    let acc = admin(
+        &srv,
+        "PUT",
+        &format!("login/accept?{q}"),
+        Some(json!({"subject": "ivy", "remember": true})),
+    )
+    .await;
+    let r = browser.get(&str_field(&acc.json, "redirect_to")).await;
+    let cq = format!(
+        "consent_challenge={}",
+        query_param(&location(&r), "consent_challenge").unwrap()
+    );
+    let cr = admin(&srv, "GET", &format!("consent?{cq}"), None).await;
+    // skip_consent is the consent app's hint (Hydra), carried in the client.
+    assert_eq!(cr.json["client"]["skip_consent"], true, "{}", cr.body);
+    let acc = admin(
+        &srv,
+        "PUT",
+        &format!("consent/accept?{cq}"),
+        Some(json!({"grant_scope": ["openid", "offline"]})),
+    )
+    .await;
+    let r = browser.get(&str_field(&acc.json, "redirect_to")).await;
+    let t = redeem(
+        &srv,
+        &id,
+        &secret,
+        &query_param(&location(&r), "code").unwrap(),
+    )
+    .await;
+    assert_eq!(t.status, 200, "{}", t.body);
+    let life = |claims: &Value| claims["exp"].as_i64().unwrap() - claims["iat"].as_i64().unwrap();
+    let (_, access) = srv.verify(&str_field(&t.json, "access_token")).await;
+    let (_, idt) = srv.verify(&str_field(&t.json, "id_token")).await;
+    assert_eq!(
+        (life(&access), t.json["expires_in"].as_i64().unwrap()),
+        (300, 300)
+    );
+    assert_eq!(life(&idt), 120);
+    assert_eq!(idt["acr"], "0");
+    let t = srv
+        .token_basic(
+            &id,
+            &secret,
+            &[
+                ("grant_type", "refresh_token"),
+                ("refresh_token", &str_field(&t.json, "refresh_token")),
+            ],
+        )
+        .await;
+    assert_eq!(t.status, 200, "{}", t.body);
+    let (_, access) = srv.verify(&str_field(&t.json, "access_token")).await;
+    let (_, idt) = srv.verify(&str_field(&t.json, "id_token")).await;
+    assert_eq!((life(&access), life(&idt)), (180, 90));
+
+    // A remembered login but no remembered consent: prompt=none ends in consent_required.
+    let r = browser.get(&format!("{url}&prompt=none")).await;
+    let q = format!(
+        "login_challenge={}",
+        query_param(&location(&r), "login_challenge").unwrap()
+    );
+    assert_eq!(
+        admin(&srv, "GET", &format!("login?{q}"), None).await.json["skip"],
+        true
+    );
+    let acc = admin(
+        &srv,
+        "PUT",
+        &format!("login/accept?{q}"),
+        Some(json!({"subject": "ivy"})),
+    )
+    .await;
+    let r = browser.get(&str_field(&acc.json, "redirect_to")).await;
+    assert_eq!(r.status, 303, "{}", r.body);
+    let back = location(&r);
+    assert!(back.starts_with(CALLBACK), "{back}");
+    assert_eq!(
+        query_param(&back, "error").as_deref(),
+        Some("consent_required")
+    );
+    assert_eq!(query_param(&back, "state").as_deref(), Some("state-9999"));
+}
+
+#[tokio::test]
+async fn pkce_can_be_enforced_and_errors_can_go_to_the_error_url() {
+    let dir = TestDir::new();
+    let mut srv = Server::start(
+        &dir.data(),
+        &[
+            "--login-url",
+            LOGIN_APP,
+            "--consent-url",
+            CONSENT_APP,
+            "--pkce-enforced-for-public-clients",
+        ],
+    )
+    .await;
+    let public = srv
+        .create_client(json!({
+            "grant_types": ["authorization_code"],
+            "scope": "openid",
+            "redirect_uris": [CALLBACK],
+            "token_endpoint_auth_method": "none",
+        }))
+        .await;
+    let (confidential, _) = web_client(&srv).await;
+    let public = str_field(&public, "client_id");
+    let challenge = "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM";
+    let outcome = |srv: &Server, id: &str, pkce: bool| {
+        let mut url = flow_url(srv, id);
+        if pkce {
+            url.push_str(&format!(
+                "&code_challenge={challenge}&code_challenge_method=S256"
+            ));
+        }
+        async move {
+            let r = Browser::default().get(&url).await;
+            let to = location(&r);
+            if to.starts_with(LOGIN_APP) {
+                "login".to_string()
+            } else {
+                assert!(to.starts_with(CALLBACK), "{to}");
+                assert_eq!(query_param(&to, "state").as_deref(), Some("state-9999"));
+                query_param(&to, "error").unwrap()
+            }
+        }
+    };
+    assert_eq!(outcome(&srv, &public, false).await, "invalid_request");
+    assert_eq!(outcome(&srv, &public, true).await, "login");
+    assert_eq!(outcome(&srv, &confidential, false).await, "login");
+
+    // --pkce-enforced: every client.
+    srv.stop().await;
+    let srv = Server::start(
+        &dir.data(),
+        &[
+            "--login-url",
+            LOGIN_APP,
+            "--consent-url",
+            CONSENT_APP,
+            "--pkce-enforced",
+            "--error-url",
+            "https://login.example/error",
+        ],
+    )
+    .await;
+    assert_eq!(outcome(&srv, &confidential, false).await, "invalid_request");
+    assert_eq!(outcome(&srv, &confidential, true).await, "login");
+    // --error-url: what cannot go to a client goes there instead of /oauth2/fallbacks/error.
+    let r = Browser::default()
+        .get(&flow_url(&srv, "no-such-client"))
+        .await;
+    let to = location(&r);
+    assert!(to.starts_with("https://login.example/error?"), "{to}");
+    assert_eq!(query_param(&to, "error").as_deref(), Some("invalid_client"));
+}
+
+#[tokio::test]
+async fn hostile_input_to_every_oidc_endpoint_never_gets_a_500() {
+    const LOGOUT_APP: &str = "https://login.example/logout";
+    let dir = TestDir::new();
+    let srv = Server::start(
+        &dir.data(),
+        &[
+            "--login-url",
+            LOGIN_APP,
+            "--consent-url",
+            CONSENT_APP,
+            "--logout-url",
+            LOGOUT_APP,
+        ],
+    )
+    .await;
+    let (id, secret) = web_client(&srv).await;
+    let (p, a) = (srv.public(), srv.admin());
+    let requests = [
+        ("GET", format!("{p}/oauth2/auth?%ZZ=1"), ""),
+        ("GET", format!("{p}/oauth2/auth?client_id=%FF%FE"), ""),
+        (
+            "GET",
+            format!("{p}/oauth2/auth?client_id={id}&client_id=x"),
+            "",
+        ),
+        ("GET", format!("{p}/oauth2/auth?login_verifier=..."), ""),
+        ("GET", format!("{p}/oauth2/auth?consent_verifier=a.b"), ""),
+        ("POST", format!("{p}/oauth2/auth"), "%%%&&=="),
+        (
+            "GET",
+            format!("{p}/oauth2/sessions/logout?id_token_hint=a.b.c"),
+            "",
+        ),
+        (
+            "GET",
+            format!("{p}/oauth2/sessions/logout?id_token_hint=%FF"),
+            "",
+        ),
+        (
+            "GET",
+            format!("{p}/oauth2/sessions/logout?logout_verifier=x.y"),
+            "",
+        ),
+        ("POST", format!("{p}/oauth2/sessions/logout"), "state=%ZZ"),
+        ("POST", format!("{p}/userinfo"), "access_token=a.b.c"),
+        (
+            "GET",
+            format!("{a}/admin/oauth2/auth/requests/login?login_challenge=%FF"),
+            "",
+        ),
+        (
+            "PUT",
+            format!("{a}/admin/oauth2/auth/requests/login/accept?login_challenge=x"),
+            "not json",
+        ),
+        (
+            "PUT",
+            format!("{a}/admin/oauth2/auth/requests/login/accept?login_challenge=x"),
+            "{\"subject\":5}",
+        ),
+        (
+            "PUT",
+            format!("{a}/admin/oauth2/auth/requests/consent/accept?consent_challenge=x.y"),
+            "{\"grant_scope\":\"x\"}",
+        ),
+        (
+            "PUT",
+            format!("{a}/admin/oauth2/auth/requests/logout/accept?logout_challenge="),
+            "",
+        ),
+        (
+            "GET",
+            format!("{a}/admin/oauth2/auth/sessions/consent?subject=%FF"),
+            "",
+        ),
+        (
+            "GET",
+            format!("{a}/admin/oauth2/auth/sessions/consent?subject=x&page_token=%25%25"),
+            "",
+        ),
+        (
+            "DELETE",
+            format!("{a}/admin/oauth2/auth/sessions/login?sid=x&subject=y"),
+            "",
+        ),
+        (
+            "DELETE",
+            format!("{a}/admin/oauth2/auth/sessions/login?sid=no-such-session"),
+            "",
+        ),
+    ];
+    for (method, url, body) in requests {
+        let req = http()
+            .request(method.parse().unwrap(), &url)
+            .header(
+                "content-type",
+                if body.starts_with('{') || body.starts_with('n') {
+                    "application/json"
+                } else {
+                    "application/x-www-form-urlencoded"
+                },
+            )
+            .body(body.to_string());
+        let r = Reply::from(req.send().await.unwrap()).await;
+        assert!(
+            r.status < 500,
+            "{method} {url} {body}: {} {}",
+            r.status,
+            r.body
+        );
+        // A refusal is always a JSON error the client can read.
+        assert!(
+            r.status < 400 || r.json.get("error").is_some(),
+            "{method} {url}: {} {}",
+            r.status,
+            r.body
+        );
+    }
+    for form in [
+        vec![("grant_type", "authorization_code"), ("code", "ory_ac_x.y")],
+        vec![("grant_type", "authorization_code"), ("code", "")],
+        vec![
+            ("grant_type", "refresh_token"),
+            ("refresh_token", "ory_rt_%%"),
+        ],
+        vec![("grant_type", "refresh_token")],
+    ] {
+        let r = srv.token_basic(&id, &secret, &form).await;
+        assert!(
+            r.status < 500 && r.json.get("error").is_some(),
+            "{form:?}: {} {}",
+            r.status,
+            r.body
+        );
+    }
+}

@@ -320,7 +320,8 @@ fn quote_escape(s: &str) -> String {
     out
 }
 
-fn html_escape(s: &str) -> String {
+/// Escapes text for HTML element content and quoted attribute values.
+pub fn html_escape(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for c in s.chars() {
         match c {

@@ -56,6 +56,16 @@ pub struct HydraClient {
     pub access_token_strategy: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub skip_consent: Option<bool>,
+    /// OIDC Back-Channel Logout: where logout tokens go.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backchannel_logout_uri: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backchannel_logout_session_required: Option<bool>,
+    /// OIDC Front-Channel Logout: the page the browser loads on logout.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub frontchannel_logout_uri: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub frontchannel_logout_session_required: Option<bool>,
     /// `<name>/<namespace>` of the resource, so clients can be traced back to it.
     pub owner: String,
     /// Per-grant lifespans (`client_credentials_grant_access_token_lifespan`: `1h`, ...).
@@ -226,6 +236,10 @@ fn hydra_client(
         metadata: s.metadata.clone(),
         access_token_strategy: s.access_token_strategy.clone(),
         skip_consent: s.skip_consent,
+        backchannel_logout_uri: s.back_channel_logout_uri.clone().filter(|u| !u.is_empty()),
+        backchannel_logout_session_required: s.back_channel_logout_session_required,
+        frontchannel_logout_uri: s.front_channel_logout_uri.clone().filter(|u| !u.is_empty()),
+        frontchannel_logout_session_required: s.front_channel_logout_session_required,
         owner: format!("{name}/{namespace}"),
         lifespans,
     }

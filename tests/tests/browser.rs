@@ -143,6 +143,12 @@ fn a_person_signs_in_sees_the_claims_and_the_upstream_then_signs_out() {
     browser.click("#logout");
     browser.click("#confirm-logout");
     assert!(browser.text("#signed-out").contains("signed out"));
+    // On the way, the token service's logout page loaded the app's front-channel logout URI
+    // (with iss and sid) and only then went on.
+    assert_eq!(
+        browser.text("#frontchannel"),
+        "Front-channel logouts received: 1"
+    );
     // The token service's session is gone too: signing in asks for the password again
     // (the login was remembered, so without the logout this would skip straight through).
     browser.click("#start");

@@ -43,7 +43,7 @@ fn make_run_serves_the_seed_flow_and_keeps_its_data() {
         "smoke: ok   the callback verified the ID token",
         "smoke: ok   the upstream answered the access token",
         "smoke: ok   after logout, signing in asks for the password again",
-        "smoke: 12 passed, 0 failed",
+        "smoke: 13 passed, 0 failed",
     ] {
         assert!(first.contains(line), "missing {line:?} in\n{first}");
     }

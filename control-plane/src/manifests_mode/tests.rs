@@ -133,6 +133,41 @@ async fn clients_from_secrets_are_registered_marked_and_removed_with_their_manif
 }
 
 #[tokio::test]
+async fn browser_client_settings_of_a_cr_reach_the_token_service() {
+    let f = fixture();
+    let spec = "  grantTypes: [authorization_code, refresh_token]\n  responseTypes: [code]\n  \
+        scope: openid offline\n  secretName: web-secret\n  \
+        redirectUris: ['https://app.example/cb']\n  \
+        postLogoutRedirectUris: ['https://app.example/bye']\n  skipConsent: true\n  \
+        backChannelLogoutURI: https://app.example/bc\n  backChannelLogoutSessionRequired: true\n  \
+        frontChannelLogoutURI: https://app.example/fc\n  frontChannelLogoutSessionRequired: true\n  \
+        tokenLifespans: {authorization_code_grant_access_token_lifespan: 5m, \
+        authorization_code_grant_id_token_lifespan: 2m, refresh_token_grant_refresh_token_lifespan: 48h}\n";
+    f.write(
+        "web.yaml",
+        &format!(
+            "apiVersion: hydra.ory.sh/v1alpha1\nkind: OAuth2Client\nmetadata: {{name: web, namespace: default}}\nspec:\n{spec}---\n{}",
+            secret_yaml("web", "id-web")
+        ),
+    );
+    let r = f.sync().await;
+    assert_eq!(r.registered, ["id-web"], "{r:?}");
+    let c = f.svc.clients.lookup("id-web").unwrap();
+    assert_eq!(c.client.backchannel_logout_uri, "https://app.example/bc");
+    assert!(c.client.backchannel_logout_session_required);
+    assert_eq!(c.client.frontchannel_logout_uri, "https://app.example/fc");
+    assert!(c.client.frontchannel_logout_session_required);
+    assert!(c.client.skip_consent);
+    assert_eq!(
+        c.client.post_logout_redirect_uris,
+        ["https://app.example/bye"]
+    );
+    assert_eq!(c.lifespans.code_access, Some(300));
+    assert_eq!(c.lifespans.code_id, Some(120));
+    assert_eq!(c.lifespans.refresh_refresh, Some(48 * 3600));
+}
+
+#[tokio::test]
 async fn a_client_id_taken_through_the_admin_api_is_not_taken_over() {
     let f = fixture();
     f.svc

@@ -1277,7 +1277,7 @@ async fn ready_is_503_when_the_store_fails() {
 }
 
 #[tokio::test]
-async fn background_purge_drops_expired_revocations() {
+async fn background_purge_drops_expired_rows_of_every_table() {
     let dir = tempfile::tempdir().unwrap();
     let mut c = config(dir.path(), Alg::ES256);
     c.purge_interval = std::time::Duration::from_millis(50);
@@ -1286,15 +1286,64 @@ async fn background_purge_drops_expired_revocations() {
     svc.store.insert_revocation("old", now - 10).unwrap();
     svc.store.insert_revocation("live", now + 3600).unwrap();
     svc.store.use_assertion_jti("c", "j", now - 1).unwrap();
+    // The browser-flow tables: expired flows, sessions and refresh tokens go, live ones stay.
+    for (id, exp) in [("old-flow", now - 1), ("live-flow", now + 3600)] {
+        let f = crate::store::StoredFlow {
+            id: id.into(),
+            stage: 0,
+            json: "{}".into(),
+            expires_at: exp,
+        };
+        svc.store.insert_flow(&f).unwrap();
+    }
+    for kind in ["login", "logout_participant"] {
+        let row = crate::store::StoredSession {
+            id: "old".into(),
+            subject: "s".into(),
+            json: "{}".into(),
+            expires_at: now - 1,
+        };
+        svc.store.put_session(kind, &row).unwrap();
+    }
+    let refresh = crate::store::StoredRefreshToken {
+        hash: [9; 32],
+        chain: "c".into(),
+        client_id: "c".into(),
+        subject: "s".into(),
+        active: true,
+        used_at: None,
+        json: "{}".into(),
+        expires_at: now - 1,
+    };
+    svc.store.insert_refresh_token(&refresh).unwrap();
     let (tx, rx) = tokio::sync::watch::channel(false);
     svc.spawn_background(rx);
-    for _ in 0..100 {
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        if svc.store.list_revocations(now - 100).unwrap().len() == 1 {
+    for _ in 0..200 {
+        let purged = svc.store.list_revocations(now - 100).unwrap().len() == 1
+            && svc.store.get_flow("old-flow").unwrap().is_none()
+            && svc.store.get_refresh_token(&[9; 32]).unwrap().is_none()
+            && svc
+                .store
+                .list_sessions("logout_participant", "s")
+                .unwrap()
+                .is_empty()
+            && svc.store.list_sessions("login", "s").unwrap().is_empty();
+        if purged {
             break;
         }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
     let _ = tx.send(true);
+    assert!(svc.store.get_flow("old-flow").unwrap().is_none());
+    assert!(svc.store.get_flow("live-flow").unwrap().is_some());
+    assert!(svc.store.get_refresh_token(&[9; 32]).unwrap().is_none());
+    assert!(
+        svc.store
+            .list_sessions("logout_participant", "s")
+            .unwrap()
+            .is_empty()
+    );
+    assert!(svc.store.list_sessions("login", "s").unwrap().is_empty());
     // The expired jti row is gone, so the same jti is accepted again.
     assert!(svc.store.use_assertion_jti("c", "j", now + 60).unwrap());
     let live: Vec<String> = svc

@@ -76,6 +76,8 @@ pub struct App {
     pending: Arc<Mutex<Bounded<Pending>>>,
     /// Signed-in browsers (session cookie) → their ID token, the hint for logout.
     sessions: Arc<Mutex<Bounded<String>>>,
+    /// Front-channel logouts the token service's logout page made this app receive.
+    front_channel_logouts: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl App {
@@ -109,6 +111,13 @@ impl App {
 
     fn end_session(&self, id: &str) -> Option<String> {
         lock(&self.sessions).remove(id)
+    }
+
+    /// Ends every session whose ID token names login session `sid` (front-channel logout).
+    fn end_sessions_of(&self, sid: &str) {
+        lock(&self.sessions)
+            .map
+            .retain(|_, (_, token)| id_token::sid(token).as_deref() != Some(sid));
     }
 }
 
@@ -162,6 +171,7 @@ fn router(app: App) -> Router {
         .route("/callback", get(rp::callback))
         .route("/logout", get(rp::logout))
         .route("/signed-out", get(rp::signed_out))
+        .route("/frontchannel-logout", get(rp::frontchannel_logout))
         .route("/login", get(lc::login_page).post(lc::login_submit))
         .route("/consent", get(lc::consent_page).post(lc::consent_submit))
         .route(
@@ -188,6 +198,7 @@ async fn main() -> anyhow::Result<()> {
         http,
         pending: Arc::default(),
         sessions: Arc::default(),
+        front_channel_logouts: Arc::default(),
         cfg: Arc::new(cfg),
     };
     let listener = tokio::net::TcpListener::bind(&app.cfg.listen)

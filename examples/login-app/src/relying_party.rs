@@ -290,14 +290,51 @@ pub async fn logout(State(app): State<App>, headers: HeaderMap) -> Response {
         .into_response()
 }
 
-pub async fn signed_out() -> Response {
+pub async fn signed_out(State(app): State<App>) -> Response {
+    let received = app
+        .front_channel_logouts
+        .load(std::sync::atomic::Ordering::SeqCst);
     page(
         StatusCode::OK,
         "Signed out",
-        "<p id=\"signed-out\">You are signed out of this app and of the token service: the next \
-         sign-in asks for the password again.</p>\
-         <p><a class=\"button\" href=\"/start\" id=\"start\">Sign in again</a></p>",
+        &format!(
+            "<p id=\"signed-out\">You are signed out of this app and of the token service: the \
+             next sign-in asks for the password again.</p>\
+             <p id=\"frontchannel\">Front-channel logouts received: {received}</p>\
+             <p><a class=\"button\" href=\"/start\" id=\"start\">Sign in again</a></p>"
+        ),
     )
+}
+
+#[derive(Deserialize)]
+pub struct FrontChannel {
+    iss: Option<String>,
+    sid: Option<String>,
+}
+
+/// OIDC Front-Channel Logout: the token service's logout page loads this in an iframe with the
+/// ended login session's `iss` and `sid`; sessions of that `sid` end here too.
+pub async fn frontchannel_logout(
+    State(app): State<App>,
+    Query(q): Query<FrontChannel>,
+) -> Response {
+    match (q.iss, q.sid) {
+        (Some(iss), Some(sid)) if iss == app.cfg.issuer => {
+            app.end_sessions_of(&sid);
+            app.front_channel_logouts
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            (
+                [(header::CACHE_CONTROL, "no-store")],
+                "signed out of the example app",
+            )
+                .into_response()
+        }
+        _ => (
+            StatusCode::BAD_REQUEST,
+            "iss and sid of this issuer required",
+        )
+            .into_response(),
+    }
 }
 
 /// The value of cookie `name` in the request, if any.
