@@ -34,6 +34,14 @@ impl Reply {
         String::from_utf8_lossy(&self.body).into_owned()
     }
 
+    /// Fails unless the status is a redirect (302 or 303: browsers treat them alike).
+    pub fn redirect(self, what: &str) -> Result<Self> {
+        if !matches!(self.status, StatusCode::FOUND | StatusCode::SEE_OTHER) {
+            bail!("{what}: {} {}", self.status, self.text());
+        }
+        Ok(self)
+    }
+
     /// Fails unless the status is `want`.
     pub fn expect(self, want: StatusCode, what: &str) -> Result<Self> {
         if self.status != want {

@@ -87,7 +87,7 @@ impl Target {
         let to_login = browser
             .get(http, &format!("{}/oauth2/auth?{query}", self.public))
             .await?
-            .expect(StatusCode::FOUND, "authorization request")?;
+            .redirect("authorization request")?;
         let to_login = to_login.location()?;
         if !to_login.starts_with(LOGIN_APP) {
             bail!("authorization request redirected to {to_login}, not the login app");
@@ -118,7 +118,7 @@ impl Target {
         let to_consent = browser
             .get(http, &back)
             .await?
-            .expect(StatusCode::FOUND, "login verifier")?;
+            .redirect("login verifier")?;
         let to_consent = to_consent.location()?;
         if !to_consent.starts_with(CONSENT_APP) {
             bail!("login verifier redirected to {to_consent}, not the consent app");
@@ -153,7 +153,7 @@ impl Target {
         let to_client = browser
             .get(http, &back)
             .await?
-            .expect(StatusCode::FOUND, "consent verifier")?;
+            .redirect("consent verifier")?;
         let to_client = to_client.location()?;
         if !to_client.starts_with(CALLBACK) {
             bail!("consent verifier redirected to {to_client}, not the client");
