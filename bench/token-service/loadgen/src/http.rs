@@ -85,7 +85,10 @@ impl Client {
         };
         let resp = self
             .hyper
-            .request(req.body(body).with_context(|| format!("request to {url}"))?)
+            .request(
+                req.body(body)
+                    .with_context(|| format!("request to {url}"))?,
+            )
             .await
             .with_context(|| format!("sending to {url}"))?;
         let (parts, body) = resp.into_parts();
@@ -108,7 +111,12 @@ impl Client {
     }
 
     /// `POST` of a form with HTTP Basic client authentication (the token endpoint).
-    pub async fn form(&self, url: &str, basic: &HeaderValue, form: &[(&str, &str)]) -> Result<Reply> {
+    pub async fn form(
+        &self,
+        url: &str,
+        basic: &HeaderValue,
+        form: &[(&str, &str)],
+    ) -> Result<Reply> {
         let body = serde_urlencoded::to_string(form)?.into_bytes();
         self.send(
             Method::POST,

@@ -115,10 +115,7 @@ impl Target {
             .expect(StatusCode::OK, "login accept")?
             .json()?;
         let back = redirect_to(&accepted)?;
-        let to_consent = browser
-            .get(http, &back)
-            .await?
-            .redirect("login verifier")?;
+        let to_consent = browser.get(http, &back).await?.redirect("login verifier")?;
         let to_consent = to_consent.location()?;
         if !to_consent.starts_with(CONSENT_APP) {
             bail!("login verifier redirected to {to_consent}, not the consent app");
@@ -201,13 +198,21 @@ impl Target {
 
     /// An access token, an ID token exactly when `openid` was granted, and a refresh token.
     fn check_tokens(&self, tokens: &serde_json::Value) -> Result<String> {
-        let jwt = |k: &str| tokens[k].as_str().is_some_and(|t| t.split('.').count() == 3);
+        let jwt = |k: &str| {
+            tokens[k]
+                .as_str()
+                .is_some_and(|t| t.split('.').count() == 3)
+        };
         if !jwt("access_token") {
             bail!("no access token: {tokens}");
         }
         let openid = self.scope.split(' ').any(|s| s == "openid");
         if jwt("id_token") != openid {
-            bail!("ID token {} with scope {:?}: {tokens}", if openid { "missing" } else { "present" }, self.scope);
+            bail!(
+                "ID token {} with scope {:?}: {tokens}",
+                if openid { "missing" } else { "present" },
+                self.scope
+            );
         }
         tokens["refresh_token"]
             .as_str()
