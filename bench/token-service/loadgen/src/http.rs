@@ -56,6 +56,12 @@ pub struct Client {
     hyper: Hyper<HttpConnector, Full<Bytes>>,
 }
 
+impl Default for Client {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl Client {
     pub fn new() -> Self {
         let mut connector = HttpConnector::new();
