@@ -28,7 +28,7 @@ help:
 	@echo "make bench         run the benchmarks (bench-filter, bench-tokens)"
 	@echo "make bench-filter  filter throughput vs no-op wasm and native jwt_authn"
 	@echo "make bench-edit    Rule edit -> new decision in a running Envoy (manifests mode)"
-	@echo "make bench-tokens  token service: tokens/s and introspections/s with p99"
+	@echo "make bench-tokens  token service: tokens/s, introspections/s, OIDC flows/s, refresh/s (p99)"
 	@echo "make bench-core    the policy core's cache-hit path, native and as wasm in V8"
 	@echo "make fmt           cargo fmt"
 	@echo "make clean         remove target/, dist/ and .venv/"

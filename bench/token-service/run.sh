@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # Load benchmark of the portcullis token service on this machine, load generator included:
 # client_credentials tokens/s and introspections/s (JWT and opaque) with p99 latency, next to
-# Hydra's published figures (2 cores, hey, 10,000 requests at concurrency 100).
+# Hydra's published figures (2 cores, hey, 10,000 requests at concurrency 100); then complete
+# OpenID Connect authorization-code flows/s and refresh grants/s (oidc-load, in loadgen/).
 #
 # Usage: bench/token-service/run.sh
 #   DURATION=10s CONNS=100 THREADS=2 ALG=RS256 (the default; ES256, EdDSA) PUBLIC_PORT=14444
 #   ADMIN_PORT=14445 DISTINCT=500
+#   OIDC_CONCURRENCY=$CONNS (browsers / refreshing clients) REFRESH_TOKENS=1000 (distinct grants)
 #   PORTCULLIS_BIN=path/to/portcullis (skips the release build)
 # Only loopback is targeted; every wrk run is bounded by DURATION.
 set -euo pipefail
@@ -17,6 +19,8 @@ CONNS=${CONNS:-100}
 THREADS=${THREADS:-2}
 ALG=${ALG:-RS256}
 DISTINCT=${DISTINCT:-500}
+OIDC_CONCURRENCY=${OIDC_CONCURRENCY:-$CONNS}
+REFRESH_TOKENS=${REFRESH_TOKENS:-1000}
 PUBLIC_PORT=${PUBLIC_PORT:-14444}
 ADMIN_PORT=${ADMIN_PORT:-14445}
 public="http://127.0.0.1:$PUBLIC_PORT"
@@ -31,9 +35,11 @@ for tool in curl base64; do
 done
 
 bin=${PORTCULLIS_BIN:-}
-if [[ -z "$bin" ]]; then
-    (cd "$root" && cargo build --release -p portcullis --bin portcullis >&2)
-    bin="$root/target/release/portcullis"
+load=${OIDC_LOAD_BIN:-}
+if [[ -z "$bin" || -z "$load" ]]; then
+    (cd "$root" && cargo build --release -p portcullis --bin portcullis -p portcullis-bench-oidc >&2)
+    bin=${bin:-"$root/target/release/portcullis"}
+    load=${load:-"$root/target/release/oidc-load"}
 fi
 
 data=$(mktemp -d)
@@ -47,6 +53,7 @@ trap cleanup EXIT
 
 "$bin" --log-level warn serve --public-addr "127.0.0.1:$PUBLIC_PORT" --admin-addr "127.0.0.1:$ADMIN_PORT" \
     --data-dir "$data" --signing-alg "$ALG" \
+    --login-url https://login.bench.invalid/login --consent-url https://login.bench.invalid/consent \
     --secrets-system "benchmark-only-system-secret-0123456789" >"$log" 2>&1 &
 pid=$!
 for _ in $(seq 1 200); do
@@ -103,18 +110,31 @@ results=$(
     run introspect-jwt "$admin/admin/oauth2/introspect" introspect.lua TOKEN="$jwt"
     run introspect-jwt-many "$admin/admin/oauth2/introspect" introspect_many.lua TOKENS_FILE="$data.tokens"
     run introspect-opaque "$admin/admin/oauth2/introspect" introspect.lua TOKEN="$opaque"
+    # oidc-load warms up itself (2 s) and prints the same columns plus p50.
+    oidc() { "$load" --public "$public" --admin "$admin" --concurrency "$OIDC_CONCURRENCY" \
+        --duration "${DURATION%s}" --threads "$THREADS" "$@"; }
+    oidc --mode flows --scope "openid offline" --name flows
+    oidc --mode refresh --scope "openid offline" --tokens "$REFRESH_TOKENS" --name refresh-openid
+    oidc --mode refresh --scope offline --tokens "$REFRESH_TOKENS" --name refresh
 )
 
 echo
-echo "portcullis token service, $ALG, $(nproc) cores, wrk -t$THREADS -c$CONNS -d$DURATION (load generator on the same cores)"
-printf '%-34s %12s %10s %8s   %s\n' "benchmark" "req/s" "p99" "non-2xx" "Hydra (2 cores, hey -c100)"
-while IFS=$'\t' read -r name rps p99 errors; do
+echo "portcullis token service, $ALG, $(nproc) cores, wrk -t$THREADS -c$CONNS -d$DURATION," \
+    "oidc-load -c$OIDC_CONCURRENCY (load generators on the same cores)"
+printf '%-44s %12s %10s %10s %8s   %s\n' "benchmark" "per second" "p50" "p99" "errors" "Hydra / target"
+while IFS=$'\t' read -r name rps p50 p99 errors; do
+    if [[ -z "$errors" ]]; then # wrk's rows have no p50 column
+        errors=$p99 p99=$p50 p50=-
+    fi
     case $name in
         tokens) label="client_credentials tokens (JWT)"; hydra="513 req/s, p99 586 ms" ;;
         tokens-opaque) label="client_credentials tokens (opaque)"; hydra="513 req/s, p99 586 ms" ;;
         introspect-jwt) label="introspection (JWT, one token)"; hydra="5,109 req/s, p99 80 ms" ;;
         introspect-jwt-many) label="introspection (JWT, $DISTINCT tokens)"; hydra="5,109 req/s, p99 80 ms" ;;
         introspect-opaque) label="introspection (opaque)"; hydra="5,109 req/s, p99 80 ms" ;;
+        flows) label="authorization-code flows (9 HTTP steps)"; hydra="Ory: ~1,090 logins/s; target 2,000" ;;
+        refresh-openid) label="refresh grants (openid: + ID token)"; hydra="target 10,000" ;;
+        refresh) label="refresh grants (offline only)"; hydra="target 10,000" ;;
     esac
-    printf '%-34s %12s %10s %8s   %s\n' "$label" "$rps" "$p99" "$errors" "$hydra"
+    printf '%-44s %12s %10s %10s %8s   %s\n' "$label" "$rps" "$p50" "$p99" "$errors" "$hydra"
 done <<<"$results"

@@ -150,23 +150,33 @@ pub async fn exchange(
                 .unwrap_or(secs(svc.config.flows.refresh_token_ttl)),
         },
     )?;
-    // The refresh token is stored before the code is spent: if a replay wins the race below,
-    // revoking the chain also catches this one.
-    if let Some(row) = issued.refresh_row.clone() {
+    // The refresh token and the access token's userinfo row are stored before the code is
+    // spent: if a replay wins the race below, revoking the chain and the access token also
+    // catches them (userinfo answers only for unrevoked tokens). Written concurrently, the two
+    // share one group commit.
+    let store_refresh = async {
+        let Some(row) = issued.refresh_row.clone() else {
+            return Ok(());
+        };
         let store = Arc::clone(&svc.store);
         tokio::task::spawn_blocking(move || store.insert_refresh_token(&row))
             .await
-            .map_err(OAuth2Error::server_error)??;
-    }
+            .map_err(OAuth2Error::server_error)?
+            .map_err(OAuth2Error::from)
+    };
+    let record_userinfo = async {
+        if grant.has_scope("openid") {
+            crate::userinfo::record(svc, &issued.access_jti, issued.access_exp, &grant).await?;
+        }
+        Ok::<_, OAuth2Error>(())
+    };
+    tokio::try_join!(store_refresh, record_userinfo)?;
     flow.issued
         .push((issued.access_jti.clone(), issued.access_exp));
     let keep = issued.access_exp.max(now + REPLAY_WINDOW);
     if !flow::advance(svc, &flow, Stage::CodeIssued, Stage::CodeUsed, keep).await? {
         grant_tokens::revoke_grant(svc, &flow.grant_id, &flow.issued).await?;
         return Err(replayed(svc, id).await?);
-    }
-    if grant.has_scope("openid") {
-        crate::userinfo::record(svc, &issued.access_jti, issued.access_exp, &grant).await?;
     }
     Ok(grant_tokens::response(&issued, &grant))
 }

@@ -121,12 +121,20 @@ pub async fn exchange(
             "The refresh token was used by a concurrent request; it is no longer valid.",
         ));
     }
-    // Strict rotation: the access token issued with the old refresh token ends too.
-    if state.access_exp > clock::now() {
-        svc.revoke_jti(state.access_jti, state.access_exp).await?;
-    }
-    if grant.has_scope("openid") {
-        crate::userinfo::record(svc, &issued.access_jti, issued.access_exp, &grant).await?;
-    }
+    // Strict rotation: the access token issued with the old refresh token ends too. The two
+    // writes are independent: written concurrently, they share one group commit.
+    let revoke_old = async {
+        if state.access_exp > clock::now() {
+            svc.revoke_jti(state.access_jti, state.access_exp).await?;
+        }
+        Ok::<_, OAuth2Error>(())
+    };
+    let record_userinfo = async {
+        if grant.has_scope("openid") {
+            crate::userinfo::record(svc, &issued.access_jti, issued.access_exp, &grant).await?;
+        }
+        Ok::<_, OAuth2Error>(())
+    };
+    tokio::try_join!(revoke_old, record_userinfo)?;
     Ok(grant_tokens::response(&issued, &grant))
 }

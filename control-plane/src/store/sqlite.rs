@@ -1,23 +1,24 @@
-//! The embedded store: SQLite in WAL mode with `synchronous=FULL`, one connection behind a mutex
-//! (SQLite serialises writers anyway; hot reads are served from memory by the services above).
+//! The embedded store: SQLite in WAL mode with `synchronous=FULL`. Writes go through a group
+//! commit (`group_commit`): concurrent requests share one transaction and one fsync, and each
+//! returns only once its write is durable. A file database has a second connection for reads,
+//! which WAL lets run while a batch commits (hot reads are also served from memory by the
+//! services above).
+
+mod group_commit;
 
 use super::{
     ClientFilter, Store, StoreError, StoreResult, StoredClient, StoredFlow, StoredKey,
     StoredOpaqueToken, StoredRefreshToken, StoredSession,
 };
-use rusqlite::{Connection, OptionalExtension, params};
+use group_commit::Writer;
+use rusqlite::{Connection, OptionalExtension, Params, params};
 use std::path::Path;
 use std::sync::Mutex;
 
 pub struct SqliteStore {
-    conn: Mutex<Connection>,
-    /// Opaque tokens waiting for a group commit (see `insert_opaque_token`).
-    pending_tokens: Mutex<Vec<PendingToken>>,
-}
-
-struct PendingToken {
-    token: StoredOpaqueToken,
-    done: std::sync::mpsc::Sender<StoreResult<()>>,
+    writer: Writer,
+    /// `None` for an in-memory database (a second connection would be another database).
+    reader: Option<Mutex<Connection>>,
 }
 
 /// Schema versions, applied in order; `PRAGMA user_version` records how many ran.
@@ -166,7 +167,10 @@ impl SqliteStore {
         let path = dir.join("portcullis.sqlite");
         private_file(&path).map_err(|e| io(&path, e))?;
         let conn = Connection::open(&path).map_err(db)?;
-        let store = Self::from_connection(conn)?;
+        let mut store = Self::from_connection(conn)?;
+        let reader = Connection::open(&path).map_err(db)?;
+        configure(&reader)?;
+        store.reader = Some(Mutex::new(reader));
         for suffix in ["-wal", "-shm"] {
             let mut side = path.clone().into_os_string();
             side.push(suffix);
@@ -180,13 +184,9 @@ impl SqliteStore {
     }
 
     fn from_connection(mut conn: Connection) -> StoreResult<Self> {
-        conn.busy_timeout(std::time::Duration::from_secs(5))
-            .map_err(db)?;
+        configure(&conn)?;
         conn.pragma_update(None, "journal_mode", "WAL")
             .map_err(db)?;
-        conn.pragma_update(None, "synchronous", "FULL")
-            .map_err(db)?;
-        conn.pragma_update(None, "foreign_keys", "ON").map_err(db)?;
         let version: i64 = conn
             .pragma_query_value(None, "user_version", |r| r.get(0))
             .map_err(db)?;
@@ -203,18 +203,57 @@ impl SqliteStore {
             tx.commit().map_err(db)?;
         }
         Ok(Self {
-            conn: Mutex::new(conn),
-            pending_tokens: Mutex::new(Vec::new()),
+            writer: Writer::new(conn),
+            reader: None,
         })
     }
 
-    fn with<T>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> StoreResult<T> {
-        let conn = self
-            .conn
-            .lock()
-            .map_err(|_| StoreError::Database("connection mutex poisoned".into()))?;
-        f(&conn).map_err(db)
+    /// Runs a read on the reader connection (or the only one).
+    fn read<T>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> StoreResult<T> {
+        match &self.reader {
+            Some(reader) => {
+                let conn = reader
+                    .lock()
+                    .map_err(|_| StoreError::Database("reader mutex poisoned".into()))?;
+                f(&conn).map_err(db)
+            }
+            None => self.writer.with(f),
+        }
     }
+
+    /// Runs a write in the next group commit; returns once it is durable.
+    fn write<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+    ) -> StoreResult<T> {
+        self.writer.write(f)
+    }
+}
+
+/// Settings every connection needs.
+fn configure(conn: &Connection) -> StoreResult<()> {
+    conn.busy_timeout(std::time::Duration::from_secs(5))
+        .map_err(db)?;
+    // Every query of the store, plus the group commit's own statements, stays prepared.
+    conn.set_prepared_statement_cache_capacity(64);
+    conn.pragma_update(None, "synchronous", "FULL")
+        .map_err(db)?;
+    conn.pragma_update(None, "foreign_keys", "ON").map_err(db)
+}
+
+/// `execute` of a cached prepared statement.
+fn exec(c: &Connection, sql: &str, p: impl Params) -> rusqlite::Result<usize> {
+    c.prepare_cached(sql)?.execute(p)
+}
+
+/// `query_row` of a cached prepared statement; `None` when there is no row.
+fn one<T>(
+    c: &Connection,
+    sql: &str,
+    p: impl Params,
+    f: impl FnOnce(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+) -> rusqlite::Result<Option<T>> {
+    c.prepare_cached(sql)?.query_row(p, f).optional()
 }
 
 fn client_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredClient> {
@@ -227,35 +266,19 @@ fn client_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredClient> {
     })
 }
 
-fn commit_tokens(conn: &Connection, batch: &[PendingToken]) -> rusqlite::Result<()> {
-    if batch.is_empty() {
-        return Ok(());
-    }
-    let tx = conn.unchecked_transaction()?;
-    {
-        let mut stmt = tx.prepare_cached(
-            "INSERT INTO opaque_tokens (hash, client_id, scopes, audience, issued_at, expires_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-        )?;
-        for p in batch {
-            let t = &p.token;
-            stmt.execute(params![
-                &t.hash[..],
-                t.client_id,
-                t.scopes.join(" "),
-                t.audience.join(" "),
-                t.issued_at,
-                t.expires_at
-            ])?;
-        }
-    }
-    tx.commit()
-}
-
 fn flow_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredFlow> {
     Ok(StoredFlow {
         id: r.get(0)?,
         stage: r.get(1)?,
+        json: r.get(2)?,
+        expires_at: r.get(3)?,
+    })
+}
+
+fn session_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredSession> {
+    Ok(StoredSession {
+        id: r.get(0)?,
+        subject: r.get(1)?,
         json: r.get(2)?,
         expires_at: r.get(3)?,
     })
@@ -280,7 +303,8 @@ fn refresh_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredRefreshToken> {
 }
 
 fn insert_refresh(c: &Connection, t: &StoredRefreshToken) -> rusqlite::Result<usize> {
-    c.execute(
+    exec(
+        c,
         "INSERT INTO refresh_tokens
          (hash, chain, client_id, subject, active, used_at, json, expires_at)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
@@ -304,63 +328,69 @@ fn split_list(s: &str) -> Vec<String> {
         .collect()
 }
 
+fn unique_as_conflict<T>(res: StoreResult<T>, what: impl FnOnce() -> String) -> StoreResult<T> {
+    match res {
+        Err(StoreError::Database(msg)) if msg.contains("UNIQUE") => {
+            Err(StoreError::Conflict(what()))
+        }
+        other => other,
+    }
+}
+
+const REFRESH_COLUMNS: &str = "hash, chain, client_id, subject, active, used_at, json, expires_at";
+
 impl Store for SqliteStore {
     fn ping(&self) -> StoreResult<()> {
-        self.with(|c| c.query_row("SELECT 1", [], |_| Ok(())))
+        self.read(|c| c.query_row("SELECT 1", [], |_| Ok(())))
     }
 
     fn insert_client(&self, client: &StoredClient) -> StoreResult<()> {
-        let res = self.with(|c| {
-            c.execute(
+        let row = client.clone();
+        let res = self.write(move |c| {
+            exec(
+                c,
                 "INSERT INTO clients (client_id, json, secret_hash, created_at, updated_at)
                  VALUES (?1, ?2, ?3, ?4, ?5)",
                 params![
-                    client.client_id,
-                    client.json,
-                    client.secret_hash,
-                    client.created_at,
-                    client.updated_at
+                    row.client_id,
+                    row.json,
+                    row.secret_hash,
+                    row.created_at,
+                    row.updated_at
                 ],
             )
         });
-        match res {
-            Err(StoreError::Database(msg)) if msg.contains("UNIQUE") => Err(StoreError::Conflict(
-                format!("client {:?}", client.client_id),
-            )),
-            other => other.map(|_| ()),
-        }
+        unique_as_conflict(res, || format!("client {:?}", client.client_id)).map(|_| ())
     }
 
     fn update_client(&self, client: &StoredClient) -> StoreResult<bool> {
-        self.with(|c| {
-            c.execute(
+        let row = client.clone();
+        self.write(move |c| {
+            exec(
+                c,
                 "UPDATE clients SET json = ?2, secret_hash = ?3, updated_at = ?4
                  WHERE client_id = ?1",
-                params![
-                    client.client_id,
-                    client.json,
-                    client.secret_hash,
-                    client.updated_at
-                ],
+                params![row.client_id, row.json, row.secret_hash, row.updated_at],
             )
         })
         .map(|n| n > 0)
     }
 
     fn delete_client(&self, client_id: &str) -> StoreResult<bool> {
-        self.with(|c| c.execute("DELETE FROM clients WHERE client_id = ?1", [client_id]))
+        let id = client_id.to_string();
+        self.write(move |c| exec(c, "DELETE FROM clients WHERE client_id = ?1", [id]))
             .map(|n| n > 0)
     }
 
     fn get_client(&self, client_id: &str) -> StoreResult<Option<StoredClient>> {
-        self.with(|c| {
-            c.query_row(
+        self.read(|c| {
+            one(
+                c,
                 "SELECT client_id, json, secret_hash, created_at, updated_at
                  FROM clients WHERE client_id = ?1",
                 [client_id],
                 client_row,
             )
-            .optional()
         })
     }
 
@@ -371,7 +401,7 @@ impl Store for SqliteStore {
         filter: &ClientFilter,
     ) -> StoreResult<Vec<StoredClient>> {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        self.with(|c| {
+        self.read(|c| {
             let mut stmt = c.prepare_cached(
                 "SELECT client_id, json, secret_hash, created_at, updated_at FROM clients
                  WHERE (?1 IS NULL OR client_id > ?1)
@@ -388,42 +418,43 @@ impl Store for SqliteStore {
     }
 
     fn insert_key(&self, key: &StoredKey) -> StoreResult<()> {
-        let res = self.with(|c| {
-            c.execute(
+        let row = key.clone();
+        let res = self.write(move |c| {
+            exec(
+                c,
                 "INSERT INTO keys (set_name, kid, alg, private_sealed, created_at, expires_at)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
                 params![
-                    key.set,
-                    key.kid,
-                    key.alg,
-                    key.private_sealed,
-                    key.created_at,
-                    key.expires_at
+                    row.set,
+                    row.kid,
+                    row.alg,
+                    row.private_sealed,
+                    row.created_at,
+                    row.expires_at
                 ],
             )
         });
-        match res {
-            Err(StoreError::Database(msg)) if msg.contains("UNIQUE") => Err(StoreError::Conflict(
-                format!("key {:?} in set {:?}", key.kid, key.set),
-            )),
-            other => other.map(|_| ()),
-        }
+        unique_as_conflict(res, || format!("key {:?} in set {:?}", key.kid, key.set)).map(|_| ())
     }
 
     fn retire_keys(&self, set: &str, keep_kid: &str, expires_at: i64) -> StoreResult<()> {
-        self.with(|c| {
-            c.execute(
+        let (set, keep) = (set.to_string(), keep_kid.to_string());
+        self.write(move |c| {
+            exec(
+                c,
                 "UPDATE keys SET expires_at = ?3
                  WHERE set_name = ?1 AND kid != ?2 AND expires_at IS NULL",
-                params![set, keep_kid, expires_at],
+                params![set, keep, expires_at],
             )
         })
         .map(|_| ())
     }
 
     fn delete_key(&self, set: &str, kid: &str) -> StoreResult<bool> {
-        self.with(|c| {
-            c.execute(
+        let (set, kid) = (set.to_string(), kid.to_string());
+        self.write(move |c| {
+            exec(
+                c,
                 "DELETE FROM keys WHERE set_name = ?1 AND kid = ?2",
                 params![set, kid],
             )
@@ -432,7 +463,7 @@ impl Store for SqliteStore {
     }
 
     fn list_keys(&self) -> StoreResult<Vec<StoredKey>> {
-        self.with(|c| {
+        self.read(|c| {
             let mut stmt = c.prepare_cached(
                 "SELECT set_name, kid, alg, private_sealed, created_at, expires_at
                  FROM keys ORDER BY seq",
@@ -451,55 +482,30 @@ impl Store for SqliteStore {
         })
     }
 
-    /// Group commit: callers queue their token, then whoever gets the connection commits every
-    /// queued token in one transaction (one fsync) and tells each caller. Under load many
-    /// tokens share a commit; alone, a caller commits just its own. Nobody returns before its
-    /// token is durable.
     fn insert_opaque_token(&self, t: &StoredOpaqueToken) -> StoreResult<()> {
-        let (done, result) = std::sync::mpsc::channel();
-        self.pending_tokens
-            .lock()
-            .map_err(|_| StoreError::Database("queue mutex poisoned".into()))?
-            .push(PendingToken {
-                token: t.clone(),
-                done,
-            });
-        loop {
-            if let Ok(r) = result.try_recv() {
-                return r;
-            }
-            let conn = self
-                .conn
-                .lock()
-                .map_err(|_| StoreError::Database("connection mutex poisoned".into()))?;
-            // Committed by the previous holder while we waited for the connection?
-            if let Ok(r) = result.try_recv() {
-                return r;
-            }
-            let batch = std::mem::take(
-                &mut *self
-                    .pending_tokens
-                    .lock()
-                    .map_err(|_| StoreError::Database("queue mutex poisoned".into()))?,
-            );
-            let outcome = commit_tokens(&conn, &batch).map_err(|e| e.to_string());
-            // Answer while still holding the connection, so a waiter that gets it next
-            // already finds its result.
-            for p in batch {
-                let r = match &outcome {
-                    Ok(()) => Ok(()),
-                    Err(e) => Err(StoreError::Database(e.clone())),
-                };
-                // A receiver that went away only means its caller gave up.
-                let _ = p.done.send(r);
-            }
-            drop(conn);
-        }
+        let t = t.clone();
+        self.write(move |c| {
+            exec(
+                c,
+                "INSERT INTO opaque_tokens (hash, client_id, scopes, audience, issued_at, expires_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![
+                    &t.hash[..],
+                    t.client_id,
+                    t.scopes.join(" "),
+                    t.audience.join(" "),
+                    t.issued_at,
+                    t.expires_at
+                ],
+            )
+        })
+        .map(|_| ())
     }
 
     fn get_opaque_token(&self, hash: &[u8; 32]) -> StoreResult<Option<StoredOpaqueToken>> {
-        self.with(|c| {
-            c.query_row(
+        self.read(|c| {
+            one(
+                c,
                 "SELECT client_id, scopes, audience, issued_at, expires_at
                  FROM opaque_tokens WHERE hash = ?1",
                 [&hash[..]],
@@ -514,28 +520,26 @@ impl Store for SqliteStore {
                     })
                 },
             )
-            .optional()
         })
     }
 
     fn delete_opaque_token(&self, hash: &[u8; 32]) -> StoreResult<bool> {
-        self.with(|c| c.execute("DELETE FROM opaque_tokens WHERE hash = ?1", [&hash[..]]))
+        let hash = *hash;
+        self.write(move |c| exec(c, "DELETE FROM opaque_tokens WHERE hash = ?1", [&hash[..]]))
             .map(|n| n > 0)
     }
 
     fn delete_client_tokens(&self, client_id: &str) -> StoreResult<()> {
-        self.with(|c| {
-            c.execute(
-                "DELETE FROM opaque_tokens WHERE client_id = ?1",
-                [client_id],
-            )
-        })
-        .map(|_| ())
+        let id = client_id.to_string();
+        self.write(move |c| exec(c, "DELETE FROM opaque_tokens WHERE client_id = ?1", [id]))
+            .map(|_| ())
     }
 
     fn insert_revocation(&self, jti: &str, expires_at: i64) -> StoreResult<()> {
-        self.with(|c| {
-            c.execute(
+        let jti = jti.to_string();
+        self.write(move |c| {
+            exec(
+                c,
                 "INSERT OR REPLACE INTO revocations (jti, expires_at) VALUES (?1, ?2)",
                 params![jti, expires_at],
             )
@@ -544,7 +548,7 @@ impl Store for SqliteStore {
     }
 
     fn list_revocations(&self, now: i64) -> StoreResult<Vec<(String, i64)>> {
-        self.with(|c| {
+        self.read(|c| {
             let mut stmt =
                 c.prepare_cached("SELECT jti, expires_at FROM revocations WHERE expires_at > ?1")?;
             let rows = stmt.query_map([now], |r| Ok((r.get(0)?, r.get(1)?)))?;
@@ -553,19 +557,23 @@ impl Store for SqliteStore {
     }
 
     fn use_assertion_jti(&self, client_id: &str, jti: &str, expires_at: i64) -> StoreResult<bool> {
-        self.with(|c| {
-            c.execute(
+        let (id, jti) = (client_id.to_string(), jti.to_string());
+        self.write(move |c| {
+            exec(
+                c,
                 "INSERT OR IGNORE INTO assertion_jtis (client_id, jti, expires_at)
                  VALUES (?1, ?2, ?3)",
-                params![client_id, jti, expires_at],
+                params![id, jti, expires_at],
             )
         })
         .map(|n| n > 0)
     }
 
     fn insert_flow(&self, f: &StoredFlow) -> StoreResult<()> {
-        self.with(|c| {
-            c.execute(
+        let f = f.clone();
+        self.write(move |c| {
+            exec(
+                c,
                 "INSERT INTO oidc_flows (id, stage, json, expires_at) VALUES (?1, ?2, ?3, ?4)",
                 params![f.id, f.stage, f.json, f.expires_at],
             )
@@ -574,19 +582,21 @@ impl Store for SqliteStore {
     }
 
     fn get_flow(&self, id: &str) -> StoreResult<Option<StoredFlow>> {
-        self.with(|c| {
-            c.query_row(
+        self.read(|c| {
+            one(
+                c,
                 "SELECT id, stage, json, expires_at FROM oidc_flows WHERE id = ?1",
                 [id],
                 flow_row,
             )
-            .optional()
         })
     }
 
     fn advance_flow(&self, from: i64, f: &StoredFlow) -> StoreResult<bool> {
-        self.with(|c| {
-            c.execute(
+        let f = f.clone();
+        self.write(move |c| {
+            exec(
+                c,
                 "UPDATE oidc_flows SET stage = ?3, json = ?4, expires_at = ?5
                  WHERE id = ?1 AND stage = ?2",
                 params![f.id, from, f.stage, f.json, f.expires_at],
@@ -596,8 +606,10 @@ impl Store for SqliteStore {
     }
 
     fn put_session(&self, kind: &str, s: &StoredSession) -> StoreResult<()> {
-        self.with(|c| {
-            c.execute(
+        let (kind, s) = (kind.to_string(), s.clone());
+        self.write(move |c| {
+            exec(
+                c,
                 "INSERT OR REPLACE INTO oidc_sessions (kind, id, subject, json, expires_at)
                  VALUES (?1, ?2, ?3, ?4, ?5)",
                 params![kind, s.id, s.subject, s.json, s.expires_at],
@@ -607,45 +619,33 @@ impl Store for SqliteStore {
     }
 
     fn get_session(&self, kind: &str, id: &str) -> StoreResult<Option<StoredSession>> {
-        self.with(|c| {
-            c.query_row(
+        self.read(|c| {
+            one(
+                c,
                 "SELECT id, subject, json, expires_at FROM oidc_sessions
                  WHERE kind = ?1 AND id = ?2",
                 params![kind, id],
-                |r| {
-                    Ok(StoredSession {
-                        id: r.get(0)?,
-                        subject: r.get(1)?,
-                        json: r.get(2)?,
-                        expires_at: r.get(3)?,
-                    })
-                },
+                session_row,
             )
-            .optional()
         })
     }
 
     fn list_sessions(&self, kind: &str, subject: &str) -> StoreResult<Vec<StoredSession>> {
-        self.with(|c| {
+        self.read(|c| {
             let mut stmt = c.prepare_cached(
                 "SELECT id, subject, json, expires_at FROM oidc_sessions
                  WHERE kind = ?1 AND subject = ?2 ORDER BY id",
             )?;
-            let rows = stmt.query_map(params![kind, subject], |r| {
-                Ok(StoredSession {
-                    id: r.get(0)?,
-                    subject: r.get(1)?,
-                    json: r.get(2)?,
-                    expires_at: r.get(3)?,
-                })
-            })?;
+            let rows = stmt.query_map(params![kind, subject], session_row)?;
             rows.collect()
         })
     }
 
     fn delete_sessions(&self, kind: &str, subject: &str) -> StoreResult<usize> {
-        self.with(|c| {
-            c.execute(
+        let (kind, subject) = (kind.to_string(), subject.to_string());
+        self.write(move |c| {
+            exec(
+                c,
                 "DELETE FROM oidc_sessions WHERE kind = ?1 AND subject = ?2",
                 params![kind, subject],
             )
@@ -653,8 +653,10 @@ impl Store for SqliteStore {
     }
 
     fn delete_session(&self, kind: &str, id: &str) -> StoreResult<bool> {
-        self.with(|c| {
-            c.execute(
+        let (kind, id) = (kind.to_string(), id.to_string());
+        self.write(move |c| {
+            exec(
+                c,
                 "DELETE FROM oidc_sessions WHERE kind = ?1 AND id = ?2",
                 params![kind, id],
             )
@@ -663,18 +665,18 @@ impl Store for SqliteStore {
     }
 
     fn insert_refresh_token(&self, t: &StoredRefreshToken) -> StoreResult<()> {
-        self.with(|c| insert_refresh(c, t)).map(|_| ())
+        let t = t.clone();
+        self.write(move |c| insert_refresh(c, &t)).map(|_| ())
     }
 
     fn get_refresh_token(&self, hash: &[u8; 32]) -> StoreResult<Option<StoredRefreshToken>> {
-        self.with(|c| {
-            c.query_row(
-                "SELECT hash, chain, client_id, subject, active, used_at, json, expires_at
-                 FROM refresh_tokens WHERE hash = ?1",
+        self.read(|c| {
+            one(
+                c,
+                &format!("SELECT {REFRESH_COLUMNS} FROM refresh_tokens WHERE hash = ?1"),
                 [&hash[..]],
                 refresh_row,
             )
-            .optional()
         })
     }
 
@@ -684,31 +686,33 @@ impl Store for SqliteStore {
         new: &StoredRefreshToken,
         now: i64,
     ) -> StoreResult<bool> {
-        self.with(|c| {
-            let tx = c.unchecked_transaction()?;
-            let won = tx.execute(
+        let (old, new) = (*old, new.clone());
+        // One write (one savepoint): the deactivation and the successor commit together.
+        self.write(move |c| {
+            let won = exec(
+                c,
                 "UPDATE refresh_tokens SET active = 0, used_at = ?2 WHERE hash = ?1 AND active = 1",
                 params![&old[..], now],
             )? == 1;
             if won {
-                insert_refresh(&tx, new)?;
-                tx.commit()?;
+                insert_refresh(c, &new)?;
             }
             Ok(won)
         })
     }
 
     fn revoke_refresh_chain(&self, chain: &str) -> StoreResult<Vec<StoredRefreshToken>> {
-        self.with(|c| {
-            c.execute(
+        let chain = chain.to_string();
+        self.write(move |c| {
+            exec(
+                c,
                 "UPDATE refresh_tokens SET active = 0, used_at = NULL WHERE chain = ?1",
-                [chain],
+                [&chain],
             )?;
-            let mut stmt = c.prepare_cached(
-                "SELECT hash, chain, client_id, subject, active, used_at, json, expires_at
-                 FROM refresh_tokens WHERE chain = ?1",
-            )?;
-            let rows = stmt.query_map([chain], refresh_row)?;
+            let mut stmt = c.prepare_cached(&format!(
+                "SELECT {REFRESH_COLUMNS} FROM refresh_tokens WHERE chain = ?1"
+            ))?;
+            let rows = stmt.query_map([&chain], refresh_row)?;
             rows.collect()
         })
     }
@@ -718,16 +722,18 @@ impl Store for SqliteStore {
         subject: &str,
         client_id: Option<&str>,
     ) -> StoreResult<Vec<StoredRefreshToken>> {
-        self.with(|c| {
-            c.execute(
+        let (subject, client_id) = (subject.to_string(), client_id.map(str::to_string));
+        self.write(move |c| {
+            exec(
+                c,
                 "UPDATE refresh_tokens SET active = 0, used_at = NULL
                  WHERE subject = ?1 AND (?2 IS NULL OR client_id = ?2)",
                 params![subject, client_id],
             )?;
-            let mut stmt = c.prepare_cached(
-                "SELECT hash, chain, client_id, subject, active, used_at, json, expires_at
-                 FROM refresh_tokens WHERE subject = ?1 AND (?2 IS NULL OR client_id = ?2)",
-            )?;
+            let mut stmt = c.prepare_cached(&format!(
+                "SELECT {REFRESH_COLUMNS} FROM refresh_tokens
+                 WHERE subject = ?1 AND (?2 IS NULL OR client_id = ?2)"
+            ))?;
             let rows = stmt.query_map(params![subject, client_id], refresh_row)?;
             rows.collect()
         })
@@ -735,7 +741,8 @@ impl Store for SqliteStore {
 
     fn purge_expired(&self, now: i64) -> StoreResult<usize> {
         // The browser-flow tables grow with traffic (Hydra's unbounded janitor is a known
-        // complaint): delete in batches, letting requests have the connection between them.
+        // complaint): delete in batches, each its own write, so requests' writes commit between
+        // them.
         let mut n = 0;
         for table in ["oidc_flows", "oidc_sessions", "refresh_tokens"] {
             let sql = format!(
@@ -743,14 +750,15 @@ impl Store for SqliteStore {
                  (SELECT rowid FROM {table} WHERE expires_at <= ?1 LIMIT {PURGE_BATCH})"
             );
             loop {
-                let deleted = self.with(|c| c.execute(&sql, [now]))?;
+                let sql = sql.clone();
+                let deleted = self.write(move |c| c.execute(&sql, [now]))?;
                 n += deleted;
                 if deleted < PURGE_BATCH {
                     break;
                 }
             }
         }
-        self.with(|c| {
+        self.write(move |c| {
             let mut n = n + c.execute("DELETE FROM opaque_tokens WHERE expires_at <= ?1", [now])?;
             n += c.execute("DELETE FROM revocations WHERE expires_at <= ?1", [now])?;
             n += c.execute("DELETE FROM assertion_jtis WHERE expires_at <= ?1", [now])?;
