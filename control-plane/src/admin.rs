@@ -218,13 +218,7 @@ pub async fn create_key(
         ));
     }
     let s = Arc::clone(&svc);
-    let key = tokio::task::spawn_blocking(move || {
-        if set == ACCESS_TOKEN_SET {
-            s.rotate_signing_key(alg, req.kid)
-        } else {
-            s.keys.rotate(&set, alg, req.kid, s.max_token_ttl())
-        }
-    })
+    let key = tokio::task::spawn_blocking(move || s.rotate_key(&set, alg, req.kid))
     .await
     .map_err(OAuth2Error::server_error)??;
     tracing::info!(set = %key.set, kid = %key.kid, alg = %key.alg, "key created via admin API");
@@ -255,7 +249,7 @@ async fn delete_keys(
 ) -> Result<StatusCode, OAuth2Error> {
     let s = Arc::clone(&svc);
     let set2 = set.clone();
-    let deleted = tokio::task::spawn_blocking(move || s.keys.delete(&set2, kid.as_deref()))
+    let deleted = tokio::task::spawn_blocking(move || s.delete_keys(&set2, kid.as_deref()))
         .await
         .map_err(OAuth2Error::server_error)??;
     if !deleted {
@@ -264,16 +258,6 @@ async fn delete_keys(
         )));
     }
     svc.verified_jwts.clear();
-    // Never leave the service without a signing key.
-    if set == ACCESS_TOKEN_SET {
-        let s = Arc::clone(&svc);
-        tokio::task::spawn_blocking(move || {
-            s.keys
-                .ensure_current(ACCESS_TOKEN_SET, s.config.signing_alg, s.max_token_ttl())
-        })
-        .await
-        .map_err(OAuth2Error::server_error)??;
-    }
     Ok(StatusCode::NO_CONTENT)
 }
 

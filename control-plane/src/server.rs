@@ -356,8 +356,34 @@ impl Service {
         alg: Alg,
         kid: Option<String>,
     ) -> Result<Arc<crate::keys::SigningKey>, crate::keys::KeyError> {
-        self.keys
-            .rotate(ACCESS_TOKEN_SET, alg, kid, self.max_token_ttl())
+        self.rotate_key(ACCESS_TOKEN_SET, alg, kid)
+    }
+
+    /// Creates a key in `set`, making it current (blocking). Under the store's key lock: two
+    /// replicas rotating at once would each retire the other's new key.
+    pub fn rotate_key(
+        &self,
+        set: &str,
+        alg: Alg,
+        kid: Option<String>,
+    ) -> Result<Arc<crate::keys::SigningKey>, crate::keys::KeyError> {
+        let _lock = self.store.lock(KEYS_LOCK)?;
+        self.keys.rotate(set, alg, kid, self.max_token_ttl())
+    }
+
+    /// Deletes one key or a whole set (blocking); the access-token set gets a new key at once
+    /// when its current one went, so the service never lacks a signing key.
+    pub fn delete_keys(&self, set: &str, kid: Option<&str>) -> Result<bool, crate::keys::KeyError> {
+        let _lock = self.store.lock(KEYS_LOCK)?;
+        let deleted = self.keys.delete(set, kid)?;
+        if deleted && set == ACCESS_TOKEN_SET {
+            self.keys.ensure_current(
+                ACCESS_TOKEN_SET,
+                self.config.signing_alg,
+                self.max_token_ttl(),
+            )?;
+        }
+        Ok(deleted)
     }
 
     fn purge(&self) {
@@ -386,7 +412,13 @@ impl Service {
         if !self.rotation_due(period) {
             return Ok(None);
         }
-        self.rotate_signing_key(self.config.signing_alg, None)
+        self.keys
+            .rotate(
+                ACCESS_TOKEN_SET,
+                self.config.signing_alg,
+                None,
+                self.max_token_ttl(),
+            )
             .map(Some)
     }
 

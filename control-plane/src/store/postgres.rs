@@ -250,7 +250,7 @@ impl PostgresStore {
         let timeout_ms = opts.statement_timeout.as_millis().max(1);
         // Appended to any options the DSN has: ours must win.
         let options = format!(
-            "{} -c statement_timeout={timeout_ms} -c lock_timeout={timeout_ms}",
+            "{} -c statement_timeout={timeout_ms} -c lock_timeout={timeout_ms} -c client_min_messages=warning",
             config.get_options().unwrap_or("")
         );
         config.options(options.trim());
