@@ -3,7 +3,7 @@
 
 use crate::client::{Client, ClientError};
 use crate::clock;
-use crate::keys::{ACCESS_TOKEN_SET, Alg, KeyError};
+use crate::keys::{Alg, KeyError};
 use crate::oauth2_error::{ErrorCode, OAuth2Error};
 use crate::request::{Json, Path};
 use crate::server::Service;

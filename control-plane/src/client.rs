@@ -958,6 +958,15 @@ impl ClientService {
                     m.remove(client_id);
                 }
                 self.verified.invalidate(client_id);
+                // Deleted at another replica: a re-creation here must start in a later second
+                // too (see `create`).
+                if current.is_some()
+                    && let Ok(mut m) = self.deleted_at.lock()
+                {
+                    let now = clock::now();
+                    m.retain(|_, at| *at >= now - 1);
+                    m.insert(client_id.to_string(), now);
+                }
             }
         }
         Ok(())

@@ -398,9 +398,7 @@ fn a_newer_schema_is_refused_with_one_line() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let out = portcullis(&["migrate", "--dsn", &dsn]);
     assert!(String::from_utf8_lossy(&out.stdout).contains("already current"));
-    let mut c = ::postgres::Client::connect(&dsn, ::postgres::NoTls).unwrap();
-    c.batch_execute("INSERT INTO portcullis_schema VALUES (999, 0)")
-        .unwrap();
+    PgServer::execute(&dsn, "INSERT INTO portcullis_schema VALUES (999, 0)");
     for args in [
         vec!["migrate", "--dsn", dsn.as_str()],
         vec![

@@ -201,17 +201,32 @@ impl PgServer {
             std::process::id(),
             N.fetch_add(1, Ordering::Relaxed)
         );
-        let mut c = postgres::Client::connect(&self.dsn("postgres"), postgres::NoTls)
-            .expect("connect to the test PostgreSQL");
-        c.batch_execute(&format!("CREATE DATABASE {name}"))
-            .expect("CREATE DATABASE");
+        let admin = self.dsn("postgres");
+        let create = format!("CREATE DATABASE {name}");
+        off_runtime(move || {
+            let mut c = postgres::Client::connect(&admin, postgres::NoTls)
+                .expect("connect to the test PostgreSQL");
+            c.batch_execute(&create).expect("CREATE DATABASE");
+        });
         self.dsn(&name)
     }
 
     /// One statement against the database of `dsn` (test set-up and inspection).
     pub fn query_one_i64(dsn: &str, sql: &str) -> i64 {
-        let mut c = postgres::Client::connect(dsn, postgres::NoTls).expect("connect");
-        c.query_one(sql, &[]).expect(sql).get(0)
+        let (dsn, sql) = (dsn.to_string(), sql.to_string());
+        off_runtime(move || {
+            let mut c = postgres::Client::connect(&dsn, postgres::NoTls).expect("connect");
+            c.query_one(&sql, &[]).expect("query").get(0)
+        })
+    }
+
+    /// Statements against the database of `dsn`.
+    pub fn execute(dsn: &str, sql: &str) {
+        let (dsn, sql) = (dsn.to_string(), sql.to_string());
+        off_runtime(move || {
+            let mut c = postgres::Client::connect(&dsn, postgres::NoTls).expect("connect");
+            c.batch_execute(&sql).expect("execute");
+        })
     }
 }
 
@@ -226,6 +241,11 @@ impl Drop for PgServer {
             .status();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// The synchronous driver runs its own runtime, which cannot start inside an async test's.
+fn off_runtime<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    std::thread::spawn(f).join().expect("database helper thread")
 }
 
 /// The server shared by every test of this binary (started on first use).
