@@ -219,8 +219,8 @@ pub async fn create_key(
     }
     let s = Arc::clone(&svc);
     let key = tokio::task::spawn_blocking(move || s.rotate_key(&set, alg, req.kid))
-    .await
-    .map_err(OAuth2Error::server_error)??;
+        .await
+        .map_err(OAuth2Error::server_error)??;
     tracing::info!(set = %key.set, kid = %key.kid, alg = %key.alg, "key created via admin API");
     Ok(json_with_status(
         StatusCode::CREATED,

@@ -940,7 +940,11 @@ impl ClientService {
 
     /// Installs `stored` as `client_id` (or removes it), keeping the current record, and so the
     /// warm verification cache, when nothing changed.
-    fn apply_stored(&self, client_id: &str, stored: Option<&StoredClient>) -> Result<(), StoreError> {
+    fn apply_stored(
+        &self,
+        client_id: &str,
+        stored: Option<&StoredClient>,
+    ) -> Result<(), StoreError> {
         let current = self.lookup(client_id);
         match stored {
             Some(stored) => {
@@ -974,7 +978,10 @@ impl ClientService {
 
     /// The client from memory, or with a shared store from the store when memory does not have
     /// it yet (created at another replica an instant ago).
-    async fn lookup_or_fetch(&self, client_id: &str) -> Result<Option<Arc<ClientRecord>>, StoreError> {
+    async fn lookup_or_fetch(
+        &self,
+        client_id: &str,
+    ) -> Result<Option<Arc<ClientRecord>>, StoreError> {
         if let Some(rec) = self.lookup(client_id) {
             return Ok(Some(rec));
         }

@@ -232,13 +232,14 @@ impl Service {
         });
         if shared {
             let weak = Arc::downgrade(&svc);
-            svc.store.watch(Box::new(move |change| match weak.upgrade() {
-                Some(svc) => {
-                    svc.apply(change);
-                    true
-                }
-                None => false,
-            }))?;
+            svc.store
+                .watch(Box::new(move |change| match weak.upgrade() {
+                    Some(svc) => {
+                        svc.apply(change);
+                        true
+                    }
+                    None => false,
+                }))?;
         }
         {
             // Replicas starting together on an empty database: one creates the key, the

@@ -82,8 +82,10 @@ async fn what_one_replica_writes_the_other_serves() {
 
     // Created at A: B authenticates it at once (no waiting for the change feed).
     let c = a
-        .create_client(json!({"client_id": "svc", "client_secret": "first-secret-0123456789",
-            "grant_types": ["client_credentials"], "scope": "read"}))
+        .create_client(
+            json!({"client_id": "svc", "client_secret": "first-secret-0123456789",
+            "grant_types": ["client_credentials"], "scope": "read"}),
+        )
         .await;
     let id = str_field(&c, "client_id");
     let jwt = b.token(&id, "first-secret-0123456789", &[]).await;
@@ -92,11 +94,16 @@ async fn what_one_replica_writes_the_other_serves() {
     a.verify(&jwt).await;
 
     // Opaque tokens live in the database: issued at A, active at B.
-    a.create_client(json!({"client_id": "opaque", "client_secret": "opaque-secret-0123456789",
-        "grant_types": ["client_credentials"], "access_token_strategy": "opaque"}))
-        .await;
+    a.create_client(
+        json!({"client_id": "opaque", "client_secret": "opaque-secret-0123456789",
+        "grant_types": ["client_credentials"], "access_token_strategy": "opaque"}),
+    )
+    .await;
     let opaque = a.token("opaque", "opaque-secret-0123456789", &[]).await;
-    assert!(active(&b, &opaque).await, "an opaque token issued at A introspects at B");
+    assert!(
+        active(&b, &opaque).await,
+        "an opaque token issued at A introspects at B"
+    );
 
     // Both replicas have verified (and cached) the first secret; rotate it at A.
     assert_eq!(token_status(&a, &id, "first-secret-0123456789").await, 200);
@@ -196,9 +203,11 @@ async fn a_replica_killed_under_load_loses_no_acknowledged_token() {
     let dsn = postgres::shared().create_database();
     let (da, db) = (TestDir::new(), TestDir::new());
     let (mut a, b) = tokio::join!(replica(&da, &dsn), replica(&db, &dsn));
-    a.create_client(json!({"client_id": "load", "client_secret": "load-secret-0123456789",
-        "grant_types": ["client_credentials"], "access_token_strategy": "opaque"}))
-        .await;
+    a.create_client(
+        json!({"client_id": "load", "client_secret": "load-secret-0123456789",
+        "grant_types": ["client_credentials"], "access_token_strategy": "opaque"}),
+    )
+    .await;
     let endpoints = [a.token_endpoint(), b.token_endpoint()];
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let workers: Vec<_> = (0..4)
@@ -227,9 +236,7 @@ async fn a_replica_killed_under_load_loses_no_acknowledged_token() {
             })
         })
         .collect();
-    let issued = || {
-        PgServer::query_one_i64(&dsn, "SELECT count(*) FROM opaque_tokens")
-    };
+    let issued = || PgServer::query_one_i64(&dsn, "SELECT count(*) FROM opaque_tokens");
     wait_for("load is flowing", || async { issued() >= 50 }).await;
     a.kill();
     let at_kill = issued();
@@ -258,10 +265,15 @@ async fn a_database_outage_answers_503_and_heals() {
     let dsn = pg.create_database();
     let dir = TestDir::new();
     let srv = replica(&dir, &dsn).await;
-    srv.create_client(json!({"client_id": "c", "client_secret": "outage-secret-0123456789",
-        "grant_types": ["client_credentials"]}))
-        .await;
-    assert_eq!(token_status(&srv, "c", "outage-secret-0123456789").await, 200);
+    srv.create_client(
+        json!({"client_id": "c", "client_secret": "outage-secret-0123456789",
+        "grant_types": ["client_credentials"]}),
+    )
+    .await;
+    assert_eq!(
+        token_status(&srv, "c", "outage-secret-0123456789").await,
+        200
+    );
 
     // Load during the whole outage: every answer is 200 or a 503 JSON error, nothing else.
     let url = srv.token_endpoint();
@@ -329,7 +341,10 @@ async fn a_database_outage_answers_503_and_heals() {
         seen.keys().all(|s| *s == 200 || *s == 503),
         "statuses under load: {seen:?}"
     );
-    assert!(seen.contains_key(&503) && seen.contains_key(&200), "{seen:?}");
+    assert!(
+        seen.contains_key(&503) && seen.contains_key(&200),
+        "{seen:?}"
+    );
 }
 
 fn portcullis(args: &[&str]) -> std::process::Output {
@@ -344,23 +359,32 @@ fn portcullis(args: &[&str]) -> std::process::Output {
 #[tokio::test]
 async fn an_embedded_store_migrates_with_every_client_and_key_usable() {
     let dir = TestDir::new();
-    let mut embedded = Server::start(&dir.data(), &["--issuer", ISSUER, "--signing-alg", "ES256"]).await;
+    let mut embedded =
+        Server::start(&dir.data(), &["--issuer", ISSUER, "--signing-alg", "ES256"]).await;
     // The generated secret of a `make run` install: the replicas are given the same one.
     let secret_file = dir.data().join("secrets.key");
     let (jwt_id, jwt_secret) = embedded.cc_client("read", &[]).await;
     embedded
-        .create_client(json!({"client_id": "opaque", "client_secret": "opaque-secret-0123456789",
-            "grant_types": ["client_credentials"], "access_token_strategy": "opaque"}))
+        .create_client(
+            json!({"client_id": "opaque", "client_secret": "opaque-secret-0123456789",
+            "grant_types": ["client_credentials"], "access_token_strategy": "opaque"}),
+        )
         .await;
     let jwt = embedded.token(&jwt_id, &jwt_secret, &[]).await;
-    let opaque = embedded.token("opaque", "opaque-secret-0123456789", &[]).await;
+    let opaque = embedded
+        .token("opaque", "opaque-secret-0123456789", &[])
+        .await;
     let jwks = embedded.jwks().await;
     embedded.stop().await;
 
     let dsn = postgres::shared().create_database();
     let data = dir.data().display().to_string();
     let out = portcullis(&["migrate", "--dsn", &dsn, "--from-sqlite", &data]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let said = String::from_utf8_lossy(&out.stdout).to_string();
     assert!(said.contains("2 clients, 1 keys"), "{said}");
     // Again: nothing new, nothing lost.
@@ -382,9 +406,16 @@ async fn an_embedded_store_migrates_with_every_client_and_key_usable() {
         ],
     )
     .await;
-    assert_eq!(srv.jwks().await, jwks, "the same key, unsealed with the same secret");
+    assert_eq!(
+        srv.jwks().await,
+        jwks,
+        "the same key, unsealed with the same secret"
+    );
     assert!(active(&srv, &jwt).await, "a JWT issued before the move");
-    assert!(active(&srv, &opaque).await, "an opaque token issued before the move");
+    assert!(
+        active(&srv, &opaque).await,
+        "an opaque token issued before the move"
+    );
     let fresh = srv.token(&jwt_id, &jwt_secret, &[]).await;
     srv.verify(&fresh).await;
     assert_eq!(harness::jwt_parts(&fresh).0["kid"], jwks["keys"][0]["kid"]);
@@ -395,7 +426,11 @@ async fn an_embedded_store_migrates_with_every_client_and_key_usable() {
 fn a_newer_schema_is_refused_with_one_line() {
     let dsn = postgres::shared().create_database();
     let out = portcullis(&["migrate", "--dsn", &dsn]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let out = portcullis(&["migrate", "--dsn", &dsn]);
     assert!(String::from_utf8_lossy(&out.stdout).contains("already current"));
     PgServer::execute(&dsn, "INSERT INTO portcullis_schema VALUES (999, 0)");

@@ -21,7 +21,10 @@ fn store() -> PostgresStore {
     let dsn = pg::shared().create_database();
     let s = PostgresStore::connect(&dsn, &Options::default()).unwrap();
     assert_eq!(s.migrate().unwrap(), vec![1]);
-    assert!(s.migrate().unwrap().is_empty(), "migrating twice is a no-op");
+    assert!(
+        s.migrate().unwrap().is_empty(),
+        "migrating twice is a no-op"
+    );
     s
 }
 
@@ -164,13 +167,23 @@ fn tokens_revocations_jtis_flows_sessions_and_refresh_chains() {
     s.insert_refresh_token(&rt(1, "ch")).unwrap();
     assert!(s.rotate_refresh_token(&[1; 32], &rt(2, "ch"), 50).unwrap());
     assert!(!s.rotate_refresh_token(&[1; 32], &rt(3, "ch"), 51).unwrap());
-    assert!(s.get_refresh_token(&[3; 32]).unwrap().is_none(), "the loser writes nothing");
-    assert_eq!(s.get_refresh_token(&[1; 32]).unwrap().unwrap().used_at, Some(50));
+    assert!(
+        s.get_refresh_token(&[3; 32]).unwrap().is_none(),
+        "the loser writes nothing"
+    );
+    assert_eq!(
+        s.get_refresh_token(&[1; 32]).unwrap().unwrap().used_at,
+        Some(50)
+    );
     let chain = s.revoke_refresh_chain("ch").unwrap();
     assert_eq!(chain.len(), 2);
     assert!(chain.iter().all(|t| !t.active && t.used_at.is_none()));
     s.insert_refresh_token(&rt(4, "other")).unwrap();
-    assert!(s.revoke_refresh_tokens_of("s", Some("d")).unwrap().is_empty());
+    assert!(
+        s.revoke_refresh_tokens_of("s", Some("d"))
+            .unwrap()
+            .is_empty()
+    );
     assert_eq!(s.revoke_refresh_tokens_of("s", Some("c")).unwrap().len(), 3);
     // 3 refresh tokens, the flow, 1 revocation, 2 jtis.
     assert_eq!(s.purge_expired(100).unwrap(), 7);
@@ -264,7 +277,11 @@ fn a_sqlite_snapshot_imports_once() {
     assert_eq!(snap.rows(), 5);
     let pg = store();
     assert_eq!(pg.import(&snap).unwrap(), 5);
-    assert_eq!(pg.import(&snap).unwrap(), 0, "a second import keeps what is there");
+    assert_eq!(
+        pg.import(&snap).unwrap(),
+        0,
+        "a second import keeps what is there"
+    );
     assert_eq!(pg.get_client("a").unwrap(), Some(client("a")));
     assert_eq!(pg.list_keys().unwrap(), vec![key("k")]);
     assert_eq!(pg.get_refresh_token(&[1; 32]).unwrap(), Some(rt(1, "ch")));

@@ -28,8 +28,7 @@ pub const CHANNEL: &str = "portcullis_changes";
 
 /// Schema versions, applied in order; `portcullis_schema` records each one applied. The
 /// tables mirror the SQLite store's (see `sqlite.rs`); the triggers are what replicas listen to.
-const MIGRATIONS: &[&str] = &[
-    r#"
+const MIGRATIONS: &[&str] = &[r#"
 CREATE TABLE clients (
     client_id   TEXT PRIMARY KEY,
     json        TEXT NOT NULL,
@@ -127,8 +126,7 @@ BEGIN
 END $$;
 CREATE TRIGGER revocations_changed AFTER INSERT OR UPDATE ON revocations
     FOR EACH ROW EXECUTE FUNCTION portcullis_notify_revocation();
-"#,
-];
+"#];
 
 /// Serialises schema changes between replicas starting together (any constant of our own).
 const MIGRATION_LOCK: i64 = 0x706f_7274_6375_6c01;

@@ -215,25 +215,27 @@ impl SqliteStore {
             let all = |sql: &str| -> rusqlite::Result<rusqlite::Statement<'_>> { tx.prepare(sql) };
             let clients = all("SELECT client_id, json, secret_hash, created_at, updated_at
                                FROM clients ORDER BY client_id")?
-                .query_map([], client_row)?
-                .collect::<rusqlite::Result<_>>()?;
-            let keys = all("SELECT set_name, kid, alg, private_sealed, created_at, expires_at
-                            FROM keys ORDER BY seq")?
-                .query_map([], key_row)?
-                .collect::<rusqlite::Result<_>>()?;
+            .query_map([], client_row)?
+            .collect::<rusqlite::Result<_>>()?;
+            let keys = all(
+                "SELECT set_name, kid, alg, private_sealed, created_at, expires_at
+                            FROM keys ORDER BY seq",
+            )?
+            .query_map([], key_row)?
+            .collect::<rusqlite::Result<_>>()?;
             let opaque_tokens = all("SELECT hash, client_id, scopes, audience, issued_at,
                                      expires_at FROM opaque_tokens")?
-                .query_map([], |r| {
-                    Ok(StoredOpaqueToken {
-                        hash: hash32(&r.get::<_, Vec<u8>>(0)?),
-                        client_id: r.get(1)?,
-                        scopes: split_list(&r.get::<_, String>(2)?),
-                        audience: split_list(&r.get::<_, String>(3)?),
-                        issued_at: r.get(4)?,
-                        expires_at: r.get(5)?,
-                    })
-                })?
-                .collect::<rusqlite::Result<_>>()?;
+            .query_map([], |r| {
+                Ok(StoredOpaqueToken {
+                    hash: hash32(&r.get::<_, Vec<u8>>(0)?),
+                    client_id: r.get(1)?,
+                    scopes: split_list(&r.get::<_, String>(2)?),
+                    audience: split_list(&r.get::<_, String>(3)?),
+                    issued_at: r.get(4)?,
+                    expires_at: r.get(5)?,
+                })
+            })?
+            .collect::<rusqlite::Result<_>>()?;
             let revocations = all("SELECT jti, expires_at FROM revocations")?
                 .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
                 .collect::<rusqlite::Result<_>>()?;
@@ -258,8 +260,8 @@ impl SqliteStore {
                 .collect::<rusqlite::Result<_>>()?;
             let refresh_tokens = all("SELECT hash, chain, client_id, subject, active, used_at,
                                       json, expires_at FROM refresh_tokens")?
-                .query_map([], refresh_row)?
-                .collect::<rusqlite::Result<_>>()?;
+            .query_map([], refresh_row)?
+            .collect::<rusqlite::Result<_>>()?;
             Ok(Snapshot {
                 clients,
                 keys,

@@ -165,7 +165,11 @@ impl PgServer {
 
     /// Starts a stopped server again on the same port and data.
     pub fn restart(&self) {
-        assert!(self.try_start(), "PostgreSQL did not restart; log:\n{}", self.log());
+        assert!(
+            self.try_start(),
+            "PostgreSQL did not restart; log:\n{}",
+            self.log()
+        );
     }
 
     /// Stops at once (`-m immediate`: like a crash; clients see their connections drop).
@@ -245,7 +249,9 @@ impl Drop for PgServer {
 
 /// The synchronous driver runs its own runtime, which cannot start inside an async test's.
 fn off_runtime<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
-    std::thread::spawn(f).join().expect("database helper thread")
+    std::thread::spawn(f)
+        .join()
+        .expect("database helper thread")
 }
 
 /// The server shared by every test of this binary (started on first use).
