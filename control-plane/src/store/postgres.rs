@@ -639,9 +639,9 @@ impl Store for PostgresStore {
 
     fn lock(&self, name: &str) -> StoreResult<StoreLock> {
         let mut client = self.config.connect(self.tls.clone()).map_err(db)?;
-        // No statement timeout for the wait itself: the holder may be generating an RSA key.
+        // A longer timeout for the wait itself: the holder may be generating an RSA key.
         client
-            .batch_execute("SET statement_timeout = 0")
+            .batch_execute("SET statement_timeout = '60s'")
             .map_err(db)?;
         client
             .execute("SELECT pg_advisory_lock($1)", &[&lock_id(name)])

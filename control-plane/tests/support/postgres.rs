@@ -110,7 +110,8 @@ impl PgServer {
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
-        // Stops the server and removes the directory once this test process is gone.
+        // Stops the server and removes the directory once this test process is gone. It
+        // outlives us on purpose, so it is never waited for (init reaps it).
         let stop = format!(
             "{} {} -D {} stop -m immediate",
             if is_root() {
@@ -121,6 +122,7 @@ impl PgServer {
             bin.join("pg_ctl").display(),
             dir.join("data").display()
         );
+        #[allow(clippy::zombie_processes)]
         Command::new("sh")
             .arg("-c")
             .arg(format!(
