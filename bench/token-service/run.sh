@@ -209,7 +209,7 @@ pg_results=$(
 )
 
 echo
-echo "PostgreSQL store, 2 replicas on one local PostgreSQL $("$PG_BIN/postgres" --version | awk '{print $NF}'), $ALG, same machine and load as above"
+echo "PostgreSQL store, 2 replicas on one local PostgreSQL $("$PG_BIN/postgres" --version | awk '{print $3}'), $ALG, same machine and load as above"
 printf '%-34s %12s %10s %8s   %s\n' "benchmark" "req/s" "p99" "non-2xx" "SQLite, 1 replica (above)"
 while IFS=$'\t' read -r name rps p99 errors; do
     sqlite=$(awk -F'\t' -v n="$name" '$1 == n {printf "%s req/s, p99 %s", $2, $3}' <<<"$sqlite_results")
