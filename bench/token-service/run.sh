@@ -9,6 +9,8 @@
 #   ADMIN_PORT=14445 DISTINCT=500
 #   OIDC_CONCURRENCY=$CONNS (browsers / refreshing clients) REFRESH_TOKENS=1000 (distinct grants)
 #   PORTCULLIS_BIN=path/to/portcullis (skips the release build)
+#   POSTGRES=0 skips the PostgreSQL section (2 replicas on a throwaway local server); PG_BIN
+#   names the server binaries' directory [default: newest /usr/lib/postgresql/*/bin]
 # Only loopback is targeted; every wrk run is bounded by DURATION.
 set -euo pipefail
 
@@ -45,9 +47,17 @@ fi
 data=$(mktemp -d)
 log="$data.log"
 pid=
+pg_pids=()
+pg_dir=
 cleanup() {
     if [[ -n "$pid" ]]; then kill -TERM "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; fi
-    rm -rf "$data" "$log" "$data.tokens"
+    for p in "${pg_pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
+    if [[ -n "$pg_dir" ]]; then pg_as "$PG_BIN/pg_ctl" -D "$pg_dir/data" stop -m fast >/dev/null 2>&1 || true; rm -rf "$pg_dir"; fi
+    rm -rf "$data" "$log" "$data.tokens" "$data.pg"*.log
+}
+# initdb refuses root: as root the server runs as uid/gid 65534.
+pg_as() {
+    if [[ $(id -u) -eq 0 ]]; then setpriv --reuid=65534 --regid=65534 --clear-groups "$@"; else "$@"; fi
 }
 trap cleanup EXIT
 
@@ -122,6 +132,7 @@ echo
 echo "portcullis token service, $ALG, $(nproc) cores, wrk -t$THREADS -c$CONNS -d$DURATION," \
     "oidc-load -c$OIDC_CONCURRENCY (load generators on the same cores)"
 printf '%-44s %12s %10s %10s %8s   %s\n' "benchmark" "per second" "p50" "p99" "errors" "Hydra / target"
+sqlite_results=$results
 while IFS=$'\t' read -r name rps p50 p99 errors; do
     if [[ -z "$errors" ]]; then # wrk's rows have no p50 column
         errors=$p99 p99=$p50 p50=-
@@ -138,3 +149,95 @@ while IFS=$'\t' read -r name rps p50 p99 errors; do
     esac
     printf '%-44s %12s %10s %10s %8s   %s\n' "$label" "$rps" "$p50" "$p99" "$errors" "$hydra"
 done <<<"$results"
+
+# ---- PostgreSQL: 2 replicas on one throwaway local server, beside the SQLite figures above ----
+# Each run drives both replicas at once (one wrk per replica, half the connections each); req/s
+# is their sum, p99 the larger of the two.
+[[ "${POSTGRES:-1}" == 0 ]] && exit 0
+kill -TERM "$pid" 2>/dev/null || true
+wait "$pid" 2>/dev/null || true
+pid=
+
+if [[ -z "${PG_BIN:-}" ]]; then
+    PG_BIN=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1)
+fi
+[[ -x "$PG_BIN/initdb" ]] || { echo "no PostgreSQL binaries (make postgres, or PG_BIN)" >&2; exit 1; }
+pg_dir=$(mktemp -d)
+[[ $(id -u) -eq 0 ]] && chown 65534:65534 "$pg_dir"
+PG_PORT=${PG_PORT:-15432}
+pg_as "$PG_BIN/initdb" -D "$pg_dir/data" -U postgres --auth=trust -E UTF8 >/dev/null
+pg_as "$PG_BIN/pg_ctl" -D "$pg_dir/data" -w -l "$pg_dir/log" \
+    -o "-p $PG_PORT -k $pg_dir -c listen_addresses=127.0.0.1 -c max_connections=200" start >/dev/null
+dsn="postgres://postgres@127.0.0.1:$PG_PORT/postgres?sslmode=disable"
+
+pg_public=("http://127.0.0.1:$((PUBLIC_PORT + 10))" "http://127.0.0.1:$((PUBLIC_PORT + 20))")
+pg_admin=("http://127.0.0.1:$((ADMIN_PORT + 10))" "http://127.0.0.1:$((ADMIN_PORT + 20))")
+for i in 0 1; do
+    "$bin" --log-level warn serve --public-addr "${pg_public[$i]#http://}" --admin-addr "${pg_admin[$i]#http://}" \
+        --data-dir "$data/pg$i" --signing-alg "$ALG" --issuer "$public" --dsn "$dsn" \
+        --secrets-system "benchmark-only-system-secret-0123456789" >"$data.pg$i.log" 2>&1 &
+    pg_pids+=($!)
+done
+for i in 0 1; do
+    for _ in $(seq 1 400); do
+        curl -fsS "${pg_admin[$i]}/health/ready" >/dev/null 2>&1 && break
+        kill -0 "${pg_pids[$i]}" 2>/dev/null || { echo "replica $i exited:" >&2; cat "$data.pg$i.log" >&2; exit 1; }
+        sleep 0.05
+    done
+    curl -fsS "${pg_admin[$i]}/health/ready" >/dev/null || { echo "replica $i not ready" >&2; cat "$data.pg$i.log" >&2; exit 1; }
+done
+admin=${pg_admin[0]}
+public=${pg_public[0]}
+register bench-jwt jwt
+register bench-opaque opaque
+pg_jwt=$(token_of bench-jwt)
+pg_opaque=$(token_of bench-opaque)
+public=${pg_public[1]}
+curl -fsS -d "token=$pg_opaque" "${pg_admin[1]}/admin/oauth2/introspect" | grep -q '"active":true' ||
+    { echo "an opaque token issued at replica 0 is not active at replica 1" >&2; exit 1; }
+
+# run_pair NAME PATH SERVER(public|admin) SCRIPT [ENV=VALUE...]: prints "NAME req/s p99 non2xx"
+run_pair() {
+    local name=$1 path=$2 which=$3 script=$4
+    shift 4
+    local urls
+    if [[ $which == public ]]; then urls=("${pg_public[@]}"); else urls=("${pg_admin[@]}"); fi
+    local half=$(( CONNS / 2 )) t=$(( THREADS > 1 ? THREADS / 2 : 1 ))
+    for u in "${urls[@]}"; do env "$@" wrk -t"$t" -c"$half" -d2s -s "$here/$script" "$u$path" >/dev/null & done
+    wait
+    local outs=("$data.pgrun0" "$data.pgrun1") i=0
+    for u in "${urls[@]}"; do
+        env "$@" wrk -t"$t" -c"$half" -d"$DURATION" --latency -s "$here/$script" "$u$path" >"${outs[$i]}" &
+        i=$((i + 1))
+    done
+    wait
+    cat "${outs[@]}" >&2
+    local rps p99 errors
+    rps=$(awk '/^Requests\/sec:/ {s += $2} END {printf "%.2f", s}' "${outs[@]}")
+    p99=$(awk '$1 == "99%" {v = $2; ms = v + 0; if (v ~ /us$/) ms /= 1000; else if (v ~ /ms$/) ms += 0; else if (v ~ /s$/) ms *= 1000;
+        if (ms > max) {max = ms; out = v}} END {print out}' "${outs[@]}")
+    errors=$(awk '/Non-2xx or 3xx responses:/ {s += $NF} END {print s + 0}' "${outs[@]}")
+    rm -f "${outs[@]}"
+    printf '%s\t%s\t%s\t%s\n' "$name" "$rps" "$p99" "$errors"
+}
+
+pg_results=$(
+    run_pair tokens /oauth2/token public token.lua AUTH="$auth"
+    run_pair tokens-opaque /oauth2/token public token.lua AUTH="$auth_opaque"
+    run_pair introspect-jwt /admin/oauth2/introspect admin introspect.lua TOKEN="$pg_jwt"
+    run_pair introspect-opaque /admin/oauth2/introspect admin introspect.lua TOKEN="$pg_opaque"
+)
+
+echo
+echo "PostgreSQL store, 2 replicas on one local PostgreSQL $("$PG_BIN/postgres" --version | awk '{print $3}'), $ALG, same machine and load as above"
+printf '%-34s %12s %10s %8s   %s\n' "benchmark" "req/s" "p99" "non-2xx" "SQLite, 1 replica (above)"
+while IFS=$'\t' read -r name rps p99 errors; do
+    sqlite=$(awk -F'\t' -v n="$name" '$1 == n {printf "%s req/s, p99 %s", $2, $3}' <<<"$sqlite_results")
+    case $name in
+        tokens) label="client_credentials tokens (JWT)" ;;
+        tokens-opaque) label="client_credentials tokens (opaque)" ;;
+        introspect-jwt) label="introspection (JWT, one token)" ;;
+        introspect-opaque) label="introspection (opaque)" ;;
+    esac
+    printf '%-34s %12s %10s %8s   %s\n' "$label" "$rps" "$p99" "$errors" "$sqlite"
+done <<<"$pg_results"

@@ -3,7 +3,7 @@
 
 use crate::client::{Client, ClientError};
 use crate::clock;
-use crate::keys::{ACCESS_TOKEN_SET, Alg, KeyError};
+use crate::keys::{Alg, KeyError};
 use crate::oauth2_error::{ErrorCode, OAuth2Error};
 use crate::request::{Json, Path};
 use crate::server::Service;
@@ -233,15 +233,9 @@ pub async fn create_key(
         ));
     }
     let s = Arc::clone(&svc);
-    let key = tokio::task::spawn_blocking(move || {
-        if set == ACCESS_TOKEN_SET {
-            s.rotate_signing_key(alg, req.kid)
-        } else {
-            s.keys.rotate(&set, alg, req.kid, s.max_token_ttl())
-        }
-    })
-    .await
-    .map_err(OAuth2Error::server_error)??;
+    let key = tokio::task::spawn_blocking(move || s.rotate_key(&set, alg, req.kid))
+        .await
+        .map_err(OAuth2Error::server_error)??;
     tracing::info!(set = %key.set, kid = %key.kid, alg = %key.alg, "key created via admin API");
     Ok(json_with_status(
         StatusCode::CREATED,
@@ -270,7 +264,7 @@ async fn delete_keys(
 ) -> Result<StatusCode, OAuth2Error> {
     let s = Arc::clone(&svc);
     let set2 = set.clone();
-    let deleted = tokio::task::spawn_blocking(move || s.keys.delete(&set2, kid.as_deref()))
+    let deleted = tokio::task::spawn_blocking(move || s.delete_keys(&set2, kid.as_deref()))
         .await
         .map_err(OAuth2Error::server_error)??;
     if !deleted {
@@ -279,16 +273,6 @@ async fn delete_keys(
         )));
     }
     svc.verified_jwts.clear();
-    // Never leave the service without a signing key.
-    if set == ACCESS_TOKEN_SET {
-        let s = Arc::clone(&svc);
-        tokio::task::spawn_blocking(move || {
-            s.keys
-                .ensure_current(ACCESS_TOKEN_SET, s.config.signing_alg, s.max_token_ttl())
-        })
-        .await
-        .map_err(OAuth2Error::server_error)??;
-    }
     Ok(StatusCode::NO_CONTENT)
 }
 

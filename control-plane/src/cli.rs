@@ -58,6 +58,59 @@ pub enum Command {
     /// Evaluate one request against rules with the filter's core and print the trace; exit 0
     /// for allow, 1 for deny, 2 when the input is wrong.
     Test(TestArgs),
+    /// Apply the PostgreSQL schema (idempotent), optionally copying an embedded SQLite store in.
+    Migrate(MigrateArgs),
+}
+
+/// Where the shared PostgreSQL store is and how to use it (`serve` and `migrate`).
+#[derive(Debug, Clone, clap::Args)]
+pub struct DatabaseArgs {
+    /// PostgreSQL shared by every replica: `postgres://USER:PASS@HOST:PORT/DB?sslmode=...`
+    /// (`disable`, `prefer` or `require`; with TLS the server certificate is verified). Also
+    /// read from Hydra's `DSN` variable. Without it the embedded SQLite store in --data-dir.
+    #[arg(long, env = "PORTCULLIS_DSN", hide_env_values = true)]
+    pub dsn: Option<String>,
+    /// Most PostgreSQL connections a replica opens.
+    #[arg(long, env = "PORTCULLIS_DSN_MAX_CONNS", default_value_t = 16)]
+    pub dsn_max_conns: u32,
+    /// Longest a PostgreSQL statement may run (and a connection may take) before the request
+    /// fails with 503.
+    #[arg(long, env = "PORTCULLIS_DSN_STATEMENT_TIMEOUT", default_value = "5s", value_parser = duration)]
+    pub dsn_statement_timeout: Duration,
+    /// PEM file of CA certificates to trust for the PostgreSQL server (besides the web PKI),
+    /// e.g. a cluster operator's own CA.
+    #[arg(long, env = "PORTCULLIS_DSN_CA_FILE")]
+    pub dsn_ca_file: Option<PathBuf>,
+}
+
+impl DatabaseArgs {
+    /// `--dsn`, `PORTCULLIS_DSN`, or Hydra's `DSN`.
+    pub fn dsn(&self) -> Option<String> {
+        self.dsn
+            .clone()
+            .or_else(|| std::env::var("DSN").ok())
+            .filter(|d| !d.is_empty())
+    }
+
+    pub fn options(&self) -> crate::store::postgres::Options {
+        crate::store::postgres::Options {
+            max_conns: self.dsn_max_conns,
+            statement_timeout: self.dsn_statement_timeout,
+            connect_timeout: self.dsn_statement_timeout.min(Duration::from_secs(5)),
+            ca_file: self.dsn_ca_file.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct MigrateArgs {
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+    /// Copy everything from the embedded store in this data directory (clients, keys still
+    /// sealed with the system secret, tokens, revocations, browser-flow state). Rows already
+    /// in PostgreSQL are kept.
+    #[arg(long)]
+    pub from_sqlite: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -195,6 +248,11 @@ pub struct ServeArgs {
     /// Directory of the embedded database (and of the generated secrets.key).
     #[arg(long, env = "PORTCULLIS_DATA_DIR", default_value = "./data")]
     pub data_dir: PathBuf,
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+    /// Do not apply pending PostgreSQL migrations at start (run `portcullis migrate` instead).
+    #[arg(long, env = "PORTCULLIS_NO_MIGRATE")]
+    pub no_migrate: bool,
     /// Algorithm of the access-token signing key [default: RS256 for a new data dir; an
     /// existing one keeps its current key's algorithm]. A value that differs from the current
     /// key's rotates to a new key (the old one stays in the JWKS until its tokens expire).
@@ -381,6 +439,9 @@ impl ServeArgs {
             .issuer
             .unwrap_or_else(|| format!("http://{}", self.public_addr));
         let mut config = Config::new(self.data_dir);
+        config.dsn = self.database.dsn();
+        config.postgres = self.database.options();
+        config.migrate = !self.no_migrate;
         config.public_addr = self.public_addr;
         config.admin_addr = self.admin_addr;
         config.issuer = issuer;

@@ -480,6 +480,9 @@ pub enum AuthError {
     WrongSecret,
     #[error("the client has no secret")]
     NoSecret,
+    /// The shared store could not be asked about a client this replica does not know yet.
+    #[error("the store is unavailable: {0}")]
+    Unavailable(String),
 }
 
 /// What [`ClientService::upsert`] did; each carries the resulting client (with the secret when
@@ -899,6 +902,105 @@ impl ClientService {
         })
     }
 
+    /// Applies a change another replica (or this one) made to `client_id` in a shared store:
+    /// reloads it, or forgets it when it is gone. Blocking; serialised with local writes so an
+    /// older read never replaces a newer local write.
+    pub fn refresh(&self, client_id: &str) -> Result<(), StoreError> {
+        let _guard = self.write_lock.blocking_lock();
+        let stored = self.store.get_client(client_id)?;
+        self.apply_stored(client_id, stored.as_ref())
+    }
+
+    /// Reloads every client (after the change feed missed some changes). Blocking.
+    pub fn resync(&self) -> Result<(), StoreError> {
+        let _guard = self.write_lock.blocking_lock();
+        let mut seen = std::collections::HashSet::new();
+        let mut after: Option<String> = None;
+        loop {
+            let page = self
+                .store
+                .list_clients(after.as_deref(), 500, &ClientFilter::default())?;
+            let Some(last) = page.last() else { break };
+            after = Some(last.client_id.clone());
+            for stored in &page {
+                seen.insert(stored.client_id.clone());
+                self.apply_stored(&stored.client_id, Some(stored))?;
+            }
+        }
+        let gone: Vec<String> = self
+            .clients
+            .read()
+            .map(|m| m.keys().filter(|id| !seen.contains(*id)).cloned().collect())
+            .unwrap_or_default();
+        for id in gone {
+            self.apply_stored(&id, None)?;
+        }
+        Ok(())
+    }
+
+    /// Installs `stored` as `client_id` (or removes it), keeping the current record, and so the
+    /// warm verification cache, when nothing changed.
+    fn apply_stored(
+        &self,
+        client_id: &str,
+        stored: Option<&StoredClient>,
+    ) -> Result<(), StoreError> {
+        let current = self.lookup(client_id);
+        match stored {
+            Some(stored) => {
+                let same = current.as_ref().is_some_and(|c| {
+                    c.secret_hash == stored.secret_hash
+                        && c.created_at == stored.created_at
+                        && serde_json::to_string(&c.client).is_ok_and(|j| j == stored.json)
+                });
+                if !same {
+                    self.install(record_from(stored, self.next_version(), self.max_lifespan)?);
+                }
+            }
+            None => {
+                if let Ok(mut m) = self.clients.write() {
+                    m.remove(client_id);
+                }
+                self.verified.invalidate(client_id);
+                // Deleted at another replica: a re-creation here must start in a later second
+                // too (see `create`).
+                if current.is_some()
+                    && let Ok(mut m) = self.deleted_at.lock()
+                {
+                    let now = clock::now();
+                    m.retain(|_, at| *at >= now - 1);
+                    m.insert(client_id.to_string(), now);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The client from memory, or with a shared store from the store when memory does not have
+    /// it yet (created at another replica an instant ago).
+    async fn lookup_or_fetch(
+        &self,
+        client_id: &str,
+    ) -> Result<Option<Arc<ClientRecord>>, StoreError> {
+        if let Some(rec) = self.lookup(client_id) {
+            return Ok(Some(rec));
+        }
+        if !self.store.shared() {
+            return Ok(None);
+        }
+        let _guard = self.write_lock.lock().await;
+        if let Some(rec) = self.lookup(client_id) {
+            return Ok(Some(rec));
+        }
+        let store = Arc::clone(&self.store);
+        let id = client_id.to_string();
+        let stored = tokio::task::spawn_blocking(move || store.get_client(&id))
+            .await
+            .map_err(|e| StoreError::Database(e.to_string()))??;
+        self.apply_stored(client_id, stored.as_ref())?;
+        Ok(self.lookup(client_id))
+    }
+
     /// Checks a presented secret; the slow hash runs on the blocking pool and only on a cache
     /// miss.
     pub async fn authenticate_secret(
@@ -906,7 +1008,10 @@ impl ClientService {
         client_id: &str,
         secret: &str,
     ) -> Result<Arc<ClientRecord>, AuthError> {
-        let rec = self.lookup(client_id);
+        let rec = match self.lookup_or_fetch(client_id).await {
+            Ok(rec) => rec,
+            Err(e) => return Err(AuthError::Unavailable(e.to_string())),
+        };
         if let Some(rec) = &rec
             && self.verified.check(client_id, secret, rec.version)
         {

@@ -1,5 +1,6 @@
 //! Health endpoints served on both ports: `/health/alive` (the process answers) and
-//! `/health/ready` (the store answers; 503 otherwise).
+//! `/health/ready` (the store answers and, when shared, its change feed is connected; 503
+//! otherwise).
 
 use crate::server::Service;
 use axum::extract::State;
@@ -18,6 +19,13 @@ pub async fn alive() -> Response {
 }
 
 pub async fn ready(State(svc): State<Arc<Service>>) -> Response {
+    if !svc.is_current() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(json!({"errors": {"database": "not following the store's changes"}})),
+        )
+            .into_response();
+    }
     let store = Arc::clone(&svc.store);
     match tokio::task::spawn_blocking(move || store.ping()).await {
         Ok(Ok(())) => axum::Json(json!({"status": "ok"})).into_response(),

@@ -173,6 +173,7 @@ pub async fn inspect_opaque(
 }
 
 pub async fn inspect(svc: &Service, token: &str) -> Result<Option<ActiveToken>, OAuth2Error> {
+    svc.require_current()?;
     let now = clock::now();
     if token.starts_with(OPAQUE_PREFIX) {
         inspect_opaque(svc, token, now).await

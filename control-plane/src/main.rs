@@ -3,7 +3,7 @@
 
 use anyhow::Context;
 use clap::Parser;
-use portcullis::cli::{Cli, Command, LogFormat, RenderArgs, ServeArgs, TestArgs};
+use portcullis::cli::{Cli, Command, LogFormat, MigrateArgs, RenderArgs, ServeArgs, TestArgs};
 use portcullis::manifests_mode::{self, Settings, WasmModule};
 use portcullis::server::{Apps, Service, StartError, serve_on, shutdown_signal};
 use portcullis_reconciler::global::GlobalConfig;
@@ -49,6 +49,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Test(args) => {
             test(&args).await;
             Ok(())
+        }
+        Command::Migrate(args) => {
+            init_logging(&cli.log_format, &cli.log_level)?;
+            tokio::task::spawn_blocking(move || migrate(&args))
+                .await
+                .context("migrating panicked")?
         }
         Command::Serve(args) => {
             init_logging(&cli.log_format, &cli.log_level)?;
@@ -160,6 +166,49 @@ fn render(args: &RenderArgs) -> anyhow::Result<()> {
         eprintln!("portcullis: {p}");
     }
     print!("{}", rendered.yaml);
+    Ok(())
+}
+
+/// `portcullis migrate`: the schema, then (with `--from-sqlite`) the embedded store's rows.
+fn migrate(args: &MigrateArgs) -> anyhow::Result<()> {
+    use portcullis::store::postgres::{PostgresStore, redact};
+    let dsn = args
+        .database
+        .dsn()
+        .context("migrate needs --dsn (or PORTCULLIS_DSN / DSN)")?;
+    let pg = PostgresStore::connect(&dsn, &args.database.options())?;
+    let applied = pg
+        .migrate()
+        .with_context(|| format!("migrating {}", redact(&dsn)))?;
+    println!(
+        "schema at version {} ({})",
+        PostgresStore::schema_version(),
+        if applied.is_empty() {
+            "already current".to_string()
+        } else {
+            format!("applied {applied:?}")
+        }
+    );
+    if let Some(dir) = &args.from_sqlite {
+        let file = dir.join("portcullis.sqlite");
+        anyhow::ensure!(
+            file.is_file(),
+            "--from-sqlite {}: no portcullis.sqlite in it",
+            dir.display()
+        );
+        let snapshot = portcullis::store::sqlite::SqliteStore::open(dir)
+            .with_context(|| format!("opening {}", file.display()))?
+            .export()
+            .with_context(|| format!("reading {}", file.display()))?;
+        let inserted = pg.import(&snapshot).context("copying into PostgreSQL")?;
+        println!(
+            "copied {inserted} of {} rows from {} ({} clients, {} keys; rows already present kept)",
+            snapshot.rows(),
+            file.display(),
+            snapshot.clients.len(),
+            snapshot.keys.len()
+        );
+    }
     Ok(())
 }
 

@@ -16,8 +16,9 @@ use crate::keys::{ACCESS_TOKEN_SET, Alg, KeyService};
 use crate::metrics::{self, HttpMetrics, Metrics};
 use crate::oauth2_error::OAuth2Error;
 use crate::revoke;
-use crate::store::Store;
+use crate::store::postgres::PostgresStore;
 use crate::store::sqlite::SqliteStore;
+use crate::store::{Change, Store};
 use crate::token;
 use axum::Router;
 use axum::routing::{get, post};
@@ -25,6 +26,7 @@ use portcullis_core::scope::ScopeStrategy;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 use tokio::net::TcpListener;
@@ -36,6 +38,9 @@ use tokio::net::TcpListener;
 /// `--signing-alg ES256` issues ~50,000/s.
 pub const DEFAULT_SIGNING_ALG: Alg = Alg::RS256;
 
+/// The store-wide critical section of creating and rotating signing keys.
+const KEYS_LOCK: &str = "signing-keys";
+
 #[derive(Debug, Clone)]
 pub struct Config {
     pub public_addr: SocketAddr,
@@ -44,6 +49,12 @@ pub struct Config {
     /// trailing slash.
     pub issuer: String,
     pub data_dir: PathBuf,
+    /// PostgreSQL shared by the replicas (`--dsn`); `None` keeps SQLite in `data_dir`.
+    pub dsn: Option<String>,
+    /// Pool size and timeouts of the PostgreSQL store.
+    pub postgres: crate::store::postgres::Options,
+    /// Apply pending PostgreSQL migrations at start (off: `--no-migrate`).
+    pub migrate: bool,
     pub signing_alg: Alg,
     /// When the store already has a signing key, keep its algorithm instead of `signing_alg`
     /// (the CLI sets this when `--signing-alg` is not given): an upgrade must not switch the
@@ -79,6 +90,9 @@ impl Config {
             admin_addr: SocketAddr::from(([127, 0, 0, 1], 4445)),
             issuer: format!("http://{public_addr}"),
             data_dir,
+            dsn: None,
+            postgres: crate::store::postgres::Options::default(),
+            migrate: true,
             signing_alg: DEFAULT_SIGNING_ALG,
             keep_existing_alg: false,
             access_token_ttl: Duration::from_secs(3600),
@@ -131,6 +145,15 @@ pub enum StartError {
     },
     #[error("server: {0}")]
     Serve(std::io::Error),
+    #[error("{0}")]
+    Postgres(#[from] crate::store::postgres::ConfigError),
+    #[error("migrating the database: {0}")]
+    Migrate(#[from] crate::store::postgres::MigrateError),
+    #[error(
+        "--dsn: every replica must decrypt the same keys, so give the shared system secret \
+         (--secrets-file or PORTCULLIS_SECRETS_SYSTEM)"
+    )]
+    SharedSecretRequired,
 }
 
 pub struct Service {
@@ -145,13 +168,32 @@ pub struct Service {
     pub backchannel: crate::backchannel_logout::Notifier,
     /// Revoked JWT ids and their `exp`, mirrored from the store for allocation-free checks.
     revoked: RwLock<HashMap<String, i64>>,
+    /// Whether what is in memory follows the store: always with the embedded store; with a
+    /// shared one only while its change feed is connected (see [`Self::require_current`]).
+    current: AtomicBool,
 }
 
 impl Service {
-    /// Opens the SQLite store in `config.data_dir`, loads clients and keys, and makes sure a
-    /// signing key of `config.signing_alg` exists. Blocking (may generate an RSA key).
+    /// Opens the store (PostgreSQL with `config.dsn`, migrated unless told not to; otherwise
+    /// SQLite in `config.data_dir`), loads clients and keys, and makes sure a signing key of
+    /// `config.signing_alg` exists. Blocking (may generate an RSA key).
     pub fn open(config: Config) -> Result<Arc<Self>, StartError> {
-        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&config.data_dir)?);
+        let store: Arc<dyn Store> = match &config.dsn {
+            Some(dsn) => {
+                if config.secrets_file.is_none() && config.secrets_system.is_none() {
+                    return Err(StartError::SharedSecretRequired);
+                }
+                let pg = PostgresStore::connect(dsn, &config.postgres)?;
+                if config.migrate {
+                    let applied = pg.migrate()?;
+                    if !applied.is_empty() {
+                        tracing::info!(versions = ?applied, "database schema migrated");
+                    }
+                }
+                Arc::new(pg)
+            }
+            None => Arc::new(SqliteStore::open(&config.data_dir)?),
+        };
         Self::with_store(config, store)
     }
 
@@ -177,6 +219,7 @@ impl Service {
             config.signing_alg = current.alg;
         }
         let revoked = store.list_revocations(clock::now())?.into_iter().collect();
+        let shared = store.shared();
         let jwks_fetcher = crate::jwks_uri::JwksFetcher::new(config.allow_private_jwks_uri);
         let svc = Arc::new(Self {
             config,
@@ -188,13 +231,100 @@ impl Service {
             jwks_fetcher,
             backchannel: crate::backchannel_logout::Notifier::new(),
             revoked: RwLock::new(revoked),
+            current: AtomicBool::new(!shared),
         });
-        svc.keys.ensure_current(
-            ACCESS_TOKEN_SET,
-            svc.config.signing_alg,
-            svc.max_token_ttl(),
-        )?;
+        if shared {
+            let weak = Arc::downgrade(&svc);
+            svc.store
+                .watch(Box::new(move |change| match weak.upgrade() {
+                    Some(svc) => {
+                        svc.apply(change);
+                        true
+                    }
+                    None => false,
+                }))?;
+        }
+        {
+            // Replicas starting together on an empty database: one creates the key, the
+            // others find it once they get the lock.
+            let _lock = svc.store.lock(KEYS_LOCK)?;
+            svc.keys.reload()?;
+            svc.keys.ensure_current(
+                ACCESS_TOKEN_SET,
+                svc.config.signing_alg,
+                svc.max_token_ttl(),
+            )?;
+        }
         Ok(svc)
+    }
+
+    /// Applies a change reported by a shared store to what this replica keeps in memory.
+    /// Runs on the change feed's thread (blocking).
+    fn apply(&self, change: Change) {
+        let result = match change {
+            Change::Client(id) => self.clients.refresh(&id).map_err(|e| e.to_string()),
+            Change::Keys => self.keys.reload().map_err(|e| e.to_string()),
+            Change::Revocation { jti, expires_at } => {
+                if let Ok(mut r) = self.revoked.write() {
+                    r.insert(jti, expires_at);
+                }
+                Ok(())
+            }
+            Change::Resync => self.resync(),
+            Change::Lost => {
+                self.current.store(false, Ordering::SeqCst);
+                Ok(())
+            }
+        };
+        if let Err(e) = result {
+            // Something may now be stale: stop serving from memory until a reload succeeds.
+            tracing::warn!(error = %e, "applying a change from the store failed");
+            self.current.store(false, Ordering::SeqCst);
+            let mut delay = std::time::Duration::from_millis(100);
+            loop {
+                match self.resync() {
+                    Ok(()) => break,
+                    Err(e) => tracing::warn!(error = %e, "reloading from the store failed"),
+                }
+                std::thread::sleep(delay);
+                delay = (delay * 2).min(std::time::Duration::from_secs(2));
+            }
+        }
+    }
+
+    /// Reloads clients, keys and revocations; the replica serves from memory again after.
+    fn resync(&self) -> Result<(), String> {
+        self.clients.resync().map_err(|e| e.to_string())?;
+        self.keys.reload().map_err(|e| e.to_string())?;
+        let revoked: HashMap<String, i64> = self
+            .store
+            .list_revocations(clock::now())
+            .map_err(|e| e.to_string())?
+            .into_iter()
+            .collect();
+        if let Ok(mut r) = self.revoked.write() {
+            *r = revoked;
+        }
+        self.current.store(true, Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// Fails with 503 while this replica may be serving stale clients, keys or revocations: a
+    /// replica cut off from the shared store's change feed cannot know that a secret was
+    /// rotated or a token revoked at another replica, so it answers nothing from memory.
+    pub fn require_current(&self) -> Result<(), OAuth2Error> {
+        if self.current.load(Ordering::Relaxed) {
+            Ok(())
+        } else {
+            Err(OAuth2Error::unavailable(
+                "the store's change feed is down: clients and keys may be stale",
+            ))
+        }
+    }
+
+    /// Whether [`Self::require_current`] passes (readiness).
+    pub fn is_current(&self) -> bool {
+        self.current.load(Ordering::Relaxed)
     }
 
     /// The longest lifetime any token may have now (global or per-client).
@@ -230,8 +360,34 @@ impl Service {
         alg: Alg,
         kid: Option<String>,
     ) -> Result<Arc<crate::keys::SigningKey>, crate::keys::KeyError> {
-        self.keys
-            .rotate(ACCESS_TOKEN_SET, alg, kid, self.max_token_ttl())
+        self.rotate_key(ACCESS_TOKEN_SET, alg, kid)
+    }
+
+    /// Creates a key in `set`, making it current (blocking). Under the store's key lock: two
+    /// replicas rotating at once would each retire the other's new key.
+    pub fn rotate_key(
+        &self,
+        set: &str,
+        alg: Alg,
+        kid: Option<String>,
+    ) -> Result<Arc<crate::keys::SigningKey>, crate::keys::KeyError> {
+        let _lock = self.store.lock(KEYS_LOCK)?;
+        self.keys.rotate(set, alg, kid, self.max_token_ttl())
+    }
+
+    /// Deletes one key or a whole set (blocking); the access-token set gets a new key at once
+    /// when its current one went, so the service never lacks a signing key.
+    pub fn delete_keys(&self, set: &str, kid: Option<&str>) -> Result<bool, crate::keys::KeyError> {
+        let _lock = self.store.lock(KEYS_LOCK)?;
+        let deleted = self.keys.delete(set, kid)?;
+        if deleted && set == ACCESS_TOKEN_SET {
+            self.keys.ensure_current(
+                ACCESS_TOKEN_SET,
+                self.config.signing_alg,
+                self.max_token_ttl(),
+            )?;
+        }
+        Ok(deleted)
     }
 
     fn purge(&self) {
@@ -247,6 +403,27 @@ impl Service {
         if let Err(e) = self.keys.reload() {
             tracing::warn!(error = %e, "reloading keys failed");
         }
+    }
+
+    /// Rotates when due, once across replicas: under the store's key lock, after reloading
+    /// (another replica may just have rotated). Blocking.
+    fn scheduled_rotation(
+        &self,
+        period: Duration,
+    ) -> Result<Option<Arc<crate::keys::SigningKey>>, crate::keys::KeyError> {
+        let _lock = self.store.lock(KEYS_LOCK)?;
+        self.keys.reload()?;
+        if !self.rotation_due(period) {
+            return Ok(None);
+        }
+        self.keys
+            .rotate(
+                ACCESS_TOKEN_SET,
+                self.config.signing_alg,
+                None,
+                self.max_token_ttl(),
+            )
+            .map(Some)
     }
 
     fn rotation_due(&self, period: Duration) -> bool {
@@ -283,9 +460,9 @@ impl Service {
                         _ = tick.tick() => {
                             if svc.rotation_due(period) {
                                 let s = Arc::clone(&svc);
-                                let alg = s.config.signing_alg;
-                                match tokio::task::spawn_blocking(move || s.rotate_signing_key(alg, None)).await {
-                                    Ok(Ok(k)) => tracing::info!(kid = %k.kid, "scheduled key rotation"),
+                                match tokio::task::spawn_blocking(move || s.scheduled_rotation(period)).await {
+                                    Ok(Ok(Some(k))) => tracing::info!(kid = %k.kid, "scheduled key rotation"),
+                                    Ok(Ok(None)) => {}
                                     Ok(Err(e)) => tracing::error!(error = %e, "scheduled key rotation failed"),
                                     Err(e) => tracing::error!(error = %e, "scheduled key rotation panicked"),
                                 }

@@ -1,9 +1,65 @@
-//! Persistence behind one object-safe trait, so the embedded SQLite store can later be swapped
-//! for a shared SQL database serving several replicas. Methods are synchronous: async callers run
-//! them on the blocking pool (`tokio::task::spawn_blocking`). A method returns only after its
-//! write is durable.
+//! Persistence behind one object-safe trait: the embedded SQLite store for one process, or
+//! PostgreSQL shared by several replicas. Methods are synchronous: async callers run them on the
+//! blocking pool (`tokio::task::spawn_blocking`). A method returns only after its write is
+//! durable.
+//!
+//! The services above keep clients, keys and revocations in memory. With a shared store another
+//! replica may change them: [`Store::watch`] reports every such change, and [`Store::lock`]
+//! keeps replicas from racing through what must happen once (creating or rotating a key).
 
+pub mod postgres;
 pub mod sqlite;
+
+/// A write that replicas must apply to what they keep in memory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    /// The client was created, updated or deleted.
+    Client(String),
+    /// A signing key was created, retired or deleted.
+    Keys,
+    /// A JWT id was revoked until `expires_at`.
+    Revocation { jti: String, expires_at: i64 },
+    /// The change feed (re)connected: changes may have been missed, reload everything.
+    Resync,
+    /// The change feed is down: what is in memory may be stale until the next `Resync`.
+    Lost,
+}
+
+/// Receives changes on the store's watcher thread; returns false to stop watching.
+pub type ChangeSink = Box<dyn Fn(Change) -> bool + Send + Sync>;
+
+/// Held while a store-wide critical section runs; dropping it lets the next replica in.
+pub type StoreLock = Box<dyn Send>;
+
+/// Everything a store holds, for copying one store into another (`portcullis migrate
+/// --from-sqlite`).
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Snapshot {
+    pub clients: Vec<StoredClient>,
+    pub keys: Vec<StoredKey>,
+    pub opaque_tokens: Vec<StoredOpaqueToken>,
+    /// `(jti, expires_at)`.
+    pub revocations: Vec<(String, i64)>,
+    /// `(client_id, jti, expires_at)`.
+    pub assertion_jtis: Vec<(String, String, i64)>,
+    pub flows: Vec<StoredFlow>,
+    /// `(kind, session)`.
+    pub sessions: Vec<(String, StoredSession)>,
+    pub refresh_tokens: Vec<StoredRefreshToken>,
+}
+
+impl Snapshot {
+    pub fn rows(&self) -> usize {
+        self.clients.len()
+            + self.keys.len()
+            + self.opaque_tokens.len()
+            + self.revocations.len()
+            + self.assertion_jtis.len()
+            + self.flows.len()
+            + self.sessions.len()
+            + self.refresh_tokens.len()
+    }
+}
 
 /// A registered client as persisted: the Hydra JSON (never containing the secret) plus the
 /// secret's slow hash.
@@ -101,6 +157,24 @@ pub type StoreResult<T> = Result<T, StoreError>;
 pub trait Store: Send + Sync + 'static {
     /// Fails when the store cannot serve (readiness).
     fn ping(&self) -> StoreResult<()>;
+
+    /// Whether other processes share this store (then what is kept in memory must follow
+    /// [`Store::watch`]).
+    fn shared(&self) -> bool {
+        false
+    }
+
+    /// Calls `sink` from a background thread for every change any replica makes (this one's
+    /// included). The embedded store has a single process: nothing to watch.
+    fn watch(&self, _sink: ChangeSink) -> StoreResult<()> {
+        Ok(())
+    }
+
+    /// Waits until no other replica is inside the critical section `name`, and keeps them out
+    /// until the returned guard drops. The embedded store has no other replicas.
+    fn lock(&self, _name: &str) -> StoreResult<StoreLock> {
+        Ok(Box::new(()))
+    }
 
     /// Inserts; `Conflict` when the id exists.
     fn insert_client(&self, client: &StoredClient) -> StoreResult<()>;

@@ -128,14 +128,17 @@ async fn with_secret(
 ) -> Result<Arc<ClientRecord>, OAuth2Error> {
     // The secret is checked first (against a dummy for unknown clients) so that every failure
     // costs the same slow hash and answers the same message.
-    let rec = svc
-        .clients
-        .authenticate_secret(id, secret)
-        .await
-        .map_err(|e: AuthError| {
-            tracing::debug!(client_id = id, reason = %e, "client authentication failed");
-            OAuth2Error::invalid_client(AUTH_FAILED)
-        })?;
+    let rec =
+        svc.clients
+            .authenticate_secret(id, secret)
+            .await
+            .map_err(|e: AuthError| match e {
+                AuthError::Unavailable(detail) => OAuth2Error::unavailable(detail),
+                e => {
+                    tracing::debug!(client_id = id, reason = %e, "client authentication failed");
+                    OAuth2Error::invalid_client(AUTH_FAILED)
+                }
+            })?;
     if rec.auth_method != used {
         tracing::debug!(
             client_id = id,
@@ -218,6 +221,7 @@ async fn grant(
             OAuth2Error::invalid_request("The request is missing the grant_type parameter.")
         })?
         .to_string();
+    svc.require_current()?;
     let browser_grant = matches!(grant_type.as_str(), "authorization_code" | "refresh_token");
     let client = authenticate_for(svc, headers, params, browser_grant).await?;
     match grant_type.as_str() {

@@ -7,7 +7,7 @@
 mod group_commit;
 
 use super::{
-    ClientFilter, Store, StoreError, StoreResult, StoredClient, StoredFlow, StoredKey,
+    ClientFilter, Snapshot, Store, StoreError, StoreResult, StoredClient, StoredFlow, StoredKey,
     StoredOpaqueToken, StoredRefreshToken, StoredSession,
 };
 use group_commit::Writer;
@@ -228,6 +228,73 @@ impl SqliteStore {
     ) -> StoreResult<T> {
         self.writer.write(f)
     }
+
+    /// Every row of every table, in one read transaction (`portcullis migrate --from-sqlite`).
+    pub fn export(&self) -> StoreResult<Snapshot> {
+        self.read(|c| {
+            let tx = c.unchecked_transaction()?;
+            let all = |sql: &str| -> rusqlite::Result<rusqlite::Statement<'_>> { tx.prepare(sql) };
+            let clients = all("SELECT client_id, json, secret_hash, created_at, updated_at
+                               FROM clients ORDER BY client_id")?
+            .query_map([], client_row)?
+            .collect::<rusqlite::Result<_>>()?;
+            let keys = all(
+                "SELECT set_name, kid, alg, private_sealed, created_at, expires_at
+                            FROM keys ORDER BY seq",
+            )?
+            .query_map([], key_row)?
+            .collect::<rusqlite::Result<_>>()?;
+            let opaque_tokens = all("SELECT hash, client_id, scopes, audience, issued_at,
+                                     expires_at FROM opaque_tokens")?
+            .query_map([], |r| {
+                Ok(StoredOpaqueToken {
+                    hash: hash32(&r.get::<_, Vec<u8>>(0)?),
+                    client_id: r.get(1)?,
+                    scopes: split_list(&r.get::<_, String>(2)?),
+                    audience: split_list(&r.get::<_, String>(3)?),
+                    issued_at: r.get(4)?,
+                    expires_at: r.get(5)?,
+                })
+            })?
+            .collect::<rusqlite::Result<_>>()?;
+            let revocations = all("SELECT jti, expires_at FROM revocations")?
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect::<rusqlite::Result<_>>()?;
+            let assertion_jtis = all("SELECT client_id, jti, expires_at FROM assertion_jtis")?
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+                .collect::<rusqlite::Result<_>>()?;
+            let flows = all("SELECT id, stage, json, expires_at FROM oidc_flows")?
+                .query_map([], flow_row)?
+                .collect::<rusqlite::Result<_>>()?;
+            let sessions = all("SELECT kind, id, subject, json, expires_at FROM oidc_sessions")?
+                .query_map([], |r| {
+                    Ok((
+                        r.get(0)?,
+                        StoredSession {
+                            id: r.get(1)?,
+                            subject: r.get(2)?,
+                            json: r.get(3)?,
+                            expires_at: r.get(4)?,
+                        },
+                    ))
+                })?
+                .collect::<rusqlite::Result<_>>()?;
+            let refresh_tokens = all("SELECT hash, chain, client_id, subject, active, used_at,
+                                      json, expires_at FROM refresh_tokens")?
+            .query_map([], refresh_row)?
+            .collect::<rusqlite::Result<_>>()?;
+            Ok(Snapshot {
+                clients,
+                keys,
+                opaque_tokens,
+                revocations,
+                assertion_jtis,
+                flows,
+                sessions,
+                refresh_tokens,
+            })
+        })
+    }
 }
 
 /// Settings every connection needs.
@@ -266,6 +333,25 @@ fn client_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredClient> {
     })
 }
 
+fn key_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredKey> {
+    Ok(StoredKey {
+        set: r.get(0)?,
+        kid: r.get(1)?,
+        alg: r.get(2)?,
+        private_sealed: r.get(3)?,
+        created_at: r.get(4)?,
+        expires_at: r.get(5)?,
+    })
+}
+
+fn hash32(bytes: &[u8]) -> [u8; 32] {
+    let mut h = [0u8; 32];
+    if bytes.len() == 32 {
+        h.copy_from_slice(bytes);
+    }
+    h
+}
+
 fn flow_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredFlow> {
     Ok(StoredFlow {
         id: r.get(0)?,
@@ -285,13 +371,8 @@ fn session_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredSession> {
 }
 
 fn refresh_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredRefreshToken> {
-    let hash: Vec<u8> = r.get(0)?;
-    let mut h = [0u8; 32];
-    if hash.len() == 32 {
-        h.copy_from_slice(&hash);
-    }
     Ok(StoredRefreshToken {
-        hash: h,
+        hash: hash32(&r.get::<_, Vec<u8>>(0)?),
         chain: r.get(1)?,
         client_id: r.get(2)?,
         subject: r.get(3)?,
@@ -468,16 +549,7 @@ impl Store for SqliteStore {
                 "SELECT set_name, kid, alg, private_sealed, created_at, expires_at
                  FROM keys ORDER BY seq",
             )?;
-            let rows = stmt.query_map([], |r| {
-                Ok(StoredKey {
-                    set: r.get(0)?,
-                    kid: r.get(1)?,
-                    alg: r.get(2)?,
-                    private_sealed: r.get(3)?,
-                    created_at: r.get(4)?,
-                    expires_at: r.get(5)?,
-                })
-            })?;
+            let rows = stmt.query_map([], key_row)?;
             rows.collect()
         })
     }

@@ -2,7 +2,13 @@
 //! data directory, waiting for readiness, SIGTERM/SIGKILL, and small HTTP helpers that speak the
 //! token service's wire format (form bodies, Basic credentials, JWT verification against the
 //! published JWKS with an independent JOSE library).
+//!
+//! With `PORTCULLIS_TEST_STORE=postgres` every server gets its own database on a throwaway
+//! PostgreSQL server ([`postgres`]), so the same suites run against both stores.
 #![allow(dead_code)]
+
+#[path = "postgres.rs"]
+pub mod postgres;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
@@ -56,11 +62,19 @@ impl Server {
 
     /// Like [`Server::start`] with extra environment variables (`PORTCULLIS_*` settings).
     pub async fn start_with_env(dir: &Path, extra_args: &[&str], env: &[(&str, &str)]) -> Server {
-        let extra: Vec<String> = extra_args.iter().map(|s| s.to_string()).collect();
-        let env: Vec<(String, String)> = env
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
+        let mut extra: Vec<String> = extra_args.iter().map(|s| s.to_string()).collect();
+        let mut env_all: Vec<(String, String)> = Vec::new();
+        if postgres::enabled() && !extra.iter().any(|a| a == "--dsn") {
+            extra.push("--dsn".into());
+            extra.push(postgres::shared().create_database());
+            // Replicas must share the system secret; a test's own secret settings win.
+            env_all.push((
+                "PORTCULLIS_SECRETS_SYSTEM".into(),
+                postgres::SYSTEM_SECRET.into(),
+            ));
+        }
+        env_all.extend(env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        let env = env_all;
         // A port found free may be taken again before the binary binds it: retry on new ports.
         let mut last_log = String::new();
         for _ in 0..3 {

@@ -1,0 +1,1089 @@
+//! The shared store: PostgreSQL, for several replicas of the token service.
+//!
+//! Synchronous `postgres` connections in an `r2d2` pool: the [`Store`] trait is synchronous and
+//! its callers already run it on the blocking pool, so a blocking driver needs no bridge between
+//! runtimes, and each method stays one SQL statement, close to the SQLite one.
+//!
+//! Replicas learn about each other's writes through triggers that `NOTIFY` on
+//! [`CHANNEL`] when a client, key or revocation changes (at commit, so a replica that hears of
+//! a change can read it). One connection per replica `LISTEN`s ([`Store::watch`]); when it
+//! drops, the replica is told ([`Change::Lost`]) and, once back, reloads everything
+//! ([`Change::Resync`]), since notifications sent meanwhile are gone.
+
+use super::{
+    Change, ChangeSink, ClientFilter, Snapshot, Store, StoreError, StoreLock, StoreResult,
+    StoredClient, StoredFlow, StoredKey, StoredOpaqueToken, StoredRefreshToken, StoredSession,
+};
+use postgres::error::SqlState;
+use postgres::fallible_iterator::FallibleIterator;
+use postgres::{Client, GenericClient, Row};
+use r2d2_postgres::PostgresConnectionManager;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_postgres_rustls::MakeRustlsConnect;
+
+/// The channel the change triggers notify on.
+pub const CHANNEL: &str = "portcullis_changes";
+
+/// Schema versions, applied in order; `portcullis_schema` records each one applied. The
+/// tables mirror the SQLite store's (see `sqlite.rs`); the triggers are what replicas listen to.
+const MIGRATIONS: &[&str] = &[r#"
+CREATE TABLE clients (
+    client_id   TEXT PRIMARY KEY,
+    json        TEXT NOT NULL,
+    secret_hash TEXT,
+    created_at  BIGINT NOT NULL,
+    updated_at  BIGINT NOT NULL
+);
+CREATE TABLE keys (
+    seq            BIGSERIAL PRIMARY KEY,
+    set_name       TEXT NOT NULL,
+    kid            TEXT NOT NULL,
+    alg            TEXT NOT NULL,
+    private_sealed BYTEA NOT NULL,
+    created_at     BIGINT NOT NULL,
+    expires_at     BIGINT,
+    UNIQUE (set_name, kid)
+);
+CREATE TABLE opaque_tokens (
+    hash       BYTEA PRIMARY KEY,
+    client_id  TEXT NOT NULL,
+    scopes     TEXT NOT NULL,
+    audience   TEXT NOT NULL,
+    issued_at  BIGINT NOT NULL,
+    expires_at BIGINT NOT NULL
+);
+CREATE INDEX opaque_tokens_exp ON opaque_tokens(expires_at);
+CREATE INDEX opaque_tokens_client ON opaque_tokens(client_id);
+CREATE TABLE revocations (
+    jti        TEXT PRIMARY KEY,
+    expires_at BIGINT NOT NULL
+);
+CREATE TABLE assertion_jtis (
+    client_id  TEXT NOT NULL,
+    jti        TEXT NOT NULL,
+    expires_at BIGINT NOT NULL,
+    PRIMARY KEY (client_id, jti)
+);
+CREATE INDEX assertion_jtis_exp ON assertion_jtis(expires_at);
+CREATE TABLE oidc_flows (
+    id         TEXT PRIMARY KEY,
+    stage      BIGINT NOT NULL,
+    json       TEXT NOT NULL,
+    expires_at BIGINT NOT NULL
+);
+CREATE INDEX oidc_flows_exp ON oidc_flows(expires_at);
+CREATE TABLE oidc_sessions (
+    kind       TEXT NOT NULL,
+    id         TEXT NOT NULL,
+    subject    TEXT NOT NULL,
+    json       TEXT NOT NULL,
+    expires_at BIGINT NOT NULL,
+    PRIMARY KEY (kind, id)
+);
+CREATE INDEX oidc_sessions_exp ON oidc_sessions(expires_at);
+CREATE INDEX oidc_sessions_subject ON oidc_sessions(kind, subject);
+CREATE TABLE refresh_tokens (
+    hash       BYTEA PRIMARY KEY,
+    chain      TEXT NOT NULL,
+    client_id  TEXT NOT NULL,
+    subject    TEXT NOT NULL,
+    active     BOOLEAN NOT NULL,
+    used_at    BIGINT,
+    json       TEXT NOT NULL,
+    expires_at BIGINT NOT NULL
+);
+CREATE INDEX refresh_tokens_chain ON refresh_tokens(chain);
+CREATE INDEX refresh_tokens_subject ON refresh_tokens(subject, client_id);
+CREATE INDEX refresh_tokens_exp ON refresh_tokens(expires_at);
+
+CREATE FUNCTION portcullis_notify_client() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_notify('portcullis_changes',
+        'client ' || CASE WHEN TG_OP = 'DELETE' THEN OLD.client_id ELSE NEW.client_id END);
+    RETURN NULL;
+END $$;
+CREATE TRIGGER clients_changed AFTER INSERT OR UPDATE OR DELETE ON clients
+    FOR EACH ROW EXECUTE FUNCTION portcullis_notify_client();
+CREATE FUNCTION portcullis_notify_keys() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_notify('portcullis_changes', 'keys');
+    RETURN NULL;
+END $$;
+CREATE TRIGGER keys_changed AFTER INSERT OR UPDATE OR DELETE ON keys
+    FOR EACH STATEMENT EXECUTE FUNCTION portcullis_notify_keys();
+-- A payload is at most 8000 bytes: a longer jti is announced as "reload all revocations".
+CREATE FUNCTION portcullis_notify_revocation() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF octet_length(NEW.jti) > 4000 THEN
+        PERFORM pg_notify('portcullis_changes', 'resync');
+    ELSE
+        PERFORM pg_notify('portcullis_changes',
+            'revocation ' || NEW.expires_at || ' ' || NEW.jti);
+    END IF;
+    RETURN NULL;
+END $$;
+CREATE TRIGGER revocations_changed AFTER INSERT OR UPDATE ON revocations
+    FOR EACH ROW EXECUTE FUNCTION portcullis_notify_revocation();
+"#];
+
+/// Serialises schema changes between replicas starting together (any constant of our own).
+const MIGRATION_LOCK: i64 = 0x706f_7274_6375_6c01;
+
+/// Rows deleted per statement when purging the browser-flow tables.
+const PURGE_BATCH: i64 = 1000;
+
+/// How the pool connects and how long statements may run.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Most connections the pool opens.
+    pub max_conns: u32,
+    /// Longest a statement may run before PostgreSQL cancels it.
+    pub statement_timeout: Duration,
+    /// Longest to wait for a connection (pool or new) before a request fails with 503.
+    pub connect_timeout: Duration,
+    /// Extra PEM CA certificates trusted for `sslmode=prefer|require` (besides the web PKI).
+    pub ca_file: Option<std::path::PathBuf>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            max_conns: 16,
+            statement_timeout: Duration::from_secs(5),
+            connect_timeout: Duration::from_secs(3),
+            ca_file: None,
+        }
+    }
+}
+
+type Manager = PostgresConnectionManager<MakeRustlsConnect>;
+
+pub struct PostgresStore {
+    pool: r2d2::Pool<Manager>,
+    config: postgres::Config,
+    tls: MakeRustlsConnect,
+}
+
+fn db(e: postgres::Error) -> StoreError {
+    if e.code() == Some(&SqlState::UNIQUE_VIOLATION) {
+        return StoreError::Conflict(e.as_db_error().map_or_else(
+            || "row".to_string(),
+            |d| d.detail().unwrap_or(d.message()).to_string(),
+        ));
+    }
+    // The driver's Display of a server error is just "db error": name what the server said.
+    match e.as_db_error() {
+        Some(d) => StoreError::Database(format!("{}: {}", d.code().code(), d.message())),
+        None => StoreError::Database(e.to_string()),
+    }
+}
+
+fn unavailable(e: r2d2::Error) -> StoreError {
+    StoreError::Database(format!("no database connection: {e}"))
+}
+
+/// Why the DSN or the TLS setup cannot be used (start-up only).
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("invalid --dsn: {0}")]
+    Dsn(String),
+    #[error("--dsn-ca-file {path}: {detail}")]
+    CaFile { path: String, detail: String },
+}
+
+/// The DSN without its password, for logs and errors.
+pub fn redact(dsn: &str) -> String {
+    match url::Url::parse(dsn) {
+        Ok(mut u) if u.password().is_some() => {
+            let _ = u.set_password(Some("****"));
+            u.to_string()
+        }
+        Ok(u) => u.to_string(),
+        Err(_) => "<dsn>".to_string(),
+    }
+}
+
+fn tls(ca_file: Option<&std::path::Path>) -> Result<MakeRustlsConnect, ConfigError> {
+    let mut roots = rustls::RootCertStore {
+        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+    };
+    if let Some(path) = ca_file {
+        use rustls::pki_types::CertificateDer;
+        use rustls::pki_types::pem::PemObject;
+        let err = |detail: String| ConfigError::CaFile {
+            path: path.display().to_string(),
+            detail,
+        };
+        let certs = CertificateDer::pem_file_iter(path)
+            .map_err(|e| err(e.to_string()))?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| err(e.to_string()))?;
+        if certs.is_empty() {
+            return Err(err("no PEM certificate in it".into()));
+        }
+        for c in certs {
+            roots.add(c).map_err(|e| err(e.to_string()))?;
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| ConfigError::Dsn(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(MakeRustlsConnect::new(config))
+}
+
+impl PostgresStore {
+    /// Connects lazily (the pool opens connections on demand). Nothing is checked against the
+    /// server here: [`Self::migrate`] is the first statement.
+    pub fn connect(dsn: &str, opts: &Options) -> Result<Self, ConfigError> {
+        let mut config =
+            postgres::Config::from_str(dsn).map_err(|e| ConfigError::Dsn(e.to_string()))?;
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(opts.connect_timeout);
+        }
+        let timeout_ms = opts.statement_timeout.as_millis().max(1);
+        // Appended to any options the DSN has: ours must win.
+        let options = format!(
+            "{} -c statement_timeout={timeout_ms} -c lock_timeout={timeout_ms} -c client_min_messages=warning",
+            config.get_options().unwrap_or("")
+        );
+        config.options(options.trim());
+        config.keepalives(true);
+        config.keepalives_idle(Duration::from_secs(10));
+        if config.get_application_name().is_none() {
+            config.application_name("portcullis");
+        }
+        let tls = tls(opts.ca_file.as_deref())?;
+        let manager = PostgresConnectionManager::new(config.clone(), tls.clone());
+        let pool = r2d2::Pool::builder()
+            .max_size(opts.max_conns.max(1))
+            .min_idle(Some(0))
+            .connection_timeout(opts.connect_timeout)
+            // A checkout costs no round trip; a broken connection is noticed by its query
+            // failing, and r2d2 drops connections whose socket closed.
+            .test_on_check_out(false)
+            .error_handler(Box::new(r2d2::NopErrorHandler))
+            .build_unchecked(manager);
+        Ok(Self { pool, config, tls })
+    }
+
+    fn conn(&self) -> StoreResult<r2d2::PooledConnection<Manager>> {
+        self.pool.get().map_err(unavailable)
+    }
+
+    fn with<T>(&self, f: impl FnOnce(&mut Client) -> Result<T, postgres::Error>) -> StoreResult<T> {
+        let mut c = self.conn()?;
+        f(&mut c).map_err(db)
+    }
+
+    /// Applies pending migrations (idempotent; replicas starting together take turns). Refuses a
+    /// schema newer than this binary knows. Returns the versions applied.
+    pub fn migrate(&self) -> Result<Vec<usize>, MigrateError> {
+        let mut c = self.conn()?;
+        let mut tx = c.transaction().map_err(db)?;
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
+            .map_err(db)?;
+        tx.batch_execute(
+            "CREATE TABLE IF NOT EXISTS portcullis_schema (
+                 version    INTEGER PRIMARY KEY,
+                 applied_at BIGINT NOT NULL
+             )",
+        )
+        .map_err(db)?;
+        let current: i32 = tx
+            .query_one(
+                "SELECT COALESCE(MAX(version), 0) FROM portcullis_schema",
+                &[],
+            )
+            .map_err(db)?
+            .get(0);
+        let current = usize::try_from(current).unwrap_or(0);
+        if current > MIGRATIONS.len() {
+            return Err(MigrateError::TooNew {
+                found: current,
+                known: MIGRATIONS.len(),
+            });
+        }
+        let mut applied = Vec::new();
+        for (i, sql) in MIGRATIONS.iter().enumerate().skip(current) {
+            let version = i32::try_from(i + 1).unwrap_or(i32::MAX);
+            tx.batch_execute(sql).map_err(db)?;
+            tx.execute(
+                "INSERT INTO portcullis_schema (version, applied_at)
+                 VALUES ($1, EXTRACT(EPOCH FROM now())::BIGINT)",
+                &[&version],
+            )
+            .map_err(db)?;
+            applied.push(i + 1);
+        }
+        tx.commit().map_err(db)?;
+        Ok(applied)
+    }
+
+    /// The schema version this binary writes.
+    pub fn schema_version() -> usize {
+        MIGRATIONS.len()
+    }
+
+    /// Copies `snap` in, in one transaction; rows already present are kept (so a repeated
+    /// import is harmless). Returns the rows inserted.
+    pub fn import(&self, snap: &Snapshot) -> StoreResult<u64> {
+        self.with(|c| {
+            let mut tx = c.transaction()?;
+            let mut n = 0;
+            for cl in &snap.clients {
+                n += tx.execute(
+                    "INSERT INTO clients (client_id, json, secret_hash, created_at, updated_at)
+                     VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
+                    &[
+                        &cl.client_id,
+                        &cl.json,
+                        &cl.secret_hash,
+                        &cl.created_at,
+                        &cl.updated_at,
+                    ],
+                )?;
+            }
+            for k in &snap.keys {
+                n += tx.execute(
+                    "INSERT INTO keys (set_name, kid, alg, private_sealed, created_at, expires_at)
+                     VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
+                    &[
+                        &k.set,
+                        &k.kid,
+                        &k.alg,
+                        &k.private_sealed,
+                        &k.created_at,
+                        &k.expires_at,
+                    ],
+                )?;
+            }
+            for t in &snap.opaque_tokens {
+                n += tx.execute(
+                    "INSERT INTO opaque_tokens
+                     (hash, client_id, scopes, audience, issued_at, expires_at)
+                     VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
+                    &[
+                        &&t.hash[..],
+                        &t.client_id,
+                        &t.scopes.join(" "),
+                        &t.audience.join(" "),
+                        &t.issued_at,
+                        &t.expires_at,
+                    ],
+                )?;
+            }
+            for (jti, exp) in &snap.revocations {
+                n += tx.execute(
+                    "INSERT INTO revocations (jti, expires_at) VALUES ($1, $2)
+                     ON CONFLICT DO NOTHING",
+                    &[jti, exp],
+                )?;
+            }
+            for (client, jti, exp) in &snap.assertion_jtis {
+                n += tx.execute(
+                    "INSERT INTO assertion_jtis (client_id, jti, expires_at) VALUES ($1, $2, $3)
+                     ON CONFLICT DO NOTHING",
+                    &[client, jti, exp],
+                )?;
+            }
+            for f in &snap.flows {
+                n += tx.execute(
+                    "INSERT INTO oidc_flows (id, stage, json, expires_at) VALUES ($1, $2, $3, $4)
+                     ON CONFLICT DO NOTHING",
+                    &[&f.id, &f.stage, &f.json, &f.expires_at],
+                )?;
+            }
+            for (kind, s) in &snap.sessions {
+                n += tx.execute(
+                    "INSERT INTO oidc_sessions (kind, id, subject, json, expires_at)
+                     VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
+                    &[kind, &s.id, &s.subject, &s.json, &s.expires_at],
+                )?;
+            }
+            for t in &snap.refresh_tokens {
+                n += insert_refresh(&mut tx, t, true)?;
+            }
+            tx.commit()?;
+            Ok(n)
+        })
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum MigrateError {
+    #[error(
+        "the database schema is version {found}, newer than this portcullis knows ({known}): \
+         run a newer portcullis"
+    )]
+    TooNew { found: usize, known: usize },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+fn client_row(r: &Row) -> StoredClient {
+    StoredClient {
+        client_id: r.get(0),
+        json: r.get(1),
+        secret_hash: r.get(2),
+        created_at: r.get(3),
+        updated_at: r.get(4),
+    }
+}
+
+fn key_row(r: &Row) -> StoredKey {
+    StoredKey {
+        set: r.get(0),
+        kid: r.get(1),
+        alg: r.get(2),
+        private_sealed: r.get(3),
+        created_at: r.get(4),
+        expires_at: r.get(5),
+    }
+}
+
+fn flow_row(r: &Row) -> StoredFlow {
+    StoredFlow {
+        id: r.get(0),
+        stage: r.get(1),
+        json: r.get(2),
+        expires_at: r.get(3),
+    }
+}
+
+fn session_row(r: &Row) -> StoredSession {
+    StoredSession {
+        id: r.get(0),
+        subject: r.get(1),
+        json: r.get(2),
+        expires_at: r.get(3),
+    }
+}
+
+fn hash32(bytes: &[u8]) -> [u8; 32] {
+    let mut h = [0u8; 32];
+    if bytes.len() == 32 {
+        h.copy_from_slice(bytes);
+    }
+    h
+}
+
+fn refresh_row(r: &Row) -> StoredRefreshToken {
+    StoredRefreshToken {
+        hash: hash32(r.get(0)),
+        chain: r.get(1),
+        client_id: r.get(2),
+        subject: r.get(3),
+        active: r.get(4),
+        used_at: r.get(5),
+        json: r.get(6),
+        expires_at: r.get(7),
+    }
+}
+
+const REFRESH_COLUMNS: &str = "hash, chain, client_id, subject, active, used_at, json, expires_at";
+
+fn insert_refresh(
+    c: &mut impl GenericClient,
+    t: &StoredRefreshToken,
+    keep_existing: bool,
+) -> Result<u64, postgres::Error> {
+    let sql = if keep_existing {
+        "INSERT INTO refresh_tokens
+         (hash, chain, client_id, subject, active, used_at, json, expires_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT DO NOTHING"
+    } else {
+        "INSERT INTO refresh_tokens
+         (hash, chain, client_id, subject, active, used_at, json, expires_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
+    };
+    c.execute(
+        sql,
+        &[
+            &&t.hash[..],
+            &t.chain,
+            &t.client_id,
+            &t.subject,
+            &t.active,
+            &t.used_at,
+            &t.json,
+            &t.expires_at,
+        ],
+    )
+}
+
+fn split_list(s: &str) -> Vec<String> {
+    s.split(' ')
+        .filter(|p| !p.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+/// What a notification payload says changed; `None` for a payload we do not know (a newer
+/// replica's), which is treated as "reload everything".
+fn parse_change(payload: &str) -> Change {
+    let (kind, rest) = payload.split_once(' ').unwrap_or((payload, ""));
+    match kind {
+        "client" => Change::Client(rest.to_string()),
+        "keys" => Change::Keys,
+        "revocation" => match rest.split_once(' ') {
+            Some((exp, jti)) => match exp.parse() {
+                Ok(expires_at) => Change::Revocation {
+                    jti: jti.to_string(),
+                    expires_at,
+                },
+                Err(_) => Change::Resync,
+            },
+            None => Change::Resync,
+        },
+        _ => Change::Resync,
+    }
+}
+
+/// How often the listening connection is checked while nothing is heard.
+const LISTEN_IDLE_CHECK: Duration = Duration::from_secs(1);
+
+/// Listens on [`CHANNEL`] until `sink` says stop, reconnecting with a short backoff.
+fn listen(config: &postgres::Config, tls: &MakeRustlsConnect, sink: &ChangeSink) {
+    let mut connected_before = false;
+    loop {
+        let mut client = match config.connect(tls.clone()) {
+            Ok(c) => c,
+            Err(e) => {
+                if connected_before {
+                    tracing::debug!(error = %db(e), "change feed: reconnecting");
+                }
+                std::thread::sleep(Duration::from_millis(250));
+                continue;
+            }
+        };
+        if let Err(e) = client.batch_execute(&format!("LISTEN {CHANNEL}")) {
+            tracing::warn!(error = %db(e), "change feed: LISTEN failed");
+            std::thread::sleep(Duration::from_millis(250));
+            continue;
+        }
+        if connected_before {
+            tracing::info!("change feed reconnected: reloading clients, keys and revocations");
+        }
+        connected_before = true;
+        if !sink(Change::Resync) {
+            return;
+        }
+        loop {
+            let next = client
+                .notifications()
+                .timeout_iter(LISTEN_IDLE_CHECK)
+                .next();
+            match next {
+                Ok(Some(n)) => {
+                    if !sink(parse_change(n.payload())) {
+                        return;
+                    }
+                }
+                // Quiet: make sure the connection is still there (a vanished server may leave
+                // a half-open socket that never errors by itself).
+                Ok(None) => {
+                    if let Err(e) = client.simple_query("SELECT 1") {
+                        tracing::warn!(error = %db(e), "change feed lost");
+                        break;
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %db(e), "change feed lost");
+                    break;
+                }
+            }
+        }
+        if !sink(Change::Lost) {
+            return;
+        }
+    }
+}
+
+/// Holds a session-level advisory lock on its own connection: closing the connection (on drop,
+/// or if the process dies) is what releases it, so a crashed replica cannot leave it held.
+struct AdvisoryLock {
+    _client: Client,
+}
+
+/// A stable 64-bit lock id for a critical section's name.
+fn lock_id(name: &str) -> i64 {
+    let digest = crate::crypto::sha256(format!("portcullis lock {name}").as_bytes());
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&digest[..8]);
+    i64::from_be_bytes(b)
+}
+
+impl Store for PostgresStore {
+    fn ping(&self) -> StoreResult<()> {
+        self.with(|c| c.simple_query("SELECT 1").map(|_| ()))
+    }
+
+    fn shared(&self) -> bool {
+        true
+    }
+
+    fn watch(&self, sink: ChangeSink) -> StoreResult<()> {
+        let config = self.config.clone();
+        let tls = self.tls.clone();
+        std::thread::Builder::new()
+            .name("portcullis-change-feed".into())
+            .spawn(move || listen(&config, &tls, &sink))
+            .map(|_| ())
+            .map_err(|e| StoreError::Database(format!("starting the change feed: {e}")))
+    }
+
+    fn lock(&self, name: &str) -> StoreResult<StoreLock> {
+        let mut client = self.config.connect(self.tls.clone()).map_err(db)?;
+        // A longer timeout for the wait itself: the holder may be generating an RSA key.
+        client
+            .batch_execute("SET statement_timeout = '60s'")
+            .map_err(db)?;
+        client
+            .execute("SELECT pg_advisory_lock($1)", &[&lock_id(name)])
+            .map_err(db)?;
+        Ok(Box::new(AdvisoryLock { _client: client }))
+    }
+
+    fn insert_client(&self, client: &StoredClient) -> StoreResult<()> {
+        let res = self.with(|c| {
+            c.execute(
+                "INSERT INTO clients (client_id, json, secret_hash, created_at, updated_at)
+                 VALUES ($1, $2, $3, $4, $5)",
+                &[
+                    &client.client_id,
+                    &client.json,
+                    &client.secret_hash,
+                    &client.created_at,
+                    &client.updated_at,
+                ],
+            )
+        });
+        match res {
+            Err(StoreError::Conflict(_)) => Err(StoreError::Conflict(format!(
+                "client {:?}",
+                client.client_id
+            ))),
+            other => other.map(|_| ()),
+        }
+    }
+
+    fn update_client(&self, client: &StoredClient) -> StoreResult<bool> {
+        self.with(|c| {
+            c.execute(
+                "UPDATE clients SET json = $2, secret_hash = $3, updated_at = $4
+                 WHERE client_id = $1",
+                &[
+                    &client.client_id,
+                    &client.json,
+                    &client.secret_hash,
+                    &client.updated_at,
+                ],
+            )
+        })
+        .map(|n| n > 0)
+    }
+
+    fn delete_client(&self, client_id: &str) -> StoreResult<bool> {
+        self.with(|c| c.execute("DELETE FROM clients WHERE client_id = $1", &[&client_id]))
+            .map(|n| n > 0)
+    }
+
+    fn get_client(&self, client_id: &str) -> StoreResult<Option<StoredClient>> {
+        self.with(|c| {
+            c.query_opt(
+                "SELECT client_id, json, secret_hash, created_at, updated_at
+                 FROM clients WHERE client_id = $1",
+                &[&client_id],
+            )
+        })
+        .map(|r| r.as_ref().map(client_row))
+    }
+
+    fn list_clients(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+        filter: &ClientFilter,
+    ) -> StoreResult<Vec<StoredClient>> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.with(|c| {
+            c.query(
+                "SELECT client_id, json, secret_hash, created_at, updated_at FROM clients
+                 WHERE ($1::text IS NULL OR client_id > $1)
+                   AND ($3::text IS NULL OR json::jsonb ->> 'client_name' = $3)
+                   AND ($4::text IS NULL OR json::jsonb ->> 'owner' = $4)
+                 ORDER BY client_id COLLATE \"C\" LIMIT $2",
+                &[&after, &limit, &filter.client_name, &filter.owner],
+            )
+        })
+        .map(|rows| rows.iter().map(client_row).collect())
+    }
+
+    fn insert_key(&self, key: &StoredKey) -> StoreResult<()> {
+        let res = self.with(|c| {
+            c.execute(
+                "INSERT INTO keys (set_name, kid, alg, private_sealed, created_at, expires_at)
+                 VALUES ($1, $2, $3, $4, $5, $6)",
+                &[
+                    &key.set,
+                    &key.kid,
+                    &key.alg,
+                    &key.private_sealed,
+                    &key.created_at,
+                    &key.expires_at,
+                ],
+            )
+        });
+        match res {
+            Err(StoreError::Conflict(_)) => Err(StoreError::Conflict(format!(
+                "key {:?} in set {:?}",
+                key.kid, key.set
+            ))),
+            other => other.map(|_| ()),
+        }
+    }
+
+    fn retire_keys(&self, set: &str, keep_kid: &str, expires_at: i64) -> StoreResult<()> {
+        self.with(|c| {
+            c.execute(
+                "UPDATE keys SET expires_at = $3
+                 WHERE set_name = $1 AND kid != $2 AND expires_at IS NULL",
+                &[&set, &keep_kid, &expires_at],
+            )
+        })
+        .map(|_| ())
+    }
+
+    fn delete_key(&self, set: &str, kid: &str) -> StoreResult<bool> {
+        self.with(|c| {
+            c.execute(
+                "DELETE FROM keys WHERE set_name = $1 AND kid = $2",
+                &[&set, &kid],
+            )
+        })
+        .map(|n| n > 0)
+    }
+
+    fn list_keys(&self) -> StoreResult<Vec<StoredKey>> {
+        self.with(|c| {
+            c.query(
+                "SELECT set_name, kid, alg, private_sealed, created_at, expires_at
+                 FROM keys ORDER BY seq",
+                &[],
+            )
+        })
+        .map(|rows| rows.iter().map(key_row).collect())
+    }
+
+    fn insert_opaque_token(&self, t: &StoredOpaqueToken) -> StoreResult<()> {
+        self.with(|c| {
+            c.execute(
+                "INSERT INTO opaque_tokens
+                 (hash, client_id, scopes, audience, issued_at, expires_at)
+                 VALUES ($1, $2, $3, $4, $5, $6)",
+                &[
+                    &&t.hash[..],
+                    &t.client_id,
+                    &t.scopes.join(" "),
+                    &t.audience.join(" "),
+                    &t.issued_at,
+                    &t.expires_at,
+                ],
+            )
+        })
+        .map(|_| ())
+    }
+
+    fn get_opaque_token(&self, hash: &[u8; 32]) -> StoreResult<Option<StoredOpaqueToken>> {
+        self.with(|c| {
+            c.query_opt(
+                "SELECT client_id, scopes, audience, issued_at, expires_at
+                 FROM opaque_tokens WHERE hash = $1",
+                &[&&hash[..]],
+            )
+        })
+        .map(|r| {
+            r.map(|r| StoredOpaqueToken {
+                hash: *hash,
+                client_id: r.get(0),
+                scopes: split_list(r.get(1)),
+                audience: split_list(r.get(2)),
+                issued_at: r.get(3),
+                expires_at: r.get(4),
+            })
+        })
+    }
+
+    fn delete_opaque_token(&self, hash: &[u8; 32]) -> StoreResult<bool> {
+        self.with(|c| c.execute("DELETE FROM opaque_tokens WHERE hash = $1", &[&&hash[..]]))
+            .map(|n| n > 0)
+    }
+
+    fn delete_client_tokens(&self, client_id: &str) -> StoreResult<()> {
+        self.with(|c| {
+            c.execute(
+                "DELETE FROM opaque_tokens WHERE client_id = $1",
+                &[&client_id],
+            )
+        })
+        .map(|_| ())
+    }
+
+    fn insert_revocation(&self, jti: &str, expires_at: i64) -> StoreResult<()> {
+        self.with(|c| {
+            c.execute(
+                "INSERT INTO revocations (jti, expires_at) VALUES ($1, $2)
+                 ON CONFLICT (jti) DO UPDATE SET expires_at = EXCLUDED.expires_at",
+                &[&jti, &expires_at],
+            )
+        })
+        .map(|_| ())
+    }
+
+    fn list_revocations(&self, now: i64) -> StoreResult<Vec<(String, i64)>> {
+        self.with(|c| {
+            c.query(
+                "SELECT jti, expires_at FROM revocations WHERE expires_at > $1",
+                &[&now],
+            )
+        })
+        .map(|rows| rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+    }
+
+    fn use_assertion_jti(&self, client_id: &str, jti: &str, expires_at: i64) -> StoreResult<bool> {
+        self.with(|c| {
+            c.execute(
+                "INSERT INTO assertion_jtis (client_id, jti, expires_at) VALUES ($1, $2, $3)
+                 ON CONFLICT DO NOTHING",
+                &[&client_id, &jti, &expires_at],
+            )
+        })
+        .map(|n| n > 0)
+    }
+
+    fn insert_flow(&self, f: &StoredFlow) -> StoreResult<()> {
+        self.with(|c| {
+            c.execute(
+                "INSERT INTO oidc_flows (id, stage, json, expires_at) VALUES ($1, $2, $3, $4)",
+                &[&f.id, &f.stage, &f.json, &f.expires_at],
+            )
+        })
+        .map(|_| ())
+    }
+
+    fn get_flow(&self, id: &str) -> StoreResult<Option<StoredFlow>> {
+        self.with(|c| {
+            c.query_opt(
+                "SELECT id, stage, json, expires_at FROM oidc_flows WHERE id = $1",
+                &[&id],
+            )
+        })
+        .map(|r| r.as_ref().map(flow_row))
+    }
+
+    fn advance_flow(&self, from: i64, f: &StoredFlow) -> StoreResult<bool> {
+        self.with(|c| {
+            c.execute(
+                "UPDATE oidc_flows SET stage = $3, json = $4, expires_at = $5
+                 WHERE id = $1 AND stage = $2",
+                &[&f.id, &from, &f.stage, &f.json, &f.expires_at],
+            )
+        })
+        .map(|n| n == 1)
+    }
+
+    fn put_session(&self, kind: &str, s: &StoredSession) -> StoreResult<()> {
+        self.with(|c| {
+            c.execute(
+                "INSERT INTO oidc_sessions (kind, id, subject, json, expires_at)
+                 VALUES ($1, $2, $3, $4, $5)
+                 ON CONFLICT (kind, id) DO UPDATE SET subject = EXCLUDED.subject,
+                     json = EXCLUDED.json, expires_at = EXCLUDED.expires_at",
+                &[&kind, &s.id, &s.subject, &s.json, &s.expires_at],
+            )
+        })
+        .map(|_| ())
+    }
+
+    fn get_session(&self, kind: &str, id: &str) -> StoreResult<Option<StoredSession>> {
+        self.with(|c| {
+            c.query_opt(
+                "SELECT id, subject, json, expires_at FROM oidc_sessions
+                 WHERE kind = $1 AND id = $2",
+                &[&kind, &id],
+            )
+        })
+        .map(|r| r.as_ref().map(session_row))
+    }
+
+    fn delete_session(&self, kind: &str, id: &str) -> StoreResult<bool> {
+        self.with(|c| {
+            c.execute(
+                "DELETE FROM oidc_sessions WHERE kind = $1 AND id = $2",
+                &[&kind, &id],
+            )
+        })
+        .map(|n| n > 0)
+    }
+
+    fn list_sessions(&self, kind: &str, subject: &str) -> StoreResult<Vec<StoredSession>> {
+        self.with(|c| {
+            c.query(
+                "SELECT id, subject, json, expires_at FROM oidc_sessions
+                 WHERE kind = $1 AND subject = $2 ORDER BY id COLLATE \"C\"",
+                &[&kind, &subject],
+            )
+        })
+        .map(|rows| rows.iter().map(session_row).collect())
+    }
+
+    fn delete_sessions(&self, kind: &str, subject: &str) -> StoreResult<usize> {
+        self.with(|c| {
+            c.execute(
+                "DELETE FROM oidc_sessions WHERE kind = $1 AND subject = $2",
+                &[&kind, &subject],
+            )
+        })
+        .map(|n| usize::try_from(n).unwrap_or(usize::MAX))
+    }
+
+    fn insert_refresh_token(&self, t: &StoredRefreshToken) -> StoreResult<()> {
+        self.with(|c| insert_refresh(c, t, false)).map(|_| ())
+    }
+
+    fn get_refresh_token(&self, hash: &[u8; 32]) -> StoreResult<Option<StoredRefreshToken>> {
+        self.with(|c| {
+            c.query_opt(
+                &format!("SELECT {REFRESH_COLUMNS} FROM refresh_tokens WHERE hash = $1"),
+                &[&&hash[..]],
+            )
+        })
+        .map(|r| r.as_ref().map(refresh_row))
+    }
+
+    fn rotate_refresh_token(
+        &self,
+        old: &[u8; 32],
+        new: &StoredRefreshToken,
+        now: i64,
+    ) -> StoreResult<bool> {
+        self.with(|c| {
+            let mut tx = c.transaction()?;
+            let won = tx.execute(
+                "UPDATE refresh_tokens SET active = FALSE, used_at = $2
+                 WHERE hash = $1 AND active",
+                &[&&old[..], &now],
+            )? == 1;
+            if won {
+                insert_refresh(&mut tx, new, false)?;
+                tx.commit()?;
+            }
+            Ok(won)
+        })
+    }
+
+    fn revoke_refresh_chain(&self, chain: &str) -> StoreResult<Vec<StoredRefreshToken>> {
+        self.with(|c| {
+            c.query(
+                &format!(
+                    "UPDATE refresh_tokens SET active = FALSE, used_at = NULL WHERE chain = $1
+                     RETURNING {REFRESH_COLUMNS}"
+                ),
+                &[&chain],
+            )
+        })
+        .map(|rows| rows.iter().map(refresh_row).collect())
+    }
+
+    fn revoke_refresh_tokens_of(
+        &self,
+        subject: &str,
+        client_id: Option<&str>,
+    ) -> StoreResult<Vec<StoredRefreshToken>> {
+        self.with(|c| {
+            c.query(
+                &format!(
+                    "UPDATE refresh_tokens SET active = FALSE, used_at = NULL
+                     WHERE subject = $1 AND ($2::text IS NULL OR client_id = $2)
+                     RETURNING {REFRESH_COLUMNS}"
+                ),
+                &[&subject, &client_id],
+            )
+        })
+        .map(|rows| rows.iter().map(refresh_row).collect())
+    }
+
+    fn purge_expired(&self, now: i64) -> StoreResult<usize> {
+        // Batches keep each statement short (and under the statement timeout) on a backlog.
+        let mut n: u64 = 0;
+        for table in [
+            "oidc_flows",
+            "oidc_sessions",
+            "refresh_tokens",
+            "opaque_tokens",
+            "revocations",
+            "assertion_jtis",
+        ] {
+            let sql = format!(
+                "DELETE FROM {table} WHERE ctid IN
+                 (SELECT ctid FROM {table} WHERE expires_at <= $1 LIMIT {PURGE_BATCH})"
+            );
+            loop {
+                let deleted = self.with(|c| c.execute(&sql, &[&now]))?;
+                n += deleted;
+                if deleted < u64::try_from(PURGE_BATCH).unwrap_or(u64::MAX) {
+                    break;
+                }
+            }
+        }
+        n += self.with(|c| {
+            c.execute(
+                "DELETE FROM keys WHERE expires_at IS NOT NULL AND expires_at <= $1",
+                &[&now],
+            )
+        })?;
+        Ok(usize::try_from(n).unwrap_or(usize::MAX))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn notification_payloads_parse() {
+        assert_eq!(parse_change("client a b"), Change::Client("a b".into()));
+        assert_eq!(parse_change("keys"), Change::Keys);
+        assert_eq!(
+            parse_change("revocation 42 j 1"),
+            Change::Revocation {
+                jti: "j 1".into(),
+                expires_at: 42
+            }
+        );
+        // Anything unknown or malformed reloads everything rather than being ignored.
+        assert_eq!(parse_change("revocation x j"), Change::Resync);
+        assert_eq!(parse_change("revocation"), Change::Resync);
+        assert_eq!(parse_change("something-new 1"), Change::Resync);
+        assert_eq!(parse_change(""), Change::Resync);
+    }
+
+    #[test]
+    fn dsn_errors_and_redaction() {
+        assert!(matches!(
+            PostgresStore::connect("postgres://u@h/db?sslmode=bogus", &Options::default()),
+            Err(ConfigError::Dsn(_))
+        ));
+        assert_eq!(
+            redact("postgres://u:secret@h:5432/db?sslmode=require"),
+            "postgres://u:****@h:5432/db?sslmode=require"
+        );
+        assert!(!redact("host=h password=secret").contains("secret"));
+        assert_ne!(lock_id("keys"), lock_id("keys2"));
+    }
+}

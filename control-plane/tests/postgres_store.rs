@@ -1,0 +1,289 @@
+//! The PostgreSQL store against the [`Store`] contract the SQLite store's unit tests check
+//! (conflicts, paging, single-winner compare-and-sets, purging), plus what only a shared store
+//! has: the change feed, the cross-replica lock, and importing a SQLite snapshot.
+// A test crate: failing loudly (expect/panic) is how it reports.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+#[path = "support/postgres.rs"]
+mod pg;
+
+use portcullis::store::postgres::{Options, PostgresStore};
+use portcullis::store::sqlite::SqliteStore;
+use portcullis::store::{
+    Change, ClientFilter, Store, StoreError, StoredClient, StoredFlow, StoredKey,
+    StoredOpaqueToken, StoredRefreshToken, StoredSession,
+};
+use std::sync::Arc;
+use std::sync::mpsc;
+use std::time::Duration;
+
+fn store() -> PostgresStore {
+    let dsn = pg::shared().create_database();
+    let s = PostgresStore::connect(&dsn, &Options::default()).unwrap();
+    assert_eq!(s.migrate().unwrap(), vec![1]);
+    assert!(
+        s.migrate().unwrap().is_empty(),
+        "migrating twice is a no-op"
+    );
+    s
+}
+
+fn client(id: &str) -> StoredClient {
+    StoredClient {
+        client_id: id.into(),
+        json: format!(r#"{{"client_id":"{id}"}}"#),
+        secret_hash: Some("$hash".into()),
+        created_at: 1,
+        updated_at: 2,
+    }
+}
+
+fn key(kid: &str) -> StoredKey {
+    StoredKey {
+        set: "set".into(),
+        kid: kid.into(),
+        alg: "ES256".into(),
+        private_sealed: vec![1, 2, 3],
+        created_at: 10,
+        expires_at: None,
+    }
+}
+
+fn rt(b: u8, chain: &str) -> StoredRefreshToken {
+    StoredRefreshToken {
+        hash: [b; 32],
+        chain: chain.into(),
+        client_id: "c".into(),
+        subject: "s".into(),
+        active: true,
+        used_at: None,
+        json: "{}".into(),
+        expires_at: 100,
+    }
+}
+
+#[test]
+fn clients_keys_and_pages() {
+    let s = store();
+    for id in ["c", "a", "e", "b", "d"] {
+        s.insert_client(&client(id)).unwrap();
+    }
+    assert!(matches!(
+        s.insert_client(&client("a")),
+        Err(StoreError::Conflict(_))
+    ));
+    let all = ClientFilter::default();
+    let ids = |v: Vec<StoredClient>| v.into_iter().map(|c| c.client_id).collect::<Vec<_>>();
+    assert_eq!(ids(s.list_clients(None, 2, &all).unwrap()), ["a", "b"]);
+    assert_eq!(ids(s.list_clients(Some("b"), 2, &all).unwrap()), ["c", "d"]);
+    let mut named = client("f");
+    named.json = r#"{"client_id":"f","client_name":"Fox","owner":"team"}"#.into();
+    s.insert_client(&named).unwrap();
+    let by_name = ClientFilter {
+        client_name: Some("Fox".into()),
+        owner: Some("team".into()),
+    };
+    assert_eq!(ids(s.list_clients(None, 10, &by_name).unwrap()), ["f"]);
+    let mut c = client("b");
+    c.json = "{}".into();
+    assert!(s.update_client(&c).unwrap());
+    assert!(!s.update_client(&client("zz")).unwrap());
+    assert_eq!(s.get_client("b").unwrap().unwrap().json, "{}");
+    assert!(s.delete_client("a").unwrap());
+    assert!(!s.delete_client("a").unwrap());
+    assert_eq!(s.get_client("a").unwrap(), None);
+
+    s.insert_key(&key("k1")).unwrap();
+    s.insert_key(&key("k2")).unwrap();
+    assert!(matches!(
+        s.insert_key(&key("k1")),
+        Err(StoreError::Conflict(_))
+    ));
+    s.retire_keys("set", "k2", 100).unwrap();
+    let keys = s.list_keys().unwrap();
+    assert_eq!((keys[0].expires_at, keys[1].expires_at), (Some(100), None));
+    assert_eq!(keys[0].private_sealed, vec![1, 2, 3]);
+    assert_eq!(s.purge_expired(99).unwrap(), 0);
+    assert_eq!(s.purge_expired(100).unwrap(), 1);
+    assert_eq!(s.list_keys().unwrap().len(), 1);
+}
+
+#[test]
+fn tokens_revocations_jtis_flows_sessions_and_refresh_chains() {
+    let s = store();
+    let t = StoredOpaqueToken {
+        hash: [7; 32],
+        client_id: "c".into(),
+        scopes: vec!["a".into(), "b".into()],
+        audience: vec![],
+        issued_at: 1,
+        expires_at: 50,
+    };
+    s.insert_opaque_token(&t).unwrap();
+    assert!(s.insert_opaque_token(&t).is_err(), "a duplicate is refused");
+    assert_eq!(s.get_opaque_token(&[7; 32]).unwrap(), Some(t));
+    s.delete_client_tokens("c").unwrap();
+    assert_eq!(s.get_opaque_token(&[7; 32]).unwrap(), None);
+
+    s.insert_revocation("j1", 50).unwrap();
+    s.insert_revocation("j1", 60).unwrap();
+    assert_eq!(s.list_revocations(10).unwrap(), vec![("j1".into(), 60)]);
+    assert!(s.use_assertion_jti("c", "x", 50).unwrap());
+    assert!(!s.use_assertion_jti("c", "x", 50).unwrap(), "a replay");
+    assert!(s.use_assertion_jti("d", "x", 50).unwrap());
+
+    let f = StoredFlow {
+        id: "f".into(),
+        stage: 0,
+        json: "{}".into(),
+        expires_at: 100,
+    };
+    s.insert_flow(&f).unwrap();
+    let next = StoredFlow {
+        stage: 1,
+        ..f.clone()
+    };
+    assert!(s.advance_flow(0, &next).unwrap());
+    assert!(!s.advance_flow(0, &next).unwrap(), "a stage is left once");
+    assert_eq!(s.get_flow("f").unwrap(), Some(next));
+
+    let sess = |id: &str| StoredSession {
+        id: id.into(),
+        subject: "alice".into(),
+        json: "{}".into(),
+        expires_at: 100,
+    };
+    s.put_session("login", &sess("s2")).unwrap();
+    s.put_session("login", &sess("s1")).unwrap();
+    s.put_session("login", &sess("s1")).unwrap();
+    let listed = s.list_sessions("login", "alice").unwrap();
+    assert_eq!(
+        listed.iter().map(|x| x.id.as_str()).collect::<Vec<_>>(),
+        ["s1", "s2"]
+    );
+    assert!(s.delete_session("login", "s1").unwrap());
+    assert_eq!(s.delete_sessions("login", "alice").unwrap(), 1);
+
+    s.insert_refresh_token(&rt(1, "ch")).unwrap();
+    assert!(s.rotate_refresh_token(&[1; 32], &rt(2, "ch"), 50).unwrap());
+    assert!(!s.rotate_refresh_token(&[1; 32], &rt(3, "ch"), 51).unwrap());
+    assert!(
+        s.get_refresh_token(&[3; 32]).unwrap().is_none(),
+        "the loser writes nothing"
+    );
+    assert_eq!(
+        s.get_refresh_token(&[1; 32]).unwrap().unwrap().used_at,
+        Some(50)
+    );
+    let chain = s.revoke_refresh_chain("ch").unwrap();
+    assert_eq!(chain.len(), 2);
+    assert!(chain.iter().all(|t| !t.active && t.used_at.is_none()));
+    s.insert_refresh_token(&rt(4, "other")).unwrap();
+    assert!(
+        s.revoke_refresh_tokens_of("s", Some("d"))
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(s.revoke_refresh_tokens_of("s", Some("c")).unwrap().len(), 3);
+    // 3 refresh tokens, the flow, 1 revocation, 2 jtis.
+    assert_eq!(s.purge_expired(100).unwrap(), 7);
+}
+
+#[test]
+fn concurrent_refresh_rotations_have_one_winner() {
+    let s = Arc::new(store());
+    s.insert_refresh_token(&rt(1, "race")).unwrap();
+    let handles: Vec<_> = (0..8u8)
+        .map(|i| {
+            let s = Arc::clone(&s);
+            std::thread::spawn(move || s.rotate_refresh_token(&[1; 32], &rt(10 + i, "race"), 5))
+        })
+        .collect();
+    let winners = handles
+        .into_iter()
+        .map(|h| h.join().unwrap().unwrap())
+        .filter(|won| *won)
+        .count();
+    assert_eq!(winners, 1);
+    let chain = s.revoke_refresh_chain("race").unwrap();
+    assert_eq!(chain.len(), 2, "the old token and the one successor");
+}
+
+#[test]
+fn the_change_feed_reports_writes_and_the_lock_excludes() {
+    let s = store();
+    let (tx, rx) = mpsc::channel();
+    let tx = std::sync::Mutex::new(tx);
+    s.watch(Box::new(move |c| tx.lock().unwrap().send(c).is_ok()))
+        .unwrap();
+    let next = || rx.recv_timeout(Duration::from_secs(20)).expect("a change");
+    assert_eq!(next(), Change::Resync, "connecting reports a full reload");
+    s.insert_client(&client("a")).unwrap();
+    assert_eq!(next(), Change::Client("a".into()));
+    s.delete_client("a").unwrap();
+    assert_eq!(next(), Change::Client("a".into()));
+    s.insert_key(&key("k")).unwrap();
+    assert_eq!(next(), Change::Keys);
+    s.insert_revocation("jti 1", 77).unwrap();
+    assert_eq!(
+        next(),
+        Change::Revocation {
+            jti: "jti 1".into(),
+            expires_at: 77
+        }
+    );
+    // A jti too long for a notification payload still reaches the others, as a full reload.
+    s.insert_revocation(&"j".repeat(5000), 77).unwrap();
+    assert_eq!(next(), Change::Resync);
+
+    // The lock: a second holder waits until the first lets go.
+    let s = Arc::new(s);
+    let first = s.lock("keys").unwrap();
+    let (got_tx, got_rx) = mpsc::channel();
+    let s2 = Arc::clone(&s);
+    let waiter = std::thread::spawn(move || {
+        let _second = s2.lock("keys").unwrap();
+        got_tx.send(()).unwrap();
+    });
+    // Another name is not excluded meanwhile.
+    drop(s.lock("other").unwrap());
+    assert!(got_rx.try_recv().is_err(), "the second holder got in early");
+    drop(first);
+    got_rx
+        .recv_timeout(Duration::from_secs(20))
+        .expect("the second holder gets the lock once the first drops it");
+    waiter.join().unwrap();
+}
+
+#[test]
+fn a_sqlite_snapshot_imports_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let lite = SqliteStore::open(dir.path()).unwrap();
+    lite.insert_client(&client("a")).unwrap();
+    lite.insert_key(&key("k")).unwrap();
+    lite.insert_revocation("j", 90).unwrap();
+    lite.insert_refresh_token(&rt(1, "ch")).unwrap();
+    lite.put_session(
+        "consent",
+        &StoredSession {
+            id: "a alice".into(),
+            subject: "alice".into(),
+            json: "{}".into(),
+            expires_at: 100,
+        },
+    )
+    .unwrap();
+    let snap = lite.export().unwrap();
+    assert_eq!(snap.rows(), 5);
+    let pg = store();
+    assert_eq!(pg.import(&snap).unwrap(), 5);
+    assert_eq!(
+        pg.import(&snap).unwrap(),
+        0,
+        "a second import keeps what is there"
+    );
+    assert_eq!(pg.get_client("a").unwrap(), Some(client("a")));
+    assert_eq!(pg.list_keys().unwrap(), vec![key("k")]);
+    assert_eq!(pg.get_refresh_token(&[1; 32]).unwrap(), Some(rt(1, "ch")));
+    assert_eq!(pg.list_revocations(0).unwrap(), vec![("j".into(), 90)]);
+}
