@@ -28,6 +28,7 @@ pub mod rule;
 pub mod scope;
 pub mod session;
 pub mod signature;
+pub mod signing_key;
 pub mod template;
 pub mod url;
 
