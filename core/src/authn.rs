@@ -512,8 +512,11 @@ pub struct CachedIntrospection {
 pub struct Caches {
     pub jwt: ExpiringCache<CachedJwt>,
     pub introspection: ExpiringCache<CachedIntrospection>,
-    keyer: Keyer,
-    stats: CacheStats,
+    pub id_token: ExpiringCache<crate::mutator::CachedIdToken>,
+    pub(crate) keyer: Keyer,
+    pub(crate) stats: CacheStats,
+    /// Makes every `id_token` `jti` of this VM distinct.
+    pub(crate) jti_counter: u64,
 }
 
 /// Running totals, for the host's metrics.
@@ -523,6 +526,8 @@ pub struct CacheStats {
     pub jwt_misses: u64,
     pub introspection_hits: u64,
     pub introspection_misses: u64,
+    pub id_token_hits: u64,
+    pub id_token_misses: u64,
 }
 
 impl Caches {
@@ -530,8 +535,10 @@ impl Caches {
         Self {
             jwt: ExpiringCache::new(capacity),
             introspection: ExpiringCache::new(capacity),
+            id_token: ExpiringCache::new(capacity),
             keyer: Keyer::default(),
             stats: CacheStats::default(),
+            jti_counter: 0,
         }
     }
 

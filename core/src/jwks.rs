@@ -5,13 +5,13 @@
 //! types, curves, encryption keys) is skipped rather than fatal: one exotic key must not lock out
 //! the tokens signed with the others.
 
+use crate::signing_key::{SigningKey, SigningKeyError};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 pub use jsonwebtoken::Algorithm;
 use jsonwebtoken::DecodingKey;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
-use crate::signing_key::{SigningKey, SigningKeyError};
 use std::str::FromStr;
 use std::sync::Arc;
 

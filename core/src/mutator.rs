@@ -1,6 +1,19 @@
-//! Mutators: what the upstream learns about the caller. Oathkeeper's `noop` and `header`.
+//! Mutators: what the upstream learns about the caller. Oathkeeper's `noop`, `header`,
+//! `cookie` and `id_token`.
 
-use crate::config::{ConfigError, EmptyConfig, Globals, HandlerKind, parse_handler_config};
+mod cookie;
+mod id_token;
+
+pub use cookie::CookieMutator;
+pub use id_token::{CachedIdToken, IdTokenMutator};
+
+use crate::authn::Caches;
+use crate::config::{
+    ConfigError, EmptyConfig, Globals, HandlerKind, JwksSource, parse_handler_config,
+};
+use crate::error_handler::PolicyError;
+use crate::host::Host;
+use crate::request::Request;
 use crate::rule::Handler;
 use crate::session::Session;
 use crate::template::Template;
@@ -12,6 +25,17 @@ pub enum Mutator {
     Noop,
     /// Header name (as configured) and the template of its value.
     Header(Vec<(String, Template)>),
+    Cookie(CookieMutator),
+    IdToken(Box<IdTokenMutator>),
+}
+
+/// Where a mutator left the request.
+#[derive(Debug)]
+pub(crate) enum MutateStep {
+    Done,
+    /// The key set it signs with is still being fetched.
+    WaitForKeys,
+    Fail(PolicyError),
 }
 
 #[derive(Debug, Deserialize)]
@@ -20,7 +44,7 @@ struct HeaderConfig {
     headers: BTreeMap<String, String>,
 }
 
-fn valid_header_name(name: &str) -> bool {
+pub(crate) fn valid_header_name(name: &str) -> bool {
     !name.is_empty()
         && name
             .bytes()
@@ -33,6 +57,7 @@ impl Mutator {
         rule: &str,
         field: &str,
         handler: &Handler,
+        jwks: &mut Vec<JwksSource>,
     ) -> Result<Self, ConfigError> {
         let config = globals.handler_config(HandlerKind::Mutator, rule, field, handler)?;
         match handler.handler.as_str() {
@@ -59,18 +84,34 @@ impl Mutator {
                 }
                 Ok(Self::Header(headers))
             }
+            "cookie" => {
+                let c = parse_handler_config(rule, field, config)?;
+                Ok(Self::Cookie(CookieMutator::compile(rule, field, c)?))
+            }
+            "id_token" => Ok(Self::IdToken(Box::new(IdTokenMutator::compile(
+                globals.clusters,
+                rule,
+                field,
+                config,
+                jwks,
+            )?))),
             other => Err(ConfigError::rule(
                 rule,
                 format!("{field}.handler"),
-                format!("unknown or unsupported mutator {other:?} (supported: noop, header)"),
+                format!(
+                    "unknown or unsupported mutator {other:?} (supported: noop, header, cookie, id_token)"
+                ),
             )),
         }
     }
 
+    /// Headers stripped from every allowed request. `cookie` and `id_token` are not listed:
+    /// they replace `Cookie` and `Authorization` on their own rules, and stripping those from
+    /// every other rule would break them.
     pub(crate) fn header_names(&self) -> impl Iterator<Item = &str> {
         let headers: &[(String, Template)] = match self {
             Self::Header(h) => h,
-            Self::Noop => &[],
+            Self::Noop | Self::Cookie(_) | Self::IdToken(_) => &[],
         };
         headers.iter().map(|(n, _)| n.as_str())
     }
@@ -78,6 +119,8 @@ impl Mutator {
     pub(crate) fn reads_captures(&self) -> bool {
         match self {
             Self::Header(h) => h.iter().any(|(_, t)| t.reads_captures()),
+            Self::Cookie(c) => c.reads_captures(),
+            Self::IdToken(i) => i.reads_captures(),
             Self::Noop => false,
         }
     }
@@ -85,12 +128,34 @@ impl Mutator {
     pub(crate) fn reads_request_headers(&self) -> bool {
         match self {
             Self::Header(h) => h.iter().any(|(_, t)| t.reads_request_headers()),
+            Self::Cookie(c) => c.reads_request_headers(),
+            Self::IdToken(i) => i.reads_request_headers(),
             Self::Noop => false,
         }
     }
 
+    /// How long a request may wait for what [`MutateStep::WaitForKeys`] waits for.
+    pub(crate) fn max_wait_ms(&self) -> u64 {
+        match self {
+            Self::IdToken(i) => i.max_wait_ms(),
+            _ => 0,
+        }
+    }
+
     /// Renders this mutator's headers into the session (later mutators see earlier ones).
-    pub(crate) fn mutate(&self, session: &mut Session) {
+    pub(crate) fn mutate(
+        &self,
+        req: &Request,
+        session: &mut Session,
+        host: &mut dyn Host,
+        caches: &mut Caches,
+        keys_timed_out: bool,
+    ) -> MutateStep {
+        match self {
+            Self::Cookie(c) => c.mutate(req, session),
+            Self::IdToken(i) => return i.mutate(session, host, caches, keys_timed_out),
+            Self::Header(_) | Self::Noop => {}
+        }
         if let Self::Header(headers) = self {
             for (name, t) in headers {
                 let mut value = String::with_capacity(64);
@@ -106,5 +171,6 @@ impl Mutator {
                 session.header.push((name.clone(), value));
             }
         }
+        MutateStep::Done
     }
 }

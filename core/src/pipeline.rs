@@ -10,6 +10,7 @@ use crate::config::Engine;
 use crate::error_handler::{ErrorKind, PolicyError, Response, json_error};
 use crate::host::Host;
 use crate::matcher::Lookup;
+use crate::mutator::MutateStep;
 use crate::request::Request;
 use crate::session::{Session, method_name};
 use crate::url::{canonical_path, check_host, match_target, push_origin};
@@ -55,7 +56,7 @@ enum Stage {
     Match,
     Authenticate(usize),
     Authorize,
-    Mutate,
+    Mutate(usize),
     Finished,
 }
 
@@ -173,16 +174,26 @@ impl Evaluation {
                     match step {
                         AuthzStep::Allow { forward } => {
                             self.forward = forward;
-                            self.stage = Stage::Mutate;
+                            self.stage = Stage::Mutate(0);
                         }
                         AuthzStep::Deny(e) => return self.deny(engine, e),
                         AuthzStep::Callout(c) => return Step::Callout(c),
                     }
                 }
-                Stage::Mutate => {
+                Stage::Mutate(first) => {
                     let rule = &engine.rules[self.rule];
-                    for m in &rule.mutators {
-                        m.mutate(&mut self.session);
+                    for (i, m) in rule.mutators.iter().enumerate().skip(first) {
+                        let timed_out = self.keys_timed_out;
+                        match m.mutate(&self.req, &mut self.session, host, caches, timed_out) {
+                            MutateStep::Done => {}
+                            MutateStep::WaitForKeys => {
+                                self.stage = Stage::Mutate(i);
+                                return Step::WaitForKeys {
+                                    max_wait_ms: m.max_wait_ms(),
+                                };
+                            }
+                            MutateStep::Fail(e) => return self.deny(engine, e),
+                        }
                     }
                     self.stage = Stage::Finished;
                     let mut set_headers = std::mem::take(&mut self.session.header);

@@ -19,7 +19,9 @@ pub enum SigningKeyError {
     NoPrivateKey,
     #[error("the private key {kid:?} declares no `alg` (required to know how to sign)")]
     NoAlg { kid: String },
-    #[error("the private key {kid:?} has alg {alg:?}, which cannot sign id tokens (RS256/384/512, PS256/384/512, ES256, ES384, EdDSA can)")]
+    #[error(
+        "the private key {kid:?} has alg {alg:?}, which cannot sign id tokens (RS256/384/512, PS256/384/512, ES256, ES384, EdDSA can)"
+    )]
     UnsupportedAlg { kid: String, alg: String },
     #[error("the private key {kid:?} lacks or has a malformed member {member:?}")]
     Member { kid: String, member: &'static str },
@@ -68,7 +70,10 @@ impl SigningKey {
 
     /// The signing key of a private JWK `obj` whose public half parsed as `public`; `None` when
     /// `obj` holds no private member.
-    pub(crate) fn from_jwk(obj: &Value, public: &Key) -> Option<Result<SigningKey, SigningKeyError>> {
+    pub(crate) fn from_jwk(
+        obj: &Value,
+        public: &Key,
+    ) -> Option<Result<SigningKey, SigningKeyError>> {
         obj.get("d")?;
         Some(Self::build(obj, public))
     }
@@ -193,7 +198,12 @@ mod tests {
             let (message, sig) = token.rsplit_once('.').unwrap();
             let sig = URL_SAFE_NO_PAD.decode(sig).unwrap();
             let public = crate::testkeys::key_set();
-            assert!(public.find(kid).unwrap().verify_rust(alg, message.as_bytes(), &sig));
+            assert!(
+                public
+                    .find(kid)
+                    .unwrap()
+                    .verify_rust(alg, message.as_bytes(), &sig)
+            );
             let header: Value = serde_json::from_slice(
                 &URL_SAFE_NO_PAD
                     .decode(token.split('.').next().unwrap())
@@ -243,6 +253,11 @@ mod tests {
     #[test]
     fn public_only_sets_have_no_signer() {
         let set = crate::testkeys::key_set();
-        assert!(set.signer().unwrap_err().to_string().contains("no private key"));
+        assert!(
+            set.signer()
+                .unwrap_err()
+                .to_string()
+                .contains("no private key")
+        );
     }
 }

@@ -1015,3 +1015,5 @@ fn cache_hits_use_the_hosts_time_bounds_and_read_the_clock_only_near_a_boundary(
     h.now = t0;
     assert_eq!(get(&fresh, &mut h, &mut c), 401);
 }
+
+mod tokens;
