@@ -5,6 +5,10 @@
 //! credential of its kind: the chain moves on), fails (the chain stops), or needs the host:
 //! keys that are still being fetched, or an introspection call.
 
+mod client_credentials;
+
+pub use client_credentials::ClientCredentialsAuthenticator;
+
 use crate::cache::{ExpiringCache, KeyScope, Keyer};
 use crate::callout::{Callout, CalloutResponse, Endpoint};
 use crate::config::{
@@ -159,6 +163,7 @@ pub enum Authenticator {
     Unauthorized,
     Jwt(Box<JwtAuthenticator>),
     Introspection(Box<IntrospectionAuthenticator>),
+    ClientCredentials(Box<ClientCredentialsAuthenticator>),
 }
 
 #[derive(Debug, Deserialize)]
@@ -294,11 +299,15 @@ impl Authenticator {
             }
             "oauth2_introspection" => compile_introspection(globals, rule, field, config)
                 .map(|i| Self::Introspection(Box::new(i))),
+            "oauth2_client_credentials" => {
+                ClientCredentialsAuthenticator::compile(globals, rule, field, config)
+                    .map(|c| Self::ClientCredentials(Box::new(c)))
+            }
             other => Err(ConfigError::rule(
                 rule,
                 format!("{field}.handler"),
                 format!(
-                    "unknown or unsupported authenticator {other:?} (supported: noop, anonymous, unauthorized, jwt, oauth2_introspection)"
+                    "unknown or unsupported authenticator {other:?} (supported: noop, anonymous, unauthorized, jwt, oauth2_introspection, oauth2_client_credentials)"
                 ),
             )),
         }
@@ -528,6 +537,8 @@ pub struct CacheStats {
     pub introspection_misses: u64,
     pub id_token_hits: u64,
     pub id_token_misses: u64,
+    pub client_credentials_hits: u64,
+    pub client_credentials_misses: u64,
 }
 
 impl Caches {

@@ -262,6 +262,10 @@ impl Evaluation {
                 Some(response) => a.digest(&self.req, host, caches, response.as_ref()),
                 None => a.authenticate(&self.req, host, caches),
             },
+            Authenticator::ClientCredentials(a) => match self.response.take() {
+                Some(response) => a.digest(&self.req, host, response.as_ref()),
+                None => a.authenticate(&self.req, host, caches),
+            },
         }
     }
 

@@ -289,3 +289,274 @@ fn config_errors_name_rule_and_field() {
     );
     assert!(e.contains("mutators[1].config.cookies.a b"), "{e}");
 }
+
+/// The pipeline's test host plus a shared store, as proxy-wasm shared data is.
+struct SharedHost {
+    inner: TestHost,
+    shared: HashMap<String, Vec<u8>>,
+}
+
+impl Host for SharedHost {
+    fn now(&mut self) -> u64 {
+        self.inner.now()
+    }
+    fn keys(&mut self, url: &str) -> KeyLookup {
+        self.inner.keys(url)
+    }
+    fn unknown_kid(&mut self, urls: &[String]) -> bool {
+        self.inner.unknown_kid(urls)
+    }
+    fn verify_native(
+        &mut self,
+        a: crate::jwks::Algorithm,
+        k: &Key,
+        m: &[u8],
+        s: &[u8],
+    ) -> Option<bool> {
+        self.inner.verify_native(a, k, m, s)
+    }
+    fn shared_get(&mut self, name: &str) -> Option<Vec<u8>> {
+        self.shared.get(name).cloned()
+    }
+    fn shared_set(&mut self, name: &str, value: &[u8]) {
+        self.shared.insert(name.to_string(), value.to_vec());
+    }
+}
+
+const TOKEN_URL: &str = "http://hydra.local:4444/oauth2/token";
+
+fn cc_engine(config: Value) -> Engine {
+    engine(
+        json!([rule(
+            "cc",
+            "http://svc.local/<.*>",
+            &["GET"],
+            json!([{"handler": "oauth2_client_credentials", "config": config}, {"handler": "anonymous"}]),
+            json!({"handler": "allow"}),
+            json!([{"handler": "header", "config": {"headers": {"X-User": "{{ print .Subject }}"}}}])
+        )]),
+        json!({"authenticators": {"oauth2_client_credentials": {"enabled": true, "config": {"token_url": TOKEN_URL}}}}),
+    )
+}
+
+fn basic(id: &str, secret: &str) -> String {
+    format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("{id}:{secret}"))
+    )
+}
+
+/// Runs one request; `answer` is called with each callout and answers it.
+fn cc_run(
+    e: &Engine,
+    host: &mut SharedHost,
+    caches: &mut Caches,
+    authorization: Option<&str>,
+    answer: &mut dyn FnMut(&crate::callout::Callout) -> Option<CalloutResponse>,
+) -> (u16, Option<String>) {
+    let headers: Vec<(&str, &str)> = authorization
+        .map(|a| ("authorization", a))
+        .into_iter()
+        .collect();
+    let mut eval = Evaluation::new(request("GET", "/x", &headers));
+    loop {
+        match eval.advance(e, host, caches) {
+            Step::Allow(a) => {
+                let user = a
+                    .set_headers
+                    .iter()
+                    .find(|(k, _)| k == "x-user")
+                    .map(|(_, v)| v.clone());
+                return (200, user);
+            }
+            Step::Deny(d) => return (d.response.status, None),
+            Step::Callout(c) => eval.callout_done(answer(&c)),
+            Step::WaitForKeys { .. } => panic!("no keys involved"),
+        }
+    }
+}
+
+fn token_answer(body: &str) -> Option<CalloutResponse> {
+    Some(CalloutResponse {
+        status: 200,
+        headers: vec![],
+        body: body.as_bytes().to_vec(),
+    })
+}
+
+#[test]
+fn client_credentials_exchange_basic_credentials_for_the_subject() {
+    let e = cc_engine(json!({"required_scope": ["read", "write"]}));
+    let mut host = SharedHost {
+        inner: TestHost::new(),
+        shared: HashMap::new(),
+    };
+    let mut caches = Caches::new(10);
+    let mut calls = Vec::new();
+    let mut ok = |c: &crate::callout::Callout| {
+        calls.push(c.clone());
+        token_answer(r#"{"access_token":"at","expires_in":3600,"token_type":"bearer"}"#)
+    };
+    // Id and secret are URL-unescaped, then escaped again for the token endpoint.
+    let (status, user) = cc_run(
+        &e,
+        &mut host,
+        &mut caches,
+        Some(&basic("my%20client", "s%3Acret")),
+        &mut ok,
+    );
+    assert_eq!((status, user.as_deref()), (200, Some("my client")));
+    let c = &calls[0];
+    assert_eq!((c.method, c.endpoint.url.as_str()), ("POST", TOKEN_URL));
+    assert_eq!(
+        String::from_utf8_lossy(&c.body),
+        "grant_type=client_credentials&scope=read+write"
+    );
+    let auth = c
+        .headers
+        .iter()
+        .find(|(k, _)| k == "authorization")
+        .unwrap();
+    assert_eq!(auth.1, basic("my+client", "s%3Acret"));
+    // No Basic credentials: not responsible, the next authenticator decides.
+    let (status, user) = cc_run(&e, &mut host, &mut caches, None, &mut |_| panic!("no call"));
+    assert_eq!((status, user.as_deref()), (200, Some("guest")));
+    let (status, _) = cc_run(&e, &mut host, &mut caches, Some("Bearer x"), &mut |_| {
+        panic!("no call")
+    });
+    assert_eq!(
+        status, 401,
+        "a bearer token is the anonymous authenticator's 'not mine' too"
+    );
+    // A bad escape is a failed authentication, not someone else's credential.
+    let (status, _) = cc_run(
+        &e,
+        &mut host,
+        &mut caches,
+        Some(&basic("c", "100%")),
+        &mut |_| panic!("no call"),
+    );
+    assert_eq!(status, 401);
+}
+
+#[test]
+fn client_credentials_never_allow_on_a_broken_token_endpoint() {
+    let e = cc_engine(json!({}));
+    let mut host = SharedHost {
+        inner: TestHost::new(),
+        shared: HashMap::new(),
+    };
+    let mut caches = Caches::new(10);
+    let cred = basic("c", "s");
+    let cases: Vec<(Option<CalloutResponse>, u16)> = vec![
+        (None, 503),
+        (token_answer("<html>oops</html>"), 401),
+        (token_answer(r#"{"access_token":""}"#), 401),
+        (token_answer(r#"{"access_token":7}"#), 401),
+        (
+            Some(CalloutResponse {
+                status: 401,
+                headers: vec![],
+                body: br#"{"error":"invalid_client"}"#.to_vec(),
+            }),
+            401,
+        ),
+        (
+            Some(CalloutResponse {
+                status: 400,
+                headers: vec![],
+                body: vec![],
+            }),
+            401,
+        ),
+        (
+            Some(CalloutResponse {
+                status: 500,
+                headers: vec![],
+                body: vec![],
+            }),
+            500,
+        ),
+        (
+            Some(CalloutResponse {
+                status: 503,
+                headers: vec![],
+                body: vec![],
+            }),
+            503,
+        ),
+        (
+            Some(CalloutResponse {
+                status: 429,
+                headers: vec![],
+                body: vec![],
+            }),
+            503,
+        ),
+        (
+            Some(CalloutResponse {
+                status: 404,
+                headers: vec![],
+                body: vec![],
+            }),
+            404,
+        ),
+    ];
+    for (answer, want) in cases {
+        let mut a = Some(answer);
+        let (status, _) = cc_run(&e, &mut host, &mut caches, Some(&cred), &mut |_| {
+            a.take().flatten()
+        });
+        assert_eq!(status, want);
+    }
+}
+
+#[test]
+fn client_credentials_cache_is_shared_keyed_and_bounded_by_expiry() {
+    let e = cc_engine(json!({"cache": {"enabled": true, "ttl": "60s", "max_tokens": 4}}));
+    let mut host = SharedHost {
+        inner: TestHost::new(),
+        shared: HashMap::new(),
+    };
+    let calls = std::cell::Cell::new(0);
+    let mut ok = |_: &crate::callout::Callout| {
+        calls.set(calls.get() + 1);
+        token_answer(r#"{"access_token":"at","expires_in":30}"#)
+    };
+    let mut worker1 = Caches::new(10);
+    let mut worker2 = Caches::new(10);
+    let cred = basic("client", "hunter2-secret");
+    assert_eq!(
+        cc_run(&e, &mut host, &mut worker1, Some(&cred), &mut ok).0,
+        200
+    );
+    // Another worker (its own caches, the same shared store) finds the exchange.
+    assert_eq!(
+        cc_run(&e, &mut host, &mut worker2, Some(&cred), &mut ok).0,
+        200
+    );
+    // A wrong secret is never served from the cache.
+    let wrong = basic("client", "hunter3-secret");
+    let (status, _) = cc_run(&e, &mut host, &mut worker2, Some(&wrong), &mut |_| {
+        Some(CalloutResponse {
+            status: 401,
+            headers: vec![],
+            body: vec![],
+        })
+    });
+    assert_eq!(status, 401);
+    assert_eq!(calls.get(), 1);
+    // The secret is stored nowhere; at most max_tokens slots plus the hash key.
+    for (k, v) in &host.shared {
+        assert!(k.starts_with("portcullis.client_credentials."), "{k}");
+        assert!(!k.contains("hunter2") && !v.windows(7).any(|w| w == b"hunter2"));
+    }
+    assert!(host.shared.len() <= 5);
+    // expires_in (30s) bounds the ttl (60s).
+    host.inner.now += 30;
+    assert_eq!(
+        cc_run(&e, &mut host, &mut worker1, Some(&cred), &mut ok).0,
+        200
+    );
+    assert_eq!(calls.get(), 2);
+}
