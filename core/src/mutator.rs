@@ -89,11 +89,7 @@ impl Mutator {
                 Ok(Self::Cookie(CookieMutator::compile(rule, field, c)?))
             }
             "id_token" => Ok(Self::IdToken(Box::new(IdTokenMutator::compile(
-                globals.clusters,
-                rule,
-                field,
-                config,
-                jwks,
+                globals, rule, field, config, jwks,
             )?))),
             other => Err(ConfigError::rule(
                 rule,

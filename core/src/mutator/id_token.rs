@@ -9,7 +9,7 @@
 use super::MutateStep;
 use crate::authn::Caches;
 use crate::cache::KeyScope;
-use crate::config::{ConfigError, JwksSource, parse_handler_config, resolve_endpoint};
+use crate::config::{ConfigError, Globals, JwksSource, parse_handler_config, resolve_endpoint};
 use crate::error_handler::{ErrorKind, PolicyError};
 use crate::host::{Host, KeyLookup};
 use crate::session::Session;
@@ -20,7 +20,8 @@ use std::sync::Arc;
 
 /// Oathkeeper's default `ttl`.
 const DEFAULT_TTL_MS: u64 = 15 * 60 * 1000;
-/// The key set is refreshed as often as the `jwt` authenticator's by default (`jwks_ttl`).
+/// The key set is refreshed as often as the `jwt` authenticator's keys: its global `jwks_ttl`,
+/// else this (Oathkeeper's default).
 const KEYS_TTL_MS: u64 = 30_000;
 /// How long a request may wait for the first fetch of the private key set.
 const KEYS_MAX_WAIT_MS: u64 = 1_000;
@@ -64,7 +65,7 @@ fn failure(reason: &'static str, message: impl Into<String>) -> MutateStep {
 
 impl IdTokenMutator {
     pub(crate) fn compile(
-        clusters: &std::collections::BTreeMap<String, String>,
+        globals: &Globals<'_>,
         rule: &str,
         field: &str,
         config: Value,
@@ -82,7 +83,16 @@ impl IdTokenMutator {
         if c.jwks_url.is_empty() {
             return Err(ConfigError::rule(rule, jwks_field, "is required"));
         }
-        let endpoint = resolve_endpoint(rule, &jwks_field, &c.jwks_url, clusters)?;
+        let endpoint = resolve_endpoint(rule, &jwks_field, &c.jwks_url, globals.clusters)?;
+        // An invalid global jwks_ttl is reported by the jwt authenticator's rules.
+        let keys_ttl_ms = globals
+            .authenticators
+            .get("jwt")
+            .and_then(|s| s.config.as_ref())
+            .and_then(|c| c.get("jwks_ttl"))
+            .and_then(Value::as_str)
+            .and_then(|t| crate::duration::parse_millis(t).ok())
+            .unwrap_or(KEYS_TTL_MS);
         let ttl_ms = match c.ttl.as_deref() {
             None => DEFAULT_TTL_MS,
             Some(t) => crate::duration::parse_millis(t)
@@ -105,12 +115,12 @@ impl IdTokenMutator {
         };
         match jwks.iter_mut().find(|s| s.endpoint.url == c.jwks_url) {
             Some(s) => {
-                s.ttl_ms = s.ttl_ms.min(KEYS_TTL_MS);
+                s.ttl_ms = s.ttl_ms.min(keys_ttl_ms);
                 s.max_wait_ms = s.max_wait_ms.min(KEYS_MAX_WAIT_MS);
             }
             None => jwks.push(JwksSource {
                 endpoint,
-                ttl_ms: KEYS_TTL_MS,
+                ttl_ms: keys_ttl_ms,
                 max_wait_ms: KEYS_MAX_WAIT_MS,
                 max_stale_ms: crate::config::DEFAULT_JWKS_MAX_STALE_MS,
             }),
