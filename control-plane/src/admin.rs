@@ -217,10 +217,16 @@ pub async fn create_key(
             "field use: only \"sig\" keys are supported",
         ));
     }
+    if set == crate::id_token_keys::ID_TOKEN_SET {
+        crate::id_token_keys::check_alg(alg)?;
+    }
     let s = Arc::clone(&svc);
     let key = tokio::task::spawn_blocking(move || {
         if set == ACCESS_TOKEN_SET {
             s.rotate_signing_key(alg, req.kid)
+        } else if set == crate::id_token_keys::ID_TOKEN_SET {
+            let published = crate::id_token_keys::published_secs(s.max_token_ttl());
+            s.keys.rotate(&set, alg, req.kid, published)
         } else {
             s.keys.rotate(&set, alg, req.kid, s.max_token_ttl())
         }

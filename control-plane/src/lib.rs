@@ -20,6 +20,7 @@ pub mod flow;
 pub mod grant_tokens;
 pub mod health;
 pub mod id_token;
+pub mod id_token_keys;
 pub mod introspect;
 pub mod jwks_uri;
 pub mod keys;

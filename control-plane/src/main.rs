@@ -167,6 +167,11 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
                         &args.admin_cluster,
                     );
                 }
+                manifests_mode::wire_id_token_keys(
+                    &mut g,
+                    svc.config.public_addr,
+                    svc.config.admin_addr,
+                );
                 g
             }
             None => manifests_mode::default_global_config(

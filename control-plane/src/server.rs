@@ -191,6 +191,7 @@ impl Service {
             svc.config.signing_alg,
             svc.max_token_ttl(),
         )?;
+        crate::id_token_keys::ensure(&svc.keys, svc.max_token_ttl())?;
         Ok(svc)
     }
 
@@ -351,7 +352,11 @@ pub fn public_app(svc: Arc<Service>) -> Router {
             "/.well-known/oauth-authorization-server",
             get(discovery::discovery_endpoint),
         )
-        .route("/.well-known/jwks.json", get(discovery::jwks_endpoint));
+        .route("/.well-known/jwks.json", get(discovery::jwks_endpoint))
+        .route(
+            crate::id_token_keys::PUBLIC_JWKS_PATH,
+            get(crate::id_token_keys::public_jwks_endpoint),
+        );
     common(r, &svc, "public")
 }
 
@@ -381,6 +386,10 @@ pub fn admin_app(svc: Arc<Service>) -> Router {
             get(admin::get_key).delete(admin::delete_key),
         )
         .route("/metrics/prometheus", get(metrics::prometheus_endpoint))
+        .route(
+            "/id-token/private-jwks.json",
+            get(crate::id_token_keys::private_jwks_endpoint),
+        )
         .route(
             "/oauth2/auth/requests/login",
             get(crate::login_consent::get_login_request),

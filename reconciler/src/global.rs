@@ -139,6 +139,7 @@ impl Default for GlobalConfig {
             "unauthorized",
             "jwt",
             "oauth2_introspection",
+            "oauth2_client_credentials",
         ]);
         if let Some(jwt) = authenticators.get_mut("jwt") {
             jwt.config = Some(json!({"allowed_algorithms": DEFAULT_JWT_ALGORITHMS}));
@@ -147,7 +148,7 @@ impl Default for GlobalConfig {
             access_rules: AccessRulesSection::default(),
             authenticators,
             authorizers: enabled(&["allow", "deny", "remote_json"]),
-            mutators: enabled(&["noop", "header"]),
+            mutators: enabled(&["noop", "header", "cookie"]),
             errors: ErrorsSection::default(),
             clusters: BTreeMap::new(),
             trust_forwarded_headers: false,
