@@ -70,15 +70,21 @@ pub fn default_global_config(
 /// [`crate::id_token_keys`]) when its `jwks_url` is unset or a `file://` URL — what an
 /// Oathkeeper configuration such as Kyma's (`file:///etc/secrets/jwks.json`) names, and a sidecar
 /// cannot read — and defaults `issuer_url` to the public origin. An http(s) `jwks_url` is kept.
-pub fn wire_id_token_keys(g: &mut GlobalConfig, public_addr: SocketAddr, admin_addr: SocketAddr) {
+/// True when `jwks_url` now names this control plane (its admin origin must then be reachable:
+/// see [`add_own_clusters`]).
+pub fn wire_id_token_keys(
+    g: &mut GlobalConfig,
+    public_addr: SocketAddr,
+    admin_addr: SocketAddr,
+) -> bool {
     let Some(id_token) = g.mutators.get_mut("id_token") else {
-        return;
+        return false;
     };
     let config = id_token
         .config
         .get_or_insert_with(|| serde_json::Value::Object(Default::default()));
     let Some(config) = config.as_object_mut() else {
-        return;
+        return false;
     };
     let local = config
         .get("jwks_url")
@@ -96,6 +102,7 @@ pub fn wire_id_token_keys(g: &mut GlobalConfig, public_addr: SocketAddr, admin_a
     config
         .entry("issuer_url")
         .or_insert_with(|| format!("{}/", own_origin(public_addr)).into());
+    local
 }
 
 /// The origin Envoy reaches `addr` at (a wildcard or loopback bind as `127.0.0.1`).
