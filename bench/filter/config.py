@@ -18,7 +18,7 @@ BENCH_PATH = "/api/resource"
 BENCH_HOST = "bench.shop.svc.cluster.local"
 
 # name -> http filters before the router (see build_filters)
-VARIANTS = ["nofilter", "noop", "jwt_nocache", "jwt_cache", "portcullis"]
+VARIANTS = ["nofilter", "noop", "jwt_nocache", "jwt_cache", "portcullis", "portcullis_idtoken"]
 
 
 def wasm_filter(name, vm_id, path, configuration):
@@ -81,9 +81,10 @@ def rule(rule_id, url, methods, host_header):
     }
 
 
-def portcullis_config(jwks_port, nrules):
+def portcullis_config(jwks_port, nrules, id_token=False):
     """`nrules` rules in Kyma's shape, `<http|https>://HOST/path<...>`, over 50 literal hosts;
-    the last one matches the benchmark request (Host BENCH_HOST, path BENCH_PATH)."""
+    the last one matches the benchmark request (Host BENCH_HOST, path BENCH_PATH). With
+    `id_token`, that rule also mints an id_token (ES256, private JWKS id-keys.json) per session."""
     origin = f"http://127.0.0.1:{jwks_port}"
     rules = [
         rule(f"svc-{i:04}", f"<http|https>://svc-{i % 50:02}.shop.svc.cluster.local/v{i}/<.*>",
@@ -92,6 +93,14 @@ def portcullis_config(jwks_port, nrules):
     ]
     rules.append(rule("bench", f"<http|https>://{BENCH_HOST}/api/<.*>", ["GET"],
                       "bench {{ print .Extra.client_id }}"))
+    mutators = {"header": {"enabled": True, "config": {"headers": {"X-User": "{{ print .Subject }}"}}}}
+    if id_token:
+        rules[-1]["mutators"].append({"handler": "id_token", "config": {
+            "claims": '{"aud": ["bench"], "scp": "{{ print .Extra.scp }}"}'}})
+        mutators["id_token"] = {"enabled": True, "config": {
+            "issuer_url": "https://oathkeeper.portcullis.test/",
+            "jwks_url": f"{origin}/id-keys.json",
+        }}
     return {
         "access_rules": {"matching_strategy": "regexp"},
         "authenticators": {
@@ -107,7 +116,7 @@ def portcullis_config(jwks_port, nrules):
             }
         },
         "authorizers": {"allow": {"enabled": True}},
-        "mutators": {"header": {"enabled": True, "config": {"headers": {"X-User": "{{ print .Subject }}"}}}},
+        "mutators": mutators,
         "errors": {"fallback": ["json"], "handlers": {"json": {"enabled": True}}},
         "rules": rules,
         "clusters": {origin: "jwks"},
@@ -152,11 +161,14 @@ def main():
         "jwt_nocache": [jwt_authn(jwks_file, cache=False)],
         "jwt_cache": [jwt_authn(jwks_file, cache=True)],
         "portcullis": [wasm_filter("portcullis", "portcullis", filter_wasm, json.dumps(pc))],
+        "portcullis_idtoken": [wasm_filter(
+            "portcullis_idtoken", "portcullis_idtoken", filter_wasm,
+            json.dumps(portcullis_config(int(jwks_port), int(os.environ.get("BENCH_RULES", "100")), id_token=True)))],
     }
     listeners = [
         listener(name, port, filters[name])
         for name, port in zip(VARIANTS, ports)
-        if not (name == "portcullis" and filter_wasm == "-") and only in (None, name)
+        if not (name.startswith("portcullis") and filter_wasm == "-") and only in (None, name)
     ]
     bootstrap = {
         "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}}},

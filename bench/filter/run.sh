@@ -7,11 +7,13 @@
 #   d jwt_cache       native jwt_authn with jwt_cache_config, same token every request
 #   e pc_hit          Portcullis, 100 rules, same RS256 token every request (cache hit)
 #   f pc_miss         Portcullis, a fresh RS256 token every request (cache miss)
+#   g pc_idtoken      Portcullis as e, plus an `id_token` mutator (ES256, claims template) on the
+#                     matching rule: the signed token is reused per session (cache hit)
 # Portcullis runs the configuration people deploy (config.py): rules in Kyma's shape
 # `<http|https>://HOST/path<...>` over literal hosts, each with a `jwt` authenticator checking
 # issuer, audience and scope and a templated `header` mutator. Every request carries
 # Host: BENCH_HOST, whatever the variant.
-# Targets (issues 2, 13): e >= 0.9 x b, f >= 0.9 x c.
+# Targets (issues 2, 13, 10): e >= 0.9 x b, f >= 0.9 x c, g >= 0.8 x e.
 # Then a memory table (issue 13): Envoy's RSS with 2 workers after 200 requests, one Envoy per
 # row: no filter, the no-op module, Portcullis with 100 and with 1,000 rules (BENCH_MEMORY_RULES,
 # default "100 1000"). BENCH_MEMORY=0 skips it; BENCH_MEMORY=only runs nothing else.
@@ -58,7 +60,7 @@ fi
 
 # Tokens valid for a day: reuse them for 12 hours.
 TOKDIR=$WORK/tokens-$NTOKENS
-if [ -z "$(find "$TOKDIR/tokens.txt" -mmin -720 2>/dev/null)" ]; then
+if [ -z "$(find "$TOKDIR/tokens.txt" -mmin -720 2>/dev/null)" ] || [ ! -s "$TOKDIR/id-keys.json" ]; then
   log "minting $NTOKENS RS256 tokens"
   cargo build -q --release -p portcullis-e2e --bin mint
   "$ROOT/target/release/mint" "$TOKDIR" "$NTOKENS"
@@ -67,10 +69,10 @@ TOKEN=$(cat "$TOKDIR/token.txt")
 
 read -r -a PORTS <<<"$(python3 -c '
 import socket
-socks = [socket.socket() for _ in range(6)]
+socks = [socket.socket() for _ in range(7)]
 for s in socks: s.bind(("127.0.0.1", 0))
 print(" ".join(str(s.getsockname()[1]) for s in socks))')"
-JWKS_PORT=${PORTS[5]}
+JWKS_PORT=${PORTS[6]}
 
 PIDS=()
 cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; }
@@ -142,7 +144,7 @@ if [ "$MEMORY" = only ]; then
   memory_table
   exit 0
 fi
-python3 "$HERE/config.py" "$WORK" "$WORK/admin-address" "$JWKS_PORT" "$NOOP_WASM" "$FW" "${PORTS[@]:0:5}"
+python3 "$HERE/config.py" "$WORK" "$WORK/admin-address" "$JWKS_PORT" "$NOOP_WASM" "$FW" "${PORTS[@]:0:6}"
 rm -f "$WORK/admin-address"
 "$ENVOY" -c "$WORK/envoy.yaml" --concurrency 1 -l warning --use-dynamic-base-id \
   --admin-address-path "$WORK/admin-address" >"$WORK/envoy.log" 2>&1 &
@@ -153,12 +155,12 @@ for _ in $(seq 200); do
 done
 curl -sf "http://$(cat "$WORK/admin-address")/ready" >/dev/null || { tail -30 "$WORK/envoy.log"; exit 1; }
 
-declare -A PORT=([a]=${PORTS[0]} [b]=${PORTS[1]} [c]=${PORTS[2]} [d]=${PORTS[3]} [e]=${PORTS[4]} [f]=${PORTS[4]})
+declare -A PORT=([a]=${PORTS[0]} [b]=${PORTS[1]} [c]=${PORTS[2]} [d]=${PORTS[3]} [e]=${PORTS[4]} [f]=${PORTS[4]} [g]=${PORTS[5]})
 declare -A NAME=([a]="no filter" [b]="noop wasm" [c]="jwt_authn, no cache, fresh token" [d]="jwt_authn + jwt_cache_config"
-  [e]="portcullis, 100 rules, same token" [f]="portcullis, fresh token")
+  [e]="portcullis, 100 rules, same token" [f]="portcullis, fresh token" [g]="portcullis + id_token, same token")
 declare -A FRESH=([c]=1 [f]=1)
 VARIANTS=(a b c d)
-[ "$HAVE_FILTER" = 1 ] && VARIANTS+=(e f)
+[ "$HAVE_FILTER" = 1 ] && VARIANTS+=(e f g)
 if [ -n "${BENCH_VARIANTS:-}" ]; then
   read -r -a VARIANTS <<<"$BENCH_VARIANTS"
 fi
@@ -174,7 +176,7 @@ for v in "${VARIANTS[@]}"; do
     sleep 0.1
   done
   if [ "$code" != 200 ]; then log "SKIPPING $v (${NAME[$v]}): valid token got $code"; continue; fi
-  if [[ $v =~ [cdef] ]]; then
+  if [[ $v =~ [cdefg] ]]; then
     code=$(status "$(url "$v")")
     if [ "$code" != 401 ]; then log "SKIPPING $v (${NAME[$v]}): no token got $code, expected 401"; continue; fi
   fi
@@ -226,5 +228,6 @@ ratio "b/a noop wasm vs no filter" b a
 ratio "d/c jwt_authn cache vs no cache" d c
 ratio "e/b portcullis hit vs noop wasm" e b 0.9
 ratio "f/c portcullis miss vs jwt_authn" f c 0.9
-[ "$HAVE_FILTER" = 1 ] || echo "  (e, f skipped: no Portcullis filter module yet)"
+ratio "g/e portcullis id_token vs jwt hit" g e 0.8
+[ "$HAVE_FILTER" = 1 ] || echo "  (e, f, g skipped: no Portcullis filter module yet)"
 [ "$MEMORY" = 0 ] || memory_table
