@@ -130,8 +130,9 @@ fn enabled(names: &[&str]) -> BTreeMap<String, HandlerToggle> {
 pub const DEFAULT_JWT_ALGORITHMS: [&str; 2] = ["ES256", "RS256"];
 
 impl Default for GlobalConfig {
-    /// Every handler the filter supports, enabled; only jwt has global config (its algorithms,
-    /// see [`DEFAULT_JWT_ALGORITHMS`]); rules bring the rest.
+    /// Every handler the filter supports, enabled, except `id_token` (it needs the URL of a
+    /// private key set: `serve --manifests` enables it with the control plane's); only jwt has
+    /// global config (its algorithms, see [`DEFAULT_JWT_ALGORITHMS`]); rules bring the rest.
     fn default() -> Self {
         let mut authenticators = enabled(&[
             "noop",
@@ -347,13 +348,14 @@ mod tests {
             "unauthorized",
             "jwt",
             "oauth2_introspection",
+            "oauth2_client_credentials",
         ] {
             assert!(g.authenticators[n].enabled, "{n}");
         }
         for n in ["allow", "deny", "remote_json"] {
             assert!(g.authorizers[n].enabled, "{n}");
         }
-        for n in ["noop", "header"] {
+        for n in ["noop", "header", "cookie"] {
             assert!(g.mutators[n].enabled, "{n}");
         }
         assert_eq!(g.errors.fallback, ["json"]);
