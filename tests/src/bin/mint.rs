@@ -29,7 +29,8 @@ fn main() -> Result<()> {
     private.set_key_id("id-token-bench");
     private.set_algorithm("ES256");
     let id_keys = json!({"keys": [serde_json::Value::Object(private.as_ref().clone())]});
-    std::fs::write(out.join("id-keys.json"), id_keys.to_string()).context("writing id-keys.json")?;
+    std::fs::write(out.join("id-keys.json"), id_keys.to_string())
+        .context("writing id-keys.json")?;
     let rsa = keys::keys().rsa.clone();
     std::fs::write(out.join("rsa.pem"), &rsa.private_pem).context("writing rsa.pem")?;
     let token = |i: usize| {
