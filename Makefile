@@ -16,7 +16,7 @@ export ENVOY_BIN        ?= $(VENV)/bin/envoy
 export PORTCULLIS_WASM  ?= $(DIST)/filter.wasm
 export PORTCULLIS_NOOP_WASM ?= $(DIST)/noop.wasm
 
-.PHONY: help envoy browser wasm wasm-target wasm-filter wasm-noop test fmt clean bench bench-filter bench-tokens bench-core run
+.PHONY: help envoy browser wasm wasm-target wasm-filter wasm-noop test fmt clean bench bench-filter bench-edit bench-tokens bench-core run
 
 help:
 	@echo "make run           control plane + Envoy with the filter + sample upstream, on loopback"
@@ -26,6 +26,7 @@ help:
 	@echo "make browser       install Debian's chromium + chromium-driver (the browser test)"
 	@echo "make bench         run the benchmarks (bench-filter, bench-tokens)"
 	@echo "make bench-filter  filter throughput vs no-op wasm and native jwt_authn"
+	@echo "make bench-edit    Rule edit -> new decision in a running Envoy (manifests mode)"
 	@echo "make bench-tokens  token service: tokens/s and introspections/s with p99"
 	@echo "make bench-core    the policy core's cache-hit path, native and as wasm in V8"
 	@echo "make fmt           cargo fmt"
@@ -78,6 +79,13 @@ bench: bench-filter bench-tokens
 
 bench-filter: wasm-noop envoy
 	bench/filter/run.sh
+	$(MAKE) --no-print-directory bench-edit
+
+# Rule edit -> new decision in a running Envoy, manifests mode: median of 20 edits (issue 13).
+# The harness builds the control plane itself, as the end-to-end tests do (same features).
+bench-edit: wasm envoy
+	cargo build -q -p portcullis-e2e --bin edit_latency
+	$(ROOT)/target/debug/edit_latency 20
 
 # The policy core's cache-hit path alone: natively, then as wasm in V8 (Node.js, installed from
 # Debian's packages if missing; V8 needs the longer run to finish optimizing). HOTPATH_N sets

@@ -7,6 +7,8 @@ one of which matches the benchmark request.
 usage: config.py OUT_DIR ADMIN_ADDR_PATH JWKS_PORT NOOP_WASM FILTER_WASM|- PORT_a PORT_b ...
 Ports are given in the order of VARIANTS below; FILTER_WASM '-' omits the Portcullis listener.
 BENCH_ONLY=<variant> writes a bootstrap with that variant's listener alone (memory table).
+BENCH_SCALING=1 writes one Portcullis listener per rule shape and count instead (ports in the
+order of scaling_listeners(): kyma-1, kyma-1000, literal-1, ...).
 """
 import json
 import os
@@ -38,6 +40,8 @@ def wasm_filter(name, vm_id, path, configuration):
                     "value": configuration,
                 },
                 "failure_policy": "FAIL_CLOSED",
+                # As deployed: the filter may hold headers back while it reads a body.
+                "allow_on_headers_stop_iteration": True,
             },
         },
     }
@@ -62,13 +66,13 @@ def jwt_authn(jwks_file, cache):
     return {"name": "envoy.filters.http.jwt_authn", "typed_config": config}
 
 
-def rule(rule_id, url, methods, host_header):
+def rule(rule_id, url, methods, host_header, authenticators=None):
     """A rule as deployed (Kyma's APIRule output, hand-written Oathkeeper rules alike): a `jwt`
     authenticator with its own issuer, audience and scope, and a templated `header` mutator."""
     return {
         "id": rule_id,
         "match": {"url": url, "methods": methods},
-        "authenticators": [{"handler": "jwt", "config": {
+        "authenticators": authenticators or [{"handler": "jwt", "config": {
             "trusted_issuers": [ISSUER],
             "target_audience": [AUDIENCE],
             "required_scope": ["read"],
@@ -81,17 +85,30 @@ def rule(rule_id, url, methods, host_header):
     }
 
 
-def portcullis_config(jwks_port, nrules, id_token=False):
-    """`nrules` rules in Kyma's shape, `<http|https>://HOST/path<...>`, over 50 literal hosts;
-    the last one matches the benchmark request (Host BENCH_HOST, path BENCH_PATH). With
-    `id_token`, that rule also mints an id_token (ES256, private JWKS id-keys.json) per session."""
+# The rule shapes deployed rule sets use (issue 13): URL pattern for (host, path prefix), and
+# the matching strategy (str.format templates: `{{` is a literal brace). Kyma's APIRules compile
+# to the first.
+SHAPES = {
+    "kyma": ("<http|https>://{host}{path}/<.*>", "regexp"),
+    "literal": ("http://{host}{path}/<.*>", "regexp"),
+    "anyhost": ("<http|https>://<[^/]+>{path}/<.*>", "regexp"),
+    "glob": ("<{{http,https}}>://{host}{path}/<**>", "glob"),
+}
+
+
+def portcullis_config(jwks_port, nrules, shape="kyma", id_token=False):
+    """`nrules` rules of `shape` (default Kyma's, `<http|https>://HOST/path<...>`) over 50
+    literal hosts; the last one matches the benchmark request (Host BENCH_HOST, path
+    BENCH_PATH), so a request runs past every other candidate. With `id_token`, that rule also
+    mints an id_token (ES256, private JWKS id-keys.json) per session (variant h)."""
     origin = f"http://127.0.0.1:{jwks_port}"
+    url, strategy = SHAPES[shape]
     rules = [
-        rule(f"svc-{i:04}", f"<http|https>://svc-{i % 50:02}.shop.svc.cluster.local/v{i}/<.*>",
+        rule(f"svc-{i:04}", url.format(host=f"svc-{i % 50:02}.shop.svc.cluster.local", path=f"/v{i}"),
              ["GET", "POST"], f"svc-{i % 50:02} {{{{ print .Extra.client_id }}}}")
         for i in range(nrules - 1)
     ]
-    rules.append(rule("bench", f"<http|https>://{BENCH_HOST}/api/<.*>", ["GET"],
+    rules.append(rule("bench", url.format(host=BENCH_HOST, path="/api"), ["GET"],
                       "bench {{ print .Extra.client_id }}"))
     mutators = {"header": {"enabled": True, "config": {"headers": {"X-User": "{{ print .Subject }}"}}}}
     if id_token:
@@ -101,8 +118,13 @@ def portcullis_config(jwks_port, nrules, id_token=False):
             "issuer_url": "https://oathkeeper.portcullis.test/",
             "jwks_url": f"{origin}/id-keys.json",
         }}
+    # Variant g: a browser session checked against a session store (a static file here), with
+    # the opt-in cache warm: every measured request is a cache hit.
+    rules.append(rule("bench-session", f"<http|https>://{BENCH_HOST}/session/<.*>", ["GET"],
+                      "bench {{ print .Extra.client_id }}",
+                      [{"handler": "cookie_session", "config": {"cache": {"enabled": True, "ttl": "1h"}}}]))
     return {
-        "access_rules": {"matching_strategy": "regexp"},
+        "access_rules": {"matching_strategy": strategy},
         "authenticators": {
             "jwt": {
                 "enabled": True,
@@ -113,7 +135,15 @@ def portcullis_config(jwks_port, nrules, id_token=False):
                     "allowed_algorithms": ["RS256"],
                     "scope_strategy": "exact",
                 },
-            }
+            },
+            "cookie_session": {
+                "enabled": True,
+                "config": {
+                    "check_session_url": f"{origin}/session.json",
+                    "preserve_path": True,
+                    "only": ["sid"],
+                },
+            },
         },
         "authorizers": {"allow": {"enabled": True}},
         "mutators": mutators,
@@ -121,6 +151,16 @@ def portcullis_config(jwks_port, nrules, id_token=False):
         "rules": rules,
         "clusters": {origin: "jwks"},
     }
+
+
+def scaling_listeners(jwks_port):
+    """(name, Portcullis config) for every shape with 1 and with SCALING_RULES rules: the
+    1,000 ÷ 1 rules figures of `make bench-filter`."""
+    return [
+        (f"{shape}-{n}", portcullis_config(jwks_port, n, shape))
+        for shape in SHAPES
+        for n in (1, int(os.environ.get("SCALING_RULES", "1000")))
+    ]
 
 
 def listener(name, port, filters):
@@ -170,6 +210,12 @@ def main():
         for name, port in zip(VARIANTS, ports)
         if not (name.startswith("portcullis") and filter_wasm == "-") and only in (None, name)
     ]
+    if os.environ.get("BENCH_SCALING"):
+        # One listener per (shape, rule count), in the order of scaling_listeners(): the ports.
+        listeners = [
+            listener(name, port, [wasm_filter(name, "portcullis", filter_wasm, json.dumps(config))])
+            for (name, config), port in zip(scaling_listeners(int(jwks_port)), ports)
+        ]
     bootstrap = {
         "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}}},
         "static_resources": {

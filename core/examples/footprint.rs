@@ -4,6 +4,8 @@
 //! configuration: `cargo run --release -p portcullis-core --example footprint -- FILE.json`
 //! (`make bench-filter` writes `target/bench-filter/memory-portcullis-*/portcullis.json`).
 //! Native pointers are twice wasm32's, so the module's figures are somewhat lower.
+//! Also prints the peak while compiling: a VM's linear memory never shrinks, so the peak, not
+//! what is held after, is what a worker VM keeps.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, unsafe_code)]
 
 use portcullis_core::config::Engine;
@@ -13,11 +15,13 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 struct Counting;
 static LIVE: AtomicUsize = AtomicUsize::new(0);
+static PEAK: AtomicUsize = AtomicUsize::new(0);
 
 // SAFETY: forwards to the system allocator; only counts.
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        LIVE.fetch_add(layout.size(), Ordering::Relaxed);
+        let now = LIVE.fetch_add(layout.size(), Ordering::Relaxed) + layout.size();
+        PEAK.fetch_max(now, Ordering::Relaxed);
         unsafe { System.alloc(layout) }
     }
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
@@ -54,8 +58,10 @@ fn main() {
         .collect();
 
     let before = live();
+    PEAK.store(before, Ordering::Relaxed);
     let engine = Engine::from_json(&bytes).expect("configuration compiles");
     let whole = live() - before;
+    let peak = PEAK.load(Ordering::Relaxed) - before;
 
     let before = live();
     let patterns: Vec<UrlPattern> = urls
@@ -80,6 +86,7 @@ fn main() {
 
     println!("{} rules ({path})", urls.len());
     println!("  engine after from_json          {}", kb(whole));
+    println!("  peak during from_json           {}", kb(peak));
     println!("    URL patterns (fancy-regex)    {}", kb(just_patterns));
     println!("    index (any-host RegexSet ...) {}", kb(index_extra));
     println!(

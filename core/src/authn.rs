@@ -31,6 +31,9 @@ use std::borrow::Cow;
 use std::str::FromStr;
 use std::sync::Arc;
 
+mod session_check;
+pub use session_check::{CachedSession, SessionCheckAuthenticator};
+
 /// Oathkeeper's defaults for the JWKS cache of the `jwt` authenticator.
 const DEFAULT_JWKS_TTL_MS: u64 = 30_000;
 const DEFAULT_JWKS_MAX_WAIT_MS: u64 = 1_000;
@@ -159,11 +162,15 @@ pub struct IntrospectionAuthenticator {
 #[derive(Debug)]
 pub enum Authenticator {
     Noop,
-    Anonymous { subject: String },
+    Anonymous {
+        subject: String,
+    },
     Unauthorized,
     Jwt(Box<JwtAuthenticator>),
     Introspection(Box<IntrospectionAuthenticator>),
     ClientCredentials(Box<ClientCredentialsAuthenticator>),
+    /// `cookie_session` and `bearer_token`.
+    SessionCheck(Box<SessionCheckAuthenticator>),
 }
 
 #[derive(Debug, Deserialize)]
@@ -303,11 +310,15 @@ impl Authenticator {
                 ClientCredentialsAuthenticator::compile(globals, rule, field, config)
                     .map(|c| Self::ClientCredentials(Box::new(c)))
             }
+            name @ ("cookie_session" | "bearer_token") => {
+                SessionCheckAuthenticator::compile(globals, rule, field, name, config)
+                    .map(|a| Self::SessionCheck(Box::new(a)))
+            }
             other => Err(ConfigError::rule(
                 rule,
                 format!("{field}.handler"),
                 format!(
-                    "unknown or unsupported authenticator {other:?} (supported: noop, anonymous, unauthorized, jwt, oauth2_introspection, oauth2_client_credentials)"
+                    "unknown or unsupported authenticator {other:?} (supported: noop, anonymous, unauthorized, jwt, oauth2_introspection, oauth2_client_credentials, cookie_session, bearer_token)"
                 ),
             )),
         }
@@ -522,6 +533,10 @@ pub struct Caches {
     pub jwt: ExpiringCache<CachedJwt>,
     pub introspection: ExpiringCache<CachedIntrospection>,
     pub id_token: ExpiringCache<crate::mutator::CachedIdToken>,
+    /// Session-store answers, when a `cookie_session`/`bearer_token` rule opts in.
+    pub session_check: ExpiringCache<CachedSession>,
+    /// Hydrator answers, when a `hydrator` mutator enables its cache.
+    pub hydrator: ExpiringCache<crate::mutator::HydratedSession>,
     pub(crate) keyer: Keyer,
     pub(crate) stats: CacheStats,
     /// Makes every `id_token` `jti` of this VM distinct.
@@ -547,6 +562,8 @@ impl Caches {
             jwt: ExpiringCache::new(capacity),
             introspection: ExpiringCache::new(capacity),
             id_token: ExpiringCache::new(capacity),
+            session_check: ExpiringCache::new(capacity),
+            hydrator: ExpiringCache::new(capacity),
             keyer: Keyer::default(),
             stats: CacheStats::default(),
             jti_counter: 0,

@@ -13,6 +13,9 @@ use crate::template::Template;
 use serde::Deserialize;
 use std::collections::BTreeMap;
 
+mod remote;
+pub use remote::{DEFAULT_MAX_BODY_BYTES, RemoteAuthorizer, body_not_received, body_too_large};
+
 const DEFAULT_REMOTE_TIMEOUT_MS: u64 = 1_000;
 
 #[derive(Debug)]
@@ -30,6 +33,8 @@ pub enum Authorizer {
     Allow,
     Deny,
     RemoteJson(Box<RemoteJson>),
+    /// Needs the request body: see [`Authorizer::body_limit`].
+    Remote(Box<RemoteAuthorizer>),
 }
 
 #[derive(Debug, Deserialize)]
@@ -50,9 +55,13 @@ struct RemoteJsonConfig {
 /// What an authorizer decided, or the call it needs first.
 #[derive(Debug)]
 pub(crate) enum AuthzStep {
-    Allow { forward: Vec<(String, String)> },
+    Allow {
+        forward: Vec<(String, String)>,
+    },
     Deny(PolicyError),
     Callout(Callout),
+    /// The request body is needed first.
+    NeedBody,
 }
 
 impl Authorizer {
@@ -122,11 +131,18 @@ impl Authorizer {
                     timeout_ms,
                 })))
             }
+            "remote" => RemoteAuthorizer::compile(globals, rule, field, config)
+                .map(|r| Self::Remote(Box::new(r))),
+            "keto_engine_acp_ory" => Err(ConfigError::rule(
+                rule,
+                format!("{field}.handler"),
+                "keto_engine_acp_ory calls Keto's ORY access-control-policy engine, which Keto removed in v0.6 (no supported Keto serves /engines/acp/ory); use remote_json against Keto's check API, or remote",
+            )),
             other => Err(ConfigError::rule(
                 rule,
                 format!("{field}.handler"),
                 format!(
-                    "unknown or unsupported authorizer {other:?} (supported: allow, deny, remote_json)"
+                    "unknown or unsupported authorizer {other:?} (supported: allow, deny, remote_json, remote)"
                 ),
             )),
         }
@@ -137,7 +153,16 @@ impl Authorizer {
             Self::RemoteJson(r) => {
                 r.payload.reads_captures() || r.headers.iter().any(|(_, t)| t.reads_captures())
             }
+            Self::Remote(r) => r.headers.iter().any(|(_, t)| t.reads_captures()),
             _ => false,
+        }
+    }
+
+    /// The most body bytes this authorizer reads, when it reads the body at all.
+    pub fn body_limit(&self) -> Option<usize> {
+        match self {
+            Self::Remote(r) => Some(r.max_body_bytes),
+            _ => None,
         }
     }
 
@@ -147,6 +172,7 @@ impl Authorizer {
                 r.payload.reads_request_headers()
                     || r.headers.iter().any(|(_, t)| t.reads_request_headers())
             }
+            Self::Remote(r) => r.headers.iter().any(|(_, t)| t.reads_request_headers()),
             _ => false,
         }
     }
@@ -154,13 +180,24 @@ impl Authorizer {
     pub(crate) fn forwarded_header_names(&self) -> impl Iterator<Item = String> + '_ {
         let names: &[String] = match self {
             Self::RemoteJson(r) => &r.forward_response_headers,
+            Self::Remote(r) => &r.forward_response_headers,
             _ => &[],
         };
         names.iter().cloned()
     }
 
-    pub(crate) fn authorize(&self, req: &Request, session: &Session) -> AuthzStep {
+    /// `body` is the request's, once the host has read it (only `remote` asks for it).
+    pub(crate) fn authorize(
+        &self,
+        req: &Request,
+        session: &Session,
+        body: Option<&[u8]>,
+    ) -> AuthzStep {
         match self {
+            Self::Remote(r) => match body {
+                Some(body) => r.authorize(req, session, body),
+                None => AuthzStep::NeedBody,
+            },
             Self::Allow => AuthzStep::Allow {
                 forward: Vec::new(),
             },
@@ -203,6 +240,9 @@ impl Authorizer {
 
     /// The remote authorizer answered: 200 allows, 403 denies, anything else is an error.
     pub(crate) fn digest(&self, response: Option<&CalloutResponse>) -> AuthzStep {
+        if let Self::Remote(r) = self {
+            return r.digest(response);
+        }
         let Self::RemoteJson(r) = self else {
             return AuthzStep::Deny(PolicyError::new(
                 ErrorKind::InternalServerError,

@@ -297,6 +297,36 @@ impl RetryConfig {
     }
 }
 
+/// The `cache {enabled, ttl}` block of handlers whose answers may be kept for a while
+/// (`hydrator`, and the session-check authenticators' opt-in cache).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct TtlCacheConfig {
+    #[serde(default)]
+    enabled: bool,
+    #[serde(default)]
+    ttl: Option<String>,
+}
+
+impl TtlCacheConfig {
+    /// How long answers are kept: `None` when the cache is off (absent or not enabled).
+    pub(crate) fn ttl_ms(
+        cache: Option<&TtlCacheConfig>,
+        rule: &str,
+        field: &str,
+        default_ms: u64,
+    ) -> Result<Option<u64>, ConfigError> {
+        match cache {
+            Some(c) if c.enabled => c.ttl.as_deref().map_or(Ok(Some(default_ms)), |t| {
+                crate::duration::parse_millis(t)
+                    .map(Some)
+                    .map_err(|e| ConfigError::rule(rule, format!("{field}.config.cache.ttl"), e))
+            }),
+            _ => Ok(None),
+        }
+    }
+}
+
 /// Deserialises a handler config, naming the rule and field on failure.
 pub(crate) fn parse_handler_config<T: serde::de::DeserializeOwned>(
     rule: &str,
@@ -321,13 +351,20 @@ impl Engine {
     pub fn from_json(bytes: &[u8]) -> Result<Engine, ConfigErrors> {
         let raw: FilterConfig = serde_json::from_slice(bytes)
             .map_err(|e| ConfigErrors(vec![ConfigError::Json(e.to_string())]))?;
-        Engine::compile(&raw)
+        Engine::compile(raw)
     }
 
     /// Compiles a configuration, reporting every rule that fails rather than the first.
-    pub fn compile(raw: &FilterConfig) -> Result<Engine, ConfigErrors> {
+    ///
+    /// Takes the document by value and drops each rule's raw form once it is compiled: a worker
+    /// VM's linear memory never shrinks, so the peak of compiling is what every VM keeps, and
+    /// 1,000 raw rules (their handler configs as JSON values) held to the end doubled it.
+    pub fn compile(mut raw: FilterConfig) -> Result<Engine, ConfigErrors> {
+        let raw_rules = std::mem::take(&mut raw.rules);
+        let needs_remote_ip = raw_rules_mention_remote_ip(&raw, &raw_rules);
+        let raw = &raw;
         let mut errors = Vec::new();
-        if raw.disabled && !raw.rules.is_empty() {
+        if raw.disabled && !raw_rules.is_empty() {
             errors.push(ConfigError::global(
                 "disabled",
                 "a disabled filter must not have rules (remove the rules or the flag)",
@@ -355,13 +392,13 @@ impl Engine {
             }
         };
         let strategy = raw.access_rules.matching_strategy;
-        let mut rules = Vec::with_capacity(raw.rules.len());
-        let mut entries = Vec::with_capacity(raw.rules.len());
+        let mut rules = Vec::with_capacity(raw_rules.len());
+        let mut entries = Vec::with_capacity(raw_rules.len());
         let mut jwks: Vec<JwksSource> = Vec::new();
-        let mut seen_ids: BTreeMap<&str, usize> = BTreeMap::new();
-        for (i, rule) in raw.rules.iter().enumerate() {
+        let mut seen_ids: BTreeMap<String, usize> = BTreeMap::new();
+        for (i, rule) in raw_rules.into_iter().enumerate() {
             if let Some(first) = (!rule.id.is_empty())
-                .then(|| seen_ids.insert(rule.id.as_str(), i))
+                .then(|| seen_ids.insert(rule.id.clone(), i))
                 .flatten()
             {
                 errors.push(ConfigError::rule(
@@ -374,7 +411,7 @@ impl Engine {
             let Some(handlers) = error_handlers.as_ref() else {
                 continue;
             };
-            match compile_rule(&globals, strategy, handlers, rule, &mut jwks) {
+            match compile_rule(&globals, strategy, handlers, &rule, &mut jwks) {
                 Ok((compiled, entry)) => {
                     rules.push(compiled);
                     entries.push(entry);
@@ -399,7 +436,7 @@ impl Engine {
                 trust_forwarded_headers: raw.trust_forwarded_headers,
                 jwks,
                 disabled: raw.disabled,
-                needs_remote_ip: mentions_remote_ip(raw),
+                needs_remote_ip,
                 managed_headers,
             }),
             _ => Err(ConfigErrors(errors)),
@@ -475,7 +512,7 @@ impl Engine {
 }
 
 /// Whether any error handler configuration, global or of a rule, has a `remote_ip` condition.
-fn mentions_remote_ip(raw: &FilterConfig) -> bool {
+fn raw_rules_mention_remote_ip(raw: &FilterConfig, rules: &[AccessRule]) -> bool {
     fn has(v: &Value) -> bool {
         match v {
             Value::Object(m) => m.iter().any(|(k, v)| k == "remote_ip" || has(v)),
@@ -484,8 +521,7 @@ fn mentions_remote_ip(raw: &FilterConfig) -> bool {
         }
     }
     raw.errors.as_ref().is_some_and(has)
-        || raw
-            .rules
+        || rules
             .iter()
             .flat_map(|r| &r.errors)
             .any(|h| h.config.as_ref().is_some_and(has))

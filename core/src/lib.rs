@@ -16,6 +16,7 @@ pub mod config;
 pub mod duration;
 pub mod error_handler;
 pub mod form;
+pub mod gjson;
 pub mod host;
 pub mod introspection;
 pub mod jwks;

@@ -241,14 +241,16 @@ impl UrlPattern {
     }
 
     /// For Kyma's shape `<http|https>://HOST/path...` (scheme one of `<http|https>`,
-    /// `<https|http>`, `<https?>`; host and the path's first `/` literal), the literal prefix
-    /// a matching URL starts with, once per scheme. Such a rule can be indexed by host like one
-    /// whose scheme is literal, instead of joining the `RegexSet` every request runs.
+    /// `<https|http>`, `<https?>`, or with `glob` `<{http,https}>`, `<{https,http}>`; host and
+    /// the path's first `/` literal), the literal prefix a matching URL starts with, once per
+    /// scheme. Such a rule can be indexed by host like one whose scheme is literal, instead of
+    /// joining the `RegexSet` every request runs.
     pub fn scheme_choice_prefixes(&self) -> Option<[String; 2]> {
-        if self.strategy != MatchingStrategy::Regexp {
-            return None;
-        }
-        let rest = ["<http|https>://", "<https|http>://", "<https?>://"]
+        let schemes: &[&str] = match self.strategy {
+            MatchingStrategy::Regexp => &["<http|https>://", "<https|http>://", "<https?>://"],
+            MatchingStrategy::Glob => &["<{http,https}>://", "<{https,http}>://"],
+        };
+        let rest = schemes
             .iter()
             .find_map(|scheme| self.source.strip_prefix(scheme))?;
         let literal = rest.find('<').map_or(rest, |end| &rest[..end]);

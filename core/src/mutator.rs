@@ -1,5 +1,5 @@
 //! Mutators: what the upstream learns about the caller. Oathkeeper's `noop`, `header`,
-//! `cookie` and `id_token`.
+//! `cookie`, `id_token` and `hydrator`.
 
 mod cookie;
 mod id_token;
@@ -8,6 +8,7 @@ pub use cookie::CookieMutator;
 pub use id_token::{CachedIdToken, IdTokenMutator};
 
 use crate::authn::Caches;
+use crate::callout::{Callout, CalloutResponse};
 use crate::config::{
     ConfigError, EmptyConfig, Globals, HandlerKind, JwksSource, parse_handler_config,
 };
@@ -20,6 +21,9 @@ use crate::template::Template;
 use serde::Deserialize;
 use std::collections::BTreeMap;
 
+mod hydrator;
+pub use hydrator::{HydratedSession, Hydrator};
+
 #[derive(Debug)]
 pub enum Mutator {
     Noop,
@@ -27,14 +31,20 @@ pub enum Mutator {
     Header(Vec<(String, Template)>),
     Cookie(CookieMutator),
     IdToken(Box<IdTokenMutator>),
+    /// Calls out (see [`Hydrator`]).
+    Hydrator(Box<Hydrator>),
 }
 
-/// Where a mutator left the request.
+/// Where a mutator left the request. The mutate stage is resumable: on anything but `Done`
+/// or `Fail` the pipeline stops at this mutator and runs it again once the host has what it
+/// asked for (the keys, or the callout's answer, handed to it as `response`).
 #[derive(Debug)]
 pub(crate) enum MutateStep {
     Done,
     /// The key set it signs with is still being fetched.
     WaitForKeys,
+    /// Make this call; the mutator is run again with the answer.
+    Callout(Callout),
     Fail(PolicyError),
 }
 
@@ -44,6 +54,7 @@ struct HeaderConfig {
     headers: BTreeMap<String, String>,
 }
 
+/// An RFC 9110 token: what a header name may be (shared by every handler that sets headers).
 pub(crate) fn valid_header_name(name: &str) -> bool {
     !name.is_empty()
         && name
@@ -91,11 +102,14 @@ impl Mutator {
             "id_token" => Ok(Self::IdToken(Box::new(IdTokenMutator::compile(
                 globals, rule, field, config, jwks,
             )?))),
+            "hydrator" => {
+                Hydrator::compile(globals, rule, field, config).map(|h| Self::Hydrator(Box::new(h)))
+            }
             other => Err(ConfigError::rule(
                 rule,
                 format!("{field}.handler"),
                 format!(
-                    "unknown or unsupported mutator {other:?} (supported: noop, header, cookie, id_token)"
+                    "unknown or unsupported mutator {other:?} (supported: noop, header, cookie, id_token, hydrator)"
                 ),
             )),
         }
@@ -107,7 +121,7 @@ impl Mutator {
     pub(crate) fn header_names(&self) -> impl Iterator<Item = &str> {
         let headers: &[(String, Template)] = match self {
             Self::Header(h) => h,
-            Self::Noop | Self::Cookie(_) | Self::IdToken(_) => &[],
+            Self::Noop | Self::Cookie(_) | Self::IdToken(_) | Self::Hydrator(_) => &[],
         };
         headers.iter().map(|(n, _)| n.as_str())
     }
@@ -117,6 +131,8 @@ impl Mutator {
             Self::Header(h) => h.iter().any(|(_, t)| t.reads_captures()),
             Self::Cookie(c) => c.reads_captures(),
             Self::IdToken(i) => i.reads_captures(),
+            // The session it sends carries the capture groups.
+            Self::Hydrator(_) => true,
             Self::Noop => false,
         }
     }
@@ -126,6 +142,8 @@ impl Mutator {
             Self::Header(h) => h.iter().any(|(_, t)| t.reads_request_headers()),
             Self::Cookie(c) => c.reads_request_headers(),
             Self::IdToken(i) => i.reads_request_headers(),
+            // The session it sends carries the request's headers.
+            Self::Hydrator(_) => true,
             Self::Noop => false,
         }
     }
@@ -139,6 +157,8 @@ impl Mutator {
     }
 
     /// Renders this mutator's headers into the session (later mutators see earlier ones).
+    /// `response` is the answer to this mutator's own [`MutateStep::Callout`] when it is run
+    /// again after one (`Some(None)`: the call failed).
     pub(crate) fn mutate(
         &self,
         req: &Request,
@@ -146,10 +166,17 @@ impl Mutator {
         host: &mut dyn Host,
         caches: &mut Caches,
         keys_timed_out: bool,
+        response: Option<Option<CalloutResponse>>,
     ) -> MutateStep {
         match self {
             Self::Cookie(c) => c.mutate(req, session),
             Self::IdToken(i) => return i.mutate(session, host, caches, keys_timed_out),
+            Self::Hydrator(h) => {
+                return match response {
+                    Some(r) => h.digest(session, host, caches, r.as_ref()),
+                    None => h.hydrate(session, host, caches),
+                };
+            }
             Self::Header(_) | Self::Noop => {}
         }
         if let Self::Header(headers) = self {

@@ -49,6 +49,12 @@ pub enum Step<'e> {
     WaitForKeys {
         max_wait_ms: u64,
     },
+    /// The rule's authorizer reads the request body: hand it to [`Evaluation::body_received`]
+    /// once the stream has ended, then call [`Evaluation::advance`] again. A body longer than
+    /// `max_bytes` is refused by the host (see [`crate::authz::body_too_large`]).
+    WaitForBody {
+        max_bytes: usize,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,6 +62,7 @@ enum Stage {
     Match,
     Authenticate(usize),
     Authorize,
+    /// The index of the next mutator to run.
     Mutate(usize),
     Finished,
 }
@@ -73,6 +80,8 @@ pub struct Evaluation {
     /// The answer to the last callout, consumed by the stage that asked for it.
     response: Option<Option<CalloutResponse>>,
     forward: Vec<(String, String)>,
+    /// The request body, once read (only rules whose authorizer reads it wait for it).
+    body: Option<Vec<u8>>,
 }
 
 impl Evaluation {
@@ -85,6 +94,23 @@ impl Evaluation {
             keys_timed_out: false,
             response: None,
             forward: Vec::new(),
+            body: None,
+        }
+    }
+
+    /// The whole request body. A request that ended with its headers has an empty one, and
+    /// the host says so up front.
+    pub fn body_received(&mut self, body: Vec<u8>) {
+        self.body = Some(body);
+    }
+
+    /// The most body bytes the matched rule reads, while it still needs them; `None` when the
+    /// rule does not read the body (or has it, or no rule matched yet).
+    pub fn wants_body(&self, engine: &Engine) -> Option<usize> {
+        match self.stage {
+            Stage::Match | Stage::Finished => None,
+            _ if self.body.is_some() => None,
+            _ => engine.rules.get(self.rule)?.authorizer.body_limit(),
         }
     }
 
@@ -169,7 +195,9 @@ impl Evaluation {
                     let authorizer = &engine.rules[self.rule].authorizer;
                     let step = match self.response.take() {
                         Some(response) => authorizer.digest(response.as_ref()),
-                        None => authorizer.authorize(&self.req, &self.session),
+                        None => {
+                            authorizer.authorize(&self.req, &self.session, self.body.as_deref())
+                        }
                     };
                     match step {
                         AuthzStep::Allow { forward } => {
@@ -178,19 +206,42 @@ impl Evaluation {
                         }
                         AuthzStep::Deny(e) => return self.deny(engine, e),
                         AuthzStep::Callout(c) => return Step::Callout(c),
+                        AuthzStep::NeedBody => {
+                            return Step::WaitForBody {
+                                max_bytes: authorizer.body_limit().unwrap_or(0),
+                            };
+                        }
                     }
                 }
                 Stage::Mutate(first) => {
                     let rule = &engine.rules[self.rule];
                     for (i, m) in rule.mutators.iter().enumerate().skip(first) {
                         let timed_out = self.keys_timed_out;
-                        match m.mutate(&self.req, &mut self.session, host, caches, timed_out) {
+                        // Only the mutator that called out is run again with an answer.
+                        let response = if i == first {
+                            self.response.take()
+                        } else {
+                            None
+                        };
+                        let step = m.mutate(
+                            &self.req,
+                            &mut self.session,
+                            host,
+                            caches,
+                            timed_out,
+                            response,
+                        );
+                        match step {
                             MutateStep::Done => {}
                             MutateStep::WaitForKeys => {
                                 self.stage = Stage::Mutate(i);
                                 return Step::WaitForKeys {
                                     max_wait_ms: m.max_wait_ms(),
                                 };
+                            }
+                            MutateStep::Callout(c) => {
+                                self.stage = Stage::Mutate(i);
+                                return Step::Callout(c);
                             }
                             MutateStep::Fail(e) => return self.deny(engine, e),
                         }
@@ -264,6 +315,10 @@ impl Evaluation {
             },
             Authenticator::ClientCredentials(a) => match self.response.take() {
                 Some(response) => a.digest(&self.req, host, response.as_ref()),
+                None => a.authenticate(&self.req, host, caches),
+            },
+            Authenticator::SessionCheck(a) => match self.response.take() {
+                Some(response) => a.digest(&self.req, host, caches, response.as_ref()),
                 None => a.authenticate(&self.req, host, caches),
             },
         }

@@ -76,7 +76,7 @@ fn strip_port(addr: &str) -> &str {
 }
 
 impl HttpContext for Stream {
-    fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+    fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
         let Some(engine) = self.engine.clone() else {
             let _ = hostcalls::send_http_response(
                 503,
@@ -86,6 +86,19 @@ impl HttpContext for Stream {
             return Action::Pause;
         };
         let req = read_request(engine.needs_remote_ip());
-        vm::drive(self.id, engine, Evaluation::new(req), true)
+        let mut eval = Evaluation::new(req);
+        if end_of_stream {
+            // No body will come: a rule that reads it reads an empty one, without waiting.
+            eval.body_received(Vec::new());
+        }
+        vm::drive(self.id, engine, eval, true)
+    }
+
+    fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        vm::on_request_body(self.id, Some(body_size), end_of_stream)
+    }
+
+    fn on_http_request_trailers(&mut self, _num_trailers: usize) -> Action {
+        vm::on_request_body(self.id, None, true)
     }
 }

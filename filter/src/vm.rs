@@ -27,11 +27,22 @@ use std::time::Duration;
 
 /// Verified tokens and introspection answers kept per worker.
 const CACHE_CAPACITY: usize = 10_000;
+/// How long a request whose rule reads the body waits for its first byte. With the plugin's
+/// `allow_on_headers_stop_iteration` unset Envoy never hands the body over, so this bounds the
+/// wait rather than leaving the request to Envoy's stream timeout.
+const BODY_START_TIMEOUT_MS: u64 = 10_000;
 
 #[derive(Debug)]
 enum Waiting {
-    Keys { deadline_ms: u64 },
+    Keys {
+        deadline_ms: u64,
+    },
     Callout,
+    /// The rule's authorizer reads the body, which is still arriving; `deadline_ms` until its
+    /// first byte arrives.
+    Body {
+        deadline_ms: Option<u64>,
+    },
 }
 
 struct Pending {
@@ -56,6 +67,8 @@ pub struct VmState {
     native: NativeVerify,
     pub metrics: Metrics,
     reported: CacheStats,
+    /// Whether this worker already logged that a body never arrived.
+    warned_no_body: bool,
 }
 
 thread_local! {
@@ -68,6 +81,7 @@ thread_local! {
         native: NativeVerify::Unknown,
         metrics: Metrics::default(),
         reported: CacheStats::default(),
+        warned_no_body: false,
     });
 }
 
@@ -93,11 +107,7 @@ pub fn drive(ctx: u32, engine: Rc<Engine>, mut eval: Evaluation, own: bool) -> A
     }
     let effect = with_vm(|vm| step(vm, ctx, engine, &mut eval)).unwrap_or_else(|| {
         warn!("portcullis: VM state busy while driving request {ctx}: denying");
-        Effect::Respond(Response {
-            status: 500,
-            headers: vec![("content-type".into(), "application/json".into())],
-            body: r#"{"error":{"code":500,"status":"Internal Server Error","message":"An internal server error occurred, please contact the system administrator"}}"#.into(),
-        })
+        Effect::Respond(internal_error())
     });
     match effect {
         Effect::Continue if own => Action::Continue,
@@ -106,20 +116,30 @@ pub fn drive(ctx: u32, engine: Rc<Engine>, mut eval: Evaluation, own: bool) -> A
             Action::Continue
         }
         Effect::Respond(r) => {
-            let headers: Vec<(&str, &str)> = r
-                .headers
-                .iter()
-                .map(|(k, v)| (k.as_str(), v.as_str()))
-                .collect();
-            let _ = hostcalls::send_http_response(
-                u32::from(r.status),
-                headers,
-                Some(r.body.as_bytes()),
-            );
+            respond(&r);
             Action::Pause
         }
         Effect::Pause => Action::Pause,
     }
+}
+
+fn internal_error() -> Response {
+    Response {
+        status: 500,
+        headers: vec![("content-type".into(), "application/json".into())],
+        body: r#"{"error":{"code":500,"status":"Internal Server Error","message":"An internal server error occurred, please contact the system administrator"}}"#.into(),
+    }
+}
+
+/// Answers the current stream with `r`. A host call that may re-enter the VM: only with the VM
+/// state released.
+fn respond(r: &Response) {
+    let headers: Vec<(&str, &str)> = r
+        .headers
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    let _ = hostcalls::send_http_response(u32::from(r.status), headers, Some(r.body.as_bytes()));
 }
 
 fn step(vm: &mut VmState, ctx: u32, engine: Rc<Engine>, eval: &mut Evaluation) -> Effect {
@@ -186,6 +206,23 @@ fn step(vm: &mut VmState, ctx: u32, engine: Rc<Engine>, eval: &mut Evaluation) -
                     eval.callout_done(None);
                 }
             },
+            Step::WaitForBody { .. } => {
+                // The body callbacks check the bound and hand the body over at its end; the
+                // tick answers if not a byte of it comes.
+                vm.pending.insert(
+                    ctx,
+                    Pending {
+                        engine,
+                        eval: std::mem::replace(eval, Evaluation::new(Default::default())),
+                        waiting: Waiting::Body {
+                            deadline_ms: Some(
+                                vm.clock.now_ms().saturating_add(BODY_START_TIMEOUT_MS),
+                            ),
+                        },
+                    },
+                );
+                return Effect::Pause;
+            }
             Step::WaitForKeys { max_wait_ms } => {
                 vm.pending.insert(
                     ctx,
@@ -218,6 +255,100 @@ fn dispatch(c: &Callout) -> Result<u32, String> {
         Duration::from_millis(c.timeout_ms),
     )
     .map_err(|s| format!("{s:?} (is there a cluster named {:?}?)", c.endpoint.cluster))
+}
+
+/// What a body callback does with the chunk.
+enum BodyEffect {
+    /// The request was decided (or never paused): stream the body on.
+    Pass,
+    /// The decision is pending: Envoy keeps the body until it is made.
+    Hold,
+    TooLarge(usize),
+    /// Envoy would not hand over the body it holds: refuse rather than authorize another one.
+    Unreadable,
+    /// The body was what the evaluation waited for.
+    Resume(Box<Pending>),
+}
+
+/// A chunk of the request body arrived (`body_size` is all Envoy holds so far; `None` when the
+/// trailers end the body and its size is whatever Envoy holds). While a request's decision is
+/// pending its body is held, so the request cannot slip upstream before it is decided (a
+/// `Continue` here would resume the paused headers); once decided it streams. Only a rule
+/// whose authorizer reads the body gets it copied into the VM, up to that authorizer's bound.
+pub fn on_request_body(ctx: u32, body_size: Option<usize>, end_of_stream: bool) -> Action {
+    let effect = with_vm(|vm| {
+        if vm.pending.is_empty() {
+            return BodyEffect::Pass;
+        }
+        let Some(p) = vm.pending.get_mut(&ctx) else {
+            return BodyEffect::Pass;
+        };
+        let Some(limit) = p.eval.wants_body(&p.engine) else {
+            return BodyEffect::Hold;
+        };
+        if body_size.is_some_and(|n| n > limit) {
+            vm.pending.remove(&ctx);
+            return BodyEffect::TooLarge(limit);
+        }
+        if let Waiting::Body { deadline_ms } = &mut p.waiting {
+            *deadline_ms = None;
+        }
+        if !end_of_stream {
+            return BodyEffect::Hold;
+        }
+        let read = body_size.unwrap_or(limit.saturating_add(1));
+        let body = match hostcalls::get_buffer(BufferType::HttpRequestBody, 0, read) {
+            Ok(body) => body.unwrap_or_default(),
+            Err(_) => {
+                vm.pending.remove(&ctx);
+                return BodyEffect::Unreadable;
+            }
+        };
+        // The authorizer must judge the very body the upstream gets, not a part of it.
+        if body_size.is_some_and(|n| body.len() != n) {
+            vm.pending.remove(&ctx);
+            return BodyEffect::Unreadable;
+        }
+        if body.len() > limit {
+            vm.pending.remove(&ctx);
+            return BodyEffect::TooLarge(limit);
+        }
+        p.eval.body_received(body);
+        if matches!(p.waiting, Waiting::Body { .. }) {
+            return vm
+                .pending
+                .remove(&ctx)
+                .map_or(BodyEffect::Hold, |p| BodyEffect::Resume(Box::new(p)));
+        }
+        BodyEffect::Hold
+    })
+    // Busy means re-entered mid-evaluation: holding is the safe answer.
+    .unwrap_or(BodyEffect::Hold);
+    match effect {
+        BodyEffect::Pass => Action::Continue,
+        BodyEffect::Hold => Action::Pause,
+        BodyEffect::TooLarge(limit) => {
+            with_vm(|vm| {
+                vm.metrics.count("requests_denied", 1);
+                vm.metrics.count("denied_request_body_too_large", 1);
+            });
+            respond(&portcullis_core::authz::body_too_large(limit));
+            Action::Pause
+        }
+        BodyEffect::Unreadable => {
+            warn!("portcullis: request {ctx}: the request body could not be read");
+            with_vm(|vm| {
+                vm.metrics.count("requests_denied", 1);
+                vm.metrics.count("denied_request_body_unreadable", 1);
+            });
+            respond(&internal_error());
+            Action::Pause
+        }
+        BodyEffect::Resume(p) => {
+            let Pending { engine, eval, .. } = *p;
+            drive(ctx, engine, eval, true)
+        }
+    }
 }
 
 /// Forgets a request whose stream ended.
@@ -341,6 +472,7 @@ pub fn tick() {
         }
     }
     wake_key_waiters(now, changed);
+    expire_body_waiters(now);
     with_vm(|vm| {
         let s = vm.caches.stats();
         let r = vm.reported;
@@ -390,7 +522,7 @@ fn wake_key_waiters(now: u64, keys_changed: bool) {
             .iter()
             .filter(|(_, p)| match p.waiting {
                 Waiting::Keys { deadline_ms } => keys_changed || now >= deadline_ms,
-                Waiting::Callout => false,
+                Waiting::Callout | Waiting::Body { .. } => false,
             })
             .map(|(id, _)| *id)
             .collect();
@@ -411,5 +543,43 @@ fn wake_key_waiters(now: u64, keys_changed: bool) {
             eval.keys_timed_out();
         }
         drive(ctx, engine, eval, false);
+    }
+}
+
+/// Answers the requests whose body did not start within [`BODY_START_TIMEOUT_MS`]: they must
+/// neither reach the upstream undecided nor be authorized without their body.
+fn expire_body_waiters(now: u64) {
+    let expired: Vec<u32> = with_vm(|vm| {
+        if vm.pending.is_empty() {
+            return Vec::new();
+        }
+        let ids: Vec<u32> = vm
+            .pending
+            .iter()
+            .filter(|(_, p)| {
+                matches!(p.waiting, Waiting::Body { deadline_ms: Some(d) } if now >= d)
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        for id in &ids {
+            vm.pending.remove(id);
+            vm.metrics.count("requests_denied", 1);
+            vm.metrics.count("denied_request_body_not_received", 1);
+        }
+        if !ids.is_empty() && !vm.warned_no_body {
+            vm.warned_no_body = true;
+            warn!(
+                "portcullis: a request on a rule whose remote authorizer reads the body got no body within {BODY_START_TIMEOUT_MS} ms: a stalled client, or the Wasm plugin config lacks allow_on_headers_stop_iteration: true (then Envoy never passes the body to the filter)"
+            );
+        }
+        ids
+    })
+    .unwrap_or_default();
+    for ctx in expired {
+        if hostcalls::set_effective_context(ctx).is_ok() {
+            respond(&portcullis_core::authz::body_not_received(
+                BODY_START_TIMEOUT_MS,
+            ));
+        }
     }
 }

@@ -69,10 +69,10 @@ mod tests {
             "authenticators": [{"handler": "noop"}], "authorizer": {"handler": "allow"}, "mutators": [{"handler": "noop"}]});
         assert_eq!(validate_rule(&cfg, &good), Ok(()));
         let mut bad = good.clone();
-        bad["authenticators"][0]["handler"] = json!("cookie_session");
+        bad["authorizer"]["handler"] = json!("keto_engine_acp_ory");
         let e = validate_rule(&cfg, &bad).unwrap_err();
         assert!(
-            e.contains("authenticators[0]") && e.contains("cookie_session"),
+            e.contains("authorizer.handler") && e.contains("keto_engine_acp_ory"),
             "{e}"
         );
         let mut cfg_with = cfg.clone();

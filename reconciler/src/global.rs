@@ -141,6 +141,8 @@ impl Default for GlobalConfig {
             "jwt",
             "oauth2_introspection",
             "oauth2_client_credentials",
+            "cookie_session",
+            "bearer_token",
         ]);
         if let Some(jwt) = authenticators.get_mut("jwt") {
             jwt.config = Some(json!({"allowed_algorithms": DEFAULT_JWT_ALGORITHMS}));
@@ -148,8 +150,8 @@ impl Default for GlobalConfig {
         GlobalConfig {
             access_rules: AccessRulesSection::default(),
             authenticators,
-            authorizers: enabled(&["allow", "deny", "remote_json"]),
-            mutators: enabled(&["noop", "header", "cookie"]),
+            authorizers: enabled(&["allow", "deny", "remote_json", "remote"]),
+            mutators: enabled(&["noop", "header", "cookie", "hydrator"]),
             errors: ErrorsSection::default(),
             clusters: BTreeMap::new(),
             trust_forwarded_headers: false,
@@ -262,6 +264,8 @@ const URL_KEYS: &[&str] = &[
     "check_session_url",
     "remote",
     "jwks_url",
+    // The hydrator's `api.url`.
+    "url",
 ];
 
 /// Every URL the rule's handlers (merged over the global handler configs) call.
@@ -349,13 +353,15 @@ mod tests {
             "jwt",
             "oauth2_introspection",
             "oauth2_client_credentials",
+            "cookie_session",
+            "bearer_token",
         ] {
             assert!(g.authenticators[n].enabled, "{n}");
         }
-        for n in ["allow", "deny", "remote_json"] {
+        for n in ["allow", "deny", "remote_json", "remote"] {
             assert!(g.authorizers[n].enabled, "{n}");
         }
-        for n in ["noop", "header", "cookie"] {
+        for n in ["noop", "header", "cookie", "hydrator"] {
             assert!(g.mutators[n].enabled, "{n}");
         }
         assert_eq!(g.errors.fallback, ["json"]);
@@ -420,6 +426,41 @@ mod tests {
         );
         assert_eq!(c["http://tok:9000"], "outbound|9000||tok");
         assert_eq!(c["http://keto.ory:4466"], "outbound|4466||keto.ory");
+    }
+
+    #[test]
+    fn session_check_remote_and_hydrator_urls_get_clusters_and_are_validated() {
+        let g = GlobalConfig::default();
+        let rule = json!({
+            "id": "r",
+            "match": {"url": "http://x/<.*>", "methods": ["GET"]},
+            "authenticators": [
+                {"handler": "cookie_session", "config": {"check_session_url": "http://kratos.ory:4433/sessions/whoami"}},
+                {"handler": "bearer_token", "config": {"check_session_url": "http://tokens.ory/check"}}
+            ],
+            "authorizer": {"handler": "remote", "config": {"remote": "http://opa.ory:8181/allow"}},
+            "mutators": [{"handler": "hydrator", "config": {"api": {"url": "http://director.compass:3000/tenant-mapping"}}}]
+        });
+        let cfg = g.filter_config(std::slice::from_ref(&rule));
+        let c = &cfg["clusters"];
+        assert_eq!(c["http://kratos.ory:4433"], "outbound|4433||kratos.ory");
+        assert_eq!(c["http://tokens.ory"], "outbound|80||tokens.ory");
+        assert_eq!(c["http://opa.ory:8181"], "outbound|8181||opa.ory");
+        assert_eq!(
+            c["http://director.compass:3000"],
+            "outbound|3000||director.compass"
+        );
+        crate::core_seam::compile_config(&cfg).unwrap();
+        // The control plane refuses what the filter would, naming rule and field.
+        let mut bad = rule.clone();
+        bad["authenticators"][0]["config"]["subject_from"] = json!("identity.#(id>1)");
+        bad["mutators"][0]["config"]["api"]["url"] = json!("");
+        let e = crate::core_seam::validate_rule(&cfg, &bad).unwrap_err();
+        assert!(
+            e.contains("rule \"r\": authenticators[0].config.subject_from"),
+            "{e}"
+        );
+        assert!(e.contains("mutators[0].config.api.url: is required"), "{e}");
     }
 
     #[test]

@@ -825,6 +825,9 @@ pub fn render(
 }
 
 /// `envoy.extensions.filters.http.wasm.v3.Wasm` running the filter with `filter_config`.
+/// `allow_on_headers_stop_iteration` (Envoy >= 1.35) lets the filter hold a request's headers
+/// back while it reads the body a `remote` authorizer needs; without it Envoy never hands the
+/// filter that body and such requests are refused.
 pub fn wasm_filter_config(code: Value, filter_config: &Value) -> Value {
     json!({
         "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
@@ -841,6 +844,7 @@ pub fn wasm_filter_config(code: Value, filter_config: &Value) -> Value {
                 "value": filter_config.to_string(),
             },
             "failure_policy": "FAIL_CLOSED",
+            "allow_on_headers_stop_iteration": true,
         },
     })
 }

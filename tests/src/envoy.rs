@@ -394,6 +394,9 @@ pub fn ecds_resource(wasm: &Path, configuration: &str) -> Value {
                         "value": configuration,
                     },
                     "failure_policy": "FAIL_CLOSED",
+                    // The filter reads the body a `remote` authorizer needs while holding the
+                    // headers back (Envoy >= 1.35).
+                    "allow_on_headers_stop_iteration": true,
                 },
             },
         }],

@@ -14,6 +14,7 @@ pub mod paths;
 pub mod ports;
 pub mod raw;
 pub mod runtime;
+pub mod scripted;
 pub mod stack;
 pub mod upstream;
 

@@ -31,6 +31,52 @@ pub fn http1(port: u16, head: &str) -> Reply {
     })
 }
 
+/// Like [`http1`], with a chunked body sent as `pieces`, each written (and pushed onto the wire)
+/// on its own a moment after the previous one, so the proxy most likely reads them one by one
+/// (what a test asserts must hold however they are read).
+pub fn http1_chunked(port: u16, head: &str, pieces: &[&[u8]]) -> Reply {
+    let mut conn = TcpStream::connect(("127.0.0.1", port))
+        .unwrap_or_else(|e| panic!("connecting to 127.0.0.1:{port}: {e}"));
+    conn.set_read_timeout(Some(TIMEOUT)).expect("read timeout");
+    conn.set_nodelay(true).expect("nodelay");
+    let request = format!(
+        "{}\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n",
+        head.trim_end()
+    );
+    conn.write_all(request.as_bytes())
+        .unwrap_or_else(|e| panic!("sending {head:?}: {e}"));
+    // The proxy may answer (and close) before the body ends, e.g. past a size bound: then
+    // stop writing and read what it said.
+    let mut sent = true;
+    for (i, piece) in pieces.iter().enumerate() {
+        if i > 0 {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let mut chunk = format!("{:x}\r\n", piece.len()).into_bytes();
+        chunk.extend_from_slice(piece);
+        chunk.extend_from_slice(b"\r\n");
+        if conn.write_all(&chunk).and_then(|()| conn.flush()).is_err() {
+            sent = false;
+            break;
+        }
+    }
+    if sent {
+        let _ = conn.write_all(b"0\r\n\r\n");
+    }
+    let mut raw = Vec::new();
+    if let Err(e) = conn.read_to_end(&mut raw)
+        && raw.is_empty()
+    {
+        panic!("reading the answer to {head:?}: {e}");
+    }
+    parse_http1(&raw).unwrap_or_else(|| {
+        panic!(
+            "not an HTTP/1 answer to {head:?}: {:?}",
+            String::from_utf8_lossy(&raw)
+        )
+    })
+}
+
 fn parse_http1(raw: &[u8]) -> Option<Reply> {
     let split = raw.windows(4).position(|w| w == b"\r\n\r\n")?;
     let head = std::str::from_utf8(&raw[..split]).ok()?;

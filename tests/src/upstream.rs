@@ -1,10 +1,13 @@
 //! The echo upstream: answers every request with 200 and JSON
 //! `{"method", "path", "headers": {name: value}, "body"}` so tests can assert what Envoy
-//! forwarded (mutated headers, stripped headers, path and query).
+//! forwarded (mutated headers, stripped headers, path and query). It also records every
+//! request, so a test can show that one never reached it.
 
 use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
 
 use axum::body::Bytes;
+use axum::extract::State;
 use axum::http::{HeaderMap, Method, Uri};
 use axum::response::Json;
 use serde::{Deserialize, Serialize};
@@ -28,15 +31,30 @@ impl Echo {
     }
 }
 
+type Seen = Arc<Mutex<Vec<Echo>>>;
+
 pub struct Upstream {
     server: ServerHandle,
+    seen: Seen,
 }
 
 impl Upstream {
     pub fn start() -> Self {
-        let router = axum::Router::new().fallback(echo);
+        let seen = Seen::default();
+        let router = axum::Router::new().fallback(echo).with_state(seen.clone());
         let server = ServerHandle::serve(router, 0).expect("starting the echo upstream");
-        Self { server }
+        Self { server, seen }
+    }
+
+    /// The requests received so far whose path (with query) starts with `prefix`.
+    pub fn requests(&self, prefix: &str) -> Vec<Echo> {
+        self.seen
+            .lock()
+            .expect("upstream record lock")
+            .iter()
+            .filter(|e| e.path.starts_with(prefix))
+            .cloned()
+            .collect()
     }
 
     pub fn port(&self) -> u16 {
@@ -44,8 +62,14 @@ impl Upstream {
     }
 }
 
-async fn echo(method: Method, uri: Uri, headers: HeaderMap, body: Bytes) -> Json<Echo> {
-    Json(Echo {
+async fn echo(
+    State(seen): State<Seen>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Json<Echo> {
+    let echo = Echo {
         method: method.to_string(),
         path: uri
             .path_and_query()
@@ -53,7 +77,11 @@ async fn echo(method: Method, uri: Uri, headers: HeaderMap, body: Bytes) -> Json
             .unwrap_or_else(|| uri.path().to_owned()),
         headers: header_map(&headers),
         body: String::from_utf8_lossy(&body).into_owned(),
-    })
+    };
+    if let Ok(mut seen) = seen.lock() {
+        seen.push(echo.clone());
+    }
+    Json(echo)
 }
 
 /// Lower-case name -> value, repeated values joined by ", ".

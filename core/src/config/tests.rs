@@ -197,3 +197,23 @@ fn merge_is_deep() {
     merge_json(&mut a, &json!({"x": {"y": 3}, "k": [2, 3]}));
     assert_eq!(a, json!({"x": {"y": 3, "z": 2}, "k": [2, 3]}));
 }
+
+#[test]
+fn keto_engine_acp_ory_is_refused_with_the_reason() {
+    let mut cfg = base(json!([{
+        "id": "keto",
+        "match": {"url": "http://svc/x", "methods": ["GET"]},
+        "authenticators": [{"handler": "noop"}],
+        "authorizer": {"handler": "keto_engine_acp_ory"},
+        "mutators": [{"handler": "noop"}]
+    }]));
+    cfg["authorizers"]["keto_engine_acp_ory"] =
+        json!({"enabled": true, "config": {"base_url": "http://keto"}});
+    let e = errors(cfg);
+    assert_eq!(e[0].rule_id(), Some("keto"));
+    let msg = e[0].to_string();
+    assert!(
+        msg.contains("authorizer.handler") && msg.contains("Keto removed"),
+        "{msg}"
+    );
+}

@@ -524,6 +524,62 @@ fn scheme_choice_rules_are_indexed_by_host() {
     ));
 }
 
+/// The same for `glob` rules written `<{http,https}>://HOST/...`: a 1,000-rule glob set ran
+/// the `RegexSet` over every rule on every request (issue 13). Other scheme sections stay
+/// unindexed, and still decide.
+#[test]
+fn glob_scheme_choice_rules_are_indexed_by_host() {
+    let glob = |pattern: &str| IndexEntry {
+        methods: vec!["GET".into()],
+        pattern: UrlPattern::compile(pattern, MatchingStrategy::Glob).unwrap(),
+        captures: false,
+    };
+    let index = RuleIndex::new(vec![
+        glob("<{http,https}>://svc.example.com/api/<**>"),
+        glob("<{https,http}>://other.example.com/api/<*>"),
+        glob("<{http,https,ftp}>://svc.example.com/files/<**>"),
+        glob("<{http,https}>://<*>/any/<**>"),
+    ]);
+    assert_eq!(index.fallback_set_rules, [2, 3]);
+    let cands = |url| {
+        let mut c: Vec<usize> = index.candidates(url).collect();
+        c.sort_unstable();
+        c
+    };
+    assert_eq!(cands("http://svc.example.com/api/x"), [0]);
+    assert_eq!(cands("https://svc.example.com/api/x/y"), [0]);
+    assert_eq!(cands("https://other.example.com/api/x"), [1]);
+    assert!(cands("https://svc.example.com.evil/api/x").is_empty());
+    let find = |url| index.find("GET", url);
+    assert!(matches!(
+        find("https://svc.example.com/api/x/y"),
+        Lookup::Matched { rule: 0, .. }
+    ));
+    assert!(matches!(
+        find("http://other.example.com/api/x"),
+        Lookup::Matched { rule: 1, .. }
+    ));
+    // `*` stops at a separator, whatever the index found.
+    assert_eq!(find("http://other.example.com/api/x/y"), Lookup::NoMatch);
+    assert_eq!(find("ftp://svc.example.com/api/x"), Lookup::NoMatch);
+    assert_eq!(find("httpx://svc.example.com/api/x"), Lookup::NoMatch);
+    assert_eq!(find("https://svc.example.com.evil/api/x"), Lookup::NoMatch);
+    assert!(matches!(
+        find("ftp://svc.example.com/files/a"),
+        Lookup::Matched { rule: 2, .. }
+    ));
+    assert!(matches!(
+        find("https://localhost/any/a/b"),
+        Lookup::Matched { rule: 3, .. }
+    ));
+    // A scheme section that merely starts like a choice is not one.
+    let p = UrlPattern::compile(
+        "<{http,https}x>://svc.example.com/a",
+        MatchingStrategy::Glob,
+    );
+    assert_eq!(p.unwrap().scheme_choice_prefixes(), None);
+}
+
 /// The regex engine carries the Unicode classes Oathkeeper's regexp2 has; classes it does not
 /// have are a configuration error, never a different match.
 #[test]

@@ -1016,4 +1016,165 @@ fn cache_hits_use_the_hosts_time_bounds_and_read_the_clock_only_near_a_boundary(
     assert_eq!(get(&fresh, &mut h, &mut c), 401);
 }
 
+/// A rule per new callout handler: cookie_session then bearer_token, the remote authorizer, and
+/// the hydrator between two header mutators.
+fn callout_handlers_engine() -> Engine {
+    let header = |h: &str, t: &str| json!({"handler": "header", "config": {"headers": {h: t}}});
+    engine(
+        json!([
+            rule(
+                "session",
+                "http://svc.local/s",
+                &["GET"],
+                json!([{"handler": "cookie_session", "config": {"only": ["sid"]}},
+                       {"handler": "bearer_token"}]),
+                json!({"handler": "allow"}),
+                json!([header("X-User", "{{ print .Subject }}")])
+            ),
+            rule(
+                "remote",
+                "http://svc.local/r",
+                &["POST"],
+                json!([{"handler": "anonymous"}]),
+                json!({"handler": "remote", "config": {"max_body_bytes": 8}}),
+                json!([{"handler": "noop"}])
+            ),
+            rule(
+                "hydrated",
+                "http://svc.local/h/<[0-9]+>",
+                &["GET"],
+                json!([{"handler": "anonymous"}]),
+                json!({"handler": "allow"}),
+                json!([header("X-Before", "b"), {"handler": "hydrator"},
+                       header("X-After", "{{ print .Extra.tenant }}")])
+            ),
+        ]),
+        json!({
+            "authenticators": {
+                "cookie_session": {"enabled": true, "config": {
+                    "check_session_url": "http://sessions.local/whoami",
+                    "cache": {"enabled": true, "ttl": "10s"}}},
+                "bearer_token": {"enabled": true, "config": {
+                    "check_session_url": "http://sessions.local/token"}}
+            },
+            "authorizers": {"remote": {"enabled": true, "config": {"remote": "http://authz.local/remote"}}},
+            "mutators": {"hydrator": {"enabled": true, "config": {"api": {"url": "http://api.local/hydrate"}}}}
+        }),
+    )
+}
+
+#[test]
+fn session_check_chain_calls_out_caches_by_credential_and_falls_through() {
+    let e = callout_handlers_engine();
+    let (mut h, mut c) = (TestHost::new(), Caches::new(16));
+    // Neither a `sid` cookie nor a bearer token: nobody is responsible.
+    let mut ev = Evaluation::new(request("GET", "/s", &[("cookie", "other=1")]));
+    assert_eq!(status(&run(&e, &mut ev, &mut h, &mut c)), 401);
+    // The cookie authenticator asks the session store, then allows.
+    let cookie = || request("GET", "/s", &[("cookie", "sid=abc")]);
+    let mut ev = Evaluation::new(cookie());
+    let call = callout_of(run(&e, &mut ev, &mut h, &mut c));
+    assert_eq!((call.method, call.endpoint.path.as_str()), ("GET", "/s"));
+    ev.callout_done(answer(200, json!({"subject": "alice"})));
+    match run(&e, &mut ev, &mut h, &mut c) {
+        Step::Allow(a) => assert!(a.set_headers.contains(&("x-user".into(), "alice".into()))),
+        other => panic!("{other:?}"),
+    }
+    // Cached: no second call for the same cookie, a call for another.
+    let mut ev = Evaluation::new(cookie());
+    assert_eq!(status(&run(&e, &mut ev, &mut h, &mut c)), 200);
+    let mut ev = Evaluation::new(request("GET", "/s", &[("cookie", "sid=abd")]));
+    callout_of(run(&e, &mut ev, &mut h, &mut c));
+    // A rejected cookie is 401 and not cached.
+    ev.callout_done(answer(401, json!({})));
+    assert_eq!(status(&run(&e, &mut ev, &mut h, &mut c)), 401);
+    // A bearer token falls through the cookie authenticator to bearer_token.
+    let mut ev = Evaluation::new(request("GET", "/s", &[("authorization", "Bearer t")]));
+    let call = callout_of(run(&e, &mut ev, &mut h, &mut c));
+    assert_eq!(call.endpoint.path, "/s");
+    assert!(
+        call.headers
+            .contains(&("authorization".into(), "Bearer t".into()))
+    );
+    ev.callout_done(None);
+    assert_eq!(
+        status(&run(&e, &mut ev, &mut h, &mut c)),
+        403,
+        "unreachable store"
+    );
+}
+
+#[test]
+fn remote_waits_for_the_body_and_posts_it() {
+    let e = callout_handlers_engine();
+    let (mut h, mut c) = (TestHost::new(), Caches::new(16));
+    let mut ev = Evaluation::new(request("POST", "/r", &[("content-type", "text/plain")]));
+    match run(&e, &mut ev, &mut h, &mut c) {
+        Step::WaitForBody { max_bytes } => assert_eq!(max_bytes, 8),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(ev.wants_body(&e), Some(8));
+    ev.body_received(b"payload".to_vec());
+    assert_eq!(ev.wants_body(&e), None);
+    let call = callout_of(run(&e, &mut ev, &mut h, &mut c));
+    assert_eq!(
+        (call.endpoint.path.as_str(), call.body.as_slice()),
+        ("/remote", &b"payload"[..])
+    );
+    assert!(
+        call.headers
+            .contains(&("content-type".into(), "text/plain".into()))
+    );
+    ev.callout_done(answer(403, json!({})));
+    assert_eq!(status(&run(&e, &mut ev, &mut h, &mut c)), 403);
+    // Rules without `remote` never ask for the body.
+    let mut ev = Evaluation::new(request("GET", "/s", &[("cookie", "sid=x")]));
+    callout_of(run(&e, &mut ev, &mut h, &mut c));
+    assert_eq!(ev.wants_body(&e), None);
+}
+
+#[test]
+fn hydrator_replaces_the_session_between_mutators() {
+    let e = callout_handlers_engine();
+    let (mut h, mut c) = (TestHost::new(), Caches::new(16));
+    let mut ev = Evaluation::new(request("GET", "/h/42?x=1", &[("x-in", "v")]));
+    let call = callout_of(run(&e, &mut ev, &mut h, &mut c));
+    assert_eq!(call.endpoint.path, "/hydrate");
+    let sent: Value = serde_json::from_slice(&call.body).unwrap();
+    assert_eq!(sent["subject"], "guest");
+    assert_eq!(sent["header"], json!({"X-Before": ["b"]}));
+    assert_eq!(
+        sent["match_context"]["regexp_capture_groups"],
+        json!(["42"])
+    );
+    assert_eq!(sent["match_context"]["header"]["X-In"], json!(["v"]));
+    assert_eq!(sent["match_context"]["url"]["RawQuery"], "x=1");
+    let mut back = sent.clone();
+    back["extra"] = json!({"tenant": "t9"});
+    back["header"] = json!({"X-Hydrated": ["yes"]});
+    ev.callout_done(answer(200, back));
+    match run(&e, &mut ev, &mut h, &mut c) {
+        Step::Allow(a) => {
+            assert!(a.set_headers.contains(&("x-hydrated".into(), "yes".into())));
+            assert!(a.set_headers.contains(&("x-after".into(), "t9".into())));
+            assert!(
+                !a.set_headers.iter().any(|(k, _)| k == "x-before"),
+                "replaced"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    // A changed subject, a non-200 and no answer are all 500s.
+    for reply in [
+        answer(200, json!({"subject": "root"})),
+        answer(404, json!({})),
+        None,
+    ] {
+        let mut ev = Evaluation::new(request("GET", "/h/1", &[]));
+        callout_of(run(&e, &mut ev, &mut h, &mut c));
+        ev.callout_done(reply);
+        assert_eq!(status(&run(&e, &mut ev, &mut h, &mut c)), 500);
+    }
+}
+
 mod tokens;

@@ -375,7 +375,7 @@ fn invalid_rules_are_reported_and_fail_closed() {
     assert!(!o.valid);
     let err = o.validation_error.as_deref().unwrap();
     assert!(
-        err.contains("authenticators[0].handler") && err.contains("cookie_session"),
+        err.contains("authenticators[0].config.check_session_url: is required"),
         "{err}"
     );
     assert!(o.message.contains("401"), "{}", o.message);
@@ -523,6 +523,10 @@ fn envoy_filter_output_inserts_the_wasm_filter_before_the_router() {
     );
     assert_eq!(vm["code"]["remote"]["sha256"], o.module_sha256);
     assert_eq!(tc["config"]["failure_policy"], "FAIL_CLOSED");
+    assert_eq!(
+        tc["config"]["allow_on_headers_stop_iteration"], true,
+        "remote authorizers need the body before the headers go on"
+    );
     let conf = &tc["config"]["configuration"];
     assert_eq!(
         conf["@type"],

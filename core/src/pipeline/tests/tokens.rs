@@ -372,6 +372,7 @@ fn cc_run(
             Step::Deny(d) => return (d.response.status, None),
             Step::Callout(c) => eval.callout_done(answer(&c)),
             Step::WaitForKeys { .. } => panic!("no keys involved"),
+            Step::WaitForBody { .. } => panic!("no body involved"),
         }
     }
 }
