@@ -561,3 +561,79 @@ fn client_credentials_cache_is_shared_keyed_and_bounded_by_expiry() {
     );
     assert_eq!(calls.get(), 2);
 }
+
+/// One mutate stage serves both kinds of pause: the hydrator's callout, then the id_token's
+/// wait for its keys, in the same rule; each resumes at its own mutator, and the id_token signs
+/// what the hydrator added.
+#[test]
+fn hydrator_then_id_token_resume_in_one_mutate_stage() {
+    let e = engine(
+        json!([rule(
+            "r",
+            "http://svc.local/<.*>",
+            &["GET"],
+            json!([{"handler": "anonymous"}]),
+            json!({"handler": "allow"}),
+            json!([
+                {"handler": "header", "config": {"headers": {"X-Before": "b"}}},
+                {"handler": "hydrator"},
+                {"handler": "id_token", "config": {"claims": r#"{"tenant": "{{ print .Extra.tenant }}"}"#}},
+                {"handler": "header", "config": {"headers": {"X-Tenant": "{{ print .Extra.tenant }}"}}}
+            ])
+        )]),
+        json!({"mutators": {
+            "id_token": {"enabled": true, "config": {"issuer_url": "https://portcullis.test/", "jwks_url": PRIVATE}},
+            "hydrator": {"enabled": true, "config": {"api": {"url": "http://api.local/hydrate"}}}
+        }}),
+    );
+    let mut host = TestHost::new();
+    host.keys.insert(PRIVATE.into(), KeyLookup::Pending);
+    let mut caches = Caches::new(10);
+    let mut eval = Evaluation::new(request("GET", "/a", &[]));
+    let call = match eval.advance(&e, &mut host, &mut caches) {
+        Step::Callout(c) => c,
+        other => panic!("expected the hydrator's call, got {other:?}"),
+    };
+    let mut session: Value = serde_json::from_slice(&call.body).unwrap();
+    assert_eq!(session["header"]["X-Before"], json!(["b"]), "{session}");
+    session["extra"] = json!({"tenant": "t1"});
+    eval.callout_done(Some(CalloutResponse {
+        status: 200,
+        headers: vec![],
+        body: session.to_string().into_bytes(),
+    }));
+    assert!(matches!(
+        eval.advance(&e, &mut host, &mut caches),
+        Step::WaitForKeys { max_wait_ms: 1000 }
+    ));
+    host.keys.insert(PRIVATE.into(), private_set(&["ec256"]));
+    let headers = match eval.advance(&e, &mut host, &mut caches) {
+        Step::Allow(a) => a.set_headers,
+        other => panic!("expected allow, got {other:?}"),
+    };
+    assert!(
+        headers.contains(&("x-tenant".into(), "t1".into())),
+        "{headers:?}"
+    );
+    assert!(
+        headers.contains(&("x-before".into(), "b".into())),
+        "{headers:?}"
+    );
+    let claims = decode_part(&bearer(&headers), 1);
+    assert_eq!(
+        (claims["tenant"].as_str(), claims["sub"].as_str()),
+        (Some("t1"), Some("guest"))
+    );
+
+    // The hydrator API down: 500, and the id_token never runs.
+    let mut eval = Evaluation::new(request("GET", "/a", &[]));
+    assert!(matches!(
+        eval.advance(&e, &mut host, &mut caches),
+        Step::Callout(_)
+    ));
+    eval.callout_done(None);
+    match eval.advance(&e, &mut host, &mut caches) {
+        Step::Deny(d) => assert_eq!((d.response.status, d.reason), (500, "hydrator_unreachable")),
+        other => panic!("{other:?}"),
+    }
+}
