@@ -3,11 +3,13 @@
 //! the ECDS file it writes in a real Envoy, and the control plane standing in for Hydra under
 //! Hydra's Kyma service names (Istio outbound cluster names in the Envoy). Decisions of every
 //! handler the configuration enables; the id_token checked with the published public keys by
-//! josekit. (`hydrator` is part A of issue 10: enabled in the file, not used by a rule here.)
+//! josekit; the `hydrator` (Compass's tenant mapping, a scripted server here) feeding `id_token`
+//! and `header` in one rule.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use portcullis_e2e::control_plane::{ControlPlane, wait_for_ecds};
 use portcullis_e2e::paths::repo_root;
+use portcullis_e2e::scripted::{Answer, Scripted};
 use portcullis_e2e::stack::Reply;
 use portcullis_e2e::{Envoy, Upstream};
 use serde_json::Value;
@@ -17,6 +19,7 @@ use std::time::{Duration, Instant};
 const HOST: &str = "httpbin.local.kyma.dev";
 const HYDRA_PUBLIC: &str = "outbound|4444||ory-hydra-public.kyma-system.svc.cluster.local";
 const HYDRA_ADMIN: &str = "outbound|4445||ory-hydra-admin.kyma-system.svc.cluster.local";
+const COMPASS: &str = "outbound|3000||compass-director.compass-system.svc.cluster.local";
 
 const CLIENT: &str = "apiVersion: v1
 kind: Service
@@ -78,7 +81,16 @@ fn kyma_oathkeeper_configuration_loads_and_decides_as_oathkeeper() {
     ]);
     let ecds = wait_for_ecds(&cp.data_dir.join("ecds"), "httpbin");
     let upstream = Upstream::start();
+    // Compass's tenant mapping: the session back, with the tenant of its subject.
+    let compass = Scripted::start();
+    compass.on("/tenant-mapping", |r| {
+        let mut s = r.json();
+        let tenant = format!("tenant-of-{}", s["subject"].as_str().unwrap_or(""));
+        s["extra"] = serde_json::json!({"tenant": tenant});
+        Answer::json(200, s)
+    });
     let envoy = Envoy::builder(upstream.port())
+        .cluster(COMPASS, compass.port())
         .ecds_file(&ecds)
         .cluster(HYDRA_PUBLIC, cp.public_port)
         .cluster(HYDRA_ADMIN, cp.admin_port)
@@ -172,6 +184,38 @@ fn kyma_oathkeeper_configuration_loads_and_decides_as_oathkeeper() {
         get(&envoy, "/introspect/a", Some("Bearer not-a-token")).status,
         401
     );
+
+    // hydrator -> id_token -> header in one rule: both mutators see what the hydrator added.
+    let r = get(&envoy, "/tenant/a", Some(&creds));
+    assert_eq!(
+        r.status,
+        200,
+        "{}\n--- envoy ---\n{}",
+        r.body,
+        envoy.log_tail(40)
+    );
+    let echo = r.echo();
+    assert_eq!(echo.header("x-tenant"), Some("tenant-of-machine-client"));
+    let token = echo
+        .header("authorization")
+        .and_then(|a| a.strip_prefix("Bearer "))
+        .expect("an id_token")
+        .to_string();
+    let (claims, _) = josekit::jwt::decode_with_verifier(&token, &verifier).unwrap();
+    assert_eq!(claims.subject(), Some("machine-client"));
+    assert_eq!(
+        claims.claim("tenant").and_then(Value::as_str),
+        Some("tenant-of-machine-client")
+    );
+    let calls = compass.requests("/tenant-mapping");
+    assert_eq!(calls.len(), 1, "hydrator called once");
+    assert_eq!(calls[0].method, "POST");
+    assert_eq!(calls[0].json()["subject"], "machine-client");
+    // The tenant mapping down: 500, never forwarded without its session.
+    compass.on("/tenant-mapping", |_| {
+        Answer::json(503, serde_json::json!({}))
+    });
+    assert_eq!(get(&envoy, "/tenant/a", Some(&creds)).status, 500);
 
     // anonymous with Kyma's subject, deny, unauthorized, and no rule.
     let r = get(&envoy, "/public/a", None);
