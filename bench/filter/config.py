@@ -20,7 +20,7 @@ BENCH_PATH = "/api/resource"
 BENCH_HOST = "bench.shop.svc.cluster.local"
 
 # name -> http filters before the router (see build_filters)
-VARIANTS = ["nofilter", "noop", "jwt_nocache", "jwt_cache", "portcullis"]
+VARIANTS = ["nofilter", "noop", "jwt_nocache", "jwt_cache", "portcullis", "portcullis_idtoken"]
 
 
 def wasm_filter(name, vm_id, path, configuration):
@@ -96,10 +96,11 @@ SHAPES = {
 }
 
 
-def portcullis_config(jwks_port, nrules, shape="kyma"):
+def portcullis_config(jwks_port, nrules, shape="kyma", id_token=False):
     """`nrules` rules of `shape` (default Kyma's, `<http|https>://HOST/path<...>`) over 50
     literal hosts; the last one matches the benchmark request (Host BENCH_HOST, path
-    BENCH_PATH), so a request runs past every other candidate."""
+    BENCH_PATH), so a request runs past every other candidate. With `id_token`, that rule also
+    mints an id_token (ES256, private JWKS id-keys.json) per session (variant h)."""
     origin = f"http://127.0.0.1:{jwks_port}"
     url, strategy = SHAPES[shape]
     rules = [
@@ -109,6 +110,14 @@ def portcullis_config(jwks_port, nrules, shape="kyma"):
     ]
     rules.append(rule("bench", url.format(host=BENCH_HOST, path="/api"), ["GET"],
                       "bench {{ print .Extra.client_id }}"))
+    mutators = {"header": {"enabled": True, "config": {"headers": {"X-User": "{{ print .Subject }}"}}}}
+    if id_token:
+        rules[-1]["mutators"].append({"handler": "id_token", "config": {
+            "claims": '{"aud": ["bench"], "scp": "{{ print .Extra.scp }}"}'}})
+        mutators["id_token"] = {"enabled": True, "config": {
+            "issuer_url": "https://oathkeeper.portcullis.test/",
+            "jwks_url": f"{origin}/id-keys.json",
+        }}
     # Variant g: a browser session checked against a session store (a static file here), with
     # the opt-in cache warm: every measured request is a cache hit.
     rules.append(rule("bench-session", f"<http|https>://{BENCH_HOST}/session/<.*>", ["GET"],
@@ -137,7 +146,7 @@ def portcullis_config(jwks_port, nrules, shape="kyma"):
             },
         },
         "authorizers": {"allow": {"enabled": True}},
-        "mutators": {"header": {"enabled": True, "config": {"headers": {"X-User": "{{ print .Subject }}"}}}},
+        "mutators": mutators,
         "errors": {"fallback": ["json"], "handlers": {"json": {"enabled": True}}},
         "rules": rules,
         "clusters": {origin: "jwks"},
@@ -192,11 +201,14 @@ def main():
         "jwt_nocache": [jwt_authn(jwks_file, cache=False)],
         "jwt_cache": [jwt_authn(jwks_file, cache=True)],
         "portcullis": [wasm_filter("portcullis", "portcullis", filter_wasm, json.dumps(pc))],
+        "portcullis_idtoken": [wasm_filter(
+            "portcullis_idtoken", "portcullis_idtoken", filter_wasm,
+            json.dumps(portcullis_config(int(jwks_port), int(os.environ.get("BENCH_RULES", "100")), id_token=True)))],
     }
     listeners = [
         listener(name, port, filters[name])
         for name, port in zip(VARIANTS, ports)
-        if not (name == "portcullis" and filter_wasm == "-") and only in (None, name)
+        if not (name.startswith("portcullis") and filter_wasm == "-") and only in (None, name)
     ]
     if os.environ.get("BENCH_SCALING"):
         # One listener per (shape, rule count), in the order of scaling_listeners(): the ports.

@@ -8,11 +8,13 @@
 #   e pc_hit          Portcullis, 100 rules, same RS256 token every request (cache hit)
 #   f pc_miss         Portcullis, a fresh RS256 token every request (cache miss)
 #   g pc_session      Portcullis, a cookie_session rule with its opt-in cache warm (same cookie)
+#   h pc_idtoken      Portcullis as e, plus an `id_token` mutator (ES256, claims template) on the
+#                     matching rule: the signed token is reused per session (cache hit)
 # Portcullis runs the configuration people deploy (config.py): rules in Kyma's shape
 # `<http|https>://HOST/path<...>` over literal hosts, each with a `jwt` authenticator checking
 # issuer, audience and scope and a templated `header` mutator. Every request carries
 # Host: BENCH_HOST, whatever the variant.
-# Targets (issues 2, 13): e >= 0.9 x b, f >= 0.9 x c.
+# Targets (issues 2, 13, 10): e >= 0.9 x b, f >= 0.9 x c, h >= 0.8 x e.
 # Then a memory table (issue 13): Envoy's RSS with 2 workers after 200 requests, one Envoy per
 # row: no filter, the no-op module, Portcullis with 100 and with 1,000 rules (BENCH_MEMORY_RULES,
 # default "100 1000"). BENCH_MEMORY=0 skips it; BENCH_MEMORY=only runs nothing else.
@@ -61,7 +63,7 @@ fi
 
 # Tokens valid for a day: reuse them for 12 hours.
 TOKDIR=$WORK/tokens-$NTOKENS
-if [ -z "$(find "$TOKDIR/tokens.txt" -mmin -720 2>/dev/null)" ]; then
+if [ -z "$(find "$TOKDIR/tokens.txt" -mmin -720 2>/dev/null)" ] || [ ! -s "$TOKDIR/id-keys.json" ]; then
   log "minting $NTOKENS RS256 tokens"
   cargo build -q --release -p portcullis-e2e --bin mint
   "$ROOT/target/release/mint" "$TOKDIR" "$NTOKENS"
@@ -70,10 +72,10 @@ TOKEN=$(cat "$TOKDIR/token.txt")
 
 read -r -a PORTS <<<"$(python3 -c '
 import socket
-socks = [socket.socket() for _ in range(6)]
+socks = [socket.socket() for _ in range(7)]
 for s in socks: s.bind(("127.0.0.1", 0))
 print(" ".join(str(s.getsockname()[1]) for s in socks))')"
-JWKS_PORT=${PORTS[5]}
+JWKS_PORT=${PORTS[6]}
 
 PIDS=()
 cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; }
@@ -203,7 +205,7 @@ if [ "${BENCH_SCALING:-1}" = only ]; then
   scaling_table
   exit 0
 fi
-python3 "$HERE/config.py" "$WORK" "$WORK/admin-address" "$JWKS_PORT" "$NOOP_WASM" "$FW" "${PORTS[@]:0:5}"
+python3 "$HERE/config.py" "$WORK" "$WORK/admin-address" "$JWKS_PORT" "$NOOP_WASM" "$FW" "${PORTS[@]:0:6}"
 rm -f "$WORK/admin-address"
 "$ENVOY" -c "$WORK/envoy.yaml" --concurrency 1 -l warning --use-dynamic-base-id \
   --admin-address-path "$WORK/admin-address" >"$WORK/envoy.log" 2>&1 &
@@ -214,15 +216,15 @@ for _ in $(seq 200); do
 done
 curl -sf "http://$(cat "$WORK/admin-address")/ready" >/dev/null || { tail -30 "$WORK/envoy.log"; exit 1; }
 
-declare -A PORT=([a]=${PORTS[0]} [b]=${PORTS[1]} [c]=${PORTS[2]} [d]=${PORTS[3]} [e]=${PORTS[4]} [f]=${PORTS[4]} [g]=${PORTS[4]})
+declare -A PORT=([a]=${PORTS[0]} [b]=${PORTS[1]} [c]=${PORTS[2]} [d]=${PORTS[3]} [e]=${PORTS[4]} [f]=${PORTS[4]} [g]=${PORTS[4]} [h]=${PORTS[5]})
 declare -A NAME=([a]="no filter" [b]="noop wasm" [c]="jwt_authn, no cache, fresh token" [d]="jwt_authn + jwt_cache_config"
   [e]="portcullis, 100 rules, same token" [f]="portcullis, fresh token"
-  [g]="portcullis, cookie_session cached")
+  [g]="portcullis, cookie_session cached" [h]="portcullis + id_token, same token")
 # The credential each variant sends (default: the bearer token).
 declare -A CRED=([g]="Cookie: sid=bench")
 declare -A FRESH=([c]=1 [f]=1)
 VARIANTS=(a b c d)
-[ "$HAVE_FILTER" = 1 ] && VARIANTS+=(e f g)
+[ "$HAVE_FILTER" = 1 ] && VARIANTS+=(e f g h)
 if [ -n "${BENCH_VARIANTS:-}" ]; then
   read -r -a VARIANTS <<<"$BENCH_VARIANTS"
 fi
@@ -239,7 +241,7 @@ for v in "${VARIANTS[@]}"; do
     sleep 0.1
   done
   if [ "$code" != 200 ]; then log "SKIPPING $v (${NAME[$v]}): valid token got $code"; continue; fi
-  if [[ $v =~ [cdefg] ]]; then
+  if [[ $v =~ [cdefgh] ]]; then
     code=$(status "$(url "$v")")
     if [ "$code" != 401 ]; then log "SKIPPING $v (${NAME[$v]}): no token got $code, expected 401"; continue; fi
   fi
@@ -292,6 +294,7 @@ ratio "e/b portcullis hit vs noop wasm" e b 0.9
 ratio "f/c portcullis miss vs jwt_authn" f c 0.9
 ratio "g/e cookie_session cached vs jwt cached" g e
 ratio "g/b cookie_session cached vs noop wasm" g b
-[ "$HAVE_FILTER" = 1 ] || echo "  (e, f skipped: no Portcullis filter module yet)"
+ratio "h/e portcullis id_token vs jwt hit" h e 0.8
+[ "$HAVE_FILTER" = 1 ] || echo "  (e, f, g, h skipped: no Portcullis filter module yet)"
 [ "${BENCH_SCALING:-1}" = 0 ] || scaling_table
 [ "$MEMORY" = 0 ] || memory_table

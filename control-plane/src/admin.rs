@@ -232,6 +232,9 @@ pub async fn create_key(
             "field use: only \"sig\" keys are supported",
         ));
     }
+    if set == crate::id_token_keys::ID_TOKEN_SET {
+        crate::id_token_keys::check_alg(alg)?;
+    }
     let s = Arc::clone(&svc);
     let key = tokio::task::spawn_blocking(move || s.rotate_key(&set, alg, req.kid))
         .await

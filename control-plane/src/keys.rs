@@ -180,6 +180,28 @@ impl SigningKey {
         &self.public_jwk
     }
 
+    /// The key as a private JWK (RFC 7518 `d`), for the filter's `id_token` mutator; `None` for
+    /// RSA, whose private components AWS-LC does not hand out.
+    pub fn private_jwk(&self) -> Option<Value> {
+        use aws_lc_rs::encoding::AsBigEndian;
+        let d = match &self.signer {
+            Signer::Ecdsa(kp) => {
+                let bin: aws_lc_rs::encoding::EcPrivateKeyBin<'static> =
+                    kp.private_key().as_be_bytes().ok()?;
+                b64url(bin.as_ref())
+            }
+            Signer::Ed25519(kp) => {
+                let bin: aws_lc_rs::encoding::Curve25519SeedBin<'static> =
+                    kp.seed().ok()?.as_be_bytes().ok()?;
+                b64url(bin.as_ref())
+            }
+            Signer::Rsa(_) => return None,
+        };
+        let mut jwk = self.public_jwk.clone();
+        jwk.as_object_mut()?.insert("d".into(), json!(d));
+        Some(jwk)
+    }
+
     /// A compact JWS over `claims` with header `{alg, kid, typ: "JWT"}`.
     pub fn sign_jwt<C: Serialize>(
         &self,

@@ -24,6 +24,7 @@ pub mod frontchannel_logout;
 pub mod grant_tokens;
 pub mod health;
 pub mod id_token;
+pub mod id_token_keys;
 pub mod introspect;
 pub mod jwks_uri;
 pub mod keys;

@@ -259,7 +259,14 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     if let Some(dir) = &args.manifests {
         let mut global = match load_global(args.global_config.as_deref())? {
             Some(mut g) => {
-                if g.cluster_naming == portcullis_reconciler::global::ClusterNaming::Explicit {
+                let own_keys = manifests_mode::wire_id_token_keys(
+                    &mut g,
+                    svc.config.public_addr,
+                    svc.config.admin_addr,
+                );
+                if own_keys
+                    || g.cluster_naming == portcullis_reconciler::global::ClusterNaming::Explicit
+                {
                     manifests_mode::add_own_clusters(
                         &mut g,
                         svc.config.public_addr,

@@ -61,7 +61,57 @@ pub fn default_global_config(
         public_cluster,
         admin_cluster,
     );
+    g.mutators.entry("id_token".into()).or_default().enabled = true;
+    wire_id_token_keys(&mut g, public_addr, admin_addr);
     g
+}
+
+/// Points the `id_token` mutator at this control plane's id-token key set (see
+/// [`crate::id_token_keys`]) when its `jwks_url` is unset or a `file://` URL — what an
+/// Oathkeeper configuration such as Kyma's (`file:///etc/secrets/jwks.json`) names, and a sidecar
+/// cannot read — and defaults `issuer_url` to the public origin. An http(s) `jwks_url` is kept.
+/// True when `jwks_url` now names this control plane (its admin origin must then be reachable:
+/// see [`add_own_clusters`]).
+pub fn wire_id_token_keys(
+    g: &mut GlobalConfig,
+    public_addr: SocketAddr,
+    admin_addr: SocketAddr,
+) -> bool {
+    let Some(id_token) = g.mutators.get_mut("id_token") else {
+        return false;
+    };
+    let config = id_token
+        .config
+        .get_or_insert_with(|| serde_json::Value::Object(Default::default()));
+    let Some(config) = config.as_object_mut() else {
+        return false;
+    };
+    let local = config
+        .get("jwks_url")
+        .and_then(serde_json::Value::as_str)
+        .is_none_or(|u| u.starts_with("file://"));
+    if local {
+        let url = format!(
+            "{}{}",
+            own_origin(admin_addr),
+            crate::id_token_keys::PRIVATE_JWKS_PATH
+        );
+        tracing::info!(jwks_url = %url, "id_token mutator signs with the control plane's id-token key set");
+        config.insert("jwks_url".into(), url.into());
+    }
+    config
+        .entry("issuer_url")
+        .or_insert_with(|| format!("{}/", own_origin(public_addr)).into());
+    local
+}
+
+/// The origin Envoy reaches `addr` at (a wildcard or loopback bind as `127.0.0.1`).
+fn own_origin(addr: SocketAddr) -> String {
+    if addr.ip().is_unspecified() || addr.ip().is_loopback() {
+        format!("http://127.0.0.1:{}", addr.port())
+    } else {
+        format!("http://{addr}")
+    }
 }
 
 /// Adds the control plane's origins (unless already named) to `g.clusters`. A wildcard bind

@@ -254,6 +254,7 @@ impl Service {
                 svc.config.signing_alg,
                 svc.max_token_ttl(),
             )?;
+            crate::id_token_keys::ensure(&svc.keys, svc.max_token_ttl())?;
         }
         Ok(svc)
     }
@@ -372,7 +373,13 @@ impl Service {
         kid: Option<String>,
     ) -> Result<Arc<crate::keys::SigningKey>, crate::keys::KeyError> {
         let _lock = self.store.lock(KEYS_LOCK)?;
-        self.keys.rotate(set, alg, kid, self.max_token_ttl())
+        // An id-token key stays published as long as a token it signed can be presented.
+        let published = if set == crate::id_token_keys::ID_TOKEN_SET {
+            crate::id_token_keys::published_secs(self.max_token_ttl())
+        } else {
+            self.max_token_ttl()
+        };
+        self.keys.rotate(set, alg, kid, published)
     }
 
     /// Deletes one key or a whole set (blocking); the access-token set gets a new key at once
@@ -531,7 +538,11 @@ pub fn public_app(svc: Arc<Service>) -> Router {
             "/.well-known/oauth-authorization-server",
             get(discovery::discovery_endpoint),
         )
-        .route("/.well-known/jwks.json", get(discovery::jwks_endpoint));
+        .route("/.well-known/jwks.json", get(discovery::jwks_endpoint))
+        .route(
+            crate::id_token_keys::PUBLIC_JWKS_PATH,
+            get(crate::id_token_keys::public_jwks_endpoint),
+        );
     common(r, &svc, "public")
 }
 
@@ -561,6 +572,10 @@ pub fn admin_app(svc: Arc<Service>) -> Router {
             get(admin::get_key).delete(admin::delete_key),
         )
         .route("/metrics/prometheus", get(metrics::prometheus_endpoint))
+        .route(
+            "/id-token/private-jwks.json",
+            get(crate::id_token_keys::private_jwks_endpoint),
+        )
         .route(
             "/oauth2/auth/requests/login",
             get(crate::login_consent::get_login_request),

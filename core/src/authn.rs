@@ -5,6 +5,10 @@
 //! credential of its kind: the chain moves on), fails (the chain stops), or needs the host:
 //! keys that are still being fetched, or an introspection call.
 
+mod client_credentials;
+
+pub use client_credentials::ClientCredentialsAuthenticator;
+
 use crate::cache::{ExpiringCache, KeyScope, Keyer};
 use crate::callout::{Callout, CalloutResponse, Endpoint};
 use crate::config::{
@@ -164,6 +168,7 @@ pub enum Authenticator {
     Unauthorized,
     Jwt(Box<JwtAuthenticator>),
     Introspection(Box<IntrospectionAuthenticator>),
+    ClientCredentials(Box<ClientCredentialsAuthenticator>),
     /// `cookie_session` and `bearer_token`.
     SessionCheck(Box<SessionCheckAuthenticator>),
 }
@@ -301,6 +306,10 @@ impl Authenticator {
             }
             "oauth2_introspection" => compile_introspection(globals, rule, field, config)
                 .map(|i| Self::Introspection(Box::new(i))),
+            "oauth2_client_credentials" => {
+                ClientCredentialsAuthenticator::compile(globals, rule, field, config)
+                    .map(|c| Self::ClientCredentials(Box::new(c)))
+            }
             name @ ("cookie_session" | "bearer_token") => {
                 SessionCheckAuthenticator::compile(globals, rule, field, name, config)
                     .map(|a| Self::SessionCheck(Box::new(a)))
@@ -309,7 +318,7 @@ impl Authenticator {
                 rule,
                 format!("{field}.handler"),
                 format!(
-                    "unknown or unsupported authenticator {other:?} (supported: noop, anonymous, unauthorized, jwt, oauth2_introspection, cookie_session, bearer_token)"
+                    "unknown or unsupported authenticator {other:?} (supported: noop, anonymous, unauthorized, jwt, oauth2_introspection, oauth2_client_credentials, cookie_session, bearer_token)"
                 ),
             )),
         }
@@ -523,12 +532,15 @@ pub struct CachedIntrospection {
 pub struct Caches {
     pub jwt: ExpiringCache<CachedJwt>,
     pub introspection: ExpiringCache<CachedIntrospection>,
+    pub id_token: ExpiringCache<crate::mutator::CachedIdToken>,
     /// Session-store answers, when a `cookie_session`/`bearer_token` rule opts in.
     pub session_check: ExpiringCache<CachedSession>,
     /// Hydrator answers, when a `hydrator` mutator enables its cache.
     pub hydrator: ExpiringCache<crate::mutator::HydratedSession>,
     pub(crate) keyer: Keyer,
-    stats: CacheStats,
+    pub(crate) stats: CacheStats,
+    /// Makes every `id_token` `jti` of this VM distinct.
+    pub(crate) jti_counter: u64,
 }
 
 /// Running totals, for the host's metrics.
@@ -538,6 +550,10 @@ pub struct CacheStats {
     pub jwt_misses: u64,
     pub introspection_hits: u64,
     pub introspection_misses: u64,
+    pub id_token_hits: u64,
+    pub id_token_misses: u64,
+    pub client_credentials_hits: u64,
+    pub client_credentials_misses: u64,
 }
 
 impl Caches {
@@ -545,10 +561,12 @@ impl Caches {
         Self {
             jwt: ExpiringCache::new(capacity),
             introspection: ExpiringCache::new(capacity),
+            id_token: ExpiringCache::new(capacity),
             session_check: ExpiringCache::new(capacity),
             hydrator: ExpiringCache::new(capacity),
             keyer: Keyer::default(),
             stats: CacheStats::default(),
+            jti_counter: 0,
         }
     }
 

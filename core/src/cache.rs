@@ -32,6 +32,24 @@ impl Default for Keyer {
 }
 
 impl Keyer {
+    /// The key, for a host to share it between workers.
+    pub fn to_bytes(&self) -> [u8; 16] {
+        let mut b = [0; 16];
+        b[..8].copy_from_slice(&self.k0.to_be_bytes());
+        b[8..].copy_from_slice(&self.k1.to_be_bytes());
+        b
+    }
+
+    /// A keyer from [`Keyer::to_bytes`]; `None` unless exactly 16 bytes.
+    pub fn from_bytes(b: &[u8]) -> Option<Keyer> {
+        let b: [u8; 16] = b.try_into().ok()?;
+        let (k0, k1) = b.split_at(8);
+        Some(Keyer {
+            k0: u64::from_be_bytes(k0.try_into().ok()?),
+            k1: u64::from_be_bytes(k1.try_into().ok()?),
+        })
+    }
+
     /// Keyed hash over length-prefixed parts, so `("ab", "c")` and `("a", "bc")` differ.
     pub fn key(&self, parts: &[&[u8]]) -> CacheKey {
         let mut h = SipHasher13::new_with_keys(self.k0, self.k1);

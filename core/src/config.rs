@@ -579,7 +579,7 @@ fn compile_rule(
     };
     let mut mutators = Vec::with_capacity(rule.mutators.len());
     for (i, h) in rule.mutators.iter().enumerate() {
-        match Mutator::compile(globals, id, &format!("mutators[{i}]"), h) {
+        match Mutator::compile(globals, id, &format!("mutators[{i}]"), h, jwks) {
             Ok(m) => mutators.push(m),
             Err(e) => errors.push(e),
         }

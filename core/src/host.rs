@@ -59,6 +59,15 @@ pub trait Host {
         }))
     }
 
+    /// A small value every worker of this host sees (proxy-wasm shared data), by name: caches
+    /// that must hold across workers. A host without such a store keeps nothing.
+    fn shared_get(&mut self, _name: &str) -> Option<Vec<u8>> {
+        None
+    }
+
+    /// Stores `value` under `name` for every worker (last writer wins).
+    fn shared_set(&mut self, _name: &str, _value: &[u8]) {}
+
     /// A token carried a `kid` that none of `jwks_urls` has: the host may re-fetch them (rate
     /// limited on its side, so a flood of invented kids costs at most one fetch per interval).
     /// True when a re-fetch is scheduled or under way, so the request may wait for it.

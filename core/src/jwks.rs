@@ -5,6 +5,7 @@
 //! types, curves, encryption keys) is skipped rather than fatal: one exotic key must not lock out
 //! the tokens signed with the others.
 
+use crate::signing_key::{SigningKey, SigningKeyError};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 pub use jsonwebtoken::Algorithm;
@@ -12,6 +13,7 @@ use jsonwebtoken::DecodingKey;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use std::str::FromStr;
+use std::sync::Arc;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum JwksError {
@@ -105,6 +107,8 @@ impl Key {
 pub struct KeySet {
     keys: Vec<Key>,
     fingerprint: u64,
+    /// The first key with private members, for the `id_token` mutator (`None`: none has).
+    signer: Option<Result<Arc<SigningKey>, SigningKeyError>>,
 }
 
 impl KeySet {
@@ -117,9 +121,36 @@ impl KeySet {
             .get("keys")
             .and_then(Value::as_array)
             .ok_or(JwksError::NoKeys)?;
-        let keys: Vec<Key> = entries.iter().filter_map(parse_key).collect();
-        let fingerprint = fingerprint_of(&keys);
-        Ok(KeySet { keys, fingerprint })
+        let mut keys = Vec::with_capacity(entries.len());
+        let mut signer = None;
+        for entry in entries {
+            let Some(key) = parse_key(entry) else {
+                continue;
+            };
+            if signer.is_none() {
+                signer = SigningKey::from_jwk(entry, &key).map(|r| r.map(Arc::new));
+            }
+            keys.push(key);
+        }
+        let mut fingerprint = fingerprint_of(&keys);
+        if let Some(Ok(s)) = &signer {
+            // Which key signs is part of the set's identity: tokens it minted are re-minted
+            // when it changes.
+            fingerprint = combined_fingerprint([fingerprint, fingerprint_of_signer(s)]);
+        }
+        Ok(KeySet {
+            keys,
+            fingerprint,
+            signer,
+        })
+    }
+
+    /// The key `id_token` signs with: the set's first private key.
+    pub fn signer(&self) -> Result<Arc<SigningKey>, SigningKeyError> {
+        match &self.signer {
+            Some(s) => s.clone(),
+            None => Err(SigningKeyError::NoPrivateKey),
+        }
     }
 
     /// First key with this `kid`.
@@ -206,6 +237,17 @@ fn fingerprint_of(keys: &[Key]) -> u64 {
             h.update(part);
         }
     }
+    let out = h.finalize();
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&out[..8]);
+    u64::from_be_bytes(first)
+}
+
+fn fingerprint_of_signer(s: &SigningKey) -> u64 {
+    let mut h = Sha256::new();
+    h.update(b"signer\0");
+    h.update(s.kid().as_bytes());
+    h.update(alg_name(s.alg()).as_bytes());
     let out = h.finalize();
     let mut first = [0u8; 8];
     first.copy_from_slice(&out[..8]);
@@ -398,6 +440,37 @@ pub(crate) mod der {
 
     pub fn ed25519_spki(x: &[u8]) -> Vec<u8> {
         spki(&tlv(0x06, OID_ED25519), x)
+    }
+
+    /// RFC 8017 `RSAPrivateKey` (version 0) of `[n, e, d, p, q, dp, dq, qi]`.
+    pub fn rsa_pkcs1(parts: &[Vec<u8>]) -> Vec<u8> {
+        let mut body = vec![0x02, 0x01, 0x00];
+        for p in parts {
+            body.extend_from_slice(&uint(p));
+        }
+        tlv(0x30, &body)
+    }
+
+    fn pkcs8(algorithm: &[u8], private_key: &[u8]) -> Vec<u8> {
+        let mut body = vec![0x02, 0x01, 0x00];
+        body.extend_from_slice(&tlv(0x30, algorithm));
+        body.extend_from_slice(&tlv(0x04, private_key));
+        tlv(0x30, &body)
+    }
+
+    /// RFC 5958 PKCS#8 around an RFC 5915 `ECPrivateKey` with its public point.
+    pub fn ec_pkcs8(curve_oid: &[u8], d: &[u8], point: &[u8]) -> Vec<u8> {
+        let mut ec = vec![0x02, 0x01, 0x01];
+        ec.extend_from_slice(&tlv(0x04, d));
+        ec.extend_from_slice(&tlv(0xa1, &bit_string(point)));
+        let mut alg = tlv(0x06, OID_EC_PUBLIC_KEY);
+        alg.extend_from_slice(&tlv(0x06, curve_oid));
+        pkcs8(&alg, &tlv(0x30, &ec))
+    }
+
+    /// RFC 8410 PKCS#8 of an Ed25519 seed.
+    pub fn ed25519_pkcs8(seed: &[u8]) -> Vec<u8> {
+        pkcs8(&tlv(0x06, OID_ED25519), &tlv(0x04, seed))
     }
 }
 

@@ -30,6 +30,7 @@ pub mod rule_tester;
 pub mod scope;
 pub mod session;
 pub mod signature;
+pub mod signing_key;
 pub mod template;
 pub mod trace;
 pub mod url;

@@ -1,6 +1,20 @@
-//! Mutators: what the upstream learns about the caller. Oathkeeper's `noop` and `header`.
+//! Mutators: what the upstream learns about the caller. Oathkeeper's `noop`, `header`,
+//! `cookie`, `id_token` and `hydrator`.
 
-use crate::config::{ConfigError, EmptyConfig, Globals, HandlerKind, parse_handler_config};
+mod cookie;
+mod id_token;
+
+pub use cookie::CookieMutator;
+pub use id_token::{CachedIdToken, IdTokenMutator};
+
+use crate::authn::Caches;
+use crate::callout::{Callout, CalloutResponse};
+use crate::config::{
+    ConfigError, EmptyConfig, Globals, HandlerKind, JwksSource, parse_handler_config,
+};
+use crate::error_handler::PolicyError;
+use crate::host::Host;
+use crate::request::Request;
 use crate::rule::Handler;
 use crate::session::Session;
 use crate::template::Template;
@@ -8,7 +22,6 @@ use serde::Deserialize;
 use std::collections::BTreeMap;
 
 mod hydrator;
-pub(crate) use hydrator::HydrateStep;
 pub use hydrator::{HydratedSession, Hydrator};
 
 #[derive(Debug)]
@@ -16,8 +29,23 @@ pub enum Mutator {
     Noop,
     /// Header name (as configured) and the template of its value.
     Header(Vec<(String, Template)>),
-    /// Calls out: the pipeline drives it (see [`Hydrator`]).
+    Cookie(CookieMutator),
+    IdToken(Box<IdTokenMutator>),
+    /// Calls out (see [`Hydrator`]).
     Hydrator(Box<Hydrator>),
+}
+
+/// Where a mutator left the request. The mutate stage is resumable: on anything but `Done`
+/// or `Fail` the pipeline stops at this mutator and runs it again once the host has what it
+/// asked for (the keys, or the callout's answer, handed to it as `response`).
+#[derive(Debug)]
+pub(crate) enum MutateStep {
+    Done,
+    /// The key set it signs with is still being fetched.
+    WaitForKeys,
+    /// Make this call; the mutator is run again with the answer.
+    Callout(Callout),
+    Fail(PolicyError),
 }
 
 #[derive(Debug, Deserialize)]
@@ -40,6 +68,7 @@ impl Mutator {
         rule: &str,
         field: &str,
         handler: &Handler,
+        jwks: &mut Vec<JwksSource>,
     ) -> Result<Self, ConfigError> {
         let config = globals.handler_config(HandlerKind::Mutator, rule, field, handler)?;
         match handler.handler.as_str() {
@@ -66,6 +95,13 @@ impl Mutator {
                 }
                 Ok(Self::Header(headers))
             }
+            "cookie" => {
+                let c = parse_handler_config(rule, field, config)?;
+                Ok(Self::Cookie(CookieMutator::compile(rule, field, c)?))
+            }
+            "id_token" => Ok(Self::IdToken(Box::new(IdTokenMutator::compile(
+                globals, rule, field, config, jwks,
+            )?))),
             "hydrator" => {
                 Hydrator::compile(globals, rule, field, config).map(|h| Self::Hydrator(Box::new(h)))
             }
@@ -73,16 +109,19 @@ impl Mutator {
                 rule,
                 format!("{field}.handler"),
                 format!(
-                    "unknown or unsupported mutator {other:?} (supported: noop, header, hydrator)"
+                    "unknown or unsupported mutator {other:?} (supported: noop, header, cookie, id_token, hydrator)"
                 ),
             )),
         }
     }
 
+    /// Headers stripped from every allowed request. `cookie` and `id_token` are not listed:
+    /// they replace `Cookie` and `Authorization` on their own rules, and stripping those from
+    /// every other rule would break them.
     pub(crate) fn header_names(&self) -> impl Iterator<Item = &str> {
         let headers: &[(String, Template)] = match self {
             Self::Header(h) => h,
-            Self::Noop | Self::Hydrator(_) => &[],
+            Self::Noop | Self::Cookie(_) | Self::IdToken(_) | Self::Hydrator(_) => &[],
         };
         headers.iter().map(|(n, _)| n.as_str())
     }
@@ -90,6 +129,8 @@ impl Mutator {
     pub(crate) fn reads_captures(&self) -> bool {
         match self {
             Self::Header(h) => h.iter().any(|(_, t)| t.reads_captures()),
+            Self::Cookie(c) => c.reads_captures(),
+            Self::IdToken(i) => i.reads_captures(),
             // The session it sends carries the capture groups.
             Self::Hydrator(_) => true,
             Self::Noop => false,
@@ -99,14 +140,45 @@ impl Mutator {
     pub(crate) fn reads_request_headers(&self) -> bool {
         match self {
             Self::Header(h) => h.iter().any(|(_, t)| t.reads_request_headers()),
+            Self::Cookie(c) => c.reads_request_headers(),
+            Self::IdToken(i) => i.reads_request_headers(),
             // The session it sends carries the request's headers.
             Self::Hydrator(_) => true,
             Self::Noop => false,
         }
     }
 
+    /// How long a request may wait for what [`MutateStep::WaitForKeys`] waits for.
+    pub(crate) fn max_wait_ms(&self) -> u64 {
+        match self {
+            Self::IdToken(i) => i.max_wait_ms(),
+            _ => 0,
+        }
+    }
+
     /// Renders this mutator's headers into the session (later mutators see earlier ones).
-    pub(crate) fn mutate(&self, session: &mut Session) {
+    /// `response` is the answer to this mutator's own [`MutateStep::Callout`] when it is run
+    /// again after one (`Some(None)`: the call failed).
+    pub(crate) fn mutate(
+        &self,
+        req: &Request,
+        session: &mut Session,
+        host: &mut dyn Host,
+        caches: &mut Caches,
+        keys_timed_out: bool,
+        response: Option<Option<CalloutResponse>>,
+    ) -> MutateStep {
+        match self {
+            Self::Cookie(c) => c.mutate(req, session),
+            Self::IdToken(i) => return i.mutate(session, host, caches, keys_timed_out),
+            Self::Hydrator(h) => {
+                return match response {
+                    Some(r) => h.digest(session, host, caches, r.as_ref()),
+                    None => h.hydrate(session, host, caches),
+                };
+            }
+            Self::Header(_) | Self::Noop => {}
+        }
         if let Self::Header(headers) = self {
             for (name, t) in headers {
                 let mut value = String::with_capacity(64);
@@ -122,5 +194,6 @@ impl Mutator {
                 session.header.push((name.clone(), value));
             }
         }
+        MutateStep::Done
     }
 }

@@ -10,7 +10,7 @@ use crate::config::Engine;
 use crate::error_handler::{ErrorKind, PolicyError, Response, json_error};
 use crate::host::Host;
 use crate::matcher::Lookup;
-use crate::mutator::{HydrateStep, Mutator};
+use crate::mutator::MutateStep;
 use crate::request::Request;
 use crate::session::{Session, method_name};
 use crate::trace::Observer;
@@ -238,24 +238,38 @@ impl<O: Observer> Evaluation<O> {
                         }
                     }
                 }
-                Stage::Mutate(i) => {
+                Stage::Mutate(first) => {
                     let rule = &engine.rules[self.rule];
-                    if let Some(m) = rule.mutators.get(i) {
-                        let Mutator::Hydrator(h) = m else {
-                            m.mutate(&mut self.session);
-                            self.stage = Stage::Mutate(i + 1);
-                            continue;
+                    for (i, m) in rule.mutators.iter().enumerate().skip(first) {
+                        let timed_out = self.keys_timed_out;
+                        // Only the mutator that called out is run again with an answer.
+                        let response = if i == first {
+                            self.response.take()
+                        } else {
+                            None
                         };
-                        let step = match self.response.take() {
-                            Some(r) => h.digest(&mut self.session, host, caches, r.as_ref()),
-                            None => h.hydrate(&mut self.session, host, caches),
-                        };
+                        let step = m.mutate(
+                            &self.req,
+                            &mut self.session,
+                            host,
+                            caches,
+                            timed_out,
+                            response,
+                        );
                         match step {
-                            HydrateStep::Done => self.stage = Stage::Mutate(i + 1),
-                            HydrateStep::Callout(c) => return Step::Callout(c),
-                            HydrateStep::Fail(e) => return self.deny(engine, e),
+                            MutateStep::Done => {}
+                            MutateStep::WaitForKeys => {
+                                self.stage = Stage::Mutate(i);
+                                return Step::WaitForKeys {
+                                    max_wait_ms: m.max_wait_ms(),
+                                };
+                            }
+                            MutateStep::Callout(c) => {
+                                self.stage = Stage::Mutate(i);
+                                return Step::Callout(c);
+                            }
+                            MutateStep::Fail(e) => return self.deny(engine, e),
                         }
-                        continue;
                     }
                     self.stage = Stage::Finished;
                     let mut set_headers = std::mem::take(&mut self.session.header);
@@ -322,6 +336,10 @@ impl<O: Observer> Evaluation<O> {
             Authenticator::Jwt(j) => j.authenticate(&self.req, host, caches, self.keys_timed_out),
             Authenticator::Introspection(a) => match self.response.take() {
                 Some(response) => a.digest(&self.req, host, caches, response.as_ref()),
+                None => a.authenticate(&self.req, host, caches),
+            },
+            Authenticator::ClientCredentials(a) => match self.response.take() {
+                Some(response) => a.digest(&self.req, host, response.as_ref()),
                 None => a.authenticate(&self.req, host, caches),
             },
             Authenticator::SessionCheck(a) => match self.response.take() {

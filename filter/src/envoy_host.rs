@@ -52,6 +52,14 @@ impl Host for EnvoyHost<'_> {
         self.keys.version()
     }
 
+    fn shared_get(&mut self, name: &str) -> Option<Vec<u8>> {
+        hostcalls::get_shared_data(name).ok().and_then(|(v, _)| v)
+    }
+
+    fn shared_set(&mut self, name: &str, value: &[u8]) {
+        let _ = hostcalls::set_shared_data(name, Some(value), None);
+    }
+
     fn unknown_kid(&mut self, jwks_urls: &[String]) -> bool {
         let now = self.clock.now_ms();
         self.keys.unknown_kid(jwks_urls, now)

@@ -13,7 +13,7 @@ use crate::headers;
 use crate::keys::{FetchOutcome, KeyStore};
 use crate::metrics::Metrics;
 use log::{debug, info, warn};
-use portcullis_core::authn::Caches;
+use portcullis_core::authn::{CacheStats, Caches};
 use portcullis_core::callout::{Callout, CalloutResponse};
 use portcullis_core::config::Engine;
 use portcullis_core::error_handler::Response;
@@ -66,7 +66,7 @@ pub struct VmState {
     callouts: HashMap<u32, CalloutOwner>,
     native: NativeVerify,
     pub metrics: Metrics,
-    reported: (u64, u64, u64, u64),
+    reported: CacheStats,
     /// Whether this worker already logged that a body never arrived.
     warned_no_body: bool,
 }
@@ -80,7 +80,7 @@ thread_local! {
         callouts: HashMap::new(),
         native: NativeVerify::Unknown,
         metrics: Metrics::default(),
-        reported: (0, 0, 0, 0),
+        reported: CacheStats::default(),
         warned_no_body: false,
     });
 }
@@ -475,25 +475,40 @@ pub fn tick() {
     expire_body_waiters(now);
     with_vm(|vm| {
         let s = vm.caches.stats();
-        let (h, m, ih, im) = vm.reported;
-        vm.metrics
-            .count("jwt_cache_hits", s.jwt_hits.saturating_sub(h));
-        vm.metrics
-            .count("jwt_cache_misses", s.jwt_misses.saturating_sub(m));
-        vm.metrics.count(
-            "introspection_cache_hits",
-            s.introspection_hits.saturating_sub(ih),
-        );
-        vm.metrics.count(
-            "introspection_cache_misses",
-            s.introspection_misses.saturating_sub(im),
-        );
-        vm.reported = (
-            s.jwt_hits,
-            s.jwt_misses,
-            s.introspection_hits,
-            s.introspection_misses,
-        );
+        let r = vm.reported;
+        for (name, now, before) in [
+            ("jwt_cache_hits", s.jwt_hits, r.jwt_hits),
+            ("jwt_cache_misses", s.jwt_misses, r.jwt_misses),
+            (
+                "introspection_cache_hits",
+                s.introspection_hits,
+                r.introspection_hits,
+            ),
+            (
+                "introspection_cache_misses",
+                s.introspection_misses,
+                r.introspection_misses,
+            ),
+            ("id_token_cache_hits", s.id_token_hits, r.id_token_hits),
+            (
+                "id_token_cache_misses",
+                s.id_token_misses,
+                r.id_token_misses,
+            ),
+            (
+                "client_credentials_cache_hits",
+                s.client_credentials_hits,
+                r.client_credentials_hits,
+            ),
+            (
+                "client_credentials_cache_misses",
+                s.client_credentials_misses,
+                r.client_credentials_misses,
+            ),
+        ] {
+            vm.metrics.count(name, now.saturating_sub(before));
+        }
+        vm.reported = s;
         vm.metrics.flush();
     });
 }

@@ -130,8 +130,9 @@ fn enabled(names: &[&str]) -> BTreeMap<String, HandlerToggle> {
 pub const DEFAULT_JWT_ALGORITHMS: [&str; 2] = ["ES256", "RS256"];
 
 impl Default for GlobalConfig {
-    /// Every handler the filter supports, enabled; only jwt has global config (its algorithms,
-    /// see [`DEFAULT_JWT_ALGORITHMS`]); rules bring the rest.
+    /// Every handler the filter supports, enabled, except `id_token` (it needs the URL of a
+    /// private key set: `serve --manifests` enables it with the control plane's); only jwt has
+    /// global config (its algorithms, see [`DEFAULT_JWT_ALGORITHMS`]); rules bring the rest.
     fn default() -> Self {
         let mut authenticators = enabled(&[
             "noop",
@@ -139,6 +140,7 @@ impl Default for GlobalConfig {
             "unauthorized",
             "jwt",
             "oauth2_introspection",
+            "oauth2_client_credentials",
             "cookie_session",
             "bearer_token",
         ]);
@@ -149,7 +151,7 @@ impl Default for GlobalConfig {
             access_rules: AccessRulesSection::default(),
             authenticators,
             authorizers: enabled(&["allow", "deny", "remote_json", "remote"]),
-            mutators: enabled(&["noop", "header", "hydrator"]),
+            mutators: enabled(&["noop", "header", "cookie", "hydrator"]),
             errors: ErrorsSection::default(),
             clusters: BTreeMap::new(),
             trust_forwarded_headers: false,
@@ -377,6 +379,7 @@ mod tests {
             "unauthorized",
             "jwt",
             "oauth2_introspection",
+            "oauth2_client_credentials",
             "cookie_session",
             "bearer_token",
         ] {
@@ -385,7 +388,7 @@ mod tests {
         for n in ["allow", "deny", "remote_json", "remote"] {
             assert!(g.authorizers[n].enabled, "{n}");
         }
-        for n in ["noop", "header", "hydrator"] {
+        for n in ["noop", "header", "cookie", "hydrator"] {
             assert!(g.mutators[n].enabled, "{n}");
         }
         assert_eq!(g.errors.fallback, ["json"]);

@@ -85,6 +85,8 @@ pub enum Jwks {
 
 type AuthzFn = Arc<dyn Fn(&Recorded) -> u16 + Send + Sync>;
 type IntrospectFn = Arc<dyn Fn(&Recorded) -> Value + Send + Sync>;
+/// Answers a path: status and JSON body, after an optional delay.
+type HandlerFn = Arc<dyn Fn(&Recorded) -> (u16, Value, std::time::Duration) + Send + Sync>;
 
 struct Behaviour {
     jwks: Jwks,
@@ -98,6 +100,8 @@ struct Behaviour {
     recorded: Vec<Recorded>,
     /// Answers to `/jwks` wait this long (a slow key server).
     jwks_delay: std::time::Duration,
+    /// Path -> a test's own answer (token endpoints and the like).
+    handlers: HashMap<String, HandlerFn>,
 }
 
 #[derive(Clone)]
@@ -128,6 +132,7 @@ impl AuthServer {
             fixed: HashMap::new(),
             recorded: Vec::new(),
             jwks_delay: std::time::Duration::ZERO,
+            handlers: HashMap::new(),
         })));
         let server =
             ServerHandle::serve(router(shared.clone()), 0).expect("starting the auth server");
@@ -232,6 +237,19 @@ impl AuthServer {
             .insert(path.to_owned(), (status, body));
     }
 
+    /// `path` (any method) answers what `answer` returns: status, JSON body and how long to
+    /// wait before answering.
+    pub fn set_handler(
+        &self,
+        path: &str,
+        answer: impl Fn(&Recorded) -> (u16, Value, std::time::Duration) + Send + Sync + 'static,
+    ) {
+        self.shared
+            .lock()
+            .handlers
+            .insert(path.to_owned(), Arc::new(answer));
+    }
+
     /// Every request received on `path` (without query), oldest first.
     pub fn requests(&self, path: &str) -> Vec<Recorded> {
         self.shared
@@ -286,9 +304,20 @@ async fn handle(
         headers: header_map(&headers),
         body: String::from_utf8_lossy(&body).into_owned(),
     };
-    let delay = {
+    let handler = {
         let mut b = shared.lock();
         b.recorded.push(recorded.clone());
+        b.handlers.get(&recorded.path).cloned()
+    };
+    if let Some(answer) = handler {
+        let (status, body, delay) = answer(&recorded);
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
+        return json_response(status, &body);
+    }
+    let delay = {
+        let b = shared.lock();
         if recorded.path.contains("jwks") {
             b.jwks_delay
         } else {

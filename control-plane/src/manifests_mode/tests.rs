@@ -514,3 +514,45 @@ async fn the_module_is_served_with_its_sha256() {
         .unwrap();
     assert_eq!(resp.status(), StatusCode::NOT_FOUND);
 }
+
+#[test]
+fn id_token_signs_with_the_control_planes_key_set_unless_an_http_url_is_given() {
+    let public: std::net::SocketAddr = "127.0.0.1:4444".parse().unwrap();
+    let admin: std::net::SocketAddr = "0.0.0.0:4445".parse().unwrap();
+    let g = default_global_config(public, admin, PUBLIC_CLUSTER, ADMIN_CLUSTER);
+    let id_token = &g.mutators["id_token"];
+    assert!(id_token.enabled);
+    let c = id_token.config.as_ref().unwrap();
+    assert_eq!(
+        c["jwks_url"],
+        "http://127.0.0.1:4445/admin/id-token/private-jwks.json"
+    );
+    assert_eq!(c["issuer_url"], "http://127.0.0.1:4444/");
+    // The admin origin is mapped to the admin cluster, so the filter can fetch the keys.
+    assert_eq!(g.clusters["http://127.0.0.1:4445"], ADMIN_CLUSTER);
+
+    // Kyma's Oathkeeper configuration names a file in the Oathkeeper pod: replaced.
+    let mut kyma = portcullis_reconciler::global::GlobalConfig::from_yaml(
+        "mutators:\n  id_token:\n    enabled: true\n    config:\n      issuer_url: https://oathkeeper.example.com/\n      jwks_url: file:///etc/secrets/jwks.json\n      ttl: 60s\n",
+    )
+    .unwrap();
+    wire_id_token_keys(&mut kyma, public, admin);
+    let c = kyma.mutators["id_token"].config.as_ref().unwrap();
+    assert_eq!(
+        c["jwks_url"],
+        "http://127.0.0.1:4445/admin/id-token/private-jwks.json"
+    );
+    assert_eq!(c["issuer_url"], "https://oathkeeper.example.com/");
+    assert_eq!(c["ttl"], "60s");
+
+    // An operator's own key server is kept.
+    let mut own = portcullis_reconciler::global::GlobalConfig::from_yaml(
+        "mutators:\n  id_token:\n    enabled: true\n    config:\n      jwks_url: https://keys.example.com/private.json\n",
+    )
+    .unwrap();
+    wire_id_token_keys(&mut own, public, admin);
+    assert_eq!(
+        own.mutators["id_token"].config.as_ref().unwrap()["jwks_url"],
+        "https://keys.example.com/private.json"
+    );
+}

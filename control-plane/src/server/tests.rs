@@ -1506,3 +1506,5 @@ async fn admin_hosts_adds_names() {
     );
     assert_eq!(send(&admin, req).await.status, StatusCode::FORBIDDEN);
 }
+
+mod id_token_keys;

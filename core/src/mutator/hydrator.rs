@@ -4,7 +4,7 @@
 //! after it. The subject may not change, and anything but a 200 is an error (500), as in
 //! Oathkeeper.
 
-use super::valid_header_name;
+use super::{MutateStep, valid_header_name};
 use crate::authn::Caches;
 use crate::cache::{CacheKey, KeyScope};
 use crate::callout::{Callout, CalloutResponse, Endpoint};
@@ -86,16 +86,8 @@ pub struct HydratedSession {
     match_context: MatchContext,
 }
 
-/// What the pipeline does next.
-#[derive(Debug)]
-pub(crate) enum HydrateStep {
-    Done,
-    Callout(Callout),
-    Fail(PolicyError),
-}
-
-fn failure(reason: &'static str, message: impl Into<String>) -> HydrateStep {
-    HydrateStep::Fail(PolicyError::new(
+fn failure(reason: &'static str, message: impl Into<String>) -> MutateStep {
+    MutateStep::Fail(PolicyError::new(
         ErrorKind::InternalServerError,
         reason,
         message,
@@ -164,19 +156,19 @@ impl Hydrator {
         session: &mut Session,
         host: &mut dyn Host,
         caches: &mut Caches,
-    ) -> HydrateStep {
+    ) -> MutateStep {
         if self.cache_ms.is_some() {
             let key = self.cache_key(caches, session);
             if let Some(hit) = caches.hydrator.get(&key, host.now()) {
                 apply(session, hit.clone());
-                return HydrateStep::Done;
+                return MutateStep::Done;
             }
         }
         let mut headers = vec![("content-type".to_string(), "application/json".to_string())];
         if let Some(auth) = &self.authorization {
             headers.push(("authorization".to_string(), auth.clone()));
         }
-        HydrateStep::Callout(Callout {
+        MutateStep::Callout(Callout {
             endpoint: self.endpoint.clone(),
             method: "POST",
             headers,
@@ -192,7 +184,7 @@ impl Hydrator {
         host: &mut dyn Host,
         caches: &mut Caches,
         response: Option<&CalloutResponse>,
-    ) -> HydrateStep {
+    ) -> MutateStep {
         let Some(response) = response else {
             return failure(
                 "hydrator_unreachable",
@@ -224,7 +216,7 @@ impl Hydrator {
             );
         }
         apply(session, hydrated);
-        HydrateStep::Done
+        MutateStep::Done
     }
 }
 

@@ -1176,3 +1176,5 @@ fn hydrator_replaces_the_session_between_mutators() {
         assert_eq!(status(&run(&e, &mut ev, &mut h, &mut c)), 500);
     }
 }
+
+mod tokens;

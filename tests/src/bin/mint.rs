@@ -1,6 +1,7 @@
 //! Pregenerates benchmark material: `mint OUT_DIR COUNT` writes `jwks.json` (the test public
 //! keys), `token.txt` (one RS256 token) and `tokens.txt` (COUNT distinct RS256 tokens, one per
-//! line), all valid for a day, issuer/audience from `keys::ISSUER`/`keys::AUDIENCE`.
+//! line), all valid for a day, issuer/audience from `keys::ISSUER`/`keys::AUDIENCE`, and
+//! `id-keys.json`: the test P-256 key as a private JWKS (ES256) for the `id_token` variant.
 
 use std::path::PathBuf;
 
@@ -20,6 +21,16 @@ fn main() -> Result<()> {
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
     let jwks = keys::keys().jwks();
     std::fs::write(out.join("jwks.json"), jwks.to_string()).context("writing jwks.json")?;
+    let ec = &keys::keys().ec256;
+    let mut private = josekit::jws::ES256
+        .key_pair_from_pem(&ec.private_pem)
+        .context("loading the P-256 test key")?
+        .to_jwk_key_pair();
+    private.set_key_id("id-token-bench");
+    private.set_algorithm("ES256");
+    let id_keys = json!({"keys": [serde_json::Value::Object(private.as_ref().clone())]});
+    std::fs::write(out.join("id-keys.json"), id_keys.to_string())
+        .context("writing id-keys.json")?;
     let rsa = keys::keys().rsa.clone();
     std::fs::write(out.join("rsa.pem"), &rsa.private_pem).context("writing rsa.pem")?;
     let token = |i: usize| {
