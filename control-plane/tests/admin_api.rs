@@ -846,7 +846,10 @@ async fn expiry_lifespans_and_introspection_scope() {
     let r = with_scope(jwt.clone(), "write").await;
     assert_eq!(r.json["active"], false, "scope not granted: {}", r.body);
 
-    let live = [srv.introspect(&jwt).await, srv.introspect(&opaque_token).await];
+    let live = [
+        srv.introspect(&jwt).await,
+        srv.introspect(&opaque_token).await,
+    ];
     assert!(live.iter().all(|i| i["active"] == true), "{live:?}");
     // Wait for the tokens' own `exp` to pass on the server's clock, however slow the machine.
     let exp = live

@@ -372,7 +372,10 @@ async fn sigterm_lets_in_flight_requests_finish() {
     srv.wait_for_log("shutting down", Duration::from_secs(20))
         .await;
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while TcpStream::connect(("127.0.0.1", srv.public_port)).await.is_ok() {
+    while TcpStream::connect(("127.0.0.1", srv.public_port))
+        .await
+        .is_ok()
+    {
         assert!(
             std::time::Instant::now() < deadline,
             "the public listener stayed open after SIGTERM"

@@ -7,7 +7,13 @@ use proptest::prelude::*;
 // ---- the rule index finds exactly what trying every rule finds ----
 
 fn scheme() -> impl Strategy<Value = &'static str> {
-    prop::sample::select(vec!["http", "https", "<http|https>", "<https?>", "<[a-z]+>"])
+    prop::sample::select(vec![
+        "http",
+        "https",
+        "<http|https>",
+        "<https?>",
+        "<[a-z]+>",
+    ])
 }
 
 fn host() -> impl Strategy<Value = &'static str> {
@@ -24,7 +30,16 @@ fn host() -> impl Strategy<Value = &'static str> {
 
 fn segment() -> impl Strategy<Value = &'static str> {
     prop::sample::select(vec![
-        "x", "y", "x1", "<.*>", "<[^/]+>", "<x|y>", "<(?=x).*>", "<x(?!1)>", "<\\d+>", "",
+        "x",
+        "y",
+        "x1",
+        "<.*>",
+        "<[^/]+>",
+        "<x|y>",
+        "<(?=x).*>",
+        "<x(?!1)>",
+        "<\\d+>",
+        "",
     ])
 }
 
@@ -119,7 +134,10 @@ fn glob_token(depth: u32) -> BoxedStrategy<Glob> {
         Just(Glob::Star),
         Just(Glob::SuperStar),
         Just(Glob::One),
-        (prop::sample::subsequence(vec!['a', 'b', '.'], 1..=2), any::<bool>())
+        (
+            prop::sample::subsequence(vec!['a', 'b', '.'], 1..=2),
+            any::<bool>()
+        )
             .prop_map(|(c, neg)| Glob::Class(c, neg)),
     ];
     if depth == 0 {
@@ -266,8 +284,8 @@ proptest! {
 fn raw_path() -> impl Strategy<Value = String> {
     prop::collection::vec(
         prop::sample::select(vec![
-            "/", "a", ".", "..", "%", "%2e", "%2E", "%2F", "%5c", "%25", "%41", "%C3", "%A9", "%00",
-            ";", "\\", "%zz", "b", "%7f", "%3B",
+            "/", "a", ".", "..", "%", "%2e", "%2E", "%2F", "%5c", "%25", "%41", "%C3", "%A9",
+            "%00", ";", "\\", "%zz", "b", "%7f", "%3B",
         ]),
         0..10,
     )

@@ -321,7 +321,11 @@ async fn handle(
     };
     match fault {
         Some(Fault::Garbage) => {
-            return (StatusCode::OK, "<html>502 Bad Gateway</html>\n{\"active\": tru").into_response();
+            return (
+                StatusCode::OK,
+                "<html>502 Bad Gateway</html>\n{\"active\": tru",
+            )
+                .into_response();
         }
         Some(Fault::Huge(n)) => {
             return (

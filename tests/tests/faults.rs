@@ -80,7 +80,10 @@ fn endpoints() -> Vec<Endpoint> {
 }
 
 fn status(stack: &Stack, e: &Endpoint, creds: &[(String, String)]) -> u16 {
-    let headers: Vec<(&str, &str)> = creds.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let headers: Vec<(&str, &str)> = creds
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
     stack.get(e.request, &headers).status
 }
 
@@ -109,33 +112,56 @@ fn check_decisions(stack: &Stack, endpoints: &[Endpoint], fault: &str) {
 
 /// The filter has run into the fault: its failure counters moved past where they were.
 fn wait_for_failures(stack: &Stack, endpoints: &[Endpoint], before: u64, fault: &str) {
-    stack.wait_until(Duration::from_secs(60), &format!("{fault}: JWKS refresh failures"), || {
-        // Requests keep the keys' refresh due; each failure is counted.
-        let _ = status(stack, &endpoints[0], &endpoints[0].good);
-        stack.metric("jwks_fetch_failures") >= before + 2
-    });
+    stack.wait_until(
+        Duration::from_secs(60),
+        &format!("{fault}: JWKS refresh failures"),
+        || {
+            // Requests keep the keys' refresh due; each failure is counted.
+            let _ = status(stack, &endpoints[0], &endpoints[0].good);
+            stack.metric("jwks_fetch_failures") >= before + 2
+        },
+    );
 }
 
 fn recover(stack: &Stack, endpoints: &[Endpoint], fault: &str) {
     let fetched = stack.metric("jwks_fetches");
-    stack.wait_until(Duration::from_secs(60), &format!("recovery from {fault}"), || {
-        endpoints.iter().all(|e| status(stack, e, &e.good) == 200)
-            && stack.metric("jwks_fetches") > fetched
-    });
+    stack.wait_until(
+        Duration::from_secs(60),
+        &format!("recovery from {fault}"),
+        || {
+            endpoints.iter().all(|e| status(stack, e, &e.good) == 200)
+                && stack.metric("jwks_fetches") > fetched
+        },
+    );
     for e in endpoints {
         let bad = status(stack, e, &e.bad);
-        assert!(bad == 401 || bad == 403, "{}: bad credential after recovery got {bad}", e.name);
+        assert!(
+            bad == 401 || bad == 403,
+            "{}: bad credential after recovery got {bad}",
+            e.name
+        );
     }
 }
 
 #[test]
 fn failing_endpoints_never_open_the_filter_and_it_recovers_by_itself() {
     let endpoints = endpoints();
-    let stack = Stack::start(Value::Array(endpoints.iter().map(|e| e.rule.clone()).collect()));
-    stack.auth.set_introspection(INTROSPECTED, json!({"active": true, "sub": "svc"}));
-    stack.auth.set_introspection(INACTIVE, json!({"active": false}));
+    let stack = Stack::start(Value::Array(
+        endpoints.iter().map(|e| e.rule.clone()).collect(),
+    ));
+    stack
+        .auth
+        .set_introspection(INTROSPECTED, json!({"active": true, "sub": "svc"}));
+    stack
+        .auth
+        .set_introspection(INACTIVE, json!({"active": false}));
     for e in &endpoints {
-        assert_eq!(status(&stack, e, &e.good), 200, "{} before any fault", e.name);
+        assert_eq!(
+            status(&stack, e, &e.good),
+            200,
+            "{} before any fault",
+            e.name
+        );
     }
     let memory = || {
         (
@@ -147,7 +173,10 @@ fn failing_endpoints_never_open_the_filter_and_it_recovers_by_itself() {
 
     let faults: Vec<(&str, Option<Fault>)> = vec![
         ("down", None),
-        ("slow past the timeout", Some(Fault::Slow(Duration::from_secs(7)))),
+        (
+            "slow past the timeout",
+            Some(Fault::Slow(Duration::from_secs(7))),
+        ),
         ("garbage", Some(Fault::Garbage)),
         ("10 MiB", Some(Fault::Huge(10 << 20))),
     ];

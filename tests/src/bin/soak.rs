@@ -195,7 +195,11 @@ fn send(envoy_url: &str, path: &str, bearer: Option<&str>) -> u16 {
 fn main() {
     let total = Duration::from_secs_f64(minutes() * 60.0);
     let warmup = (total / 5).max(Duration::from_secs(30));
-    println!("soak: {:.1} min, warm-up {} s, {WORKERS} workers", minutes(), warmup.as_secs());
+    println!(
+        "soak: {:.1} min, warm-up {} s, {WORKERS} workers",
+        minutes(),
+        warmup.as_secs()
+    );
 
     let cp = ControlPlane::start(&[]);
     let upstream = Upstream::start();
@@ -263,7 +267,9 @@ fn main() {
                 let mut tally = tally.lock().unwrap();
                 *tally.sent.entry(format!("{kind:?}")).or_default() += 1;
                 if !want.contains(&got) {
-                    tally.wrong.push(format!("{kind:?} {path}: got {got}, want {want:?}"));
+                    tally
+                        .wrong
+                        .push(format!("{kind:?} {path}: got {got}, want {want:?}"));
                 }
             }
         }));
@@ -310,7 +316,11 @@ fn main() {
                         json!({"alg": "RS256", "use": "sig"}),
                     );
                     // New tokens are signed with the new key; the old ones keep verifying.
-                    let fresh = token(&cp, &(main_client.0.clone(), secret.clone()), Some(AUDIENCE));
+                    let fresh = token(
+                        &cp,
+                        &(main_client.0.clone(), secret.clone()),
+                        Some(AUDIENCE),
+                    );
                     tokens.write().unwrap().valid = fresh;
                 }
                 "rule edit" => {
@@ -348,7 +358,11 @@ fn main() {
                             .wrong
                             .push(format!("the old secret still got {}", r.status()));
                     }
-                    let fresh = token(&cp, &(main_client.0.clone(), secret.clone()), Some(AUDIENCE));
+                    let fresh = token(
+                        &cp,
+                        &(main_client.0.clone(), secret.clone()),
+                        Some(AUDIENCE),
+                    );
                     tokens.write().unwrap().valid = fresh;
                 }
             }
@@ -362,7 +376,10 @@ fn main() {
 
     let tally = tally.lock().unwrap();
     let sent: u64 = tally.sent.values().sum();
-    println!("soak: {sent} requests in {:.0} s", start.elapsed().as_secs_f64());
+    println!(
+        "soak: {sent} requests in {:.0} s",
+        start.elapsed().as_secs_f64()
+    );
     for (kind, n) in &tally.sent {
         println!("soak:   {kind:<22} {n}");
     }
