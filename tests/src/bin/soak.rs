@@ -3,7 +3,12 @@
 //! rotation in the middle. Every response is checked against the status it must have; Envoy's
 //! and the control plane's resident memory is sampled every 10 s. Exits non-zero on any wrong
 //! decision, or when memory grew by 5 % or more after the warm-up (the first fifth of the run,
-//! at least 30 s).
+//! at least 30 s) and the rule edit's one-time step.
+//!
+//! Tokens signed with the rotated key are refused until the filter has fetched that key; the
+//! soak waits for the first one to be allowed and reports how long that took and how many were
+//! refused before (an unknown `kid` forces a re-fetch at most every 5 s, and the soak's own
+//! unknown-kid traffic uses that allowance).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use jsonwebtoken::Algorithm;
@@ -56,6 +61,8 @@ struct Tokens {
     opaque: String,
     /// Whether the edited rule is in force (observed), so `/edited` must answer 200, not 404.
     edited: bool,
+    /// The edit is being applied: either answer is right until it is observed.
+    editing: bool,
 }
 
 #[derive(Default)]
@@ -180,6 +187,7 @@ fn request(kind: Kind, t: &Tokens) -> (&'static str, Option<String>, &'static [u
         Kind::IntrospectedUnknown => ("/introspected/b", bearer("not-a-token-we-issued"), &[401]),
         Kind::NoToken => ("/jwt/f", None, &[401]),
         Kind::EditedRule if t.edited => ("/edited/a", None, &[200]),
+        Kind::EditedRule if t.editing => ("/edited/a", None, &[404, 200]),
         Kind::EditedRule => ("/edited/a", None, &[404]),
     }
 }
@@ -229,6 +237,7 @@ fn main() {
         unknown_kid: keys::mint(Algorithm::RS256, "a-kid-nobody-published", &unknown),
         opaque: token(&cp, &opaque_client, None),
         edited: false,
+        editing: false,
     }));
     // The expired token must be past its `exp` before traffic starts (a condition, not a sleep).
     let exp = {
@@ -259,11 +268,22 @@ fn main() {
             while !stop.load(Ordering::Relaxed) {
                 let kind = KINDS[i % KINDS.len()];
                 i += 1;
-                let (path, bearer, want) = {
+                let (path, bearer, want, edits) = {
                     let t = tokens.read().unwrap();
-                    request(kind, &t)
+                    let (path, bearer, want) = request(kind, &t);
+                    (path, bearer, want, (t.editing, t.edited))
                 };
                 let got = send(&url, path, bearer.as_deref());
+                // The edit began while this request was in flight: either answer is right.
+                let raced = {
+                    let t = tokens.read().unwrap();
+                    (t.editing, t.edited) != edits
+                };
+                let want: &[u16] = if raced && kind == Kind::EditedRule {
+                    &[404, 200]
+                } else {
+                    want
+                };
                 let mut tally = tally.lock().unwrap();
                 *tally.sent.entry(format!("{kind:?}")).or_default() += 1;
                 if !want.contains(&got) {
@@ -285,6 +305,7 @@ fn main() {
     ];
     events.reverse();
     let mut secret = main_client.1.clone();
+    let mut rule_edit_at: Option<u64> = None;
     while start.elapsed() < total {
         if Instant::now() >= next_sample {
             let s = (
@@ -315,15 +336,34 @@ fn main() {
                         "/admin/keys/hydra.jwt.access-token",
                         json!({"alg": "RS256", "use": "sig"}),
                     );
-                    // New tokens are signed with the new key; the old ones keep verifying.
+                    // New tokens are signed with the new key; the old ones keep verifying. The
+                    // filter knows the new key only once it has fetched it: until a token signed
+                    // with it is first allowed, refusals are counted apart (and reported).
                     let fresh = token(
                         &cp,
                         &(main_client.0.clone(), secret.clone()),
                         Some(AUDIENCE),
                     );
+                    let since = Instant::now();
+                    let mut refused = 0u64;
+                    while send(&envoy_url, "/jwt/rotated", Some(&fresh)) != 200 {
+                        refused += 1;
+                        assert!(
+                            since.elapsed() < Duration::from_secs(60),
+                            "the rotated key was never picked up"
+                        );
+                        std::thread::sleep(Duration::from_millis(20));
+                    }
+                    println!(
+                        "soak: t={:>4}s  the new key verified after {:.1} s ({refused} refusals of a new-key token before)",
+                        start.elapsed().as_secs(),
+                        since.elapsed().as_secs_f64()
+                    );
                     tokens.write().unwrap().valid = fresh;
                 }
                 "rule edit" => {
+                    rule_edit_at = Some(start.elapsed().as_secs());
+                    tokens.write().unwrap().editing = true;
                     assert_eq!(
                         envoy.set_filter_json(&filter_config(&cp, true)),
                         ConfigUpdate::Applied
@@ -387,7 +427,24 @@ fn main() {
     for w in tally.wrong.iter().take(20) {
         println!("soak:   {w}");
     }
-    let after: Vec<_> = samples.iter().filter(|s| s.0 >= warmup.as_secs()).collect();
+    // The rule edit installs a second filter configuration in every worker: a one-time step in
+    // Envoy's memory. Growth is judged after the warm-up and after that step has settled (the
+    // first sample at least 10 s after the edit).
+    let steady_from = warmup.as_secs().max(rule_edit_at.map_or(0, |t| t + 10));
+    let after: Vec<_> = samples.iter().filter(|s| s.0 >= steady_from).collect();
+    if let (Some(before), Some(first)) = (
+        samples
+            .iter()
+            .rev()
+            .find(|s| rule_edit_at.is_some_and(|t| s.0 <= t)),
+        after.first(),
+    ) {
+        println!(
+            "soak: the rule edit's step: envoy rss {:.1} -> {:.1} MiB",
+            before.1 as f64 / 1048576.0,
+            first.1 as f64 / 1048576.0
+        );
+    }
     let mut failed = !tally.wrong.is_empty() || !events.is_empty();
     if let (Some(first), true) = (after.first(), after.len() >= 3) {
         let last: Vec<_> = after.iter().rev().take(3).collect();
@@ -400,7 +457,7 @@ fn main() {
                 .unwrap_or(0) as f64;
             let growth = (end / base.max(1.0) - 1.0) * 100.0;
             println!(
-                "soak: {name} rss after warm-up {:.1} MiB -> {:.1} MiB ({growth:+.1} %)",
+                "soak: {name} rss from t={steady_from}s {:.1} MiB -> {:.1} MiB ({growth:+.1} %)",
                 base / 1048576.0,
                 end / 1048576.0
             );
