@@ -23,8 +23,11 @@ pub use policy::{filter_config, path_canonical, template, url_pattern};
 pub use token_service::{client_patch, token_request};
 pub use tokens::{jwks, jwt};
 
+/// A fuzz target: any bytes in, a panic only when an invariant breaks.
+pub type Target = fn(&[u8]);
+
 /// Every target by name (the name of its binary and of its corpus directory).
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[(&str, Target)] = &[
     ("filter_config", filter_config),
     ("url_pattern", url_pattern),
     ("path_canonical", path_canonical),
