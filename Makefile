@@ -16,7 +16,7 @@ export ENVOY_BIN        ?= $(VENV)/bin/envoy
 export PORTCULLIS_WASM  ?= $(DIST)/filter.wasm
 export PORTCULLIS_NOOP_WASM ?= $(DIST)/noop.wasm
 
-.PHONY: help envoy browser postgres wasm wasm-target wasm-filter wasm-noop test fmt clean bench bench-filter bench-edit bench-tokens bench-core run console-wasm
+.PHONY: help envoy browser postgres wasm wasm-target wasm-filter wasm-noop test fmt clean bench bench-filter bench-edit bench-tokens bench-core run console-wasm fuzz fuzz-corpus soak
 
 help:
 	@echo "make run           control plane + Envoy with the filter + sample upstream, on loopback"
@@ -31,6 +31,9 @@ help:
 	@echo "make bench-edit    Rule edit -> new decision in a running Envoy (manifests mode)"
 	@echo "make bench-tokens  token service: tokens/s, introspections/s, OIDC flows/s, refresh/s (p99)"
 	@echo "make bench-core    the policy core's cache-hit path, native and as wasm in V8"
+	@echo "make fuzz          every cargo-fuzz target for FUZZ_SECONDS (60) each; crashes land in fuzz/artifacts/"
+	@echo "make fuzz-corpus   replay the committed fuzz corpus through every target (stable, part of make test)"
+	@echo "make soak          mixed traffic, rotations and a rule edit for SOAK_MINUTES (10); checks every decision and memory"
 	@echo "make fmt           cargo fmt"
 	@echo "make clean         remove target/, dist/ and .venv/"
 
@@ -100,6 +103,7 @@ test: wasm-target
 	$(MAKE) --no-print-directory postgres
 	cargo test --workspace
 	PORTCULLIS_TEST_STORE=postgres cargo test -p portcullis --test token_flow --test admin_api --test oidc_flow
+	$(MAKE) --no-print-directory fuzz-corpus
 
 fmt:
 	cargo fmt --all
@@ -131,6 +135,37 @@ bench-tokens: postgres
 
 run:
 	@scripts/run.sh
+
+# Fuzzing (fuzz/, its own workspace as cargo-fuzz lays it out). The targets are plain functions
+# in fuzz/src; `fuzz-corpus` replays the committed corpus through them on stable without
+# libFuzzer (shares target/ with the workspace), `fuzz` explores with libFuzzer: nightly when
+# rustup has it, else stable with RUSTC_BOOTSTRAP=1. New inputs go to target/fuzz-corpus/, so
+# the committed corpus only grows by hand (add a crash there once it is fixed).
+FUZZ_SECONDS ?= 60
+CARGO_FUZZ_VERSION := 0.13.1
+FUZZ_TARGETS := filter_config url_pattern path_canonical jwt jwks template header_map token_request client_patch
+FUZZ_CARGO = $(if $(shell rustup toolchain list 2>/dev/null | grep ^nightly),cargo +nightly,RUSTC_BOOTSTRAP=1 cargo)
+
+cargo-fuzz:
+	@cargo fuzz --version 2>/dev/null | grep -q " $(CARGO_FUZZ_VERSION)" || \
+		cargo install cargo-fuzz --version $(CARGO_FUZZ_VERSION) --locked
+
+fuzz-corpus:
+	cd fuzz && CARGO_TARGET_DIR=$(ROOT)/target cargo test --no-default-features
+
+fuzz: cargo-fuzz
+	@for t in $(FUZZ_TARGETS); do \
+		echo ">> fuzzing $$t for $(FUZZ_SECONDS) s"; \
+		mkdir -p $(ROOT)/target/fuzz-corpus/$$t; \
+		$(FUZZ_CARGO) fuzz run --fuzz-dir fuzz --target-dir $(ROOT)/target/fuzz $$t \
+			$(ROOT)/target/fuzz-corpus/$$t fuzz/corpus/$$t -- -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=4096 || exit 1; \
+	done
+
+# SOAK_MINUTES (default 10) of mixed traffic through Envoy and the filter against the real
+# control plane; see tests/src/bin/soak.rs.
+soak: wasm-filter envoy
+	cargo build -q -p portcullis -p portcullis-e2e --bin portcullis --bin soak
+	SOAK_MINUTES=$${SOAK_MINUTES:-10} target/debug/soak
 
 clean:
 	cargo clean

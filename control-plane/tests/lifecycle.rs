@@ -299,10 +299,27 @@ async fn start_request(
         .unwrap_or_default();
     let head = format!(
         "POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n{auth}Content-Type: {ct}\r\n\
-         Content-Length: {}\r\nConnection: close\r\n\r\n",
+         Content-Length: {}\r\nExpect: 100-continue\r\nConnection: close\r\n\r\n",
         body.len()
     );
     s.write_all(head.as_bytes()).await.expect("write head");
+    // The server answers `100 Continue` once its handler reads the body: from then on the
+    // request is in its hands (no fixed wait for it to read the head).
+    let mut interim = Vec::new();
+    let mut byte = [0u8; 1];
+    while !interim.ends_with(b"\r\n\r\n") {
+        let n = tokio::time::timeout(Duration::from_secs(30), s.read(&mut byte))
+            .await
+            .expect("100 Continue within 30 s")
+            .expect("read 100 Continue");
+        assert_eq!(n, 1, "connection closed before 100 Continue");
+        interim.push(byte[0]);
+    }
+    assert!(
+        interim.starts_with(b"HTTP/1.1 100"),
+        "{}",
+        String::from_utf8_lossy(&interim)
+    );
     s.write_all(&body.as_bytes()[..body.len() / 2])
         .await
         .expect("write half body");
@@ -350,10 +367,21 @@ async fn sigterm_lets_in_flight_requests_finish() {
         &register,
     )
     .await;
-    // Let the server read both heads, so both requests are in its hands.
-    tokio::time::sleep(Duration::from_millis(300)).await;
     srv.sigterm();
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Draining has begun once the listener is gone: connections are refused from then on.
+    srv.wait_for_log("shutting down", Duration::from_secs(20))
+        .await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while TcpStream::connect(("127.0.0.1", srv.public_port))
+        .await
+        .is_ok()
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the public listener stayed open after SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 
     // No new work is accepted while draining.
     let late = http()

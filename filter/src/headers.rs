@@ -28,7 +28,9 @@ pub fn entries(buf: &[u8]) -> impl Iterator<Item = (&[u8], &[u8])> {
 
 /// The request in a serialized map, read in place: the buffer becomes the request's text.
 pub fn request(raw: Vec<u8>) -> RequestBuilder {
-    let n = count(&raw);
+    // The announced count sizes an allocation: never more entries than the buffer can hold (a
+    // count of u32::MAX asked for 64 GiB and aborted the VM; found by fuzz/header_map).
+    let n = count(&raw).min(raw.len() / MIN_ENTRY_BYTES);
     let framing = framing_len(&raw).min(raw.len());
     let mut b = RequestBuilder::over(raw, n);
     let mut data = framing;
@@ -42,6 +44,9 @@ pub fn request(raw: Vec<u8>) -> RequestBuilder {
     b.blank(0..framing);
     b
 }
+
+/// The fewest bytes one entry takes: two u32 lengths and two NULs.
+const MIN_ENTRY_BYTES: usize = 10;
 
 /// Number of entries the buffer announces.
 pub fn count(buf: &[u8]) -> usize {
@@ -169,5 +174,17 @@ mod tests {
         assert_eq!(entries(&u32::MAX.to_le_bytes()).count(), 0);
         assert_eq!(entries(&[1, 2]).count(), 0);
         assert_eq!(entries(&[]).count(), 0);
+    }
+
+    #[test]
+    fn a_huge_announced_count_allocates_nothing_for_it() {
+        // Used to reserve u32::MAX entries (64 GiB) and abort.
+        for count in [u32::MAX, 1 << 28] {
+            let mut raw = count.to_le_bytes().to_vec();
+            raw.extend_from_slice(&[0; 32]);
+            let r = request(raw).build();
+            assert_eq!((r.method(), r.path()), ("", ""));
+            assert_eq!(r.headers().count(), 0);
+        }
     }
 }

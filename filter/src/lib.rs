@@ -10,7 +10,8 @@
 
 mod clock;
 mod envoy_host;
-mod headers;
+// Public for the fuzz targets (fuzz/): the reader is a pure function over host bytes.
+pub mod headers;
 mod http;
 mod keys;
 mod metrics;

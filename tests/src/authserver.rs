@@ -83,6 +83,17 @@ pub enum Jwks {
     Fail(u16),
 }
 
+/// A failure injected on one path (see [`AuthServer::set_fault`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Fault {
+    /// Answers as usual, after this long.
+    Slow(std::time::Duration),
+    /// 200 with a body that is not JSON.
+    Garbage,
+    /// 200 with this many bytes of non-JSON body.
+    Huge(usize),
+}
+
 type AuthzFn = Arc<dyn Fn(&Recorded) -> u16 + Send + Sync>;
 type IntrospectFn = Arc<dyn Fn(&Recorded) -> Value + Send + Sync>;
 /// Answers a path: status and JSON body, after an optional delay.
@@ -102,6 +113,8 @@ struct Behaviour {
     jwks_delay: std::time::Duration,
     /// Path -> a test's own answer (token endpoints and the like).
     handlers: HashMap<String, HandlerFn>,
+    /// Path -> an injected fault (down is the test's own; slow, garbage, huge here).
+    faults: HashMap<String, Fault>,
 }
 
 #[derive(Clone)]
@@ -133,6 +146,7 @@ impl AuthServer {
             recorded: Vec::new(),
             jwks_delay: std::time::Duration::ZERO,
             handlers: HashMap::new(),
+            faults: HashMap::new(),
         })));
         let server =
             ServerHandle::serve(router(shared.clone()), 0).expect("starting the auth server");
@@ -229,6 +243,15 @@ impl AuthServer {
         self.shared.lock().authz = Arc::new(decide);
     }
 
+    /// Injects `fault` on `path` (`None` removes it); requests are still recorded.
+    pub fn set_fault(&self, path: &str, fault: Option<Fault>) {
+        let mut b = self.shared.lock();
+        match fault {
+            Some(f) => b.faults.insert(path.to_owned(), f),
+            None => b.faults.remove(path),
+        };
+    }
+
     /// Serve `status` with JSON `body` on `path` (any method).
     pub fn set_fixed(&self, path: &str, status: u16, body: Value) {
         self.shared
@@ -316,14 +339,34 @@ async fn handle(
         }
         return json_response(status, &body);
     }
-    let delay = {
+    let (delay, fault) = {
         let b = shared.lock();
-        if recorded.path.contains("jwks") {
-            b.jwks_delay
-        } else {
-            std::time::Duration::ZERO
-        }
+        let fault = b.faults.get(&recorded.path).cloned();
+        let delay = match &fault {
+            Some(Fault::Slow(d)) => *d,
+            _ if recorded.path.contains("jwks") => b.jwks_delay,
+            _ => std::time::Duration::ZERO,
+        };
+        (delay, fault)
     };
+    match fault {
+        Some(Fault::Garbage) => {
+            return (
+                StatusCode::OK,
+                "<html>502 Bad Gateway</html>\n{\"active\": tru",
+            )
+                .into_response();
+        }
+        Some(Fault::Huge(n)) => {
+            return (
+                StatusCode::OK,
+                [(header::CONTENT_TYPE, "application/json")],
+                vec![b'x'; n],
+            )
+                .into_response();
+        }
+        _ => {}
+    }
     if !delay.is_zero() {
         tokio::time::sleep(delay).await;
     }

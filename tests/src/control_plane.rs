@@ -119,6 +119,11 @@ impl ControlPlane {
         format!("http://127.0.0.1:{}{path}", self.admin_port)
     }
 
+    /// The process id (its memory is read from `/proc/<pid>/status`).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Everything the process logged so far.
     pub fn log(&self) -> String {
         fs::read_to_string(&self.log_path).unwrap_or_default()

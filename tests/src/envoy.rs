@@ -508,6 +508,16 @@ impl Envoy {
         }
     }
 
+    /// The Envoy process id (its memory is read from `/proc/<pid>/status`).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Resident memory of the Envoy process in bytes (`VmRSS`), when `/proc` has it.
+    pub fn rss_bytes(&self) -> Option<u64> {
+        crate::process::rss_bytes(self.pid())
+    }
+
     /// The last `lines` lines of Envoy's stdout/stderr.
     pub fn log_tail(&self, lines: usize) -> String {
         log_tail(&self.log_path, lines)

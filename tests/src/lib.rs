@@ -12,6 +12,7 @@ pub mod envoy;
 pub mod keys;
 pub mod paths;
 pub mod ports;
+pub mod process;
 pub mod raw;
 pub mod runtime;
 pub mod scripted;

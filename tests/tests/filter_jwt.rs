@@ -239,14 +239,18 @@ fn verified_tokens_are_cached() {
     assert_eq!(stack.metric("jwt_cache_misses"), 1);
     // The cache never extends a token past exp: an expired token is refused even after hits.
     let mut c = claims("short", &[]);
-    c["exp"] = json!(keys::now() + 2);
+    let exp = keys::now() + 4;
+    c["exp"] = json!(exp);
     let short = mint_default(Algorithm::RS256, &c);
     stack.expect(
         &stack.get_with_token("/x", &short),
         200,
         "short token while valid",
     );
-    std::thread::sleep(Duration::from_millis(3200));
+    // Envoy reads the same wall clock: once it is past `exp` (inclusive), the token is expired.
+    while keys::now() <= exp {
+        std::thread::sleep(Duration::from_millis(50));
+    }
     stack.expect(
         &stack.get_with_token("/x", &short),
         401,

@@ -231,7 +231,19 @@ fn manifests_mode_issues_tokens_and_enforces_rules_in_a_running_envoy() {
     };
     eventually(&envoy, &cp, "GET", "/headers", Some(&gen_token), 200);
     // The written-back Secret is read on the next pass and keeps the same credentials.
-    std::thread::sleep(Duration::from_secs(1));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !cp
+        .log()
+        .lines()
+        .any(|l| l.contains("client unchanged") && l.contains(&gen_id))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "no pass read the written-back Secret\n{}",
+            cp.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
     assert!(cp.token(&gen_id, &gen_secret, "read").is_ok());
 
     // Deleting the rules removes enforcement: the workload's filter is disabled.

@@ -38,6 +38,14 @@ fn free_port() -> u16 {
     l.local_addr().expect("local addr").port()
 }
 
+/// Waits until the wall clock (the one the server reads) is past Unix second `t`: what a test
+/// of expiry waits for, instead of a fixed sleep that a busy machine may outrun or fall behind.
+pub async fn wait_until_past(t: i64) {
+    while now() <= t {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 pub fn now() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -206,6 +214,19 @@ impl Server {
 
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    /// Waits until the log contains `needle`; panics with the log after `limit`.
+    pub async fn wait_for_log(&self, needle: &str, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        while !self.log().contains(needle) {
+            assert!(
+                Instant::now() < deadline,
+                "log line {needle:?} not seen within {limit:?}; log:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
     }
 
     /// SIGKILL, like `kill -9`: no chance to flush anything.
