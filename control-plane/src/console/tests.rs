@@ -209,9 +209,18 @@ async fn keys_show_the_jwks_and_ages() {
     assert_eq!(status, StatusCode::OK);
     let v: Value = serde_json::from_slice(&body).unwrap();
     assert!(!v["jwks"]["keys"].as_array().unwrap().is_empty());
-    let key = &v["keys"][0];
-    assert_eq!(key["set"], ACCESS_TOKEN_SET);
+    let keys = v["keys"].as_array().unwrap();
+    // Both sets are listed: the access-token keys and the id_token mutator's keys.
+    let key = keys
+        .iter()
+        .find(|k| k["set"] == ACCESS_TOKEN_SET)
+        .unwrap_or_else(|| panic!("no access-token key in {keys:?}"));
     assert!(key["age_seconds"].as_i64().unwrap() >= 0);
+    assert!(
+        keys.iter()
+            .any(|k| k["set"] == crate::id_token_keys::ID_TOKEN_SET),
+        "{keys:?}"
+    );
     assert!(v["next_rotation"].is_null(), "no --key-rotation");
     let text = String::from_utf8_lossy(&body);
     assert!(
