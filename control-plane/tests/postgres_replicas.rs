@@ -184,10 +184,17 @@ async fn replicas_racing_on_an_empty_database_create_one_key() {
     assert_eq!(jwks["keys"].as_array().unwrap().len(), 1, "{jwks}");
     assert_eq!(b.jwks().await, jwks);
     assert_eq!(c.jwks().await, jwks);
-    assert_eq!(
-        PgServer::query_one_i64(&dsn, "SELECT count(*) FROM keys"),
-        1
-    );
+    // One key per set: the access-token set and the id_token mutator's set, each made once.
+    for set in ["hydra.jwt.access-token", "portcullis.id-token"] {
+        assert_eq!(
+            PgServer::query_one_i64(
+                &dsn,
+                &format!("SELECT count(*) FROM keys WHERE set_name = '{set}'")
+            ),
+            1,
+            "{set}"
+        );
+    }
     // Private keys are sealed at rest: the stored bytes are not a PKCS#8 document.
     assert_eq!(
         PgServer::query_one_i64(
@@ -386,7 +393,8 @@ async fn an_embedded_store_migrates_with_every_client_and_key_usable() {
         String::from_utf8_lossy(&out.stderr)
     );
     let said = String::from_utf8_lossy(&out.stdout).to_string();
-    assert!(said.contains("2 clients, 1 keys"), "{said}");
+    // Both key sets: access tokens and the id_token mutator's.
+    assert!(said.contains("2 clients, 2 keys"), "{said}");
     // Again: nothing new, nothing lost.
     let out = portcullis(&["migrate", "--dsn", &dsn, "--from-sqlite", &data]);
     assert!(out.status.success());
