@@ -161,7 +161,8 @@ impl Default for Options {
 type Manager = PostgresConnectionManager<MakeRustlsConnect>;
 
 pub struct PostgresStore {
-    pool: r2d2::Pool<Manager>,
+    /// Always `Some` until dropped (see the `Drop` impl).
+    pool: Option<r2d2::Pool<Manager>>,
     config: postgres::Config,
     tls: MakeRustlsConnect,
 }
@@ -236,6 +237,19 @@ fn tls(ca_file: Option<&std::path::Path>) -> Result<MakeRustlsConnect, ConfigErr
     Ok(MakeRustlsConnect::new(config))
 }
 
+/// The sync driver closes each connection by blocking on a runtime of its own, which panics (and
+/// aborts the process) on a tokio worker thread, where the service may drop its last reference
+/// at shutdown. The pool is therefore dropped on a plain thread.
+impl Drop for PostgresStore {
+    fn drop(&mut self) {
+        if let Some(pool) = self.pool.take()
+            && tokio::runtime::Handle::try_current().is_ok()
+        {
+            std::thread::spawn(move || drop(pool));
+        }
+    }
+}
+
 impl PostgresStore {
     /// Connects lazily (the pool opens connections on demand). Nothing is checked against the
     /// server here: [`Self::migrate`] is the first statement.
@@ -268,11 +282,18 @@ impl PostgresStore {
             .test_on_check_out(false)
             .error_handler(Box::new(r2d2::NopErrorHandler))
             .build_unchecked(manager);
-        Ok(Self { pool, config, tls })
+        Ok(Self {
+            pool: Some(pool),
+            config,
+            tls,
+        })
     }
 
     fn conn(&self) -> StoreResult<r2d2::PooledConnection<Manager>> {
-        self.pool.get().map_err(unavailable)
+        match &self.pool {
+            Some(pool) => pool.get().map_err(unavailable),
+            None => Err(StoreError::Database("the store is closed".into())),
+        }
     }
 
     fn with<T>(&self, f: impl FnOnce(&mut Client) -> Result<T, postgres::Error>) -> StoreResult<T> {

@@ -73,8 +73,22 @@ impl Server {
         let mut extra: Vec<String> = extra_args.iter().map(|s| s.to_string()).collect();
         let mut env_all: Vec<(String, String)> = Vec::new();
         if postgres::enabled() && !extra.iter().any(|a| a == "--dsn") {
+            // One database per data directory: a test that starts a server again on the same
+            // directory (new flags, same state) finds its clients and keys, as with SQLite.
+            static DATABASES: std::sync::Mutex<Vec<(std::path::PathBuf, String)>> =
+                std::sync::Mutex::new(Vec::new());
+            let mut dbs = DATABASES.lock().unwrap_or_else(|e| e.into_inner());
+            let dsn = match dbs.iter().find(|(d, _)| d == dir) {
+                Some((_, dsn)) => dsn.clone(),
+                None => {
+                    let dsn = postgres::shared().create_database();
+                    dbs.push((dir.to_path_buf(), dsn.clone()));
+                    dsn
+                }
+            };
+            drop(dbs);
             extra.push("--dsn".into());
-            extra.push(postgres::shared().create_database());
+            extra.push(dsn);
             // Replicas must share the system secret; a test's own secret settings win.
             env_all.push((
                 "PORTCULLIS_SECRETS_SYSTEM".into(),
