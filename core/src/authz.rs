@@ -250,32 +250,15 @@ impl Authorizer {
                 "authorizer received a response it did not ask for",
             ));
         };
-        match response {
-            None => AuthzStep::Deny(PolicyError::new(
-                ErrorKind::InternalServerError,
-                "remote_json_unreachable",
-                format!("remote authorizer {} did not answer", r.endpoint.url),
-            )),
-            Some(resp) if resp.status == 200 => AuthzStep::Allow {
-                forward: r
-                    .forward_response_headers
-                    .iter()
-                    .filter_map(|h| resp.header(h).map(|v| (h.clone(), v.to_string())))
-                    .collect(),
+        remote::answer(
+            &remote::AnswerCodes {
+                unreachable: "remote_json_unreachable",
+                forbidden: "remote_json_forbidden",
+                status: "remote_json_status",
             },
-            Some(resp) if resp.status == 403 => AuthzStep::Deny(PolicyError::new(
-                ErrorKind::Forbidden,
-                "remote_json_forbidden",
-                "the remote authorizer denied the request",
-            )),
-            Some(resp) => AuthzStep::Deny(PolicyError::new(
-                ErrorKind::InternalServerError,
-                "remote_json_status",
-                format!(
-                    "remote authorizer returned status code {} but expected 200 or 403",
-                    resp.status
-                ),
-            )),
-        }
+            &r.endpoint.url,
+            &r.forward_response_headers,
+            response,
+        )
     }
 }

@@ -180,33 +180,62 @@ impl RemoteAuthorizer {
     }
 
     pub(crate) fn digest(&self, response: Option<&CalloutResponse>) -> AuthzStep {
-        match response {
-            None => AuthzStep::Deny(PolicyError::new(
-                ErrorKind::InternalServerError,
-                "remote_unreachable",
-                format!("remote authorizer {} did not answer", self.endpoint.url),
-            )),
-            Some(resp) if resp.status == 200 => AuthzStep::Allow {
-                forward: self
-                    .forward_response_headers
-                    .iter()
-                    .filter_map(|h| resp.header(h).map(|v| (h.clone(), v.to_string())))
-                    .collect(),
-            },
-            Some(resp) if resp.status == 403 => AuthzStep::Deny(PolicyError::new(
-                ErrorKind::Forbidden,
-                "remote_forbidden",
-                "the remote authorizer denied the request",
-            )),
-            Some(resp) => AuthzStep::Deny(PolicyError::new(
-                ErrorKind::InternalServerError,
-                "remote_status",
-                format!(
-                    "remote authorizer returned status code {} but expected 200 or 403",
-                    resp.status
-                ),
-            )),
-        }
+        answer(
+            &REMOTE_CODES,
+            &self.endpoint.url,
+            &self.forward_response_headers,
+            response,
+        )
+    }
+}
+
+/// The reason codes one authorizer reports for the three ways a remote answer can deny.
+pub(super) struct AnswerCodes {
+    pub unreachable: &'static str,
+    pub forbidden: &'static str,
+    pub status: &'static str,
+}
+
+const REMOTE_CODES: AnswerCodes = AnswerCodes {
+    unreachable: "remote_unreachable",
+    forbidden: "remote_forbidden",
+    status: "remote_status",
+};
+
+/// Oathkeeper's contract for both remote authorizers (`remote` and `remote_json`): 200 allows and
+/// forwards the named response headers, 403 denies, anything else (or no answer) is an error,
+/// never an allow.
+pub(super) fn answer(
+    codes: &AnswerCodes,
+    url: &str,
+    forward_response_headers: &[String],
+    response: Option<&CalloutResponse>,
+) -> AuthzStep {
+    match response {
+        None => AuthzStep::Deny(PolicyError::new(
+            ErrorKind::InternalServerError,
+            codes.unreachable,
+            format!("remote authorizer {url} did not answer"),
+        )),
+        Some(resp) if resp.status == 200 => AuthzStep::Allow {
+            forward: forward_response_headers
+                .iter()
+                .filter_map(|h| resp.header(h).map(|v| (h.clone(), v.to_string())))
+                .collect(),
+        },
+        Some(resp) if resp.status == 403 => AuthzStep::Deny(PolicyError::new(
+            ErrorKind::Forbidden,
+            codes.forbidden,
+            "the remote authorizer denied the request",
+        )),
+        Some(resp) => AuthzStep::Deny(PolicyError::new(
+            ErrorKind::InternalServerError,
+            codes.status,
+            format!(
+                "remote authorizer returned status code {} but expected 200 or 403",
+                resp.status
+            ),
+        )),
     }
 }
 
