@@ -608,6 +608,10 @@ fn unicode_property_classes_are_refused_alike_in_every_build() {
             .is_match("http://a.test/STRAẞE")
             .unwrap()
     );
+    // A glob's `\` is always a literal: it never reaches the regex engine as an escape.
+    let glob = UrlPattern::compile(r"http://a.test/<[\p]{L}>", MatchingStrategy::Glob).unwrap();
+    assert!(glob.is_match("http://a.test/pL").unwrap());
+    assert!(!glob.is_match("http://a.test/x").unwrap());
     for (refused, named) in [
         (r"\p{L}+", r"\p{L}"),
         (r"\P{Greek}+", r"\P{Greek}"),
