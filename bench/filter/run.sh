@@ -21,7 +21,8 @@
 # Between them, 1,000 ÷ 1 rules for each rule shape (Kyma's, host-literal, any host, glob; target
 # >= 0.9): BENCH_SCALING=0 skips it, BENCH_SCALING=only runs nothing else; SCALING_RULES (1000).
 # Knobs: BENCH_DURATION (s, default 5), BENCH_ROUNDS (default 3), BENCH_VARIANTS (e.g. "b e" to
-# compare only those; default all), BENCH_TOKENS (default 12000;
+# compare only those; default all), BENCH_BUILD=0 (measure PORTCULLIS_WASM as it is, no `make
+# wasm-filter` first), BENCH_TOKENS (default 12000;
 # must exceed the filter's verified-token cache capacity, 10,000 per worker, for f to measure
 # misses: tokens are replayed in order, so with FIFO eviction every request misses).
 set -euo pipefail
@@ -55,7 +56,8 @@ fi
 
 # The Portcullis variants need a real proxy-wasm module (the placeholder crate exports nothing).
 HAVE_FILTER=0
-if make wasm-filter >"$WORK/wasm-filter.log" 2>&1 && grep -q proxy_on_context_create "$FILTER_WASM"; then
+if { [ "${BENCH_BUILD:-1}" = 0 ] || make wasm-filter >"$WORK/wasm-filter.log" 2>&1; } &&
+  grep -q proxy_on_context_create "$FILTER_WASM"; then
   HAVE_FILTER=1
 else
   log "SKIPPING e/f: $FILTER_WASM is missing or not a proxy-wasm module (see $WORK/wasm-filter.log)"

@@ -8,6 +8,7 @@
 //! dialect.
 
 mod glob;
+mod property_class;
 
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -150,6 +151,10 @@ impl UrlPattern {
                 let inner = &pattern[s + 1..e - 1];
                 match strategy {
                     MatchingStrategy::Regexp => {
+                        property_class::refuse(inner).map_err(|message| PatternError::Regex {
+                            pattern: pattern.to_string(),
+                            message,
+                        })?;
                         re.push('(');
                         re.push_str(inner);
                         re.push(')');
