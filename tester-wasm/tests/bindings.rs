@@ -7,8 +7,8 @@
 
 use portcullis_tester_wasm::{Run, Tester};
 use serde_json::{Value, json};
-use wasm_bindgen::{JsCast, JsValue};
 use wasm_bindgen::prelude::JsError;
+use wasm_bindgen::{JsCast, JsValue};
 use wasm_bindgen_test::wasm_bindgen_test;
 
 const JWKS_URL: &str = "https://issuer.test/.well-known/jwks.json";
@@ -107,9 +107,17 @@ fn denials_carry_the_status_and_the_failing_step() {
     // A valid token without the required scope.
     let trace = decide(&t, "/reports", Some(BOB));
     assert_ne!(trace["decision"]["allowed"], true, "{trace}");
-    let last = trace["authenticators"].as_array().unwrap().last().unwrap().clone();
+    let last = trace["authenticators"]
+        .as_array()
+        .unwrap()
+        .last()
+        .unwrap()
+        .clone();
     assert_eq!(last["outcome"], "failed", "{trace}");
-    assert!(last["message"].as_str().unwrap().contains("read"), "{trace}");
+    assert!(
+        last["message"].as_str().unwrap().contains("read"),
+        "{trace}"
+    );
     // A forged signature (alice's claims, bob's signature) is refused after the key fetch.
     let (head, _) = ALICE.rsplit_once('.').unwrap();
     let (_, sig) = BOB.rsplit_once('.').unwrap();
@@ -138,7 +146,10 @@ fn a_callout_is_surfaced_then_resumed_with_the_answer() {
     assert_eq!(out["request"]["url"], INTROSPECT_URL);
     assert_eq!(out["request"]["method"], "POST");
     assert!(
-        out["request"]["body"].as_str().unwrap().contains("token=opaque-token"),
+        out["request"]["body"]
+            .as_str()
+            .unwrap()
+            .contains("token=opaque-token"),
         "{out}"
     );
     run.callout_done(
@@ -152,7 +163,10 @@ fn a_callout_is_surfaced_then_resumed_with_the_answer() {
     assert_eq!(trace["decision"]["allowed"], true, "{trace}");
     assert_eq!(trace["callouts"][0]["url"], INTROSPECT_URL);
     assert_eq!(trace["callouts"][0]["status"], 200);
-    assert_eq!(trace["decision"]["set_headers"], json!([["x-user", "svc-7"]]));
+    assert_eq!(
+        trace["decision"]["set_headers"],
+        json!([["x-user", "svc-7"]])
+    );
 
     // The same callout failing (the control plane refused it) fails closed.
     let mut run = start(&t, "/opaque", Some("opaque-token"));
@@ -204,5 +218,8 @@ fn bad_rules_and_requests_are_error_values_and_the_module_survives() {
     run.callout_done(200, "not json", "");
     run.keys_fetched(JWKS_URL, 200, "garbage");
     assert_eq!(advance(&mut run)["trace"]["decision"]["status"], 403);
-    assert_eq!(decide(&t, "/reports", Some(ALICE))["decision"]["allowed"], true);
+    assert_eq!(
+        decide(&t, "/reports", Some(ALICE))["decision"]["allowed"],
+        true
+    );
 }
