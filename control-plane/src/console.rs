@@ -1,7 +1,8 @@
 //! The web console at `/console` on the admin port: static assets embedded in the binary (no CDN),
-//! the read-only JSON endpoints the pages need beyond the Hydra admin API ([`rules`] in either
-//! mode, keys), the rule tester's callout proxy, and its token request ([`mint`]). Everything sits behind the admin port's guard (Host allow-list,
-//! same-origin only), applied here too because these routes are merged after it.
+//! the read-only JSON endpoints the pages need beyond the Hydra admin API (rules in either mode,
+//! keys), the rule tester's callout proxy, and its token request (`mint`). Everything sits
+//! behind the admin port's guard (Host allow-list, same-origin only), applied here too because
+//! these routes are merged after it.
 //!
 //! The callout proxy (`POST /console/api/callout`) is what keeps the tester honest without
 //! becoming an open proxy: it calls only a URL the submitted configuration names for a handler
