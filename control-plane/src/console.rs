@@ -1,7 +1,8 @@
 //! The web console at `/console` on the admin port: static assets embedded in the binary (no CDN),
-//! three read-only JSON endpoints the pages need beyond the Hydra admin API, and the rule
-//! tester's callout proxy. Everything sits behind the admin port's guard (Host allow-list,
-//! same-origin only), applied here too because these routes are merged after it.
+//! the read-only JSON endpoints the pages need beyond the Hydra admin API (rules in either mode,
+//! keys), the rule tester's callout proxy, and its token request (`mint`). Everything sits
+//! behind the admin port's guard (Host allow-list, same-origin only), applied here too because
+//! these routes are merged after it.
 //!
 //! The callout proxy (`POST /console/api/callout`) is what keeps the tester honest without
 //! becoming an open proxy: it calls only a URL the submitted configuration names for a handler
@@ -22,7 +23,7 @@ use axum::{Json, Router};
 use portcullis_core::rule_tester::CalloutRequest;
 use portcullis_reconciler::global::{GlobalConfig, urls_named_by};
 use portcullis_reconciler::manifests;
-use portcullis_reconciler::rule_set::{MAX_RESOURCE_BYTES, RenderOptions};
+use portcullis_reconciler::rule_set::RenderOptions;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use std::collections::BTreeSet;
@@ -72,10 +73,13 @@ pub struct ManifestsSource {
     pub global: GlobalConfig,
 }
 
+pub use rules::KubernetesSource;
+
 #[derive(Clone)]
 pub struct Console {
     svc: Arc<Service>,
     manifests: Option<Arc<ManifestsSource>>,
+    kubernetes: Option<Arc<KubernetesSource>>,
     /// For public targets.
     public_only: Arc<CalloutClient>,
     /// For origins the deployed configuration already calls.
@@ -87,9 +91,16 @@ impl Console {
         Self {
             svc,
             manifests: manifests.map(Arc::new),
+            kubernetes: None,
             public_only: Arc::new(CalloutClient::new(false)),
             trusted: Arc::new(CalloutClient::new(true)),
         }
+    }
+
+    /// Kubernetes mode: the rules page reads the served namespaces' Rules and Services.
+    pub fn with_kubernetes(mut self, source: KubernetesSource) -> Self {
+        self.kubernetes = Some(Arc::new(source));
+        self
     }
 }
 
@@ -102,6 +113,7 @@ pub fn router(console: Console) -> Router {
         .route("/console/api/rules", get(rules))
         .route("/console/api/keys", get(keys))
         .route("/console/api/callout", post(callout))
+        .route("/console/api/token", post(mint::mint))
         .route("/console/{*path}", get(asset))
         .with_state(console)
         .layer(axum::middleware::from_fn_with_state(
@@ -138,66 +150,32 @@ fn serve_asset(path: &str) -> Response {
 }
 
 /// Every Rule with its Ready condition, grouped by workload, and each workload's filter
-/// configuration with its rendered size against the limit (manifests mode).
+/// configuration with its rendered size against the limit.
 async fn rules(State(console): State<Console>) -> Response {
+    if let Some(source) = console.kubernetes.clone() {
+        return match rules::kubernetes_view(&source).await {
+            Ok(v) => Json(v).into_response(),
+            // The admin sees why (RBAC, API server down): the page is theirs alone.
+            Err(e) => OAuth2Error::new(
+                ErrorCode::TemporarilyUnavailable,
+                format!("listing the served namespaces' Rules and Services: {e}"),
+            )
+            .into_response(),
+        };
+    }
     let Some(source) = console.manifests.clone() else {
         return Json(json!({
             "available": false,
-            "reason": "the rules page needs manifests mode (portcullis serve --manifests DIR); \
-                       in Kubernetes mode read the Rules' status conditions with kubectl"
+            "reason": "this control plane serves neither manifests nor Kubernetes mode"
         }))
         .into_response();
     };
-    let answer = tokio::task::spawn_blocking(move || rules_view(&source)).await;
+    let answer = tokio::task::spawn_blocking(move || rules::manifests_view(&source)).await;
     match answer {
         Ok(Ok(v)) => Json(v).into_response(),
         Ok(Err(e)) => OAuth2Error::unavailable(e).into_response(),
         Err(e) => OAuth2Error::server_error(e).into_response(),
     }
-}
-
-fn rules_view(source: &ManifestsSource) -> Result<Value, String> {
-    let loaded = manifests::load_dir(&source.dir).map_err(|e| e.to_string())?;
-    let state = loaded.desired_state(&source.global, &RenderOptions::default());
-    let rules: Vec<Value> = state
-        .rules
-        .iter()
-        .map(|o| {
-            json!({
-                "name": o.name,
-                "namespace": o.namespace,
-                "id": o.id,
-                "workload": o.target.as_ref().map(ToString::to_string),
-                "ready": o.ready(),
-                "reason": o.reason.as_str(),
-                "message": o.message,
-                "valid": o.valid,
-                "validation_error": o.validation_error,
-            })
-        })
-        .collect();
-    let workloads: Vec<Value> = state
-        .workloads
-        .values()
-        .map(|w| {
-            let resource_bytes = serde_json::to_vec(&w.resource).map_or(0, |v| v.len());
-            json!({
-                "workload": w.workload.to_string(),
-                "resource_name": w.workload.resource_name(),
-                "rule_ids": w.rule_ids,
-                "filter_config": w.filter_config,
-                "resource_bytes": resource_bytes,
-                "limit_bytes": MAX_RESOURCE_BYTES,
-            })
-        })
-        .collect();
-    let errors: Vec<String> = loaded.errors.iter().map(ToString::to_string).collect();
-    Ok(json!({
-        "available": true,
-        "rules": rules,
-        "workloads": workloads,
-        "errors": errors,
-    }))
 }
 
 /// The access-token JWKS, each key's age, and the next scheduled rotation.
@@ -364,6 +342,9 @@ const BUNDLE_SOURCES: [&str; 4] = [
     "tester-wasm/Cargo.toml",
     "tester-wasm/src",
 ];
+
+mod mint;
+mod rules;
 
 #[cfg(test)]
 mod tests;

@@ -256,6 +256,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     };
     let mut background = Vec::new();
     let mut console_source = None;
+    let mut console_kubernetes = None;
     if let Some(dir) = &args.manifests {
         let mut global = match load_global(args.global_config.as_deref())? {
             Some(mut g) => {
@@ -327,6 +328,12 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             namespaces: args.namespaces(),
             lease_namespace: args.lease_namespace.clone(),
         };
+        console_kubernetes = Some(portcullis::console::KubernetesSource {
+            client: client.clone(),
+            global: k.global.clone(),
+            render: k.render.clone(),
+            namespaces: k.namespaces.clone(),
+        });
         background.push(tokio::spawn(portcullis::kubernetes_mode::run(
             client,
             Arc::clone(&svc),
@@ -334,7 +341,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             stopped(stop_rx.clone()),
         )));
     }
-    let console = portcullis::console::Console::new(Arc::clone(&svc), console_source);
+    let mut console = portcullis::console::Console::new(Arc::clone(&svc), console_source);
+    if let Some(source) = console_kubernetes {
+        console = console.with_kubernetes(source);
+    }
     apps.admin = apps.admin.merge(portcullis::console::router(console));
     let result = serve_on(svc, public, admin, apps, shutdown_signal()).await;
     let _ = stop_tx.send(true);

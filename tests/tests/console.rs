@@ -3,7 +3,8 @@
 //! resources of the manifests directory, including an invalid rule's reason, then drives the
 //! rule tester (the policy core compiled to wasm32-unknown-unknown, running in the page) through
 //! allow, 401, 403 and no-match, asserting that each status is the one a real Envoy with the
-//! filter answers for the same request (parity over one vector set). Screenshots of every page
+//! filter answers for the same request (parity over one vector set), then with a token minted in
+//! the page from a client picked in the list. Screenshots of every page
 //! go to `target/console-screenshots/`; a 100-rule decision is timed in the page and printed.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -166,6 +167,53 @@ fn the_console_shows_resources_and_its_tester_decides_as_envoy_does() {
             browser.screenshot(&shots.join("tester-401.png"));
         }
     }
+
+    // A token minted in the page from the client picked in the list (its secret pasted, a
+    // narrower scope chosen): a real token from the token service, allowed by the tester and
+    // by Envoy alike. A wrong secret gets the token endpoint's refusal, and no token.
+    browser.click("#mint summary");
+    browser.click(&format!("#m-client option[value='{CLIENT_ID}']"));
+    browser.type_into("#m-secret", "not-the-secret");
+    browser.click("#m-run");
+    browser.wait_for("body[data-mints='1']");
+    let refused = browser.text("#m-result");
+    assert!(refused.contains("authentication failed"), "{refused}");
+    browser.type_into("#t-token", "");
+    browser.type_into("#m-secret", CLIENT_SECRET);
+    browser.type_into("#m-scope", "read");
+    browser.click("#m-run");
+    browser.wait_for("body[data-mints='2']");
+    let minted = browser.execute_async("arguments[0](document.querySelector('#t-token').value)");
+    let minted = minted.as_str().unwrap_or_default().to_string();
+    assert_eq!(
+        minted.split('.').count(),
+        3,
+        "{minted:?}: {}",
+        browser.text("#m-result")
+    );
+    // The secret does not stay in the page.
+    let left = browser.execute_async("arguments[0](document.querySelector('#m-secret').value)");
+    assert_eq!(left, "");
+    assert_eq!(
+        envoy_status(&envoy, "/headers", Some(&minted)),
+        200,
+        "Envoy, minted token"
+    );
+    browser.type_into("#t-url", &envoy.url("/headers"));
+    browser.click("#t-run");
+    browser.wait_for(&format!("body[data-tester-runs='{}']", vectors.len() + 1));
+    assert_eq!(
+        browser.text("#t-status"),
+        "200",
+        "{}",
+        browser.text("#t-steps")
+    );
+    assert!(
+        browser
+            .text("#t-steps")
+            .contains(&format!("subject {CLIENT_ID}"))
+    );
+    browser.screenshot(&shots.join("tester-minted.png"));
 
     // A 100-rule decision in the page: reported, not asserted.
     let bench = browser.execute_async(

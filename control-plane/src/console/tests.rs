@@ -6,10 +6,13 @@ use crate::server::Config;
 use axum::body::Body;
 use axum::http::{Request, header};
 use http_body_util::BodyExt;
+use portcullis_reconciler::client_controller::Namespaces;
+use portcullis_reconciler::rule_set::MAX_RESOURCE_BYTES;
 use tower::ServiceExt;
 
 struct Harness {
     app: Router,
+    svc: Arc<Service>,
     _data: tempfile::TempDir,
     _manifests: tempfile::TempDir,
 }
@@ -54,7 +57,7 @@ fn harness(issuer: &str) -> Harness {
     c.issuer = issuer.to_string();
     let svc = Service::open(c).unwrap();
     let console = Console::new(
-        svc,
+        Arc::clone(&svc),
         Some(ManifestsSource {
             dir: manifests_dir.path().to_path_buf(),
             global: GlobalConfig::default(),
@@ -62,6 +65,7 @@ fn harness(issuer: &str) -> Harness {
     );
     Harness {
         app: router(console),
+        svc,
         _data: data,
         _manifests: manifests_dir,
     }
@@ -294,5 +298,259 @@ fn the_tester_bundle_is_built_from_these_sources() {
         recorded.trim(),
         crate::console::bundle_sources_hash(&root).unwrap(),
         "the tester bundle is stale: run `make console-wasm` and commit control-plane/console/tester"
+    );
+}
+
+fn mint(body: Value) -> Request<Body> {
+    Request::post("/console/api/token")
+        .header(header::HOST, "localhost")
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from(body.to_string()))
+        .unwrap()
+}
+
+/// The tester's token: the token endpoint's own checks, for either registered auth method.
+#[tokio::test]
+async fn a_token_is_minted_only_with_the_clients_secret_and_allow_lists() {
+    let h = harness("http://127.0.0.1:4444");
+    for (id, method) in [
+        ("basic-client", "client_secret_basic"),
+        ("post-client", "client_secret_post"),
+    ] {
+        h.svc
+            .clients
+            .create(
+                serde_json::from_value(json!({"client_id": id, "client_secret": "s3cret+/:%",
+                    "grant_types": ["client_credentials"], "scope": "read write",
+                    "audience": ["httpbin"], "token_endpoint_auth_method": method}))
+                .unwrap(),
+            )
+            .await
+            .unwrap();
+        let (status, headers, body) = send(
+            &h.app,
+            mint(
+                json!({"client_id": id, "client_secret": "s3cret+/:%", "scope": "read",
+                "audience": ["httpbin"]}),
+            ),
+        )
+        .await;
+        let v: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(status, StatusCode::OK, "{id}: {v}");
+        assert_eq!(headers[header::CACHE_CONTROL], "no-store");
+        assert_eq!(v["scope"], "read");
+        let token = v["access_token"].as_str().unwrap();
+        let claims = token.split('.').nth(1).unwrap();
+        let claims: Value = serde_json::from_slice(
+            &base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, claims)
+                .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(
+            (claims["sub"].as_str(), claims["aud"][0].as_str()),
+            (Some(id), Some("httpbin"))
+        );
+
+        // The wrong secret, or none: the token endpoint's answer, without a Basic challenge
+        // that would make the browser prompt for a password.
+        for secret in ["wrong", ""] {
+            let (status, headers, body) = send(
+                &h.app,
+                mint(json!({"client_id": id, "client_secret": secret})),
+            )
+            .await;
+            assert_eq!(status, StatusCode::UNAUTHORIZED, "{id}");
+            assert!(
+                !headers.contains_key(header::WWW_AUTHENTICATE),
+                "{headers:?}"
+            );
+            let v: Value = serde_json::from_slice(&body).unwrap();
+            assert_eq!(v["error"], "invalid_client");
+        }
+        // Scopes and audiences outside the client's allow-lists.
+        let (status, _, body) = send(
+            &h.app,
+            mint(json!({"client_id": id, "client_secret": "s3cret+/:%", "scope": "admin"})),
+        )
+        .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert_eq!(
+            serde_json::from_slice::<Value>(&body).unwrap()["error"],
+            "invalid_scope"
+        );
+        let (status, _, _) = send(
+            &h.app,
+            mint(json!({"client_id": id, "client_secret": "s3cret+/:%", "audience": ["other"]})),
+        )
+        .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+    }
+    let (status, _, _) = send(
+        &h.app,
+        mint(json!({"client_id": "nobody", "client_secret": "x"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let (status, _, _) = send(&h.app, mint(json!({"client_id": 7}))).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    // Cross-site pages cannot use it.
+    let mut cross = mint(json!({"client_id": "basic-client", "client_secret": "s3cret+/:%"}));
+    cross
+        .headers_mut()
+        .insert("sec-fetch-site", "cross-site".parse().unwrap());
+    assert_eq!(send(&h.app, cross).await.0, StatusCode::FORBIDDEN);
+}
+
+/// Kubernetes mode: the page is computed from the served namespaces' Rules and Services (read
+/// from a scripted API server), with the Ready condition the leader wrote on each Rule.
+#[tokio::test]
+async fn kubernetes_mode_rules_come_from_the_api_server_with_their_written_status() {
+    use kube::client::Body as KubeBody;
+    let (mock, mut api) =
+        tower_test::mock::pair::<Request<KubeBody>, axum::http::Response<KubeBody>>();
+    let h = harness("http://127.0.0.1:4444");
+    let render = RenderOptions {
+        module_url: "http://portcullis.kyma-system.svc:4444/filter.wasm".into(),
+        max_resource_bytes: 100_000,
+        ..RenderOptions::default()
+    };
+    let console = Console::new(Arc::clone(&h.svc), None).with_kubernetes(KubernetesSource {
+        client: kube::Client::new(mock, "default"),
+        global: GlobalConfig::default(),
+        render,
+        namespaces: Namespaces::Only(vec!["default".into()]),
+    });
+    let app = router(console);
+    let rule = |name: &str, path: &str, authn: &str, status: Value| {
+        json!({"apiVersion": "oathkeeper.ory.sh/v1alpha1", "kind": "Rule",
+            "metadata": {"name": name, "namespace": "default", "generation": 3, "uid": name},
+            "spec": {"upstream": {"url": "http://httpbin.default.svc.cluster.local:8000"},
+                "match": {"url": format!("<http|https>://<[^/]+>{path}"), "methods": ["GET"]},
+                "authenticators": [{"handler": authn}], "authorizer": {"handler": "allow"}},
+            "status": status})
+    };
+    let items = |kind: &str, items: Vec<Value>| json!({"apiVersion": "v1", "kind": kind, "metadata": {"resourceVersion": "7"}, "items": items});
+    let answers = [
+        (
+            "/apis/oathkeeper.ory.sh/v1alpha1/namespaces/default/rules",
+            items(
+                "RuleList",
+                vec![
+                    rule(
+                        "good",
+                        "/headers",
+                        "anonymous",
+                        json!({"conditions": [{"type": "Ready",
+                        "status": "False", "reason": "ApplyFailed",
+                        "message": "WasmPlugin default/portcullis-httpbin: forbidden"}]}),
+                    ),
+                    rule("broken", "/broken", "no_such_handler", json!({})),
+                ],
+            ),
+        ),
+        (
+            "/api/v1/namespaces/default/services",
+            items(
+                "ServiceList",
+                vec![json!({"apiVersion": "v1", "kind": "Service",
+                    "metadata": {"name": "httpbin", "namespace": "default"},
+                    "spec": {"selector": {"app": "httpbin"}}})],
+            ),
+        ),
+    ];
+    let page = tokio::spawn(async move { send(&app, get("/console/api/rules")).await });
+    for (path, reply) in answers {
+        let (req, respond) =
+            tokio::time::timeout(std::time::Duration::from_secs(5), api.next_request())
+                .await
+                .expect("a list request")
+                .expect("client alive");
+        assert_eq!((req.method().as_str(), req.uri().path()), ("GET", path));
+        respond.send_response(
+            axum::http::Response::builder()
+                .status(200)
+                .body(KubeBody::from(serde_json::to_vec(&reply).unwrap()))
+                .unwrap(),
+        );
+    }
+    let (status, _, body) = page.await.unwrap();
+    let v: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(status, StatusCode::OK, "{v}");
+    assert_eq!(v["mode"], "kubernetes");
+    let rule = |name: &str| {
+        v["rules"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["name"] == name)
+            .cloned()
+            .unwrap()
+    };
+    let good = rule("good");
+    assert_eq!(
+        (&good["reason"], &good["workload"]),
+        (&json!("Applied"), &json!("default/app=httpbin"))
+    );
+    assert_eq!(good["written"]["ready"], false, "{good}");
+    assert_eq!(good["written"]["reason"], "ApplyFailed");
+    assert!(
+        good["written"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("forbidden")
+    );
+    let broken = rule("broken");
+    assert_eq!(broken["reason"], "Invalid");
+    assert!(
+        broken["message"]
+            .as_str()
+            .unwrap()
+            .contains("no_such_handler"),
+        "{broken}"
+    );
+    assert!(broken["written"].is_null(), "{broken}");
+    let w = &v["workloads"][0];
+    assert_eq!(w["workload"], "default/app=httpbin");
+    assert_eq!(w["limit_bytes"], 100_000);
+    let bytes = w["resource_bytes"].as_u64().unwrap();
+    assert!(bytes > 100 && bytes < 100_000, "{bytes}");
+    assert_eq!(w["rule_ids"].as_array().unwrap().len(), 2, "{w}");
+
+    // The API server refusing the list: a 503 with the reason, not an empty page.
+    let (mock, mut api) =
+        tower_test::mock::pair::<Request<KubeBody>, axum::http::Response<KubeBody>>();
+    let app = router(
+        Console::new(Arc::clone(&h.svc), None).with_kubernetes(KubernetesSource {
+            client: kube::Client::new(mock, "default"),
+            global: GlobalConfig::default(),
+            render: RenderOptions::default(),
+            namespaces: Namespaces::Only(vec!["default".into()]),
+        }),
+    );
+    let page = tokio::spawn(async move { send(&app, get("/console/api/rules")).await });
+    let (_, respond) = tokio::time::timeout(std::time::Duration::from_secs(5), api.next_request())
+        .await
+        .expect("a list request")
+        .expect("client alive");
+    respond.send_response(
+        axum::http::Response::builder()
+            .status(403)
+            .body(KubeBody::from(
+                json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                    "reason": "Forbidden", "message": "rules is forbidden", "code": 403})
+                .to_string()
+                .into_bytes(),
+            ))
+            .unwrap(),
+    );
+    let (status, _, body) = page.await.unwrap();
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    let v: Value = serde_json::from_slice(&body).unwrap();
+    assert!(
+        v["error_description"]
+            .as_str()
+            .unwrap()
+            .contains("forbidden"),
+        "{v}"
     );
 }
