@@ -19,9 +19,12 @@ use postgres::fallible_iterator::FallibleIterator;
 use postgres::{Client, GenericClient, Row};
 use r2d2_postgres::PostgresConnectionManager;
 use std::str::FromStr;
-use std::sync::Arc;
 use std::time::Duration;
+use token_batch::TokenBatches;
 use tokio_postgres_rustls::MakeRustlsConnect;
+
+mod token_batch;
+mod tls;
 
 /// The channel the change triggers notify on.
 pub const CHANNEL: &str = "portcullis_changes";
@@ -143,7 +146,8 @@ pub struct Options {
     pub statement_timeout: Duration,
     /// Longest to wait for a connection (pool or new) before a request fails with 503.
     pub connect_timeout: Duration,
-    /// Extra PEM CA certificates trusted for `sslmode=prefer|require` (besides the web PKI).
+    /// Extra PEM CA certificates trusted for the server (besides the web PKI, except with
+    /// `sslmode=verify-ca` or `sslrootcert=FILE`: see `tls.rs`).
     pub ca_file: Option<std::path::PathBuf>,
 }
 
@@ -163,6 +167,8 @@ type Manager = PostgresConnectionManager<MakeRustlsConnect>;
 pub struct PostgresStore {
     /// Always `Some` until dropped (see the `Drop` impl).
     pool: Option<r2d2::Pool<Manager>>,
+    /// Opaque tokens, group-committed on a connection of their own.
+    tokens: TokenBatches,
     config: postgres::Config,
     tls: MakeRustlsConnect,
 }
@@ -190,7 +196,8 @@ fn unavailable(e: r2d2::Error) -> StoreError {
 pub enum ConfigError {
     #[error("invalid --dsn: {0}")]
     Dsn(String),
-    #[error("--dsn-ca-file {path}: {detail}")]
+    /// `path` names the setting too (`--dsn-ca-file`, `sslrootcert`, `sslcert`).
+    #[error("{path}: {detail}")]
     CaFile { path: String, detail: String },
 }
 
@@ -206,46 +213,15 @@ pub fn redact(dsn: &str) -> String {
     }
 }
 
-fn tls(ca_file: Option<&std::path::Path>) -> Result<MakeRustlsConnect, ConfigError> {
-    let mut roots = rustls::RootCertStore {
-        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
-    };
-    if let Some(path) = ca_file {
-        use rustls::pki_types::CertificateDer;
-        use rustls::pki_types::pem::PemObject;
-        let err = |detail: String| ConfigError::CaFile {
-            path: path.display().to_string(),
-            detail,
-        };
-        let certs = CertificateDer::pem_file_iter(path)
-            .map_err(|e| err(e.to_string()))?
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| err(e.to_string()))?;
-        if certs.is_empty() {
-            return Err(err("no PEM certificate in it".into()));
-        }
-        for c in certs {
-            roots.add(c).map_err(|e| err(e.to_string()))?;
-        }
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| ConfigError::Dsn(e.to_string()))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    Ok(MakeRustlsConnect::new(config))
-}
-
 /// The sync driver closes each connection by blocking on a runtime of its own, which panics (and
 /// aborts the process) on a tokio worker thread, where the service may drop its last reference
 /// at shutdown. The pool is therefore dropped on a plain thread.
 impl Drop for PostgresStore {
     fn drop(&mut self) {
-        if let Some(pool) = self.pool.take()
-            && tokio::runtime::Handle::try_current().is_ok()
-        {
-            std::thread::spawn(move || drop(pool));
+        let pool = self.pool.take();
+        let writer = self.tokens.close();
+        if tokio::runtime::Handle::try_current().is_ok() {
+            std::thread::spawn(move || drop((pool, writer)));
         }
     }
 }
@@ -254,8 +230,10 @@ impl PostgresStore {
     /// Connects lazily (the pool opens connections on demand). Nothing is checked against the
     /// server here: [`Self::migrate`] is the first statement.
     pub fn connect(dsn: &str, opts: &Options) -> Result<Self, ConfigError> {
+        let (dsn, tls_params) = tls::split(dsn)?;
         let mut config =
-            postgres::Config::from_str(dsn).map_err(|e| ConfigError::Dsn(e.to_string()))?;
+            postgres::Config::from_str(&dsn).map_err(|e| ConfigError::Dsn(e.to_string()))?;
+        config.ssl_mode(tls_params.driver_mode());
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(opts.connect_timeout);
         }
@@ -271,7 +249,7 @@ impl PostgresStore {
         if config.get_application_name().is_none() {
             config.application_name("portcullis");
         }
-        let tls = tls(opts.ca_file.as_deref())?;
+        let tls = tls::connector(&tls_params, opts.ca_file.as_deref())?;
         let manager = PostgresConnectionManager::new(config.clone(), tls.clone());
         let pool = r2d2::Pool::builder()
             .max_size(opts.max_conns.max(1))
@@ -284,6 +262,7 @@ impl PostgresStore {
             .build_unchecked(manager);
         Ok(Self {
             pool: Some(pool),
+            tokens: TokenBatches::new(config.clone(), tls.clone()),
             config,
             tls,
         })
@@ -343,6 +322,11 @@ impl PostgresStore {
         }
         tx.commit().map_err(db)?;
         Ok(applied)
+    }
+
+    /// Opaque tokens waiting for the next group commit (not counting the batch being written).
+    pub fn queued_opaque_tokens(&self) -> usize {
+        self.tokens.queued()
     }
 
     /// The schema version this binary writes.
@@ -802,22 +786,7 @@ impl Store for PostgresStore {
     }
 
     fn insert_opaque_token(&self, t: &StoredOpaqueToken) -> StoreResult<()> {
-        self.with(|c| {
-            c.execute(
-                "INSERT INTO opaque_tokens
-                 (hash, client_id, scopes, audience, issued_at, expires_at)
-                 VALUES ($1, $2, $3, $4, $5, $6)",
-                &[
-                    &&t.hash[..],
-                    &t.client_id,
-                    &t.scopes.join(" "),
-                    &t.audience.join(" "),
-                    &t.issued_at,
-                    &t.expires_at,
-                ],
-            )
-        })
-        .map(|_| ())
+        self.tokens.insert(t.clone())
     }
 
     fn get_opaque_token(&self, hash: &[u8; 32]) -> StoreResult<Option<StoredOpaqueToken>> {
