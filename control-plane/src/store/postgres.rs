@@ -17,6 +17,7 @@ use super::{
 use postgres::error::SqlState;
 use postgres::fallible_iterator::FallibleIterator;
 use postgres::{Client, GenericClient, Row};
+use r2d2::ManageConnection as _;
 use r2d2_postgres::PostgresConnectionManager;
 use std::str::FromStr;
 use std::time::Duration;
@@ -162,7 +163,53 @@ impl Default for Options {
     }
 }
 
-type Manager = PostgresConnectionManager<MakeRustlsConnect>;
+/// The pool's connections. r2d2 keeps only the `Display` of a failed connect, so the error
+/// here shows its cause (which certificate check failed, what the server refused).
+struct Manager(PostgresConnectionManager<MakeRustlsConnect>);
+
+#[derive(Debug)]
+struct ConnectError(postgres::Error);
+
+impl std::fmt::Display for ConnectError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&describe(&self.0))
+    }
+}
+
+impl std::error::Error for ConnectError {}
+
+impl r2d2::ManageConnection for Manager {
+    type Connection = Client;
+    type Error = ConnectError;
+
+    fn connect(&self) -> Result<Client, ConnectError> {
+        self.0.connect().map_err(ConnectError)
+    }
+
+    fn is_valid(&self, conn: &mut Client) -> Result<(), ConnectError> {
+        self.0.is_valid(conn).map_err(ConnectError)
+    }
+
+    fn has_broken(&self, conn: &mut Client) -> bool {
+        self.0.has_broken(conn)
+    }
+}
+
+/// The driver's `Display` says just "db error" for what the server said, and leaves out the
+/// cause of the rest (the certificate error under "error performing TLS handshake").
+fn describe(e: &postgres::Error) -> String {
+    if let Some(d) = e.as_db_error() {
+        return format!("{}: {}", d.code().code(), d.message());
+    }
+    let mut msg = e.to_string();
+    let mut cause = std::error::Error::source(e);
+    while let Some(c) = cause {
+        msg.push_str(": ");
+        msg.push_str(&c.to_string());
+        cause = c.source();
+    }
+    msg
+}
 
 pub struct PostgresStore {
     /// Always `Some` until dropped (see the `Drop` impl).
@@ -180,11 +227,7 @@ fn db(e: postgres::Error) -> StoreError {
             |d| d.detail().unwrap_or(d.message()).to_string(),
         ));
     }
-    // The driver's Display of a server error is just "db error": name what the server said.
-    match e.as_db_error() {
-        Some(d) => StoreError::Database(format!("{}: {}", d.code().code(), d.message())),
-        None => StoreError::Database(e.to_string()),
-    }
+    StoreError::Database(describe(&e))
 }
 
 fn unavailable(e: r2d2::Error) -> StoreError {
@@ -250,7 +293,7 @@ impl PostgresStore {
             config.application_name("portcullis");
         }
         let tls = tls::connector(&tls_params, opts.ca_file.as_deref())?;
-        let manager = PostgresConnectionManager::new(config.clone(), tls.clone());
+        let manager = Manager(PostgresConnectionManager::new(config.clone(), tls.clone()));
         let pool = r2d2::Pool::builder()
             .max_size(opts.max_conns.max(1))
             .min_idle(Some(0))
