@@ -17,7 +17,6 @@ use super::{
 use postgres::error::SqlState;
 use postgres::fallible_iterator::FallibleIterator;
 use postgres::{Client, GenericClient, Row};
-use r2d2::ManageConnection as _;
 use r2d2_postgres::PostgresConnectionManager;
 use std::str::FromStr;
 use std::time::Duration;
