@@ -246,7 +246,10 @@ fn opaque_tokens_queued_meanwhile_commit_as_one_batch() {
         .iter()
         .filter(|r| matches!(r, Err(StoreError::Conflict(_))))
         .count();
-    assert_eq!(conflicts, 1, "one of the two callers of hash 1: {outcomes:?}");
+    assert_eq!(
+        conflicts, 1,
+        "one of the two callers of hash 1: {outcomes:?}"
+    );
     assert_eq!(outcomes.iter().filter(|r| r.is_ok()).count(), 15);
     for b in 0..=15 {
         assert_eq!(s.get_opaque_token(&[b; 32]).unwrap(), Some(token(b)));

@@ -78,7 +78,10 @@ fn refused(dsn: &str, extra: &[&str], why: &str) {
         "--admin-addr",
         "127.0.0.1:0",
     ];
-    for out in [migrate(dsn, extra), portcullis(&[&serve[..], extra].concat())] {
+    for out in [
+        migrate(dsn, extra),
+        portcullis(&[&serve[..], extra].concat()),
+    ] {
         assert!(!out.status.success(), "{dsn} {extra:?} was accepted");
         let err = String::from_utf8_lossy(&out.stderr);
         let last = err.lines().last().unwrap_or_default();
@@ -94,7 +97,10 @@ fn verify_full_needs_the_right_name_and_a_trusted_ca() {
     let pg = tls_server();
     let db = database(pg);
     let ca = format!("sslrootcert={}", file(pg, "ca.pem"));
-    migrates(&dsn(pg, "localhost", &db, &format!("sslmode=verify-full&{ca}")), &[]);
+    migrates(
+        &dsn(pg, "localhost", &db, &format!("sslmode=verify-full&{ca}")),
+        &[],
+    );
     // The certificate names localhost only.
     refused(
         &dsn(pg, "127.0.0.1", &db, &format!("sslmode=verify-full&{ca}")),
@@ -104,7 +110,12 @@ fn verify_full_needs_the_right_name_and_a_trusted_ca() {
     // Signed by a CA we were not told to trust.
     let other = format!("sslrootcert={}", file(pg, "other-ca.pem"));
     refused(
-        &dsn(pg, "localhost", &db, &format!("sslmode=verify-full&{other}")),
+        &dsn(
+            pg,
+            "localhost",
+            &db,
+            &format!("sslmode=verify-full&{other}"),
+        ),
         &[],
         "UnknownIssuer",
     );
@@ -135,7 +146,10 @@ fn a_server_without_tls_is_never_used_in_plaintext() {
                 plain,
                 "localhost",
                 &db,
-                &format!("sslmode={mode}&sslrootcert={}", file(tls_server(), "ca.pem")),
+                &format!(
+                    "sslmode={mode}&sslrootcert={}",
+                    file(tls_server(), "ca.pem")
+                ),
             ),
             &[],
             "TLS",
@@ -149,7 +163,12 @@ fn verify_ca_skips_only_the_name_and_require_still_works() {
     let db = database(pg);
     let ca = file(pg, "ca.pem");
     migrates(
-        &dsn(pg, "127.0.0.1", &db, &format!("sslmode=verify-ca&sslrootcert={ca}")),
+        &dsn(
+            pg,
+            "127.0.0.1",
+            &db,
+            &format!("sslmode=verify-ca&sslrootcert={ca}"),
+        ),
         &[],
     );
     migrates(
@@ -183,11 +202,7 @@ fn client_certificates_come_from_sslcert_and_sslkey() {
     let pg = tls_server();
     let base = format!("sslmode=verify-full&sslrootcert={}", file(pg, "ca.pem"));
     // `certonly` admits the user only with the CA's client certificate for it.
-    refused(
-        &dsn(pg, "localhost", "certonly", &base),
-        &[],
-        "certificate",
-    );
+    refused(&dsn(pg, "localhost", "certonly", &base), &[], "certificate");
     migrates(
         &dsn(
             pg,
@@ -226,11 +241,20 @@ async fn a_certificate_gone_wrong_while_serving_answers_503_until_it_is_right() 
     let dir = TestDir::new();
     let srv = Server::start(
         &dir.data(),
-        &["--dsn", &url, "--secrets-system", SECRET, "--dsn-statement-timeout", "2s"],
+        &[
+            "--dsn",
+            &url,
+            "--secrets-system",
+            SECRET,
+            "--dsn-statement-timeout",
+            "2s",
+        ],
     )
     .await;
-    srv.create_client(json!({"client_id": "o", "client_secret": "tls-secret-0123456789",
-        "grant_types": ["client_credentials"], "access_token_strategy": "opaque"}))
+    srv.create_client(
+        json!({"client_id": "o", "client_secret": "tls-secret-0123456789",
+        "grant_types": ["client_credentials"], "access_token_strategy": "opaque"}),
+    )
     .await;
     let token = srv.token("o", "tls-secret-0123456789", &[]).await;
     assert_eq!(srv.introspect(&token).await["active"], json!(true));

@@ -78,7 +78,9 @@ impl<C, J> GroupCommit<C, J> {
                 std::mem::take(&mut *self.queue.lock().map_err(|_| poisoned("write queue"))?);
             if batch.is_empty() {
                 // Cannot happen while `commit` answers every job: fail rather than spin.
-                return Err(StoreError::Database("the write left the queue unanswered".into()));
+                return Err(StoreError::Database(
+                    "the write left the queue unanswered".into(),
+                ));
             }
             commit(&mut conn, batch);
         }

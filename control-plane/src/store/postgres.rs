@@ -23,8 +23,8 @@ use std::time::Duration;
 use token_batch::TokenBatches;
 use tokio_postgres_rustls::MakeRustlsConnect;
 
-mod token_batch;
 mod tls;
+mod token_batch;
 
 /// The channel the change triggers notify on.
 pub const CHANNEL: &str = "portcullis_changes";

@@ -347,7 +347,11 @@ fn make_test_certs(dir: &Path) {
         );
     }
     for (name, cn, ext) in [
-        ("server", "localhost", "subjectAltName=DNS:localhost\nextendedKeyUsage=serverAuth"),
+        (
+            "server",
+            "localhost",
+            "subjectAltName=DNS:localhost\nextendedKeyUsage=serverAuth",
+        ),
         (
             "elsewhere",
             "elsewhere.test",
@@ -373,8 +377,11 @@ fn make_test_certs(dir: &Path) {
         );
     }
     for ext in ["pem", "key"] {
-        std::fs::copy(dir.join(format!("server.{ext}")), dir.join(format!("localhost.{ext}")))
-            .expect("keep the localhost certificate");
+        std::fs::copy(
+            dir.join(format!("server.{ext}")),
+            dir.join(format!("localhost.{ext}")),
+        )
+        .expect("keep the localhost certificate");
     }
     // PostgreSQL refuses a key file others can read, or one owned by somebody else.
     let ok = Command::new("sh")

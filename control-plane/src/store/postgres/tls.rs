@@ -238,9 +238,8 @@ pub fn connector(
         (None, None) => builder.with_no_client_auth(),
         (Some(cert), Some(key)) => {
             let chain = read_certs(cert, "sslcert")?;
-            let key = PrivateKeyDer::from_pem_file(key).map_err(|e| {
-                ConfigError::Dsn(format!("sslkey {}: {e}", key.display()))
-            })?;
+            let key = PrivateKeyDer::from_pem_file(key)
+                .map_err(|e| ConfigError::Dsn(format!("sslkey {}: {e}", key.display())))?;
             builder
                 .with_client_auth_cert(chain, key)
                 .map_err(|e| ConfigError::Dsn(format!("sslcert/sslkey: {e}")))?
@@ -269,13 +268,10 @@ impl ServerCertVerifier for AnyHostName {
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
         // The name is checked last, after the chain: a name error means the chain is good.
-        match self.0.verify_server_cert(
-            end_entity,
-            intermediates,
-            server_name,
-            ocsp_response,
-            now,
-        ) {
+        match self
+            .0
+            .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
+        {
             Err(rustls::Error::InvalidCertificate(
                 CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
             )) => Ok(ServerCertVerified::assertion()),
@@ -373,6 +369,9 @@ mod tests {
         let (_, p) = split("postgres://h/db?sslmode=require&sslcert=/c.pem").unwrap();
         assert!(matches!(connector(&p, None), Err(ConfigError::Dsn(m)) if m.contains("sslkey")));
         let (_, p) = split("postgres://h/db?sslmode=verify-full&sslrootcert=/nonexistent").unwrap();
-        assert!(matches!(connector(&p, None), Err(ConfigError::CaFile { .. })));
+        assert!(matches!(
+            connector(&p, None),
+            Err(ConfigError::CaFile { .. })
+        ));
     }
 }

@@ -95,7 +95,8 @@ impl Writer {
             result: None,
             done,
         });
-        self.0.submit(job, &result, |conn, batch| commit(conn, batch))
+        self.0
+            .submit(job, &result, |conn, batch| commit(conn, batch))
     }
 }
 
