@@ -66,7 +66,8 @@ pub enum Command {
 #[derive(Debug, Clone, clap::Args)]
 pub struct DatabaseArgs {
     /// PostgreSQL shared by every replica: `postgres://USER:PASS@HOST:PORT/DB?sslmode=...`
-    /// (`disable`, `prefer` or `require`; with TLS the server certificate is verified). Also
+    /// (`disable`, `prefer`, `require`, `verify-ca`, `verify-full`; with TLS the server
+    /// certificate is always verified; `sslrootcert`, `sslcert`, `sslkey` as in libpq). Also
     /// read from Hydra's `DSN` variable. Without it the embedded SQLite store in --data-dir.
     #[arg(long, env = "PORTCULLIS_DSN", hide_env_values = true)]
     pub dsn: Option<String>,
@@ -77,8 +78,8 @@ pub struct DatabaseArgs {
     /// fails with 503.
     #[arg(long, env = "PORTCULLIS_DSN_STATEMENT_TIMEOUT", default_value = "5s", value_parser = duration)]
     pub dsn_statement_timeout: Duration,
-    /// PEM file of CA certificates to trust for the PostgreSQL server (besides the web PKI),
-    /// e.g. a cluster operator's own CA.
+    /// PEM file of CA certificates to trust for the PostgreSQL server (besides the web PKI,
+    /// except under `sslmode=verify-ca`), e.g. a cluster operator's own CA.
     #[arg(long, env = "PORTCULLIS_DSN_CA_FILE")]
     pub dsn_ca_file: Option<PathBuf>,
 }

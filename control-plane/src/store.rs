@@ -7,6 +7,7 @@
 //! replica may change them: [`Store::watch`] reports every such change, and [`Store::lock`]
 //! keeps replicas from racing through what must happen once (creating or rotating a key).
 
+mod group_commit;
 pub mod postgres;
 pub mod sqlite;
 

@@ -18,8 +18,11 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 fn store() -> PostgresStore {
-    let dsn = pg::shared().create_database();
-    let s = PostgresStore::connect(&dsn, &Options::default()).unwrap();
+    store_at(&pg::shared().create_database())
+}
+
+fn store_at(dsn: &str) -> PostgresStore {
+    let s = PostgresStore::connect(dsn, &Options::default()).unwrap();
     assert_eq!(s.migrate().unwrap(), vec![1]);
     assert!(
         s.migrate().unwrap().is_empty(),
@@ -187,6 +190,86 @@ fn tokens_revocations_jtis_flows_sessions_and_refresh_chains() {
     assert_eq!(s.revoke_refresh_tokens_of("s", Some("c")).unwrap().len(), 3);
     // 3 refresh tokens, the flow, 1 revocation, 2 jtis.
     assert_eq!(s.purge_expired(100).unwrap(), 7);
+}
+
+/// Opaque tokens are group-committed: the rows queued while a batch is being written go in
+/// together as the next one, and each caller still gets its own row's outcome.
+#[test]
+fn opaque_tokens_queued_meanwhile_commit_as_one_batch() {
+    let dsn = pg::shared().create_database();
+    let s = Arc::new(store_at(&dsn));
+    let token = |b: u8| StoredOpaqueToken {
+        hash: [b; 32],
+        client_id: "c".into(),
+        scopes: vec!["s".into()],
+        audience: vec!["a".into(), "b".into()],
+        issued_at: 1,
+        expires_at: 50,
+    };
+    // Hold the writer inside its first batch: the table is locked by another session.
+    let (locked_tx, locked_rx) = mpsc::channel();
+    let (release_tx, release_rx) = mpsc::channel::<()>();
+    let lock_dsn = dsn.clone();
+    let holder = std::thread::spawn(move || {
+        let mut c = postgres::Client::connect(&lock_dsn, postgres::NoTls).unwrap();
+        let mut tx = c.transaction().unwrap();
+        tx.batch_execute("LOCK TABLE opaque_tokens IN EXCLUSIVE MODE")
+            .unwrap();
+        locked_tx.send(()).unwrap();
+        release_rx.recv().unwrap();
+        tx.commit().unwrap();
+    });
+    locked_rx.recv().unwrap();
+    let insert = |b: u8| {
+        let s = Arc::clone(&s);
+        let t = token(b);
+        std::thread::spawn(move || s.insert_opaque_token(&t))
+    };
+    let first = insert(0);
+    wait_for(|| {
+        pg::PgServer::query_one_i64(
+            &dsn,
+            "SELECT COUNT(*) FROM pg_stat_activity
+             WHERE wait_event_type = 'Lock' AND query LIKE 'INSERT INTO opaque_tokens%'",
+        ) == 1
+    });
+    // 1..=15, 1 again (a duplicate within the batch), 0 again (already in the first batch).
+    let mut rest: Vec<_> = (1..=15).chain([1, 0]).map(insert).collect();
+    wait_for(|| s.queued_opaque_tokens() == 17);
+    release_tx.send(()).unwrap();
+    holder.join().unwrap();
+    first.join().unwrap().unwrap();
+    let dup_of_first = rest.pop().unwrap().join().unwrap();
+    assert!(matches!(dup_of_first, Err(StoreError::Conflict(_))));
+    let outcomes: Vec<_> = rest.into_iter().map(|h| h.join().unwrap()).collect();
+    let conflicts = outcomes
+        .iter()
+        .filter(|r| matches!(r, Err(StoreError::Conflict(_))))
+        .count();
+    assert_eq!(
+        conflicts, 1,
+        "one of the two callers of hash 1: {outcomes:?}"
+    );
+    assert_eq!(outcomes.iter().filter(|r| r.is_ok()).count(), 15);
+    for b in 0..=15 {
+        assert_eq!(s.get_opaque_token(&[b; 32]).unwrap(), Some(token(b)));
+    }
+    // Two transactions in all: the first token's, and everything queued behind it.
+    assert_eq!(
+        pg::PgServer::query_one_i64(&dsn, "SELECT COUNT(DISTINCT xmin::text) FROM opaque_tokens"),
+        2
+    );
+}
+
+fn wait_for(mut cond: impl FnMut() -> bool) {
+    let start = std::time::Instant::now();
+    while !cond() {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "timed out waiting for a condition"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
 }
 
 #[test]

@@ -19,9 +19,12 @@ use postgres::fallible_iterator::FallibleIterator;
 use postgres::{Client, GenericClient, Row};
 use r2d2_postgres::PostgresConnectionManager;
 use std::str::FromStr;
-use std::sync::Arc;
 use std::time::Duration;
+use token_batch::TokenBatches;
 use tokio_postgres_rustls::MakeRustlsConnect;
+
+mod tls;
+mod token_batch;
 
 /// The channel the change triggers notify on.
 pub const CHANNEL: &str = "portcullis_changes";
@@ -143,7 +146,8 @@ pub struct Options {
     pub statement_timeout: Duration,
     /// Longest to wait for a connection (pool or new) before a request fails with 503.
     pub connect_timeout: Duration,
-    /// Extra PEM CA certificates trusted for `sslmode=prefer|require` (besides the web PKI).
+    /// Extra PEM CA certificates trusted for the server (besides the web PKI, except with
+    /// `sslmode=verify-ca` or `sslrootcert=FILE`: see `tls.rs`).
     pub ca_file: Option<std::path::PathBuf>,
 }
 
@@ -158,11 +162,59 @@ impl Default for Options {
     }
 }
 
-type Manager = PostgresConnectionManager<MakeRustlsConnect>;
+/// The pool's connections. r2d2 keeps only the `Display` of a failed connect, so the error
+/// here shows its cause (which certificate check failed, what the server refused).
+struct Manager(PostgresConnectionManager<MakeRustlsConnect>);
+
+#[derive(Debug)]
+struct ConnectError(postgres::Error);
+
+impl std::fmt::Display for ConnectError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&describe(&self.0))
+    }
+}
+
+impl std::error::Error for ConnectError {}
+
+impl r2d2::ManageConnection for Manager {
+    type Connection = Client;
+    type Error = ConnectError;
+
+    fn connect(&self) -> Result<Client, ConnectError> {
+        self.0.connect().map_err(ConnectError)
+    }
+
+    fn is_valid(&self, conn: &mut Client) -> Result<(), ConnectError> {
+        self.0.is_valid(conn).map_err(ConnectError)
+    }
+
+    fn has_broken(&self, conn: &mut Client) -> bool {
+        self.0.has_broken(conn)
+    }
+}
+
+/// The driver's `Display` says just "db error" for what the server said, and leaves out the
+/// cause of the rest (the certificate error under "error performing TLS handshake").
+fn describe(e: &postgres::Error) -> String {
+    if let Some(d) = e.as_db_error() {
+        return format!("{}: {}", d.code().code(), d.message());
+    }
+    let mut msg = e.to_string();
+    let mut cause = std::error::Error::source(e);
+    while let Some(c) = cause {
+        msg.push_str(": ");
+        msg.push_str(&c.to_string());
+        cause = c.source();
+    }
+    msg
+}
 
 pub struct PostgresStore {
     /// Always `Some` until dropped (see the `Drop` impl).
     pool: Option<r2d2::Pool<Manager>>,
+    /// Opaque tokens, group-committed on a connection of their own.
+    tokens: TokenBatches,
     config: postgres::Config,
     tls: MakeRustlsConnect,
 }
@@ -174,11 +226,7 @@ fn db(e: postgres::Error) -> StoreError {
             |d| d.detail().unwrap_or(d.message()).to_string(),
         ));
     }
-    // The driver's Display of a server error is just "db error": name what the server said.
-    match e.as_db_error() {
-        Some(d) => StoreError::Database(format!("{}: {}", d.code().code(), d.message())),
-        None => StoreError::Database(e.to_string()),
-    }
+    StoreError::Database(describe(&e))
 }
 
 fn unavailable(e: r2d2::Error) -> StoreError {
@@ -190,7 +238,8 @@ fn unavailable(e: r2d2::Error) -> StoreError {
 pub enum ConfigError {
     #[error("invalid --dsn: {0}")]
     Dsn(String),
-    #[error("--dsn-ca-file {path}: {detail}")]
+    /// `path` names the setting too (`--dsn-ca-file`, `sslrootcert`, `sslcert`).
+    #[error("{path}: {detail}")]
     CaFile { path: String, detail: String },
 }
 
@@ -206,46 +255,15 @@ pub fn redact(dsn: &str) -> String {
     }
 }
 
-fn tls(ca_file: Option<&std::path::Path>) -> Result<MakeRustlsConnect, ConfigError> {
-    let mut roots = rustls::RootCertStore {
-        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
-    };
-    if let Some(path) = ca_file {
-        use rustls::pki_types::CertificateDer;
-        use rustls::pki_types::pem::PemObject;
-        let err = |detail: String| ConfigError::CaFile {
-            path: path.display().to_string(),
-            detail,
-        };
-        let certs = CertificateDer::pem_file_iter(path)
-            .map_err(|e| err(e.to_string()))?
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| err(e.to_string()))?;
-        if certs.is_empty() {
-            return Err(err("no PEM certificate in it".into()));
-        }
-        for c in certs {
-            roots.add(c).map_err(|e| err(e.to_string()))?;
-        }
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| ConfigError::Dsn(e.to_string()))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    Ok(MakeRustlsConnect::new(config))
-}
-
 /// The sync driver closes each connection by blocking on a runtime of its own, which panics (and
 /// aborts the process) on a tokio worker thread, where the service may drop its last reference
 /// at shutdown. The pool is therefore dropped on a plain thread.
 impl Drop for PostgresStore {
     fn drop(&mut self) {
-        if let Some(pool) = self.pool.take()
-            && tokio::runtime::Handle::try_current().is_ok()
-        {
-            std::thread::spawn(move || drop(pool));
+        let pool = self.pool.take();
+        let writer = self.tokens.close();
+        if tokio::runtime::Handle::try_current().is_ok() {
+            std::thread::spawn(move || drop((pool, writer)));
         }
     }
 }
@@ -254,8 +272,10 @@ impl PostgresStore {
     /// Connects lazily (the pool opens connections on demand). Nothing is checked against the
     /// server here: [`Self::migrate`] is the first statement.
     pub fn connect(dsn: &str, opts: &Options) -> Result<Self, ConfigError> {
+        let (dsn, tls_params) = tls::split(dsn)?;
         let mut config =
-            postgres::Config::from_str(dsn).map_err(|e| ConfigError::Dsn(e.to_string()))?;
+            postgres::Config::from_str(&dsn).map_err(|e| ConfigError::Dsn(e.to_string()))?;
+        config.ssl_mode(tls_params.driver_mode());
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(opts.connect_timeout);
         }
@@ -271,8 +291,8 @@ impl PostgresStore {
         if config.get_application_name().is_none() {
             config.application_name("portcullis");
         }
-        let tls = tls(opts.ca_file.as_deref())?;
-        let manager = PostgresConnectionManager::new(config.clone(), tls.clone());
+        let tls = tls::connector(&tls_params, opts.ca_file.as_deref())?;
+        let manager = Manager(PostgresConnectionManager::new(config.clone(), tls.clone()));
         let pool = r2d2::Pool::builder()
             .max_size(opts.max_conns.max(1))
             .min_idle(Some(0))
@@ -284,6 +304,7 @@ impl PostgresStore {
             .build_unchecked(manager);
         Ok(Self {
             pool: Some(pool),
+            tokens: TokenBatches::new(config.clone(), tls.clone()),
             config,
             tls,
         })
@@ -343,6 +364,11 @@ impl PostgresStore {
         }
         tx.commit().map_err(db)?;
         Ok(applied)
+    }
+
+    /// Opaque tokens waiting for the next group commit (not counting the batch being written).
+    pub fn queued_opaque_tokens(&self) -> usize {
+        self.tokens.queued()
     }
 
     /// The schema version this binary writes.
@@ -802,22 +828,7 @@ impl Store for PostgresStore {
     }
 
     fn insert_opaque_token(&self, t: &StoredOpaqueToken) -> StoreResult<()> {
-        self.with(|c| {
-            c.execute(
-                "INSERT INTO opaque_tokens
-                 (hash, client_id, scopes, audience, issued_at, expires_at)
-                 VALUES ($1, $2, $3, $4, $5, $6)",
-                &[
-                    &&t.hash[..],
-                    &t.client_id,
-                    &t.scopes.join(" "),
-                    &t.audience.join(" "),
-                    &t.issued_at,
-                    &t.expires_at,
-                ],
-            )
-        })
-        .map(|_| ())
+        self.tokens.insert(t.clone())
     }
 
     fn get_opaque_token(&self, hash: &[u8; 32]) -> StoreResult<Option<StoredOpaqueToken>> {

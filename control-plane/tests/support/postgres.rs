@@ -19,6 +19,8 @@ pub struct PgServer {
     pub port: u16,
     dir: PathBuf,
     bin: PathBuf,
+    /// Server settings beyond the defaults (`-c name=value ...`).
+    extra: String,
 }
 
 fn bin_dir() -> PathBuf {
@@ -83,6 +85,66 @@ fn free_port() -> u16 {
 impl PgServer {
     /// initdb + start on a free port; panics with the server's log if it cannot.
     pub fn start() -> PgServer {
+        Self::start_with(|_| String::new())
+    }
+
+    /// With TLS: a test CA (made here with `openssl`) signs a server certificate for
+    /// `localhost` only and a client certificate for the user `postgres`. The database
+    /// `certonly` admits only TLS connections that present that client certificate (pg_hba
+    /// `cert`). The files are in [`Self::tls_file`]: `ca.pem`, `other-ca.pem` (a CA that
+    /// signed nothing here), `client.pem`/`.key`, and for [`Self::swap_certificate`]
+    /// `localhost.pem`/`.key` (the server's) and `elsewhere.pem`/`.key` (another name's).
+    pub fn start_tls() -> PgServer {
+        let server = Self::start_with(|dir| {
+            make_test_certs(dir);
+            let hba = dir.join("data/pg_hba.conf");
+            let old = std::fs::read_to_string(&hba).expect("read pg_hba.conf");
+            std::fs::write(
+                &hba,
+                format!(
+                    "hostssl certonly all 127.0.0.1/32 cert\n\
+                     hostnossl certonly all 127.0.0.1/32 reject\n{old}"
+                ),
+            )
+            .expect("write pg_hba.conf");
+            format!(
+                " -c ssl=on -c ssl_cert_file={d}/server.pem -c ssl_key_file={d}/server.key \
+                 -c ssl_ca_file={d}/ca.pem",
+                d = dir.display()
+            )
+        });
+        Self::execute(&server.dsn("postgres"), "CREATE DATABASE certonly");
+        server
+    }
+
+    pub fn tls_file(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+
+    /// Replaces the server's certificate with `cert.pem`/`key.pem` of [`Self::tls_file`] and
+    /// closes every other session, so that clients reconnect and meet the new one.
+    pub fn swap_certificate(&self, cert: &str, key: &str) {
+        for (from, to) in [(cert, "server.pem"), (key, "server.key")] {
+            std::fs::copy(self.dir.join(from), self.dir.join(to)).expect("copy certificate");
+        }
+        let ok = as_server_user(&self.bin.join("pg_ctl"))
+            .arg("-D")
+            .arg(self.dir.join("data"))
+            .arg("reload")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .expect("run pg_ctl reload")
+            .success();
+        assert!(ok, "pg_ctl reload");
+        Self::execute(
+            &self.dsn("postgres"),
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+             WHERE pid <> pg_backend_pid() AND backend_type = 'client backend'",
+        );
+    }
+
+    fn start_with(prepare: impl FnOnce(&Path) -> String) -> PgServer {
         let bin = bin_dir();
         let dir = tempfile::Builder::new()
             .prefix("portcullis-pg-")
@@ -135,7 +197,13 @@ impl PgServer {
             .stderr(Stdio::null())
             .spawn()
             .expect("spawn the PostgreSQL watchdog");
-        let mut server = PgServer { port: 0, dir, bin };
+        let extra = prepare(&dir);
+        let mut server = PgServer {
+            port: 0,
+            dir,
+            bin,
+            extra,
+        };
         for _ in 0..5 {
             server.port = free_port();
             if server.try_start() {
@@ -148,9 +216,10 @@ impl PgServer {
     fn try_start(&self) -> bool {
         let opts = format!(
             "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c full_page_writes=off \
-             -c max_connections=300",
+             -c max_connections=300{}",
             self.port,
-            self.dir.display()
+            self.dir.display(),
+            self.extra
         );
         as_server_user(&self.bin.join("pg_ctl"))
             .arg("-D")
@@ -247,6 +316,89 @@ impl Drop for PgServer {
             .status();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+fn openssl(dir: &Path, args: &str) {
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(format!("openssl {args}"))
+        .current_dir(dir)
+        .output()
+        .expect("run openssl (the test CA is made with it)");
+    assert!(
+        out.status.success(),
+        "openssl {args}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The test CA, another CA, a server certificate for `localhost` (and a spare one for
+/// `elsewhere.test`), a client certificate for `postgres`; readable by the server user only.
+fn make_test_certs(dir: &Path) {
+    const KEY: &str = "-newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes";
+    for ca in ["ca", "other-ca"] {
+        openssl(
+            dir,
+            &format!(
+                "req -x509 {KEY} -keyout {ca}.key -out {ca}.pem -days 2 -subj /CN=portcullis-{ca} \
+                 -addext basicConstraints=critical,CA:TRUE \
+                 -addext keyUsage=critical,keyCertSign,cRLSign"
+            ),
+        );
+    }
+    for (name, cn, ext) in [
+        (
+            "server",
+            "localhost",
+            "subjectAltName=DNS:localhost\nextendedKeyUsage=serverAuth",
+        ),
+        (
+            "elsewhere",
+            "elsewhere.test",
+            "subjectAltName=DNS:elsewhere.test\nextendedKeyUsage=serverAuth",
+        ),
+        ("client", "postgres", "extendedKeyUsage=clientAuth"),
+    ] {
+        std::fs::write(
+            dir.join(format!("{name}.ext")),
+            format!("basicConstraints=CA:FALSE\nkeyUsage=digitalSignature\n{ext}\n"),
+        )
+        .expect("write extensions");
+        openssl(
+            dir,
+            &format!("req {KEY} -keyout {name}.key -out {name}.csr -subj /CN={cn}"),
+        );
+        openssl(
+            dir,
+            &format!(
+                "x509 -req -in {name}.csr -CA ca.pem -CAkey ca.key -CAcreateserial \
+                 -out {name}.pem -days 2 -extfile {name}.ext"
+            ),
+        );
+    }
+    for ext in ["pem", "key"] {
+        std::fs::copy(
+            dir.join(format!("server.{ext}")),
+            dir.join(format!("localhost.{ext}")),
+        )
+        .expect("keep the localhost certificate");
+    }
+    // PostgreSQL refuses a key file others can read, or one owned by somebody else.
+    let ok = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "chmod 600 *.key && {}",
+            if is_root() {
+                format!("chown {UNPRIVILEGED}:{UNPRIVILEGED} *.key *.pem")
+            } else {
+                "true".into()
+            }
+        ))
+        .current_dir(dir)
+        .status()
+        .expect("chmod keys")
+        .success();
+    assert!(ok, "chmod/chown of the test keys");
 }
 
 /// The synchronous driver runs its own runtime, which cannot start inside an async test's.

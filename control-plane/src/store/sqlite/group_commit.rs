@@ -1,16 +1,16 @@
-//! Group commit: every write of the store goes through one queue, and whoever holds the
+//! Group commit of the SQLite store (the queue and the turn-taking are
+//! `store/group_commit.rs`): every write goes through one queue, and whoever holds the
 //! connection commits everything queued in one transaction (one fsync with
-//! `synchronous=FULL`). Under load many requests share a commit; alone, a caller commits just
-//! its own write. Nobody returns before the commit that holds its write is durable.
+//! `synchronous=FULL`).
 //!
 //! Each write runs under its own savepoint inside the batch, so one write failing (a unique
 //! conflict, a lost compare-and-set) rolls back only that write; the batch and every other
 //! caller's write are unaffected. Writes run one after another on one connection, in queue
 //! order: a compare-and-set in a batch sees the writes before it, as it would alone.
 
+use super::super::group_commit::GroupCommit;
 use super::super::{StoreError, StoreResult};
 use rusqlite::Connection;
-use std::sync::Mutex;
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 
 /// One queued write and the caller waiting for it.
@@ -70,27 +70,17 @@ fn in_savepoint<T>(
     }
 }
 
-pub struct Writer {
-    conn: Mutex<Connection>,
-    queue: Mutex<Vec<Box<dyn Pending>>>,
-}
-
-fn poisoned(what: &str) -> StoreError {
-    StoreError::Database(format!("{what} mutex poisoned"))
-}
+/// The SQLite store's writer: [`GroupCommit`] over its one connection, each job a closure.
+pub struct Writer(GroupCommit<Connection, Box<dyn Pending>>);
 
 impl Writer {
     pub fn new(conn: Connection) -> Self {
-        Self {
-            conn: Mutex::new(conn),
-            queue: Mutex::new(Vec::new()),
-        }
+        Self(GroupCommit::new(conn))
     }
 
     /// Runs `f` on the connection directly (reads, when there is no separate reader).
     pub fn with<T>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> StoreResult<T> {
-        let conn = self.conn.lock().map_err(|_| poisoned("connection"))?;
-        f(&conn).map_err(super::db)
+        self.0.with(|c| f(c))?.map_err(super::db)
     }
 
     /// Queues `op` and returns its result once the batch holding it is durable.
@@ -100,29 +90,13 @@ impl Writer {
         F: FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
     {
         let (done, result): (_, Receiver<StoreResult<T>>) = sync_channel(1);
-        self.queue
-            .lock()
-            .map_err(|_| poisoned("write queue"))?
-            .push(Box::new(Write {
-                op: Some(op),
-                result: None,
-                done,
-            }));
-        loop {
-            if let Ok(r) = result.try_recv() {
-                return r;
-            }
-            let conn = self.conn.lock().map_err(|_| poisoned("connection"))?;
-            // Committed by the previous holder while we waited for the connection?
-            if let Ok(r) = result.try_recv() {
-                return r;
-            }
-            let batch =
-                std::mem::take(&mut *self.queue.lock().map_err(|_| poisoned("write queue"))?);
-            // Answered while still holding the connection, so a waiter that gets it next
-            // already finds its result.
-            commit(&conn, batch);
-        }
+        let job = Box::new(Write {
+            op: Some(op),
+            result: None,
+            done,
+        });
+        self.0
+            .submit(job, &result, |conn, batch| commit(conn, batch))
     }
 }
 
