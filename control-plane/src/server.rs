@@ -402,6 +402,8 @@ impl Service {
         match self.store.purge_expired(now) {
             Ok(n) if n > 0 => tracing::debug!(rows = n, "purged expired rows"),
             Ok(_) => {}
+            // Already reported by the store, once for the whole outage.
+            Err(crate::store::StoreError::Unwritable(_)) => {}
             Err(e) => tracing::warn!(error = %e, "purging expired rows failed"),
         }
         if let Ok(mut r) = self.revoked.write() {
