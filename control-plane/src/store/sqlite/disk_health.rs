@@ -7,12 +7,16 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 /// What SQLite says (its fixed `sqlite3_errstr` texts) when the disk, not the statement, is
 /// at fault: `SQLITE_FULL`, `SQLITE_IOERR`, `SQLITE_READONLY`, `SQLITE_CANTOPEN` (a journal
-/// it cannot create).
+/// it cannot create); and what the group commit tells the other writes of a batch whose
+/// transaction SQLite rolled back by itself (it does so on a full disk or an I/O error, not on
+/// a failing statement, which only undoes its own savepoint).
 const DISK_ERRORS: &[&str] = &[
     "database or disk is full",
     "disk I/O error",
     "attempt to write a readonly database",
     "unable to open database file",
+    "rolled back by the database",
+    "its batch's transaction ended early",
 ];
 
 fn is_disk_error(message: &str) -> bool {
