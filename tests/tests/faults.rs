@@ -93,6 +93,7 @@ fn endpoints() -> Vec<Endpoint> {
                 "http://<[^/]+>/session/<.*>",
                 json!([{"handler": "cookie_session", "config": {
                     "check_session_url": format!("{AUTH_ORIGIN}/sessions/whoami"),
+                    "preserve_path": true,
                     "subject_from": "identity.id",
                     "timeout": "1s"
                 }}]),
@@ -274,8 +275,10 @@ fn failing_endpoints_never_open_the_filter_and_it_recovers_by_itself() {
         assert_eq!(
             status(&stack, e, &e.good),
             200,
-            "{} before any fault",
-            e.name
+            "{} before any fault; it received {:?}\n{}",
+            e.name,
+            stack.auth.requests(e.path),
+            stack.envoy.log_tail(20)
         );
         let bad = status(&stack, e, &e.bad);
         assert!(bad == 401 || bad == 403, "{}: bad credential got {bad}", e.name);
