@@ -98,8 +98,7 @@ async fn kill_9_during_writes_loses_nothing_acknowledged() {
     // Writers: client registrations on three connections, and revocations on one. Each counts
     // what was acknowledged so the kill waits for enough work, however slow the machine is.
     let stop = Arc::new(AtomicBool::new(false));
-    let [registered, revoked, issued, rotated] =
-        [(); 4].map(|()| Arc::new(AtomicUsize::new(0)));
+    let [registered, revoked, issued, rotated] = [(); 4].map(|()| Arc::new(AtomicUsize::new(0)));
     let mut writers = Vec::new();
     for w in 0..3 {
         let (url, stop) = (format!("{}/admin/clients", srv.admin()), Arc::clone(&stop));
@@ -331,7 +330,10 @@ async fn kill_9_during_writes_loses_nothing_acknowledged() {
         .map(|k| str_field(k, "kid"))
         .collect();
     for kid in &acked_kids {
-        assert!(published.contains(kid), "acknowledged key {kid} lost by kill -9");
+        assert!(
+            published.contains(kid),
+            "acknowledged key {kid} lost by kill -9"
+        );
     }
     let signing = str_field(&jwt_parts(&srv.token(&id, &secret, &[]).await).0, "kid");
     let last_kid = acked_kids.last().expect("one key");

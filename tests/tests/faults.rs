@@ -281,7 +281,11 @@ fn failing_endpoints_never_open_the_filter_and_it_recovers_by_itself() {
             stack.envoy.log_tail(20)
         );
         let bad = status(&stack, e, &e.bad);
-        assert!(bad == 401 || bad == 403, "{}: bad credential got {bad}", e.name);
+        assert!(
+            bad == 401 || bad == 403,
+            "{}: bad credential got {bad}",
+            e.name
+        );
     }
     // The hydrator's answer reached the upstream.
     let hydrated = stack.get("/hydrated/x", &[("authorization", &endpoints[4].good[0].1)]);

@@ -53,8 +53,8 @@ fn send(envoy_url: &str, token: &str) -> u16 {
 
 fn kid(token: &str) -> String {
     let header = token.split('.').next().expect("header");
-    let header: Value = serde_json::from_slice(&URL_SAFE_NO_PAD.decode(header).expect("b64"))
-        .expect("header JSON");
+    let header: Value =
+        serde_json::from_slice(&URL_SAFE_NO_PAD.decode(header).expect("b64")).expect("header JSON");
     header["kid"].as_str().expect("kid").to_owned()
 }
 
@@ -91,7 +91,10 @@ fn a_rotated_key_is_accepted_on_its_first_token_during_a_kid_flood() {
         .expect("client JSON");
     let (id, secret) = (
         created["client_id"].as_str().expect("id").to_owned(),
-        created["client_secret"].as_str().expect("secret").to_owned(),
+        created["client_secret"]
+            .as_str()
+            .expect("secret")
+            .to_owned(),
     );
     let token = || {
         portcullis_e2e::client()

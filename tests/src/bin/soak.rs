@@ -197,8 +197,7 @@ fn request(kind: Kind, t: &Tokens) -> (&'static str, Option<String>, &'static [u
 fn kid(token: &str) -> String {
     let header = token.split('.').next().unwrap();
     let header: Value = serde_json::from_slice(
-        &base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, header)
-            .unwrap(),
+        &base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, header).unwrap(),
     )
     .unwrap();
     header["kid"].as_str().unwrap_or_default().to_owned()
