@@ -75,7 +75,8 @@ fn published_kids(cp: &ControlPlane) -> Vec<String> {
 
 #[test]
 fn a_rotated_key_is_accepted_on_its_first_token_during_a_kid_flood() {
-    let cp = ControlPlane::start(&["--key-rotation", "3s", "--key-prepublish", "10s"]);
+    // Rotations 10 s after the newest key, each published 10 s before it signs.
+    let cp = ControlPlane::start(&["--key-rotation", "10s", "--key-prepublish", "10s"]);
     let upstream = Upstream::start();
     let envoy = Envoy::builder(upstream.port())
         .cluster("cp_public", cp.public_port)
@@ -109,9 +110,7 @@ fn a_rotated_key_is_accepted_on_its_first_token_during_a_kid_flood() {
             .expect("access_token")
             .to_owned()
     };
-    let first = token();
-    let first_kid = kid(&first);
-    assert_eq!(send(&envoy_url, &first), 200, "before the rotation");
+    assert_eq!(send(&envoy_url, &token()), 200, "before the rotation");
 
     // The flood: every request names a kid nobody published; every one must be refused.
     let stop = Arc::new(AtomicBool::new(false));
@@ -123,13 +122,13 @@ fn a_rotated_key_is_accepted_on_its_first_token_during_a_kid_flood() {
             Arc::clone(&wrong),
             envoy_url.clone(),
         );
+        // One invented kid, minted once (RSA signing is slow in a debug build): the filter
+        // keeps no memory of unknown kids, so every request asks for a re-fetch again.
+        let mut claims = keys::claims("intruder", &[]);
+        claims["aud"] = json!([AUDIENCE]);
+        let forged = keys::mint(Algorithm::RS256, "a-kid-nobody-published", &claims);
         std::thread::spawn(move || {
-            let mut claims = keys::claims("intruder", &[]);
-            claims["aud"] = json!([AUDIENCE]);
-            let mut n = 0u64;
             while !stop.load(Ordering::Relaxed) {
-                n += 1;
-                let forged = keys::mint(Algorithm::RS256, &format!("invented-{n}"), &claims);
                 if send(&url, &forged) != 401 {
                     wrong.fetch_add(1, Ordering::Relaxed);
                 }
@@ -138,24 +137,32 @@ fn a_rotated_key_is_accepted_on_its_first_token_during_a_kid_flood() {
         })
     };
 
-    // The scheduled rotation publishes the next key; tokens keep the old kid until it signs.
-    let deadline = Instant::now() + Duration::from_secs(90);
-    let mut seen_published = None;
+    // The key to watch is the first one published after the flood began (one published
+    // earlier may have reached the filter with its first fetch, which proves nothing). The
+    // scheduled rotation publishes it; tokens keep older kids until it signs.
+    while sent.load(Ordering::Relaxed) == 0 {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let before_flood = published_kids(&cp);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut watched: Option<(String, u64)> = None;
     let fresh = loop {
         assert!(
             Instant::now() < deadline,
-            "no token signed by a new key within 90 s; log:\n{}",
+            "no token signed by a key published during the flood within 120 s; log:\n{}",
             cp.log()
         );
-        if seen_published.is_none() {
-            seen_published = published_kids(&cp)
+        if watched.is_none() {
+            watched = published_kids(&cp)
                 .into_iter()
-                .find(|k| *k != first_kid)
+                .find(|k| !before_flood.contains(k))
                 .map(|k| (k, sent.load(Ordering::Relaxed)));
         }
-        let t = token();
-        if kid(&t) != first_kid {
-            break t;
+        if let Some((k, _)) = &watched {
+            let t = token();
+            if kid(&t) == *k {
+                break t;
+            }
         }
         std::thread::sleep(Duration::from_millis(20));
     };
@@ -163,19 +170,15 @@ fn a_rotated_key_is_accepted_on_its_first_token_during_a_kid_flood() {
     stop.store(true, Ordering::Relaxed);
     flood.join().expect("flood");
 
-    let (published, flood_before) = seen_published.expect("the new key was never published");
-    assert_eq!(
-        published,
-        kid(&fresh),
-        "the key that signs is the one published before"
-    );
+    let (_, flood_before) = watched.expect("watched key");
     let flood_total = sent.load(Ordering::Relaxed);
     eprintln!(
         "kid flood: {flood_total} requests ({flood_before} before the new key was published)"
     );
     assert!(
-        flood_total > flood_before,
-        "no flood while the key was pre-published"
+        flood_total >= flood_before + 20,
+        "too little flood while the key was pre-published: {flood_total} requests, \
+         {flood_before} before"
     );
     assert_eq!(
         status,
