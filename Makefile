@@ -164,13 +164,13 @@ fuzz: cargo-fuzz
 	done
 
 # A few seconds of libFuzzer per target from the committed corpus, in `make test`: one build of
-# every target (debug, no sanitizer: the cheap build on CI's 2 cores; overflow checks and debug
-# assertions stay on), then each binary runs with the corpus read-only (new inputs go to a
+# every target (debug, no sanitizer, the stable toolchain with RUSTC_BOOTSTRAP=1 like CI: the
+# cheap build on CI's 2 cores; overflow checks and debug assertions stay on), then each binary runs with the corpus read-only (new inputs go to a
 # temporary directory). A crash stops the run; its input is in target/fuzz-artifacts/.
 FUZZ_BRIEF_SECONDS ?= 3
 FUZZ_BRIEF_BIN := $(ROOT)/target/fuzz/x86_64-unknown-linux-gnu/debug
 fuzz-brief: cargo-fuzz
-	$(FUZZ_CARGO) fuzz build --dev --sanitizer none --fuzz-dir fuzz --target-dir $(ROOT)/target/fuzz
+	RUSTC_BOOTSTRAP=1 cargo fuzz build --dev --sanitizer none --fuzz-dir fuzz --target-dir $(ROOT)/target/fuzz
 	@mkdir -p $(ROOT)/target/fuzz-artifacts
 	@for t in $(FUZZ_TARGETS); do \
 		new=$$(mktemp -d); \
