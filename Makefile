@@ -16,7 +16,7 @@ export ENVOY_BIN        ?= $(VENV)/bin/envoy
 export PORTCULLIS_WASM  ?= $(DIST)/filter.wasm
 export PORTCULLIS_NOOP_WASM ?= $(DIST)/noop.wasm
 
-.PHONY: help envoy browser postgres wasm wasm-target wasm-filter wasm-noop test fmt clean bench bench-filter bench-edit bench-tokens bench-core run console-wasm wasm-bindgen-cli node binaryen tester-wasm-test fuzz fuzz-corpus soak
+.PHONY: help envoy browser postgres wasm wasm-target wasm-filter wasm-noop test fmt clean bench bench-filter bench-edit bench-tokens bench-core run console-wasm wasm-bindgen-cli node binaryen tester-wasm-test fuzz fuzz-corpus fuzz-brief soak
 
 help:
 	@echo "make run           control plane + Envoy with the filter + sample upstream, on loopback"
@@ -34,6 +34,7 @@ help:
 	@echo "make bench-core    the policy core's cache-hit path, native and as wasm in V8"
 	@echo "make fuzz          every cargo-fuzz target for FUZZ_SECONDS (60) each; crashes land in fuzz/artifacts/"
 	@echo "make fuzz-corpus   replay the committed fuzz corpus through every target (stable, part of make test)"
+	@echo "make fuzz-brief    libFuzzer on every target for FUZZ_BRIEF_SECONDS (3) from the corpus (part of make test)"
 	@echo "make soak          mixed traffic, rotations and a rule edit for SOAK_MINUTES (10); checks every decision and memory"
 	@echo "make fmt           cargo fmt"
 	@echo "make clean         remove target/, dist/ and .venv/"
@@ -131,6 +132,7 @@ test: wasm-target
 	$(MAKE) --no-print-directory tester-wasm-test
 	PORTCULLIS_TEST_STORE=postgres cargo test -p portcullis --test token_flow --test admin_api --test oidc_flow
 	$(MAKE) --no-print-directory fuzz-corpus
+	$(MAKE) --no-print-directory fuzz-brief
 
 fmt:
 	cargo fmt --all
@@ -186,6 +188,25 @@ fuzz: cargo-fuzz
 		mkdir -p $(ROOT)/target/fuzz-corpus/$$t; \
 		$(FUZZ_CARGO) fuzz run --fuzz-dir fuzz --target-dir $(ROOT)/target/fuzz $$t \
 			$(ROOT)/target/fuzz-corpus/$$t fuzz/corpus/$$t -- -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=4096 || exit 1; \
+	done
+
+# A few seconds of libFuzzer per target from the committed corpus, in `make test`: one build of
+# every target (debug, no sanitizer, the stable toolchain with RUSTC_BOOTSTRAP=1 like CI: the
+# cheap build on CI's 2 cores; overflow checks and debug assertions stay on), then each binary runs with the corpus read-only (new inputs go to a
+# temporary directory). A crash stops the run; its input is in target/fuzz-artifacts/.
+FUZZ_BRIEF_SECONDS ?= 3
+FUZZ_BRIEF_BIN := $(ROOT)/target/fuzz/x86_64-unknown-linux-gnu/debug
+fuzz-brief: cargo-fuzz
+	RUSTC_BOOTSTRAP=1 cargo fuzz build --dev --sanitizer none --fuzz-dir fuzz --target-dir $(ROOT)/target/fuzz
+	@mkdir -p $(ROOT)/target/fuzz-artifacts
+	@for t in $(FUZZ_TARGETS); do \
+		new=$$(mktemp -d); \
+		$(FUZZ_BRIEF_BIN)/$$t $$new fuzz/corpus/$$t -max_total_time=$(FUZZ_BRIEF_SECONDS) \
+			-rss_limit_mb=2048 -print_final_stats=1 -artifact_prefix=$(ROOT)/target/fuzz-artifacts/$$t- \
+			> $$new.log 2>&1 && rc=0 || rc=$$?; \
+		echo ">> $$t: $$(grep -h '^stat::number_of_executed_units' $$new.log | tr -s ' ' | cut -d' ' -f2) runs in $(FUZZ_BRIEF_SECONDS) s"; \
+		if [ $$rc -ne 0 ]; then tail -n 40 $$new.log; echo "fuzz target $$t failed ($$rc)"; exit 1; fi; \
+		rm -rf $$new $$new.log; \
 	done
 
 # SOAK_MINUTES (default 10) of mixed traffic through Envoy and the filter against the real

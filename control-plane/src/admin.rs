@@ -26,7 +26,7 @@ impl From<ClientError> for OAuth2Error {
             ClientError::BadRequest(msg) => OAuth2Error::invalid_request(msg),
             ClientError::NotFound(_) => OAuth2Error::not_found(e.to_string()),
             ClientError::Conflict(_) => OAuth2Error::new(ErrorCode::Conflict, e.to_string()),
-            ClientError::Store(s) => OAuth2Error::unavailable(s),
+            ClientError::Store(s) => OAuth2Error::from(s),
             ClientError::Internal(msg) => OAuth2Error::server_error(msg),
         }
     }
@@ -36,9 +36,8 @@ impl From<KeyError> for OAuth2Error {
     fn from(e: KeyError) -> Self {
         match e {
             KeyError::UnsupportedAlg(_) => OAuth2Error::invalid_request(format!("field alg: {e}")),
-            KeyError::Store(crate::store::StoreError::Conflict(what)) => {
-                OAuth2Error::new(ErrorCode::Conflict, format!("{what} already exists"))
-            }
+            // A conflict is 409, a store that cannot write 503, like every other write.
+            KeyError::Store(s) => OAuth2Error::from(s),
             other => OAuth2Error::server_error(other),
         }
     }

@@ -280,6 +280,11 @@ pub struct ServeArgs {
     /// Rotate the signing key this often (Go duration, e.g. 720h); off when absent.
     #[arg(long, env = "PORTCULLIS_KEY_ROTATION", value_parser = duration)]
     pub key_rotation: Option<Duration>,
+    /// How long a scheduled rotation publishes the new key in the JWKS before signing with it,
+    /// so verifiers (the filter re-fetches at most every 5 s on an unknown kid) have it before
+    /// its first token. Keys created over the admin API sign at once.
+    #[arg(long, env = "PORTCULLIS_KEY_PREPUBLISH", default_value = "1m", value_parser = duration)]
+    pub key_prepublish: Duration,
     /// Let clients' `jwks_uri` (private_key_jwt) target loopback, private, link-local or
     /// unspecified addresses. Off: such URLs (after DNS resolution, every address) are refused,
     /// since any unauthenticated caller can make the service fetch a client's `jwks_uri`.
@@ -454,6 +459,7 @@ impl ServeArgs {
         config.max_access_token_ttl = self.max_access_token_ttl;
         config.scope_strategy = self.scope_strategy.into();
         config.key_rotation = self.key_rotation;
+        config.key_prepublish = self.key_prepublish;
         config.secrets_file = self.secrets_file;
         config.secrets_system = self.secrets_system;
         config.shutdown_timeout = self.shutdown_timeout;

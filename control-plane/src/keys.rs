@@ -1,6 +1,14 @@
 //! Signing keys: generation (RSA-2048, P-256, Ed25519), encrypted persistence, the JWKS, JWT
-//! signing and verification of our own tokens, and rotation. The newest key of a set signs;
-//! a rotated-out key keeps its public half in the JWKS until every token it signed has expired.
+//! signing and verification of our own tokens, and rotation. The newest key of a set whose
+//! `created_at` has come signs; a rotated-out key keeps its public half in the JWKS until every
+//! token it signed has expired.
+//!
+//! A scheduled rotation pre-publishes: the new key is stored with a `created_at` in the future
+//! and is in the JWKS from the moment it is stored, but signs only from `created_at` on. A
+//! verifier that re-fetches the JWKS on a timer, or at most every few seconds on an unknown
+//! `kid` (the filter: 5 s, an allowance a flood of invented kids can use up), has the key
+//! before the first token it signed arrives. Storing the activation time as `created_at` needs
+//! no new column in either store, and every replica reaches the same answer from its clock.
 
 use crate::clock;
 use crate::crypto::{CryptoError, SystemSecret, b64url};
@@ -288,8 +296,24 @@ pub struct KeyRing {
 }
 
 impl KeyRing {
-    /// The newest non-retired key of `set`.
+    /// The key of `set` that signs now.
     pub fn current(&self, set: &str) -> Option<&Arc<SigningKey>> {
+        self.current_at(set, clock::now())
+    }
+
+    /// The key of `set` that signs at `now`: the newest one whose `created_at` has come (a
+    /// pre-published key waits; the key it replaces, retired but still published, signs
+    /// until then).
+    pub fn current_at(&self, set: &str, now: i64) -> Option<&Arc<SigningKey>> {
+        self.keys
+            .iter()
+            .rev()
+            .find(|k| k.set == set && k.created_at <= now && k.in_jwks(now))
+    }
+
+    /// The newest non-retired key of `set`: the current one, or the one pre-published to
+    /// replace it.
+    pub fn newest(&self, set: &str) -> Option<&Arc<SigningKey>> {
         self.keys
             .iter()
             .rev()
@@ -370,8 +394,9 @@ impl KeyService {
         self.ring.read().map(|r| Arc::clone(&r)).unwrap_or_default()
     }
 
-    /// Generates a key in `set`, makes it current, and schedules older keys of the set to leave
-    /// the JWKS after `max_token_ttl` seconds (when every token they signed has expired).
+    /// Generates a key in `set`, published at once and signing after `prepublish` seconds
+    /// (0: at once), and schedules older keys of the set to leave the JWKS `max_token_ttl`
+    /// seconds after that (when every token they signed has expired).
     /// Blocking (RSA generation takes a while): call from a blocking context.
     pub fn rotate(
         &self,
@@ -379,12 +404,13 @@ impl KeyService {
         alg: Alg,
         kid: Option<String>,
         max_token_ttl: i64,
+        prepublish: i64,
     ) -> Result<Arc<SigningKey>, KeyError> {
         let kid = kid
             .filter(|k| !k.is_empty())
             .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
         let der = generate_pkcs8(alg)?;
-        let now = clock::now();
+        let now = clock::now().saturating_add(prepublish.max(0));
         // Load it once before persisting: a key ring must never hold an unusable key.
         SigningKey::from_pkcs8(set, &kid, alg, &der, now, None)?;
         self.store.insert_key(&StoredKey {
@@ -402,7 +428,7 @@ impl KeyService {
             crate::lifespan::expiry(now, max_token_ttl).saturating_add(60),
         )?;
         self.reload()?;
-        tracing::info!(set, kid = %kid, alg = %alg, "signing key created");
+        tracing::info!(set, kid = %kid, alg = %alg, signs_from = now, "signing key created");
         self.ring()
             .find(set, &kid)
             .cloned()
@@ -412,9 +438,9 @@ impl KeyService {
     /// Makes sure `set` has a current key of `alg`, rotating if not.
     pub fn ensure_current(&self, set: &str, alg: Alg, max_token_ttl: i64) -> Result<(), KeyError> {
         let ring = self.ring();
-        match ring.current(set) {
+        match ring.newest(set) {
             Some(k) if k.alg == alg => Ok(()),
-            _ => self.rotate(set, alg, None, max_token_ttl).map(|_| ()),
+            _ => self.rotate(set, alg, None, max_token_ttl, 0).map(|_| ()),
         }
     }
 
@@ -458,7 +484,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let svc = service(dir.path());
         for alg in [Alg::ES256, Alg::EdDSA, Alg::RS256] {
-            let key = svc.rotate("s", alg, None, 3600).unwrap();
+            let key = svc.rotate("s", alg, None, 3600, 0).unwrap();
             let jwt = key.sign_jwt(&json!({"sub": "x"}), &svc.rng).unwrap();
             let header: Value =
                 serde_json::from_slice(&b64url_decode(jwt.split('.').next().unwrap()).unwrap())
@@ -476,11 +502,11 @@ mod tests {
     fn rotation_with_a_huge_lifespan_neither_wraps_nor_lingers_for_years() {
         let dir = tempfile::tempdir().unwrap();
         let svc = service(dir.path());
-        svc.rotate("s", Alg::ES256, Some("k1".into()), 3600)
+        svc.rotate("s", Alg::ES256, Some("k1".into()), 3600, 0)
             .unwrap();
         // Once `now + i64::MAX` wrapped negative: the old key was purged at once and every
         // token it signed died.
-        svc.rotate("s", Alg::ES256, Some("k2".into()), i64::MAX)
+        svc.rotate("s", Alg::ES256, Some("k2".into()), i64::MAX, 0)
             .unwrap();
         let now = clock::now();
         let retired = svc.ring().find("s", "k1").unwrap().expires_at.unwrap();
@@ -494,10 +520,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let svc = service(dir.path());
         let k1 = svc
-            .rotate("s", Alg::ES256, Some("k1".into()), 3600)
+            .rotate("s", Alg::ES256, Some("k1".into()), 3600, 0)
             .unwrap();
         let k2 = svc
-            .rotate("s", Alg::ES256, Some("k2".into()), 3600)
+            .rotate("s", Alg::ES256, Some("k2".into()), 3600, 0)
             .unwrap();
         let ring = svc.ring();
         assert_eq!(ring.current("s").unwrap().kid, "k2");
@@ -551,7 +577,7 @@ mod tests {
     fn rsa_jwk_has_modulus_and_exponent() {
         let dir = tempfile::tempdir().unwrap();
         let svc = service(dir.path());
-        let key = svc.rotate("s", Alg::RS256, None, 60).unwrap();
+        let key = svc.rotate("s", Alg::RS256, None, 60, 0).unwrap();
         let jwk = key.public_jwk();
         assert_eq!(jwk["kty"], "RSA");
         assert_eq!(jwk["e"], "AQAB");
@@ -560,5 +586,42 @@ mod tests {
             256
         );
         assert_eq!(jwk["use"], "sig");
+    }
+
+    #[test]
+    fn a_prepublished_key_is_in_the_jwks_before_it_signs() {
+        let dir = tempfile::tempdir().unwrap();
+        let svc = service(dir.path());
+        svc.rotate("s", Alg::ES256, Some("k1".into()), 3600, 0)
+            .unwrap();
+        let k2 = svc
+            .rotate("s", Alg::ES256, Some("k2".into()), 3600, 30)
+            .unwrap();
+        let ring = svc.ring();
+        let now = clock::now();
+        let kids = |v: Value| -> Vec<String> {
+            v["keys"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|k| k["kid"].as_str().unwrap().to_string())
+                .collect()
+        };
+        // Published at once, signing only once its time has come; the old key signs until then.
+        assert_eq!(kids(ring.jwks("s", now)), ["k2", "k1"]);
+        assert_eq!(ring.current_at("s", now).unwrap().kid, "k1");
+        assert_eq!(ring.current_at("s", k2.created_at - 1).unwrap().kid, "k1");
+        assert_eq!(ring.current_at("s", k2.created_at).unwrap().kid, "k2");
+        assert_eq!(ring.newest("s").unwrap().kid, "k2");
+        assert!(k2.created_at >= now + 29, "signs from {}", k2.created_at);
+        // The old key outlives its last signature by the longest token lifetime.
+        let retired = ring.find("s", "k1").unwrap().expires_at.unwrap();
+        assert!(retired > k2.created_at + 3600, "retired at {retired}");
+        assert_eq!(kids(ring.jwks("s", retired + 1)), ["k2"]);
+        // A restart in the window keeps the pending key and does not rotate again.
+        let svc = service(dir.path());
+        svc.ensure_current("s", Alg::ES256, 3600).unwrap();
+        assert_eq!(svc.ring().newest("s").unwrap().kid, "k2");
+        assert_eq!(svc.ring().current_at("s", now).unwrap().kid, "k1");
     }
 }

@@ -251,6 +251,15 @@ impl From<crate::store::StoreError> for OAuth2Error {
             crate::store::StoreError::Conflict(what) => {
                 Self::new(ErrorCode::Conflict, format!("{what} already exists"))
             }
+            // The store logged the condition when it began; one line per request would bury
+            // everything else while the disk stays full.
+            crate::store::StoreError::Unwritable(detail) => {
+                tracing::debug!(error = %detail, "write refused by the data directory");
+                Self::new(
+                    ErrorCode::TemporarilyUnavailable,
+                    "The authorization server is temporarily unable to handle the request.",
+                )
+            }
             other => Self::unavailable(other),
         }
     }

@@ -65,6 +65,9 @@ pub struct Config {
     pub max_access_token_ttl: Duration,
     pub scope_strategy: ScopeStrategy,
     pub key_rotation: Option<Duration>,
+    /// How long a scheduled rotation's new key is in the JWKS before it signs (see
+    /// [`crate::keys`]); rotations over the admin API sign at once.
+    pub key_prepublish: Duration,
     pub secrets_file: Option<PathBuf>,
     pub secrets_system: Option<String>,
     pub shutdown_timeout: Duration,
@@ -99,6 +102,7 @@ impl Config {
             max_access_token_ttl: crate::lifespan::DEFAULT_MAX,
             scope_strategy: ScopeStrategy::Wildcard,
             key_rotation: None,
+            key_prepublish: Duration::ZERO,
             secrets_file: None,
             secrets_system: None,
             shutdown_timeout: Duration::from_secs(10),
@@ -379,7 +383,8 @@ impl Service {
         } else {
             self.max_token_ttl()
         };
-        self.keys.rotate(set, alg, kid, published)
+        // An explicit rotation signs at once (Hydra's API; after a compromise, what is wanted).
+        self.keys.rotate(set, alg, kid, published, 0)
     }
 
     /// Deletes one key or a whole set (blocking); the access-token set gets a new key at once
@@ -402,6 +407,8 @@ impl Service {
         match self.store.purge_expired(now) {
             Ok(n) if n > 0 => tracing::debug!(rows = n, "purged expired rows"),
             Ok(_) => {}
+            // Already reported by the store, once for the whole outage.
+            Err(crate::store::StoreError::Unwritable(_)) => {}
             Err(e) => tracing::warn!(error = %e, "purging expired rows failed"),
         }
         if let Ok(mut r) = self.revoked.write() {
@@ -429,6 +436,7 @@ impl Service {
                 self.config.signing_alg,
                 None,
                 self.max_token_ttl(),
+                i64::try_from(self.config.key_prepublish.as_secs()).unwrap_or(i64::MAX),
             )
             .map(Some)
     }
@@ -436,7 +444,8 @@ impl Service {
     fn rotation_due(&self, period: Duration) -> bool {
         let ring = self.keys.ring();
         let period = i64::try_from(period.as_secs()).unwrap_or(i64::MAX);
-        ring.current(ACCESS_TOKEN_SET)
+        // The newest key, pre-published or signing: a pending one is the rotation already done.
+        ring.newest(ACCESS_TOKEN_SET)
             .is_none_or(|k| k.created_at.saturating_add(period) <= clock::now())
     }
 

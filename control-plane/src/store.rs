@@ -149,6 +149,10 @@ pub enum StoreError {
     Conflict(String),
     #[error("database error: {0}")]
     Database(String),
+    /// The disk holding the data refuses writes (full, read-only, failing): a write fails,
+    /// reads go on. Reported once by the store when it starts, not by every caller.
+    #[error("the data directory refuses writes: {0}")]
+    Unwritable(String),
     #[error("corrupt row in {table}: {detail}")]
     Corrupt { table: &'static str, detail: String },
 }

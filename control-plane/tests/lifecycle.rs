@@ -98,7 +98,7 @@ async fn kill_9_during_writes_loses_nothing_acknowledged() {
     // Writers: client registrations on three connections, and revocations on one. Each counts
     // what was acknowledged so the kill waits for enough work, however slow the machine is.
     let stop = Arc::new(AtomicBool::new(false));
-    let [registered, revoked, issued] = [(); 3].map(|()| Arc::new(AtomicUsize::new(0)));
+    let [registered, revoked, issued, rotated] = [(); 4].map(|()| Arc::new(AtomicUsize::new(0)));
     let mut writers = Vec::new();
     for w in 0..3 {
         let (url, stop) = (format!("{}/admin/clients", srv.admin()), Arc::clone(&stop));
@@ -201,11 +201,51 @@ async fn kill_9_during_writes_loses_nothing_acknowledged() {
         }));
     }
 
+    // Rotations: signing keys (named, so each can be found again) and a client's secret.
+    let rotated_client = srv.cc_client("read", &[]).await;
+    let rotator = {
+        let (admin, stop, rotated) = (srv.admin(), Arc::clone(&stop), Arc::clone(&rotated));
+        let client_id = rotated_client.0.clone();
+        tokio::spawn(async move {
+            let c = http();
+            let (mut kids, mut secrets) = (Vec::new(), Vec::new());
+            let mut n = 0;
+            while !stop.load(Ordering::Relaxed) {
+                n += 1;
+                let kid = format!("rotated-{n}");
+                let key = c
+                    .post(format!("{admin}/admin/keys/{ACCESS_TOKEN_SET}"))
+                    .json(&json!({"alg": "ES256", "use": "sig", "kid": kid}))
+                    .send()
+                    .await;
+                match key {
+                    Ok(r) if r.status() == 201 || r.status() == 200 => kids.push(kid),
+                    Ok(r) => panic!("key rotation answered {}", r.status()),
+                    Err(_) => break,
+                }
+                let secret = format!("rotated-secret-{n}-0123456789abcdef");
+                let patch = c
+                    .patch(format!("{admin}/admin/clients/{client_id}"))
+                    .json(&json!([{"op": "replace", "path": "/client_secret", "value": secret}]))
+                    .send()
+                    .await;
+                match patch {
+                    Ok(r) if r.status() == 200 => secrets.push(secret),
+                    Ok(r) => panic!("secret rotation answered {}", r.status()),
+                    Err(_) => break,
+                }
+                rotated.fetch_add(1, Ordering::Relaxed);
+            }
+            (kids, secrets)
+        })
+    };
+
     // Kill once every kind of write has been acknowledged a few times (the writers keep going).
     let enough = || {
         registered.load(Ordering::Relaxed) >= 5
             && revoked.load(Ordering::Relaxed) >= 1
             && issued.load(Ordering::Relaxed) >= 1
+            && rotated.load(Ordering::Relaxed) >= 1
     };
     let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
     while !enough() {
@@ -226,6 +266,8 @@ async fn kill_9_during_writes_loses_nothing_acknowledged() {
     for i in issuers {
         acked_tokens.extend(i.await.expect("issuer"));
     }
+    let (acked_kids, acked_secrets) = rotator.await.expect("rotator");
+    assert!(!acked_kids.is_empty(), "no key rotation before the kill");
     assert!(!acked_tokens.is_empty(), "no opaque token before the kill");
     assert!(
         acked_clients.len() >= 5,
@@ -237,10 +279,13 @@ async fn kill_9_during_writes_loses_nothing_acknowledged() {
         "no revocation before the kill"
     );
     eprintln!(
-        "acknowledged before kill -9: {} registrations, {} revocations, {} opaque tokens",
+        "acknowledged before kill -9: {} registrations, {} revocations, {} opaque tokens, \
+         {} key and {} secret rotations",
         acked_clients.len(),
         acked_revocations.len(),
-        acked_tokens.len()
+        acked_tokens.len(),
+        acked_kids.len(),
+        acked_secrets.len()
     );
 
     srv.restart().await;
@@ -274,6 +319,41 @@ async fn kill_9_during_writes_loses_nothing_acknowledged() {
             srv.introspect(t).await["active"],
             true,
             "acknowledged opaque token lost by kill -9"
+        );
+    }
+    // Every acknowledged key is published; the newest signs (one rotation may have committed
+    // after the last answer: then that one).
+    let published: Vec<String> = srv.jwks().await["keys"]
+        .as_array()
+        .expect("keys")
+        .iter()
+        .map(|k| str_field(k, "kid"))
+        .collect();
+    for kid in &acked_kids {
+        assert!(
+            published.contains(kid),
+            "acknowledged key {kid} lost by kill -9"
+        );
+    }
+    let signing = str_field(&jwt_parts(&srv.token(&id, &secret, &[]).await).0, "kid");
+    let last_kid = acked_kids.last().expect("one key");
+    let next_kid = format!("rotated-{}", acked_kids.len() + 1);
+    assert!(
+        signing == *last_kid || signing == next_kid,
+        "signing with {signing} after kill -9; last acknowledged rotation: {last_kid}"
+    );
+    // The client's secret is the last acknowledged one, or the one after if that committed.
+    if let Some(last) = acked_secrets.last() {
+        let n = acked_secrets.len();
+        let next = format!("rotated-secret-{}-0123456789abcdef", n + 1);
+        let form = [("grant_type", "client_credentials")];
+        let with_last = srv.token_basic(&rotated_client.0, last, &form).await;
+        let with_next = srv.token_basic(&rotated_client.0, &next, &form).await;
+        assert!(
+            with_last.status == 200 || with_next.status == 200,
+            "acknowledged secret rotation lost by kill -9: {} / {}",
+            with_last.body,
+            with_next.body
         );
     }
     // Tokens never revoked are still good (same keys after the kill).

@@ -327,27 +327,17 @@ async fn handle(
         headers: header_map(&headers),
         body: String::from_utf8_lossy(&body).into_owned(),
     };
-    let handler = {
+    // An injected fault overrides whatever answers the path, a test's own handler included.
+    let (handler, delay, fault) = {
         let mut b = shared.lock();
         b.recorded.push(recorded.clone());
-        b.handlers.get(&recorded.path).cloned()
-    };
-    if let Some(answer) = handler {
-        let (status, body, delay) = answer(&recorded);
-        if !delay.is_zero() {
-            tokio::time::sleep(delay).await;
-        }
-        return json_response(status, &body);
-    }
-    let (delay, fault) = {
-        let b = shared.lock();
         let fault = b.faults.get(&recorded.path).cloned();
         let delay = match &fault {
             Some(Fault::Slow(d)) => *d,
             _ if recorded.path.contains("jwks") => b.jwks_delay,
             _ => std::time::Duration::ZERO,
         };
-        (delay, fault)
+        (b.handlers.get(&recorded.path).cloned(), delay, fault)
     };
     match fault {
         Some(Fault::Garbage) => {
@@ -366,6 +356,17 @@ async fn handle(
                 .into_response();
         }
         _ => {}
+    }
+    if let Some(answer) = handler {
+        let (status, body, handler_delay) = answer(&recorded);
+        let delay = match fault {
+            Some(Fault::Slow(d)) => d,
+            _ => handler_delay,
+        };
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
+        return json_response(status, &body);
     }
     if !delay.is_zero() {
         tokio::time::sleep(delay).await;

@@ -4,12 +4,14 @@
 //! which WAL lets run while a batch commits (hot reads are also served from memory by the
 //! services above).
 
+mod disk_health;
 mod group_commit;
 
 use super::{
     ClientFilter, Snapshot, Store, StoreError, StoreResult, StoredClient, StoredFlow, StoredKey,
     StoredOpaqueToken, StoredRefreshToken, StoredSession,
 };
+use disk_health::DiskHealth;
 use group_commit::Writer;
 use rusqlite::{Connection, OptionalExtension, Params, params};
 use std::path::Path;
@@ -19,6 +21,7 @@ pub struct SqliteStore {
     writer: Writer,
     /// `None` for an in-memory database (a second connection would be another database).
     reader: Option<Mutex<Connection>>,
+    disk: DiskHealth,
 }
 
 /// Schema versions, applied in order; `PRAGMA user_version` records how many ran.
@@ -205,6 +208,7 @@ impl SqliteStore {
         Ok(Self {
             writer: Writer::new(conn),
             reader: None,
+            disk: DiskHealth::default(),
         })
     }
 
@@ -226,7 +230,7 @@ impl SqliteStore {
         &self,
         f: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
     ) -> StoreResult<T> {
-        self.writer.write(f)
+        self.disk.observe(self.writer.write(f))
     }
 
     /// Every row of every table, in one read transaction (`portcullis migrate --from-sqlite`).

@@ -31,6 +31,8 @@ pub struct Server {
     log_path: PathBuf,
     extra_args: Vec<String>,
     env: Vec<(String, String)>,
+    /// A command the binary runs under (e.g. `nsenter` into a mount namespace); empty: none.
+    launcher: Vec<String>,
 }
 
 fn free_port() -> u16 {
@@ -70,6 +72,16 @@ impl Server {
 
     /// Like [`Server::start`] with extra environment variables (`PORTCULLIS_*` settings).
     pub async fn start_with_env(dir: &Path, extra_args: &[&str], env: &[(&str, &str)]) -> Server {
+        Server::start_under(&[], dir, extra_args, env).await
+    }
+
+    /// Like [`Server::start_with_env`], the binary run as the last argument of `launcher`.
+    pub async fn start_under(
+        launcher: &[String],
+        dir: &Path,
+        extra_args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Server {
         let mut extra: Vec<String> = extra_args.iter().map(|s| s.to_string()).collect();
         let mut env_all: Vec<(String, String)> = Vec::new();
         if postgres::enabled() && !extra.iter().any(|a| a == "--dsn") {
@@ -104,7 +116,14 @@ impl Server {
             if public_port == admin_port {
                 continue;
             }
-            let mut s = Server::spawn(dir, public_port, admin_port, extra.clone(), env.clone());
+            let mut s = Server::spawn(
+                launcher,
+                dir,
+                public_port,
+                admin_port,
+                extra.clone(),
+                env.clone(),
+            );
             if s.wait_ready(Duration::from_secs(30)).await {
                 return s;
             }
@@ -120,6 +139,7 @@ impl Server {
         let mut last_log = String::new();
         for _ in 0..20 {
             let mut s = Server::spawn(
+                &self.launcher,
                 &self.data_dir,
                 self.public_port,
                 self.admin_port,
@@ -139,6 +159,7 @@ impl Server {
     }
 
     fn spawn(
+        launcher: &[String],
         dir: &Path,
         public_port: u16,
         admin_port: u16,
@@ -150,7 +171,16 @@ impl Server {
         let log_path = dir.with_file_name(format!("portcullis-{public_port}-{n}.log"));
         let log = std::fs::File::create(&log_path).expect("create log file");
         let log2 = log.try_clone().expect("clone log file");
-        let child = Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        let bin = env!("CARGO_BIN_EXE_portcullis");
+        let mut command = match launcher.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(bin);
+                c
+            }
+            None => Command::new(bin),
+        };
+        let child = command
             .arg("serve")
             .arg("--public-addr")
             .arg(format!("127.0.0.1:{public_port}"))
@@ -174,6 +204,7 @@ impl Server {
             log_path,
             extra_args,
             env,
+            launcher: launcher.to_vec(),
         }
     }
 
