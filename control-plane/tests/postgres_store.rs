@@ -10,8 +10,7 @@ mod pg;
 use portcullis::store::postgres::{Options, PostgresStore};
 use portcullis::store::sqlite::SqliteStore;
 use portcullis::store::{
-    StepRows,
-    Change, ClientFilter, Store, StoreError, StoredClient, StoredFlow, StoredKey,
+    Change, ClientFilter, StepRows, Store, StoreError, StoredClient, StoredFlow, StoredKey,
     StoredOpaqueToken, StoredRefreshToken, StoredSession,
 };
 use std::sync::Arc;
@@ -192,8 +191,14 @@ fn tokens_revocations_jtis_flows_sessions_and_refresh_chains() {
     assert_eq!(s.delete_sessions("login", "alice").unwrap(), 1);
 
     s.insert_refresh_token(&rt(1, "ch")).unwrap();
-    assert!(s.rotate_refresh_token(&[1; 32], &rt(2, "ch"), 50, &StepRows::default()).unwrap());
-    assert!(!s.rotate_refresh_token(&[1; 32], &rt(3, "ch"), 51, &StepRows::default()).unwrap());
+    assert!(
+        s.rotate_refresh_token(&[1; 32], &rt(2, "ch"), 50, &StepRows::default())
+            .unwrap()
+    );
+    assert!(
+        !s.rotate_refresh_token(&[1; 32], &rt(3, "ch"), 51, &StepRows::default())
+            .unwrap()
+    );
     assert!(
         s.get_refresh_token(&[3; 32]).unwrap().is_none(),
         "the loser writes nothing"
@@ -223,7 +228,9 @@ fn concurrent_refresh_rotations_have_one_winner() {
     let handles: Vec<_> = (0..8u8)
         .map(|i| {
             let s = Arc::clone(&s);
-            std::thread::spawn(move || s.rotate_refresh_token(&[1; 32], &rt(10 + i, "race"), 5, &StepRows::default()))
+            std::thread::spawn(move || {
+                s.rotate_refresh_token(&[1; 32], &rt(10 + i, "race"), 5, &StepRows::default())
+            })
         })
         .collect();
     let winners = handles

@@ -11,9 +11,9 @@
 //! ([`Change::Resync`]), since notifications sent meanwhile are gone.
 
 use super::{
-    StepRows,
-    Change, ChangeSink, ClientFilter, Snapshot, Store, StoreError, StoreLock, StoreResult,
-    StoredClient, StoredFlow, StoredKey, StoredOpaqueToken, StoredRefreshToken, StoredSession,
+    Change, ChangeSink, ClientFilter, Snapshot, StepRows, Store, StoreError, StoreLock,
+    StoreResult, StoredClient, StoredFlow, StoredKey, StoredOpaqueToken, StoredRefreshToken,
+    StoredSession,
 };
 use postgres::error::SqlState;
 use postgres::fallible_iterator::FallibleIterator;

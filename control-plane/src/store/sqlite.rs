@@ -7,9 +7,8 @@
 mod group_commit;
 
 use super::{
-    StepRows,
-    ClientFilter, Snapshot, Store, StoreError, StoreResult, StoredClient, StoredFlow, StoredKey,
-    StoredOpaqueToken, StoredRefreshToken, StoredSession,
+    ClientFilter, Snapshot, StepRows, Store, StoreError, StoreResult, StoredClient, StoredFlow,
+    StoredKey, StoredOpaqueToken, StoredRefreshToken, StoredSession,
 };
 use group_commit::Writer;
 use rusqlite::{Connection, OptionalExtension, Params, params};
@@ -1077,9 +1076,15 @@ mod tests {
             expires_at: 100,
         };
         s.insert_refresh_token(&rt(1, "ch")).unwrap();
-        assert!(s.rotate_refresh_token(&[1; 32], &rt(2, "ch"), 50, &StepRows::default()).unwrap());
+        assert!(
+            s.rotate_refresh_token(&[1; 32], &rt(2, "ch"), 50, &StepRows::default())
+                .unwrap()
+        );
         // The loser writes nothing: its successor does not exist.
-        assert!(!s.rotate_refresh_token(&[1; 32], &rt(3, "ch"), 51, &StepRows::default()).unwrap());
+        assert!(
+            !s.rotate_refresh_token(&[1; 32], &rt(3, "ch"), 51, &StepRows::default())
+                .unwrap()
+        );
         assert!(s.get_refresh_token(&[3; 32]).unwrap().is_none());
         let used = s.get_refresh_token(&[1; 32]).unwrap().unwrap();
         assert!(!used.active);
@@ -1140,10 +1145,16 @@ mod tests {
         let revoked: Vec<_> = s.list_revocations(0).unwrap();
         assert_eq!(revoked, vec![("won".to_string(), 100)]);
 
-        assert!(s.rotate_refresh_token(&[1; 32], &rt(3), 50, &rows("next", 4)).unwrap());
+        assert!(
+            s.rotate_refresh_token(&[1; 32], &rt(3), 50, &rows("next", 4))
+                .unwrap()
+        );
         assert!(s.get_refresh_token(&[4; 32]).unwrap().is_some());
         assert!(s.get_session("userinfo", "next").unwrap().is_some());
-        assert!(!s.rotate_refresh_token(&[1; 32], &rt(5), 51, &rows("late", 6)).unwrap());
+        assert!(
+            !s.rotate_refresh_token(&[1; 32], &rt(5), 51, &rows("late", 6))
+                .unwrap()
+        );
         assert!(s.get_refresh_token(&[6; 32]).unwrap().is_none());
         assert!(s.get_session("userinfo", "late").unwrap().is_none());
         assert_eq!(s.list_revocations(0).unwrap().len(), 2);
