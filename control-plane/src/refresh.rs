@@ -109,7 +109,7 @@ pub async fn exchange(
     // One transaction with the rotation: the userinfo row of the new access token and, strict
     // rotation, the revocation of the access token issued with the old refresh token.
     let mut rows = StepRows::default();
-    let revoked_old = (state.access_exp > now).then(|| (state.access_jti, state.access_exp));
+    let revoked_old = (state.access_exp > now).then_some((state.access_jti, state.access_exp));
     rows.revocations.extend(revoked_old.clone());
     if grant.has_scope("openid") {
         rows.sessions.push(crate::userinfo::row(
