@@ -126,6 +126,8 @@ results=$(
     oidc --mode flows --scope "openid offline" --name flows
     oidc --mode refresh --scope "openid offline" --tokens "$REFRESH_TOKENS" --name refresh-openid
     oidc --mode refresh --scope offline --tokens "$REFRESH_TOKENS" --name refresh
+    # The ceiling every row above shares: round trips/s to a trivial endpoint, same load generator.
+    oidc --mode ping --name ping
 )
 
 echo
@@ -146,6 +148,7 @@ while IFS=$'\t' read -r name rps p50 p99 errors; do
         flows) label="authorization-code flows (9 HTTP steps)"; hydra="Ory: ~1,090 logins/s; target 2,000" ;;
         refresh-openid) label="refresh grants (openid: + ID token)"; hydra="target 10,000" ;;
         refresh) label="refresh grants (offline only)"; hydra="target 10,000" ;;
+        ping) label="HTTP round trips (GET /health/alive)"; hydra="ceiling: flows/s <= this / 9" ;;
     esac
     printf '%-44s %12s %10s %10s %8s   %s\n' "$label" "$rps" "$p50" "$p99" "$errors" "$hydra"
 done <<<"$results"

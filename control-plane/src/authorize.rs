@@ -13,6 +13,7 @@ use crate::flow::{self, CODE_TTL, Flow, LoginResult, LoginSession, Stage, secs};
 use crate::oauth2_error::{ErrorCode, OAuth2Error, append_query, redirect};
 use crate::request::Params;
 use crate::server::Service;
+use crate::store::{StepRows, StoredSession};
 use axum::body::Bytes;
 use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
@@ -387,17 +388,18 @@ async fn start(svc: &Service, headers: &HeaderMap, p: &Params) -> Result<Respons
     Ok(resp)
 }
 
-/// The last step: the consent was given; send the code to the client.
+/// The last step: the consent was given; send the code to the client. `rows` commit with it.
 pub async fn issue_code(
     svc: &Service,
     mut flow: Flow,
     from: Stage,
+    rows: StepRows,
 ) -> Result<Response, OAuth2Error> {
     let (code, hash) = flow::artifact(&flow.id)?;
     let now = clock::now();
     flow.code_hash = Some(hash);
     flow.code_expires_at = now + CODE_TTL;
-    if !flow::advance(svc, &flow, from, Stage::CodeIssued, now + CODE_TTL).await? {
+    if !flow::advance_with(svc, &flow, from, Stage::CodeIssued, now + CODE_TTL, rows).await? {
         return Ok(OAuth2Error::new(
             ErrorCode::AccessDenied,
             "The consent verifier has already been used.",
@@ -421,11 +423,13 @@ pub async fn issue_code(
 
 /// A login session for a flow whose login was accepted: the remembered one when login was
 /// skipped, otherwise a new one (stored even when not remembered: logout and `sid` need it).
-pub async fn establish_login(
+/// The login session of an accepted login: its cookie (if one is to be set) and its store row,
+/// which the caller writes with the flow's next step.
+pub fn establish_login(
     svc: &Service,
     flow: &Flow,
     login: &LoginResult,
-) -> Result<Option<HeaderValue>, OAuth2Error> {
+) -> Result<(Option<HeaderValue>, (String, StoredSession)), OAuth2Error> {
     let secure = secure_cookies(&svc.config.issuer);
     let now = clock::now();
     let lifetime = if login.remember && login.remember_for > 0 {
@@ -457,8 +461,7 @@ pub async fn establish_login(
     } else {
         Some(set_cookie(name, "", Some(0), secure))
     };
-    browser_session::save_login(svc, &session).await?;
-    Ok(cookie)
+    Ok((cookie, browser_session::login_row(&session)?))
 }
 
 /// `GET /oauth2/fallbacks/error`: where errors land without `--error-url`.

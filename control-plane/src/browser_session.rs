@@ -112,15 +112,18 @@ pub async fn current_login(
     Ok(session.filter(|s| crate::flow::secret_matches(s.cookie_hash.as_deref(), secret)))
 }
 
-pub async fn save_login(svc: &Service, s: &LoginSession) -> Result<(), OAuth2Error> {
-    let row = StoredSession {
-        id: s.sid.clone(),
-        subject: s.subject.clone(),
-        json: serde_json::to_string(s).map_err(OAuth2Error::server_error)?,
-        expires_at: s.expires_at,
-    };
-    let store = Arc::clone(&svc.store);
-    blocking(move || store.put_session(LOGIN, &row)).await
+/// The store row of a login session, written in the transaction of the flow step that
+/// establishes it.
+pub fn login_row(s: &LoginSession) -> Result<(String, StoredSession), OAuth2Error> {
+    Ok((
+        LOGIN.to_string(),
+        StoredSession {
+            id: s.sid.clone(),
+            subject: s.subject.clone(),
+            json: serde_json::to_string(s).map_err(OAuth2Error::server_error)?,
+            expires_at: s.expires_at,
+        },
+    ))
 }
 
 /// A consent the user asked to be remembered, for one client and subject.
@@ -164,21 +167,23 @@ pub async fn remembered_consent(
     Ok(serde_json::from_str(&row.json).ok())
 }
 
-pub async fn remember_consent(
-    svc: &Service,
+/// The store row of a remembered consent, written in the transaction of the flow step that
+/// issues the code.
+pub fn consent_row(
     client_id: &str,
     subject: &str,
     consent: &RememberedConsent,
     expires_at: i64,
-) -> Result<(), OAuth2Error> {
-    let row = StoredSession {
-        id: consent_key(client_id, subject),
-        subject: subject.to_string(),
-        json: serde_json::to_string(consent).map_err(OAuth2Error::server_error)?,
-        expires_at,
-    };
-    let store = Arc::clone(&svc.store);
-    blocking(move || store.put_session(CONSENT, &row)).await
+) -> Result<(String, StoredSession), OAuth2Error> {
+    Ok((
+        CONSENT.to_string(),
+        StoredSession {
+            id: consent_key(client_id, subject),
+            subject: subject.to_string(),
+            json: serde_json::to_string(consent).map_err(OAuth2Error::server_error)?,
+            expires_at,
+        },
+    ))
 }
 
 /// A client that received a grant within login session `sid` (see [`PARTICIPANT`]).

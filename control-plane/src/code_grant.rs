@@ -10,8 +10,8 @@ use crate::grant_tokens::{self, Grant, Lifetimes};
 use crate::oauth2_error::{ErrorCode, OAuth2Error};
 use crate::request::Params;
 use crate::server::Service;
+use crate::store::StepRows;
 use axum::response::Response;
-use std::sync::Arc;
 use subtle::ConstantTimeEq;
 
 /// How long a used code's flow is kept to recognise a replay (Hydra: 30 minutes), at least.
@@ -150,31 +150,22 @@ pub async fn exchange(
                 .unwrap_or(secs(svc.config.flows.refresh_token_ttl)),
         },
     )?;
-    // The refresh token and the access token's userinfo row are stored before the code is
-    // spent: if a replay wins the race below, revoking the chain and the access token also
-    // catches them (userinfo answers only for unrevoked tokens). Written concurrently, the two
-    // share one group commit.
-    let store_refresh = async {
-        let Some(row) = issued.refresh_row.clone() else {
-            return Ok(());
-        };
-        let store = Arc::clone(&svc.store);
-        tokio::task::spawn_blocking(move || store.insert_refresh_token(&row))
-            .await
-            .map_err(OAuth2Error::server_error)?
-            .map_err(OAuth2Error::from)
-    };
-    let record_userinfo = async {
-        if grant.has_scope("openid") {
-            crate::userinfo::record(svc, &issued.access_jti, issued.access_exp, &grant).await?;
-        }
-        Ok::<_, OAuth2Error>(())
-    };
-    tokio::try_join!(store_refresh, record_userinfo)?;
+    // The code is spent in the transaction that stores the refresh token and the access
+    // token's userinfo row: all of it commits, or (a concurrent exchange spent it first)
+    // nothing does, and that exchange's tokens are revoked as a replay's.
+    let mut rows = StepRows::default();
+    rows.refresh_tokens.extend(issued.refresh_row.clone());
+    if grant.has_scope("openid") {
+        rows.sessions.push(crate::userinfo::row(
+            &issued.access_jti,
+            issued.access_exp,
+            &grant,
+        )?);
+    }
     flow.issued
         .push((issued.access_jti.clone(), issued.access_exp));
     let keep = issued.access_exp.max(now + REPLAY_WINDOW);
-    if !flow::advance(svc, &flow, Stage::CodeIssued, Stage::CodeUsed, keep).await? {
+    if !flow::advance_with(svc, &flow, Stage::CodeIssued, Stage::CodeUsed, keep, rows).await? {
         grant_tokens::revoke_grant(svc, &flow.grant_id, &flow.issued).await?;
         return Err(replayed(svc, id).await?);
     }

@@ -11,7 +11,7 @@ use crate::clock;
 use crate::crypto::{b64url, hex, random_bytes, sha256};
 use crate::oauth2_error::OAuth2Error;
 use crate::server::Service;
-use crate::store::StoredFlow;
+use crate::store::{StepRows, StoredFlow};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::sync::Arc;
@@ -296,9 +296,21 @@ pub async fn advance(
     to: Stage,
     expires_at: i64,
 ) -> Result<bool, OAuth2Error> {
+    advance_with(svc, flow, from, to, expires_at, StepRows::default()).await
+}
+
+/// [`advance`] with `rows` written in the same transaction (none of them when it loses).
+pub async fn advance_with(
+    svc: &Service,
+    flow: &Flow,
+    from: Stage,
+    to: Stage,
+    expires_at: i64,
+    rows: StepRows,
+) -> Result<bool, OAuth2Error> {
     let row = row(flow, to, expires_at)?;
     let store = Arc::clone(&svc.store);
-    blocking(move || store.advance_flow(from as i64, &row)).await
+    blocking(move || store.advance_flow_with(from as i64, &row, &rows)).await
 }
 
 #[cfg(test)]

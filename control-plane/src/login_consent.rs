@@ -15,6 +15,7 @@ use crate::flow::{self, ConsentResult, Flow, LoginResult, Rejection, Stage, secs
 use crate::oauth2_error::{ErrorCode, OAuth2Error, append_query, redirect};
 use crate::request::{Json, Params};
 use crate::server::Service;
+use crate::store::StepRows;
 use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -289,8 +290,17 @@ async fn verified(
 }
 
 async fn fail(svc: &Service, flow: &Flow, from: Stage) -> Result<(), OAuth2Error> {
+    fail_with(svc, flow, from, StepRows::default()).await
+}
+
+async fn fail_with(
+    svc: &Service,
+    flow: &Flow,
+    from: Stage,
+    rows: StepRows,
+) -> Result<(), OAuth2Error> {
     let expires = clock::now() + 60;
-    flow::advance(svc, flow, from, Stage::Failed, expires).await?;
+    flow::advance_with(svc, flow, from, Stage::Failed, expires, rows).await?;
     Ok(())
 }
 
@@ -319,7 +329,13 @@ pub async fn login_verified(
                 .to_error_page(&error_url(svc)),
         );
     };
-    let session_cookie = establish_login(svc, &flow, &login).await?;
+    // The login session is written with this step's advance (one transaction), whichever
+    // way the step ends.
+    let (session_cookie, session_row) = establish_login(svc, &flow, &login)?;
+    let rows = StepRows {
+        sessions: vec![session_row],
+        ..StepRows::default()
+    };
     // Hydra skips consent only for a remembered consent covering the request, never on
     // prompt=consent, and not for a public client whose redirect could be anyone's app.
     let redirect_trusted = client.auth_method != AuthMethod::None
@@ -341,7 +357,7 @@ pub async fn login_verified(
                     .all(|a| c.grant_access_token_audience.contains(a))
         });
     if flow.prompt.iter().any(|w| w == "none") && !flow.consent_skip {
-        fail(svc, &flow, Stage::LoginHandled).await?;
+        fail_with(svc, &flow, Stage::LoginHandled, rows).await?;
         return Ok(OAuth2Error::new(
             ErrorCode::ConsentRequired,
             "Prompt none was requested, but no remembered consent covers the request.",
@@ -359,12 +375,13 @@ pub async fn login_verified(
     flow.consent_challenge_hash = Some(hash);
     flow.consent_csrf = Some(csrf.clone());
     let expires = clock::now() + secs(svc.config.flows.request_ttl);
-    if !flow::advance(
+    if !flow::advance_with(
         svc,
         &flow,
         Stage::LoginHandled,
         Stage::ConsentRequested,
         expires,
+        rows,
     )
     .await?
     {
@@ -554,6 +571,7 @@ pub async fn consent_verified(
     let (Some(consent), Some(login)) = (flow.consent.clone(), flow.login.clone()) else {
         return Err(OAuth2Error::server_error("handled consent without result"));
     };
+    let mut rows = StepRows::default();
     if consent.remember {
         let lifetime = if consent.remember_for > 0 {
             consent.remember_for
@@ -571,14 +589,12 @@ pub async fn consent_verified(
             remember_for: consent.remember_for,
             context: consent.context.clone(),
         };
-        browser_session::remember_consent(
-            svc,
+        rows.sessions.push(browser_session::consent_row(
             &flow.client_id,
             &login.subject,
             &remembered,
             clock::now().saturating_add(lifetime),
-        )
-        .await?;
+        )?);
     }
     let has_channel = svc.clients.lookup(&flow.client_id).is_some_and(|c| {
         !c.client.backchannel_logout_uri.is_empty() || !c.client.frontchannel_logout_uri.is_empty()
@@ -587,5 +603,5 @@ pub async fn consent_verified(
         browser_session::record_participant(svc, &login.subject, &login.sid, &flow.client_id)
             .await?;
     }
-    issue_code(svc, flow, Stage::ConsentHandled).await
+    issue_code(svc, flow, Stage::ConsentHandled, rows).await
 }

@@ -11,6 +11,7 @@ use crate::grant_tokens::{self, Lifetimes, REFRESH_PREFIX, RefreshState};
 use crate::oauth2_error::{ErrorCode, OAuth2Error};
 use crate::request::Params;
 use crate::server::Service;
+use crate::store::StepRows;
 use axum::response::Response;
 use std::sync::Arc;
 
@@ -105,13 +106,33 @@ pub async fn exchange(
             "The grant no longer allows refresh tokens (offline scope or refresh_token grant missing).",
         ));
     };
+    // One transaction with the rotation: the userinfo row of the new access token and, strict
+    // rotation, the revocation of the access token issued with the old refresh token.
+    let mut rows = StepRows::default();
+    let revoked_old = (state.access_exp > now).then_some((state.access_jti, state.access_exp));
+    rows.revocations.extend(revoked_old.clone());
+    if grant.has_scope("openid") {
+        rows.sessions.push(crate::userinfo::row(
+            &issued.access_jti,
+            issued.access_exp,
+            &grant,
+        )?);
+    }
     let store = Arc::clone(&svc.store);
     let won = tokio::task::spawn_blocking(move || {
         if in_grace {
             // Within the grace period the used token rotates again, without a race to win.
-            store.insert_refresh_token(&new_row).map(|()| true)
+            // A rare path: its writes need not share a commit.
+            store.insert_refresh_token(&new_row)?;
+            for (kind, s) in &rows.sessions {
+                store.put_session(kind, s)?;
+            }
+            for (jti, exp) in &rows.revocations {
+                store.insert_revocation(jti, *exp)?;
+            }
+            Ok(true)
         } else {
-            store.rotate_refresh_token(&hash, &new_row, now)
+            store.rotate_refresh_token(&hash, &new_row, now, &rows)
         }
     })
     .await
@@ -121,20 +142,8 @@ pub async fn exchange(
             "The refresh token was used by a concurrent request; it is no longer valid.",
         ));
     }
-    // Strict rotation: the access token issued with the old refresh token ends too. The two
-    // writes are independent: written concurrently, they share one group commit.
-    let revoke_old = async {
-        if state.access_exp > clock::now() {
-            svc.revoke_jti(state.access_jti, state.access_exp).await?;
-        }
-        Ok::<_, OAuth2Error>(())
-    };
-    let record_userinfo = async {
-        if grant.has_scope("openid") {
-            crate::userinfo::record(svc, &issued.access_jti, issued.access_exp, &grant).await?;
-        }
-        Ok::<_, OAuth2Error>(())
-    };
-    tokio::try_join!(revoke_old, record_userinfo)?;
+    if let Some((jti, exp)) = revoked_old {
+        svc.revoked_persisted(jti, exp);
+    }
     Ok(grant_tokens::response(&issued, &grant))
 }

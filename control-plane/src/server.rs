@@ -353,10 +353,15 @@ impl Service {
         tokio::task::spawn_blocking(move || store.insert_revocation(&j, exp))
             .await
             .map_err(OAuth2Error::server_error)??;
+        self.revoked_persisted(jti, exp);
+        Ok(())
+    }
+
+    /// Applies in memory a JWT revocation already persisted (in a step's transaction).
+    pub fn revoked_persisted(&self, jti: String, exp: i64) {
         if let Ok(mut r) = self.revoked.write() {
             r.insert(jti, exp);
         }
-        Ok(())
     }
 
     /// Rotates the access-token signing key (blocking).

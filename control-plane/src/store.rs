@@ -136,6 +136,18 @@ pub struct StoredRefreshToken {
     pub expires_at: i64,
 }
 
+/// Rows that commit in the same transaction as a compare-and-set (a flow's step, a refresh
+/// rotation): a step is then one transaction and one (group) commit instead of several, and
+/// its rows are all written or, when the compare-and-set loses, none.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct StepRows {
+    pub refresh_tokens: Vec<StoredRefreshToken>,
+    /// `(kind, session)`, written as [`Store::put_session`] does.
+    pub sessions: Vec<(String, StoredSession)>,
+    /// `(jti, expires_at)`, written as [`Store::insert_revocation`] does.
+    pub revocations: Vec<(String, i64)>,
+}
+
 /// Hydra's list filters (exact match); `None` matches everything.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ClientFilter {
@@ -219,7 +231,13 @@ pub trait Store: Send + Sync + 'static {
     fn get_flow(&self, id: &str) -> StoreResult<Option<StoredFlow>>;
     /// Replaces the flow if it is still at stage `from`; false when another request advanced
     /// it first (or it is gone). Exactly one of concurrent callers wins.
-    fn advance_flow(&self, from: i64, flow: &StoredFlow) -> StoreResult<bool>;
+    fn advance_flow(&self, from: i64, flow: &StoredFlow) -> StoreResult<bool> {
+        self.advance_flow_with(from, flow, &StepRows::default())
+    }
+    /// [`Store::advance_flow`] and `rows` in one transaction: a lost compare-and-set writes
+    /// none of them.
+    fn advance_flow_with(&self, from: i64, flow: &StoredFlow, rows: &StepRows)
+    -> StoreResult<bool>;
 
     /// Inserts or replaces a login session (`kind` "login") or remembered consent ("consent").
     fn put_session(&self, kind: &str, session: &StoredSession) -> StoreResult<()>;
@@ -233,13 +251,14 @@ pub trait Store: Send + Sync + 'static {
     fn insert_refresh_token(&self, token: &StoredRefreshToken) -> StoreResult<()>;
     fn get_refresh_token(&self, hash: &[u8; 32]) -> StoreResult<Option<StoredRefreshToken>>;
     /// In one transaction: deactivates `old` (recording `now` as its use) if it is still
-    /// active and inserts `new`. False (and nothing written) when `old` was no longer active:
-    /// concurrent rotations of one token have exactly one winner.
+    /// active and inserts `new` and `rows`. False (and nothing written) when `old` was no
+    /// longer active: concurrent rotations of one token have exactly one winner.
     fn rotate_refresh_token(
         &self,
         old: &[u8; 32],
         new: &StoredRefreshToken,
         now: i64,
+        rows: &StepRows,
     ) -> StoreResult<bool>;
     /// Deactivates every token of `chain` (no grace period applies to a revoked token); returns
     /// all of its rows (to revoke what they issued).

@@ -18,19 +18,18 @@ use std::sync::Arc;
 /// Store kind of the rows that tie an access token (`jti`) to its grant.
 pub const KIND: &str = "userinfo";
 
-/// Records who an access token with `openid` speaks for, until it expires.
-pub async fn record(svc: &Service, jti: &str, exp: i64, grant: &Grant) -> Result<(), OAuth2Error> {
-    let row = StoredSession {
-        id: jti.to_string(),
-        subject: grant.subject.clone(),
-        json: serde_json::to_string(grant).map_err(OAuth2Error::server_error)?,
-        expires_at: exp,
-    };
-    let store = Arc::clone(&svc.store);
-    tokio::task::spawn_blocking(move || store.put_session(KIND, &row))
-        .await
-        .map_err(OAuth2Error::server_error)?
-        .map_err(OAuth2Error::from)
+/// The row that records who an access token with `openid` speaks for, until it expires;
+/// written in the transaction of the grant step that issues the token.
+pub fn row(jti: &str, exp: i64, grant: &Grant) -> Result<(String, StoredSession), OAuth2Error> {
+    Ok((
+        KIND.to_string(),
+        StoredSession {
+            id: jti.to_string(),
+            subject: grant.subject.clone(),
+            json: serde_json::to_string(grant).map_err(OAuth2Error::server_error)?,
+            expires_at: exp,
+        },
+    ))
 }
 
 fn invalid_token(d: &str) -> OAuth2Error {

@@ -10,7 +10,7 @@ mod pg;
 use portcullis::store::postgres::{Options, PostgresStore};
 use portcullis::store::sqlite::SqliteStore;
 use portcullis::store::{
-    Change, ClientFilter, Store, StoreError, StoredClient, StoredFlow, StoredKey,
+    Change, ClientFilter, StepRows, Store, StoreError, StoredClient, StoredFlow, StoredKey,
     StoredOpaqueToken, StoredRefreshToken, StoredSession,
 };
 use std::sync::Arc;
@@ -148,7 +148,33 @@ fn tokens_revocations_jtis_flows_sessions_and_refresh_chains() {
     };
     assert!(s.advance_flow(0, &next).unwrap());
     assert!(!s.advance_flow(0, &next).unwrap(), "a stage is left once");
-    assert_eq!(s.get_flow("f").unwrap(), Some(next));
+    assert_eq!(s.get_flow("f").unwrap(), Some(next.clone()));
+    // A step's rows commit with its compare-and-set, or (lost) not at all.
+    let step = |jti: &str| StepRows {
+        refresh_tokens: vec![],
+        sessions: vec![(
+            "userinfo".into(),
+            StoredSession {
+                id: jti.into(),
+                subject: "alice".into(),
+                json: "{}".into(),
+                expires_at: 100,
+            },
+        )],
+        revocations: vec![(jti.into(), 100)],
+    };
+    let later = StoredFlow {
+        stage: 2,
+        ..f.clone()
+    };
+    assert!(s.advance_flow_with(1, &later, &step("won")).unwrap());
+    assert!(!s.advance_flow_with(1, &later, &step("lost")).unwrap());
+    assert!(s.get_session("userinfo", "won").unwrap().is_some());
+    assert!(s.get_session("userinfo", "lost").unwrap().is_none());
+    let revoked = s.list_revocations(10).unwrap();
+    assert!(revoked.iter().any(|(j, _)| j == "won"));
+    assert!(!revoked.iter().any(|(j, _)| j == "lost"));
+    assert!(s.delete_session("userinfo", "won").unwrap());
 
     let sess = |id: &str| StoredSession {
         id: id.into(),
@@ -168,8 +194,14 @@ fn tokens_revocations_jtis_flows_sessions_and_refresh_chains() {
     assert_eq!(s.delete_sessions("login", "alice").unwrap(), 1);
 
     s.insert_refresh_token(&rt(1, "ch")).unwrap();
-    assert!(s.rotate_refresh_token(&[1; 32], &rt(2, "ch"), 50).unwrap());
-    assert!(!s.rotate_refresh_token(&[1; 32], &rt(3, "ch"), 51).unwrap());
+    assert!(
+        s.rotate_refresh_token(&[1; 32], &rt(2, "ch"), 50, &StepRows::default())
+            .unwrap()
+    );
+    assert!(
+        !s.rotate_refresh_token(&[1; 32], &rt(3, "ch"), 51, &StepRows::default())
+            .unwrap()
+    );
     assert!(
         s.get_refresh_token(&[3; 32]).unwrap().is_none(),
         "the loser writes nothing"
@@ -188,8 +220,8 @@ fn tokens_revocations_jtis_flows_sessions_and_refresh_chains() {
             .is_empty()
     );
     assert_eq!(s.revoke_refresh_tokens_of("s", Some("c")).unwrap().len(), 3);
-    // 3 refresh tokens, the flow, 1 revocation, 2 jtis.
-    assert_eq!(s.purge_expired(100).unwrap(), 7);
+    // 3 refresh tokens, the flow, 2 revocations, 2 jtis.
+    assert_eq!(s.purge_expired(100).unwrap(), 8);
 }
 
 /// Opaque tokens are group-committed: the rows queued while a batch is being written go in
@@ -279,7 +311,9 @@ fn concurrent_refresh_rotations_have_one_winner() {
     let handles: Vec<_> = (0..8u8)
         .map(|i| {
             let s = Arc::clone(&s);
-            std::thread::spawn(move || s.rotate_refresh_token(&[1; 32], &rt(10 + i, "race"), 5))
+            std::thread::spawn(move || {
+                s.rotate_refresh_token(&[1; 32], &rt(10 + i, "race"), 5, &StepRows::default())
+            })
         })
         .collect();
     let winners = handles

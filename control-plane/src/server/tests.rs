@@ -1188,12 +1188,13 @@ impl Store for BrokenStore {
     fn get_flow(&self, id: &str) -> crate::store::StoreResult<Option<crate::store::StoredFlow>> {
         self.0.get_flow(id)
     }
-    fn advance_flow(
+    fn advance_flow_with(
         &self,
         from: i64,
         f: &crate::store::StoredFlow,
+        rows: &crate::store::StepRows,
     ) -> crate::store::StoreResult<bool> {
-        self.0.advance_flow(from, f)
+        self.0.advance_flow_with(from, f, rows)
     }
     fn put_session(
         &self,
@@ -1229,8 +1230,9 @@ impl Store for BrokenStore {
         old: &[u8; 32],
         new: &crate::store::StoredRefreshToken,
         now: i64,
+        rows: &crate::store::StepRows,
     ) -> crate::store::StoreResult<bool> {
-        self.0.rotate_refresh_token(old, new, now)
+        self.0.rotate_refresh_token(old, new, now, rows)
     }
     fn revoke_refresh_chain(
         &self,

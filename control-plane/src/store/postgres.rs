@@ -11,8 +11,9 @@
 //! ([`Change::Resync`]), since notifications sent meanwhile are gone.
 
 use super::{
-    Change, ChangeSink, ClientFilter, Snapshot, Store, StoreError, StoreLock, StoreResult,
-    StoredClient, StoredFlow, StoredKey, StoredOpaqueToken, StoredRefreshToken, StoredSession,
+    Change, ChangeSink, ClientFilter, Snapshot, StepRows, Store, StoreError, StoreLock,
+    StoreResult, StoredClient, StoredFlow, StoredKey, StoredOpaqueToken, StoredRefreshToken,
+    StoredSession,
 };
 use postgres::error::SqlState;
 use postgres::fallible_iterator::FallibleIterator;
@@ -534,6 +535,62 @@ fn refresh_row(r: &Row) -> StoredRefreshToken {
 
 const REFRESH_COLUMNS: &str = "hash, chain, client_id, subject, active, used_at, json, expires_at";
 
+fn advance_flow(
+    c: &mut impl GenericClient,
+    from: i64,
+    f: &StoredFlow,
+) -> Result<u64, postgres::Error> {
+    c.execute(
+        "UPDATE oidc_flows SET stage = $3, json = $4, expires_at = $5
+         WHERE id = $1 AND stage = $2",
+        &[&f.id, &from, &f.stage, &f.json, &f.expires_at],
+    )
+}
+
+fn put_session(
+    c: &mut impl GenericClient,
+    kind: &str,
+    s: &StoredSession,
+) -> Result<u64, postgres::Error> {
+    c.execute(
+        "INSERT INTO oidc_sessions (kind, id, subject, json, expires_at)
+         VALUES ($1, $2, $3, $4, $5)
+         ON CONFLICT (kind, id) DO UPDATE SET subject = EXCLUDED.subject,
+             json = EXCLUDED.json, expires_at = EXCLUDED.expires_at",
+        &[&kind, &s.id, &s.subject, &s.json, &s.expires_at],
+    )
+}
+
+fn insert_revocation(
+    c: &mut impl GenericClient,
+    jti: &str,
+    expires_at: i64,
+) -> Result<u64, postgres::Error> {
+    c.execute(
+        "INSERT INTO revocations (jti, expires_at) VALUES ($1, $2)
+         ON CONFLICT (jti) DO UPDATE SET expires_at = EXCLUDED.expires_at",
+        &[&jti, &expires_at],
+    )
+}
+
+fn step_rows_empty(rows: &StepRows) -> bool {
+    rows.refresh_tokens.is_empty() && rows.sessions.is_empty() && rows.revocations.is_empty()
+}
+
+/// The rows of a step, inside the transaction of its compare-and-set.
+fn write_step_rows(c: &mut impl GenericClient, rows: &StepRows) -> Result<(), postgres::Error> {
+    for t in &rows.refresh_tokens {
+        insert_refresh(c, t, false)?;
+    }
+    for (kind, s) in &rows.sessions {
+        put_session(c, kind, s)?;
+    }
+    for (jti, exp) in &rows.revocations {
+        insert_revocation(c, jti, *exp)?;
+    }
+    Ok(())
+}
+
 fn insert_refresh(
     c: &mut impl GenericClient,
     t: &StoredRefreshToken,
@@ -867,14 +924,8 @@ impl Store for PostgresStore {
     }
 
     fn insert_revocation(&self, jti: &str, expires_at: i64) -> StoreResult<()> {
-        self.with(|c| {
-            c.execute(
-                "INSERT INTO revocations (jti, expires_at) VALUES ($1, $2)
-                 ON CONFLICT (jti) DO UPDATE SET expires_at = EXCLUDED.expires_at",
-                &[&jti, &expires_at],
-            )
-        })
-        .map(|_| ())
+        self.with(|c| insert_revocation(c, jti, expires_at))
+            .map(|_| ())
     }
 
     fn list_revocations(&self, now: i64) -> StoreResult<Vec<(String, i64)>> {
@@ -918,28 +969,23 @@ impl Store for PostgresStore {
         .map(|r| r.as_ref().map(flow_row))
     }
 
-    fn advance_flow(&self, from: i64, f: &StoredFlow) -> StoreResult<bool> {
+    fn advance_flow_with(&self, from: i64, f: &StoredFlow, rows: &StepRows) -> StoreResult<bool> {
+        if step_rows_empty(rows) {
+            return self.with(|c| advance_flow(c, from, f)).map(|n| n == 1);
+        }
         self.with(|c| {
-            c.execute(
-                "UPDATE oidc_flows SET stage = $3, json = $4, expires_at = $5
-                 WHERE id = $1 AND stage = $2",
-                &[&f.id, &from, &f.stage, &f.json, &f.expires_at],
-            )
+            let mut tx = c.transaction()?;
+            let won = advance_flow(&mut tx, from, f)? == 1;
+            if won {
+                write_step_rows(&mut tx, rows)?;
+                tx.commit()?;
+            }
+            Ok(won)
         })
-        .map(|n| n == 1)
     }
 
     fn put_session(&self, kind: &str, s: &StoredSession) -> StoreResult<()> {
-        self.with(|c| {
-            c.execute(
-                "INSERT INTO oidc_sessions (kind, id, subject, json, expires_at)
-                 VALUES ($1, $2, $3, $4, $5)
-                 ON CONFLICT (kind, id) DO UPDATE SET subject = EXCLUDED.subject,
-                     json = EXCLUDED.json, expires_at = EXCLUDED.expires_at",
-                &[&kind, &s.id, &s.subject, &s.json, &s.expires_at],
-            )
-        })
-        .map(|_| ())
+        self.with(|c| put_session(c, kind, s)).map(|_| ())
     }
 
     fn get_session(&self, kind: &str, id: &str) -> StoreResult<Option<StoredSession>> {
@@ -1003,6 +1049,7 @@ impl Store for PostgresStore {
         old: &[u8; 32],
         new: &StoredRefreshToken,
         now: i64,
+        rows: &StepRows,
     ) -> StoreResult<bool> {
         self.with(|c| {
             let mut tx = c.transaction()?;
@@ -1013,6 +1060,7 @@ impl Store for PostgresStore {
             )? == 1;
             if won {
                 insert_refresh(&mut tx, new, false)?;
+                write_step_rows(&mut tx, rows)?;
                 tx.commit()?;
             }
             Ok(won)

@@ -8,8 +8,8 @@ mod disk_health;
 mod group_commit;
 
 use super::{
-    ClientFilter, Snapshot, Store, StoreError, StoreResult, StoredClient, StoredFlow, StoredKey,
-    StoredOpaqueToken, StoredRefreshToken, StoredSession,
+    ClientFilter, Snapshot, StepRows, Store, StoreError, StoreResult, StoredClient, StoredFlow,
+    StoredKey, StoredOpaqueToken, StoredRefreshToken, StoredSession,
 };
 use disk_health::DiskHealth;
 use group_commit::Writer;
@@ -406,6 +406,37 @@ fn insert_refresh(c: &Connection, t: &StoredRefreshToken) -> rusqlite::Result<us
     )
 }
 
+fn put_session(c: &Connection, kind: &str, s: &StoredSession) -> rusqlite::Result<usize> {
+    exec(
+        c,
+        "INSERT OR REPLACE INTO oidc_sessions (kind, id, subject, json, expires_at)
+         VALUES (?1, ?2, ?3, ?4, ?5)",
+        params![kind, s.id, s.subject, s.json, s.expires_at],
+    )
+}
+
+fn insert_revocation(c: &Connection, jti: &str, expires_at: i64) -> rusqlite::Result<usize> {
+    exec(
+        c,
+        "INSERT OR REPLACE INTO revocations (jti, expires_at) VALUES (?1, ?2)",
+        params![jti, expires_at],
+    )
+}
+
+/// The rows of a step, inside the savepoint of its compare-and-set.
+fn write_step_rows(c: &Connection, rows: &StepRows) -> rusqlite::Result<()> {
+    for t in &rows.refresh_tokens {
+        insert_refresh(c, t)?;
+    }
+    for (kind, s) in &rows.sessions {
+        put_session(c, kind, s)?;
+    }
+    for (jti, exp) in &rows.revocations {
+        insert_revocation(c, jti, *exp)?;
+    }
+    Ok(())
+}
+
 fn split_list(s: &str) -> Vec<String> {
     s.split(' ')
         .filter(|p| !p.is_empty())
@@ -613,14 +644,8 @@ impl Store for SqliteStore {
 
     fn insert_revocation(&self, jti: &str, expires_at: i64) -> StoreResult<()> {
         let jti = jti.to_string();
-        self.write(move |c| {
-            exec(
-                c,
-                "INSERT OR REPLACE INTO revocations (jti, expires_at) VALUES (?1, ?2)",
-                params![jti, expires_at],
-            )
-        })
-        .map(|_| ())
+        self.write(move |c| insert_revocation(c, &jti, expires_at))
+            .map(|_| ())
     }
 
     fn list_revocations(&self, now: i64) -> StoreResult<Vec<(String, i64)>> {
@@ -668,30 +693,26 @@ impl Store for SqliteStore {
         })
     }
 
-    fn advance_flow(&self, from: i64, f: &StoredFlow) -> StoreResult<bool> {
-        let f = f.clone();
+    fn advance_flow_with(&self, from: i64, f: &StoredFlow, rows: &StepRows) -> StoreResult<bool> {
+        let (f, rows) = (f.clone(), rows.clone());
+        // One write (one savepoint): the step and its rows commit together, or neither.
         self.write(move |c| {
-            exec(
+            let won = exec(
                 c,
                 "UPDATE oidc_flows SET stage = ?3, json = ?4, expires_at = ?5
                  WHERE id = ?1 AND stage = ?2",
                 params![f.id, from, f.stage, f.json, f.expires_at],
-            )
+            )? == 1;
+            if won {
+                write_step_rows(c, &rows)?;
+            }
+            Ok(won)
         })
-        .map(|n| n == 1)
     }
 
     fn put_session(&self, kind: &str, s: &StoredSession) -> StoreResult<()> {
         let (kind, s) = (kind.to_string(), s.clone());
-        self.write(move |c| {
-            exec(
-                c,
-                "INSERT OR REPLACE INTO oidc_sessions (kind, id, subject, json, expires_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![kind, s.id, s.subject, s.json, s.expires_at],
-            )
-        })
-        .map(|_| ())
+        self.write(move |c| put_session(c, &kind, &s)).map(|_| ())
     }
 
     fn get_session(&self, kind: &str, id: &str) -> StoreResult<Option<StoredSession>> {
@@ -761,9 +782,11 @@ impl Store for SqliteStore {
         old: &[u8; 32],
         new: &StoredRefreshToken,
         now: i64,
+        rows: &StepRows,
     ) -> StoreResult<bool> {
-        let (old, new) = (*old, new.clone());
-        // One write (one savepoint): the deactivation and the successor commit together.
+        let (old, new, rows) = (*old, new.clone(), rows.clone());
+        // One write (one savepoint): the deactivation, the successor and the rows commit
+        // together.
         self.write(move |c| {
             let won = exec(
                 c,
@@ -772,6 +795,7 @@ impl Store for SqliteStore {
             )? == 1;
             if won {
                 insert_refresh(c, &new)?;
+                write_step_rows(c, &rows)?;
             }
             Ok(won)
         })
@@ -1056,9 +1080,15 @@ mod tests {
             expires_at: 100,
         };
         s.insert_refresh_token(&rt(1, "ch")).unwrap();
-        assert!(s.rotate_refresh_token(&[1; 32], &rt(2, "ch"), 50).unwrap());
+        assert!(
+            s.rotate_refresh_token(&[1; 32], &rt(2, "ch"), 50, &StepRows::default())
+                .unwrap()
+        );
         // The loser writes nothing: its successor does not exist.
-        assert!(!s.rotate_refresh_token(&[1; 32], &rt(3, "ch"), 51).unwrap());
+        assert!(
+            !s.rotate_refresh_token(&[1; 32], &rt(3, "ch"), 51, &StepRows::default())
+                .unwrap()
+        );
         assert!(s.get_refresh_token(&[3; 32]).unwrap().is_none());
         let used = s.get_refresh_token(&[1; 32]).unwrap().unwrap();
         assert!(!used.active);
@@ -1076,6 +1106,62 @@ mod tests {
         assert_eq!(s.revoke_refresh_tokens_of("s", Some("c")).unwrap().len(), 3);
         assert!(!s.get_refresh_token(&[4; 32]).unwrap().unwrap().active);
         assert_eq!(s.purge_expired(100).unwrap(), 4);
+    }
+
+    #[test]
+    fn step_rows_commit_with_their_compare_and_set_or_not_at_all() {
+        let s = SqliteStore::in_memory().unwrap();
+        let flow = |stage| StoredFlow {
+            id: "f".into(),
+            stage,
+            json: "{}".into(),
+            expires_at: 100,
+        };
+        let session = |id: &str| StoredSession {
+            id: id.into(),
+            subject: "s".into(),
+            json: "{}".into(),
+            expires_at: 100,
+        };
+        let rt = |b: u8| StoredRefreshToken {
+            hash: [b; 32],
+            chain: "ch".into(),
+            client_id: "c".into(),
+            subject: "s".into(),
+            active: true,
+            used_at: None,
+            json: "{}".into(),
+            expires_at: 100,
+        };
+        let rows = |n: &str, b: u8| StepRows {
+            refresh_tokens: vec![rt(b)],
+            sessions: vec![("userinfo".into(), session(n))],
+            revocations: vec![(n.to_string(), 100)],
+        };
+        s.insert_flow(&flow(4)).unwrap();
+        assert!(s.advance_flow_with(4, &flow(5), &rows("won", 1)).unwrap());
+        assert!(s.get_refresh_token(&[1; 32]).unwrap().is_some());
+        assert!(s.get_session("userinfo", "won").unwrap().is_some());
+        // A replay that lost the compare-and-set leaves no row behind.
+        assert!(!s.advance_flow_with(4, &flow(5), &rows("lost", 2)).unwrap());
+        assert!(s.get_refresh_token(&[2; 32]).unwrap().is_none());
+        assert!(s.get_session("userinfo", "lost").unwrap().is_none());
+        let revoked: Vec<_> = s.list_revocations(0).unwrap();
+        assert_eq!(revoked, vec![("won".to_string(), 100)]);
+
+        assert!(
+            s.rotate_refresh_token(&[1; 32], &rt(3), 50, &rows("next", 4))
+                .unwrap()
+        );
+        assert!(s.get_refresh_token(&[4; 32]).unwrap().is_some());
+        assert!(s.get_session("userinfo", "next").unwrap().is_some());
+        assert!(
+            !s.rotate_refresh_token(&[1; 32], &rt(5), 51, &rows("late", 6))
+                .unwrap()
+        );
+        assert!(s.get_refresh_token(&[6; 32]).unwrap().is_none());
+        assert!(s.get_session("userinfo", "late").unwrap().is_none());
+        assert_eq!(s.list_revocations(0).unwrap().len(), 2);
     }
 
     #[test]

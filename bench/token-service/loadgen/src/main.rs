@@ -22,6 +22,9 @@ enum Mode {
     Flows,
     /// Refresh grants, each token rotated (the new one used next time).
     Refresh,
+    /// `GET /health/alive`: the HTTP round trips/s this machine does with the load generator
+    /// on it, the ceiling the other modes' requests share.
+    Ping,
 }
 
 #[derive(Parser, Debug)]
@@ -87,6 +90,7 @@ async fn run(args: Args) -> Result<()> {
         let what = match mode {
             Mode::Flows => "flows",
             Mode::Refresh => "refresh",
+            Mode::Ping => "ping",
         };
         format!("{what} ({})", args.scope)
     });
@@ -132,6 +136,7 @@ async fn run(args: Args) -> Result<()> {
                 n += 1;
                 let slot = usize::try_from(n).unwrap_or(0) % own.len().max(1);
                 let outcome = match (mode, own.get(slot)) {
+                    (Mode::Ping, _) => target.ping(&http).await.map(|()| String::new()),
                     (Mode::Refresh, Some(token)) => target.refresh(&http, token).await,
                     // Flows, or a refresh worker that lost its tokens: a new grant.
                     _ => target.flow(&http, &format!("user-{w}-{n}")).await,

@@ -178,6 +178,14 @@ impl Target {
         self.check_tokens(&tokens)
     }
 
+    /// One request to a trivial endpoint (no store, no crypto).
+    pub async fn ping(&self, http: &Client) -> Result<()> {
+        http.get(&format!("{}/health/alive", self.public))
+            .await?
+            .expect(StatusCode::OK, "health")?;
+        Ok(())
+    }
+
     /// One refresh-token rotation; returns the new refresh token.
     pub async fn refresh(&self, http: &Client, token: &str) -> Result<String> {
         let tokens = http
