@@ -23,7 +23,7 @@ use axum::{Json, Router};
 use portcullis_core::rule_tester::CalloutRequest;
 use portcullis_reconciler::global::{GlobalConfig, urls_named_by};
 use portcullis_reconciler::manifests;
-use portcullis_reconciler::rule_set::RenderOptions;
+use portcullis_reconciler::rule_set::{DesiredState, RenderOptions};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use std::collections::BTreeSet;
@@ -245,9 +245,23 @@ async fn callout(
         console.svc.config.issuer.clone(),
         format!("http://{}", console.svc.config.admin_addr),
     ];
-    let trusted = tokio::task::spawn_blocking(move || trusted_origins(source.as_deref(), &own))
+    let mut trusted = tokio::task::spawn_blocking(move || trusted_origins(source.as_deref(), &own))
         .await
         .unwrap_or_default();
+    // Kubernetes mode: the origins the deployed Rules call are typically cluster-internal
+    // (Hydra's admin Service, an in-cluster authorizer), so they are read from the API server
+    // only when the target is not already trusted. If that read fails, only public addresses.
+    if !trusted.contains(&target)
+        && let Some(k8s) = console.kubernetes.clone()
+    {
+        match rules::kubernetes_state(&k8s).await {
+            Ok(state) => trusted.extend(origins_of(&state)),
+            Err(e) => tracing::info!(
+                error = %e,
+                "console callout: the deployed Rules could not be read; public addresses only"
+            ),
+        }
+    }
     let client = if trusted.contains(&target) {
         &console.trusted
     } else {
@@ -292,14 +306,18 @@ fn trusted_origins(source: Option<&ManifestsSource>, own: &[String]) -> BTreeSet
         return out;
     };
     let state = loaded.desired_state(&source.global, &RenderOptions::default());
-    for w in state.workloads.values() {
-        out.extend(
-            urls_named_by(&w.filter_config)
-                .iter()
-                .filter_map(|u| origin(u)),
-        );
-    }
+    out.extend(origins_of(&state));
     out
+}
+
+/// Origins of every URL a workload's rendered configuration calls.
+fn origins_of(state: &DesiredState) -> BTreeSet<String> {
+    state
+        .workloads
+        .values()
+        .flat_map(|w| urls_named_by(&w.filter_config))
+        .filter_map(|u| origin(&u))
+        .collect()
 }
 
 /// The hash `make console-wasm` records in `console/tester/SOURCES.sha256`: `sha256sum` of the

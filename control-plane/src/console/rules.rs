@@ -56,6 +56,20 @@ pub(super) async fn kubernetes_view(source: &KubernetesSource) -> Result<Value, 
     Ok(v)
 }
 
+/// The state Kubernetes mode reconciles right now: what the deployed rules call, for the tester's
+/// callout proxy.
+pub(super) async fn kubernetes_state(
+    source: &KubernetesSource,
+) -> Result<DesiredState, kube::Error> {
+    let (rules, services) = list(source).await?;
+    Ok(desired_state(
+        &rules,
+        &services,
+        &source.global,
+        &source.render,
+    ))
+}
+
 /// The served namespaces' Rules and Services, one list call per namespace and kind (the
 /// controller's RBAC: nothing cluster-wide unless every namespace is served).
 async fn list(source: &KubernetesSource) -> Result<(Vec<Rule>, Vec<ServiceInfo>), kube::Error> {

@@ -554,3 +554,76 @@ async fn kubernetes_mode_rules_come_from_the_api_server_with_their_written_statu
         "{v}"
     );
 }
+
+/// Kubernetes mode: a cluster-internal (here loopback) URL is called only when a deployed Rule,
+/// read from the API server, calls its origin; otherwise the SSRF rule applies.
+#[tokio::test]
+async fn kubernetes_mode_callouts_trust_only_origins_the_deployed_rules_call() {
+    use kube::client::Body as KubeBody;
+    let (origin, _) = jwks_server().await;
+    let url = format!("{origin}/jwks.json");
+    let h = harness("http://127.0.0.1:4444");
+    for (deployed_calls_it, want) in [(true, StatusCode::OK), (false, StatusCode::FORBIDDEN)] {
+        let (mock, mut api) =
+            tower_test::mock::pair::<Request<KubeBody>, axum::http::Response<KubeBody>>();
+        let app = router(Console::new(Arc::clone(&h.svc), None).with_kubernetes(
+            KubernetesSource {
+                client: kube::Client::new(mock, "default"),
+                global: GlobalConfig::default(),
+                render: RenderOptions {
+                    module_url: "http://portcullis.kyma-system.svc:4444/filter.wasm".into(),
+                    ..RenderOptions::default()
+                },
+                namespaces: Namespaces::Only(vec!["default".into()]),
+            },
+        ));
+        let authenticator = if deployed_calls_it {
+            json!({"handler": "jwt", "config": {"jwks_urls": [url]}})
+        } else {
+            json!({"handler": "anonymous"})
+        };
+        let rules = json!({"apiVersion": "v1", "kind": "RuleList",
+            "metadata": {"resourceVersion": "7"},
+            "items": [{"apiVersion": "oathkeeper.ory.sh/v1alpha1", "kind": "Rule",
+                "metadata": {"name": "r", "namespace": "default", "generation": 1, "uid": "r"},
+                "spec": {"upstream": {"url": "http://httpbin.default.svc.cluster.local:8000"},
+                    "match": {"url": "<http|https>://<[^/]+>/headers", "methods": ["GET"]},
+                    "authenticators": [authenticator], "authorizer": {"handler": "allow"}}}]});
+        let services = json!({"apiVersion": "v1", "kind": "ServiceList",
+            "metadata": {"resourceVersion": "7"},
+            "items": [{"apiVersion": "v1", "kind": "Service",
+                "metadata": {"name": "httpbin", "namespace": "default"},
+                "spec": {"selector": {"app": "httpbin"}}}]});
+        let call = {
+            let url = url.clone();
+            tokio::spawn(async move { send(&app, callout(&config_naming(&url), &url)).await })
+        };
+        for (path, reply) in [
+            (
+                "/apis/oathkeeper.ory.sh/v1alpha1/namespaces/default/rules",
+                rules,
+            ),
+            ("/api/v1/namespaces/default/services", services),
+        ] {
+            let (req, respond) =
+                tokio::time::timeout(std::time::Duration::from_secs(5), api.next_request())
+                    .await
+                    .expect("a list request")
+                    .expect("client alive");
+            assert_eq!(req.uri().path(), path);
+            respond.send_response(
+                axum::http::Response::builder()
+                    .status(200)
+                    .body(KubeBody::from(serde_json::to_vec(&reply).unwrap()))
+                    .unwrap(),
+            );
+        }
+        let (status, _, body) = call.await.unwrap();
+        assert_eq!(
+            status,
+            want,
+            "deployed rule calls it: {deployed_calls_it}: {}",
+            String::from_utf8_lossy(&body)
+        );
+    }
+}
