@@ -140,7 +140,12 @@ fn a_rotated_key_is_accepted_on_its_first_token_during_a_kid_flood() {
     // The key to watch is the first one published after the flood began (one published
     // earlier may have reached the filter with its first fetch, which proves nothing). The
     // scheduled rotation publishes it; tokens keep older kids until it signs.
+    let flood_started = Instant::now() + Duration::from_secs(60);
     while sent.load(Ordering::Relaxed) == 0 {
+        assert!(
+            Instant::now() < flood_started && !flood.is_finished(),
+            "the flood sent nothing within 60 s"
+        );
         std::thread::sleep(Duration::from_millis(10));
     }
     let before_flood = published_kids(&cp);
