@@ -142,11 +142,8 @@ impl Issued {
             }
         };
         if grant.has_scope("openid") {
-            rows.sessions.push(crate::userinfo::row(
-                &userinfo_key,
-                self.access_exp,
-                grant,
-            )?);
+            rows.sessions
+                .push(crate::userinfo::row(&userinfo_key, self.access_exp, grant)?);
         }
         Ok(rows)
     }

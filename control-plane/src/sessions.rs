@@ -156,7 +156,10 @@ pub async fn revoke_consents(
         .filter_map(|s| s.access_jwt())
         .collect();
     // Opaque access tokens went with the refresh tokens, in the store.
-    for r in records.into_iter().filter(|r| !r.id.starts_with(crate::userinfo::OPAQUE_KEY)) {
+    for r in records
+        .into_iter()
+        .filter(|r| !r.id.starts_with(crate::userinfo::OPAQUE_KEY))
+    {
         let of_client = serde_json::from_str::<Grant>(&r.json)
             .is_ok_and(|g| client.as_deref().is_none_or(|c| g.client_id == c));
         if of_client {

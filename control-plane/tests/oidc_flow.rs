@@ -687,7 +687,14 @@ async fn rp_sign_in(
         .add_scope(Scope::new("offline".into()))
         .set_pkce_challenge(pkce)
         .url();
-    let back = authorize(srv, browser, auth_url.as_str(), subject, &["openid", "offline"]).await;
+    let back = authorize(
+        srv,
+        browser,
+        auth_url.as_str(),
+        subject,
+        &["openid", "offline"],
+    )
+    .await;
     let code = query_param(&back, "code").unwrap();
     let tokens = rp
         .exchange_code(AuthorizationCode::new(code.clone()))

@@ -234,7 +234,10 @@ fn tokens_revocations_jtis_flows_sessions_and_refresh_chains() {
             .unwrap()
     );
     assert_eq!(s.get_opaque_token(&[1; 32]).unwrap(), None);
-    assert_eq!(s.get_opaque_token(&[2; 32]).unwrap(), Some(opaque(2, "c", "ch")));
+    assert_eq!(
+        s.get_opaque_token(&[2; 32]).unwrap(),
+        Some(opaque(2, "c", "ch"))
+    );
     let late = StepRows {
         opaque_tokens: vec![opaque(3, "c", "ch")],
         revoked_opaque_tokens: vec![[2; 32]],

@@ -32,7 +32,8 @@ pub const CHANNEL: &str = "portcullis_changes";
 
 /// Schema versions, applied in order; `portcullis_schema` records each one applied. The
 /// tables mirror the SQLite store's (see `sqlite.rs`); the triggers are what replicas listen to.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE clients (
     client_id   TEXT PRIMARY KEY,
     json        TEXT NOT NULL,

@@ -1207,7 +1207,10 @@ mod tests {
         assert!(s.get_refresh_token(&[6; 32]).unwrap().is_none());
         assert!(s.get_session("userinfo", "late").unwrap().is_none());
         assert!(s.get_opaque_token(&[6; 32]).unwrap().is_none());
-        assert!(s.get_opaque_token(&[4; 32]).unwrap().is_some(), "a loser deletes nothing");
+        assert!(
+            s.get_opaque_token(&[4; 32]).unwrap().is_some(),
+            "a loser deletes nothing"
+        );
         assert_eq!(s.list_revocations(0).unwrap().len(), 2);
     }
 
@@ -1235,7 +1238,10 @@ mod tests {
         for t in &rows {
             s.insert_opaque_token(t).unwrap();
         }
-        assert_eq!(s.get_opaque_token(&[1; 32]).unwrap().as_ref(), Some(&rows[0]));
+        assert_eq!(
+            s.get_opaque_token(&[1; 32]).unwrap().as_ref(),
+            Some(&rows[0])
+        );
         s.revoke_refresh_chain("g1").unwrap();
         let alive = |b: u8| s.get_opaque_token(&[b; 32]).unwrap().is_some();
         assert!(!alive(1) && !alive(2));

@@ -122,8 +122,8 @@ impl TokenBatches {
             .query(
                 &c.insert,
                 &[
-                    &hashes, &clients, &subjects, &scopes, &audience, &issued, &expires,
-                    &grants, &exts,
+                    &hashes, &clients, &subjects, &scopes, &audience, &issued, &expires, &grants,
+                    &exts,
                 ],
             )
             .map_err(super::db)?;
