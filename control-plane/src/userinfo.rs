@@ -28,12 +28,13 @@ pub fn opaque_key(hash: &[u8; 32]) -> String {
 }
 
 /// The row that records who an access token with `openid` speaks for, until it expires;
-/// written in the transaction of the grant step that issues the token.
-pub fn row(jti: &str, exp: i64, grant: &Grant) -> Result<(String, StoredSession), OAuth2Error> {
+/// written in the transaction of the grant step that issues the token. `key` is a JWT's `jti`
+/// or an opaque token's [`opaque_key`].
+pub fn row(key: &str, exp: i64, grant: &Grant) -> Result<(String, StoredSession), OAuth2Error> {
     Ok((
         KIND.to_string(),
         StoredSession {
-            id: jti.to_string(),
+            id: key.to_string(),
             subject: grant.subject.clone(),
             json: serde_json::to_string(grant).map_err(OAuth2Error::server_error)?,
             expires_at: exp,
