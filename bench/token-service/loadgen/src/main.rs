@@ -87,14 +87,16 @@ const SHOWN_ERRORS: u64 = 5;
 
 async fn run(args: Args) -> Result<()> {
     let http = http::Client::new();
-    let target = Arc::new(Target::register(
+    let target = Arc::new(
+        Target::register(
             &http,
             &args.public,
             &args.admin,
             &args.scope,
             &args.access_token_strategy,
         )
-        .await?);
+        .await?,
+    );
     let mode = args.mode;
     let name = args.name.clone().unwrap_or_else(|| {
         let what = match mode {

@@ -225,7 +225,11 @@ impl Target {
         let opaque_access = tokens["access_token"]
             .as_str()
             .is_some_and(|t| t.starts_with("ptc_at_") && !t.contains('.'));
-        if !(if self.opaque { opaque_access } else { jwt("access_token") }) {
+        if !(if self.opaque {
+            opaque_access
+        } else {
+            jwt("access_token")
+        }) {
             bail!("no access token of the client's strategy: {tokens}");
         }
         let openid = self.scope.split(' ').any(|s| s == "openid");
