@@ -10,7 +10,6 @@ use crate::grant_tokens::{self, Grant, Lifetimes};
 use crate::oauth2_error::{ErrorCode, OAuth2Error};
 use crate::request::Params;
 use crate::server::Service;
-use crate::store::StepRows;
 use axum::response::Response;
 use subtle::ConstantTimeEq;
 
@@ -153,17 +152,10 @@ pub async fn exchange(
     // The code is spent in the transaction that stores the refresh token and the access
     // token's userinfo row: all of it commits, or (a concurrent exchange spent it first)
     // nothing does, and that exchange's tokens are revoked as a replay's.
-    let mut rows = StepRows::default();
+    let mut rows = issued.access_rows(&grant)?;
     rows.refresh_tokens.extend(issued.refresh_row.clone());
-    if grant.has_scope("openid") {
-        rows.sessions.push(crate::userinfo::row(
-            &issued.access_jti,
-            issued.access_exp,
-            &grant,
-        )?);
-    }
-    flow.issued
-        .push((issued.access_jti.clone(), issued.access_exp));
+    // An opaque access token needs no entry: a replay deletes the grant's opaque tokens.
+    flow.issued.extend(issued.access_jwt());
     let keep = issued.access_exp.max(now + REPLAY_WINDOW);
     if !flow::advance_with(svc, &flow, Stage::CodeIssued, Stage::CodeUsed, keep, rows).await? {
         grant_tokens::revoke_grant(svc, &flow.grant_id, &flow.issued).await?;

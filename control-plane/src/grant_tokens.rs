@@ -1,16 +1,21 @@
-//! The tokens of a person's grant (authorization code or refresh): a JWT access token for the
-//! subject (with the consent's `session.access_token` as `ext`), an ID token with `openid`, and
-//! a rotating refresh token with `offline`/`offline_access`. Shared by [`crate::code_grant`]
-//! and [`crate::refresh`], along with revoking everything a grant issued.
+//! The tokens of a person's grant (authorization code or refresh): an access token for the
+//! subject (a JWT, or an opaque token when the client's `access_token_strategy` is `opaque`,
+//! with the consent's `session.access_token` as `ext` either way), an ID token with `openid`,
+//! and a rotating refresh token with `offline`/`offline_access`. Shared by
+//! [`crate::code_grant`] and [`crate::refresh`], along with revoking everything a grant issued.
+//!
+//! A JWT is revoked by its `jti` (the revocation list); an opaque token only ever by deleting
+//! its row, which carries the grant's id so that the store deletes a grant's tokens with its
+//! refresh chain.
 
 use crate::client::ClientRecord;
 use crate::clock;
-use crate::crypto::{b64url, random_bytes, sha256};
+use crate::crypto::{b64url, b64url_decode, random_bytes, sha256};
 use crate::keys::ACCESS_TOKEN_SET;
 use crate::oauth2_error::OAuth2Error;
 use crate::server::Service;
-use crate::store::StoredRefreshToken;
-use crate::token::AccessClaims;
+use crate::store::{StepRows, StoredOpaqueToken, StoredRefreshToken};
+use crate::token::{AccessClaims, OPAQUE_PREFIX};
 use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
@@ -54,8 +59,35 @@ impl Grant {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RefreshState {
     pub grant: Grant,
-    pub access_jti: String,
+    /// The access token's `jti` when it is a JWT.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access_jti: Option<String>,
+    /// The access token's SHA-256 (base64url) when it is opaque.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access_hash: Option<String>,
     pub access_exp: i64,
+}
+
+impl RefreshState {
+    /// The JWT issued with this refresh token, as `(jti, exp)`.
+    pub fn access_jwt(&self) -> Option<(String, i64)> {
+        self.access_jti.clone().map(|j| (j, self.access_exp))
+    }
+
+    /// Adds to `rows` what ends the access token issued with this refresh token (strict
+    /// rotation); returns the JWT revocation to apply in memory once `rows` committed.
+    pub fn end_access(&self, rows: &mut StepRows, now: i64) -> Option<(String, i64)> {
+        if self.access_exp <= now {
+            return None;
+        }
+        let hash = self.access_hash.as_deref().and_then(b64url_decode);
+        if let Some(hash) = hash.and_then(|h| <[u8; 32]>::try_from(h).ok()) {
+            rows.revoked_opaque_tokens.push(hash);
+        }
+        let jwt = self.access_jwt();
+        rows.revocations.extend(jwt.clone());
+        jwt
+    }
 }
 
 /// Lifetimes (seconds) of one issuance.
@@ -66,21 +98,22 @@ pub struct Lifetimes {
     pub refresh: i64,
 }
 
-#[derive(Serialize)]
-struct UserAccessClaims<'a> {
-    #[serde(flatten)]
-    base: &'a AccessClaims,
-    #[serde(skip_serializing_if = "is_empty")]
-    ext: &'a Value,
+fn is_empty(v: &Value) -> bool {
+    v.is_null() || v.as_object().is_some_and(|o| o.is_empty())
 }
 
-fn is_empty(v: &&Value) -> bool {
-    v.is_null() || v.as_object().is_some_and(|o| o.is_empty())
+/// The access token of one issuance, as what revokes it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum IssuedAccess {
+    /// Revoked by its `jti`.
+    Jwt { jti: String },
+    /// Revoked by deleting this row, which the issuing step stores.
+    Opaque(StoredOpaqueToken),
 }
 
 pub struct Issued {
     pub access_token: String,
-    pub access_jti: String,
+    pub access: IssuedAccess,
     pub access_exp: i64,
     pub expires_in: i64,
     pub id_token: Option<String>,
@@ -88,7 +121,64 @@ pub struct Issued {
     pub refresh_row: Option<StoredRefreshToken>,
 }
 
-/// Signs the tokens of `grant` (no I/O; the caller persists `refresh_row`).
+impl Issued {
+    /// The access token as `(jti, exp)` when it is a JWT.
+    pub fn access_jwt(&self) -> Option<(String, i64)> {
+        match &self.access {
+            IssuedAccess::Jwt { jti } => Some((jti.clone(), self.access_exp)),
+            IssuedAccess::Opaque(_) => None,
+        }
+    }
+
+    /// The rows that record the access token, for the issuing step's transaction: an opaque
+    /// token's own row and, with `openid`, the row `/userinfo` answers from.
+    pub fn access_rows(&self, grant: &Grant) -> Result<StepRows, OAuth2Error> {
+        let mut rows = StepRows::default();
+        let userinfo_key = match &self.access {
+            IssuedAccess::Jwt { jti } => jti.clone(),
+            IssuedAccess::Opaque(row) => {
+                rows.opaque_tokens.push(row.clone());
+                crate::userinfo::opaque_key(&row.hash)
+            }
+        };
+        if grant.has_scope("openid") {
+            rows.sessions
+                .push(crate::userinfo::row(&userinfo_key, self.access_exp, grant)?);
+        }
+        Ok(rows)
+    }
+}
+
+/// An opaque access token for the person of `grant`, with the row that makes it one.
+fn opaque_access(
+    client: &ClientRecord,
+    grant: &Grant,
+    now: i64,
+    exp: i64,
+) -> Result<(String, StoredOpaqueToken), OAuth2Error> {
+    let raw = random_bytes::<32>().map_err(OAuth2Error::server_error)?;
+    let token = format!("{OPAQUE_PREFIX}{}", b64url(&raw));
+    let ext = if is_empty(&grant.access_token_claims) {
+        None
+    } else {
+        Some(serde_json::to_string(&grant.access_token_claims).map_err(OAuth2Error::server_error)?)
+    };
+    let row = StoredOpaqueToken {
+        hash: sha256(token.as_bytes()),
+        client_id: client.client.client_id.clone(),
+        subject: grant.subject.clone(),
+        scopes: grant.scopes.clone(),
+        audience: grant.audience.clone(),
+        issued_at: now,
+        expires_at: exp,
+        grant_id: Some(grant.grant_id.clone()),
+        ext,
+    };
+    Ok((token, row))
+}
+
+/// Issues the tokens of `grant` (no I/O; the caller persists `refresh_row` and
+/// [`Issued::access_rows`]).
 pub fn mint(
     svc: &Service,
     client: &ClientRecord,
@@ -100,27 +190,34 @@ pub fn mint(
     let key = ring
         .current(ACCESS_TOKEN_SET)
         .ok_or_else(|| OAuth2Error::server_error("no signing key"))?;
-    let base = AccessClaims {
-        iss: svc.config.issuer.clone(),
-        sub: grant.subject.clone(),
-        aud: grant.audience.clone(),
-        exp: now.saturating_add(life.access),
-        iat: now,
-        nbf: now,
-        jti: uuid::Uuid::new_v4().to_string(),
-        client_id: client.client.client_id.clone(),
-        scp: grant.scopes.clone(),
-    };
-    let access_token = key
-        .sign_jwt(
-            &UserAccessClaims {
-                base: &base,
-                ext: &grant.access_token_claims,
+    let access_exp = now.saturating_add(life.access);
+    let (access_token, access) = if client.opaque {
+        let (token, row) = opaque_access(client, grant, now, access_exp)?;
+        svc.metrics.token_issued("opaque");
+        (token, IssuedAccess::Opaque(row))
+    } else {
+        let claims = AccessClaims {
+            iss: svc.config.issuer.clone(),
+            sub: grant.subject.clone(),
+            aud: grant.audience.clone(),
+            exp: access_exp,
+            iat: now,
+            nbf: now,
+            jti: uuid::Uuid::new_v4().to_string(),
+            client_id: client.client.client_id.clone(),
+            scp: grant.scopes.clone(),
+            ext: if is_empty(&grant.access_token_claims) {
+                Value::Null
+            } else {
+                grant.access_token_claims.clone()
             },
-            &svc.keys.rng,
-        )
-        .map_err(OAuth2Error::server_error)?;
-    svc.metrics.token_issued(key.alg.as_str());
+        };
+        let token = key
+            .sign_jwt(&claims, &svc.keys.rng)
+            .map_err(OAuth2Error::server_error)?;
+        svc.metrics.token_issued(key.alg.as_str());
+        (token, IssuedAccess::Jwt { jti: claims.jti })
+    };
     let id_token = if grant.has_scope("openid") {
         let claims =
             crate::id_token::claims(&svc.config.issuer, grant, &access_token, now, life.id);
@@ -136,8 +233,15 @@ pub fn mint(
         let token = format!("{REFRESH_PREFIX}{}", b64url(&raw));
         let state = RefreshState {
             grant: grant.clone(),
-            access_jti: base.jti.clone(),
-            access_exp: base.exp,
+            access_jti: match &access {
+                IssuedAccess::Jwt { jti } => Some(jti.clone()),
+                IssuedAccess::Opaque(_) => None,
+            },
+            access_hash: match &access {
+                IssuedAccess::Jwt { .. } => None,
+                IssuedAccess::Opaque(row) => Some(b64url(&row.hash)),
+            },
+            access_exp,
         };
         let row = StoredRefreshToken {
             hash: sha256(token.as_bytes()),
@@ -155,8 +259,8 @@ pub fn mint(
     };
     Ok(Issued {
         access_token,
-        access_jti: base.jti,
-        access_exp: base.exp,
+        access,
+        access_exp,
         expires_in: life.access,
         id_token,
         refresh_token,
@@ -192,8 +296,9 @@ pub fn response(issued: &Issued, grant: &Grant) -> Response {
     resp
 }
 
-/// Revokes every token of a grant: the given access tokens, and every refresh token of the
-/// chain with the access token each was issued with.
+/// Revokes every token of a grant: the given JWT access tokens, every refresh token of the
+/// chain with the JWT each was issued with, and (in the store, with the chain) every opaque
+/// access token of the grant.
 pub async fn revoke_grant(
     svc: &Service,
     grant_id: &str,
@@ -206,8 +311,11 @@ pub async fn revoke_grant(
         .map_err(OAuth2Error::server_error)??;
     let mut jtis: Vec<(String, i64)> = access.to_vec();
     for row in rows {
-        if let Ok(state) = serde_json::from_str::<RefreshState>(&row.json) {
-            jtis.push((state.access_jti, state.access_exp));
+        if let Some(jwt) = serde_json::from_str::<RefreshState>(&row.json)
+            .ok()
+            .and_then(|s| s.access_jwt())
+        {
+            jtis.push(jwt);
         }
     }
     let now = clock::now();

@@ -11,6 +11,7 @@ use crate::token::{AccessClaims, OPAQUE_PREFIX};
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
@@ -29,6 +30,8 @@ pub struct ActiveToken {
     pub jti: Option<String>,
     /// The signing key of a JWT.
     pub kid: Option<String>,
+    /// A person's token: the consent's `session.access_token` claims (`Null` when none).
+    pub ext: Value,
 }
 
 #[derive(Deserialize)]
@@ -143,6 +146,7 @@ pub fn verify_jwt(svc: &Service, token: &str, now: i64) -> Option<ActiveToken> {
         nbf: claims.nbf,
         jti: Some(claims.jti),
         kid: Some(key.kid.clone()),
+        ext: claims.ext,
     })
 }
 
@@ -160,7 +164,7 @@ pub async fn inspect_opaque(
     Ok(row
         .filter(|r| r.expires_at > now && issued_to_current_client(svc, &r.client_id, r.issued_at))
         .map(|r| ActiveToken {
-            sub: r.client_id.clone(),
+            sub: r.subject,
             client_id: r.client_id,
             scopes: r.scopes,
             audience: r.audience,
@@ -169,6 +173,10 @@ pub async fn inspect_opaque(
             nbf: r.issued_at,
             jti: None,
             kid: None,
+            ext: r
+                .ext
+                .and_then(|e| serde_json::from_str(&e).ok())
+                .unwrap_or_default(),
         }))
 }
 
@@ -195,6 +203,8 @@ struct Active<'a> {
     iss: &'a str,
     token_type: &'static str,
     token_use: &'static str,
+    #[serde(skip_serializing_if = "Value::is_null")]
+    ext: &'a Value,
 }
 
 pub async fn introspect_endpoint(
@@ -228,6 +238,7 @@ pub async fn introspect_endpoint(
             iss: &svc.config.issuer,
             token_type: "Bearer",
             token_use: "access_token",
+            ext: &t.ext,
         })
         .into_response(),
     })

@@ -11,7 +11,6 @@ use crate::grant_tokens::{self, Lifetimes, REFRESH_PREFIX, RefreshState};
 use crate::oauth2_error::{ErrorCode, OAuth2Error};
 use crate::request::Params;
 use crate::server::Service;
-use crate::store::StepRows;
 use axum::response::Response;
 use std::sync::Arc;
 
@@ -83,12 +82,12 @@ pub async fn exchange(
     }
     let state: RefreshState = serde_json::from_str(&row.json).map_err(OAuth2Error::server_error)?;
     // The original grant, never narrowed or widened by a `scope` parameter (as Hydra).
-    let grant = state.grant;
+    let grant = &state.grant;
     let life = client.lifespans;
     let issued = grant_tokens::mint(
         svc,
         client,
-        &grant,
+        grant,
         Lifetimes {
             access: life
                 .refresh_access
@@ -108,28 +107,15 @@ pub async fn exchange(
     };
     // One transaction with the rotation: the userinfo row of the new access token and, strict
     // rotation, the revocation of the access token issued with the old refresh token.
-    let mut rows = StepRows::default();
-    let revoked_old = (state.access_exp > now).then_some((state.access_jti, state.access_exp));
-    rows.revocations.extend(revoked_old.clone());
-    if grant.has_scope("openid") {
-        rows.sessions.push(crate::userinfo::row(
-            &issued.access_jti,
-            issued.access_exp,
-            &grant,
-        )?);
-    }
+    let mut rows = issued.access_rows(grant)?;
+    let revoked_old = state.end_access(&mut rows, now);
     let store = Arc::clone(&svc.store);
     let won = tokio::task::spawn_blocking(move || {
         if in_grace {
             // Within the grace period the used token rotates again, without a race to win.
             // A rare path: its writes need not share a commit.
             store.insert_refresh_token(&new_row)?;
-            for (kind, s) in &rows.sessions {
-                store.put_session(kind, s)?;
-            }
-            for (jti, exp) in &rows.revocations {
-                store.insert_revocation(jti, *exp)?;
-            }
+            store.put_step_rows(&rows)?;
             Ok(true)
         } else {
             store.rotate_refresh_token(&hash, &new_row, now, &rows)
@@ -145,5 +131,5 @@ pub async fn exchange(
     if let Some((jti, exp)) = revoked_old {
         svc.revoked_persisted(jti, exp);
     }
-    Ok(grant_tokens::response(&issued, &grant))
+    Ok(grant_tokens::response(&issued, grant))
 }

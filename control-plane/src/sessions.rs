@@ -1,8 +1,9 @@
 //! Hydra's admin API over what a person left behind: remembered consents
 //! (`GET|DELETE /admin/oauth2/auth/sessions/consent`) and login sessions
 //! (`DELETE /admin/oauth2/auth/sessions/login`). Revoking consent also revokes the tokens of
-//! those grants: every refresh token, the access tokens issued with them, and the access tokens
-//! of `openid` grants (found through their `/userinfo` records).
+//! those grants: every refresh token, the JWT access tokens issued with them, the JWT access
+//! tokens of `openid` grants (found through their `/userinfo` records), and every opaque access
+//! token of the person's grants (deleted by the store with the refresh tokens).
 
 use crate::browser_session::{CONSENT, Logins, RememberedConsent, consent_key, end_logins};
 use crate::clock;
@@ -152,9 +153,13 @@ pub async fn revoke_consents(
     let mut jtis: Vec<(String, i64)> = refresh
         .iter()
         .filter_map(|r| serde_json::from_str::<RefreshState>(&r.json).ok())
-        .map(|s| (s.access_jti, s.access_exp))
+        .filter_map(|s| s.access_jwt())
         .collect();
-    for r in records {
+    // Opaque access tokens went with the refresh tokens, in the store.
+    for r in records
+        .into_iter()
+        .filter(|r| !r.id.starts_with(crate::userinfo::OPAQUE_KEY))
+    {
         let of_client = serde_json::from_str::<Grant>(&r.json)
             .is_ok_and(|g| client.as_deref().is_none_or(|c| g.client_id == c));
         if of_client {

@@ -88,15 +88,26 @@ pub struct StoredKey {
     pub expires_at: Option<i64>,
 }
 
-/// An opaque access token, keyed by the SHA-256 of the token string.
-#[derive(Debug, Clone, PartialEq)]
+/// An opaque access token, keyed by the SHA-256 of the token string: everything its
+/// introspection answers. Revoking one deletes its row, whatever the reason.
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct StoredOpaqueToken {
     pub hash: [u8; 32],
     pub client_id: String,
+    /// The client for `client_credentials` tokens (and for rows written before the column
+    /// existed); the person for a browser grant's.
+    pub subject: String,
     pub scopes: Vec<String>,
     pub audience: Vec<String>,
     pub issued_at: i64,
     pub expires_at: i64,
+    /// The browser grant (Hydra's `consent_request_id`, the refresh-token chain) the token
+    /// belongs to: revoking the grant or the person's consent deletes it. `None` for
+    /// `client_credentials`.
+    pub grant_id: Option<String>,
+    /// The consent's `session.access_token` claims as a JSON object (introspection's `ext`);
+    /// `None` when there are none.
+    pub ext: Option<String>,
 }
 
 /// The state of one browser authorization flow (login, consent, code) as JSON, with the stage
@@ -146,6 +157,10 @@ pub struct StepRows {
     pub sessions: Vec<(String, StoredSession)>,
     /// `(jti, expires_at)`, written as [`Store::insert_revocation`] does.
     pub revocations: Vec<(String, i64)>,
+    /// Inserted as [`Store::insert_opaque_token`] does.
+    pub opaque_tokens: Vec<StoredOpaqueToken>,
+    /// Hashes of opaque tokens to delete (revoked by the step).
+    pub revoked_opaque_tokens: Vec<[u8; 32]>,
 }
 
 /// Hydra's list filters (exact match); `None` matches everything.
@@ -260,10 +275,34 @@ pub trait Store: Send + Sync + 'static {
         now: i64,
         rows: &StepRows,
     ) -> StoreResult<bool>;
-    /// Deactivates every token of `chain` (no grace period applies to a revoked token); returns
-    /// all of its rows (to revoke what they issued).
+    /// [`StepRows`] without a compare-and-set, each written on its own (a rare path whose
+    /// writes need not share a commit).
+    fn put_step_rows(&self, rows: &StepRows) -> StoreResult<()> {
+        for t in &rows.refresh_tokens {
+            self.insert_refresh_token(t)?;
+        }
+        for (kind, s) in &rows.sessions {
+            self.put_session(kind, s)?;
+        }
+        for (jti, exp) in &rows.revocations {
+            self.insert_revocation(jti, *exp)?;
+        }
+        for t in &rows.opaque_tokens {
+            self.insert_opaque_token(t)?;
+        }
+        for h in &rows.revoked_opaque_tokens {
+            self.delete_opaque_token(h)?;
+        }
+        Ok(())
+    }
+
+    /// In one transaction: deactivates every token of `chain` (no grace period applies to a
+    /// revoked token) and deletes the opaque access tokens of the grant `chain` names;
+    /// returns all of the refresh tokens' rows (to revoke the JWTs they issued).
     fn revoke_refresh_chain(&self, chain: &str) -> StoreResult<Vec<StoredRefreshToken>>;
-    /// Deactivates every refresh token of `subject` (of one client, or all); returns the rows.
+    /// In one transaction: deactivates every refresh token of `subject` (of one client, or
+    /// all) and deletes the opaque access tokens of the same browser grants (never a
+    /// `client_credentials` token); returns the refresh tokens' rows.
     fn revoke_refresh_tokens_of(
         &self,
         subject: &str,

@@ -15,6 +15,7 @@ use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use portcullis_core::scope::ScopeStrategy;
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
 use std::sync::Arc;
 
 /// Opaque access tokens start with this, so a token's kind is known without a lookup.
@@ -37,6 +38,9 @@ pub struct AccessClaims {
     pub jti: String,
     pub client_id: String,
     pub scp: Vec<String>,
+    /// A person's token: the consent's `session.access_token` claims (Hydra's `ext`).
+    #[serde(default, skip_serializing_if = "Value::is_null")]
+    pub ext: Value,
 }
 
 #[derive(Serialize)]
@@ -281,10 +285,13 @@ pub async fn issue(
         let row = StoredOpaqueToken {
             hash: sha256(token.as_bytes()),
             client_id: client.client.client_id.clone(),
+            subject: client.client.client_id.clone(),
             scopes,
             audience,
             issued_at: now,
             expires_at: exp,
+            grant_id: None,
+            ext: None,
         };
         let store = Arc::clone(&svc.store);
         tokio::task::spawn_blocking(move || store.insert_opaque_token(&row))
@@ -307,6 +314,7 @@ pub async fn issue(
         jti: uuid::Uuid::new_v4().to_string(),
         client_id: client.client.client_id.clone(),
         scp: scopes,
+        ext: Value::Null,
     };
     let jwt = key
         .sign_jwt(&claims, &svc.keys.rng)

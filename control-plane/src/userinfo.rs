@@ -18,13 +18,23 @@ use std::sync::Arc;
 /// Store kind of the rows that tie an access token (`jti`) to its grant.
 pub const KIND: &str = "userinfo";
 
+/// Starts the row id of an opaque access token (which has no `jti`), so that nothing takes
+/// it for one.
+pub const OPAQUE_KEY: &str = "sha256:";
+
+/// The id of an opaque access token's row: its hash.
+pub fn opaque_key(hash: &[u8; 32]) -> String {
+    format!("{OPAQUE_KEY}{}", crate::crypto::b64url(hash))
+}
+
 /// The row that records who an access token with `openid` speaks for, until it expires;
-/// written in the transaction of the grant step that issues the token.
-pub fn row(jti: &str, exp: i64, grant: &Grant) -> Result<(String, StoredSession), OAuth2Error> {
+/// written in the transaction of the grant step that issues the token. `key` is a JWT's `jti`
+/// or an opaque token's [`opaque_key`].
+pub fn row(key: &str, exp: i64, grant: &Grant) -> Result<(String, StoredSession), OAuth2Error> {
     Ok((
         KIND.to_string(),
         StoredSession {
-            id: jti.to_string(),
+            id: key.to_string(),
             subject: grant.subject.clone(),
             json: serde_json::to_string(grant).map_err(OAuth2Error::server_error)?,
             expires_at: exp,
@@ -87,13 +97,15 @@ async fn userinfo(
         (None, None) => return Err(invalid_token("The request carries no access token.")),
     };
     let now = clock::now();
-    let active = crate::introspect::inspect_jwt(svc, &token, now)
+    let active = crate::introspect::inspect(svc, &token)
+        .await?
         .ok_or_else(|| invalid_token("The access token is invalid, expired or revoked."))?;
-    let jti = active
-        .jti
-        .ok_or_else(|| invalid_token("The access token is invalid, expired or revoked."))?;
+    let key = match active.jti {
+        Some(jti) => jti,
+        None => opaque_key(&crate::crypto::sha256(token.as_bytes())),
+    };
     let store = Arc::clone(&svc.store);
-    let row = tokio::task::spawn_blocking(move || store.get_session(KIND, &jti))
+    let row = tokio::task::spawn_blocking(move || store.get_session(KIND, &key))
         .await
         .map_err(OAuth2Error::server_error)??
         .filter(|r| r.expires_at > now)

@@ -660,6 +660,251 @@ async fn a_replayed_code_revokes_what_it_issued() {
     .assert_oauth_error(400, "invalid_grant");
 }
 
+type Rp = CoreClient<
+    openidconnect::EndpointSet,
+    openidconnect::EndpointNotSet,
+    openidconnect::EndpointNotSet,
+    openidconnect::EndpointNotSet,
+    openidconnect::EndpointMaybeSet,
+    openidconnect::EndpointMaybeSet,
+>;
+
+/// Signs `subject` in through `rp` (PKCE, `openid offline`) and redeems the code; returns the
+/// token response (its ID token verified, `at_hash` included) and the code.
+async fn rp_sign_in(
+    srv: &Server,
+    rp: &Rp,
+    browser: &mut Browser,
+    subject: &str,
+) -> (openidconnect::core::CoreTokenResponse, String) {
+    let (pkce, verifier) = PkceCodeChallenge::new_random_sha256();
+    let (auth_url, _, nonce) = rp
+        .authorize_url(
+            CoreAuthenticationFlow::AuthorizationCode,
+            CsrfToken::new_random,
+            Nonce::new_random,
+        )
+        .add_scope(Scope::new("offline".into()))
+        .set_pkce_challenge(pkce)
+        .url();
+    let back = authorize(
+        srv,
+        browser,
+        auth_url.as_str(),
+        subject,
+        &["openid", "offline"],
+    )
+    .await;
+    let code = query_param(&back, "code").unwrap();
+    let tokens = rp
+        .exchange_code(AuthorizationCode::new(code.clone()))
+        .unwrap()
+        .set_pkce_verifier(verifier)
+        .request_async(&rp_http())
+        .await
+        .expect("code exchange");
+    let id_token = tokens.id_token().expect("id_token with scope openid");
+    let id_verifier = rp.id_token_verifier();
+    let claims = id_token.claims(&id_verifier, &nonce).expect("ID token");
+    assert_eq!(claims.subject().as_str(), subject);
+    let at_hash = AccessTokenHash::from_token(
+        tokens.access_token(),
+        id_token.signing_alg().unwrap(),
+        id_token.signing_key(&id_verifier).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(claims.access_token_hash(), Some(&at_hash));
+    (tokens, code)
+}
+
+async fn userinfo_status(srv: &Server, token: &str) -> Reply {
+    Reply::from(
+        http()
+            .get(format!("{}/userinfo", srv.public()))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await
+}
+
+/// Hydra issues opaque access tokens to a client with `access_token_strategy: opaque` from
+/// every grant, the browser ones included; they answer introspection and `/userinfo` as the
+/// JWTs do, and die with their grant the same ways.
+#[tokio::test]
+async fn opaque_strategy_browser_grants_issue_opaque_tokens_that_live_and_die_like_jwts() {
+    let dir = TestDir::new();
+    let mut srv = start(&dir).await;
+    let (jwt_id, jwt_secret) = web_client(&srv).await;
+    let c = srv
+        .create_client(json!({
+            "client_name": "opaque rp",
+            "grant_types": ["authorization_code", "refresh_token"],
+            "response_types": ["code"],
+            "scope": "openid offline profile",
+            "redirect_uris": [CALLBACK],
+            "audience": ["https://api.example"],
+            "access_token_strategy": "opaque",
+        }))
+        .await;
+    let (id, secret) = (str_field(&c, "client_id"), str_field(&c, "client_secret"));
+    let jwt_rp = rp_client(&srv, &jwt_id, Some(&jwt_secret)).await;
+    let rp = rp_client(&srv, &id, Some(&secret)).await;
+    let mut browser = Browser::default();
+    let (jwt_tokens, _) = rp_sign_in(&srv, &jwt_rp, &mut browser, "olivia").await;
+    let (tokens, code) = rp_sign_in(&srv, &rp, &mut browser, "olivia").await;
+    let access = tokens.access_token().secret().clone();
+    assert!(
+        access.starts_with("ptc_at_") && !access.contains('.'),
+        "an opaque access token: {access}"
+    );
+    let refresh = tokens.refresh_token().expect("refresh token").clone();
+
+    // Introspection answers the same fields as for the JWT of the same person and consent.
+    let jwt_info = srv.introspect(jwt_tokens.access_token().secret()).await;
+    let info = srv.introspect(&access).await;
+    let fields = |v: &Value| v.as_object().unwrap().keys().cloned().collect::<Vec<_>>();
+    assert_eq!(fields(&info), fields(&jwt_info), "{info} vs {jwt_info}");
+    for f in fields(&jwt_info) {
+        match f.as_str() {
+            "client_id" => assert_eq!(info[&f], id.as_str()),
+            "exp" | "iat" | "nbf" => {}
+            _ => assert_eq!(info[&f], jwt_info[&f], "field {f}"),
+        }
+    }
+    let secs = |v: &Value, f: &str| v[f].as_i64().unwrap();
+    assert_eq!(
+        secs(&info, "exp") - secs(&info, "iat"),
+        secs(&jwt_info, "exp") - secs(&jwt_info, "iat")
+    );
+    assert_eq!(secs(&info, "nbf"), secs(&info, "iat"));
+    assert_eq!(info["active"], true);
+    assert_eq!(info["sub"], "olivia", "the person, not the client");
+    assert_eq!(info["ext"], json!({"team": "blue"}));
+    assert_eq!(info["token_use"], "access_token");
+    assert_eq!(info["scope"], "openid offline");
+    assert_eq!(info["aud"], json!(["https://api.example"]));
+    let ui = userinfo_status(&srv, &access).await;
+    assert_eq!(ui.status, 200, "{}", ui.body);
+    assert_eq!(ui.json["sub"], "olivia");
+    assert_eq!(ui.json["email"], "olivia@example.com");
+    // A guessed token of the right shape is nobody's.
+    let guess = format!("ptc_at_{}", "A".repeat(43));
+    userinfo_status(&srv, &guess)
+        .await
+        .assert_oauth_error(401, "invalid_token");
+
+    // Ending the login sessions leaves tokens alone, as for JWTs.
+    let sessions = format!("{}/admin/oauth2/auth/sessions", srv.admin());
+    let r = Reply::from(
+        http()
+            .delete(format!("{sessions}/login?subject=olivia"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(r.status, 204, "{}", r.body);
+    assert_eq!(srv.introspect(&access).await["active"], true);
+
+    // Everything survives kill -9.
+    srv.restart().await;
+    assert_eq!(srv.introspect(&access).await, info);
+    assert_eq!(userinfo_status(&srv, &access).await.status, 200);
+
+    // Refresh rotates: a new opaque access token; strict rotation ends the old one.
+    let rp = rp_client(&srv, &id, Some(&secret)).await;
+    let refreshed = rp
+        .exchange_refresh_token(&refresh)
+        .unwrap()
+        .request_async(&rp_http())
+        .await
+        .expect("refresh");
+    let live = refreshed.access_token().secret().clone();
+    assert!(live.starts_with("ptc_at_") && live != access, "{live}");
+    let new_refresh = refreshed.refresh_token().expect("rotated").clone();
+    assert_eq!(srv.introspect(&access).await, json!({"active": false}));
+    userinfo_status(&srv, &access)
+        .await
+        .assert_oauth_error(401, "invalid_token");
+    let live_info = srv.introspect(&live).await;
+    assert_eq!(live_info["sub"], "olivia");
+    assert_eq!(live_info["ext"], json!({"team": "blue"}));
+    assert_eq!(userinfo_status(&srv, &live).await.status, 200);
+
+    // Reusing the rotated-out refresh token revokes every token of the chain.
+    srv.token_basic(
+        &id,
+        &secret,
+        &[
+            ("grant_type", "refresh_token"),
+            ("refresh_token", refresh.secret()),
+        ],
+    )
+    .await
+    .assert_oauth_error(400, "invalid_grant");
+    assert_eq!(srv.introspect(&live).await, json!({"active": false}));
+    srv.token_basic(
+        &id,
+        &secret,
+        &[
+            ("grant_type", "refresh_token"),
+            ("refresh_token", new_refresh.secret()),
+        ],
+    )
+    .await
+    .assert_oauth_error(400, "invalid_grant");
+    // So does replaying the code.
+    redeem(&srv, &id, &secret, &code)
+        .await
+        .assert_oauth_error(400, "invalid_grant");
+
+    // A second grant, then a replay of its code: its tokens end.
+    let (second, code) = rp_sign_in(&srv, &rp, &mut browser, "olivia").await;
+    let second = second.access_token().secret().clone();
+    assert_eq!(srv.introspect(&second).await["active"], true);
+    redeem(&srv, &id, &secret, &code)
+        .await
+        .assert_oauth_error(400, "invalid_grant");
+    assert_eq!(srv.introspect(&second).await["active"], false);
+
+    // Revoking the person's consent to this client ends a third grant's tokens, and only
+    // this client's.
+    let (third, _) = rp_sign_in(&srv, &rp, &mut browser, "olivia").await;
+    let third_refresh = third.refresh_token().unwrap().clone();
+    let third = third.access_token().secret().clone();
+    assert_eq!(srv.introspect(&third).await["active"], true);
+    let r = Reply::from(
+        http()
+            .delete(format!("{sessions}/consent?subject=olivia&client={id}"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(r.status, 204, "{}", r.body);
+    assert_eq!(srv.introspect(&third).await, json!({"active": false}));
+    userinfo_status(&srv, &third)
+        .await
+        .assert_oauth_error(401, "invalid_token");
+    srv.token_basic(
+        &id,
+        &secret,
+        &[
+            ("grant_type", "refresh_token"),
+            ("refresh_token", third_refresh.secret()),
+        ],
+    )
+    .await
+    .assert_oauth_error(400, "invalid_grant");
+    assert_eq!(
+        srv.introspect(jwt_tokens.access_token().secret()).await["active"],
+        true,
+        "another client's grant stays"
+    );
+}
+
 fn form(s: &str) -> String {
     harness::form_encode(s)
 }

@@ -23,7 +23,8 @@ fn store() -> PostgresStore {
 
 fn store_at(dsn: &str) -> PostgresStore {
     let s = PostgresStore::connect(dsn, &Options::default()).unwrap();
-    assert_eq!(s.migrate().unwrap(), vec![1]);
+    let every: Vec<usize> = (1..=PostgresStore::schema_version()).collect();
+    assert_eq!(s.migrate().unwrap(), every);
     assert!(
         s.migrate().unwrap().is_empty(),
         "migrating twice is a no-op"
@@ -49,6 +50,21 @@ fn key(kid: &str) -> StoredKey {
         private_sealed: vec![1, 2, 3],
         created_at: 10,
         expires_at: None,
+    }
+}
+
+/// A browser grant's opaque access token for the person "s".
+fn opaque(b: u8, client: &str, grant: &str) -> StoredOpaqueToken {
+    StoredOpaqueToken {
+        hash: [b; 32],
+        client_id: client.into(),
+        subject: "s".into(),
+        scopes: vec!["openid".into()],
+        audience: vec!["api".into()],
+        issued_at: 1,
+        expires_at: 100,
+        grant_id: Some(grant.into()),
+        ext: Some(r#"{"team":"blue"}"#.into()),
     }
 }
 
@@ -117,10 +133,13 @@ fn tokens_revocations_jtis_flows_sessions_and_refresh_chains() {
     let t = StoredOpaqueToken {
         hash: [7; 32],
         client_id: "c".into(),
+        subject: "c".into(),
         scopes: vec!["a".into(), "b".into()],
         audience: vec![],
         issued_at: 1,
         expires_at: 50,
+        grant_id: None,
+        ext: None,
     };
     s.insert_opaque_token(&t).unwrap();
     assert!(s.insert_opaque_token(&t).is_err(), "a duplicate is refused");
@@ -162,6 +181,7 @@ fn tokens_revocations_jtis_flows_sessions_and_refresh_chains() {
             },
         )],
         revocations: vec![(jti.into(), 100)],
+        ..StepRows::default()
     };
     let later = StoredFlow {
         stage: 2,
@@ -194,14 +214,41 @@ fn tokens_revocations_jtis_flows_sessions_and_refresh_chains() {
     assert_eq!(s.delete_sessions("login", "alice").unwrap(), 1);
 
     s.insert_refresh_token(&rt(1, "ch")).unwrap();
+    // Browser-grant opaque access tokens: one issued with the first refresh token, the
+    // successor's in the rotation's transaction (which deletes the first), and one of another
+    // grant of the same person.
+    s.insert_opaque_token(&opaque(1, "c", "ch")).unwrap();
+    s.insert_opaque_token(&opaque(9, "c", "other")).unwrap();
+    assert_eq!(
+        s.get_opaque_token(&[1; 32]).unwrap(),
+        Some(opaque(1, "c", "ch")),
+        "the batch insert keeps subject, grant and ext"
+    );
+    let rotation = StepRows {
+        opaque_tokens: vec![opaque(2, "c", "ch")],
+        revoked_opaque_tokens: vec![[1; 32]],
+        ..StepRows::default()
+    };
     assert!(
-        s.rotate_refresh_token(&[1; 32], &rt(2, "ch"), 50, &StepRows::default())
+        s.rotate_refresh_token(&[1; 32], &rt(2, "ch"), 50, &rotation)
             .unwrap()
     );
+    assert_eq!(s.get_opaque_token(&[1; 32]).unwrap(), None);
+    assert_eq!(
+        s.get_opaque_token(&[2; 32]).unwrap(),
+        Some(opaque(2, "c", "ch"))
+    );
+    let late = StepRows {
+        opaque_tokens: vec![opaque(3, "c", "ch")],
+        revoked_opaque_tokens: vec![[2; 32]],
+        ..StepRows::default()
+    };
     assert!(
-        !s.rotate_refresh_token(&[1; 32], &rt(3, "ch"), 51, &StepRows::default())
+        !s.rotate_refresh_token(&[1; 32], &rt(3, "ch"), 51, &late)
             .unwrap()
     );
+    assert!(s.get_opaque_token(&[3; 32]).unwrap().is_none());
+    assert!(s.get_opaque_token(&[2; 32]).unwrap().is_some());
     assert!(
         s.get_refresh_token(&[3; 32]).unwrap().is_none(),
         "the loser writes nothing"
@@ -213,13 +260,31 @@ fn tokens_revocations_jtis_flows_sessions_and_refresh_chains() {
     let chain = s.revoke_refresh_chain("ch").unwrap();
     assert_eq!(chain.len(), 2);
     assert!(chain.iter().all(|t| !t.active && t.used_at.is_none()));
+    assert!(
+        s.get_opaque_token(&[2; 32]).unwrap().is_none(),
+        "the chain's opaque tokens go with it"
+    );
+    assert!(s.get_opaque_token(&[9; 32]).unwrap().is_some());
     s.insert_refresh_token(&rt(4, "other")).unwrap();
+    // A client_credentials token of a client named like the person stays.
+    let m2m = StoredOpaqueToken {
+        hash: [8; 32],
+        client_id: "s".into(),
+        subject: "s".into(),
+        expires_at: 50,
+        ..StoredOpaqueToken::default()
+    };
+    s.insert_opaque_token(&m2m).unwrap();
     assert!(
         s.revoke_refresh_tokens_of("s", Some("d"))
             .unwrap()
             .is_empty()
     );
+    assert!(s.get_opaque_token(&[9; 32]).unwrap().is_some());
     assert_eq!(s.revoke_refresh_tokens_of("s", Some("c")).unwrap().len(), 3);
+    assert!(s.get_opaque_token(&[9; 32]).unwrap().is_none());
+    assert_eq!(s.get_opaque_token(&[8; 32]).unwrap(), Some(m2m));
+    s.delete_opaque_token(&[8; 32]).unwrap();
     // 3 refresh tokens, the flow, 2 revocations, 2 jtis.
     assert_eq!(s.purge_expired(100).unwrap(), 8);
 }
@@ -237,6 +302,7 @@ fn opaque_tokens_queued_meanwhile_commit_as_one_batch() {
         audience: vec!["a".into(), "b".into()],
         issued_at: 1,
         expires_at: 50,
+        ..StoredOpaqueToken::default()
     };
     // Hold the writer inside its first batch: the table is locked by another session.
     let (locked_tx, locked_rx) = mpsc::channel();
@@ -372,6 +438,33 @@ fn the_change_feed_reports_writes_and_the_lock_excludes() {
     waiter.join().unwrap();
 }
 
+/// Rows written before migration 2 have no subject, grant or ext: client_credentials tokens,
+/// whose subject is the client.
+#[test]
+fn opaque_tokens_from_before_browser_grants_read_as_the_clients() {
+    let dsn = pg::shared().create_database();
+    let s = store_at(&dsn);
+    pg::PgServer::execute(
+        &dsn,
+        "INSERT INTO opaque_tokens (hash, client_id, scopes, audience, issued_at, expires_at)
+         VALUES (decode(repeat('09', 32), 'hex'), 'm2m', 'read write', 'api', 1, 100)",
+    );
+    assert_eq!(
+        s.get_opaque_token(&[9; 32]).unwrap(),
+        Some(StoredOpaqueToken {
+            hash: [9; 32],
+            client_id: "m2m".into(),
+            subject: "m2m".into(),
+            scopes: vec!["read".into(), "write".into()],
+            audience: vec!["api".into()],
+            issued_at: 1,
+            expires_at: 100,
+            grant_id: None,
+            ext: None,
+        })
+    );
+}
+
 #[test]
 fn a_sqlite_snapshot_imports_once() {
     let dir = tempfile::tempdir().unwrap();
@@ -380,6 +473,7 @@ fn a_sqlite_snapshot_imports_once() {
     lite.insert_key(&key("k")).unwrap();
     lite.insert_revocation("j", 90).unwrap();
     lite.insert_refresh_token(&rt(1, "ch")).unwrap();
+    lite.insert_opaque_token(&opaque(2, "a", "ch")).unwrap();
     lite.put_session(
         "consent",
         &StoredSession {
@@ -391,9 +485,9 @@ fn a_sqlite_snapshot_imports_once() {
     )
     .unwrap();
     let snap = lite.export().unwrap();
-    assert_eq!(snap.rows(), 5);
+    assert_eq!(snap.rows(), 6);
     let pg = store();
-    assert_eq!(pg.import(&snap).unwrap(), 5);
+    assert_eq!(pg.import(&snap).unwrap(), 6);
     assert_eq!(
         pg.import(&snap).unwrap(),
         0,
@@ -402,5 +496,10 @@ fn a_sqlite_snapshot_imports_once() {
     assert_eq!(pg.get_client("a").unwrap(), Some(client("a")));
     assert_eq!(pg.list_keys().unwrap(), vec![key("k")]);
     assert_eq!(pg.get_refresh_token(&[1; 32]).unwrap(), Some(rt(1, "ch")));
+    assert_eq!(
+        pg.get_opaque_token(&[2; 32]).unwrap(),
+        Some(opaque(2, "a", "ch")),
+        "a browser grant's opaque token keeps its subject, grant and ext"
+    );
     assert_eq!(pg.list_revocations(0).unwrap(), vec![("j".into(), 90)]);
 }

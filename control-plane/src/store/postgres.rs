@@ -32,7 +32,8 @@ pub const CHANNEL: &str = "portcullis_changes";
 
 /// Schema versions, applied in order; `portcullis_schema` records each one applied. The
 /// tables mirror the SQLite store's (see `sqlite.rs`); the triggers are what replicas listen to.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE clients (
     client_id   TEXT PRIMARY KEY,
     json        TEXT NOT NULL,
@@ -130,7 +131,16 @@ BEGIN
 END $$;
 CREATE TRIGGER revocations_changed AFTER INSERT OR UPDATE ON revocations
     FOR EACH ROW EXECUTE FUNCTION portcullis_notify_revocation();
-"#];
+"#,
+    // Opaque access tokens of browser grants (as the SQLite store's migration 3).
+    r#"
+ALTER TABLE opaque_tokens ADD COLUMN subject TEXT, ADD COLUMN grant_id TEXT,
+    ADD COLUMN ext TEXT;
+CREATE INDEX opaque_tokens_grant ON opaque_tokens(grant_id) WHERE grant_id IS NOT NULL;
+CREATE INDEX opaque_tokens_subject ON opaque_tokens(subject, client_id)
+    WHERE grant_id IS NOT NULL;
+"#,
+];
 
 /// Serialises schema changes between replicas starting together (any constant of our own).
 const MIGRATION_LOCK: i64 = 0x706f_7274_6375_6c01;
@@ -411,19 +421,7 @@ impl PostgresStore {
                 )?;
             }
             for t in &snap.opaque_tokens {
-                n += tx.execute(
-                    "INSERT INTO opaque_tokens
-                     (hash, client_id, scopes, audience, issued_at, expires_at)
-                     VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
-                    &[
-                        &&t.hash[..],
-                        &t.client_id,
-                        &t.scopes.join(" "),
-                        &t.audience.join(" "),
-                        &t.issued_at,
-                        &t.expires_at,
-                    ],
-                )?;
+                n += insert_opaque(&mut tx, t, true)?;
             }
             for (jti, exp) in &snap.revocations {
                 n += tx.execute(
@@ -535,6 +533,54 @@ fn refresh_row(r: &Row) -> StoredRefreshToken {
 
 const REFRESH_COLUMNS: &str = "hash, chain, client_id, subject, active, used_at, json, expires_at";
 
+/// The columns [`opaque_row`] reads.
+const OPAQUE_COLUMNS: &str = "hash, client_id, COALESCE(subject, client_id), scopes, audience,
+     issued_at, expires_at, grant_id, ext";
+
+fn opaque_row(r: &Row) -> StoredOpaqueToken {
+    StoredOpaqueToken {
+        hash: hash32(r.get(0)),
+        client_id: r.get(1),
+        subject: r.get(2),
+        scopes: split_list(r.get(3)),
+        audience: split_list(r.get(4)),
+        issued_at: r.get(5),
+        expires_at: r.get(6),
+        grant_id: r.get(7),
+        ext: r.get(8),
+    }
+}
+
+fn insert_opaque(
+    c: &mut impl GenericClient,
+    t: &StoredOpaqueToken,
+    keep_existing: bool,
+) -> Result<u64, postgres::Error> {
+    let sql = if keep_existing {
+        "INSERT INTO opaque_tokens
+         (hash, client_id, subject, scopes, audience, issued_at, expires_at, grant_id, ext)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT DO NOTHING"
+    } else {
+        "INSERT INTO opaque_tokens
+         (hash, client_id, subject, scopes, audience, issued_at, expires_at, grant_id, ext)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"
+    };
+    c.execute(
+        sql,
+        &[
+            &&t.hash[..],
+            &t.client_id,
+            &t.subject,
+            &t.scopes.join(" "),
+            &t.audience.join(" "),
+            &t.issued_at,
+            &t.expires_at,
+            &t.grant_id,
+            &t.ext,
+        ],
+    )
+}
+
 fn advance_flow(
     c: &mut impl GenericClient,
     from: i64,
@@ -574,7 +620,11 @@ fn insert_revocation(
 }
 
 fn step_rows_empty(rows: &StepRows) -> bool {
-    rows.refresh_tokens.is_empty() && rows.sessions.is_empty() && rows.revocations.is_empty()
+    rows.refresh_tokens.is_empty()
+        && rows.sessions.is_empty()
+        && rows.revocations.is_empty()
+        && rows.opaque_tokens.is_empty()
+        && rows.revoked_opaque_tokens.is_empty()
 }
 
 /// The rows of a step, inside the transaction of its compare-and-set.
@@ -587,6 +637,12 @@ fn write_step_rows(c: &mut impl GenericClient, rows: &StepRows) -> Result<(), po
     }
     for (jti, exp) in &rows.revocations {
         insert_revocation(c, jti, *exp)?;
+    }
+    for t in &rows.opaque_tokens {
+        insert_opaque(c, t, false)?;
+    }
+    for h in &rows.revoked_opaque_tokens {
+        c.execute("DELETE FROM opaque_tokens WHERE hash = $1", &[&&h[..]])?;
     }
     Ok(())
 }
@@ -891,21 +947,11 @@ impl Store for PostgresStore {
     fn get_opaque_token(&self, hash: &[u8; 32]) -> StoreResult<Option<StoredOpaqueToken>> {
         self.with(|c| {
             c.query_opt(
-                "SELECT client_id, scopes, audience, issued_at, expires_at
-                 FROM opaque_tokens WHERE hash = $1",
+                &format!("SELECT {OPAQUE_COLUMNS} FROM opaque_tokens WHERE hash = $1"),
                 &[&&hash[..]],
             )
         })
-        .map(|r| {
-            r.map(|r| StoredOpaqueToken {
-                hash: *hash,
-                client_id: r.get(0),
-                scopes: split_list(r.get(1)),
-                audience: split_list(r.get(2)),
-                issued_at: r.get(3),
-                expires_at: r.get(4),
-            })
-        })
+        .map(|r| r.as_ref().map(opaque_row))
     }
 
     fn delete_opaque_token(&self, hash: &[u8; 32]) -> StoreResult<bool> {
@@ -1070,8 +1116,10 @@ impl Store for PostgresStore {
     fn revoke_refresh_chain(&self, chain: &str) -> StoreResult<Vec<StoredRefreshToken>> {
         self.with(|c| {
             c.query(
+                // One statement: the data-modifying CTE commits with the update.
                 &format!(
-                    "UPDATE refresh_tokens SET active = FALSE, used_at = NULL WHERE chain = $1
+                    "WITH gone AS (DELETE FROM opaque_tokens WHERE grant_id = $1)
+                     UPDATE refresh_tokens SET active = FALSE, used_at = NULL WHERE chain = $1
                      RETURNING {REFRESH_COLUMNS}"
                 ),
                 &[&chain],
@@ -1088,7 +1136,9 @@ impl Store for PostgresStore {
         self.with(|c| {
             c.query(
                 &format!(
-                    "UPDATE refresh_tokens SET active = FALSE, used_at = NULL
+                    "WITH gone AS (DELETE FROM opaque_tokens WHERE grant_id IS NOT NULL
+                         AND subject = $1 AND ($2::text IS NULL OR client_id = $2))
+                     UPDATE refresh_tokens SET active = FALSE, used_at = NULL
                      WHERE subject = $1 AND ($2::text IS NULL OR client_id = $2)
                      RETURNING {REFRESH_COLUMNS}"
                 ),

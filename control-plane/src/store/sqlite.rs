@@ -97,6 +97,17 @@ CREATE INDEX refresh_tokens_chain ON refresh_tokens(chain);
 CREATE INDEX refresh_tokens_subject ON refresh_tokens(subject, client_id);
 CREATE INDEX refresh_tokens_exp ON refresh_tokens(expires_at);
 "#,
+    // Opaque access tokens of browser grants. Rows from before keep NULLs: a NULL subject is
+    // the client (all of them were client_credentials tokens). The partial indexes leave
+    // client_credentials tokens out, so issuing those costs no extra index writes.
+    r#"
+ALTER TABLE opaque_tokens ADD COLUMN subject TEXT;
+ALTER TABLE opaque_tokens ADD COLUMN grant_id TEXT;
+ALTER TABLE opaque_tokens ADD COLUMN ext TEXT;
+CREATE INDEX opaque_tokens_grant ON opaque_tokens(grant_id) WHERE grant_id IS NOT NULL;
+CREATE INDEX opaque_tokens_subject ON opaque_tokens(subject, client_id)
+    WHERE grant_id IS NOT NULL;
+"#,
 ];
 
 /// Rows deleted per statement when purging the browser-flow tables.
@@ -248,19 +259,9 @@ impl SqliteStore {
             )?
             .query_map([], key_row)?
             .collect::<rusqlite::Result<_>>()?;
-            let opaque_tokens = all("SELECT hash, client_id, scopes, audience, issued_at,
-                                     expires_at FROM opaque_tokens")?
-            .query_map([], |r| {
-                Ok(StoredOpaqueToken {
-                    hash: hash32(&r.get::<_, Vec<u8>>(0)?),
-                    client_id: r.get(1)?,
-                    scopes: split_list(&r.get::<_, String>(2)?),
-                    audience: split_list(&r.get::<_, String>(3)?),
-                    issued_at: r.get(4)?,
-                    expires_at: r.get(5)?,
-                })
-            })?
-            .collect::<rusqlite::Result<_>>()?;
+            let opaque_tokens = all(&format!("SELECT {OPAQUE_COLUMNS} FROM opaque_tokens"))?
+                .query_map([], opaque_row)?
+                .collect::<rusqlite::Result<_>>()?;
             let revocations = all("SELECT jti, expires_at FROM revocations")?
                 .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
                 .collect::<rusqlite::Result<_>>()?;
@@ -387,6 +388,48 @@ fn refresh_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredRefreshToken> {
     })
 }
 
+/// The columns [`opaque_row`] reads.
+const OPAQUE_COLUMNS: &str = "hash, client_id, COALESCE(subject, client_id), scopes, audience,
+     issued_at, expires_at, grant_id, ext";
+
+fn opaque_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredOpaqueToken> {
+    Ok(StoredOpaqueToken {
+        hash: hash32(&r.get::<_, Vec<u8>>(0)?),
+        client_id: r.get(1)?,
+        subject: r.get(2)?,
+        scopes: split_list(&r.get::<_, String>(3)?),
+        audience: split_list(&r.get::<_, String>(4)?),
+        issued_at: r.get(5)?,
+        expires_at: r.get(6)?,
+        grant_id: r.get(7)?,
+        ext: r.get(8)?,
+    })
+}
+
+fn insert_opaque(c: &Connection, t: &StoredOpaqueToken) -> rusqlite::Result<usize> {
+    exec(
+        c,
+        "INSERT INTO opaque_tokens
+         (hash, client_id, subject, scopes, audience, issued_at, expires_at, grant_id, ext)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+        params![
+            &t.hash[..],
+            t.client_id,
+            t.subject,
+            t.scopes.join(" "),
+            t.audience.join(" "),
+            t.issued_at,
+            t.expires_at,
+            t.grant_id,
+            t.ext
+        ],
+    )
+}
+
+fn delete_opaque(c: &Connection, hash: &[u8; 32]) -> rusqlite::Result<usize> {
+    exec(c, "DELETE FROM opaque_tokens WHERE hash = ?1", [&hash[..]])
+}
+
 fn insert_refresh(c: &Connection, t: &StoredRefreshToken) -> rusqlite::Result<usize> {
     exec(
         c,
@@ -433,6 +476,12 @@ fn write_step_rows(c: &Connection, rows: &StepRows) -> rusqlite::Result<()> {
     }
     for (jti, exp) in &rows.revocations {
         insert_revocation(c, jti, *exp)?;
+    }
+    for t in &rows.opaque_tokens {
+        insert_opaque(c, t)?;
+    }
+    for h in &rows.revoked_opaque_tokens {
+        delete_opaque(c, h)?;
     }
     Ok(())
 }
@@ -591,49 +640,23 @@ impl Store for SqliteStore {
 
     fn insert_opaque_token(&self, t: &StoredOpaqueToken) -> StoreResult<()> {
         let t = t.clone();
-        self.write(move |c| {
-            exec(
-                c,
-                "INSERT INTO opaque_tokens (hash, client_id, scopes, audience, issued_at, expires_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                params![
-                    &t.hash[..],
-                    t.client_id,
-                    t.scopes.join(" "),
-                    t.audience.join(" "),
-                    t.issued_at,
-                    t.expires_at
-                ],
-            )
-        })
-        .map(|_| ())
+        self.write(move |c| insert_opaque(c, &t)).map(|_| ())
     }
 
     fn get_opaque_token(&self, hash: &[u8; 32]) -> StoreResult<Option<StoredOpaqueToken>> {
         self.read(|c| {
             one(
                 c,
-                "SELECT client_id, scopes, audience, issued_at, expires_at
-                 FROM opaque_tokens WHERE hash = ?1",
+                &format!("SELECT {OPAQUE_COLUMNS} FROM opaque_tokens WHERE hash = ?1"),
                 [&hash[..]],
-                |r| {
-                    Ok(StoredOpaqueToken {
-                        hash: *hash,
-                        client_id: r.get(0)?,
-                        scopes: split_list(&r.get::<_, String>(1)?),
-                        audience: split_list(&r.get::<_, String>(2)?),
-                        issued_at: r.get(3)?,
-                        expires_at: r.get(4)?,
-                    })
-                },
+                opaque_row,
             )
         })
     }
 
     fn delete_opaque_token(&self, hash: &[u8; 32]) -> StoreResult<bool> {
         let hash = *hash;
-        self.write(move |c| exec(c, "DELETE FROM opaque_tokens WHERE hash = ?1", [&hash[..]]))
-            .map(|n| n > 0)
+        self.write(move |c| delete_opaque(c, &hash)).map(|n| n > 0)
     }
 
     fn delete_client_tokens(&self, client_id: &str) -> StoreResult<()> {
@@ -809,6 +832,7 @@ impl Store for SqliteStore {
                 "UPDATE refresh_tokens SET active = 0, used_at = NULL WHERE chain = ?1",
                 [&chain],
             )?;
+            exec(c, "DELETE FROM opaque_tokens WHERE grant_id = ?1", [&chain])?;
             let mut stmt = c.prepare_cached(&format!(
                 "SELECT {REFRESH_COLUMNS} FROM refresh_tokens WHERE chain = ?1"
             ))?;
@@ -828,6 +852,12 @@ impl Store for SqliteStore {
                 c,
                 "UPDATE refresh_tokens SET active = 0, used_at = NULL
                  WHERE subject = ?1 AND (?2 IS NULL OR client_id = ?2)",
+                params![subject, client_id],
+            )?;
+            exec(
+                c,
+                "DELETE FROM opaque_tokens WHERE grant_id IS NOT NULL
+                 AND subject = ?1 AND (?2 IS NULL OR client_id = ?2)",
                 params![subject, client_id],
             )?;
             let mut stmt = c.prepare_cached(&format!(
@@ -1015,6 +1045,7 @@ mod tests {
                                 audience: vec![],
                                 issued_at: 1,
                                 expires_at: 100,
+                                ..StoredOpaqueToken::default()
                             })
                             .unwrap();
                     }
@@ -1043,6 +1074,7 @@ mod tests {
             audience: vec![],
             issued_at: 1,
             expires_at: 100,
+            ..StoredOpaqueToken::default()
         };
         assert!(reopened.insert_opaque_token(&dup).is_err());
     }
@@ -1133,10 +1165,20 @@ mod tests {
             json: "{}".into(),
             expires_at: 100,
         };
+        let opaque = |b: u8| StoredOpaqueToken {
+            hash: [b; 32],
+            client_id: "c".into(),
+            subject: "s".into(),
+            expires_at: 100,
+            grant_id: Some("ch".into()),
+            ..StoredOpaqueToken::default()
+        };
         let rows = |n: &str, b: u8| StepRows {
             refresh_tokens: vec![rt(b)],
             sessions: vec![("userinfo".into(), session(n))],
             revocations: vec![(n.to_string(), 100)],
+            opaque_tokens: vec![opaque(b)],
+            revoked_opaque_tokens: vec![[b.wrapping_sub(3); 32]],
         };
         s.insert_flow(&flow(4)).unwrap();
         assert!(s.advance_flow_with(4, &flow(5), &rows("won", 1)).unwrap());
@@ -1155,13 +1197,96 @@ mod tests {
         );
         assert!(s.get_refresh_token(&[4; 32]).unwrap().is_some());
         assert!(s.get_session("userinfo", "next").unwrap().is_some());
+        // The rotation's rows: the successor's opaque access token in, its predecessor's out.
+        assert_eq!(s.get_opaque_token(&[4; 32]).unwrap(), Some(opaque(4)));
+        assert_eq!(s.get_opaque_token(&[1; 32]).unwrap(), None);
         assert!(
             !s.rotate_refresh_token(&[1; 32], &rt(5), 51, &rows("late", 6))
                 .unwrap()
         );
         assert!(s.get_refresh_token(&[6; 32]).unwrap().is_none());
         assert!(s.get_session("userinfo", "late").unwrap().is_none());
+        assert!(s.get_opaque_token(&[6; 32]).unwrap().is_none());
+        assert!(
+            s.get_opaque_token(&[4; 32]).unwrap().is_some(),
+            "a loser deletes nothing"
+        );
         assert_eq!(s.list_revocations(0).unwrap().len(), 2);
+    }
+
+    #[test]
+    fn revoking_a_grant_or_a_consent_deletes_its_opaque_tokens_only() {
+        let s = SqliteStore::in_memory().unwrap();
+        let token = |b: u8, client: &str, subject: &str, grant: Option<&str>| StoredOpaqueToken {
+            hash: [b; 32],
+            client_id: client.into(),
+            subject: subject.into(),
+            expires_at: 100,
+            grant_id: grant.map(str::to_string),
+            ext: grant.map(|_| r#"{"team":"blue"}"#.to_string()),
+            ..StoredOpaqueToken::default()
+        };
+        let rows = [
+            token(1, "web", "alice", Some("g1")),
+            token(2, "web", "alice", Some("g1")),
+            token(3, "web", "alice", Some("g2")),
+            token(4, "app", "alice", Some("g3")),
+            // A client_credentials token of a client whose id is a person's name.
+            token(5, "alice", "alice", None),
+            token(6, "web", "bob", Some("g4")),
+        ];
+        for t in &rows {
+            s.insert_opaque_token(t).unwrap();
+        }
+        assert_eq!(
+            s.get_opaque_token(&[1; 32]).unwrap().as_ref(),
+            Some(&rows[0])
+        );
+        s.revoke_refresh_chain("g1").unwrap();
+        let alive = |b: u8| s.get_opaque_token(&[b; 32]).unwrap().is_some();
+        assert!(!alive(1) && !alive(2));
+        assert!(alive(3) && alive(4) && alive(5) && alive(6));
+        s.revoke_refresh_tokens_of("alice", Some("app")).unwrap();
+        assert!(!alive(4) && alive(3));
+        s.revoke_refresh_tokens_of("alice", None).unwrap();
+        assert!(!alive(3));
+        assert!(alive(5), "a client_credentials token is no consent's");
+        assert!(alive(6), "another person's grant");
+    }
+
+    #[test]
+    fn opaque_tokens_from_before_browser_grants_read_as_the_clients() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            // A data dir of the schema before the migration, with a client_credentials row.
+            let conn = Connection::open(dir.path().join("portcullis.sqlite")).unwrap();
+            conn.execute_batch(MIGRATIONS[0]).unwrap();
+            conn.execute_batch(MIGRATIONS[1]).unwrap();
+            conn.pragma_update(None, "user_version", 2).unwrap();
+            conn.execute(
+                "INSERT INTO opaque_tokens (hash, client_id, scopes, audience, issued_at,
+                 expires_at) VALUES (?1, 'm2m', 'read write', 'api', 1, 100)",
+                [&[9u8; 32][..]],
+            )
+            .unwrap();
+        }
+        let s = SqliteStore::open(dir.path()).unwrap();
+        let old = s.get_opaque_token(&[9; 32]).unwrap().unwrap();
+        assert_eq!(
+            old,
+            StoredOpaqueToken {
+                hash: [9; 32],
+                client_id: "m2m".into(),
+                subject: "m2m".into(),
+                scopes: vec!["read".into(), "write".into()],
+                audience: vec!["api".into()],
+                issued_at: 1,
+                expires_at: 100,
+                grant_id: None,
+                ext: None,
+            }
+        );
+        assert_eq!(s.export().unwrap().opaque_tokens, vec![old]);
     }
 
     #[test]
@@ -1189,10 +1314,12 @@ mod tests {
         let t = StoredOpaqueToken {
             hash: [7; 32],
             client_id: "c".into(),
+            subject: "c".into(),
             scopes: vec!["a".into(), "b".into()],
             audience: vec![],
             issued_at: 1,
             expires_at: 50,
+            ..StoredOpaqueToken::default()
         };
         s.insert_opaque_token(&t).unwrap();
         assert_eq!(s.get_opaque_token(&[7; 32]).unwrap(), Some(t));

@@ -57,6 +57,9 @@ struct Args {
     /// Name printed in the first column.
     #[arg(long)]
     name: Option<String>,
+    /// The client's `access_token_strategy`: `jwt` or `opaque`.
+    #[arg(long, default_value = "jwt")]
+    access_token_strategy: String,
 }
 
 fn main() -> Result<()> {
@@ -84,7 +87,16 @@ const SHOWN_ERRORS: u64 = 5;
 
 async fn run(args: Args) -> Result<()> {
     let http = http::Client::new();
-    let target = Arc::new(Target::register(&http, &args.public, &args.admin, &args.scope).await?);
+    let target = Arc::new(
+        Target::register(
+            &http,
+            &args.public,
+            &args.admin,
+            &args.scope,
+            &args.access_token_strategy,
+        )
+        .await?,
+    );
     let mode = args.mode;
     let name = args.name.clone().unwrap_or_else(|| {
         let what = match mode {

@@ -22,11 +22,20 @@ pub struct Target {
     basic: HeaderValue,
     /// The scopes every flow requests and the consent grants (`openid offline` or `offline`).
     pub scope: String,
+    /// The client's access tokens are opaque (`ptc_at_…`), not JWTs.
+    opaque: bool,
 }
 
 impl Target {
-    /// Registers a confidential web client (authorization code + refresh, `client_secret_basic`).
-    pub async fn register(http: &Client, public: &str, admin: &str, scope: &str) -> Result<Self> {
+    /// Registers a confidential web client (authorization code + refresh, `client_secret_basic`)
+    /// with the given `access_token_strategy`.
+    pub async fn register(
+        http: &Client,
+        public: &str,
+        admin: &str,
+        scope: &str,
+        strategy: &str,
+    ) -> Result<Self> {
         let reply = http
             .json(
                 Method::POST,
@@ -37,6 +46,7 @@ impl Target {
                     "response_types": ["code"],
                     "scope": "openid offline",
                     "redirect_uris": [CALLBACK],
+                    "access_token_strategy": strategy,
                 }),
             )
             .await?
@@ -60,6 +70,7 @@ impl Target {
             client_id,
             basic,
             scope: scope.to_string(),
+            opaque: strategy == "opaque",
         })
     }
 
@@ -211,8 +222,15 @@ impl Target {
                 .as_str()
                 .is_some_and(|t| t.split('.').count() == 3)
         };
-        if !jwt("access_token") {
-            bail!("no access token: {tokens}");
+        let opaque_access = tokens["access_token"]
+            .as_str()
+            .is_some_and(|t| t.starts_with("ptc_at_") && !t.contains('.'));
+        if !(if self.opaque {
+            opaque_access
+        } else {
+            jwt("access_token")
+        }) {
+            bail!("no access token of the client's strategy: {tokens}");
         }
         let openid = self.scope.split(' ').any(|s| s == "openid");
         if jwt("id_token") != openid {

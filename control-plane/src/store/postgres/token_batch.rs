@@ -16,11 +16,11 @@ use std::collections::HashSet;
 use std::sync::mpsc::{SyncSender, sync_channel};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
-/// One statement for any batch size: the rows travel as six arrays.
+/// One statement for any batch size: the rows travel as nine arrays.
 const INSERT: &str = "INSERT INTO opaque_tokens
-     (hash, client_id, scopes, audience, issued_at, expires_at)
-     SELECT * FROM unnest($1::bytea[], $2::text[], $3::text[], $4::text[], $5::bigint[],
-                          $6::bigint[])
+     (hash, client_id, subject, scopes, audience, issued_at, expires_at, grant_id, ext)
+     SELECT * FROM unnest($1::bytea[], $2::text[], $3::text[], $4::text[], $5::text[],
+                          $6::bigint[], $7::bigint[], $8::text[], $9::text[])
      ON CONFLICT (hash) DO NOTHING
      RETURNING hash";
 
@@ -110,6 +110,9 @@ impl TokenBatches {
         let rows: Vec<&StoredOpaqueToken> = batch.iter().map(|j| &j.row).collect();
         let hashes: Vec<&[u8]> = rows.iter().map(|r| &r.hash[..]).collect();
         let clients: Vec<&str> = rows.iter().map(|r| r.client_id.as_str()).collect();
+        let subjects: Vec<&str> = rows.iter().map(|r| r.subject.as_str()).collect();
+        let grants: Vec<Option<&str>> = rows.iter().map(|r| r.grant_id.as_deref()).collect();
+        let exts: Vec<Option<&str>> = rows.iter().map(|r| r.ext.as_deref()).collect();
         let scopes: Vec<String> = rows.iter().map(|r| r.scopes.join(" ")).collect();
         let audience: Vec<String> = rows.iter().map(|r| r.audience.join(" ")).collect();
         let issued: Vec<i64> = rows.iter().map(|r| r.issued_at).collect();
@@ -118,7 +121,10 @@ impl TokenBatches {
             .client
             .query(
                 &c.insert,
-                &[&hashes, &clients, &scopes, &audience, &issued, &expires],
+                &[
+                    &hashes, &clients, &subjects, &scopes, &audience, &issued, &expires, &grants,
+                    &exts,
+                ],
             )
             .map_err(super::db)?;
         Ok(returned.iter().map(|r| r.get::<_, Vec<u8>>(0)).collect())
