@@ -7,6 +7,7 @@
 mod disk_health;
 mod group_commit;
 
+use super::opaque_cache::OpaqueTokenCache;
 use super::{
     ClientFilter, Snapshot, StepRows, Store, StoreError, StoreResult, StoredClient, StoredFlow,
     StoredKey, StoredOpaqueToken, StoredRefreshToken, StoredSession,
@@ -22,7 +23,12 @@ pub struct SqliteStore {
     /// `None` for an in-memory database (a second connection would be another database).
     reader: Option<Mutex<Connection>>,
     disk: DiskHealth,
+    /// Opaque-token rows read before. Every deletion goes through this process, which evicts.
+    opaque: OpaqueTokenCache,
 }
+
+/// Most opaque-token rows kept in memory (about 300 bytes each).
+const OPAQUE_TOKEN_CACHE: usize = 100_000;
 
 /// Schema versions, applied in order; `PRAGMA user_version` records how many ran.
 const MIGRATIONS: &[&str] = &[
@@ -205,10 +211,34 @@ impl SqliteStore {
             .map_err(db)?;
             tx.commit().map_err(db)?;
         }
+        let opaque = OpaqueTokenCache::new(OPAQUE_TOKEN_CACHE);
+        opaque.resynced();
         Ok(Self {
             writer: Writer::new(conn),
             reader: None,
             disk: DiskHealth::default(),
+            opaque,
+        })
+    }
+
+    fn read_opaque_token(&self, hash: &[u8; 32]) -> StoreResult<Option<StoredOpaqueToken>> {
+        self.read(|c| {
+            one(
+                c,
+                "SELECT client_id, scopes, audience, issued_at, expires_at
+                 FROM opaque_tokens WHERE hash = ?1",
+                [&hash[..]],
+                |r| {
+                    Ok(StoredOpaqueToken {
+                        hash: *hash,
+                        client_id: r.get(0)?,
+                        scopes: split_list(&r.get::<_, String>(1)?),
+                        audience: split_list(&r.get::<_, String>(2)?),
+                        issued_at: r.get(3)?,
+                        expires_at: r.get(4)?,
+                    })
+                },
+            )
         })
     }
 
@@ -609,39 +639,32 @@ impl Store for SqliteStore {
         .map(|_| ())
     }
 
+    fn cached_opaque_token(&self, hash: &[u8; 32]) -> Option<StoredOpaqueToken> {
+        self.opaque.get(hash)
+    }
+
     fn get_opaque_token(&self, hash: &[u8; 32]) -> StoreResult<Option<StoredOpaqueToken>> {
-        self.read(|c| {
-            one(
-                c,
-                "SELECT client_id, scopes, audience, issued_at, expires_at
-                 FROM opaque_tokens WHERE hash = ?1",
-                [&hash[..]],
-                |r| {
-                    Ok(StoredOpaqueToken {
-                        hash: *hash,
-                        client_id: r.get(0)?,
-                        scopes: split_list(&r.get::<_, String>(1)?),
-                        audience: split_list(&r.get::<_, String>(2)?),
-                        issued_at: r.get(3)?,
-                        expires_at: r.get(4)?,
-                    })
-                },
-            )
-        })
+        self.opaque
+            .get_or_read(hash, crate::clock::now(), || self.read_opaque_token(hash))
     }
 
     fn delete_opaque_token(&self, hash: &[u8; 32]) -> StoreResult<bool> {
-        let hash = *hash;
-        self.write(move |c| exec(c, "DELETE FROM opaque_tokens WHERE hash = ?1", [&hash[..]]))
-            .map(|n| n > 0)
+        let h = *hash;
+        let deleted = self
+            .write(move |c| exec(c, "DELETE FROM opaque_tokens WHERE hash = ?1", [&h[..]]))
+            .map(|n| n > 0);
+        self.opaque.evict(hash);
+        deleted
     }
 
     fn delete_client_tokens(&self, client_id: &str) -> StoreResult<()> {
         let id = client_id.to_string();
-        self.write(move |c| exec(c, "DELETE FROM opaque_tokens WHERE client_id = ?1", [id]))
-            .map(|_| ())
+        let deleted = self
+            .write(move |c| exec(c, "DELETE FROM opaque_tokens WHERE client_id = ?1", [id]))
+            .map(|_| ());
+        self.opaque.evict_client(client_id);
+        deleted
     }
-
     fn insert_revocation(&self, jti: &str, expires_at: i64) -> StoreResult<()> {
         let jti = jti.to_string();
         self.write(move |c| insert_revocation(c, &jti, expires_at))
@@ -1211,5 +1234,31 @@ mod tests {
         assert!(s.use_assertion_jti("d", "x", 50).unwrap());
         assert_eq!(s.purge_expired(60).unwrap(), 3);
         assert!(s.use_assertion_jti("c", "x", 100).unwrap());
+    }
+
+    #[test]
+    fn deleted_opaque_tokens_leave_the_cache() {
+        let s = SqliteStore::in_memory().unwrap();
+        let t = |b: u8| StoredOpaqueToken {
+            hash: [b; 32],
+            client_id: "c".into(),
+            scopes: vec!["a".into()],
+            audience: vec![],
+            issued_at: 1,
+            expires_at: i64::MAX,
+        };
+        for b in [1, 2, 3] {
+            s.insert_opaque_token(&t(b)).unwrap();
+            assert_eq!(s.get_opaque_token(&[b; 32]).unwrap(), Some(t(b)));
+            assert_eq!(s.cached_opaque_token(&[b; 32]), Some(t(b)), "cached");
+        }
+        assert!(s.delete_opaque_token(&[1; 32]).unwrap());
+        assert_eq!(s.cached_opaque_token(&[1; 32]), None);
+        assert_eq!(s.get_opaque_token(&[1; 32]).unwrap(), None);
+        s.delete_client_tokens("c").unwrap();
+        for b in [2, 3] {
+            assert_eq!(s.cached_opaque_token(&[b; 32]), None);
+            assert_eq!(s.get_opaque_token(&[b; 32]).unwrap(), None);
+        }
     }
 }
