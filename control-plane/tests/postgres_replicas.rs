@@ -504,7 +504,10 @@ async fn introspect_status(srv: &Server, token: &str) -> (u16, Value) {
             .unwrap(),
     )
     .await;
-    (r.status, r.body)
+    (
+        r.status,
+        serde_json::from_str(&r.body).unwrap_or(Value::Null),
+    )
 }
 
 /// Active at `srv` twice: the second answer comes from its cache of opaque tokens.
@@ -624,11 +627,14 @@ async fn a_replica_cut_off_from_the_change_feed_answers_nothing_from_its_cache()
         let mut adm = ::postgres::Client::connect(&admin, ::postgres::NoTls).unwrap();
         adm.batch_execute(&format!("ALTER DATABASE {db_name} ALLOW_CONNECTIONS false"))
             .unwrap();
+        // This database's feeds only: other tests share the server.
         let feeds = "SELECT count(*) FROM pg_stat_activity \
-                     WHERE application_name = 'portcullis-change-feed'";
+                     WHERE application_name = 'portcullis-change-feed' \
+                     AND datname = current_database()";
         c.batch_execute(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
-             WHERE application_name = 'portcullis-change-feed'",
+             WHERE application_name = 'portcullis-change-feed'
+             AND datname = current_database()",
         )
         .unwrap();
         let start = Instant::now();
@@ -669,6 +675,10 @@ async fn a_replica_cut_off_from_the_change_feed_answers_nothing_from_its_cache()
     })
     .await;
     assert!(!active(&b, &token).await, "B answered from a stale cache");
+    wait_for("A serves again once its feed is back", || async {
+        introspect_status(&a, &token).await.0 == 200
+    })
+    .await;
     let fresh = a.token("opaque", OPAQUE_SECRET, &[]).await;
     active_twice(&b, &fresh).await;
 }
