@@ -2,13 +2,16 @@
 //!
 //! Synchronous `postgres` connections in an `r2d2` pool: the [`Store`] trait is synchronous and
 //! its callers already run it on the blocking pool, so a blocking driver needs no bridge between
-//! runtimes, and each method stays one SQL statement, close to the SQLite one.
+//! runtimes, and each method stays one SQL statement, close to the SQLite one, prepared once
+//! per connection (`conn.rs`).
 //!
 //! Replicas learn about each other's writes through triggers that `NOTIFY` on
 //! [`CHANNEL`] when a client, key or revocation changes (at commit, so a replica that hears of
 //! a change can read it). One connection per replica `LISTEN`s ([`Store::watch`]); when it
 //! drops, the replica is told ([`Change::Lost`]) and, once back, reloads everything
-//! ([`Change::Resync`]), since notifications sent meanwhile are gone.
+//! ([`Change::Resync`]), since notifications sent meanwhile are gone. Deletions of opaque
+//! tokens are notified too, and applied here to the replica's cache of opaque-token rows
+//! (`opaque_cache.rs`), which answers only while the feed is connected.
 
 use super::opaque_cache::OpaqueTokenCache;
 use super::{
