@@ -175,20 +175,25 @@ dsn="postgres://postgres@127.0.0.1:$PG_PORT/postgres?sslmode=disable"
 
 pg_public=("http://127.0.0.1:$((PUBLIC_PORT + 10))" "http://127.0.0.1:$((PUBLIC_PORT + 20))")
 pg_admin=("http://127.0.0.1:$((ADMIN_PORT + 10))" "http://127.0.0.1:$((ADMIN_PORT + 20))")
-for i in 0 1; do
-    "$bin" --log-level warn serve --public-addr "${pg_public[$i]#http://}" --admin-addr "${pg_admin[$i]#http://}" \
-        --data-dir "$data/pg$i" --signing-alg "$ALG" --issuer "$public" --dsn "$dsn" \
-        --secrets-system "benchmark-only-system-secret-0123456789" >"$data.pg$i.log" 2>&1 &
-    pg_pids+=($!)
-done
-for i in 0 1; do
-    for _ in $(seq 1 400); do
-        curl -fsS "${pg_admin[$i]}/health/ready" >/dev/null 2>&1 && break
-        kill -0 "${pg_pids[$i]}" 2>/dev/null || { echo "replica $i exited:" >&2; cat "$data.pg$i.log" >&2; exit 1; }
-        sleep 0.05
+# start_replicas [SERVE ARGS...]: both replicas, ready.
+start_replicas() {
+    pg_pids=()
+    for i in 0 1; do
+        "$bin" --log-level warn serve --public-addr "${pg_public[$i]#http://}" --admin-addr "${pg_admin[$i]#http://}" \
+            --data-dir "$data/pg$i" --signing-alg "$ALG" --issuer "$public" --dsn "$dsn" \
+            --secrets-system "benchmark-only-system-secret-0123456789" "$@" >"$data.pg$i.log" 2>&1 &
+        pg_pids+=($!)
     done
-    curl -fsS "${pg_admin[$i]}/health/ready" >/dev/null || { echo "replica $i not ready" >&2; cat "$data.pg$i.log" >&2; exit 1; }
-done
+    for i in 0 1; do
+        for _ in $(seq 1 400); do
+            curl -fsS "${pg_admin[$i]}/health/ready" >/dev/null 2>&1 && break
+            kill -0 "${pg_pids[$i]}" 2>/dev/null || { echo "replica $i exited:" >&2; cat "$data.pg$i.log" >&2; exit 1; }
+            sleep 0.05
+        done
+        curl -fsS "${pg_admin[$i]}/health/ready" >/dev/null || { echo "replica $i not ready" >&2; cat "$data.pg$i.log" >&2; exit 1; }
+    done
+}
+start_replicas
 admin=${pg_admin[0]}
 public=${pg_public[0]}
 register bench-jwt jwt
@@ -230,6 +235,10 @@ pg_results=$(
     run_pair introspect-jwt /admin/oauth2/introspect admin introspect.lua TOKEN="$pg_jwt"
     run_pair introspect-opaque /admin/oauth2/introspect admin introspect.lua TOKEN="$pg_opaque"
 )
+# The database path of opaque introspection: the same replicas without their token cache.
+for p in "${pg_pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
+start_replicas --opaque-token-cache 0
+pg_results+=$'\n'$(run_pair introspect-opaque-uncached /admin/oauth2/introspect admin introspect.lua TOKEN="$pg_opaque")
 
 echo
 echo "PostgreSQL store, 2 replicas on one local PostgreSQL $("$PG_BIN/postgres" --version | awk '{print $3}'), $ALG, same machine and load as above"
@@ -241,6 +250,7 @@ while IFS=$'\t' read -r name rps p99 errors; do
         tokens-opaque) label="client_credentials tokens (opaque)" ;;
         introspect-jwt) label="introspection (JWT, one token)" ;;
         introspect-opaque) label="introspection (opaque)" ;;
+        introspect-opaque-uncached) label="introspection (opaque, no cache)" ;;
     esac
     printf '%-34s %12s %10s %8s   %s\n' "$label" "$rps" "$p99" "$errors" "$sqlite"
 done <<<"$pg_results"

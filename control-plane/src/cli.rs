@@ -82,6 +82,10 @@ pub struct DatabaseArgs {
     /// except under `sslmode=verify-ca`), e.g. a cluster operator's own CA.
     #[arg(long, env = "PORTCULLIS_DSN_CA_FILE")]
     pub dsn_ca_file: Option<PathBuf>,
+    /// Most opaque-token rows a replica keeps in memory for introspection (about 300 bytes
+    /// each; 0 disables). Deletions reach every replica's cache through the change feed.
+    #[arg(long, env = "PORTCULLIS_OPAQUE_TOKEN_CACHE", default_value_t = 100_000)]
+    pub opaque_token_cache: usize,
 }
 
 impl DatabaseArgs {
@@ -99,6 +103,7 @@ impl DatabaseArgs {
             statement_timeout: self.dsn_statement_timeout,
             connect_timeout: self.dsn_statement_timeout.min(Duration::from_secs(5)),
             ca_file: self.dsn_ca_file.clone(),
+            opaque_token_cache: self.opaque_token_cache,
         }
     }
 }

@@ -8,12 +8,12 @@ use crate::oauth2_error::OAuth2Error;
 use crate::request::Form;
 use crate::server::Service;
 use crate::token::{AccessClaims, OPAQUE_PREFIX};
+use crate::token_cache::{Expiring, TokenCache};
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 
 /// What an active token says about itself.
 #[derive(Debug, Clone, PartialEq)]
@@ -40,43 +40,14 @@ struct JwsHeader {
     kid: Option<String>,
 }
 
-/// Bounded cache of verified JWTs keyed by the token's SHA-256, so repeated introspection of a
-/// token (what a gateway does) costs a hash and a map lookup instead of a signature check.
-/// Expiry, revocation and the client's existence are still checked on every hit.
-pub struct JwtCache {
-    capacity: usize,
-    entries: RwLock<HashMap<[u8; 32], Arc<ActiveToken>>>,
-}
+/// Verified JWTs keyed by the token's SHA-256, so repeated introspection of a token (what a
+/// gateway does) costs a hash and a map lookup instead of a signature check. Expiry,
+/// revocation and the client's existence are still checked on every hit.
+pub type JwtCache = TokenCache<ActiveToken>;
 
-impl JwtCache {
-    pub fn new(capacity: usize) -> Self {
-        Self {
-            capacity: capacity.max(1),
-            entries: RwLock::new(HashMap::new()),
-        }
-    }
-
-    fn get(&self, key: &[u8; 32]) -> Option<Arc<ActiveToken>> {
-        self.entries.read().ok()?.get(key).cloned()
-    }
-
-    fn insert(&self, key: [u8; 32], token: Arc<ActiveToken>, now: i64) {
-        if let Ok(mut entries) = self.entries.write() {
-            if entries.len() >= self.capacity {
-                entries.retain(|_, t| t.exp > now);
-                if entries.len() >= self.capacity {
-                    entries.clear();
-                }
-            }
-            entries.insert(key, token);
-        }
-    }
-
-    /// Forgets everything (a signing key was deleted).
-    pub fn clear(&self) {
-        if let Ok(mut entries) = self.entries.write() {
-            entries.clear();
-        }
+impl Expiring for ActiveToken {
+    fn expires_at(&self) -> i64 {
+        self.exp
     }
 }
 
@@ -157,10 +128,15 @@ pub async fn inspect_opaque(
     now: i64,
 ) -> Result<Option<ActiveToken>, OAuth2Error> {
     let hash = sha256(token.as_bytes());
-    let store = Arc::clone(&svc.store);
-    let row = tokio::task::spawn_blocking(move || store.get_opaque_token(&hash))
-        .await
-        .map_err(OAuth2Error::server_error)??;
+    let row = match svc.store.cached_opaque_token(&hash) {
+        Some(cached) => Some(cached),
+        None => {
+            let store = Arc::clone(&svc.store);
+            tokio::task::spawn_blocking(move || store.get_opaque_token(&hash))
+                .await
+                .map_err(OAuth2Error::server_error)??
+        }
+    };
     Ok(row
         .filter(|r| r.expires_at > now && issued_to_current_client(svc, &r.client_id, r.issued_at))
         .map(|r| ActiveToken {

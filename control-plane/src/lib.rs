@@ -44,4 +44,5 @@ pub mod server;
 pub mod sessions;
 pub mod store;
 pub mod token;
+pub mod token_cache;
 pub mod userinfo;

@@ -8,6 +8,7 @@
 //! keeps replicas from racing through what must happen once (creating or rotating a key).
 
 mod group_commit;
+pub mod opaque_cache;
 pub mod postgres;
 pub mod sqlite;
 
@@ -231,6 +232,11 @@ pub trait Store: Send + Sync + 'static {
 
     fn insert_opaque_token(&self, token: &StoredOpaqueToken) -> StoreResult<()>;
     fn get_opaque_token(&self, hash: &[u8; 32]) -> StoreResult<Option<StoredOpaqueToken>>;
+    /// The row from memory, without blocking, when the store keeps it and can vouch that it
+    /// was not deleted; `None`: ask [`Store::get_opaque_token`].
+    fn cached_opaque_token(&self, _hash: &[u8; 32]) -> Option<StoredOpaqueToken> {
+        None
+    }
     fn delete_opaque_token(&self, hash: &[u8; 32]) -> StoreResult<bool>;
     fn delete_client_tokens(&self, client_id: &str) -> StoreResult<()>;
 

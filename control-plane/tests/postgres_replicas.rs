@@ -482,3 +482,203 @@ fn a_newer_schema_is_refused_with_one_line() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("invalid --dsn"));
 }
+
+async fn revoke(srv: &Server, id: &str, secret: &str, token: &str) {
+    let r = http()
+        .post(format!("{}/oauth2/revoke", srv.public()))
+        .header("authorization", basic(id, secret))
+        .form(&[("token", token)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+}
+
+async fn introspect_status(srv: &Server, token: &str) -> (u16, Value) {
+    let r = Reply::from(
+        http()
+            .post(format!("{}/admin/oauth2/introspect", srv.admin()))
+            .form(&[("token", token)])
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    (
+        r.status,
+        serde_json::from_str(&r.body).unwrap_or(Value::Null),
+    )
+}
+
+/// Active at `srv` twice: the second answer comes from its cache of opaque tokens.
+async fn active_twice(srv: &Server, token: &str) {
+    assert!(active(srv, token).await, "active (read from the database)");
+    assert!(active(srv, token).await, "active (from the cache)");
+}
+
+/// Hashes as the store keeps them, for deleting rows behind the replicas' backs.
+fn hash_hex(token: &str) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(token.as_bytes()))
+}
+
+const OPAQUE_SECRET: &str = "opaque-secret-0123456789";
+
+async fn opaque_client(srv: &Server, id: &str) {
+    srv.create_client(json!({"client_id": id, "client_secret": OPAQUE_SECRET,
+        "grant_types": ["client_credentials"], "access_token_strategy": "opaque"}))
+        .await;
+}
+
+#[tokio::test]
+async fn opaque_tokens_cached_at_one_replica_follow_deletions_at_another() {
+    let dsn = postgres::shared().create_database();
+    let (da, db) = (TestDir::new(), TestDir::new());
+    let (a, b) = tokio::join!(replica(&da, &dsn), replica(&db, &dsn));
+    opaque_client(&a, "opaque").await;
+    opaque_client(&a, "doomed").await;
+
+    // Revoked at A: B, which has the token cached, stops answering active.
+    let revoked = a.token("opaque", OPAQUE_SECRET, &[]).await;
+    let kept = a.token("opaque", OPAQUE_SECRET, &[]).await;
+    active_twice(&b, &revoked).await;
+    active_twice(&b, &kept).await;
+    revoke(&a, "opaque", OPAQUE_SECRET, &revoked).await;
+    assert!(
+        !active(&a, &revoked).await,
+        "inactive at once where revoked"
+    );
+    let took = wait_for("the revoked opaque token is inactive at B", || async {
+        !active(&b, &revoked).await
+    })
+    .await;
+    eprintln!("opaque revocation effective at B after {took:?}");
+    assert!(active(&b, &kept).await, "only the revoked token went");
+
+    // Revoked at B itself: inactive there at once (evicted locally, not by the feed).
+    active_twice(&b, &kept).await;
+    revoke(&b, "opaque", OPAQUE_SECRET, &kept).await;
+    assert!(!active(&b, &kept).await);
+
+    // The client deleted at A: its tokens cached at B go.
+    let orphan = a.token("doomed", OPAQUE_SECRET, &[]).await;
+    active_twice(&b, &orphan).await;
+    let r = http()
+        .delete(format!("{}/admin/clients/doomed", a.admin()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    wait_for(
+        "the deleted client's opaque token is inactive at B",
+        || async { !active(&b, &orphan).await },
+    )
+    .await;
+
+    // Many rows deleted in one statement (too many to name in a notification): B forgets its
+    // whole cache.
+    let bulk = a.token("opaque", OPAQUE_SECRET, &[]).await;
+    active_twice(&b, &bulk).await;
+    PgServer::execute(
+        &dsn,
+        "INSERT INTO opaque_tokens (hash, client_id, scopes, audience, issued_at, expires_at)
+         SELECT sha256(i::text::bytea), 'opaque', '', '', 0, 4102444800
+         FROM generate_series(1, 300) i;
+         DELETE FROM opaque_tokens WHERE client_id = 'opaque';",
+    );
+    assert_eq!(
+        PgServer::query_one_i64(
+            &dsn,
+            &format!(
+                "SELECT count(*) FROM opaque_tokens WHERE hash = '\\x{}'",
+                hash_hex(&bulk)
+            )
+        ),
+        0
+    );
+    wait_for("a token deleted in bulk is inactive at B", || async {
+        !active(&b, &bulk).await
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_replica_cut_off_from_the_change_feed_answers_nothing_from_its_cache() {
+    let pg = postgres::shared();
+    let dsn = pg.create_database();
+    let name = dsn
+        .rsplit('/')
+        .next()
+        .and_then(|s| s.split('?').next())
+        .unwrap()
+        .to_string();
+    let (da, db) = (TestDir::new(), TestDir::new());
+    let (a, b) = tokio::join!(replica(&da, &dsn), replica(&db, &dsn));
+    opaque_client(&a, "opaque").await;
+    let token = a.token("opaque", OPAQUE_SECRET, &[]).await;
+    active_twice(&b, &token).await;
+
+    // Cut every replica off from the feed (its connection killed, new connections refused),
+    // then delete the token: the notification reaches nobody.
+    let (admin, target, db_name) = (pg.dsn("postgres"), dsn.clone(), name.clone());
+    let hash = hash_hex(&token);
+    std::thread::spawn(move || {
+        let mut c = ::postgres::Client::connect(&target, ::postgres::NoTls).unwrap();
+        let mut adm = ::postgres::Client::connect(&admin, ::postgres::NoTls).unwrap();
+        adm.batch_execute(&format!("ALTER DATABASE {db_name} ALLOW_CONNECTIONS false"))
+            .unwrap();
+        // This database's feeds only: other tests share the server.
+        let feeds = "SELECT count(*) FROM pg_stat_activity \
+                     WHERE application_name = 'portcullis-change-feed' \
+                     AND datname = current_database()";
+        c.batch_execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+             WHERE application_name = 'portcullis-change-feed'
+             AND datname = current_database()",
+        )
+        .unwrap();
+        let start = Instant::now();
+        while c.query_one(feeds, &[]).unwrap().get::<_, i64>(0) > 0 {
+            assert!(
+                start.elapsed() < DEADLINE,
+                "the feeds' backends did not exit"
+            );
+            std::thread::yield_now();
+        }
+        let n = c
+            .execute(
+                &format!("DELETE FROM opaque_tokens WHERE hash = '\\x{hash}'"),
+                &[],
+            )
+            .unwrap();
+        assert_eq!(n, 1);
+    })
+    .join()
+    .unwrap();
+
+    // While cut off, B answers 503 rather than from what it cached.
+    wait_for("B answers 503 while its feed is down", || async {
+        introspect_status(&b, &token).await.0 == 503
+    })
+    .await;
+    let (status, body) = introspect_status(&b, &token).await;
+    assert_eq!(status, 503, "{body}");
+    assert_ne!(body["active"], json!(true));
+
+    // Back: B serves again, and not the row deleted while it was away.
+    PgServer::execute(
+        &pg.dsn("postgres"),
+        &format!("ALTER DATABASE {name} ALLOW_CONNECTIONS true"),
+    );
+    wait_for("B serves again once its feed is back", || async {
+        introspect_status(&b, &token).await.0 == 200
+    })
+    .await;
+    assert!(!active(&b, &token).await, "B answered from a stale cache");
+    wait_for("A serves again once its feed is back", || async {
+        introspect_status(&a, &token).await.0 == 200
+    })
+    .await;
+    let fresh = a.token("opaque", OPAQUE_SECRET, &[]).await;
+    active_twice(&b, &fresh).await;
+}

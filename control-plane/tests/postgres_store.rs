@@ -23,8 +23,10 @@ fn store() -> PostgresStore {
 
 fn store_at(dsn: &str) -> PostgresStore {
     let s = PostgresStore::connect(dsn, &Options::default()).unwrap();
-    let every: Vec<usize> = (1..=PostgresStore::schema_version()).collect();
-    assert_eq!(s.migrate().unwrap(), every);
+    assert_eq!(
+        s.migrate().unwrap(),
+        (1..=PostgresStore::schema_version()).collect::<Vec<_>>()
+    );
     assert!(
         s.migrate().unwrap().is_empty(),
         "migrating twice is a no-op"

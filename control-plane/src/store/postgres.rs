@@ -2,28 +2,35 @@
 //!
 //! Synchronous `postgres` connections in an `r2d2` pool: the [`Store`] trait is synchronous and
 //! its callers already run it on the blocking pool, so a blocking driver needs no bridge between
-//! runtimes, and each method stays one SQL statement, close to the SQLite one.
+//! runtimes, and each method stays one SQL statement, close to the SQLite one, prepared once
+//! per connection (`conn.rs`).
 //!
 //! Replicas learn about each other's writes through triggers that `NOTIFY` on
 //! [`CHANNEL`] when a client, key or revocation changes (at commit, so a replica that hears of
 //! a change can read it). One connection per replica `LISTEN`s ([`Store::watch`]); when it
 //! drops, the replica is told ([`Change::Lost`]) and, once back, reloads everything
-//! ([`Change::Resync`]), since notifications sent meanwhile are gone.
+//! ([`Change::Resync`]), since notifications sent meanwhile are gone. Deletions of opaque
+//! tokens are notified too, and applied here to the replica's cache of opaque-token rows
+//! (`opaque_cache.rs`), which answers only while the feed is connected.
 
+use super::opaque_cache::OpaqueTokenCache;
 use super::{
     Change, ChangeSink, ClientFilter, Snapshot, StepRows, Store, StoreError, StoreLock,
     StoreResult, StoredClient, StoredFlow, StoredKey, StoredOpaqueToken, StoredRefreshToken,
     StoredSession,
 };
+use conn::{Conn, Statements};
 use postgres::error::SqlState;
 use postgres::fallible_iterator::FallibleIterator;
-use postgres::{Client, GenericClient, Row};
+use postgres::{Client, Row};
 use r2d2_postgres::PostgresConnectionManager;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 use token_batch::TokenBatches;
 use tokio_postgres_rustls::MakeRustlsConnect;
 
+mod conn;
 mod tls;
 mod token_batch;
 
@@ -140,6 +147,36 @@ CREATE INDEX opaque_tokens_grant ON opaque_tokens(grant_id) WHERE grant_id IS NO
 CREATE INDEX opaque_tokens_subject ON opaque_tokens(subject, client_id)
     WHERE grant_id IS NOT NULL;
 "#,
+    r#"
+-- Every replica caches opaque-token rows (see opaque_cache.rs): a deletion must reach them
+-- all. One notification per statement: the hashes deleted, or "opaque-many" (forget every
+-- cached row) when they would not fit a payload. The purge of expired rows, which no replica
+-- answers from anyway, announces nothing.
+CREATE FUNCTION portcullis_notify_opaque_deleted() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+    n       bigint;
+    payload text;
+BEGIN
+    IF current_setting('portcullis.purging', true) = 'on' THEN
+        RETURN NULL;
+    END IF;
+    SELECT count(*) INTO n FROM deleted;
+    IF n = 0 THEN
+        RETURN NULL;
+    END IF;
+    IF n <= 100 THEN
+        SELECT 'opaque ' || string_agg(encode(hash, 'hex'), ' ') INTO payload FROM deleted;
+    END IF;
+    IF payload IS NULL OR octet_length(payload) > 7900 THEN
+        payload := 'opaque-many';
+    END IF;
+    PERFORM pg_notify('portcullis_changes', payload);
+    RETURN NULL;
+END $$;
+CREATE TRIGGER opaque_tokens_deleted AFTER DELETE ON opaque_tokens
+    REFERENCING OLD TABLE AS deleted
+    FOR EACH STATEMENT EXECUTE FUNCTION portcullis_notify_opaque_deleted();
+"#,
 ];
 
 /// Serialises schema changes between replicas starting together (any constant of our own).
@@ -160,6 +197,8 @@ pub struct Options {
     /// Extra PEM CA certificates trusted for the server (besides the web PKI, except with
     /// `sslmode=verify-ca` or `sslrootcert=FILE`: see `tls.rs`).
     pub ca_file: Option<std::path::PathBuf>,
+    /// Most opaque-token rows a replica keeps in memory (0: none; see `opaque_cache.rs`).
+    pub opaque_token_cache: usize,
 }
 
 impl Default for Options {
@@ -169,6 +208,7 @@ impl Default for Options {
             statement_timeout: Duration::from_secs(5),
             connect_timeout: Duration::from_secs(3),
             ca_file: None,
+            opaque_token_cache: 100_000,
         }
     }
 }
@@ -189,19 +229,19 @@ impl std::fmt::Display for ConnectError {
 impl std::error::Error for ConnectError {}
 
 impl r2d2::ManageConnection for Manager {
-    type Connection = Client;
+    type Connection = Conn;
     type Error = ConnectError;
 
-    fn connect(&self) -> Result<Client, ConnectError> {
-        self.0.connect().map_err(ConnectError)
+    fn connect(&self) -> Result<Conn, ConnectError> {
+        self.0.connect().map(Conn::new).map_err(ConnectError)
     }
 
-    fn is_valid(&self, conn: &mut Client) -> Result<(), ConnectError> {
-        self.0.is_valid(conn).map_err(ConnectError)
+    fn is_valid(&self, conn: &mut Conn) -> Result<(), ConnectError> {
+        self.0.is_valid(conn.client()).map_err(ConnectError)
     }
 
-    fn has_broken(&self, conn: &mut Client) -> bool {
-        self.0.has_broken(conn)
+    fn has_broken(&self, conn: &mut Conn) -> bool {
+        self.0.has_broken(conn.client())
     }
 }
 
@@ -226,6 +266,8 @@ pub struct PostgresStore {
     pool: Option<r2d2::Pool<Manager>>,
     /// Opaque tokens, group-committed on a connection of their own.
     tokens: TokenBatches,
+    /// Opaque-token rows read before, kept current by the change feed.
+    opaque: Arc<OpaqueTokenCache>,
     config: postgres::Config,
     tls: MakeRustlsConnect,
 }
@@ -316,6 +358,7 @@ impl PostgresStore {
         Ok(Self {
             pool: Some(pool),
             tokens: TokenBatches::new(config.clone(), tls.clone()),
+            opaque: Arc::new(OpaqueTokenCache::new(opts.opaque_token_cache)),
             config,
             tls,
         })
@@ -328,7 +371,7 @@ impl PostgresStore {
         }
     }
 
-    fn with<T>(&self, f: impl FnOnce(&mut Client) -> Result<T, postgres::Error>) -> StoreResult<T> {
+    fn with<T>(&self, f: impl FnOnce(&mut Conn) -> Result<T, postgres::Error>) -> StoreResult<T> {
         let mut c = self.conn()?;
         f(&mut c).map_err(db)
     }
@@ -337,7 +380,7 @@ impl PostgresStore {
     /// schema newer than this binary knows. Returns the versions applied.
     pub fn migrate(&self) -> Result<Vec<usize>, MigrateError> {
         let mut c = self.conn()?;
-        let mut tx = c.transaction().map_err(db)?;
+        let mut tx = c.client().transaction().map_err(db)?;
         tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
             .map_err(db)?;
         tx.batch_execute(
@@ -375,6 +418,16 @@ impl PostgresStore {
         }
         tx.commit().map_err(db)?;
         Ok(applied)
+    }
+
+    fn read_opaque_token(&self, hash: &[u8; 32]) -> StoreResult<Option<StoredOpaqueToken>> {
+        self.with(|c| {
+            c.query_opt(
+                &format!("SELECT {OPAQUE_COLUMNS} FROM opaque_tokens WHERE hash = $1"),
+                &[&&hash[..]],
+            )
+        })
+        .map(|r| r.as_ref().map(opaque_row))
     }
 
     /// Opaque tokens waiting for the next group commit (not counting the batch being written).
@@ -552,7 +605,7 @@ fn opaque_row(r: &Row) -> StoredOpaqueToken {
 }
 
 fn insert_opaque(
-    c: &mut impl GenericClient,
+    c: &mut impl Statements,
     t: &StoredOpaqueToken,
     keep_existing: bool,
 ) -> Result<u64, postgres::Error> {
@@ -582,7 +635,7 @@ fn insert_opaque(
 }
 
 fn advance_flow(
-    c: &mut impl GenericClient,
+    c: &mut impl Statements,
     from: i64,
     f: &StoredFlow,
 ) -> Result<u64, postgres::Error> {
@@ -594,7 +647,7 @@ fn advance_flow(
 }
 
 fn put_session(
-    c: &mut impl GenericClient,
+    c: &mut impl Statements,
     kind: &str,
     s: &StoredSession,
 ) -> Result<u64, postgres::Error> {
@@ -608,7 +661,7 @@ fn put_session(
 }
 
 fn insert_revocation(
-    c: &mut impl GenericClient,
+    c: &mut impl Statements,
     jti: &str,
     expires_at: i64,
 ) -> Result<u64, postgres::Error> {
@@ -628,7 +681,7 @@ fn step_rows_empty(rows: &StepRows) -> bool {
 }
 
 /// The rows of a step, inside the transaction of its compare-and-set.
-fn write_step_rows(c: &mut impl GenericClient, rows: &StepRows) -> Result<(), postgres::Error> {
+fn write_step_rows(c: &mut impl Statements, rows: &StepRows) -> Result<(), postgres::Error> {
     for t in &rows.refresh_tokens {
         insert_refresh(c, t, false)?;
     }
@@ -648,7 +701,7 @@ fn write_step_rows(c: &mut impl GenericClient, rows: &StepRows) -> Result<(), po
 }
 
 fn insert_refresh(
-    c: &mut impl GenericClient,
+    c: &mut impl Statements,
     t: &StoredRefreshToken,
     keep_existing: bool,
 ) -> Result<u64, postgres::Error> {
@@ -707,8 +760,38 @@ fn parse_change(payload: &str) -> Change {
 /// How often the listening connection is checked while nothing is heard.
 const LISTEN_IDLE_CHECK: Duration = Duration::from_secs(1);
 
-/// Listens on [`CHANNEL`] until `sink` says stop, reconnecting with a short backoff.
-fn listen(config: &postgres::Config, tls: &MakeRustlsConnect, sink: &ChangeSink) {
+/// Opaque tokens deleted, as the `opaque_tokens_deleted` trigger announces them.
+#[derive(Debug, PartialEq)]
+enum OpaqueDeletion {
+    Rows(Vec<[u8; 32]>),
+    /// Too many to name (or a payload we cannot read): forget every cached row.
+    Many,
+}
+
+/// `None` for a payload about anything else.
+fn parse_opaque_deletion(payload: &str) -> Option<OpaqueDeletion> {
+    if payload == "opaque-many" {
+        return Some(OpaqueDeletion::Many);
+    }
+    let hashes = payload.strip_prefix("opaque ")?;
+    let rows: Option<Vec<[u8; 32]>> = hashes
+        .split(' ')
+        .map(|h| {
+            let bytes = hex::decode(h).ok()?;
+            <[u8; 32]>::try_from(bytes.as_slice()).ok()
+        })
+        .collect();
+    Some(rows.map_or(OpaqueDeletion::Many, OpaqueDeletion::Rows))
+}
+
+/// Listens on [`CHANNEL`] until `sink` says stop, reconnecting with a short backoff. Opaque
+/// tokens' deletions are applied to `opaque` here; everything else goes to `sink`.
+fn listen(
+    config: &postgres::Config,
+    tls: &MakeRustlsConnect,
+    opaque: &OpaqueTokenCache,
+    sink: &ChangeSink,
+) {
     let mut connected_before = false;
     loop {
         let mut client = match config.connect(tls.clone()) {
@@ -730,6 +813,7 @@ fn listen(config: &postgres::Config, tls: &MakeRustlsConnect, sink: &ChangeSink)
             tracing::info!("change feed reconnected: reloading clients, keys and revocations");
         }
         connected_before = true;
+        opaque.resynced();
         if !sink(Change::Resync) {
             return;
         }
@@ -740,8 +824,21 @@ fn listen(config: &postgres::Config, tls: &MakeRustlsConnect, sink: &ChangeSink)
                 .next();
             match next {
                 Ok(Some(n)) => {
-                    if !sink(parse_change(n.payload())) {
-                        return;
+                    match parse_opaque_deletion(n.payload()) {
+                        Some(OpaqueDeletion::Rows(hashes)) => {
+                            hashes.iter().for_each(|h| opaque.evict(h));
+                        }
+                        Some(OpaqueDeletion::Many) => opaque.clear(),
+                        None => {
+                            let change = parse_change(n.payload());
+                            // A payload we do not know may have been a deletion.
+                            if change == Change::Resync {
+                                opaque.clear();
+                            }
+                            if !sink(change) {
+                                return;
+                            }
+                        }
                     }
                 }
                 // Quiet: make sure the connection is still there (a vanished server may leave
@@ -758,6 +855,7 @@ fn listen(config: &postgres::Config, tls: &MakeRustlsConnect, sink: &ChangeSink)
                 }
             }
         }
+        opaque.lost();
         if !sink(Change::Lost) {
             return;
         }
@@ -780,7 +878,7 @@ fn lock_id(name: &str) -> i64 {
 
 impl Store for PostgresStore {
     fn ping(&self) -> StoreResult<()> {
-        self.with(|c| c.simple_query("SELECT 1").map(|_| ()))
+        self.with(|c| c.client().simple_query("SELECT 1").map(|_| ()))
     }
 
     fn shared(&self) -> bool {
@@ -788,11 +886,19 @@ impl Store for PostgresStore {
     }
 
     fn watch(&self, sink: ChangeSink) -> StoreResult<()> {
-        let config = self.config.clone();
+        let mut config = self.config.clone();
+        // Tells operators (and tests) which backend is the feed.
+        if config.get_application_name() == Some("portcullis") {
+            config.application_name("portcullis-change-feed");
+        }
         let tls = self.tls.clone();
+        let opaque = Arc::clone(&self.opaque);
         std::thread::Builder::new()
             .name("portcullis-change-feed".into())
-            .spawn(move || listen(&config, &tls, &sink))
+            .spawn(move || {
+                listen(&config, &tls, &opaque, &sink);
+                opaque.lost();
+            })
             .map(|_| ())
             .map_err(|e| StoreError::Database(format!("starting the change feed: {e}")))
     }
@@ -944,31 +1050,35 @@ impl Store for PostgresStore {
         self.tokens.insert(t.clone())
     }
 
+    fn cached_opaque_token(&self, hash: &[u8; 32]) -> Option<StoredOpaqueToken> {
+        self.opaque.get(hash)
+    }
+
     fn get_opaque_token(&self, hash: &[u8; 32]) -> StoreResult<Option<StoredOpaqueToken>> {
-        self.with(|c| {
-            c.query_opt(
-                &format!("SELECT {OPAQUE_COLUMNS} FROM opaque_tokens WHERE hash = $1"),
-                &[&&hash[..]],
-            )
-        })
-        .map(|r| r.as_ref().map(opaque_row))
+        self.opaque
+            .get_or_read(hash, crate::clock::now(), || self.read_opaque_token(hash))
     }
 
     fn delete_opaque_token(&self, hash: &[u8; 32]) -> StoreResult<bool> {
-        self.with(|c| c.execute("DELETE FROM opaque_tokens WHERE hash = $1", &[&&hash[..]]))
-            .map(|n| n > 0)
+        let deleted = self
+            .with(|c| c.execute("DELETE FROM opaque_tokens WHERE hash = $1", &[&&hash[..]]))
+            .map(|n| n > 0);
+        self.opaque.evict(hash);
+        deleted
     }
 
     fn delete_client_tokens(&self, client_id: &str) -> StoreResult<()> {
-        self.with(|c| {
-            c.execute(
-                "DELETE FROM opaque_tokens WHERE client_id = $1",
-                &[&client_id],
-            )
-        })
-        .map(|_| ())
+        let deleted = self
+            .with(|c| {
+                c.execute(
+                    "DELETE FROM opaque_tokens WHERE client_id = $1",
+                    &[&client_id],
+                )
+            })
+            .map(|_| ());
+        self.opaque.evict_client(client_id);
+        deleted
     }
-
     fn insert_revocation(&self, jti: &str, expires_at: i64) -> StoreResult<()> {
         self.with(|c| insert_revocation(c, jti, expires_at))
             .map(|_| ())
@@ -1019,7 +1129,7 @@ impl Store for PostgresStore {
         if step_rows_empty(rows) {
             return self.with(|c| advance_flow(c, from, f)).map(|n| n == 1);
         }
-        self.with(|c| {
+        let won = self.with(|c| {
             let mut tx = c.transaction()?;
             let won = advance_flow(&mut tx, from, f)? == 1;
             if won {
@@ -1027,7 +1137,11 @@ impl Store for PostgresStore {
                 tx.commit()?;
             }
             Ok(won)
-        })
+        });
+        // The change feed tells every replica too, a moment later; this one must not answer
+        // from its cache in between.
+        self.opaque.evict_all(&rows.revoked_opaque_tokens);
+        won
     }
 
     fn put_session(&self, kind: &str, s: &StoredSession) -> StoreResult<()> {
@@ -1097,7 +1211,7 @@ impl Store for PostgresStore {
         now: i64,
         rows: &StepRows,
     ) -> StoreResult<bool> {
-        self.with(|c| {
+        let won = self.with(|c| {
             let mut tx = c.transaction()?;
             let won = tx.execute(
                 "UPDATE refresh_tokens SET active = FALSE, used_at = $2
@@ -1110,22 +1224,27 @@ impl Store for PostgresStore {
                 tx.commit()?;
             }
             Ok(won)
-        })
+        });
+        self.opaque.evict_all(&rows.revoked_opaque_tokens);
+        won
     }
 
     fn revoke_refresh_chain(&self, chain: &str) -> StoreResult<Vec<StoredRefreshToken>> {
-        self.with(|c| {
-            c.query(
-                // One statement: the data-modifying CTE commits with the update.
-                &format!(
-                    "WITH gone AS (DELETE FROM opaque_tokens WHERE grant_id = $1)
+        let revoked = self
+            .with(|c| {
+                c.query(
+                    // One statement: the data-modifying CTE commits with the update.
+                    &format!(
+                        "WITH gone AS (DELETE FROM opaque_tokens WHERE grant_id = $1)
                      UPDATE refresh_tokens SET active = FALSE, used_at = NULL WHERE chain = $1
                      RETURNING {REFRESH_COLUMNS}"
-                ),
-                &[&chain],
-            )
-        })
-        .map(|rows| rows.iter().map(refresh_row).collect())
+                    ),
+                    &[&chain],
+                )
+            })
+            .map(|rows| rows.iter().map(refresh_row).collect());
+        self.opaque.evict_grant(chain);
+        revoked
     }
 
     fn revoke_refresh_tokens_of(
@@ -1133,19 +1252,22 @@ impl Store for PostgresStore {
         subject: &str,
         client_id: Option<&str>,
     ) -> StoreResult<Vec<StoredRefreshToken>> {
-        self.with(|c| {
-            c.query(
-                &format!(
-                    "WITH gone AS (DELETE FROM opaque_tokens WHERE grant_id IS NOT NULL
+        let revoked = self
+            .with(|c| {
+                c.query(
+                    &format!(
+                        "WITH gone AS (DELETE FROM opaque_tokens WHERE grant_id IS NOT NULL
                          AND subject = $1 AND ($2::text IS NULL OR client_id = $2))
                      UPDATE refresh_tokens SET active = FALSE, used_at = NULL
                      WHERE subject = $1 AND ($2::text IS NULL OR client_id = $2)
                      RETURNING {REFRESH_COLUMNS}"
-                ),
-                &[&subject, &client_id],
-            )
-        })
-        .map(|rows| rows.iter().map(refresh_row).collect())
+                    ),
+                    &[&subject, &client_id],
+                )
+            })
+            .map(|rows| rows.iter().map(refresh_row).collect());
+        self.opaque.evict_subject(subject, client_id);
+        revoked
     }
 
     fn purge_expired(&self, now: i64) -> StoreResult<usize> {
@@ -1164,7 +1286,14 @@ impl Store for PostgresStore {
                  (SELECT ctid FROM {table} WHERE expires_at <= $1 LIMIT {PURGE_BATCH})"
             );
             loop {
-                let deleted = self.with(|c| c.execute(&sql, &[&now]))?;
+                let deleted = self.with(|c| {
+                    let mut tx = c.transaction()?;
+                    // Expired rows are gone for every replica already: no notification.
+                    tx.execute("SELECT set_config('portcullis.purging', 'on', true)", &[])?;
+                    let n = tx.execute(&sql, &[&now])?;
+                    tx.commit()?;
+                    Ok(n)
+                })?;
                 n += deleted;
                 if deleted < u64::try_from(PURGE_BATCH).unwrap_or(u64::MAX) {
                     break;
@@ -1201,6 +1330,34 @@ mod tests {
         assert_eq!(parse_change("revocation"), Change::Resync);
         assert_eq!(parse_change("something-new 1"), Change::Resync);
         assert_eq!(parse_change(""), Change::Resync);
+    }
+
+    #[test]
+    fn opaque_deletion_payloads_parse() {
+        let (h1, h2) = ("01".repeat(32), "ab".repeat(32));
+        assert_eq!(
+            parse_opaque_deletion(&format!("opaque {h1} {h2}")),
+            Some(OpaqueDeletion::Rows(vec![[1; 32], [0xab; 32]]))
+        );
+        assert_eq!(
+            parse_opaque_deletion("opaque-many"),
+            Some(OpaqueDeletion::Many)
+        );
+        // A hash we cannot read forgets everything rather than nothing.
+        for bad in [
+            "opaque zz",
+            "opaque 0102",
+            "opaque ",
+            &format!("opaque {h1}  {h2}"),
+        ] {
+            assert_eq!(
+                parse_opaque_deletion(bad),
+                Some(OpaqueDeletion::Many),
+                "{bad}"
+            );
+        }
+        assert_eq!(parse_opaque_deletion("client opaque"), None);
+        assert_eq!(parse_opaque_deletion("opaqueness"), None);
     }
 
     #[test]

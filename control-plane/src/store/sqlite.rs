@@ -223,6 +223,17 @@ impl SqliteStore {
         })
     }
 
+    fn read_opaque_token(&self, hash: &[u8; 32]) -> StoreResult<Option<StoredOpaqueToken>> {
+        self.read(|c| {
+            one(
+                c,
+                &format!("SELECT {OPAQUE_COLUMNS} FROM opaque_tokens WHERE hash = ?1"),
+                [&hash[..]],
+                opaque_row,
+            )
+        })
+    }
+
     /// Runs a read on the reader connection (or the only one).
     fn read<T>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> StoreResult<T> {
         match &self.reader {
@@ -643,20 +654,16 @@ impl Store for SqliteStore {
         self.write(move |c| insert_opaque(c, &t)).map(|_| ())
     }
 
+    // No row cache here, unlike PostgreSQL's: the read is a local point lookup (tens of
+    // thousands a second), and a cache would have to hear of every statement that deletes
+    // rows, inside batches that may still roll back.
     fn get_opaque_token(&self, hash: &[u8; 32]) -> StoreResult<Option<StoredOpaqueToken>> {
-        self.read(|c| {
-            one(
-                c,
-                &format!("SELECT {OPAQUE_COLUMNS} FROM opaque_tokens WHERE hash = ?1"),
-                [&hash[..]],
-                opaque_row,
-            )
-        })
+        self.read_opaque_token(hash)
     }
 
     fn delete_opaque_token(&self, hash: &[u8; 32]) -> StoreResult<bool> {
-        let hash = *hash;
-        self.write(move |c| delete_opaque(c, &hash)).map(|n| n > 0)
+        let h = *hash;
+        self.write(move |c| delete_opaque(c, &h)).map(|n| n > 0)
     }
 
     fn delete_client_tokens(&self, client_id: &str) -> StoreResult<()> {
@@ -664,7 +671,6 @@ impl Store for SqliteStore {
         self.write(move |c| exec(c, "DELETE FROM opaque_tokens WHERE client_id = ?1", [id]))
             .map(|_| ())
     }
-
     fn insert_revocation(&self, jti: &str, expires_at: i64) -> StoreResult<()> {
         let jti = jti.to_string();
         self.write(move |c| insert_revocation(c, &jti, expires_at))
