@@ -11,7 +11,7 @@ use crate::clock;
 use crate::crypto::{b64url, hex, random_bytes, sha256};
 use crate::oauth2_error::OAuth2Error;
 use crate::server::Service;
-use crate::store::{StepRows, StoredFlow};
+use crate::store::{self, StepRows, StoredFlow};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::sync::Arc;
@@ -240,15 +240,6 @@ pub fn parse_artifact(value: &str) -> Option<(&str, &str)> {
     (!id.is_empty() && !secret.is_empty()).then_some((id, secret))
 }
 
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, crate::store::StoreError> + Send + 'static,
-) -> Result<T, OAuth2Error> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(OAuth2Error::server_error)?
-        .map_err(OAuth2Error::from)
-}
-
 fn row(flow: &Flow, stage: Stage, expires_at: i64) -> Result<StoredFlow, OAuth2Error> {
     Ok(StoredFlow {
         id: flow.id.clone(),
@@ -265,15 +256,13 @@ pub async fn insert(
     expires_at: i64,
 ) -> Result<(), OAuth2Error> {
     let row = row(flow, stage, expires_at)?;
-    let store = Arc::clone(&svc.store);
-    blocking(move || store.insert_flow(&row)).await
+    Ok(Arc::clone(&svc.store).insert_flow_async(row).await?)
 }
 
 /// The flow and its stage; `None` when unknown or expired.
 pub async fn load(svc: &Service, id: &str) -> Result<Option<(Flow, Stage)>, OAuth2Error> {
-    let store = Arc::clone(&svc.store);
     let id = id.to_string();
-    let Some(stored) = blocking(move || store.get_flow(&id)).await? else {
+    let Some(stored) = store::read(&svc.store, move |s| s.get_flow(&id)).await? else {
         return Ok(None);
     };
     if stored.expires_at <= clock::now() {
@@ -309,8 +298,9 @@ pub async fn advance_with(
     rows: StepRows,
 ) -> Result<bool, OAuth2Error> {
     let row = row(flow, to, expires_at)?;
-    let store = Arc::clone(&svc.store);
-    blocking(move || store.advance_flow_with(from as i64, &row, &rows)).await
+    Ok(Arc::clone(&svc.store)
+        .advance_flow_async(from as i64, row, rows)
+        .await?)
 }
 
 #[cfg(test)]

@@ -1,17 +1,27 @@
-//! Group commit of the SQLite store (the queue and the turn-taking are
-//! `store/group_commit.rs`): every write goes through one queue, and whoever holds the
-//! connection commits everything queued in one transaction (one fsync with
-//! `synchronous=FULL`).
+//! Group commit of the SQLite store: every write goes through one queue to a committer thread
+//! of its own, which commits everything queued in one transaction (one fsync with
+//! `synchronous=FULL`) and then answers each caller.
+//!
+//! Callers wait without holding a thread when they are async tasks ([`Writer::write_async`]: a
+//! `tokio` oneshot that the committer fills), or block when they are threads already
+//! ([`Writer::write`]). Either way nobody is answered before the commit holding its write is
+//! durable. A dedicated committer, rather than whichever caller got the connection first,
+//! is what lets an async caller queue a write without a blocking-pool thread parked on it.
 //!
 //! Each write runs under its own savepoint inside the batch, so one write failing (a unique
 //! conflict, a lost compare-and-set) rolls back only that write; the batch and every other
 //! caller's write are unaffected. Writes run one after another on one connection, in queue
 //! order: a compare-and-set in a batch sees the writes before it, as it would alone.
 
-use super::super::group_commit::GroupCommit;
 use super::super::{StoreError, StoreResult};
 use rusqlite::Connection;
-use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+use std::future::Future;
+use std::sync::mpsc::{Receiver, Sender, channel, sync_channel};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+/// Writes per transaction at most: a burst is split so no commit grows without bound.
+const MAX_BATCH: usize = 256;
 
 /// One queued write and the caller waiting for it.
 trait Pending: Send {
@@ -21,10 +31,32 @@ trait Pending: Send {
     fn finish(self: Box<Self>, committed: Result<(), &str>);
 }
 
+/// How the caller waits for its answer.
+enum Reply<T> {
+    /// A thread blocked on it (the blocking pool, startup, tests).
+    Thread(std::sync::mpsc::SyncSender<StoreResult<T>>),
+    /// An async task awaiting it.
+    Task(tokio::sync::oneshot::Sender<StoreResult<T>>),
+}
+
+impl<T> Reply<T> {
+    fn send(self, result: StoreResult<T>) {
+        // A receiver that went away only means its caller gave up.
+        match self {
+            Self::Thread(s) => {
+                let _ = s.send(result);
+            }
+            Self::Task(s) => {
+                let _ = s.send(result);
+            }
+        }
+    }
+}
+
 struct Write<T, F> {
     op: Option<F>,
     result: Option<StoreResult<T>>,
-    done: SyncSender<StoreResult<T>>,
+    done: Reply<T>,
 }
 
 impl<T, F> Pending for Write<T, F>
@@ -47,8 +79,7 @@ where
             )),
             (Err(e), _) => Err(StoreError::Database(e.to_string())),
         };
-        // A receiver that went away only means its caller gave up.
-        let _ = self.done.send(result);
+        self.done.send(result);
     }
 }
 
@@ -70,33 +101,115 @@ fn in_savepoint<T>(
     }
 }
 
-/// The SQLite store's writer: [`GroupCommit`] over its one connection, each job a closure.
-pub struct Writer(GroupCommit<Connection, Box<dyn Pending>>);
+fn dropped() -> StoreError {
+    StoreError::Database("the write was dropped without an answer".into())
+}
+
+/// The SQLite store's writer: its one connection and the committer thread that owns the
+/// turn to use it for writes.
+pub struct Writer {
+    conn: Arc<Mutex<Connection>>,
+    /// `None` once dropping: the committer ends when the last sender goes.
+    jobs: Option<Sender<Box<dyn Pending>>>,
+    committer: Option<JoinHandle<()>>,
+}
 
 impl Writer {
-    pub fn new(conn: Connection) -> Self {
-        Self(GroupCommit::new(conn))
+    pub fn new(conn: Connection) -> StoreResult<Self> {
+        let conn = Arc::new(Mutex::new(conn));
+        let (jobs, queue) = channel();
+        let shared = Arc::clone(&conn);
+        let committer = std::thread::Builder::new()
+            .name("sqlite-commit".into())
+            .spawn(move || commit_queued(&shared, &queue))
+            .map_err(|e| StoreError::Database(format!("starting the committer thread: {e}")))?;
+        Ok(Self {
+            conn,
+            jobs: Some(jobs),
+            committer: Some(committer),
+        })
     }
 
-    /// Runs `f` on the connection directly (reads, when there is no separate reader).
+    /// Runs `f` on the connection directly, between batches (reads, when there is no
+    /// separate reader).
     pub fn with<T>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> StoreResult<T> {
-        self.0.with(|c| f(c))?.map_err(super::db)
+        let conn = self
+            .conn
+            .lock()
+            .map_err(|_| StoreError::Database("connection mutex poisoned".into()))?;
+        f(&conn).map_err(super::db)
     }
 
-    /// Queues `op` and returns its result once the batch holding it is durable.
-    pub fn write<T, F>(&self, op: F) -> StoreResult<T>
+    fn queue<T, F>(&self, op: F, done: Reply<T>) -> StoreResult<()>
     where
         T: Send + 'static,
         F: FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
     {
-        let (done, result): (_, Receiver<StoreResult<T>>) = sync_channel(1);
         let job = Box::new(Write {
             op: Some(op),
             result: None,
             done,
         });
-        self.0
-            .submit(job, &result, |conn, batch| commit(conn, batch))
+        self.jobs
+            .as_ref()
+            .ok_or_else(dropped)?
+            .send(job)
+            .map_err(|_| StoreError::Database("the committer thread has ended".into()))
+    }
+
+    /// Queues `op` and blocks until the batch holding it is durable.
+    pub fn write<T, F>(&self, op: F) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+    {
+        let (done, answer) = sync_channel(1);
+        self.queue(op, Reply::Thread(done))?;
+        answer.recv().map_err(|_| dropped())?
+    }
+
+    /// Queues `op` now; the future resolves once the batch holding it is durable. Awaiting it
+    /// holds no thread.
+    pub fn write_async<T, F>(&self, op: F) -> impl Future<Output = StoreResult<T>> + Send + use<T, F>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+    {
+        let (done, answer) = tokio::sync::oneshot::channel();
+        let queued = self.queue(op, Reply::Task(done));
+        async move {
+            queued?;
+            answer.await.map_err(|_| dropped())?
+        }
+    }
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        // Closing the queue ends the committer once it has committed what was queued; joining
+        // it closes the connection before a reopen of the same file.
+        self.jobs = None;
+        if let Some(t) = self.committer.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// The committer thread: takes whatever is queued (waiting when nothing is) and commits it as
+/// one batch, until the writer is dropped.
+fn commit_queued(conn: &Mutex<Connection>, queue: &Receiver<Box<dyn Pending>>) {
+    while let Ok(first) = queue.recv() {
+        let mut batch = Vec::with_capacity(16);
+        batch.push(first);
+        batch.extend(queue.try_iter().take(MAX_BATCH - 1));
+        match conn.lock() {
+            Ok(conn) => commit(&conn, batch),
+            Err(_) => {
+                for p in batch {
+                    p.finish(Err("connection mutex poisoned"));
+                }
+            }
+        }
     }
 }
 
@@ -161,7 +274,7 @@ mod tests {
         let w = Write {
             op: Some(op),
             result: None,
-            done,
+            done: Reply::Thread(done),
         };
         (Box::new(w), rx)
     }
@@ -241,7 +354,7 @@ mod tests {
 
     #[test]
     fn concurrent_writers_all_get_their_own_answer() {
-        let w = std::sync::Arc::new(Writer::new(conn()));
+        let w = std::sync::Arc::new(Writer::new(conn()).unwrap());
         let threads: Vec<_> = (0..8i64)
             .map(|t| {
                 let w = std::sync::Arc::clone(&w);
