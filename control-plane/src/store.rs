@@ -19,6 +19,19 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
+/// What a write's caller waits for before it answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// The write survives a power cut (flushed to disk): every write of the sync API, and any
+    /// that hands out something whose loss would break a promise (a code exchange's tokens, a
+    /// refresh rotation).
+    Durable,
+    /// The write is committed (visible to every reader, safe from a crash of the process) but
+    /// may be lost in a power cut until the next durable write flushes it. For steps whose loss
+    /// only makes the user start over; a store without the distinction treats it as durable.
+    Lossy,
+}
+
 /// A store call awaited by an async task; it holds no thread while it waits.
 pub type StoreFuture<T> = Pin<Box<dyn Future<Output = StoreResult<T>> + Send + 'static>>;
 
@@ -219,7 +232,11 @@ pub trait Store: Send + Sync + 'static {
     }
 
     /// [`Store::insert_flow`] for an async caller.
-    fn insert_flow_async(self: Arc<Self>, flow: StoredFlow) -> StoreFuture<()> {
+    fn insert_flow_async(
+        self: Arc<Self>,
+        flow: StoredFlow,
+        _durability: Durability,
+    ) -> StoreFuture<()> {
         on_blocking_pool(move || self.insert_flow(&flow))
     }
 
@@ -229,6 +246,7 @@ pub trait Store: Send + Sync + 'static {
         from: i64,
         flow: StoredFlow,
         rows: StepRows,
+        _durability: Durability,
     ) -> StoreFuture<bool> {
         on_blocking_pool(move || self.advance_flow_with(from, &flow, &rows))
     }

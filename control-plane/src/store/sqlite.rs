@@ -10,8 +10,8 @@ mod disk_health;
 mod group_commit;
 
 use super::{
-    ClientFilter, Snapshot, StepRows, Store, StoreError, StoreFuture, StoreResult, StoredClient,
-    StoredFlow, StoredKey, StoredOpaqueToken, StoredRefreshToken, StoredSession,
+    ClientFilter, Durability, Snapshot, StepRows, Store, StoreError, StoreFuture, StoreResult,
+    StoredClient, StoredFlow, StoredKey, StoredOpaqueToken, StoredRefreshToken, StoredSession,
 };
 use disk_health::DiskHealth;
 use group_commit::Writer;
@@ -180,7 +180,7 @@ impl SqliteStore {
         let path = dir.join("portcullis.sqlite");
         private_file(&path).map_err(|e| io(&path, e))?;
         let conn = Connection::open(&path).map_err(db)?;
-        let mut store = Self::from_connection(conn)?;
+        let mut store = Self::from_connection(conn, Some(&path))?;
         for _ in 0..READERS {
             let reader = Connection::open(&path).map_err(db)?;
             configure(&reader)?;
@@ -198,13 +198,20 @@ impl SqliteStore {
     }
 
     pub fn in_memory() -> StoreResult<Self> {
-        Self::from_connection(Connection::open_in_memory().map_err(db)?)
+        Self::from_connection(Connection::open_in_memory().map_err(db)?, None)
     }
 
-    fn from_connection(mut conn: Connection) -> StoreResult<Self> {
+    /// `path` names the database file (`None`: in memory, nothing to flush).
+    fn from_connection(mut conn: Connection, path: Option<&Path>) -> StoreResult<Self> {
         configure(&conn)?;
-        conn.pragma_update(None, "journal_mode", "WAL")
+        let mode: String = conn
+            .pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))
             .map_err(db)?;
+        // The syncer flushes the WAL; a database that refused WAL mode keeps flushing at
+        // every commit (`synchronous=FULL`).
+        let wal = path
+            .filter(|_| mode.eq_ignore_ascii_case("wal"))
+            .map(group_commit::wal_files);
         let version: i64 = conn
             .pragma_query_value(None, "user_version", |r| r.get(0))
             .map_err(db)?;
@@ -221,7 +228,7 @@ impl SqliteStore {
             tx.commit().map_err(db)?;
         }
         Ok(Self {
-            writer: Writer::new(conn)?,
+            writer: Writer::new(conn, wal)?,
             readers: Vec::new(),
             disk: DiskHealth::default(),
         })
@@ -257,9 +264,10 @@ impl SqliteStore {
     fn write_async<T: Send + 'static>(
         self: Arc<Self>,
         f: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+        durability: Durability,
     ) -> StoreFuture<T> {
-        let durable = self.writer.write_async(f);
-        Box::pin(async move { self.disk.observe(durable.await) })
+        let done = self.writer.write_async(f, durability);
+        Box::pin(async move { self.disk.observe(done.await) })
     }
 
     /// Every row of every table, in one read transaction (`portcullis migrate --from-sqlite`).
@@ -762,8 +770,8 @@ impl Store for SqliteStore {
         self.write(insert_flow(f.clone()))
     }
 
-    fn insert_flow_async(self: Arc<Self>, f: StoredFlow) -> StoreFuture<()> {
-        self.write_async(insert_flow(f))
+    fn insert_flow_async(self: Arc<Self>, f: StoredFlow, d: Durability) -> StoreFuture<()> {
+        self.write_async(insert_flow(f), d)
     }
 
     fn get_flow(&self, id: &str) -> StoreResult<Option<StoredFlow>> {
@@ -786,8 +794,9 @@ impl Store for SqliteStore {
         from: i64,
         f: StoredFlow,
         rows: StepRows,
+        d: Durability,
     ) -> StoreFuture<bool> {
-        self.write_async(advance_flow(from, f, rows))
+        self.write_async(advance_flow(from, f, rows), d)
     }
 
     fn put_session(&self, kind: &str, s: &StoredSession) -> StoreResult<()> {
@@ -875,7 +884,7 @@ impl Store for SqliteStore {
         now: i64,
         rows: StepRows,
     ) -> StoreFuture<bool> {
-        self.write_async(rotate_refresh(old, new, now, rows))
+        self.write_async(rotate_refresh(old, new, now, rows), Durability::Durable)
     }
 
     fn revoke_refresh_chain(&self, chain: &str) -> StoreResult<Vec<StoredRefreshToken>> {
