@@ -30,10 +30,6 @@ pub struct SqliteStore {
 /// the request path's in-place reads rarely wait for each other.
 const READERS: usize = 2;
 
-/// Bytes of the database file each reader maps: a read whose page cache was invalidated by a
-/// commit then finds pages in the map instead of copying them in again.
-const READER_MMAP_BYTES: i64 = 256 << 20;
-
 /// Schema versions, applied in order; `PRAGMA user_version` records how many ran.
 const MIGRATIONS: &[&str] = &[
     r#"
@@ -184,9 +180,6 @@ impl SqliteStore {
         for _ in 0..READERS {
             let reader = Connection::open(&path).map_err(db)?;
             configure(&reader)?;
-            reader
-                .pragma_update(None, "mmap_size", READER_MMAP_BYTES)
-                .map_err(db)?;
             store.readers.push(Mutex::new(reader));
         }
         for suffix in ["-wal", "-shm"] {
@@ -345,6 +338,11 @@ fn configure(conn: &Connection) -> StoreResult<()> {
     // Every query of the store, plus the group commit's own statements, stays prepared.
     conn.set_prepared_statement_cache_capacity(64);
     conn.pragma_update(None, "synchronous", "FULL")
+        .map_err(db)?;
+    // A batch's savepoints keep a sub-journal of the pages they change; past 64 KiB SQLite
+    // spills it to a temporary file (open, write, unlink, close per batch) unless told to keep
+    // it in memory, where a batch of at most `MAX_BATCH` writes bounds it.
+    conn.pragma_update(None, "temp_store", "MEMORY")
         .map_err(db)?;
     conn.pragma_update(None, "foreign_keys", "ON").map_err(db)
 }
