@@ -350,6 +350,19 @@ mod tests {
     }
 
     #[test]
+    fn only_the_code_exchange_waits_for_the_flush() {
+        for s in 0..7 {
+            let stage = Stage::from_i64(s).unwrap();
+            let want = if stage == Stage::CodeUsed {
+                Durability::Durable
+            } else {
+                Durability::Lossy
+            };
+            assert_eq!(durability(stage), want, "{stage:?}");
+        }
+    }
+
+    #[test]
     fn stages_round_trip() {
         for s in 0..7 {
             assert_eq!(Stage::from_i64(s).map(|s| s as i64), Some(s));
