@@ -100,9 +100,9 @@ pub async fn current_login(
     let Some((sid, secret)) = crate::flow::parse_artifact(&cookie) else {
         return Ok(None);
     };
-    let store = Arc::clone(&svc.store);
     let id = sid.to_string();
-    let Some(row) = blocking(move || store.get_session(LOGIN, &id)).await? else {
+    let Some(row) = crate::store::read(&svc.store, move |s| s.get_session(LOGIN, &id)).await?
+    else {
         return Ok(None);
     };
     if row.expires_at <= clock::now() {

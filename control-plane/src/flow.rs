@@ -6,12 +6,25 @@
 //! under concurrent requests and across restarts. The login challenge is the flow id (random,
 //! 256 bits); verifiers, the consent challenge and the code are `<flow id>.<secret>` with only
 //! the secret's SHA-256 stored, so a database read does not hand out usable verifiers or codes.
+//!
+//! Which steps wait for a flush to disk ([`durability`]): only the code exchange, which hands
+//! out tokens (a refresh token must outlive a power cut, and so must the mark that makes a
+//! replayed code revoke them). Every earlier step is committed before it is answered (the next
+//! step, the login app, another worker see it; a crash or `kill -9` of the process loses
+//! nothing) but not flushed: a power cut before the next flush takes back at most the last
+//! steps of flows in progress, and such a flow then fails closed at its next step (unknown or
+//! already-used challenge, verifier or code; the user starts over, as after an expired
+//! challenge). What a rolled-back step handed out dies with it: its challenge, verifier or code
+//! is unknown after the restart. A verifier whose use was rolled back is live again, which
+//! grants nothing new: it is bound to the same browser's CSRF cookie and leads into the same
+//! flow, whose code (if any) the restart took back. Hydra stores these requests in its
+//! database; the difference is only the flush.
 
 use crate::clock;
 use crate::crypto::{b64url, hex, random_bytes, sha256};
 use crate::oauth2_error::OAuth2Error;
 use crate::server::Service;
-use crate::store::{StepRows, StoredFlow};
+use crate::store::{self, Durability, StepRows, StoredFlow};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::sync::Arc;
@@ -240,15 +253,6 @@ pub fn parse_artifact(value: &str) -> Option<(&str, &str)> {
     (!id.is_empty() && !secret.is_empty()).then_some((id, secret))
 }
 
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, crate::store::StoreError> + Send + 'static,
-) -> Result<T, OAuth2Error> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(OAuth2Error::server_error)?
-        .map_err(OAuth2Error::from)
-}
-
 fn row(flow: &Flow, stage: Stage, expires_at: i64) -> Result<StoredFlow, OAuth2Error> {
     Ok(StoredFlow {
         id: flow.id.clone(),
@@ -258,6 +262,20 @@ fn row(flow: &Flow, stage: Stage, expires_at: i64) -> Result<StoredFlow, OAuth2E
     })
 }
 
+/// Whether a step moving a flow to `to` waits for a flush (see the module doc): only the code
+/// exchange does.
+pub fn durability(to: Stage) -> Durability {
+    match to {
+        Stage::CodeUsed => Durability::Durable,
+        Stage::LoginRequested
+        | Stage::LoginHandled
+        | Stage::ConsentRequested
+        | Stage::ConsentHandled
+        | Stage::CodeIssued
+        | Stage::Failed => Durability::Lossy,
+    }
+}
+
 pub async fn insert(
     svc: &Service,
     flow: &Flow,
@@ -265,15 +283,15 @@ pub async fn insert(
     expires_at: i64,
 ) -> Result<(), OAuth2Error> {
     let row = row(flow, stage, expires_at)?;
-    let store = Arc::clone(&svc.store);
-    blocking(move || store.insert_flow(&row)).await
+    Ok(Arc::clone(&svc.store)
+        .insert_flow_async(row, durability(stage))
+        .await?)
 }
 
 /// The flow and its stage; `None` when unknown or expired.
 pub async fn load(svc: &Service, id: &str) -> Result<Option<(Flow, Stage)>, OAuth2Error> {
-    let store = Arc::clone(&svc.store);
     let id = id.to_string();
-    let Some(stored) = blocking(move || store.get_flow(&id)).await? else {
+    let Some(stored) = store::read(&svc.store, move |s| s.get_flow(&id)).await? else {
         return Ok(None);
     };
     if stored.expires_at <= clock::now() {
@@ -309,8 +327,9 @@ pub async fn advance_with(
     rows: StepRows,
 ) -> Result<bool, OAuth2Error> {
     let row = row(flow, to, expires_at)?;
-    let store = Arc::clone(&svc.store);
-    blocking(move || store.advance_flow_with(from as i64, &row, &rows)).await
+    Ok(Arc::clone(&svc.store)
+        .advance_flow_async(from as i64, row, rows, durability(to))
+        .await?)
 }
 
 #[cfg(test)]
@@ -328,6 +347,19 @@ mod tests {
         assert!(parse_artifact("noseparator").is_none());
         assert!(parse_artifact(".x").is_none());
         assert!(parse_artifact("x.").is_none());
+    }
+
+    #[test]
+    fn only_the_code_exchange_waits_for_the_flush() {
+        for s in 0..7 {
+            let stage = Stage::from_i64(s).unwrap();
+            let want = if stage == Stage::CodeUsed {
+                Durability::Durable
+            } else {
+                Durability::Lossy
+            };
+            assert_eq!(durability(stage), want, "{stage:?}");
+        }
     }
 
     #[test]

@@ -11,6 +11,7 @@ use crate::grant_tokens::{self, Lifetimes, REFRESH_PREFIX, RefreshState};
 use crate::oauth2_error::{ErrorCode, OAuth2Error};
 use crate::request::Params;
 use crate::server::Service;
+use crate::store;
 use axum::response::Response;
 use std::sync::Arc;
 
@@ -57,10 +58,8 @@ pub async fn exchange(
         return Err(unknown());
     }
     let hash = sha256(token.as_bytes());
-    let store = Arc::clone(&svc.store);
-    let row = tokio::task::spawn_blocking(move || store.get_refresh_token(&hash))
-        .await
-        .map_err(OAuth2Error::server_error)??
+    let row = store::read(&svc.store, move |s| s.get_refresh_token(&hash))
+        .await?
         .ok_or_else(unknown)?;
     if row.client_id != client.client.client_id {
         return Err(invalid_grant(
@@ -110,19 +109,21 @@ pub async fn exchange(
     let mut rows = issued.access_rows(grant)?;
     let revoked_old = state.end_access(&mut rows, now);
     let store = Arc::clone(&svc.store);
-    let won = tokio::task::spawn_blocking(move || {
-        if in_grace {
-            // Within the grace period the used token rotates again, without a race to win.
-            // A rare path: its writes need not share a commit.
+    let won = if in_grace {
+        // Within the grace period the used token rotates again, without a race to win.
+        // A rare path: its writes need not share a commit.
+        tokio::task::spawn_blocking(move || {
             store.insert_refresh_token(&new_row)?;
             store.put_step_rows(&rows)?;
-            Ok(true)
-        } else {
-            store.rotate_refresh_token(&hash, &new_row, now, &rows)
-        }
-    })
-    .await
-    .map_err(OAuth2Error::server_error)??;
+            Ok::<_, crate::store::StoreError>(true)
+        })
+        .await
+        .map_err(OAuth2Error::server_error)??
+    } else {
+        store
+            .rotate_refresh_token_async(hash, new_row, now, rows)
+            .await?
+    };
     if !won {
         return Err(OAuth2Error::invalid_request(
             "The refresh token was used by a concurrent request; it is no longer valid.",

@@ -1,7 +1,11 @@
 //! Persistence behind one object-safe trait: the embedded SQLite store for one process, or
 //! PostgreSQL shared by several replicas. Methods are synchronous: async callers run them on the
-//! blocking pool (`tokio::task::spawn_blocking`). A method returns only after its write is
-//! durable.
+//! blocking pool (`tokio::task::spawn_blocking`), except on the request path of browser flows
+//! and refresh grants, where a thread hand-off per store call costs more than the call: there
+//! the `_async` writes are awaited without a thread (the SQLite group commit answers through a
+//! oneshot; PostgreSQL keeps the blocking pool, since its calls are network round trips), and
+//! [`read`] runs point reads in place where [`Store::reads_in_place`]. A method returns only
+//! after its write is durable.
 //!
 //! The services above keep clients, keys and revocations in memory. With a shared store another
 //! replica may change them: [`Store::watch`] reports every such change, and [`Store::lock`]
@@ -11,6 +15,51 @@ mod group_commit;
 pub mod opaque_cache;
 pub mod postgres;
 pub mod sqlite;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+/// What a write's caller waits for before it answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// The write survives a power cut (flushed to disk): every write of the sync API, and any
+    /// that hands out something whose loss would break a promise (a code exchange's tokens, a
+    /// refresh rotation).
+    Durable,
+    /// The write is committed (visible to every reader, safe from a crash of the process) but
+    /// may be lost in a power cut until the next durable write flushes it. For steps whose loss
+    /// only makes the user start over; a store without the distinction treats it as durable.
+    Lossy,
+}
+
+/// A store call awaited by an async task; it holds no thread while it waits.
+pub type StoreFuture<T> = Pin<Box<dyn Future<Output = StoreResult<T>> + Send + 'static>>;
+
+/// Runs a blocking store call on the blocking pool, keeping it off the async workers.
+pub fn on_blocking_pool<T: Send + 'static>(
+    f: impl FnOnce() -> StoreResult<T> + Send + 'static,
+) -> StoreFuture<T> {
+    Box::pin(async move {
+        tokio::task::spawn_blocking(f)
+            .await
+            .map_err(|e| StoreError::Database(format!("the store call did not finish: {e}")))?
+    })
+}
+
+/// Runs the read `f` where the store says reads belong: in place on the calling worker when
+/// they are quick local work ([`Store::reads_in_place`]), else on the blocking pool.
+pub async fn read<T: Send + 'static>(
+    store: &Arc<dyn Store>,
+    f: impl FnOnce(&dyn Store) -> StoreResult<T> + Send + 'static,
+) -> StoreResult<T> {
+    if store.reads_in_place() {
+        f(store.as_ref())
+    } else {
+        let store = Arc::clone(store);
+        on_blocking_pool(move || f(store.as_ref())).await
+    }
+}
 
 /// A write that replicas must apply to what they keep in memory.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -190,6 +239,44 @@ pub type StoreResult<T> = Result<T, StoreError>;
 pub trait Store: Send + Sync + 'static {
     /// Fails when the store cannot serve (readiness).
     fn ping(&self) -> StoreResult<()>;
+
+    /// Whether a point read is a few microseconds of local work that an async worker may run
+    /// in place (the embedded store), rather than a network round trip that belongs on the
+    /// blocking pool (PostgreSQL). See [`read`].
+    fn reads_in_place(&self) -> bool {
+        false
+    }
+
+    /// [`Store::insert_flow`] for an async caller.
+    fn insert_flow_async(
+        self: Arc<Self>,
+        flow: StoredFlow,
+        _durability: Durability,
+    ) -> StoreFuture<()> {
+        on_blocking_pool(move || self.insert_flow(&flow))
+    }
+
+    /// [`Store::advance_flow_with`] for an async caller.
+    fn advance_flow_async(
+        self: Arc<Self>,
+        from: i64,
+        flow: StoredFlow,
+        rows: StepRows,
+        _durability: Durability,
+    ) -> StoreFuture<bool> {
+        on_blocking_pool(move || self.advance_flow_with(from, &flow, &rows))
+    }
+
+    /// [`Store::rotate_refresh_token`] for an async caller.
+    fn rotate_refresh_token_async(
+        self: Arc<Self>,
+        old: [u8; 32],
+        new: StoredRefreshToken,
+        now: i64,
+        rows: StepRows,
+    ) -> StoreFuture<bool> {
+        on_blocking_pool(move || self.rotate_refresh_token(&old, &new, now, &rows))
+    }
 
     /// Whether other processes share this store (then what is kept in memory must follow
     /// [`Store::watch`]).

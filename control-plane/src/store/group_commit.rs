@@ -3,9 +3,10 @@
 //! load many requests share a commit; alone, a caller commits just its own write. Nobody
 //! returns before the commit that holds its write is durable.
 //!
-//! What a batch is and how it commits belongs to each store (`sqlite/group_commit.rs` runs
-//! closures under savepoints; the PostgreSQL token batch is one multi-row `INSERT`). The
-//! invariant kept here: a batch's callers are answered while its committer still holds the
+//! What a batch is and how it commits belongs to each store (the PostgreSQL token batch is one
+//! multi-row `INSERT`). The SQLite store no longer uses this caller-commits scheme: its writes
+//! go to a committer thread of their own (`sqlite/group_commit.rs`), so that async callers can
+//! await them without a thread. The invariant kept here: a batch's callers are answered while its committer still holds the
 //! connection, so a caller that gets the connection and has no answer yet finds its own job
 //! still queued.
 

@@ -1,28 +1,34 @@
 //! The embedded store: SQLite in WAL mode with `synchronous=FULL`. Writes go through a group
 //! commit (`group_commit`): concurrent requests share one transaction and one fsync, and each
-//! returns only once its write is durable. A file database has a second connection for reads,
-//! which WAL lets run while a batch commits (hot reads are also served from memory by the
-//! services above).
+//! returns only once its write is durable; async callers await it without a thread
+//! ([`Store::advance_flow_async`] and the other `_async` methods). A file database has
+//! connections of its own for reads, which WAL lets run while a batch commits; a point read
+//! is a few microseconds of local work, so [`Store::reads_in_place`] lets the request path run
+//! it on its own worker instead of handing it to the blocking pool.
 
 mod disk_health;
 mod group_commit;
 
 use super::{
-    ClientFilter, Snapshot, StepRows, Store, StoreError, StoreResult, StoredClient, StoredFlow,
-    StoredKey, StoredOpaqueToken, StoredRefreshToken, StoredSession,
+    ClientFilter, Durability, Snapshot, StepRows, Store, StoreError, StoreFuture, StoreResult,
+    StoredClient, StoredFlow, StoredKey, StoredOpaqueToken, StoredRefreshToken, StoredSession,
 };
 use disk_health::DiskHealth;
 use group_commit::Writer;
 use rusqlite::{Connection, OptionalExtension, Params, params};
 use std::path::Path;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, TryLockError};
 
 pub struct SqliteStore {
     writer: Writer,
-    /// `None` for an in-memory database (a second connection would be another database).
-    reader: Option<Mutex<Connection>>,
+    /// Empty for an in-memory database (a second connection would be another database).
+    readers: Vec<Mutex<Connection>>,
     disk: DiskHealth,
 }
+
+/// Read connections of a file database: one per core of the machine this was sized for, so
+/// the request path's in-place reads rarely wait for each other.
+const READERS: usize = 2;
 
 /// Schema versions, applied in order; `PRAGMA user_version` records how many ran.
 const MIGRATIONS: &[&str] = &[
@@ -181,10 +187,12 @@ impl SqliteStore {
         let path = dir.join("portcullis.sqlite");
         private_file(&path).map_err(|e| io(&path, e))?;
         let conn = Connection::open(&path).map_err(db)?;
-        let mut store = Self::from_connection(conn)?;
-        let reader = Connection::open(&path).map_err(db)?;
-        configure(&reader)?;
-        store.reader = Some(Mutex::new(reader));
+        let mut store = Self::from_connection(conn, Some(&path))?;
+        for _ in 0..READERS {
+            let reader = Connection::open(&path).map_err(db)?;
+            configure(&reader)?;
+            store.readers.push(Mutex::new(reader));
+        }
         for suffix in ["-wal", "-shm"] {
             let mut side = path.clone().into_os_string();
             side.push(suffix);
@@ -194,13 +202,20 @@ impl SqliteStore {
     }
 
     pub fn in_memory() -> StoreResult<Self> {
-        Self::from_connection(Connection::open_in_memory().map_err(db)?)
+        Self::from_connection(Connection::open_in_memory().map_err(db)?, None)
     }
 
-    fn from_connection(mut conn: Connection) -> StoreResult<Self> {
+    /// `path` names the database file (`None`: in memory, nothing to flush).
+    fn from_connection(mut conn: Connection, path: Option<&Path>) -> StoreResult<Self> {
         configure(&conn)?;
-        conn.pragma_update(None, "journal_mode", "WAL")
+        let mode: String = conn
+            .pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))
             .map_err(db)?;
+        // The syncer flushes the WAL; a database that refused WAL mode keeps flushing at
+        // every commit (`synchronous=FULL`).
+        let wal = path
+            .filter(|_| mode.eq_ignore_ascii_case("wal"))
+            .map(group_commit::wal_files);
         let version: i64 = conn
             .pragma_query_value(None, "user_version", |r| r.get(0))
             .map_err(db)?;
@@ -217,8 +232,8 @@ impl SqliteStore {
             tx.commit().map_err(db)?;
         }
         Ok(Self {
-            writer: Writer::new(conn),
-            reader: None,
+            writer: Writer::new(conn, wal)?,
+            readers: Vec::new(),
             disk: DiskHealth::default(),
         })
     }
@@ -234,17 +249,22 @@ impl SqliteStore {
         })
     }
 
-    /// Runs a read on the reader connection (or the only one).
+    /// Runs a read on a free reader connection (waiting for the first one when all are busy),
+    /// or on the only connection of an in-memory database.
     fn read<T>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> StoreResult<T> {
-        match &self.reader {
-            Some(reader) => {
-                let conn = reader
-                    .lock()
-                    .map_err(|_| StoreError::Database("reader mutex poisoned".into()))?;
-                f(&conn).map_err(db)
+        let poisoned = || StoreError::Database("reader mutex poisoned".into());
+        let Some(first) = self.readers.first() else {
+            return self.writer.with(f);
+        };
+        for reader in &self.readers {
+            match reader.try_lock() {
+                Ok(conn) => return f(&conn).map_err(db),
+                Err(TryLockError::WouldBlock) => {}
+                Err(TryLockError::Poisoned(_)) => return Err(poisoned()),
             }
-            None => self.writer.with(f),
         }
+        let conn = first.lock().map_err(|_| poisoned())?;
+        f(&conn).map_err(db)
     }
 
     /// Runs a write in the next group commit; returns once it is durable.
@@ -253,6 +273,16 @@ impl SqliteStore {
         f: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
     ) -> StoreResult<T> {
         self.disk.observe(self.writer.write(f))
+    }
+
+    /// [`SqliteStore::write`] for an async caller: queued now, awaited without a thread.
+    fn write_async<T: Send + 'static>(
+        self: Arc<Self>,
+        f: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+        durability: Durability,
+    ) -> StoreFuture<T> {
+        let done = self.writer.write_async(f, durability);
+        Box::pin(async move { self.disk.observe(done.await) })
     }
 
     /// Every row of every table, in one read transaction (`portcullis migrate --from-sqlite`).
@@ -320,6 +350,11 @@ fn configure(conn: &Connection) -> StoreResult<()> {
     // Every query of the store, plus the group commit's own statements, stays prepared.
     conn.set_prepared_statement_cache_capacity(64);
     conn.pragma_update(None, "synchronous", "FULL")
+        .map_err(db)?;
+    // A batch's savepoints keep a sub-journal of the pages they change; past 64 KiB SQLite
+    // spills it to a temporary file (open, write, unlink, close per batch) unless told to keep
+    // it in memory, where a batch of at most `MAX_BATCH` writes bounds it.
+    conn.pragma_update(None, "temp_store", "MEMORY")
         .map_err(db)?;
     conn.pragma_update(None, "foreign_keys", "ON").map_err(db)
 }
@@ -513,9 +548,68 @@ fn unique_as_conflict<T>(res: StoreResult<T>, what: impl FnOnce() -> String) -> 
     }
 }
 
+/// The write of [`Store::insert_flow`], for the blocking and the async caller alike.
+fn insert_flow(f: StoredFlow) -> impl FnOnce(&Connection) -> rusqlite::Result<()> + Send {
+    move |c| {
+        exec(
+            c,
+            "INSERT INTO oidc_flows (id, stage, json, expires_at) VALUES (?1, ?2, ?3, ?4)",
+            params![f.id, f.stage, f.json, f.expires_at],
+        )
+        .map(|_| ())
+    }
+}
+
+/// The write of [`Store::advance_flow_with`]: one savepoint, so the step and its rows commit
+/// together, or neither.
+fn advance_flow(
+    from: i64,
+    f: StoredFlow,
+    rows: StepRows,
+) -> impl FnOnce(&Connection) -> rusqlite::Result<bool> + Send {
+    move |c| {
+        let won = exec(
+            c,
+            "UPDATE oidc_flows SET stage = ?3, json = ?4, expires_at = ?5
+             WHERE id = ?1 AND stage = ?2",
+            params![f.id, from, f.stage, f.json, f.expires_at],
+        )? == 1;
+        if won {
+            write_step_rows(c, &rows)?;
+        }
+        Ok(won)
+    }
+}
+
+/// The write of [`Store::rotate_refresh_token`]: one savepoint, so the deactivation, the
+/// successor and the rows commit together.
+fn rotate_refresh(
+    old: [u8; 32],
+    new: StoredRefreshToken,
+    now: i64,
+    rows: StepRows,
+) -> impl FnOnce(&Connection) -> rusqlite::Result<bool> + Send {
+    move |c| {
+        let won = exec(
+            c,
+            "UPDATE refresh_tokens SET active = 0, used_at = ?2 WHERE hash = ?1 AND active = 1",
+            params![&old[..], now],
+        )? == 1;
+        if won {
+            insert_refresh(c, &new)?;
+            write_step_rows(c, &rows)?;
+        }
+        Ok(won)
+    }
+}
+
 const REFRESH_COLUMNS: &str = "hash, chain, client_id, subject, active, used_at, json, expires_at";
 
 impl Store for SqliteStore {
+    fn reads_in_place(&self) -> bool {
+        true
+    }
+
     fn ping(&self) -> StoreResult<()> {
         self.read(|c| c.query_row("SELECT 1", [], |_| Ok(())))
     }
@@ -700,15 +794,11 @@ impl Store for SqliteStore {
     }
 
     fn insert_flow(&self, f: &StoredFlow) -> StoreResult<()> {
-        let f = f.clone();
-        self.write(move |c| {
-            exec(
-                c,
-                "INSERT INTO oidc_flows (id, stage, json, expires_at) VALUES (?1, ?2, ?3, ?4)",
-                params![f.id, f.stage, f.json, f.expires_at],
-            )
-        })
-        .map(|_| ())
+        self.write(insert_flow(f.clone()))
+    }
+
+    fn insert_flow_async(self: Arc<Self>, f: StoredFlow, d: Durability) -> StoreFuture<()> {
+        self.write_async(insert_flow(f), d)
     }
 
     fn get_flow(&self, id: &str) -> StoreResult<Option<StoredFlow>> {
@@ -723,20 +813,17 @@ impl Store for SqliteStore {
     }
 
     fn advance_flow_with(&self, from: i64, f: &StoredFlow, rows: &StepRows) -> StoreResult<bool> {
-        let (f, rows) = (f.clone(), rows.clone());
-        // One write (one savepoint): the step and its rows commit together, or neither.
-        self.write(move |c| {
-            let won = exec(
-                c,
-                "UPDATE oidc_flows SET stage = ?3, json = ?4, expires_at = ?5
-                 WHERE id = ?1 AND stage = ?2",
-                params![f.id, from, f.stage, f.json, f.expires_at],
-            )? == 1;
-            if won {
-                write_step_rows(c, &rows)?;
-            }
-            Ok(won)
-        })
+        self.write(advance_flow(from, f.clone(), rows.clone()))
+    }
+
+    fn advance_flow_async(
+        self: Arc<Self>,
+        from: i64,
+        f: StoredFlow,
+        rows: StepRows,
+        d: Durability,
+    ) -> StoreFuture<bool> {
+        self.write_async(advance_flow(from, f, rows), d)
     }
 
     fn put_session(&self, kind: &str, s: &StoredSession) -> StoreResult<()> {
@@ -799,7 +886,8 @@ impl Store for SqliteStore {
         self.read(|c| {
             one(
                 c,
-                &format!("SELECT {REFRESH_COLUMNS} FROM refresh_tokens WHERE hash = ?1"),
+                "SELECT hash, chain, client_id, subject, active, used_at, json, expires_at
+                 FROM refresh_tokens WHERE hash = ?1",
                 [&hash[..]],
                 refresh_row,
             )
@@ -813,21 +901,17 @@ impl Store for SqliteStore {
         now: i64,
         rows: &StepRows,
     ) -> StoreResult<bool> {
-        let (old, new, rows) = (*old, new.clone(), rows.clone());
-        // One write (one savepoint): the deactivation, the successor and the rows commit
-        // together.
-        self.write(move |c| {
-            let won = exec(
-                c,
-                "UPDATE refresh_tokens SET active = 0, used_at = ?2 WHERE hash = ?1 AND active = 1",
-                params![&old[..], now],
-            )? == 1;
-            if won {
-                insert_refresh(c, &new)?;
-                write_step_rows(c, &rows)?;
-            }
-            Ok(won)
-        })
+        self.write(rotate_refresh(*old, new.clone(), now, rows.clone()))
+    }
+
+    fn rotate_refresh_token_async(
+        self: Arc<Self>,
+        old: [u8; 32],
+        new: StoredRefreshToken,
+        now: i64,
+        rows: StepRows,
+    ) -> StoreFuture<bool> {
+        self.write_async(rotate_refresh(old, new, now, rows), Durability::Durable)
     }
 
     fn revoke_refresh_chain(&self, chain: &str) -> StoreResult<Vec<StoredRefreshToken>> {

@@ -215,7 +215,9 @@ impl Target {
         Ok(next)
     }
 
-    /// An access token, an ID token exactly when `openid` was granted, and a refresh token.
+    /// An access token (a JWT or an opaque token, whichever the client's strategy gives), an
+    /// ID token exactly when `openid` was granted, and a refresh token. Shapes only: signatures
+    /// and claims are the black-box tests' business, not the load's.
     fn check_tokens(&self, tokens: &serde_json::Value) -> Result<String> {
         let jwt = |k: &str| {
             tokens[k]
