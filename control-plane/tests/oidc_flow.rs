@@ -212,16 +212,7 @@ async fn code_flow_with_an_independent_relying_party() {
     let mut srv = start(&dir).await;
     let (id, secret) = web_client(&srv).await;
     let rp = rp_client(&srv, &id, Some(&secret)).await;
-    let (pkce, verifier) = PkceCodeChallenge::new_random_sha256();
-    let (auth_url, csrf, nonce) = rp
-        .authorize_url(
-            CoreAuthenticationFlow::AuthorizationCode,
-            CsrfToken::new_random,
-            Nonce::new_random,
-        )
-        .add_scope(Scope::new("offline".into()))
-        .set_pkce_challenge(pkce)
-        .url();
+    let (auth_url, csrf, nonce, verifier) = rp_authorize_url(&rp);
     let mut browser = Browser::default();
 
     // Walk the login step by hand once, to check the admin API's shapes and single use.
@@ -669,16 +660,11 @@ type Rp = CoreClient<
     openidconnect::EndpointMaybeSet,
 >;
 
-/// Signs `subject` in through `rp` (PKCE, `openid offline`) and redeems the code; returns the
-/// token response (its ID token verified, `at_hash` included) and the code.
-async fn rp_sign_in(
-    srv: &Server,
-    rp: &Rp,
-    browser: &mut Browser,
-    subject: &str,
-) -> (openidconnect::core::CoreTokenResponse, String) {
+/// The relying party's authorization request (PKCE S256, `openid offline`), with the state,
+/// nonce and PKCE verifier it will need for the answer.
+fn rp_authorize_url(rp: &Rp) -> (url::Url, CsrfToken, Nonce, PkceCodeVerifier) {
     let (pkce, verifier) = PkceCodeChallenge::new_random_sha256();
-    let (auth_url, _, nonce) = rp
+    let (url, csrf, nonce) = rp
         .authorize_url(
             CoreAuthenticationFlow::AuthorizationCode,
             CsrfToken::new_random,
@@ -687,6 +673,18 @@ async fn rp_sign_in(
         .add_scope(Scope::new("offline".into()))
         .set_pkce_challenge(pkce)
         .url();
+    (url, csrf, nonce, verifier)
+}
+
+/// Signs `subject` in through `rp` (PKCE, `openid offline`) and redeems the code; returns the
+/// token response (its ID token verified, `at_hash` included) and the code.
+async fn rp_sign_in(
+    srv: &Server,
+    rp: &Rp,
+    browser: &mut Browser,
+    subject: &str,
+) -> (openidconnect::core::CoreTokenResponse, String) {
+    let (auth_url, _, nonce, verifier) = rp_authorize_url(rp);
     let back = authorize(
         srv,
         browser,
