@@ -238,17 +238,6 @@ impl SqliteStore {
         })
     }
 
-    fn read_opaque_token(&self, hash: &[u8; 32]) -> StoreResult<Option<StoredOpaqueToken>> {
-        self.read(|c| {
-            one(
-                c,
-                &format!("SELECT {OPAQUE_COLUMNS} FROM opaque_tokens WHERE hash = ?1"),
-                [&hash[..]],
-                opaque_row,
-            )
-        })
-    }
-
     /// Runs a read on a free reader connection (waiting for the first one when all are busy),
     /// or on the only connection of an in-memory database.
     fn read<T>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> StoreResult<T> {
@@ -752,7 +741,14 @@ impl Store for SqliteStore {
     // thousands a second), and a cache would have to hear of every statement that deletes
     // rows, inside batches that may still roll back.
     fn get_opaque_token(&self, hash: &[u8; 32]) -> StoreResult<Option<StoredOpaqueToken>> {
-        self.read_opaque_token(hash)
+        self.read(|c| {
+            one(
+                c,
+                &format!("SELECT {OPAQUE_COLUMNS} FROM opaque_tokens WHERE hash = ?1"),
+                [&hash[..]],
+                opaque_row,
+            )
+        })
     }
 
     fn delete_opaque_token(&self, hash: &[u8; 32]) -> StoreResult<bool> {
