@@ -62,6 +62,11 @@ struct Args {
     access_token_strategy: String,
 }
 
+// Same allocator as the server: the load generator shares its 2 cores, so its malloc time is
+// throughput the server does not get.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> Result<()> {
     let args = Args::parse();
     if args.concurrency == 0 || args.duration == 0 {
@@ -86,10 +91,9 @@ struct Tally {
 const SHOWN_ERRORS: u64 = 5;
 
 async fn run(args: Args) -> Result<()> {
-    let http = http::Client::new();
     let target = Arc::new(
         Target::register(
-            &http,
+            &mut http::Client::new(),
             &args.public,
             &args.admin,
             &args.scope,
@@ -113,11 +117,12 @@ async fn run(args: Args) -> Result<()> {
         let mut set = tokio::task::JoinSet::new();
         let per = args.tokens.div_ceil(args.concurrency).max(1);
         for w in 0..args.concurrency {
-            let (target, http) = (Arc::clone(&target), http.clone());
+            let target = Arc::clone(&target);
             set.spawn(async move {
+                let mut http = http::Client::new();
                 let mut own = Vec::with_capacity(per);
                 for i in 0..per {
-                    own.push(target.flow(&http, &format!("user-{w}-{i}")).await?);
+                    own.push(target.flow(&mut http, &format!("user-{w}-{i}")).await?);
                 }
                 anyhow::Ok((w, own))
             });
@@ -136,8 +141,9 @@ async fn run(args: Args) -> Result<()> {
     let shown = Arc::new(AtomicU64::new(0));
     let mut set = tokio::task::JoinSet::new();
     for (w, mut own) in pools.into_iter().enumerate() {
-        let (target, http, shown) = (Arc::clone(&target), http.clone(), Arc::clone(&shown));
+        let (target, shown) = (Arc::clone(&target), Arc::clone(&shown));
         set.spawn(async move {
+            let mut http = http::Client::new();
             let mut tally = Tally::default();
             let mut n: u64 = 0;
             loop {
@@ -148,10 +154,10 @@ async fn run(args: Args) -> Result<()> {
                 n += 1;
                 let slot = usize::try_from(n).unwrap_or(0) % own.len().max(1);
                 let outcome = match (mode, own.get(slot)) {
-                    (Mode::Ping, _) => target.ping(&http).await.map(|()| String::new()),
-                    (Mode::Refresh, Some(token)) => target.refresh(&http, token).await,
+                    (Mode::Ping, _) => target.ping(&mut http).await.map(|()| String::new()),
+                    (Mode::Refresh, Some(token)) => target.refresh(&mut http, token).await,
                     // Flows, or a refresh worker that lost its tokens: a new grant.
-                    _ => target.flow(&http, &format!("user-{w}-{n}")).await,
+                    _ => target.flow(&mut http, &format!("user-{w}-{n}")).await,
                 };
                 let ended = Instant::now();
                 let counted = began >= measure_from && ended <= measure_until;

@@ -30,7 +30,7 @@ impl Target {
     /// Registers a confidential web client (authorization code + refresh, `client_secret_basic`)
     /// with the given `access_token_strategy`.
     pub async fn register(
-        http: &Client,
+        http: &mut Client,
         public: &str,
         admin: &str,
         scope: &str,
@@ -75,7 +75,7 @@ impl Target {
     }
 
     /// One complete flow in a fresh browser, for `subject`; returns the refresh token.
-    pub async fn flow(&self, http: &Client, subject: &str) -> Result<String> {
+    pub async fn flow(&self, http: &mut Client, subject: &str) -> Result<String> {
         let mut browser = Jar::default();
         let state = uuid::Uuid::new_v4().simple().to_string();
         let nonce = uuid::Uuid::new_v4().simple().to_string();
@@ -190,7 +190,7 @@ impl Target {
     }
 
     /// One request to a trivial endpoint (no store, no crypto).
-    pub async fn ping(&self, http: &Client) -> Result<()> {
+    pub async fn ping(&self, http: &mut Client) -> Result<()> {
         http.get(&format!("{}/health/alive", self.public))
             .await?
             .expect(StatusCode::OK, "health")?;
@@ -198,7 +198,7 @@ impl Target {
     }
 
     /// One refresh-token rotation; returns the new refresh token.
-    pub async fn refresh(&self, http: &Client, token: &str) -> Result<String> {
+    pub async fn refresh(&self, http: &mut Client, token: &str) -> Result<String> {
         let tokens = http
             .form(
                 &format!("{}/oauth2/token", self.public),
