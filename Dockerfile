@@ -31,7 +31,7 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/usr/local/cargo/git \
     --mount=type=cache,target=/src/target \
     set -eux; \
-    cargo build --release --locked -p portcullis; \
+    cargo build --release --locked -p portcullis-cli --bin portcullis; \
     make wasm; \
     install -D -m 0755 target/release/portcullis /out/usr/local/bin/portcullis; \
     install -D -m 0644 dist/filter.wasm /out/usr/share/portcullis/filter.wasm; \

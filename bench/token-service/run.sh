@@ -39,7 +39,7 @@ done
 bin=${PORTCULLIS_BIN:-}
 load=${OIDC_LOAD_BIN:-}
 if [[ -z "$bin" || -z "$load" ]]; then
-    (cd "$root" && cargo build --release -p portcullis --bin portcullis -p portcullis-bench-oidc >&2)
+    (cd "$root" && cargo build --release -p portcullis-cli --bin portcullis -p portcullis-bench-oidc >&2)
     bin=${bin:-"$root/target/release/portcullis"}
     load=${load:-"$root/target/release/oidc-load"}
 fi

@@ -100,8 +100,8 @@ pub fn is_public(ip: IpAddr) -> bool {
 /// Resolves names for the connector and refuses the whole name when any of its addresses is
 /// not public (a name with one public and one loopback address must not reach loopback).
 #[derive(Clone)]
-pub(crate) struct GuardedResolver {
-    pub(crate) allow_private: bool,
+pub struct GuardedResolver {
+    pub allow_private: bool,
 }
 
 type ResolveFuture =

@@ -1,9 +1,12 @@
-//! # portcullis (control plane)
+//! # portcullis (the token service library)
 //!
-//! The token service: a Hydra-compatible OAuth2 server for machine-to-machine clients
-//! (`client_credentials`), with JWKS, discovery, introspection, revocation and the Hydra v2 admin
-//! API. Everything is exposed as a library so that the reconcilers can embed the service and
-//! register clients in-process through [`client::ClientService`] (see [`server::Service`]).
+//! A Hydra-compatible OAuth2 and OpenID Connect server: `client_credentials` for machines, the
+//! authorization code flow with login/consent apps, refresh tokens and logout for people, JWKS,
+//! discovery, introspection, revocation and the Hydra v2 admin API, over SQLite or PostgreSQL.
+//! A program embeds it with [`server::Service::open`] and [`server::serve_on`] and registers
+//! clients in-process through [`client::ClientService`]; the `portcullis` binary
+//! (`portcullis-cli`) does exactly that and adds the command line, the reconcilers' modes and
+//! the console.
 
 pub mod admin;
 pub mod admin_guard;
@@ -11,12 +14,9 @@ pub mod assertion;
 pub mod authorize;
 pub mod backchannel_logout;
 pub mod browser_session;
-pub mod callout_client;
-pub mod cli;
 pub mod client;
 pub mod clock;
 pub mod code_grant;
-pub mod console;
 pub mod crypto;
 pub mod discovery;
 pub mod flow;
@@ -28,17 +28,14 @@ pub mod id_token_keys;
 pub mod introspect;
 pub mod jwks_uri;
 pub mod keys;
-pub mod kubernetes_mode;
 pub mod lifespan;
 pub mod login_consent;
 pub mod logout;
-pub mod manifests_mode;
 pub mod metrics;
 pub mod oauth2_error;
 pub mod refresh;
 pub mod request;
 pub mod revoke;
-pub mod rule_test;
 pub mod secret;
 pub mod server;
 pub mod sessions;

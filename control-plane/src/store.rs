@@ -220,12 +220,18 @@ pub struct ClientFilter {
     pub owner: Option<String>,
 }
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     #[error("{0}")]
     Conflict(String),
     #[error("database error: {0}")]
     Database(String),
+    /// A database error that is the disk's fault, not the statement's (SQLite's primary result
+    /// code says full, read-only, I/O error or cannot open), or a write lost with a batch such
+    /// an error rolled back. A store that watches its disk turns it into
+    /// [`StoreError::Unwritable`] for writes; a read that meets it is a database error.
+    #[error("database error: {0}")]
+    Disk(String),
     /// The disk holding the data refuses writes (full, read-only, failing): a write fails,
     /// reads go on. Reported once by the store when it starts, not by every caller.
     #[error("the data directory refuses writes: {0}")]

@@ -1,7 +1,7 @@
 //! The real `portcullis` binary as a child process, for end-to-end tests of the control plane:
 //! free loopback ports, its own data directory, its log captured to a file. The binary is
 //! `PORTCULLIS_BIN`, else `<repo>/target/debug/portcullis`, brought up to date once per test
-//! process with `cargo build -p portcullis` (a no-op when it is current), so the suite never
+//! process with `cargo build -p portcullis-cli --bin portcullis` (a no-op when it is current), so the suite never
 //! tests a stale binary.
 
 use std::fs;
@@ -26,11 +26,11 @@ pub fn binary() -> PathBuf {
     BUILD.call_once(|| {
         let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
         let status = Command::new(cargo)
-            .args(["build", "-p", "portcullis"])
+            .args(["build", "-p", "portcullis-cli", "--bin", "portcullis"])
             .current_dir(paths::repo_root())
             .status()
-            .expect("running cargo build -p portcullis");
-        assert!(status.success(), "cargo build -p portcullis failed");
+            .expect("running cargo build -p portcullis-cli");
+        assert!(status.success(), "cargo build -p portcullis-cli failed");
     });
     assert!(bin.is_file(), "{} not found", bin.display());
     bin

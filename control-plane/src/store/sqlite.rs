@@ -171,8 +171,18 @@ fn tighten(path: &Path, mode: u32) {
     let _ = (path, mode);
 }
 
+/// Sorts SQLite's errors by their primary result code: the disk's fault or the statement's.
 fn db(e: rusqlite::Error) -> StoreError {
-    StoreError::Database(e.to_string())
+    use rusqlite::ErrorCode;
+    match e.sqlite_error_code() {
+        Some(
+            ErrorCode::DiskFull
+            | ErrorCode::SystemIoFailure
+            | ErrorCode::ReadOnly
+            | ErrorCode::CannotOpen,
+        ) => StoreError::Disk(e.to_string()),
+        _ => StoreError::Database(e.to_string()),
+    }
 }
 
 impl SqliteStore {

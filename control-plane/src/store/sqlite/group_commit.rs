@@ -43,7 +43,7 @@ trait Pending: Send {
     /// Runs the write under its own savepoint, inside the batch's transaction.
     fn apply(&mut self, conn: &Connection);
     /// Tells the caller, once the batch committed (`Ok`) or failed to.
-    fn finish(self: Box<Self>, committed: Result<(), &str>);
+    fn finish(self: Box<Self>, committed: Result<(), &StoreError>);
 }
 
 /// How the caller waits for its answer.
@@ -91,13 +91,14 @@ where
         self.result = Some(in_savepoint(conn, op).map_err(super::db));
     }
 
-    fn finish(self: Box<Self>, committed: Result<(), &str>) {
+    fn finish(self: Box<Self>, committed: Result<(), &StoreError>) {
         let result = match (committed, self.result) {
             (Ok(()), Some(r)) => r,
-            (Ok(()), None) => Err(StoreError::Database(
+            // Only a transaction the database rolled back itself (a disk error) ends early.
+            (Ok(()), None) => Err(StoreError::Disk(
                 "the write was not applied: its batch's transaction ended early".into(),
             )),
-            (Err(e), _) => Err(StoreError::Database(e.to_string())),
+            (Err(e), _) => Err(e.clone()),
         };
         self.done.send(result);
     }
@@ -252,8 +253,9 @@ fn commit_queued(
         match conn.lock() {
             Ok(conn) => commit(&conn, batch, syncer),
             Err(_) => {
+                let poisoned = StoreError::Database("connection mutex poisoned".into());
                 for p in batch {
-                    p.finish(Err("connection mutex poisoned"));
+                    p.finish(Err(&poisoned));
                 }
             }
         }
@@ -262,9 +264,8 @@ fn commit_queued(
 
 /// Answers every write with `error` (no syncer could start: no write can be made durable).
 fn fail_queued(queue: &Receiver<Box<dyn Pending>>, error: &StoreError) {
-    let error = error.to_string();
     while let Ok(p) = queue.recv() {
-        p.finish(Err(&error));
+        p.finish(Err(error));
     }
 }
 
@@ -290,11 +291,12 @@ impl Syncer {
 
     /// Hands committed durable writes over to the next flush.
     fn after_flush(&self, committed: Vec<Box<dyn Pending>>) {
+        let stopped = || StoreError::Database("the syncer has stopped".into());
         let Some(waiting) = &self.waiting else {
-            return fail_all(committed, "the syncer has stopped");
+            return fail_all(committed, &stopped());
         };
         if let Err(std::sync::mpsc::SendError(committed)) = waiting.send(committed) {
-            fail_all(committed, "the syncer has stopped");
+            fail_all(committed, &stopped());
         }
     }
 }
@@ -308,7 +310,7 @@ impl Drop for Syncer {
     }
 }
 
-fn fail_all(batch: Vec<Box<dyn Pending>>, error: &str) {
+fn fail_all(batch: Vec<Box<dyn Pending>>, error: &StoreError) {
     for p in batch {
         p.finish(Err(error));
     }
@@ -322,11 +324,15 @@ fn sync_queued(files: &WalFiles, queue: &Receiver<Vec<Box<dyn Pending>>>) {
         for more in queue.try_iter() {
             committed.extend(more);
         }
-        // The text SQLite uses for I/O errors, so the disk-health check recognises it.
-        let outcome = flush(&mut wal, files)
-            .map_err(|e| format!("disk I/O error: flushing {}: {e}", files.wal.display()));
+        // Worded as SQLite words its own I/O errors, for the operator reading the log.
+        let outcome = flush(&mut wal, files).map_err(|e| {
+            StoreError::Disk(format!(
+                "disk I/O error: flushing {}: {e}",
+                files.wal.display()
+            ))
+        });
         for p in committed {
-            p.finish(outcome.as_ref().map(|_| ()).map_err(String::as_str));
+            p.finish(outcome.as_ref().map(|_| ()));
         }
     }
 }
@@ -369,7 +375,7 @@ fn commit(conn: &Connection, mut batch: Vec<Box<dyn Pending>>, syncer: Option<&S
         .prepare_cached("BEGIN IMMEDIATE")
         .and_then(|mut s| s.execute([]))
     {
-        return fail_all(batch, &e.to_string());
+        return fail_all(batch, &super::db(e));
     }
     for p in &mut batch {
         // SQLite rolls back the whole transaction on some errors (disk full, I/O): the
@@ -380,7 +386,11 @@ fn commit(conn: &Connection, mut batch: Vec<Box<dyn Pending>>, syncer: Option<&S
         p.apply(conn);
     }
     let outcome = if conn.is_autocommit() {
-        Err("the batch's transaction was rolled back by the database".to_string())
+        // SQLite ends the transaction itself only on a disk error (full, I/O); a failing
+        // statement undoes just its own savepoint.
+        Err(StoreError::Disk(
+            "the batch's transaction was rolled back by the database".into(),
+        ))
     } else {
         conn.prepare_cached("COMMIT")
             .and_then(|mut s| s.execute([]))
@@ -390,7 +400,7 @@ fn commit(conn: &Connection, mut batch: Vec<Box<dyn Pending>>, syncer: Option<&S
                     // Leave no half-open transaction to the next batch.
                     let _ = conn.execute_batch("ROLLBACK");
                 }
-                e.to_string()
+                super::db(e)
             })
     };
     if let Err(e) = outcome {
@@ -505,9 +515,51 @@ mod tests {
             ra.try_recv().unwrap().is_err(),
             "acknowledged but not committed"
         );
-        assert!(rb.try_recv().unwrap().is_err());
+        // A constraint is the statement's fault, not the disk's.
+        let b = rb.try_recv().unwrap();
+        assert!(
+            matches!(&b, Err(StoreError::Database(m)) if m.contains("FOREIGN KEY")),
+            "{b:?}"
+        );
         assert_eq!(value(&c, "a"), None);
         assert!(c.is_autocommit());
+    }
+
+    /// A batch whose transaction ended before its COMMIT (SQLite does that itself only on a
+    /// disk error; here a write ends it) answers every write with a disk error, and the
+    /// writes after the end are not run outside the transaction.
+    #[test]
+    fn a_batch_whose_transaction_ended_early_is_a_disk_error() {
+        let c = conn();
+        let (a, ra) = job(insert("a", 1));
+        let (b, rb) = job(|c| c.execute_batch("ROLLBACK"));
+        let (d, rd) = job(insert("d", 4));
+        commit(&c, vec![a, b, d], None);
+        for r in [ra.try_recv().unwrap(), rd.try_recv().unwrap().map(|_| 0)] {
+            assert!(
+                matches!(&r, Err(StoreError::Disk(m)) if m.contains("rolled back by the database")),
+                "{r:?}"
+            );
+        }
+        assert!(matches!(rb.try_recv().unwrap(), Err(StoreError::Disk(_))));
+        assert_eq!(value(&c, "a"), None);
+        assert_eq!(value(&c, "d"), None, "not committed on its own");
+    }
+
+    /// SQLite's own disk error inside a batch (`SQLITE_FULL`, on which it rolls the whole
+    /// transaction back) answers as a disk error; the next batch starts afresh.
+    #[test]
+    fn a_write_that_fills_the_database_is_a_disk_error() {
+        let c = conn();
+        c.execute_batch("PRAGMA max_page_count = 3").unwrap();
+        let w = Writer::new(c, None).unwrap();
+        let r = w.write(|c| c.execute("INSERT INTO t (k, v) VALUES (hex(zeroblob(65536)), 1)", []));
+        assert!(matches!(&r, Err(StoreError::Disk(_))), "{r:?}");
+        assert_eq!(
+            w.write(insert("small", 1)).unwrap(),
+            1,
+            "a small write still fits"
+        );
     }
 
     #[test]
@@ -568,7 +620,7 @@ mod tests {
         assert_eq!(lossy.unwrap(), 1, "answered once committed");
         let durable = w.write_async(insert("b", 2), Durability::Durable).await;
         assert!(
-            matches!(&durable, Err(StoreError::Database(m)) if m.contains("disk I/O error")),
+            matches!(&durable, Err(StoreError::Disk(m)) if m.contains("db.sqlite-wal")),
             "{durable:?}"
         );
         assert!(

@@ -7,7 +7,8 @@
 //! PostgreSQL server ([`postgres`]), so the same suites run against both stores.
 #![allow(dead_code)]
 
-#[path = "postgres.rs"]
+// The throwaway server is the token service library's test support (its store tests use it too).
+#[path = "../../../control-plane/tests/support/postgres.rs"]
 pub mod postgres;
 
 use base64::Engine as _;

@@ -4,8 +4,8 @@
 //! failed writes; nothing here ends the process.
 
 use crate::manifests_mode::{MANAGED_BY_KEY, to_client};
-use crate::server::Service;
-use crate::store::ClientFilter;
+use portcullis::server::Service;
+use portcullis::store::ClientFilter;
 use portcullis_reconciler::client::{
     ExistingClient, HydraClient, RegistrationError, check_ownership,
 };
@@ -106,7 +106,7 @@ impl ClientRegistry for ServiceRegistry {
     async fn remove(&self, owner: &str) -> Result<(), String> {
         for id in self.managed_by_owner(owner).await? {
             match self.svc.clients.delete(&id).await {
-                Ok(()) | Err(crate::client::ClientError::NotFound(_)) => {}
+                Ok(()) | Err(portcullis::client::ClientError::NotFound(_)) => {}
                 Err(e) => return Err(e.to_string()),
             }
         }
@@ -141,8 +141,8 @@ pub fn lease_lock(namespace: Option<String>) -> LeaseLock {
 
 fn generate() -> (String, String) {
     let id = uuid::Uuid::new_v4().to_string();
-    let secret = crate::secret::generate_secret()
-        .unwrap_or_else(|_| crate::crypto::b64url(uuid::Uuid::new_v4().as_bytes()));
+    let secret = portcullis::secret::generate_secret()
+        .unwrap_or_else(|_| portcullis::crypto::b64url(uuid::Uuid::new_v4().as_bytes()));
     (id, secret)
 }
 

@@ -2,10 +2,10 @@
 //! `tests/tests/console.rs`.
 
 use super::*;
-use crate::server::Config;
 use axum::body::Body;
 use axum::http::{Request, header};
 use http_body_util::BodyExt;
+use portcullis::server::Config;
 use portcullis_reconciler::client_controller::Namespaces;
 use portcullis_reconciler::rule_set::MAX_RESOURCE_BYTES;
 use tower::ServiceExt;
@@ -222,7 +222,7 @@ async fn keys_show_the_jwks_and_ages() {
     assert!(key["age_seconds"].as_i64().unwrap() >= 0);
     assert!(
         keys.iter()
-            .any(|k| k["set"] == crate::id_token_keys::ID_TOKEN_SET),
+            .any(|k| k["set"] == portcullis::id_token_keys::ID_TOKEN_SET),
         "{keys:?}"
     );
     assert!(v["next_rotation"].is_null(), "no --key-rotation");
@@ -297,7 +297,7 @@ fn the_tester_bundle_is_built_from_these_sources() {
     assert_eq!(
         recorded.trim(),
         crate::console::bundle_sources_hash(&root).unwrap(),
-        "the tester bundle is stale: run `make console-wasm` and commit control-plane/console/tester"
+        "the tester bundle is stale: run `make console-wasm` and commit cli/console/tester"
     );
 }
 

@@ -1,8 +1,8 @@
 //! One sync pass at a time against an in-process token service and temp directories.
 
 use super::*;
-use crate::keys::Alg;
-use crate::server::Config;
+use portcullis::keys::Alg;
+use portcullis::server::Config;
 use portcullis_reconciler::manifests::load_dir;
 
 struct Fixture {
@@ -500,7 +500,7 @@ async fn the_module_is_served_with_its_sha256() {
         .to_bytes();
     assert_eq!(
         String::from_utf8_lossy(&body).trim(),
-        crate::crypto::hex(&crate::crypto::sha256(b"\0asm-bytes"))
+        portcullis::crypto::hex(&portcullis::crypto::sha256(b"\0asm-bytes"))
     );
     let missing = WasmModule::load(&dir.path().join("none.wasm"));
     let resp = missing

@@ -1,8 +1,8 @@
 //! The registry the OAuth2Client controller writes through, against an in-process service.
 
 use super::*;
-use crate::keys::Alg;
-use crate::server::Config;
+use portcullis::keys::Alg;
+use portcullis::server::Config;
 use serde_json::json;
 
 fn service() -> (Arc<Service>, tempfile::TempDir) {

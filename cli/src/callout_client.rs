@@ -4,13 +4,13 @@
 //! body limit, no redirects followed, and (unless allowed) public addresses only, judged on
 //! every address a name resolves to and connected to without a second lookup.
 
-use crate::jwks_uri::{GuardedResolver, is_public};
 use axum::body::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client as HttpClient;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
+use portcullis::jwks_uri::{GuardedResolver, is_public};
 use portcullis_core::callout::CalloutResponse;
 use portcullis_core::rule_tester::CalloutRequest;
 use std::net::IpAddr;
@@ -141,7 +141,7 @@ impl CalloutClient {
         while let Some(s) = source {
             if s.downcast_ref::<std::io::Error>()
                 .and_then(|io| io.get_ref())
-                .is_some_and(|i| i.is::<crate::jwks_uri::FetchError>())
+                .is_some_and(|i| i.is::<portcullis::jwks_uri::FetchError>())
             {
                 return CalloutError::NonPublic(url.to_string());
             }

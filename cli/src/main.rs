@@ -3,9 +3,9 @@
 
 use anyhow::Context;
 use clap::Parser;
-use portcullis::cli::{Cli, Command, LogFormat, MigrateArgs, RenderArgs, ServeArgs, TestArgs};
-use portcullis::manifests_mode::{self, Settings, WasmModule};
 use portcullis::server::{Apps, Service, StartError, serve_on, shutdown_signal};
+use portcullis_cli::cli::{Cli, Command, LogFormat, MigrateArgs, RenderArgs, ServeArgs, TestArgs};
+use portcullis_cli::manifests_mode::{self, Settings, WasmModule};
 use portcullis_reconciler::global::GlobalConfig;
 use portcullis_reconciler::rule_set::RenderOptions;
 use std::path::{Path, PathBuf};
@@ -71,7 +71,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 
 /// `portcullis test`: 0 allow, 1 deny, 2 when the rules, config or request are unusable.
 async fn test(args: &TestArgs) -> std::process::ExitCode {
-    use portcullis::rule_test;
+    use portcullis_cli::rule_test;
     use portcullis_core::rule_tester::TestRequest;
     let outcome = async {
         let mut request = TestRequest::parse_line(&args.request)?;
@@ -303,7 +303,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         };
         tracing::info!(dir = %settings.dir.display(), ecds_dir = %settings.ecds_dir.display(),
             wasm = %settings.wasm_path, "manifests mode");
-        console_source = Some(portcullis::console::ManifestsSource {
+        console_source = Some(portcullis_cli::console::ManifestsSource {
             dir: settings.dir.clone(),
             global: settings.global.clone(),
         });
@@ -323,7 +323,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             .wasm_url
             .clone()
             .unwrap_or_else(|| format!("http://{}/filter.wasm", svc.config.public_addr));
-        let k = portcullis::kubernetes_mode::Settings {
+        let k = portcullis_cli::kubernetes_mode::Settings {
             global,
             render: RenderOptions {
                 output: args.output.into(),
@@ -334,24 +334,24 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             namespaces: args.namespaces(),
             lease_namespace: args.lease_namespace.clone(),
         };
-        console_kubernetes = Some(portcullis::console::KubernetesSource {
+        console_kubernetes = Some(portcullis_cli::console::KubernetesSource {
             client: client.clone(),
             global: k.global.clone(),
             render: k.render.clone(),
             namespaces: k.namespaces.clone(),
         });
-        background.push(tokio::spawn(portcullis::kubernetes_mode::run(
+        background.push(tokio::spawn(portcullis_cli::kubernetes_mode::run(
             client,
             Arc::clone(&svc),
             k,
             stopped(stop_rx.clone()),
         )));
     }
-    let mut console = portcullis::console::Console::new(Arc::clone(&svc), console_source);
+    let mut console = portcullis_cli::console::Console::new(Arc::clone(&svc), console_source);
     if let Some(source) = console_kubernetes {
         console = console.with_kubernetes(source);
     }
-    apps.admin = apps.admin.merge(portcullis::console::router(console));
+    apps.admin = apps.admin.merge(portcullis_cli::console::router(console));
     let result = serve_on(svc, public, admin, apps, shutdown_signal()).await;
     let _ = stop_tx.send(true);
     for b in background {

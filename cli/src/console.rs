@@ -10,16 +10,16 @@
 //! time and body, and only public addresses unless the URL's origin is one the deployed
 //! configuration (or this control plane itself) already calls.
 
-use crate::admin_guard::AllowedHosts;
 use crate::callout_client::CalloutClient;
-use crate::keys::ACCESS_TOKEN_SET;
-use crate::oauth2_error::{ErrorCode, OAuth2Error};
-use crate::server::Service;
 use axum::extract::{Path, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use portcullis::admin_guard::AllowedHosts;
+use portcullis::keys::ACCESS_TOKEN_SET;
+use portcullis::oauth2_error::{ErrorCode, OAuth2Error};
+use portcullis::server::Service;
 use portcullis_core::rule_tester::CalloutRequest;
 use portcullis_reconciler::global::{GlobalConfig, urls_named_by};
 use portcullis_reconciler::manifests;
@@ -118,7 +118,7 @@ pub fn router(console: Console) -> Router {
         .with_state(console)
         .layer(axum::middleware::from_fn_with_state(
             allowed,
-            crate::admin_guard::guard,
+            portcullis::admin_guard::guard,
         ))
 }
 
@@ -181,7 +181,7 @@ async fn rules(State(console): State<Console>) -> Response {
 /// The access-token JWKS, each key's age, and the next scheduled rotation.
 async fn keys(State(console): State<Console>) -> Response {
     let svc = &console.svc;
-    let now = crate::clock::now();
+    let now = portcullis::clock::now();
     let ring = svc.keys.ring();
     let period = svc
         .config
@@ -226,7 +226,7 @@ struct CalloutBody {
 /// Makes one of the tester's callouts (see the module doc for what it refuses).
 async fn callout(
     State(console): State<Console>,
-    crate::request::Json(body): crate::request::Json<CalloutBody>,
+    portcullis::request::Json(body): portcullis::request::Json<CalloutBody>,
 ) -> Response {
     let url = body.request.url.as_str();
     if !urls_named_by(&body.config).iter().any(|u| u == url) {
@@ -344,12 +344,16 @@ pub fn bundle_sources_hash(root: &std::path::Path) -> std::io::Result<String> {
     let mut lines = String::new();
     for f in files {
         let bytes = std::fs::read(root.join(&f))?;
-        lines.push_str(&crate::crypto::hex(&crate::crypto::sha256(&bytes)));
+        lines.push_str(&portcullis::crypto::hex(&portcullis::crypto::sha256(
+            &bytes,
+        )));
         lines.push_str("  ");
         lines.push_str(&f);
         lines.push('\n');
     }
-    Ok(crate::crypto::hex(&crate::crypto::sha256(lines.as_bytes())))
+    Ok(portcullis::crypto::hex(&portcullis::crypto::sha256(
+        lines.as_bytes(),
+    )))
 }
 
 /// What the tester bundle is built from (relative to the workspace root; the Makefile's

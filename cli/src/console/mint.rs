@@ -10,15 +10,15 @@
 //! deployments, whereas a silent mint would not. The secret is neither stored nor logged.
 
 use super::Console;
-use crate::client::AuthMethod;
-use crate::oauth2_error::OAuth2Error;
-use crate::request::{Form, Params};
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use percent_encoding::{NON_ALPHANUMERIC, utf8_percent_encode};
+use portcullis::client::AuthMethod;
+use portcullis::oauth2_error::OAuth2Error;
+use portcullis::request::{Form, Params};
 use serde::Deserialize;
 use std::sync::Arc;
 
@@ -35,7 +35,7 @@ pub(super) struct MintBody {
 
 pub(super) async fn mint(
     State(console): State<Console>,
-    crate::request::Json(body): crate::request::Json<MintBody>,
+    portcullis::request::Json(body): portcullis::request::Json<MintBody>,
 ) -> Response {
     let svc = Arc::clone(&console.svc);
     let mut params = vec![("grant_type".to_string(), "client_credentials".to_string())];
@@ -72,7 +72,7 @@ pub(super) async fn mint(
         params.push(("client_secret".into(), body.client_secret.clone()));
     }
     let mut resp =
-        crate::token::token_endpoint(State(svc), headers, Ok(Form(Params(params)))).await;
+        portcullis::token::token_endpoint(State(svc), headers, Ok(Form(Params(params)))).await;
     tracing::info!(
         audit = "console_token",
         client_id = %body.client_id,

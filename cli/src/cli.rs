@@ -1,10 +1,10 @@
 //! Command line: `portcullis serve` and its flags, each also settable by an environment
 //! variable (shown in `--help`).
 
-use crate::clock::parse_duration;
-use crate::keys::Alg;
-use crate::server::Config;
 use clap::{Parser, Subcommand, ValueEnum};
+use portcullis::clock::parse_duration;
+use portcullis::keys::Alg;
+use portcullis::server::Config;
 use portcullis_core::scope::ScopeStrategy;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -97,8 +97,8 @@ impl DatabaseArgs {
             .filter(|d| !d.is_empty())
     }
 
-    pub fn options(&self) -> crate::store::postgres::Options {
-        crate::store::postgres::Options {
+    pub fn options(&self) -> portcullis::store::postgres::Options {
+        portcullis::store::postgres::Options {
             max_conns: self.dsn_max_conns,
             statement_timeout: self.dsn_statement_timeout,
             connect_timeout: self.dsn_statement_timeout.min(Duration::from_secs(5)),
@@ -458,7 +458,7 @@ impl ServeArgs {
         config.issuer = issuer;
         config.signing_alg = self
             .signing_alg
-            .map_or(crate::server::DEFAULT_SIGNING_ALG, Into::into);
+            .map_or(portcullis::server::DEFAULT_SIGNING_ALG, Into::into);
         config.keep_existing_alg = self.signing_alg.is_none();
         config.access_token_ttl = self.access_token_ttl;
         config.max_access_token_ttl = self.max_access_token_ttl;

@@ -8,13 +8,13 @@
 //! Clients this mode registers carry [`MANAGED_BY_KEY`] in their `metadata`, so clients created
 //! through the admin API are never touched.
 
-use crate::client::Client;
-use crate::server::Service;
-use crate::store::ClientFilter;
 use axum::Router;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use portcullis::client::Client;
+use portcullis::server::Service;
+use portcullis::store::ClientFilter;
 use portcullis_reconciler::client::{
     ClientPlan, ExistingClient, HydraClient, RegistrationError, check_ownership, deletes_client,
 };
@@ -67,7 +67,7 @@ pub fn default_global_config(
 }
 
 /// Points the `id_token` mutator at this control plane's id-token key set (see
-/// [`crate::id_token_keys`]) when its `jwks_url` is unset or a `file://` URL — what an
+/// [`portcullis::id_token_keys`]) when its `jwks_url` is unset or a `file://` URL — what an
 /// Oathkeeper configuration such as Kyma's (`file:///etc/secrets/jwks.json`) names, and a sidecar
 /// cannot read — and defaults `issuer_url` to the public origin. An http(s) `jwks_url` is kept.
 /// True when `jwks_url` now names this control plane (its admin origin must then be reachable:
@@ -94,7 +94,7 @@ pub fn wire_id_token_keys(
         let url = format!(
             "{}{}",
             own_origin(admin_addr),
-            crate::id_token_keys::PRIVATE_JWKS_PATH
+            portcullis::id_token_keys::PRIVATE_JWKS_PATH
         );
         tracing::info!(jwks_url = %url, "id_token mutator signs with the control plane's id-token key set");
         config.insert("jwks_url".into(), url.into());
@@ -161,7 +161,7 @@ impl WasmModule {
     pub fn load(path: &Path) -> Self {
         match std::fs::read(path) {
             Ok(bytes) => {
-                let sha256 = crate::crypto::hex(&crate::crypto::sha256(&bytes));
+                let sha256 = portcullis::crypto::hex(&portcullis::crypto::sha256(&bytes));
                 WasmModule {
                     bytes: Some(Arc::new(bytes)),
                     sha256,
@@ -253,8 +253,8 @@ pub struct SyncReport {
 /// Credentials for a client without a Secret: a UUID and 32 random bytes (base64url).
 fn generate_credentials() -> (String, String) {
     let id = uuid::Uuid::new_v4().to_string();
-    let secret = crate::secret::generate_secret()
-        .unwrap_or_else(|_| crate::crypto::b64url(uuid::Uuid::new_v4().as_bytes()));
+    let secret = portcullis::secret::generate_secret()
+        .unwrap_or_else(|_| portcullis::crypto::b64url(uuid::Uuid::new_v4().as_bytes()));
     (id, secret)
 }
 
@@ -543,9 +543,9 @@ async fn register_checked(
         });
     }
     match svc.clients.upsert(client).await {
-        Ok(crate::client::UpsertOutcome::Created(_)) => Ok("registered"),
-        Ok(crate::client::UpsertOutcome::Updated(_)) => Ok("updated"),
-        Ok(crate::client::UpsertOutcome::Unchanged(_)) => Ok("unchanged"),
+        Ok(portcullis::client::UpsertOutcome::Created(_)) => Ok("registered"),
+        Ok(portcullis::client::UpsertOutcome::Updated(_)) => Ok("updated"),
+        Ok(portcullis::client::UpsertOutcome::Unchanged(_)) => Ok("unchanged"),
         Err(e) => Err(RegistrationError::Failed(format!(
             "registering failed: {e}"
         ))),
