@@ -16,6 +16,7 @@ use std::fmt::Write as _;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+#[derive(Debug)]
 pub struct Reply {
     pub status: StatusCode,
     pub headers: HeaderMap,
@@ -337,4 +338,76 @@ pub fn query_param(url: &str, name: &str) -> Result<String> {
         .into_iter()
         .find_map(|(k, v)| (k == name).then_some(v))
         .ok_or_else(|| anyhow!("no {name} in {url}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::net::TcpListener;
+
+    /// A server that answers each accepted connection's requests with `answers` in turn, then
+    /// closes it; returns its `http://host:port`.
+    async fn server(connections: Vec<Vec<&'static str>>) -> String {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move {
+            for answers in connections {
+                let (mut stream, _) = listener.accept().await.unwrap();
+                for answer in answers {
+                    // Each test request is one small write; read until its head ends.
+                    let mut seen = Vec::new();
+                    while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                        let mut buf = [0u8; 1024];
+                        let n = stream.read(&mut buf).await.unwrap();
+                        assert!(n > 0, "client closed early");
+                        seen.extend_from_slice(&buf[..n]);
+                    }
+                    stream.write_all(answer.as_bytes()).await.unwrap();
+                }
+            }
+        });
+        url
+    }
+
+    #[tokio::test]
+    async fn reads_sized_and_chunked_bodies_on_one_connection() {
+        let url = server(vec![vec![
+            "HTTP/1.1 200 OK\r\ncontent-length: 5\r\nx-a: 1\r\n\r\nhello",
+            "HTTP/1.1 302 Found\r\nlocation: /next\r\ntransfer-encoding: chunked\r\n\r\n\
+             3\r\nabc\r\n2;ext=1\r\nde\r\n0\r\n\r\n",
+        ]])
+        .await;
+        let mut client = Client::new();
+        let first = client.get(&format!("{url}/a")).await.unwrap();
+        assert_eq!(first.status, StatusCode::OK);
+        assert_eq!(&first.body[..], b"hello");
+        assert_eq!(first.headers["x-a"], "1");
+        let second = client.get(&format!("{url}/b")).await.unwrap();
+        assert_eq!(second.location().unwrap(), "/next");
+        assert_eq!(&second.body[..], b"abcde");
+        assert_eq!(client.connections.len(), 1, "kept alive");
+    }
+
+    #[tokio::test]
+    async fn a_connection_closed_while_idle_is_replaced_once() {
+        let url = server(vec![
+            vec!["HTTP/1.1 200 OK\r\ncontent-length: 1\r\n\r\na"],
+            vec!["HTTP/1.1 200 OK\r\ncontent-length: 1\r\n\r\nb"],
+        ])
+        .await;
+        let mut client = Client::new();
+        assert_eq!(&client.get(&url).await.unwrap().body[..], b"a");
+        // The server closed the first connection after its answer.
+        assert_eq!(&client.get(&url).await.unwrap().body[..], b"b");
+    }
+
+    #[tokio::test]
+    async fn a_truncated_body_is_an_error() {
+        let url = server(vec![vec![
+            "HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nshort",
+        ]])
+        .await;
+        let err = Client::new().get(&url).await.unwrap_err();
+        assert!(format!("{err:#}").contains("inside a body"), "{err:#}");
+    }
 }
