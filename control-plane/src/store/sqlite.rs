@@ -174,6 +174,16 @@ fn tighten(path: &Path, mode: u32) {
 /// Sorts SQLite's errors by their primary result code: the disk's fault or the statement's.
 fn db(e: rusqlite::Error) -> StoreError {
     use rusqlite::ErrorCode;
+    use rusqlite::ffi::{SQLITE_CONSTRAINT_PRIMARYKEY, SQLITE_CONSTRAINT_UNIQUE};
+    if let rusqlite::Error::SqliteFailure(f, _) = &e
+        && matches!(
+            f.extended_code,
+            SQLITE_CONSTRAINT_UNIQUE | SQLITE_CONSTRAINT_PRIMARYKEY
+        )
+    {
+        // As PostgreSQL's unique_violation: the caller names what already exists.
+        return StoreError::Conflict(e.to_string());
+    }
     match e.sqlite_error_code() {
         Some(
             ErrorCode::DiskFull
@@ -540,9 +550,7 @@ fn split_list(s: &str) -> Vec<String> {
 
 fn unique_as_conflict<T>(res: StoreResult<T>, what: impl FnOnce() -> String) -> StoreResult<T> {
     match res {
-        Err(StoreError::Database(msg)) if msg.contains("UNIQUE") => {
-            Err(StoreError::Conflict(what()))
-        }
+        Err(StoreError::Conflict(_)) => Err(StoreError::Conflict(what())),
         other => other,
     }
 }
@@ -1067,6 +1075,26 @@ mod tests {
         assert!(s.delete_client("a").unwrap());
         assert!(!s.delete_client("a").unwrap());
         assert_eq!(s.get_client("a").unwrap(), None);
+    }
+
+    #[test]
+    fn only_a_real_unique_violation_is_a_conflict() {
+        let c = Connection::open_in_memory().unwrap();
+        c.execute_batch("CREATE TABLE t (k TEXT PRIMARY KEY, u TEXT UNIQUE)")
+            .unwrap();
+        c.execute("INSERT INTO t VALUES ('a', 'x')", []).unwrap();
+        for dup in [
+            "INSERT INTO t VALUES ('a', 'y')",
+            "INSERT INTO t VALUES ('b', 'x')",
+        ] {
+            let e = db(c.execute(dup, []).unwrap_err());
+            assert!(matches!(e, StoreError::Conflict(_)), "{dup}: {e:?}");
+        }
+        // An error that merely quotes the text is what it is.
+        let e = db(c
+            .execute("SELECT * FROM \"UNIQUE constraint failed\"", [])
+            .unwrap_err());
+        assert!(matches!(e, StoreError::Database(_)), "{e:?}");
     }
 
     #[test]

@@ -474,7 +474,7 @@ mod tests {
         commit(&c, vec![a, b, d], None);
         assert_eq!(ra.try_recv().unwrap().unwrap(), 1);
         assert!(
-            matches!(rb.try_recv().unwrap(), Err(StoreError::Database(m)) if m.contains("UNIQUE"))
+            matches!(rb.try_recv().unwrap(), Err(StoreError::Conflict(m)) if m.contains("UNIQUE"))
         );
         assert_eq!(rd.try_recv().unwrap().unwrap(), 1);
         assert_eq!(value(&c, "a"), Some(1));
