@@ -120,8 +120,8 @@ CREATE INDEX opaque_tokens_subject ON opaque_tokens(subject, client_id)
 /// 1,000). Flows and refreshes write a few rows each into random index pages; between two
 /// checkpoints most of those pages are written many times, and each checkpoint writes every
 /// page once and syncs the database twice. Ten times fewer checkpoints cut the bytes written
-/// per refresh enough to lift refreshes/s by a quarter and flows/s by a sixth on the 2-core
-/// machine (control-plane/README.md), for a WAL of up to ~40 MB and a longer pause of the
+/// per refresh enough to lift refreshes/s by a quarter to a third and flows/s by a sixth on the
+/// 2-core machine (control-plane/README.md), for a WAL of up to ~40 MB and a longer pause of the
 /// commit that runs a checkpoint (a higher p99).
 const WAL_CHECKPOINT_PAGES: i64 = 10_000;
 
@@ -180,7 +180,9 @@ fn tighten(path: &Path, mode: u32) {
     let _ = (path, mode);
 }
 
-/// Sorts SQLite's errors by their primary result code: the disk's fault or the statement's.
+/// Sorts SQLite's errors by their result codes: a unique violation (extended code) is a
+/// conflict, a full, read-only or failing disk (primary code) is the disk's fault, the rest
+/// the statement's.
 fn db(e: rusqlite::Error) -> StoreError {
     use rusqlite::ErrorCode;
     use rusqlite::ffi::{SQLITE_CONSTRAINT_PRIMARYKEY, SQLITE_CONSTRAINT_UNIQUE};

@@ -3,9 +3,9 @@
 //!
 //! Each worker owns its client, and the client one keep-alive connection per server (as a
 //! browser or an app keeps its own), driven inside the worker's task. A pooled client (hyper's)
-//! hands every request to a connection task and back, which cost the load generator about a
-//! third of a core at 1,400 flows/s: CPU taken from the server it measures, since both share
-//! the same 2 cores.
+//! hands every request to a connection task and back: with it the load generator spent
+//! 290–300 µs of CPU per flow, without it 236–259 µs, CPU taken from the server it measures,
+//! since both share the same 2 cores.
 
 use anyhow::{Context, Result, anyhow, bail};
 use hyper::body::Bytes;
