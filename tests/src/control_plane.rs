@@ -56,7 +56,7 @@ impl ControlPlane {
             .expect("creating a temp dir");
         let data_dir = dir.path().join("data");
         let log_path = dir.path().join("portcullis.log");
-        let (public_port, admin_port) = (ports::free_port(), ports::free_port());
+        let [public_port, admin_port] = ports::free_ports::<2>();
         let log = fs::File::create(&log_path).expect("creating the control plane log");
         let child = Command::new(binary())
             .args(["--log-level", "info,portcullis=debug", "serve"])

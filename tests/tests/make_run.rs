@@ -15,16 +15,18 @@ use base64::Engine;
 use portcullis_e2e::{control_plane, paths, ports};
 
 fn smoke(data: &std::path::Path) -> String {
+    // Six distinct ports: the script would refuse one taken twice only after starting.
+    let port = ports::free_ports::<6>();
     let out = Command::new("bash")
         .arg(paths::repo_root().join("scripts/run.sh"))
         .arg("--smoke")
         .env("PORTCULLIS_DATA", data)
-        .env("PUBLIC_PORT", ports::free_port().to_string())
-        .env("ADMIN_PORT", ports::free_port().to_string())
-        .env("PROXY_PORT", ports::free_port().to_string())
-        .env("UPSTREAM_PORT", ports::free_port().to_string())
-        .env("ENVOY_ADMIN_PORT", ports::free_port().to_string())
-        .env("LOGIN_APP_PORT", ports::free_port().to_string())
+        .env("PUBLIC_PORT", port[0].to_string())
+        .env("ADMIN_PORT", port[1].to_string())
+        .env("PROXY_PORT", port[2].to_string())
+        .env("UPSTREAM_PORT", port[3].to_string())
+        .env("ENVOY_ADMIN_PORT", port[4].to_string())
+        .env("LOGIN_APP_PORT", port[5].to_string())
         .output()
         .expect("running scripts/run.sh");
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
@@ -143,7 +145,7 @@ fn no_secret_leaks(data: &Path) {
     assert_private_files(data);
     let secrets = created_secrets(data);
     let mut texts: Vec<(String, String)> = Vec::new();
-    let (public, admin) = (ports::free_port(), ports::free_port());
+    let [public, admin] = ports::free_ports::<2>();
     let log_path = data.join("logs").join("secrets-check.log");
     let log = std::fs::File::create(&log_path).unwrap();
     let mut child = Command::new(control_plane::binary())
