@@ -25,6 +25,7 @@
 //! order: a compare-and-set in a batch sees the writes before it, as it would alone.
 
 use super::super::{Durability, StoreError, StoreResult};
+use super::checkpointer::Checkpointer;
 use rusqlite::Connection;
 use std::fs::File;
 use std::future::Future;
@@ -144,7 +145,13 @@ pub struct WalFiles {
 impl Writer {
     /// A writer for `conn`; with `wal`, commits are made durable by the syncer (the
     /// connection must be in WAL mode), else by each commit itself (`synchronous` as set).
-    pub fn new(conn: Connection, wal: Option<WalFiles>) -> StoreResult<Self> {
+    /// With `checkpointer`, the committer tells it how the WAL grows and finishes its
+    /// checkpoints; it ends with the committer.
+    pub fn new(
+        conn: Connection,
+        wal: Option<WalFiles>,
+        checkpointer: Option<Checkpointer>,
+    ) -> StoreResult<Self> {
         if wal.is_some() {
             conn.pragma_update(None, "synchronous", "NORMAL")
                 .map_err(super::db)?;
@@ -155,9 +162,12 @@ impl Writer {
         let committer = std::thread::Builder::new()
             .name("sqlite-commit".into())
             .spawn(move || {
+                let mut checkpointer = checkpointer;
                 let syncer = wal.map(Syncer::start).transpose();
                 match syncer {
-                    Ok(syncer) => commit_queued(&shared, &queue, syncer.as_ref()),
+                    Ok(syncer) => {
+                        commit_queued(&shared, &queue, syncer.as_ref(), checkpointer.as_mut())
+                    }
                     Err(e) => fail_queued(&queue, &e),
                 }
             })
@@ -245,13 +255,19 @@ fn commit_queued(
     conn: &Mutex<Connection>,
     queue: &Receiver<Box<dyn Pending>>,
     syncer: Option<&Syncer>,
+    mut checkpointer: Option<&mut Checkpointer>,
 ) {
     while let Ok(first) = queue.recv() {
         let mut batch = Vec::with_capacity(16);
         batch.push(first);
         batch.extend(queue.try_iter().take(MAX_BATCH - 1));
         match conn.lock() {
-            Ok(conn) => commit(&conn, batch, syncer),
+            Ok(conn) => {
+                commit(&conn, batch, syncer);
+                if let Some(c) = checkpointer.as_deref_mut() {
+                    c.after_commit(&conn);
+                }
+            }
             Err(_) => {
                 let poisoned = StoreError::Database("connection mutex poisoned".into());
                 for p in batch {
@@ -552,7 +568,7 @@ mod tests {
     fn a_write_that_fills_the_database_is_a_disk_error() {
         let c = conn();
         c.execute_batch("PRAGMA max_page_count = 3").unwrap();
-        let w = Writer::new(c, None).unwrap();
+        let w = Writer::new(c, None, None).unwrap();
         let r = w.write(|c| c.execute("INSERT INTO t (k, v) VALUES (hex(zeroblob(65536)), 1)", []));
         assert!(matches!(&r, Err(StoreError::Disk(_))), "{r:?}");
         assert_eq!(
@@ -564,7 +580,7 @@ mod tests {
 
     #[test]
     fn concurrent_writers_all_get_their_own_answer() {
-        let w = std::sync::Arc::new(Writer::new(conn(), None).unwrap());
+        let w = std::sync::Arc::new(Writer::new(conn(), None, None).unwrap());
         let threads: Vec<_> = (0..8i64)
             .map(|t| {
                 let w = std::sync::Arc::clone(&w);
@@ -615,7 +631,7 @@ mod tests {
             wal: tmp.path().join("missing").join("db.sqlite-wal"),
             dir: tmp.path().to_path_buf(),
         };
-        let w = Writer::new(c, Some(unflushable)).unwrap();
+        let w = Writer::new(c, Some(unflushable), None).unwrap();
         let lossy = w.write_async(insert("a", 1), Durability::Lossy).await;
         assert_eq!(lossy.unwrap(), 1, "answered once committed");
         let durable = w.write_async(insert("b", 2), Durability::Durable).await;
@@ -632,7 +648,7 @@ mod tests {
         // With the real WAL, both kinds are answered and everything is on disk after a reopen.
         drop(w);
         let c = Connection::open(&db).unwrap();
-        let w = Writer::new(c, Some(super::wal_files(&db))).unwrap();
+        let w = Writer::new(c, Some(super::wal_files(&db)), None).unwrap();
         let writes: Vec<_> = (0..64i64)
             .map(|i| {
                 let d = if i % 2 == 0 {
