@@ -11,12 +11,13 @@
 //! begins a transaction while every frame is copied back (`nBackfill == mxFrame`) and no reader
 //! still uses it; it does so whichever connection checkpointed. A PASSIVE checkpoint never
 //! blocks the writer, so under a steady load frames arrive while it copies and it never reaches
-//! the end: on its own it would let the WAL grow for ever. So this thread runs passes until one
-//! had little left to copy ([`MAX_PASSES`] at most), syncs the database file, and then asks the
-//! committer to copy the last few frames itself between two batches, where nothing can be
-//! appended meanwhile: that pass reaches the end, and the next batch restarts the WAL. A pass
-//! held back by readers (old snapshots) or by another checkpoint stops there; the next wake
-//! retries, as SQLite's own automatic checkpoint would at the next commit.
+//! the end: on its own it would let the WAL grow for ever. So this thread runs passes, each
+//! followed by a sync of the database file, until one had little left to copy ([`MAX_PASSES`]
+//! at most), and then asks the committer to copy the last few frames itself between two batches, where nothing can be
+//! appended meanwhile: that pass reaches the end, and the next batch restarts the WAL. Frames a
+//! reader on an old snapshot still needs are left to the next pass; what the last pass could
+//! not copy (a reader that held on, another checkpoint) is retried at the next wake, as
+//! SQLite's own automatic checkpoint would at the next commit.
 //!
 //! Durability is unchanged: the syncer's `fdatasync` of the WAL still makes a commit durable; a
 //! checkpoint copies only committed frames. With `synchronous` NORMAL (the writer) or FULL (this
@@ -39,7 +40,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 
 /// Passes of one checkpoint at most before the committer copies what is left: each pass
-/// copies what arrived during the one before, so a few passes leave a few frames.
+/// copies (and syncs) what arrived during the one before, so a few passes leave a few frames.
 const MAX_PASSES: u32 = 4;
 
 /// The committer's side: watches the WAL after each commit, wakes the checkpoint thread and
@@ -71,7 +72,9 @@ impl Checkpointer {
         let thread = {
             let (finish, progress) = (Arc::clone(&finish), Arc::clone(&progress));
             let db = db.to_path_buf();
-            let handoff = (every / 8).max(1);
+            // What the committer copies is a pause of the commits: a few hundred frames at
+            // the production threshold.
+            let handoff = (every / 32).max(1);
             std::thread::Builder::new()
                 .name("sqlite-checkpoint".into())
                 .spawn(move || checkpoint_on_wake(&conn, &db, &woken, handoff, &finish, &progress))
@@ -163,8 +166,15 @@ impl Drop for Checkpointer {
 /// The committer's pass: copies the frames that arrived during the thread's last pass, which
 /// reaches the WAL's end since nothing is appended meanwhile.
 fn finish(writer: &Connection) {
-    if let Err(e) = passive(writer) {
-        tracing::warn!(error = %e, "WAL checkpoint failed; retried at the next one");
+    let started = std::time::Instant::now();
+    match passive(writer) {
+        Ok(p) => tracing::debug!(
+            frames = p.frames,
+            copied = p.copied,
+            micros = started.elapsed().as_micros(),
+            "WAL checkpoint finished by the committer"
+        ),
+        Err(e) => tracing::warn!(error = %e, "WAL checkpoint failed; retried at the next one"),
     }
 }
 
@@ -217,21 +227,27 @@ fn checkpoint_on_wake(
 ) {
     let mut db_file = None;
     while woken.recv().is_ok() {
-        match passes(conn, handoff) {
-            Ok(Some(n)) => {
-                // The passes that did not reach the WAL's end left their pages unsynced;
-                // syncing them here keeps that flush off the committer's last pass.
-                if let Err(e) = sync(&mut db_file, db) {
-                    tracing::warn!(path = %db.display(), error = %e, "syncing the database");
-                }
+        let started = std::time::Instant::now();
+        // A pass that does not reach the WAL's end leaves its pages unsynced, for the pass
+        // that does (the committer's) to flush; syncing each pass's pages here keeps that
+        // flush off the committer.
+        let sync_db = || {
+            if let Err(e) = sync(&mut db_file, db) {
+                tracing::warn!(path = %db.display(), error = %e, "syncing the database");
+            }
+        };
+        match passes(conn, handoff, sync_db) {
+            Ok(Some(done)) => {
                 finish.store(true, Ordering::Release);
                 tracing::debug!(
-                    passes = n,
+                    passes = done.passes,
+                    held_by_readers = done.behind,
+                    micros = started.elapsed().as_micros(),
                     "WAL checkpoint copied; the committer finishes it"
                 );
             }
             Ok(None) => {
-                tracing::debug!("WAL checkpoint held back by readers; retried at the next one");
+                tracing::debug!("WAL checkpoint held by another one; retried at the next wake");
             }
             Err(e) => {
                 tracing::warn!(error = %e, "WAL checkpoint failed; retried at the next one");
@@ -241,10 +257,24 @@ fn checkpoint_on_wake(
     }
 }
 
-/// PASSIVE passes until one copied at most `handoff` new frames; the number of passes, or
-/// `None` when a pass could not copy everything it saw (readers on old snapshots, another
-/// checkpoint running).
-fn passes(conn: &Connection, handoff: u32) -> Result<Option<u32>, StoreError> {
+/// What the thread's passes left.
+#[derive(Debug, PartialEq, Eq)]
+struct Passes {
+    passes: u32,
+    /// Frames the last pass saw but could not copy: a reader on an older snapshot needs
+    /// the database as it was. A point read holds its snapshot for microseconds, so the
+    /// next pass usually copies them.
+    behind: i64,
+}
+
+/// PASSIVE passes, each followed by `sync_db`, until one copied at most `handoff` new
+/// frames, or `None` when another checkpoint holds the lock (or the database is not in WAL
+/// mode).
+fn passes(
+    conn: &Connection,
+    handoff: u32,
+    mut sync_db: impl FnMut(),
+) -> Result<Option<Passes>, StoreError> {
     let mut copied_before = 0;
     for n in 1..=MAX_PASSES {
         let Pass {
@@ -252,21 +282,26 @@ fn passes(conn: &Connection, handoff: u32) -> Result<Option<u32>, StoreError> {
             frames,
             copied,
         } = passive(conn)?;
-        if busy || frames < 0 || copied < frames {
+        if busy || frames < 0 {
             return Ok(None);
         }
+        sync_db();
+        let done = Passes {
+            passes: n,
+            behind: frames - copied,
+        };
         // Fewer than before: the WAL restarted between two passes.
         let fresh = if copied >= copied_before {
             copied - copied_before
         } else {
             copied
         };
-        if fresh <= i64::from(handoff) {
-            return Ok(Some(n));
+        if fresh <= i64::from(handoff) || n == MAX_PASSES {
+            return Ok(Some(done));
         }
         copied_before = copied;
     }
-    Ok(Some(MAX_PASSES))
+    Ok(None)
 }
 
 /// What `PRAGMA wal_checkpoint` answers.
@@ -458,7 +493,11 @@ mod tests {
         write(40);
         let c = Connection::open(&path).unwrap();
         // All 40-odd frames, then none: two passes.
-        assert_eq!(passes(&c, 4).unwrap(), Some(2));
+        let all = Passes {
+            passes: 2,
+            behind: 0,
+        };
+        assert_eq!(passes(&c, 4, || {}).unwrap(), Some(all));
 
         let reader = Connection::open(&path).unwrap();
         reader.execute_batch("BEGIN").unwrap();
@@ -467,7 +506,8 @@ mod tests {
             .query_row("SELECT COUNT(*) FROM t", [], |r| r.get(0))
             .unwrap();
         write(10);
-        assert_eq!(passes(&c, 4).unwrap(), None, "frames held by the reader");
+        let held = passes(&c, 4, || {}).unwrap().unwrap();
+        assert!(held.behind >= 10, "frames held by the reader: {held:?}");
         reader.execute_batch("COMMIT").unwrap();
 
         write(10);
