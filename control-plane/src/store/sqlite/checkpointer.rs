@@ -11,13 +11,14 @@
 //! begins a transaction while every frame is copied back (`nBackfill == mxFrame`) and no reader
 //! still uses it; it does so whichever connection checkpointed. A PASSIVE checkpoint never
 //! blocks the writer, so under a steady load frames arrive while it copies and it never reaches
-//! the end: on its own it would let the WAL grow for ever. So this thread runs passes, each
-//! followed by a sync of the database file, until one had little left to copy ([`MAX_PASSES`]
-//! at most), and then asks the committer to copy the last few frames itself between two batches, where nothing can be
-//! appended meanwhile: that pass reaches the end, and the next batch restarts the WAL. Frames a
-//! reader on an old snapshot still needs are left to the next pass; what the last pass could
-//! not copy (a reader that held on, another checkpoint) is retried at the next wake, as
-//! SQLite's own automatic checkpoint would at the next commit.
+//! the end: on its own it would let the WAL grow for ever. So this thread copies what it sees
+//! in one pass, syncs the database file, and then asks the committer to copy what arrived
+//! meanwhile itself, between two batches, where nothing can be appended: that pass reaches the
+//! end and the next batch restarts the WAL. Only that short pass (what arrived during one
+//! pass, and a database sync that flushes only that) pauses the commits. Frames a reader on an
+//! older snapshot still needs stay; the committer tries again after its next few batches (a
+//! point read holds its snapshot for microseconds), then leaves them to the next wake, as
+//! SQLite's own automatic checkpoint would.
 //!
 //! Durability is unchanged: the syncer's `fdatasync` of the WAL still makes a commit durable; a
 //! checkpoint copies only committed frames. With `synchronous` NORMAL (the writer) or FULL (this
@@ -39,9 +40,9 @@ use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 
-/// Passes of one checkpoint at most before the committer copies what is left: each pass
-/// copies (and syncs) what arrived during the one before, so a few passes leave a few frames.
-const MAX_PASSES: u32 = 4;
+/// Batches after which the committer tries again to reach the WAL's end when readers held
+/// frames back; each try costs the commits two syncs.
+const FINISH_TRIES: u32 = 4;
 
 /// The committer's side: watches the WAL after each commit, wakes the checkpoint thread and
 /// finishes its checkpoints.
@@ -55,6 +56,8 @@ pub struct Checkpointer {
     wake: Option<SyncSender<()>>,
     /// Set by the thread when the committer should copy the last frames.
     finish: Arc<AtomicBool>,
+    /// Tries left to reach the WAL's end.
+    tries: u32,
     thread: Option<JoinHandle<()>>,
     progress: Arc<Progress>,
 }
@@ -72,12 +75,9 @@ impl Checkpointer {
         let thread = {
             let (finish, progress) = (Arc::clone(&finish), Arc::clone(&progress));
             let db = db.to_path_buf();
-            // What the committer copies is a pause of the commits: a few hundred frames at
-            // the production threshold.
-            let handoff = (every / 32).max(1);
             std::thread::Builder::new()
                 .name("sqlite-checkpoint".into())
-                .spawn(move || checkpoint_on_wake(&conn, &db, &woken, handoff, &finish, &progress))
+                .spawn(move || checkpoint_on_wake(&conn, &db, &woken, &finish, &progress))
                 .map_err(|e| StoreError::Database(format!("starting the checkpoint thread: {e}")))?
         };
         let mut me = Self {
@@ -86,6 +86,7 @@ impl Checkpointer {
             mark: Mark::default(),
             wake: Some(wake),
             finish,
+            tries: 0,
             thread: Some(thread),
             progress,
         };
@@ -110,7 +111,10 @@ impl Checkpointer {
     /// Called by the committer after each batch, outside any transaction.
     pub fn after_commit(&mut self, writer: &Connection) {
         if self.finish.swap(false, Ordering::AcqRel) {
-            finish(writer);
+            self.tries = FINISH_TRIES;
+        }
+        if self.tries > 0 {
+            self.tries = if finish(writer) { 0 } else { self.tries - 1 };
         }
         let Some(index) = &self.index else {
             return;
@@ -163,18 +167,25 @@ impl Drop for Checkpointer {
     }
 }
 
-/// The committer's pass: copies the frames that arrived during the thread's last pass, which
-/// reaches the WAL's end since nothing is appended meanwhile.
-fn finish(writer: &Connection) {
+/// The committer's pass: copies the frames that arrived during the thread's pass, which
+/// reaches the WAL's end since nothing is appended meanwhile, unless readers hold frames.
+/// Whether it reached the end.
+fn finish(writer: &Connection) -> bool {
     let started = std::time::Instant::now();
     match passive(writer) {
-        Ok(p) => tracing::debug!(
-            frames = p.frames,
-            copied = p.copied,
-            micros = started.elapsed().as_micros(),
-            "WAL checkpoint finished by the committer"
-        ),
-        Err(e) => tracing::warn!(error = %e, "WAL checkpoint failed; retried at the next one"),
+        Ok(p) => {
+            tracing::debug!(
+                frames = p.frames,
+                copied = p.copied,
+                micros = started.elapsed().as_micros(),
+                "WAL checkpoint finished by the committer"
+            );
+            !p.busy && p.copied == p.frames
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "WAL checkpoint failed; retried at the next one");
+            false
+        }
     }
 }
 
@@ -216,38 +227,35 @@ impl Progress {
     }
 }
 
-/// The checkpoint thread: one checkpoint per wake, until the store is dropped.
+/// The checkpoint thread: one pass per wake, until the store is dropped.
 fn checkpoint_on_wake(
     conn: &Connection,
     db: &Path,
     woken: &Receiver<()>,
-    handoff: u32,
     finish: &AtomicBool,
     progress: &Progress,
 ) {
     let mut db_file = None;
     while woken.recv().is_ok() {
         let started = std::time::Instant::now();
-        // A pass that does not reach the WAL's end leaves its pages unsynced, for the pass
-        // that does (the committer's) to flush; syncing each pass's pages here keeps that
-        // flush off the committer.
-        let sync_db = || {
-            if let Err(e) = sync(&mut db_file, db) {
-                tracing::warn!(path = %db.display(), error = %e, "syncing the database");
+        match passive(conn) {
+            Ok(Pass { busy: true, .. }) => {
+                tracing::debug!("WAL checkpoint held by another one; retried at the next wake");
             }
-        };
-        match passes(conn, handoff, sync_db) {
-            Ok(Some(done)) => {
+            Ok(pass) => {
+                // A pass that does not reach the WAL's end leaves its pages unsynced, for the
+                // pass that does (the committer's) to flush: flushing them here keeps that
+                // off the commits.
+                if let Err(e) = sync(&mut db_file, db) {
+                    tracing::warn!(path = %db.display(), error = %e, "syncing the database");
+                }
                 finish.store(true, Ordering::Release);
                 tracing::debug!(
-                    passes = done.passes,
-                    held_by_readers = done.behind,
+                    frames = pass.frames,
+                    copied = pass.copied,
                     micros = started.elapsed().as_micros(),
                     "WAL checkpoint copied; the committer finishes it"
                 );
-            }
-            Ok(None) => {
-                tracing::debug!("WAL checkpoint held by another one; retried at the next wake");
             }
             Err(e) => {
                 tracing::warn!(error = %e, "WAL checkpoint failed; retried at the next one");
@@ -255,53 +263,6 @@ fn checkpoint_on_wake(
         }
         progress.record();
     }
-}
-
-/// What the thread's passes left.
-#[derive(Debug, PartialEq, Eq)]
-struct Passes {
-    passes: u32,
-    /// Frames the last pass saw but could not copy: a reader on an older snapshot needs
-    /// the database as it was. A point read holds its snapshot for microseconds, so the
-    /// next pass usually copies them.
-    behind: i64,
-}
-
-/// PASSIVE passes, each followed by `sync_db`, until one copied at most `handoff` new
-/// frames, or `None` when another checkpoint holds the lock (or the database is not in WAL
-/// mode).
-fn passes(
-    conn: &Connection,
-    handoff: u32,
-    mut sync_db: impl FnMut(),
-) -> Result<Option<Passes>, StoreError> {
-    let mut copied_before = 0;
-    for n in 1..=MAX_PASSES {
-        let Pass {
-            busy,
-            frames,
-            copied,
-        } = passive(conn)?;
-        if busy || frames < 0 {
-            return Ok(None);
-        }
-        sync_db();
-        let done = Passes {
-            passes: n,
-            behind: frames - copied,
-        };
-        // Fewer than before: the WAL restarted between two passes.
-        let fresh = if copied >= copied_before {
-            copied - copied_before
-        } else {
-            copied
-        };
-        if fresh <= i64::from(handoff) || n == MAX_PASSES {
-            return Ok(Some(done));
-        }
-        copied_before = copied;
-    }
-    Ok(None)
 }
 
 /// What `PRAGMA wal_checkpoint` answers.
@@ -474,10 +435,10 @@ mod tests {
         rows
     }
 
-    /// The thread's passes stop once one had little to copy, or at a reader holding frames;
-    /// the committer's own pass then reaches the WAL's end, and the next write restarts it.
+    /// A pass copies every frame no reader still needs; the committer's pass reaches the
+    /// WAL's end once the reader is gone, and the next write restarts the WAL.
     #[test]
-    fn passes_stop_at_little_left_or_a_reader_and_the_committer_finishes() {
+    fn a_pass_copies_what_no_reader_needs_and_the_committer_reaches_the_end() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("portcullis.sqlite");
         let w = Connection::open(&path).unwrap();
@@ -492,12 +453,8 @@ mod tests {
         };
         write(40);
         let c = Connection::open(&path).unwrap();
-        // All 40-odd frames, then none: two passes.
-        let all = Passes {
-            passes: 2,
-            behind: 0,
-        };
-        assert_eq!(passes(&c, 4, || {}).unwrap(), Some(all));
+        let all = passive(&c).unwrap();
+        assert!(!all.busy && all.frames >= 40 && all.copied == all.frames);
 
         let reader = Connection::open(&path).unwrap();
         reader.execute_batch("BEGIN").unwrap();
@@ -506,13 +463,14 @@ mod tests {
             .query_row("SELECT COUNT(*) FROM t", [], |r| r.get(0))
             .unwrap();
         write(10);
-        let held = passes(&c, 4, || {}).unwrap().unwrap();
-        assert!(held.behind >= 10, "frames held by the reader: {held:?}");
+        let held = passive(&c).unwrap();
+        assert!(held.frames - held.copied >= 10, "frames held by the reader");
+        assert!(!finish(&w), "the reader still holds them");
         reader.execute_batch("COMMIT").unwrap();
 
         write(10);
         assert!(frames(dir.path()) > 20);
-        finish(&w);
+        assert!(finish(&w));
         write(1);
         // One row's frames: its page, the table's root and the page count's.
         assert!(
