@@ -114,6 +114,21 @@ CREATE INDEX opaque_tokens_grant ON opaque_tokens(grant_id) WHERE grant_id IS NO
 CREATE INDEX opaque_tokens_subject ON opaque_tokens(subject, client_id)
     WHERE grant_id IS NOT NULL;
 "#,
+    // Revocations ordered by expiry: every refresh revokes the access token issued before it,
+    // and a row keyed by its random `jti` landed on a random page of the table's index; keyed
+    // by expiry first, new rows append to the last page, which a batch's rows share. Nothing
+    // looks a revocation up by `jti` (they are loaded into memory); a `jti` revoked twice may
+    // keep two rows until both expire.
+    r#"
+CREATE TABLE revocations_by_expiry (
+    expires_at INTEGER NOT NULL,
+    jti        TEXT NOT NULL,
+    PRIMARY KEY (expires_at, jti)
+) WITHOUT ROWID;
+INSERT INTO revocations_by_expiry (expires_at, jti) SELECT expires_at, jti FROM revocations;
+DROP TABLE revocations;
+ALTER TABLE revocations_by_expiry RENAME TO revocations;
+"#,
 ];
 
 /// WAL pages after which a commit copies the WAL back into the database (SQLite's default is
@@ -325,7 +340,7 @@ impl SqliteStore {
             let opaque_tokens = all(&format!("SELECT {OPAQUE_COLUMNS} FROM opaque_tokens"))?
                 .query_map([], opaque_row)?
                 .collect::<rusqlite::Result<_>>()?;
-            let revocations = all("SELECT jti, expires_at FROM revocations")?
+            let revocations = all("SELECT jti, MAX(expires_at) FROM revocations GROUP BY jti")?
                 .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
                 .collect::<rusqlite::Result<_>>()?;
             let assertion_jtis = all("SELECT client_id, jti, expires_at FROM assertion_jtis")?
@@ -529,7 +544,7 @@ fn put_session(c: &Connection, kind: &str, s: &StoredSession) -> rusqlite::Resul
 fn insert_revocation(c: &Connection, jti: &str, expires_at: i64) -> rusqlite::Result<usize> {
     exec(
         c,
-        "INSERT OR REPLACE INTO revocations (jti, expires_at) VALUES (?1, ?2)",
+        "INSERT OR IGNORE INTO revocations (expires_at, jti) VALUES (?2, ?1)",
         params![jti, expires_at],
     )
 }
@@ -916,6 +931,17 @@ impl Store for SqliteStore {
                 "SELECT hash, chain, client_id, subject, active, used_at, json, expires_at
                  FROM refresh_tokens WHERE hash = ?1",
                 [&hash[..]],
+                refresh_row,
+            )
+        })
+    }
+
+    fn refresh_token_of_chain(&self, chain: &str) -> StoreResult<Option<StoredRefreshToken>> {
+        self.read(|c| {
+            one(
+                c,
+                &format!("SELECT {REFRESH_COLUMNS} FROM refresh_tokens WHERE chain = ?1 LIMIT 1"),
+                [chain],
                 refresh_row,
             )
         })
@@ -1345,6 +1371,8 @@ mod tests {
         );
         assert!(s.get_refresh_token(&[4; 32]).unwrap().is_some());
         assert!(s.get_session("userinfo", "next").unwrap().is_some());
+        assert_eq!(s.refresh_token_of_chain("ch").unwrap().unwrap().chain, "ch");
+        assert!(s.refresh_token_of_chain("other").unwrap().is_none());
         // The rotation's rows: the successor's opaque access token in, its predecessor's out.
         assert_eq!(s.get_opaque_token(&[4; 32]).unwrap(), Some(opaque(4)));
         assert_eq!(s.get_opaque_token(&[1; 32]).unwrap(), None);
@@ -1486,5 +1514,46 @@ mod tests {
         assert!(s.use_assertion_jti("d", "x", 50).unwrap());
         assert_eq!(s.purge_expired(60).unwrap(), 3);
         assert!(s.use_assertion_jti("c", "x", 100).unwrap());
+    }
+
+    #[test]
+    fn revocations_keep_across_the_move_to_expiry_order() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let conn = Connection::open(dir.path().join("portcullis.sqlite")).unwrap();
+            for m in &MIGRATIONS[..3] {
+                conn.execute_batch(m).unwrap();
+            }
+            conn.pragma_update(None, "user_version", 3).unwrap();
+            conn.execute(
+                "INSERT INTO revocations (jti, expires_at) VALUES ('old', 70), ('gone', 5)",
+                [],
+            )
+            .unwrap();
+        }
+        let s = SqliteStore::open(dir.path()).unwrap();
+        s.insert_revocation("new", 90).unwrap();
+        // Revoked again with a later expiry (a token revoked twice): the later one counts.
+        s.insert_revocation("old", 80).unwrap();
+        s.insert_revocation("old", 80).unwrap();
+        let mut live = s.list_revocations(10).unwrap();
+        live.sort();
+        assert_eq!(
+            live,
+            vec![
+                ("new".to_string(), 90),
+                ("old".to_string(), 70),
+                ("old".to_string(), 80)
+            ]
+        );
+        assert_eq!(
+            s.purge_expired(75).unwrap(),
+            2,
+            "'gone' and the first 'old'"
+        );
+        assert_eq!(
+            s.list_revocations(75).unwrap(),
+            vec![("old".to_string(), 80), ("new".to_string(), 90)]
+        );
     }
 }
