@@ -8,13 +8,15 @@
 
 mod disk_health;
 mod group_commit;
+mod row_cache;
 
 use super::{
     ClientFilter, Durability, Snapshot, StepRows, Store, StoreError, StoreFuture, StoreResult,
     StoredClient, StoredFlow, StoredKey, StoredOpaqueToken, StoredRefreshToken, StoredSession,
 };
 use disk_health::DiskHealth;
-use group_commit::Writer;
+use group_commit::{AfterCommit, Writer};
+use row_cache::RowCache;
 use rusqlite::{Connection, OptionalExtension, Params, params};
 use std::path::Path;
 use std::sync::{Arc, Mutex, TryLockError};
@@ -24,6 +26,7 @@ pub struct SqliteStore {
     /// Empty for an in-memory database (a second connection would be another database).
     readers: Vec<Mutex<Connection>>,
     disk: DiskHealth,
+    rows: Arc<RowCache>,
 }
 
 /// Read connections of a file database: one per core of the machine this was sized for, so
@@ -283,6 +286,7 @@ impl SqliteStore {
             writer: Writer::new(conn, wal)?,
             readers: Vec::new(),
             disk: DiskHealth::default(),
+            rows: Arc::default(),
         })
     }
 
@@ -309,16 +313,26 @@ impl SqliteStore {
         &self,
         f: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
     ) -> StoreResult<T> {
-        self.disk.observe(self.writer.write(f))
+        self.write_then(f, None)
     }
 
-    /// [`SqliteStore::write`] for an async caller: queued now, awaited without a thread.
+    /// [`SqliteStore::write`], telling the row cache what the write did once it committed.
+    fn write_then<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+        after: Option<AfterCommit<T>>,
+    ) -> StoreResult<T> {
+        self.disk.observe(self.writer.write_then(f, after))
+    }
+
+    /// [`SqliteStore::write_then`] for an async caller: queued now, awaited without a thread.
     fn write_async<T: Send + 'static>(
         self: Arc<Self>,
         f: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
         durability: Durability,
+        after: Option<AfterCommit<T>>,
     ) -> StoreFuture<T> {
-        let done = self.writer.write_async(f, durability);
+        let done = self.writer.write_async(f, durability, after);
         Box::pin(async move { self.disk.observe(done.await) })
     }
 
@@ -836,14 +850,19 @@ impl Store for SqliteStore {
     }
 
     fn insert_flow(&self, f: &StoredFlow) -> StoreResult<()> {
-        self.write(insert_flow(f.clone()))
+        let after = self.rows.inserted_flow(f.clone());
+        self.write_then(insert_flow(f.clone()), Some(after))
     }
 
     fn insert_flow_async(self: Arc<Self>, f: StoredFlow, d: Durability) -> StoreFuture<()> {
-        self.write_async(insert_flow(f), d)
+        let after = self.rows.inserted_flow(f.clone());
+        self.write_async(insert_flow(f), d, Some(after))
     }
 
     fn get_flow(&self, id: &str) -> StoreResult<Option<StoredFlow>> {
+        if let Some(f) = self.rows.flow(id, crate::clock::now()) {
+            return Ok(Some(f));
+        }
         self.read(|c| {
             one(
                 c,
@@ -855,7 +874,8 @@ impl Store for SqliteStore {
     }
 
     fn advance_flow_with(&self, from: i64, f: &StoredFlow, rows: &StepRows) -> StoreResult<bool> {
-        self.write(advance_flow(from, f.clone(), rows.clone()))
+        let after = self.rows.advanced_flow(f.clone(), rows);
+        self.write_then(advance_flow(from, f.clone(), rows.clone()), Some(after))
     }
 
     fn advance_flow_async(
@@ -865,7 +885,8 @@ impl Store for SqliteStore {
         rows: StepRows,
         d: Durability,
     ) -> StoreFuture<bool> {
-        self.write_async(advance_flow(from, f, rows), d)
+        let after = self.rows.advanced_flow(f.clone(), &rows);
+        self.write_async(advance_flow(from, f, rows), d, Some(after))
     }
 
     fn put_session(&self, kind: &str, s: &StoredSession) -> StoreResult<()> {
@@ -925,6 +946,9 @@ impl Store for SqliteStore {
     }
 
     fn get_refresh_token(&self, hash: &[u8; 32]) -> StoreResult<Option<StoredRefreshToken>> {
+        if let Some(t) = self.rows.refresh_token(hash, crate::clock::now()) {
+            return Ok(Some(t));
+        }
         self.read(|c| {
             one(
                 c,
@@ -954,7 +978,11 @@ impl Store for SqliteStore {
         now: i64,
         rows: &StepRows,
     ) -> StoreResult<bool> {
-        self.write(rotate_refresh(*old, new.clone(), now, rows.clone()))
+        let after = self.rows.rotated(*old, new.clone(), rows);
+        self.write_then(
+            rotate_refresh(*old, new.clone(), now, rows.clone()),
+            Some(after),
+        )
     }
 
     fn rotate_refresh_token_async(
@@ -964,24 +992,33 @@ impl Store for SqliteStore {
         now: i64,
         rows: StepRows,
     ) -> StoreFuture<bool> {
-        self.write_async(rotate_refresh(old, new, now, rows), Durability::Durable)
+        let after = self.rows.rotated(old, new.clone(), &rows);
+        self.write_async(
+            rotate_refresh(old, new, now, rows),
+            Durability::Durable,
+            Some(after),
+        )
     }
 
     fn revoke_refresh_chain(&self, chain: &str) -> StoreResult<Vec<StoredRefreshToken>> {
         let chain = chain.to_string();
-        self.write(move |c| {
-            exec(
-                c,
-                "UPDATE refresh_tokens SET active = 0, used_at = NULL WHERE chain = ?1",
-                [&chain],
-            )?;
-            exec(c, "DELETE FROM opaque_tokens WHERE grant_id = ?1", [&chain])?;
-            let mut stmt = c.prepare_cached(&format!(
-                "SELECT {REFRESH_COLUMNS} FROM refresh_tokens WHERE chain = ?1"
-            ))?;
-            let rows = stmt.query_map([&chain], refresh_row)?;
-            rows.collect()
-        })
+        let after = self.rows.forget_refresh_tokens();
+        self.write_then(
+            move |c| {
+                exec(
+                    c,
+                    "UPDATE refresh_tokens SET active = 0, used_at = NULL WHERE chain = ?1",
+                    [&chain],
+                )?;
+                exec(c, "DELETE FROM opaque_tokens WHERE grant_id = ?1", [&chain])?;
+                let mut stmt = c.prepare_cached(&format!(
+                    "SELECT {REFRESH_COLUMNS} FROM refresh_tokens WHERE chain = ?1"
+                ))?;
+                let rows = stmt.query_map([&chain], refresh_row)?;
+                rows.collect()
+            },
+            Some(after),
+        )
     }
 
     fn revoke_refresh_tokens_of(
@@ -990,26 +1027,30 @@ impl Store for SqliteStore {
         client_id: Option<&str>,
     ) -> StoreResult<Vec<StoredRefreshToken>> {
         let (subject, client_id) = (subject.to_string(), client_id.map(str::to_string));
-        self.write(move |c| {
-            exec(
-                c,
-                "UPDATE refresh_tokens SET active = 0, used_at = NULL
+        let after = self.rows.forget_refresh_tokens();
+        self.write_then(
+            move |c| {
+                exec(
+                    c,
+                    "UPDATE refresh_tokens SET active = 0, used_at = NULL
                  WHERE subject = ?1 AND (?2 IS NULL OR client_id = ?2)",
-                params![subject, client_id],
-            )?;
-            exec(
-                c,
-                "DELETE FROM opaque_tokens WHERE grant_id IS NOT NULL
+                    params![subject, client_id],
+                )?;
+                exec(
+                    c,
+                    "DELETE FROM opaque_tokens WHERE grant_id IS NOT NULL
                  AND subject = ?1 AND (?2 IS NULL OR client_id = ?2)",
-                params![subject, client_id],
-            )?;
-            let mut stmt = c.prepare_cached(&format!(
-                "SELECT {REFRESH_COLUMNS} FROM refresh_tokens
+                    params![subject, client_id],
+                )?;
+                let mut stmt = c.prepare_cached(&format!(
+                    "SELECT {REFRESH_COLUMNS} FROM refresh_tokens
                  WHERE subject = ?1 AND (?2 IS NULL OR client_id = ?2)"
-            ))?;
-            let rows = stmt.query_map(params![subject, client_id], refresh_row)?;
-            rows.collect()
-        })
+                ))?;
+                let rows = stmt.query_map(params![subject, client_id], refresh_row)?;
+                rows.collect()
+            },
+            Some(after),
+        )
     }
 
     fn purge_expired(&self, now: i64) -> StoreResult<usize> {
@@ -1024,7 +1065,8 @@ impl Store for SqliteStore {
             );
             loop {
                 let sql = sql.clone();
-                let deleted = self.write(move |c| c.execute(&sql, [now]))?;
+                let after = self.rows.forget_all();
+                let deleted = self.write_then(move |c| c.execute(&sql, [now]), Some(after))?;
                 n += deleted;
                 if deleted < PURGE_BATCH {
                     break;
@@ -1514,6 +1556,80 @@ mod tests {
         assert!(s.use_assertion_jti("d", "x", 50).unwrap());
         assert_eq!(s.purge_expired(60).unwrap(), 3);
         assert!(s.use_assertion_jti("c", "x", 100).unwrap());
+    }
+
+    /// The row cache must answer what the database holds after every kind of write: a
+    /// rotated-out or revoked token read as active would turn reuse detection off.
+    #[test]
+    fn reads_follow_every_write_through_the_row_cache() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SqliteStore::open(dir.path()).unwrap();
+        let far = i64::MAX;
+        let rt = |b: u8, chain: &str| StoredRefreshToken {
+            hash: [b; 32],
+            chain: chain.into(),
+            client_id: "app".into(),
+            subject: "alice".into(),
+            active: true,
+            used_at: None,
+            json: "{}".into(),
+            expires_at: far,
+        };
+        let flow = |stage| StoredFlow {
+            id: "f".into(),
+            stage,
+            json: format!("{{\"stage\":{stage}}}"),
+            expires_at: far,
+        };
+        let active = |b: u8| s.get_refresh_token(&[b; 32]).unwrap().map(|t| t.active);
+
+        s.insert_flow(&flow(4)).unwrap();
+        assert_eq!(s.get_flow("f").unwrap(), Some(flow(4)));
+        let exchange = StepRows {
+            refresh_tokens: vec![rt(1, "g")],
+            ..StepRows::default()
+        };
+        assert!(s.advance_flow_with(4, &flow(5), &exchange).unwrap());
+        assert!(
+            !s.advance_flow_with(4, &flow(6), &StepRows::default())
+                .unwrap()
+        );
+        assert_eq!(s.get_flow("f").unwrap(), Some(flow(5)));
+        assert_eq!(active(1), Some(true));
+
+        assert!(
+            s.rotate_refresh_token(&[1; 32], &rt(2, "g"), 7, &StepRows::default())
+                .unwrap()
+        );
+        let old = s.get_refresh_token(&[1; 32]).unwrap().unwrap();
+        assert_eq!((old.active, old.used_at), (false, Some(7)));
+        assert_eq!(active(2), Some(true));
+        assert!(
+            !s.rotate_refresh_token(&[1; 32], &rt(3, "g"), 8, &StepRows::default())
+                .unwrap()
+        );
+        assert_eq!(active(3), None, "a lost rotation issued nothing");
+
+        s.revoke_refresh_chain("g").unwrap();
+        assert_eq!(active(2), Some(false));
+        s.insert_refresh_token(&rt(4, "h")).unwrap();
+        assert!(
+            s.rotate_refresh_token(&[4; 32], &rt(5, "h"), 9, &StepRows::default())
+                .unwrap()
+        );
+        s.revoke_refresh_tokens_of("alice", Some("app")).unwrap();
+        assert_eq!(active(5), Some(false));
+
+        // The purge deletes what expired; the cache does not keep it alive.
+        let short = StoredFlow {
+            id: "short".into(),
+            expires_at: 10,
+            ..flow(0)
+        };
+        s.insert_flow(&short).unwrap();
+        s.purge_expired(20).unwrap();
+        assert_eq!(s.get_flow("short").unwrap(), None);
+        assert_eq!(s.get_flow("f").unwrap(), Some(flow(5)));
     }
 
     #[test]
