@@ -523,6 +523,15 @@ async fn code_flow_with_an_independent_relying_party() {
     );
     let live = refreshed.access_token().secret().clone();
     assert_eq!(srv.introspect(&live).await["active"], true);
+    // /userinfo follows the rotation: the new access token speaks for the person (read from
+    // the refresh chain, after a restart too), the old one no longer does.
+    let ui = userinfo_status(&srv, &live).await;
+    assert_eq!(ui.status, 200, "{}", ui.body);
+    assert_eq!(ui.json["sub"], "alice");
+    assert_eq!(ui.json["email"], "alice@example.com");
+    userinfo_status(&srv, tokens.access_token().secret())
+        .await
+        .assert_oauth_error(401, "invalid_token");
 
     // Reusing the rotated-out refresh token revokes the whole chain.
     let reuse = srv
@@ -537,6 +546,9 @@ async fn code_flow_with_an_independent_relying_party() {
         .await;
     reuse.assert_oauth_error(400, "invalid_grant");
     assert_eq!(srv.introspect(&live).await["active"], false);
+    userinfo_status(&srv, &live)
+        .await
+        .assert_oauth_error(401, "invalid_token");
     let after = srv
         .token_basic(
             &id,
@@ -2005,6 +2017,7 @@ async fn the_login_app_sees_the_hints_and_client_lifespans_apply() {
             "authorization_code_grant_id_token_lifespan": "2m",
             "refresh_token_grant_access_token_lifespan": "3m",
             "refresh_token_grant_id_token_lifespan": "90s",
+            "refresh_token_grant_refresh_token_lifespan": "1m",
         }))
         .await;
     let (id, secret) = (str_field(&c, "client_id"), str_field(&c, "client_secret"));
@@ -2080,6 +2093,15 @@ async fn the_login_app_sees_the_hints_and_client_lifespans_apply() {
     let (_, access) = srv.verify(&str_field(&t.json, "access_token")).await;
     let (_, idt) = srv.verify(&str_field(&t.json, "id_token")).await;
     assert_eq!((life(&access), life(&idt)), (180, 90));
+    // That access token outlives its refresh token (3 minutes against 1): `/userinfo` does
+    // not lean on the refresh chain for it, and answers for the person all the same.
+    let ui = userinfo_status(&srv, &str_field(&t.json, "access_token")).await;
+    assert_eq!(
+        (ui.status, &ui.json["sub"]),
+        (200, &json!("ivy")),
+        "{}",
+        ui.body
+    );
 
     // A remembered login but no remembered consent: prompt=none ends in consent_required.
     let r = browser.get(&format!("{url}&prompt=none")).await;

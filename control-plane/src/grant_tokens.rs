@@ -24,6 +24,20 @@ use std::sync::Arc;
 
 pub const REFRESH_PREFIX: &str = "ory_rt_";
 
+/// Separates the grant's id from the random part in the `jti` of a JWT access token backed
+/// by a refresh chain (a UUID has none).
+const CHAIN_JTI_SEPARATOR: char = '.';
+
+/// The grant (refresh chain) a JWT access token's `jti` names, when it names one: the token
+/// was issued with a refresh token that outlives it, so every row of the chain, which all
+/// carry the same [`Grant`], says whom it speaks for. Only meaningful for a `jti` taken from
+/// a token whose signature was verified.
+pub fn chain_of_jti(jti: &str) -> Option<&str> {
+    jti.split_once(CHAIN_JTI_SEPARATOR)
+        .map(|(chain, _)| chain)
+        .filter(|c| !c.is_empty())
+}
+
 /// What the user granted to one client: everything a token of the grant is built from.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct Grant {
@@ -131,10 +145,13 @@ impl Issued {
     }
 
     /// The rows that record the access token, for the issuing step's transaction: an opaque
-    /// token's own row and, with `openid`, the row `/userinfo` answers from.
+    /// token's own row and, with `openid`, the row `/userinfo` answers from, unless the JWT
+    /// names its grant (then `/userinfo` reads the grant from the refresh chain this step
+    /// stores, see [`chain_of_jti`]).
     pub fn access_rows(&self, grant: &Grant) -> Result<StepRows, OAuth2Error> {
         let mut rows = StepRows::default();
         let userinfo_key = match &self.access {
+            IssuedAccess::Jwt { jti } if chain_of_jti(jti).is_some() => return Ok(rows),
             IssuedAccess::Jwt { jti } => jti.clone(),
             IssuedAccess::Opaque(row) => {
                 rows.opaque_tokens.push(row.clone());
@@ -191,6 +208,11 @@ pub fn mint(
         .current(ACCESS_TOKEN_SET)
         .ok_or_else(|| OAuth2Error::server_error("no signing key"))?;
     let access_exp = now.saturating_add(life.access);
+    let refresh_exp = now.saturating_add(life.refresh);
+    let wants_refresh = grant.wants_refresh(client);
+    // A JWT whose refresh token outlives it names its grant in its `jti`: `/userinfo` then
+    // reads the grant from the refresh chain, and a refresh writes no row of its own for it.
+    let by_chain = wants_refresh && !client.opaque && refresh_exp >= access_exp;
     let (access_token, access) = if client.opaque {
         let (token, row) = opaque_access(client, grant, now, access_exp)?;
         svc.metrics.token_issued("opaque");
@@ -203,7 +225,15 @@ pub fn mint(
             exp: access_exp,
             iat: now,
             nbf: now,
-            jti: uuid::Uuid::new_v4().to_string(),
+            jti: if by_chain {
+                format!(
+                    "{}{CHAIN_JTI_SEPARATOR}{}",
+                    grant.grant_id,
+                    uuid::Uuid::new_v4()
+                )
+            } else {
+                uuid::Uuid::new_v4().to_string()
+            },
             client_id: client.client.client_id.clone(),
             scp: grant.scopes.clone(),
             ext: if is_empty(&grant.access_token_claims) {
@@ -228,7 +258,7 @@ pub fn mint(
     } else {
         None
     };
-    let (refresh_token, refresh_row) = if grant.wants_refresh(client) {
+    let (refresh_token, refresh_row) = if wants_refresh {
         let raw = random_bytes::<32>().map_err(OAuth2Error::server_error)?;
         let token = format!("{REFRESH_PREFIX}{}", b64url(&raw));
         let state = RefreshState {
@@ -251,7 +281,7 @@ pub fn mint(
             active: true,
             used_at: None,
             json: serde_json::to_string(&state).map_err(OAuth2Error::server_error)?,
-            expires_at: now.saturating_add(life.refresh),
+            expires_at: refresh_exp,
         };
         (Some(token), Some(row))
     } else {

@@ -364,6 +364,8 @@ pub trait Store: Send + Sync + 'static {
 
     fn insert_refresh_token(&self, token: &StoredRefreshToken) -> StoreResult<()>;
     fn get_refresh_token(&self, hash: &[u8; 32]) -> StoreResult<Option<StoredRefreshToken>>;
+    /// Some row of the refresh chain `chain`, active or not (they all carry the grant).
+    fn refresh_token_of_chain(&self, chain: &str) -> StoreResult<Option<StoredRefreshToken>>;
     /// In one transaction: deactivates `old` (recording `now` as its use) if it is still
     /// active and inserts `new` and `rows`. False (and nothing written) when `old` was no
     /// longer active: concurrent rotations of one token have exactly one winner.

@@ -3,7 +3,7 @@
 //! `jti`). Without a usable token: 401 with `WWW-Authenticate: Bearer` (RFC 6750 3.1).
 
 use crate::clock;
-use crate::grant_tokens::Grant;
+use crate::grant_tokens::{Grant, RefreshState, chain_of_jti};
 use crate::oauth2_error::{ErrorCode, OAuth2Error};
 use crate::request::Params;
 use crate::server::Service;
@@ -100,19 +100,40 @@ async fn userinfo(
     let active = crate::introspect::inspect(svc, &token)
         .await?
         .ok_or_else(|| invalid_token("The access token is invalid, expired or revoked."))?;
-    let key = match active.jti {
-        Some(jti) => jti,
-        None => opaque_key(&crate::crypto::sha256(token.as_bytes())),
-    };
+    let not_openid =
+        || invalid_token("The access token was not issued to a person with scope openid.");
     let store = Arc::clone(&svc.store);
-    let row = tokio::task::spawn_blocking(move || store.get_session(KIND, &key))
-        .await
-        .map_err(OAuth2Error::server_error)??
-        .filter(|r| r.expires_at > now)
-        .ok_or_else(|| {
-            invalid_token("The access token was not issued to a person with scope openid.")
-        })?;
-    let grant: Grant = serde_json::from_str(&row.json).map_err(OAuth2Error::server_error)?;
+    let grant = match active.jti.as_deref().and_then(chain_of_jti) {
+        Some(chain) => {
+            let chain = chain.to_string();
+            let row = tokio::task::spawn_blocking(move || store.refresh_token_of_chain(&chain))
+                .await
+                .map_err(OAuth2Error::server_error)??
+                .ok_or_else(not_openid)?;
+            let state: RefreshState =
+                serde_json::from_str(&row.json).map_err(OAuth2Error::server_error)?;
+            state.grant
+        }
+        None => {
+            let key = match active.jti {
+                Some(jti) => jti,
+                None => opaque_key(&crate::crypto::sha256(token.as_bytes())),
+            };
+            let row = tokio::task::spawn_blocking(move || store.get_session(KIND, &key))
+                .await
+                .map_err(OAuth2Error::server_error)??
+                .filter(|r| r.expires_at > now)
+                .ok_or_else(not_openid)?;
+            serde_json::from_str::<Grant>(&row.json).map_err(OAuth2Error::server_error)?
+        }
+    };
+    // The token's own claims and the grant's must agree; the chain's rows are the grant's.
+    if grant.subject != active.sub
+        || grant.client_id != active.client_id
+        || !grant.has_scope("openid")
+    {
+        return Err(not_openid());
+    }
     let mut resp = axum::Json(json!(claims(&svc.config.issuer, &grant))).into_response();
     resp.headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));

@@ -262,6 +262,10 @@ fn tokens_revocations_jtis_flows_sessions_and_refresh_chains() {
     let chain = s.revoke_refresh_chain("ch").unwrap();
     assert_eq!(chain.len(), 2);
     assert!(chain.iter().all(|t| !t.active && t.used_at.is_none()));
+    // Any row of a chain, revoked or not, carries its grant; an unknown chain has none.
+    let of_chain = s.refresh_token_of_chain("ch").unwrap().unwrap();
+    assert_eq!(of_chain.chain, "ch");
+    assert!(s.refresh_token_of_chain("nope").unwrap().is_none());
     assert!(
         s.get_opaque_token(&[2; 32]).unwrap().is_none(),
         "the chain's opaque tokens go with it"

@@ -1225,6 +1225,12 @@ impl Store for BrokenStore {
     ) -> crate::store::StoreResult<Option<crate::store::StoredRefreshToken>> {
         self.0.get_refresh_token(h)
     }
+    fn refresh_token_of_chain(
+        &self,
+        chain: &str,
+    ) -> crate::store::StoreResult<Option<crate::store::StoredRefreshToken>> {
+        self.0.refresh_token_of_chain(chain)
+    }
     fn rotate_refresh_token(
         &self,
         old: &[u8; 32],
@@ -1510,3 +1516,71 @@ async fn admin_hosts_adds_names() {
 }
 
 mod id_token_keys;
+
+/// A JWT issued with a refresh token that outlives it names its grant, so that neither the
+/// code exchange nor a refresh writes a `/userinfo` row for it; any other JWT of a person
+/// gets its own row, or `/userinfo` could not answer for it once the refresh chain is gone.
+#[tokio::test]
+async fn userinfo_rows_only_for_access_tokens_the_refresh_chain_does_not_cover() {
+    use crate::grant_tokens::{Grant, IssuedAccess, Lifetimes, chain_of_jti, mint};
+    let h = harness(Alg::ES256);
+    let c = create(
+        &h,
+        json!({"grant_types": ["authorization_code", "refresh_token"],
+               "scope": "openid offline", "redirect_uris": ["https://rp.example/cb"]}),
+    )
+    .await;
+    let client = h
+        .svc
+        .clients
+        .lookup(c["client_id"].as_str().unwrap())
+        .unwrap();
+    let grant = |scopes: &[&str]| Grant {
+        grant_id: "grant-1".into(),
+        client_id: client.client.client_id.clone(),
+        subject: "alice".into(),
+        scopes: scopes.iter().map(|s| s.to_string()).collect(),
+        ..Grant::default()
+    };
+    let life = |access, refresh| Lifetimes {
+        access,
+        id: 60,
+        refresh,
+    };
+    let jti = |issued: &crate::grant_tokens::Issued| match &issued.access {
+        IssuedAccess::Jwt { jti } => jti.clone(),
+        IssuedAccess::Opaque(_) => panic!("a JWT client"),
+    };
+
+    let g = grant(&["openid", "offline"]);
+    let covered = mint(&h.svc, &client, &g, life(3600, 3600)).unwrap();
+    assert_eq!(chain_of_jti(&jti(&covered)), Some("grant-1"));
+    assert_eq!(
+        covered.access_rows(&g).unwrap(),
+        crate::store::StepRows::default()
+    );
+    let claims = jwt_part(&covered.access_token, 1);
+    assert_eq!(
+        claims["jti"],
+        jti(&covered).as_str(),
+        "the signed jti names the grant"
+    );
+
+    for (g, l) in [
+        // The access token outlives its refresh token.
+        (grant(&["openid", "offline"]), life(3600, 60)),
+        // No refresh token at all.
+        (grant(&["openid"]), life(3600, 3600)),
+    ] {
+        let issued = mint(&h.svc, &client, &g, l).unwrap();
+        let jti = jti(&issued);
+        assert_eq!(chain_of_jti(&jti), None, "{jti}");
+        let rows = issued.access_rows(&g).unwrap();
+        assert_eq!(rows.sessions.len(), 1);
+        assert_eq!(rows.sessions[0].0, crate::userinfo::KIND);
+        assert_eq!(rows.sessions[0].1.id, jti);
+    }
+    // Neither a UUID nor a leading separator names a grant.
+    assert_eq!(chain_of_jti("8b9a0f1e-4c1d-4f7a-9a57-2f4a1c0b9d11"), None);
+    assert_eq!(chain_of_jti(".x"), None);
+}

@@ -1204,6 +1204,16 @@ impl Store for PostgresStore {
         .map(|r| r.as_ref().map(refresh_row))
     }
 
+    fn refresh_token_of_chain(&self, chain: &str) -> StoreResult<Option<StoredRefreshToken>> {
+        self.with(|c| {
+            c.query_opt(
+                &format!("SELECT {REFRESH_COLUMNS} FROM refresh_tokens WHERE chain = $1 LIMIT 1"),
+                &[&chain],
+            )
+        })
+        .map(|r| r.as_ref().map(refresh_row))
+    }
+
     fn rotate_refresh_token(
         &self,
         old: &[u8; 32],

@@ -9,6 +9,7 @@
 mod checkpointer;
 mod disk_health;
 mod group_commit;
+mod row_cache;
 
 use super::{
     ClientFilter, Durability, Snapshot, StepRows, Store, StoreError, StoreFuture, StoreResult,
@@ -16,7 +17,8 @@ use super::{
 };
 use checkpointer::Checkpointer;
 use disk_health::DiskHealth;
-use group_commit::Writer;
+use group_commit::{AfterCommit, Writer};
+use row_cache::RowCache;
 use rusqlite::{Connection, OptionalExtension, Params, params};
 use std::path::Path;
 use std::sync::{Arc, Mutex, TryLockError};
@@ -26,6 +28,7 @@ pub struct SqliteStore {
     /// Empty for an in-memory database (a second connection would be another database).
     readers: Vec<Mutex<Connection>>,
     disk: DiskHealth,
+    rows: Arc<RowCache>,
     /// The checkpoint thread's count (`None`: no WAL, no thread).
     #[cfg(test)]
     checkpoints: Option<Arc<checkpointer::Progress>>,
@@ -118,6 +121,21 @@ ALTER TABLE opaque_tokens ADD COLUMN ext TEXT;
 CREATE INDEX opaque_tokens_grant ON opaque_tokens(grant_id) WHERE grant_id IS NOT NULL;
 CREATE INDEX opaque_tokens_subject ON opaque_tokens(subject, client_id)
     WHERE grant_id IS NOT NULL;
+"#,
+    // Revocations ordered by expiry: every refresh revokes the access token issued before it,
+    // and a row keyed by its random `jti` landed on a random page of the table's index; keyed
+    // by expiry first, new rows append to the last page, which a batch's rows share. Nothing
+    // looks a revocation up by `jti` (they are loaded into memory); a `jti` revoked twice may
+    // keep two rows until both expire.
+    r#"
+CREATE TABLE revocations_by_expiry (
+    expires_at INTEGER NOT NULL,
+    jti        TEXT NOT NULL,
+    PRIMARY KEY (expires_at, jti)
+) WITHOUT ROWID;
+INSERT INTO revocations_by_expiry (expires_at, jti) SELECT expires_at, jti FROM revocations;
+DROP TABLE revocations;
+ALTER TABLE revocations_by_expiry RENAME TO revocations;
 "#,
 ];
 
@@ -282,6 +300,7 @@ impl SqliteStore {
             writer: Writer::new(conn, wal, checkpointer)?,
             readers: Vec::new(),
             disk: DiskHealth::default(),
+            rows: Arc::default(),
             #[cfg(test)]
             checkpoints,
         })
@@ -310,16 +329,26 @@ impl SqliteStore {
         &self,
         f: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
     ) -> StoreResult<T> {
-        self.disk.observe(self.writer.write(f))
+        self.write_then(f, None)
     }
 
-    /// [`SqliteStore::write`] for an async caller: queued now, awaited without a thread.
+    /// [`SqliteStore::write`], telling the row cache what the write did once it committed.
+    fn write_then<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+        after: Option<AfterCommit<T>>,
+    ) -> StoreResult<T> {
+        self.disk.observe(self.writer.write_then(f, after))
+    }
+
+    /// [`SqliteStore::write_then`] for an async caller: queued now, awaited without a thread.
     fn write_async<T: Send + 'static>(
         self: Arc<Self>,
         f: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
         durability: Durability,
+        after: Option<AfterCommit<T>>,
     ) -> StoreFuture<T> {
-        let done = self.writer.write_async(f, durability);
+        let done = self.writer.write_async(f, durability, after);
         Box::pin(async move { self.disk.observe(done.await) })
     }
 
@@ -341,7 +370,7 @@ impl SqliteStore {
             let opaque_tokens = all(&format!("SELECT {OPAQUE_COLUMNS} FROM opaque_tokens"))?
                 .query_map([], opaque_row)?
                 .collect::<rusqlite::Result<_>>()?;
-            let revocations = all("SELECT jti, expires_at FROM revocations")?
+            let revocations = all("SELECT jti, MAX(expires_at) FROM revocations GROUP BY jti")?
                 .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
                 .collect::<rusqlite::Result<_>>()?;
             let assertion_jtis = all("SELECT client_id, jti, expires_at FROM assertion_jtis")?
@@ -545,7 +574,7 @@ fn put_session(c: &Connection, kind: &str, s: &StoredSession) -> rusqlite::Resul
 fn insert_revocation(c: &Connection, jti: &str, expires_at: i64) -> rusqlite::Result<usize> {
     exec(
         c,
-        "INSERT OR REPLACE INTO revocations (jti, expires_at) VALUES (?1, ?2)",
+        "INSERT OR IGNORE INTO revocations (expires_at, jti) VALUES (?2, ?1)",
         params![jti, expires_at],
     )
 }
@@ -837,14 +866,19 @@ impl Store for SqliteStore {
     }
 
     fn insert_flow(&self, f: &StoredFlow) -> StoreResult<()> {
-        self.write(insert_flow(f.clone()))
+        let after = self.rows.inserted_flow(f.clone());
+        self.write_then(insert_flow(f.clone()), Some(after))
     }
 
     fn insert_flow_async(self: Arc<Self>, f: StoredFlow, d: Durability) -> StoreFuture<()> {
-        self.write_async(insert_flow(f), d)
+        let after = self.rows.inserted_flow(f.clone());
+        self.write_async(insert_flow(f), d, Some(after))
     }
 
     fn get_flow(&self, id: &str) -> StoreResult<Option<StoredFlow>> {
+        if let Some(f) = self.rows.flow(id, crate::clock::now()) {
+            return Ok(Some(f));
+        }
         self.read(|c| {
             one(
                 c,
@@ -856,7 +890,8 @@ impl Store for SqliteStore {
     }
 
     fn advance_flow_with(&self, from: i64, f: &StoredFlow, rows: &StepRows) -> StoreResult<bool> {
-        self.write(advance_flow(from, f.clone(), rows.clone()))
+        let after = self.rows.advanced_flow(f.clone(), rows);
+        self.write_then(advance_flow(from, f.clone(), rows.clone()), Some(after))
     }
 
     fn advance_flow_async(
@@ -866,7 +901,8 @@ impl Store for SqliteStore {
         rows: StepRows,
         d: Durability,
     ) -> StoreFuture<bool> {
-        self.write_async(advance_flow(from, f, rows), d)
+        let after = self.rows.advanced_flow(f.clone(), &rows);
+        self.write_async(advance_flow(from, f, rows), d, Some(after))
     }
 
     fn put_session(&self, kind: &str, s: &StoredSession) -> StoreResult<()> {
@@ -926,12 +962,26 @@ impl Store for SqliteStore {
     }
 
     fn get_refresh_token(&self, hash: &[u8; 32]) -> StoreResult<Option<StoredRefreshToken>> {
+        if let Some(t) = self.rows.refresh_token(hash, crate::clock::now()) {
+            return Ok(Some(t));
+        }
         self.read(|c| {
             one(
                 c,
                 "SELECT hash, chain, client_id, subject, active, used_at, json, expires_at
                  FROM refresh_tokens WHERE hash = ?1",
                 [&hash[..]],
+                refresh_row,
+            )
+        })
+    }
+
+    fn refresh_token_of_chain(&self, chain: &str) -> StoreResult<Option<StoredRefreshToken>> {
+        self.read(|c| {
+            one(
+                c,
+                &format!("SELECT {REFRESH_COLUMNS} FROM refresh_tokens WHERE chain = ?1 LIMIT 1"),
+                [chain],
                 refresh_row,
             )
         })
@@ -944,7 +994,11 @@ impl Store for SqliteStore {
         now: i64,
         rows: &StepRows,
     ) -> StoreResult<bool> {
-        self.write(rotate_refresh(*old, new.clone(), now, rows.clone()))
+        let after = self.rows.rotated(*old, new.clone(), rows);
+        self.write_then(
+            rotate_refresh(*old, new.clone(), now, rows.clone()),
+            Some(after),
+        )
     }
 
     fn rotate_refresh_token_async(
@@ -954,24 +1008,33 @@ impl Store for SqliteStore {
         now: i64,
         rows: StepRows,
     ) -> StoreFuture<bool> {
-        self.write_async(rotate_refresh(old, new, now, rows), Durability::Durable)
+        let after = self.rows.rotated(old, new.clone(), &rows);
+        self.write_async(
+            rotate_refresh(old, new, now, rows),
+            Durability::Durable,
+            Some(after),
+        )
     }
 
     fn revoke_refresh_chain(&self, chain: &str) -> StoreResult<Vec<StoredRefreshToken>> {
         let chain = chain.to_string();
-        self.write(move |c| {
-            exec(
-                c,
-                "UPDATE refresh_tokens SET active = 0, used_at = NULL WHERE chain = ?1",
-                [&chain],
-            )?;
-            exec(c, "DELETE FROM opaque_tokens WHERE grant_id = ?1", [&chain])?;
-            let mut stmt = c.prepare_cached(&format!(
-                "SELECT {REFRESH_COLUMNS} FROM refresh_tokens WHERE chain = ?1"
-            ))?;
-            let rows = stmt.query_map([&chain], refresh_row)?;
-            rows.collect()
-        })
+        let after = self.rows.forget_refresh_tokens();
+        self.write_then(
+            move |c| {
+                exec(
+                    c,
+                    "UPDATE refresh_tokens SET active = 0, used_at = NULL WHERE chain = ?1",
+                    [&chain],
+                )?;
+                exec(c, "DELETE FROM opaque_tokens WHERE grant_id = ?1", [&chain])?;
+                let mut stmt = c.prepare_cached(&format!(
+                    "SELECT {REFRESH_COLUMNS} FROM refresh_tokens WHERE chain = ?1"
+                ))?;
+                let rows = stmt.query_map([&chain], refresh_row)?;
+                rows.collect()
+            },
+            Some(after),
+        )
     }
 
     fn revoke_refresh_tokens_of(
@@ -980,26 +1043,30 @@ impl Store for SqliteStore {
         client_id: Option<&str>,
     ) -> StoreResult<Vec<StoredRefreshToken>> {
         let (subject, client_id) = (subject.to_string(), client_id.map(str::to_string));
-        self.write(move |c| {
-            exec(
-                c,
-                "UPDATE refresh_tokens SET active = 0, used_at = NULL
+        let after = self.rows.forget_refresh_tokens();
+        self.write_then(
+            move |c| {
+                exec(
+                    c,
+                    "UPDATE refresh_tokens SET active = 0, used_at = NULL
                  WHERE subject = ?1 AND (?2 IS NULL OR client_id = ?2)",
-                params![subject, client_id],
-            )?;
-            exec(
-                c,
-                "DELETE FROM opaque_tokens WHERE grant_id IS NOT NULL
+                    params![subject, client_id],
+                )?;
+                exec(
+                    c,
+                    "DELETE FROM opaque_tokens WHERE grant_id IS NOT NULL
                  AND subject = ?1 AND (?2 IS NULL OR client_id = ?2)",
-                params![subject, client_id],
-            )?;
-            let mut stmt = c.prepare_cached(&format!(
-                "SELECT {REFRESH_COLUMNS} FROM refresh_tokens
+                    params![subject, client_id],
+                )?;
+                let mut stmt = c.prepare_cached(&format!(
+                    "SELECT {REFRESH_COLUMNS} FROM refresh_tokens
                  WHERE subject = ?1 AND (?2 IS NULL OR client_id = ?2)"
-            ))?;
-            let rows = stmt.query_map(params![subject, client_id], refresh_row)?;
-            rows.collect()
-        })
+                ))?;
+                let rows = stmt.query_map(params![subject, client_id], refresh_row)?;
+                rows.collect()
+            },
+            Some(after),
+        )
     }
 
     fn purge_expired(&self, now: i64) -> StoreResult<usize> {
@@ -1014,7 +1081,8 @@ impl Store for SqliteStore {
             );
             loop {
                 let sql = sql.clone();
-                let deleted = self.write(move |c| c.execute(&sql, [now]))?;
+                let after = self.rows.forget_all();
+                let deleted = self.write_then(move |c| c.execute(&sql, [now]), Some(after))?;
                 n += deleted;
                 if deleted < PURGE_BATCH {
                     break;
@@ -1350,6 +1418,8 @@ mod tests {
         );
         assert!(s.get_refresh_token(&[4; 32]).unwrap().is_some());
         assert!(s.get_session("userinfo", "next").unwrap().is_some());
+        assert_eq!(s.refresh_token_of_chain("ch").unwrap().unwrap().chain, "ch");
+        assert!(s.refresh_token_of_chain("other").unwrap().is_none());
         // The rotation's rows: the successor's opaque access token in, its predecessor's out.
         assert_eq!(s.get_opaque_token(&[4; 32]).unwrap(), Some(opaque(4)));
         assert_eq!(s.get_opaque_token(&[1; 32]).unwrap(), None);
@@ -1491,5 +1561,120 @@ mod tests {
         assert!(s.use_assertion_jti("d", "x", 50).unwrap());
         assert_eq!(s.purge_expired(60).unwrap(), 3);
         assert!(s.use_assertion_jti("c", "x", 100).unwrap());
+    }
+
+    /// The row cache must answer what the database holds after every kind of write: a
+    /// rotated-out or revoked token read as active would turn reuse detection off.
+    #[test]
+    fn reads_follow_every_write_through_the_row_cache() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SqliteStore::open(dir.path()).unwrap();
+        let far = i64::MAX;
+        let rt = |b: u8, chain: &str| StoredRefreshToken {
+            hash: [b; 32],
+            chain: chain.into(),
+            client_id: "app".into(),
+            subject: "alice".into(),
+            active: true,
+            used_at: None,
+            json: "{}".into(),
+            expires_at: far,
+        };
+        let flow = |stage| StoredFlow {
+            id: "f".into(),
+            stage,
+            json: format!("{{\"stage\":{stage}}}"),
+            expires_at: far,
+        };
+        let active = |b: u8| s.get_refresh_token(&[b; 32]).unwrap().map(|t| t.active);
+
+        s.insert_flow(&flow(4)).unwrap();
+        assert_eq!(s.get_flow("f").unwrap(), Some(flow(4)));
+        let exchange = StepRows {
+            refresh_tokens: vec![rt(1, "g")],
+            ..StepRows::default()
+        };
+        assert!(s.advance_flow_with(4, &flow(5), &exchange).unwrap());
+        assert!(
+            !s.advance_flow_with(4, &flow(6), &StepRows::default())
+                .unwrap()
+        );
+        assert_eq!(s.get_flow("f").unwrap(), Some(flow(5)));
+        assert_eq!(active(1), Some(true));
+
+        assert!(
+            s.rotate_refresh_token(&[1; 32], &rt(2, "g"), 7, &StepRows::default())
+                .unwrap()
+        );
+        let old = s.get_refresh_token(&[1; 32]).unwrap().unwrap();
+        assert_eq!((old.active, old.used_at), (false, Some(7)));
+        assert_eq!(active(2), Some(true));
+        assert!(
+            !s.rotate_refresh_token(&[1; 32], &rt(3, "g"), 8, &StepRows::default())
+                .unwrap()
+        );
+        assert_eq!(active(3), None, "a lost rotation issued nothing");
+
+        s.revoke_refresh_chain("g").unwrap();
+        assert_eq!(active(2), Some(false));
+        s.insert_refresh_token(&rt(4, "h")).unwrap();
+        assert!(
+            s.rotate_refresh_token(&[4; 32], &rt(5, "h"), 9, &StepRows::default())
+                .unwrap()
+        );
+        s.revoke_refresh_tokens_of("alice", Some("app")).unwrap();
+        assert_eq!(active(5), Some(false));
+
+        // The purge deletes what expired; the cache does not keep it alive.
+        let short = StoredFlow {
+            id: "short".into(),
+            expires_at: 10,
+            ..flow(0)
+        };
+        s.insert_flow(&short).unwrap();
+        s.purge_expired(20).unwrap();
+        assert_eq!(s.get_flow("short").unwrap(), None);
+        assert_eq!(s.get_flow("f").unwrap(), Some(flow(5)));
+    }
+
+    #[test]
+    fn revocations_keep_across_the_move_to_expiry_order() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let conn = Connection::open(dir.path().join("portcullis.sqlite")).unwrap();
+            for m in &MIGRATIONS[..3] {
+                conn.execute_batch(m).unwrap();
+            }
+            conn.pragma_update(None, "user_version", 3).unwrap();
+            conn.execute(
+                "INSERT INTO revocations (jti, expires_at) VALUES ('old', 70), ('gone', 5)",
+                [],
+            )
+            .unwrap();
+        }
+        let s = SqliteStore::open(dir.path()).unwrap();
+        s.insert_revocation("new", 90).unwrap();
+        // Revoked again with a later expiry (a token revoked twice): the later one counts.
+        s.insert_revocation("old", 80).unwrap();
+        s.insert_revocation("old", 80).unwrap();
+        let mut live = s.list_revocations(10).unwrap();
+        live.sort();
+        assert_eq!(
+            live,
+            vec![
+                ("new".to_string(), 90),
+                ("old".to_string(), 70),
+                ("old".to_string(), 80)
+            ]
+        );
+        assert_eq!(
+            s.purge_expired(75).unwrap(),
+            2,
+            "'gone' and the first 'old'"
+        );
+        assert_eq!(
+            s.list_revocations(75).unwrap(),
+            vec![("old".to_string(), 80), ("new".to_string(), 90)]
+        );
     }
 }

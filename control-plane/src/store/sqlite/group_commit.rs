@@ -43,6 +43,8 @@ trait Pending: Send {
     fn durable(&self) -> bool;
     /// Runs the write under its own savepoint, inside the batch's transaction.
     fn apply(&mut self, conn: &Connection);
+    /// Runs the write's [`AfterCommit`] hook, once its batch committed.
+    fn committed(&mut self);
     /// Tells the caller, once the batch committed (`Ok`) or failed to.
     fn finish(self: Box<Self>, committed: Result<(), &StoreError>);
 }
@@ -69,9 +71,16 @@ impl<T> Reply<T> {
     }
 }
 
+/// What a write does once its batch committed, given the write's own (successful) result:
+/// it runs on the committer thread, in the batch's order, before the next batch starts, so
+/// that what it keeps in memory follows the database's committed state write by write (a
+/// failed write or batch runs none).
+pub type AfterCommit<T> = Box<dyn FnOnce(&T) + Send>;
+
 struct Write<T, F> {
     op: Option<F>,
     result: Option<StoreResult<T>>,
+    after: Option<AfterCommit<T>>,
     done: Reply<T>,
     durability: Durability,
 }
@@ -90,6 +99,12 @@ where
             return;
         };
         self.result = Some(in_savepoint(conn, op).map_err(super::db));
+    }
+
+    fn committed(&mut self) {
+        if let (Some(Ok(value)), Some(after)) = (&self.result, self.after.take()) {
+            after(value);
+        }
     }
 
     fn finish(self: Box<Self>, committed: Result<(), &StoreError>) {
@@ -189,7 +204,13 @@ impl Writer {
         f(&conn).map_err(super::db)
     }
 
-    fn queue<T, F>(&self, op: F, done: Reply<T>, durability: Durability) -> StoreResult<()>
+    fn queue<T, F>(
+        &self,
+        op: F,
+        after: Option<AfterCommit<T>>,
+        done: Reply<T>,
+        durability: Durability,
+    ) -> StoreResult<()>
     where
         T: Send + 'static,
         F: FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
@@ -197,6 +218,7 @@ impl Writer {
         let job = Box::new(Write {
             op: Some(op),
             result: None,
+            after,
             done,
             durability,
         });
@@ -208,13 +230,23 @@ impl Writer {
     }
 
     /// Queues `op` and blocks until the batch holding it is durable.
+    #[cfg(test)]
     pub fn write<T, F>(&self, op: F) -> StoreResult<T>
     where
         T: Send + 'static,
         F: FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
     {
+        self.write_then(op, None)
+    }
+
+    /// [`Writer::write`] with a hook run once the batch committed (see [`AfterCommit`]).
+    pub fn write_then<T, F>(&self, op: F, after: Option<AfterCommit<T>>) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+    {
         let (done, answer) = sync_channel(1);
-        self.queue(op, Reply::Thread(done), Durability::Durable)?;
+        self.queue(op, after, Reply::Thread(done), Durability::Durable)?;
         answer.recv().map_err(|_| dropped())?
     }
 
@@ -224,13 +256,14 @@ impl Writer {
         &self,
         op: F,
         durability: Durability,
+        after: Option<AfterCommit<T>>,
     ) -> impl Future<Output = StoreResult<T>> + Send + use<T, F>
     where
         T: Send + 'static,
         F: FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
     {
         let (done, answer) = tokio::sync::oneshot::channel();
-        let queued = self.queue(op, Reply::Task(done), durability);
+        let queued = self.queue(op, after, Reply::Task(done), durability);
         async move {
             queued?;
             answer.await.map_err(|_| dropped())?
@@ -422,6 +455,9 @@ fn commit(conn: &Connection, mut batch: Vec<Box<dyn Pending>>, syncer: Option<&S
     if let Err(e) = outcome {
         return fail_all(batch, &e);
     }
+    for p in &mut batch {
+        p.committed();
+    }
     let Some(syncer) = syncer else {
         for p in batch {
             p.finish(Ok(()));
@@ -457,6 +493,7 @@ mod tests {
         let w = Write {
             op: Some(op),
             result: None,
+            after: None,
             done: Reply::Thread(done),
             durability: Durability::Durable,
         };
@@ -470,6 +507,53 @@ mod tests {
                 rusqlite::params![k, v],
             )
         }
+    }
+
+    /// A job whose hook records `name` in `seen` once its batch committed.
+    fn job_then<T: Send + 'static>(
+        op: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+        seen: &Arc<Mutex<Vec<&'static str>>>,
+        name: &'static str,
+    ) -> Box<dyn Pending> {
+        let (done, _rx) = sync_channel(1);
+        let seen = Arc::clone(seen);
+        Box::new(Write {
+            op: Some(op),
+            result: None,
+            after: Some(Box::new(move |_: &T| seen.lock().unwrap().push(name))),
+            done: Reply::Thread(done),
+            durability: Durability::Durable,
+        })
+    }
+
+    #[test]
+    fn hooks_run_after_the_commit_in_order_for_the_writes_that_succeeded() {
+        let c = conn();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let batch = vec![
+            job_then(insert("b", 1), &seen, "b"),
+            job_then(insert("b", 2), &seen, "duplicate"),
+            job_then(insert("a", 1), &seen, "a"),
+        ];
+        commit(&c, batch, None);
+        assert_eq!(*seen.lock().unwrap(), ["b", "a"]);
+
+        // A batch that fails at COMMIT runs none.
+        c.execute_batch(
+            "CREATE TABLE child (k TEXT REFERENCES t(k) DEFERRABLE INITIALLY DEFERRED);
+             PRAGMA foreign_keys = ON;",
+        )
+        .unwrap();
+        let batch = vec![
+            job_then(insert("c", 1), &seen, "c"),
+            job_then(
+                |c: &Connection| c.execute("INSERT INTO child (k) VALUES ('nobody')", []),
+                &seen,
+                "child",
+            ),
+        ];
+        commit(&c, batch, None);
+        assert_eq!(*seen.lock().unwrap(), ["b", "a"]);
     }
 
     fn value(c: &Connection, k: &str) -> Option<i64> {
@@ -632,9 +716,11 @@ mod tests {
             dir: tmp.path().to_path_buf(),
         };
         let w = Writer::new(c, Some(unflushable), None).unwrap();
-        let lossy = w.write_async(insert("a", 1), Durability::Lossy).await;
+        let lossy = w.write_async(insert("a", 1), Durability::Lossy, None).await;
         assert_eq!(lossy.unwrap(), 1, "answered once committed");
-        let durable = w.write_async(insert("b", 2), Durability::Durable).await;
+        let durable = w
+            .write_async(insert("b", 2), Durability::Durable, None)
+            .await;
         assert!(
             matches!(&durable, Err(StoreError::Disk(m)) if m.contains("db.sqlite-wal")),
             "{durable:?}"
@@ -664,6 +750,7 @@ mod tests {
                         )
                     },
                     d,
+                    None,
                 )
             })
             .collect();
