@@ -144,9 +144,10 @@ ALTER TABLE revocations_by_expiry RENAME TO revocations;
 /// pages; between two checkpoints most of those pages are written many times, and each
 /// checkpoint writes every page once and syncs the database twice. Ten times fewer checkpoints
 /// cut the bytes written per refresh enough to lift refreshes/s by a quarter to a third and
-/// flows/s by a sixth on the 2-core machine (control-plane/README.md), for a WAL of up to
-/// ~40 MB (what a restart after a crash replays). The copy runs on a thread of its own
-/// (`checkpointer`), so its length no longer pauses the commits.
+/// flows/s by a sixth on the 2-core machine (control-plane/README.md), for a larger WAL (what
+/// a restart after a crash replays): ~40 MB, plus what arrives while a checkpoint copies (50–85
+/// MB measured). The copy runs on a thread of its own (`checkpointer`), so its length no longer
+/// pauses the commits.
 const WAL_CHECKPOINT_PAGES: u32 = 10_000;
 
 /// Rows deleted per statement when purging the browser-flow tables.

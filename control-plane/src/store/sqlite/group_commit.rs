@@ -23,6 +23,9 @@
 //! conflict, a lost compare-and-set) rolls back only that write; the batch and every other
 //! caller's write are unaffected. Writes run one after another on one connection, in queue
 //! order: a compare-and-set in a batch sees the writes before it, as it would alone.
+//!
+//! After each batch the committer tells the checkpointer how far the WAL has grown, and
+//! copies the last frames of its checkpoints itself (`checkpointer.rs` says why).
 
 use super::super::{Durability, StoreError, StoreResult};
 use super::checkpointer::Checkpointer;
