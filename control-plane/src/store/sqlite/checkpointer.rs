@@ -479,6 +479,37 @@ mod tests {
         );
     }
 
+    /// A WAL index this cannot read (another format, a short file) gives the checkpoints
+    /// back to SQLite's automatic checkpoint rather than letting the WAL grow unwatched.
+    #[test]
+    fn an_unreadable_wal_index_hands_checkpoints_back_to_sqlite() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("portcullis.sqlite");
+        let auto = |c: &Connection| -> i64 {
+            c.pragma_query_value(None, "wal_autocheckpoint", |r| r.get(0))
+                .unwrap()
+        };
+        for junk in [vec![0xffu8; 64], vec![0u8; 8]] {
+            let w = Connection::open(&path).unwrap();
+            w.pragma_update(None, "journal_mode", "WAL").unwrap();
+            w.execute_batch("CREATE TABLE IF NOT EXISTS t (v TEXT); INSERT INTO t VALUES ('x')")
+                .unwrap();
+            let mut cp = Checkpointer::start(&path, &w, 77).unwrap();
+            assert_eq!(auto(&w), 0);
+            cp.after_commit(&w);
+            assert!(cp.index.is_some(), "SQLite's own index is read");
+
+            let other = dir.path().join("other-shm");
+            std::fs::write(&other, &junk).unwrap();
+            cp.index = Some(WalIndex {
+                shm: File::open(&other).unwrap(),
+            });
+            cp.after_commit(&w);
+            assert!(cp.index.is_none());
+            assert_eq!(auto(&w), 77, "SQLite checkpoints at the same threshold");
+        }
+    }
+
     #[test]
     fn the_writer_leaves_checkpoints_to_the_thread() {
         let dir = tempfile::tempdir().unwrap();
