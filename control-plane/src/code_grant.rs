@@ -79,7 +79,7 @@ pub fn grant_of(flow: &Flow) -> Grant {
 
 async fn replayed(svc: &Service, flow_id: &str) -> Result<OAuth2Error, OAuth2Error> {
     if let Some((flow, _)) = flow::load(svc, flow_id).await? {
-        grant_tokens::revoke_grant(svc, &flow.grant_id, &flow.issued).await?;
+        grant_tokens::revoke_grant(svc, grant_of(&flow).chain_key(), &flow.issued).await?;
     }
     Ok(invalid_grant(
         "The authorization code has already been used; every token issued from it is revoked.",
@@ -158,7 +158,7 @@ pub async fn exchange(
     flow.issued.extend(issued.access_jwt());
     let keep = issued.access_exp.max(now + REPLAY_WINDOW);
     if !flow::advance_with(svc, &flow, Stage::CodeIssued, Stage::CodeUsed, keep, rows).await? {
-        grant_tokens::revoke_grant(svc, &flow.grant_id, &flow.issued).await?;
+        grant_tokens::revoke_grant(svc, grant_of(&flow).chain_key(), &flow.issued).await?;
         return Err(replayed(svc, id).await?);
     }
     Ok(grant_tokens::response(&issued, &grant))

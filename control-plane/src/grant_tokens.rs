@@ -14,7 +14,7 @@ use crate::crypto::{b64url, b64url_decode, random_bytes, sha256};
 use crate::keys::ACCESS_TOKEN_SET;
 use crate::oauth2_error::OAuth2Error;
 use crate::server::Service;
-use crate::store::{StepRows, StoredOpaqueToken, StoredRefreshToken};
+use crate::store::{ChainKey, StepRows, StoredOpaqueToken, StoredRefreshToken};
 use crate::token::{AccessClaims, OPAQUE_PREFIX};
 use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
@@ -60,6 +60,15 @@ pub struct Grant {
 impl Grant {
     pub fn has_scope(&self, s: &str) -> bool {
         self.scopes.iter().any(|g| g == s)
+    }
+
+    /// The refresh chain of this grant, as the store finds it.
+    pub fn chain_key(&self) -> ChainKey {
+        ChainKey {
+            subject: self.subject.clone(),
+            client_id: self.client_id.clone(),
+            chain: self.grant_id.clone(),
+        }
     }
 
     /// Refresh tokens need `offline` or `offline_access` granted and the client's grant type.
@@ -331,12 +340,12 @@ pub fn response(issued: &Issued, grant: &Grant) -> Response {
 /// access token of the grant.
 pub async fn revoke_grant(
     svc: &Service,
-    grant_id: &str,
+    grant: ChainKey,
     access: &[(String, i64)],
 ) -> Result<(), OAuth2Error> {
     let store = Arc::clone(&svc.store);
-    let chain = grant_id.to_string();
-    let rows = tokio::task::spawn_blocking(move || store.revoke_refresh_chain(&chain))
+    let grant_id = grant.chain.clone();
+    let rows = tokio::task::spawn_blocking(move || store.revoke_refresh_chain(&grant))
         .await
         .map_err(OAuth2Error::server_error)??;
     let mut jtis: Vec<(String, i64)> = access.to_vec();

@@ -36,7 +36,7 @@ pub async fn revoke(svc: &Service, client: &ClientRecord, token: &str) -> Result
             "The token was not issued to the client making the revocation request.",
         ));
     }
-    grant_tokens::revoke_grant(svc, &row.chain, &[]).await
+    grant_tokens::revoke_grant(svc, row.chain_key(), &[]).await
 }
 
 pub async fn exchange(
@@ -71,7 +71,7 @@ pub async fn exchange(
     let in_grace =
         !row.active && grace > 0 && row.used_at.is_some_and(|u| u.saturating_add(grace) > now);
     if !row.active && !in_grace {
-        grant_tokens::revoke_grant(svc, &row.chain, &[]).await?;
+        grant_tokens::revoke_grant(svc, row.chain_key(), &[]).await?;
         return Err(invalid_grant(
             "The refresh token has already been used; every token of its grant is revoked.",
         ));

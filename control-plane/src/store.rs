@@ -197,6 +197,26 @@ pub struct StoredRefreshToken {
     pub expires_at: i64,
 }
 
+impl StoredRefreshToken {
+    pub fn chain_key(&self) -> ChainKey {
+        ChainKey {
+            subject: self.subject.clone(),
+            client_id: self.client_id.clone(),
+            chain: self.chain.clone(),
+        }
+    }
+}
+
+/// A refresh chain as the store finds it: the person, the client and the grant's id. Every
+/// row of a chain carries the same three (the embedded store indexes them together, so that
+/// a refresh adds one index entry rather than one per lookup it serves).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChainKey {
+    pub subject: String,
+    pub client_id: String,
+    pub chain: String,
+}
+
 /// Rows that commit in the same transaction as a compare-and-set (a flow's step, a refresh
 /// rotation): a step is then one transaction and one (group) commit instead of several, and
 /// its rows are all written or, when the compare-and-set loses, none.
@@ -365,7 +385,7 @@ pub trait Store: Send + Sync + 'static {
     fn insert_refresh_token(&self, token: &StoredRefreshToken) -> StoreResult<()>;
     fn get_refresh_token(&self, hash: &[u8; 32]) -> StoreResult<Option<StoredRefreshToken>>;
     /// Some row of the refresh chain `chain`, active or not (they all carry the grant).
-    fn refresh_token_of_chain(&self, chain: &str) -> StoreResult<Option<StoredRefreshToken>>;
+    fn refresh_token_of_chain(&self, key: &ChainKey) -> StoreResult<Option<StoredRefreshToken>>;
     /// In one transaction: deactivates `old` (recording `now` as its use) if it is still
     /// active and inserts `new` and `rows`. False (and nothing written) when `old` was no
     /// longer active: concurrent rotations of one token have exactly one winner.
@@ -397,10 +417,10 @@ pub trait Store: Send + Sync + 'static {
         Ok(())
     }
 
-    /// In one transaction: deactivates every token of `chain` (no grace period applies to a
-    /// revoked token) and deletes the opaque access tokens of the grant `chain` names;
-    /// returns all of the refresh tokens' rows (to revoke the JWTs they issued).
-    fn revoke_refresh_chain(&self, chain: &str) -> StoreResult<Vec<StoredRefreshToken>>;
+    /// In one transaction: deactivates every token of the chain (no grace period applies to
+    /// a revoked token) and deletes the opaque access tokens of the grant it names; returns
+    /// all of the refresh tokens' rows (to revoke the JWTs they issued).
+    fn revoke_refresh_chain(&self, key: &ChainKey) -> StoreResult<Vec<StoredRefreshToken>>;
     /// In one transaction: deactivates every refresh token of `subject` (of one client, or
     /// all) and deletes the opaque access tokens of the same browser grants (never a
     /// `client_credentials` token); returns the refresh tokens' rows.

@@ -7,7 +7,7 @@ use crate::grant_tokens::{Grant, RefreshState, chain_of_jti};
 use crate::oauth2_error::{ErrorCode, OAuth2Error};
 use crate::request::Params;
 use crate::server::Service;
-use crate::store::StoredSession;
+use crate::store::{ChainKey, StoredSession};
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, Method, header};
@@ -105,8 +105,13 @@ async fn userinfo(
     let store = Arc::clone(&svc.store);
     let grant = match active.jti.as_deref().and_then(chain_of_jti) {
         Some(chain) => {
-            let chain = chain.to_string();
-            let row = tokio::task::spawn_blocking(move || store.refresh_token_of_chain(&chain))
+            // The token's own person and client: a chain is found under them only.
+            let key = ChainKey {
+                subject: active.sub.clone(),
+                client_id: active.client_id.clone(),
+                chain: chain.to_string(),
+            };
+            let row = tokio::task::spawn_blocking(move || store.refresh_token_of_chain(&key))
                 .await
                 .map_err(OAuth2Error::server_error)??
                 .ok_or_else(not_openid)?;

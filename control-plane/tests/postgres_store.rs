@@ -10,8 +10,8 @@ mod pg;
 use portcullis::store::postgres::{Options, PostgresStore};
 use portcullis::store::sqlite::SqliteStore;
 use portcullis::store::{
-    Change, ClientFilter, StepRows, Store, StoreError, StoredClient, StoredFlow, StoredKey,
-    StoredOpaqueToken, StoredRefreshToken, StoredSession,
+    ChainKey, Change, ClientFilter, StepRows, Store, StoreError, StoredClient, StoredFlow,
+    StoredKey, StoredOpaqueToken, StoredRefreshToken, StoredSession,
 };
 use std::sync::Arc;
 use std::sync::mpsc;
@@ -67,6 +67,15 @@ fn opaque(b: u8, client: &str, grant: &str) -> StoredOpaqueToken {
         expires_at: 100,
         grant_id: Some(grant.into()),
         ext: Some(r#"{"team":"blue"}"#.into()),
+    }
+}
+
+/// The chain key of [`rt`]'s rows.
+fn chain_key(chain: &str) -> ChainKey {
+    ChainKey {
+        subject: "s".into(),
+        client_id: "c".into(),
+        chain: chain.into(),
     }
 }
 
@@ -259,13 +268,25 @@ fn tokens_revocations_jtis_flows_sessions_and_refresh_chains() {
         s.get_refresh_token(&[1; 32]).unwrap().unwrap().used_at,
         Some(50)
     );
-    let chain = s.revoke_refresh_chain("ch").unwrap();
+    let chain = s.revoke_refresh_chain(&chain_key("ch")).unwrap();
     assert_eq!(chain.len(), 2);
     assert!(chain.iter().all(|t| !t.active && t.used_at.is_none()));
     // Any row of a chain, revoked or not, carries its grant; an unknown chain has none.
-    let of_chain = s.refresh_token_of_chain("ch").unwrap().unwrap();
+    let of_chain = s.refresh_token_of_chain(&chain_key("ch")).unwrap().unwrap();
     assert_eq!(of_chain.chain, "ch");
-    assert!(s.refresh_token_of_chain("nope").unwrap().is_none());
+    assert!(
+        s.refresh_token_of_chain(&chain_key("nope"))
+            .unwrap()
+            .is_none()
+    );
+    let elsewhere = ChainKey {
+        subject: "mallory".into(),
+        ..chain_key("ch")
+    };
+    assert!(
+        s.refresh_token_of_chain(&elsewhere).unwrap().is_none(),
+        "a chain is found only under its own person"
+    );
     assert!(
         s.get_opaque_token(&[2; 32]).unwrap().is_none(),
         "the chain's opaque tokens go with it"
@@ -394,7 +415,7 @@ fn concurrent_refresh_rotations_have_one_winner() {
         .filter(|won| *won)
         .count();
     assert_eq!(winners, 1);
-    let chain = s.revoke_refresh_chain("race").unwrap();
+    let chain = s.revoke_refresh_chain(&chain_key("race")).unwrap();
     assert_eq!(chain.len(), 2, "the old token and the one successor");
 }
 

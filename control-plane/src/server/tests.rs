@@ -1227,9 +1227,9 @@ impl Store for BrokenStore {
     }
     fn refresh_token_of_chain(
         &self,
-        chain: &str,
+        key: &crate::store::ChainKey,
     ) -> crate::store::StoreResult<Option<crate::store::StoredRefreshToken>> {
-        self.0.refresh_token_of_chain(chain)
+        self.0.refresh_token_of_chain(key)
     }
     fn rotate_refresh_token(
         &self,
@@ -1242,9 +1242,9 @@ impl Store for BrokenStore {
     }
     fn revoke_refresh_chain(
         &self,
-        chain: &str,
+        key: &crate::store::ChainKey,
     ) -> crate::store::StoreResult<Vec<crate::store::StoredRefreshToken>> {
-        self.0.revoke_refresh_chain(chain)
+        self.0.revoke_refresh_chain(key)
     }
     fn revoke_refresh_tokens_of(
         &self,

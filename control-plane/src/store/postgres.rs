@@ -15,7 +15,7 @@
 
 use super::opaque_cache::OpaqueTokenCache;
 use super::{
-    Change, ChangeSink, ClientFilter, Snapshot, StepRows, Store, StoreError, StoreLock,
+    ChainKey, Change, ChangeSink, ClientFilter, Snapshot, StepRows, Store, StoreError, StoreLock,
     StoreResult, StoredClient, StoredFlow, StoredKey, StoredOpaqueToken, StoredRefreshToken,
     StoredSession,
 };
@@ -1204,11 +1204,14 @@ impl Store for PostgresStore {
         .map(|r| r.as_ref().map(refresh_row))
     }
 
-    fn refresh_token_of_chain(&self, chain: &str) -> StoreResult<Option<StoredRefreshToken>> {
+    fn refresh_token_of_chain(&self, key: &ChainKey) -> StoreResult<Option<StoredRefreshToken>> {
         self.with(|c| {
             c.query_opt(
-                &format!("SELECT {REFRESH_COLUMNS} FROM refresh_tokens WHERE chain = $1 LIMIT 1"),
-                &[&chain],
+                &format!(
+                    "SELECT {REFRESH_COLUMNS} FROM refresh_tokens
+                     WHERE chain = $1 AND subject = $2 AND client_id = $3 LIMIT 1"
+                ),
+                &[&key.chain, &key.subject, &key.client_id],
             )
         })
         .map(|r| r.as_ref().map(refresh_row))
@@ -1239,21 +1242,22 @@ impl Store for PostgresStore {
         won
     }
 
-    fn revoke_refresh_chain(&self, chain: &str) -> StoreResult<Vec<StoredRefreshToken>> {
+    fn revoke_refresh_chain(&self, key: &ChainKey) -> StoreResult<Vec<StoredRefreshToken>> {
         let revoked = self
             .with(|c| {
                 c.query(
                     // One statement: the data-modifying CTE commits with the update.
                     &format!(
                         "WITH gone AS (DELETE FROM opaque_tokens WHERE grant_id = $1)
-                     UPDATE refresh_tokens SET active = FALSE, used_at = NULL WHERE chain = $1
+                     UPDATE refresh_tokens SET active = FALSE, used_at = NULL
+                     WHERE chain = $1 AND subject = $2 AND client_id = $3
                      RETURNING {REFRESH_COLUMNS}"
                     ),
-                    &[&chain],
+                    &[&key.chain, &key.subject, &key.client_id],
                 )
             })
             .map(|rows| rows.iter().map(refresh_row).collect());
-        self.opaque.evict_grant(chain);
+        self.opaque.evict_grant(&key.chain);
         revoked
     }
 
