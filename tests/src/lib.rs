@@ -10,6 +10,7 @@ pub mod authserver;
 pub mod control_plane;
 pub mod envoy;
 pub mod keys;
+pub mod make_run;
 pub mod paths;
 pub mod ports;
 pub mod process;

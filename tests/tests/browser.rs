@@ -14,8 +14,8 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use base64::Engine;
+use portcullis_e2e::make_run;
 use portcullis_e2e::webdriver::Browser;
-use portcullis_e2e::{paths, ports};
 use serde_json::Value;
 
 /// `scripts/run.sh` in the foreground mode a person uses; stopped (SIGTERM, which its trap
@@ -28,17 +28,7 @@ struct MakeRun {
 
 impl MakeRun {
     fn start(data: &Path) -> Self {
-        // Six distinct ports: the script would refuse one taken twice only after starting.
-        let port = ports::free_ports::<6>();
-        let mut child = Command::new("bash")
-            .arg(paths::repo_root().join("scripts/run.sh"))
-            .env("PORTCULLIS_DATA", data)
-            .env("PUBLIC_PORT", port[0].to_string())
-            .env("ADMIN_PORT", port[1].to_string())
-            .env("PROXY_PORT", port[2].to_string())
-            .env("UPSTREAM_PORT", port[3].to_string())
-            .env("ENVOY_ADMIN_PORT", port[4].to_string())
-            .env("LOGIN_APP_PORT", port[5].to_string())
+        let mut child = make_run::command(data)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()

@@ -12,21 +12,11 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use base64::Engine;
-use portcullis_e2e::{control_plane, paths, ports};
+use portcullis_e2e::{control_plane, make_run, ports};
 
 fn smoke(data: &std::path::Path) -> String {
-    // Six distinct ports: the script would refuse one taken twice only after starting.
-    let port = ports::free_ports::<6>();
-    let out = Command::new("bash")
-        .arg(paths::repo_root().join("scripts/run.sh"))
+    let out = make_run::command(data)
         .arg("--smoke")
-        .env("PORTCULLIS_DATA", data)
-        .env("PUBLIC_PORT", port[0].to_string())
-        .env("ADMIN_PORT", port[1].to_string())
-        .env("PROXY_PORT", port[2].to_string())
-        .env("UPSTREAM_PORT", port[3].to_string())
-        .env("ENVOY_ADMIN_PORT", port[4].to_string())
-        .env("LOGIN_APP_PORT", port[5].to_string())
         .output()
         .expect("running scripts/run.sh");
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
