@@ -1343,16 +1343,7 @@ mod tests {
         );
         assert_eq!(s.get_flow("f").unwrap(), Some(next));
 
-        let rt = |b: u8, chain: &str| StoredRefreshToken {
-            hash: [b; 32],
-            chain: chain.into(),
-            client_id: "c".into(),
-            subject: "s".into(),
-            active: true,
-            used_at: None,
-            json: "{}".into(),
-            expires_at: 100,
-        };
+        let rt = |b: u8, chain: &str| refresh_token(b, key("s", "c", chain), 100);
         s.insert_refresh_token(&rt(1, "ch")).unwrap();
         assert!(
             s.rotate_refresh_token(&[1; 32], &rt(2, "ch"), 50, &StepRows::default())
@@ -1390,6 +1381,20 @@ mod tests {
         }
     }
 
+    /// An active refresh token `[b; 32]` of the chain `key`.
+    fn refresh_token(b: u8, key: ChainKey, expires_at: i64) -> StoredRefreshToken {
+        StoredRefreshToken {
+            hash: [b; 32],
+            chain: key.chain,
+            client_id: key.client_id,
+            subject: key.subject,
+            active: true,
+            used_at: None,
+            json: "{}".into(),
+            expires_at,
+        }
+    }
+
     #[test]
     fn step_rows_commit_with_their_compare_and_set_or_not_at_all() {
         let s = SqliteStore::in_memory().unwrap();
@@ -1405,16 +1410,7 @@ mod tests {
             json: "{}".into(),
             expires_at: 100,
         };
-        let rt = |b: u8| StoredRefreshToken {
-            hash: [b; 32],
-            chain: "ch".into(),
-            client_id: "c".into(),
-            subject: "s".into(),
-            active: true,
-            used_at: None,
-            json: "{}".into(),
-            expires_at: 100,
-        };
+        let rt = |b: u8| refresh_token(b, key("s", "c", "ch"), 100);
         let opaque = |b: u8| StoredOpaqueToken {
             hash: [b; 32],
             client_id: "c".into(),
@@ -1603,16 +1599,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let s = SqliteStore::open(dir.path()).unwrap();
         let far = i64::MAX;
-        let rt = |b: u8, chain: &str| StoredRefreshToken {
-            hash: [b; 32],
-            chain: chain.into(),
-            client_id: "app".into(),
-            subject: "alice".into(),
-            active: true,
-            used_at: None,
-            json: "{}".into(),
-            expires_at: far,
-        };
+        let rt = |b: u8, chain: &str| refresh_token(b, key("alice", "app", chain), far);
         let flow = |stage| StoredFlow {
             id: "f".into(),
             stage,
