@@ -2,7 +2,7 @@
 //! memory so that those reads skip SQLite. Each step of a browser flow reads the row the step
 //! before wrote, and each refresh reads the token the refresh before issued; a reader
 //! connection re-reads every page of such a read from the WAL, because each commit empties
-//! its page cache, and that was a tenth of the request path's work.
+//! its page cache, and that was about a fifth of the request path's work.
 //!
 //! The cache follows the committed database, never anything else: rows enter only from
 //! writes, through the group commit's [`AfterCommit`] hooks, which run on the committer
