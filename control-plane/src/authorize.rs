@@ -6,7 +6,7 @@
 //! verified, errors go to the error page (never to a URI taken from the request); after that,
 //! to the registered URI with `state` (OIDC Core 3.1.2.6).
 
-use crate::browser_session::{self, csrf_cookie_name, secure_cookies, set_cookie};
+use crate::browser_session::{self, csrf_cookie_name, set_cookie};
 use crate::client::{AuthMethod, ClientRecord};
 use crate::clock;
 use crate::flow::{self, CODE_TTL, Flow, LoginResult, LoginSession, Stage, secs};
@@ -371,7 +371,7 @@ async fn start(svc: &Service, headers: &HeaderMap, p: &Params) -> Result<Respons
     }
     let expires = now + secs(svc.config.flows.request_ttl);
     flow::insert(svc, &flow, Stage::LoginRequested, expires).await?;
-    let secure = secure_cookies(&svc.config.issuer);
+    let secure = svc.secure_cookies();
     let mut resp = redirect(
         StatusCode::FOUND,
         &append_query(&login_url, &[("login_challenge", &flow.id)]),
@@ -430,7 +430,7 @@ pub fn establish_login(
     flow: &Flow,
     login: &LoginResult,
 ) -> Result<(Option<HeaderValue>, (String, StoredSession)), OAuth2Error> {
-    let secure = secure_cookies(&svc.config.issuer);
+    let secure = svc.secure_cookies();
     let now = clock::now();
     let lifetime = if login.remember && login.remember_for > 0 {
         login.remember_for

@@ -93,7 +93,7 @@ pub async fn current_login(
     svc: &Service,
     headers: &HeaderMap,
 ) -> Result<Option<LoginSession>, OAuth2Error> {
-    let secure = secure_cookies(&svc.config.issuer);
+    let secure = svc.secure_cookies();
     let Some(cookie) = read_cookie(headers, session_cookie_name(secure)) else {
         return Ok(None);
     };
@@ -156,9 +156,9 @@ pub async fn remembered_consent(
     client_id: &str,
     subject: &str,
 ) -> Result<Option<RememberedConsent>, OAuth2Error> {
-    let store = Arc::clone(&svc.store);
     let key = consent_key(client_id, subject);
-    let Some(row) = blocking(move || store.get_session(CONSENT, &key)).await? else {
+    let Some(row) = crate::store::read(&svc.store, move |s| s.get_session(CONSENT, &key)).await?
+    else {
         return Ok(None);
     };
     if row.expires_at <= clock::now() {

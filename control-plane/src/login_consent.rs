@@ -391,7 +391,7 @@ pub async fn login_verified(
         )
         .to_client(&flow.redirect_uri, &flow.state));
     }
-    let secure = browser_session::secure_cookies(&svc.config.issuer);
+    let secure = svc.secure_cookies();
     let mut resp = redirect(
         StatusCode::FOUND,
         &append_query(&consent_url, &[("consent_challenge", &consent_challenge)]),

@@ -8,7 +8,7 @@
 //! why stages and compare-and-set make every step single-use).
 
 use crate::authorize::error_url;
-use crate::browser_session::{self, secure_cookies, session_cookie_name, set_cookie};
+use crate::browser_session::{self, session_cookie_name, set_cookie};
 use crate::clock;
 use crate::flow::{self, secs};
 use crate::oauth2_error::{ErrorCode, OAuth2Error, append_query, redirect};
@@ -260,7 +260,7 @@ async fn finish(svc: &Arc<Service>, verifier: &str) -> Result<Response, OAuth2Er
     } else {
         crate::frontchannel_logout::page(&frames, &to)
     };
-    let secure = secure_cookies(&svc.config.issuer);
+    let secure = svc.secure_cookies();
     resp.headers_mut().append(
         header::SET_COOKIE,
         set_cookie(session_cookie_name(secure), "", Some(0), secure),

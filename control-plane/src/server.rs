@@ -175,6 +175,9 @@ pub struct Service {
     /// Whether what is in memory follows the store: always with the embedded store; with a
     /// shared one only while its change feed is connected (see [`Self::require_current`]).
     current: AtomicBool,
+    /// Whether browser cookies get `Secure` (see [`crate::browser_session::secure_cookies`]); decided
+    /// once from the issuer rather than by parsing it on every browser request.
+    secure_cookies: bool,
 }
 
 impl Service {
@@ -225,6 +228,7 @@ impl Service {
         let revoked = store.list_revocations(clock::now())?.into_iter().collect();
         let shared = store.shared();
         let jwks_fetcher = crate::jwks_uri::JwksFetcher::new(config.allow_private_jwks_uri);
+        let secure_cookies = crate::browser_session::secure_cookies(&config.issuer);
         let svc = Arc::new(Self {
             config,
             store,
@@ -236,6 +240,7 @@ impl Service {
             backchannel: crate::backchannel_logout::Notifier::new(),
             revoked: RwLock::new(revoked),
             current: AtomicBool::new(!shared),
+            secure_cookies,
         });
         if shared {
             let weak = Arc::downgrade(&svc);
@@ -312,6 +317,11 @@ impl Service {
         }
         self.current.store(true, Ordering::SeqCst);
         Ok(())
+    }
+
+    /// Whether browser cookies carry `Secure`: not for a plain-http loopback issuer.
+    pub fn secure_cookies(&self) -> bool {
+        self.secure_cookies
     }
 
     /// Fails with 503 while this replica may be serving stale clients, keys or revocations: a
