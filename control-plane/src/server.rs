@@ -175,8 +175,8 @@ pub struct Service {
     /// Whether what is in memory follows the store: always with the embedded store; with a
     /// shared one only while its change feed is connected (see [`Self::require_current`]).
     current: AtomicBool,
-    /// Whether browser cookies get `Secure` (see [`crate::browser_session::secure_cookies`]); decided
-    /// once from the issuer rather than by parsing it on every browser request.
+    /// Whether browser cookies get `Secure` (see [`crate::browser_session::secure_cookies`]);
+    /// decided once from the issuer rather than by parsing it on every browser request.
     secure_cookies: bool,
 }
 
