@@ -5,7 +5,6 @@
 
 use crate::client::ClientRecord;
 use crate::clock;
-use crate::crypto::sha256;
 use crate::flow::secs;
 use crate::grant_tokens::{self, Lifetimes, REFRESH_PREFIX, RefreshState};
 use crate::oauth2_error::{ErrorCode, OAuth2Error};
@@ -22,7 +21,7 @@ fn invalid_grant(d: impl Into<String>) -> OAuth2Error {
 /// RFC 7009 for a refresh token: revokes its whole grant (every refresh token of the chain and
 /// the access tokens issued with them), as Hydra. Unknown tokens are no error.
 pub async fn revoke(svc: &Service, client: &ClientRecord, token: &str) -> Result<(), OAuth2Error> {
-    let hash = sha256(token.as_bytes());
+    let hash = grant_tokens::refresh_token_key(token);
     let store = Arc::clone(&svc.store);
     let Some(row) = tokio::task::spawn_blocking(move || store.get_refresh_token(&hash))
         .await
@@ -57,7 +56,7 @@ pub async fn exchange(
     if !token.starts_with(REFRESH_PREFIX) {
         return Err(unknown());
     }
-    let hash = sha256(token.as_bytes());
+    let hash = grant_tokens::refresh_token_key(token);
     let row = store::read(&svc.store, move |s| s.get_refresh_token(&hash))
         .await?
         .ok_or_else(unknown)?;

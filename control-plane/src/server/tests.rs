@@ -1584,3 +1584,65 @@ async fn userinfo_rows_only_for_access_tokens_the_refresh_chain_does_not_cover()
     assert_eq!(chain_of_jti("8b9a0f1e-4c1d-4f7a-9a57-2f4a1c0b9d11"), None);
     assert_eq!(chain_of_jti(".x"), None);
 }
+
+/// Refresh tokens issued before their store key was led by the issue time (32 random bytes,
+/// stored under their plain SHA-256) keep working after an upgrade: they rotate into tokens of
+/// the new form, and their reuse still revokes the chain.
+#[tokio::test]
+async fn refresh_tokens_stored_under_their_plain_hash_still_rotate() {
+    use crate::crypto::{b64url, sha256};
+    use crate::grant_tokens::{Grant, Lifetimes, REFRESH_PREFIX, mint, refresh_token_key};
+    let h = harness(Alg::ES256);
+    let c = create(
+        &h,
+        json!({"grant_types": ["authorization_code", "refresh_token"],
+               "scope": "openid offline", "redirect_uris": ["https://rp.example/cb"]}),
+    )
+    .await;
+    let (id, secret) = (
+        c["client_id"].as_str().unwrap(),
+        c["client_secret"].as_str().unwrap(),
+    );
+    let client = h.svc.clients.lookup(id).unwrap();
+    let grant = Grant {
+        grant_id: "grant-legacy".into(),
+        client_id: id.into(),
+        subject: "alice".into(),
+        scopes: vec!["openid".into(), "offline".into()],
+        ..Grant::default()
+    };
+    let life = Lifetimes {
+        access: 3600,
+        id: 60,
+        refresh: 3600,
+    };
+    let mut row = mint(&h.svc, &client, &grant, life)
+        .unwrap()
+        .refresh_row
+        .unwrap();
+    let legacy = format!("{REFRESH_PREFIX}{}", b64url(&[5u8; 32]));
+    row.hash = sha256(legacy.as_bytes());
+    assert_eq!(refresh_token_key(&legacy), row.hash);
+    h.svc.store.insert_refresh_token(&row).unwrap();
+
+    let refresh = |token: &str| {
+        form(
+            "/oauth2/token",
+            &format!("grant_type=refresh_token&refresh_token={token}"),
+            Some((id, secret)),
+        )
+    };
+    let r = send(&h.public, refresh(&legacy)).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let next = r.body["refresh_token"].as_str().unwrap().to_string();
+    let next_key = refresh_token_key(&next);
+    assert_ne!(next_key, sha256(next.as_bytes()), "a token of the new form");
+    assert!(h.svc.store.get_refresh_token(&next_key).unwrap().is_some());
+
+    // The rotated-out legacy token is reuse: the chain, with its new token, is revoked.
+    let r = send(&h.public, refresh(&legacy)).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.body);
+    assert_eq!(r.body["error"], "invalid_grant");
+    let r = send(&h.public, refresh(&next)).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.body);
+}
