@@ -1517,6 +1517,16 @@ async fn admin_hosts_adds_names() {
 
 mod id_token_keys;
 
+/// A confidential client for people: authorization code and refresh tokens, `openid offline`.
+async fn create_person_client(h: &Harness) -> Value {
+    create(
+        h,
+        json!({"grant_types": ["authorization_code", "refresh_token"],
+               "scope": "openid offline", "redirect_uris": ["https://rp.example/cb"]}),
+    )
+    .await
+}
+
 /// A JWT issued with a refresh token that outlives it names its grant, so that neither the
 /// code exchange nor a refresh writes a `/userinfo` row for it; any other JWT of a person
 /// gets its own row, or `/userinfo` could not answer for it once the refresh chain is gone.
@@ -1524,12 +1534,7 @@ mod id_token_keys;
 async fn userinfo_rows_only_for_access_tokens_the_refresh_chain_does_not_cover() {
     use crate::grant_tokens::{Grant, IssuedAccess, Lifetimes, chain_of_jti, mint};
     let h = harness(Alg::ES256);
-    let c = create(
-        &h,
-        json!({"grant_types": ["authorization_code", "refresh_token"],
-               "scope": "openid offline", "redirect_uris": ["https://rp.example/cb"]}),
-    )
-    .await;
+    let c = create_person_client(&h).await;
     let client = h
         .svc
         .clients
@@ -1593,12 +1598,7 @@ async fn refresh_tokens_stored_under_their_plain_hash_still_rotate() {
     use crate::crypto::{b64url, sha256};
     use crate::grant_tokens::{Grant, Lifetimes, REFRESH_PREFIX, mint, refresh_token_key};
     let h = harness(Alg::ES256);
-    let c = create(
-        &h,
-        json!({"grant_types": ["authorization_code", "refresh_token"],
-               "scope": "openid offline", "redirect_uris": ["https://rp.example/cb"]}),
-    )
-    .await;
+    let c = create_person_client(&h).await;
     let (id, secret) = (
         c["client_id"].as_str().unwrap(),
         c["client_secret"].as_str().unwrap(),
