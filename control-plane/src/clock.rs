@@ -11,6 +11,14 @@ pub fn now() -> i64 {
         .unwrap_or(0)
 }
 
+/// Microseconds since the Unix epoch (0 if the clock is before 1970).
+pub fn now_micros() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
 /// `2026-11-29T04:05:06Z` for Unix seconds.
 pub fn rfc3339(secs: i64) -> String {
     let days = secs.div_euclid(86_400);

@@ -30,10 +30,7 @@ const ISSUE_ORDER_LEN: usize = 8;
 /// A new refresh token: [`REFRESH_PREFIX`], then base64url of the time it was made (8 bytes,
 /// big-endian microseconds) and 32 random bytes.
 fn new_refresh_token() -> Result<String, OAuth2Error> {
-    let micros = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX));
-    refresh_token_issued_at(micros)
+    refresh_token_issued_at(clock::now_micros())
 }
 
 fn refresh_token_issued_at(micros: u64) -> Result<String, OAuth2Error> {
