@@ -30,10 +30,10 @@ const ISSUE_ORDER_LEN: usize = 8;
 /// A new refresh token: [`REFRESH_PREFIX`], then base64url of the time it was made (8 bytes,
 /// big-endian microseconds) and 32 random bytes.
 fn new_refresh_token() -> Result<String, OAuth2Error> {
-    refresh_token_issued_at(clock::now_micros())
+    new_refresh_token_at(clock::now_micros())
 }
 
-fn refresh_token_issued_at(micros: u64) -> Result<String, OAuth2Error> {
+fn new_refresh_token_at(micros: u64) -> Result<String, OAuth2Error> {
     let secret = random_bytes::<32>().map_err(OAuth2Error::server_error)?;
     let mut raw = [0u8; ISSUE_ORDER_LEN + 32];
     raw[..ISSUE_ORDER_LEN].copy_from_slice(&micros.to_be_bytes());
@@ -49,14 +49,24 @@ fn refresh_token_issued_at(micros: u64) -> Result<String, OAuth2Error> {
 /// issued before the order was added (32 random bytes) keep their plain hash.
 pub fn refresh_token_key(token: &str) -> [u8; 32] {
     let mut key = sha256(token.as_bytes());
-    let order = token
-        .strip_prefix(REFRESH_PREFIX)
-        .and_then(b64url_decode)
-        .filter(|raw| raw.len() == ISSUE_ORDER_LEN + 32);
-    if let Some(raw) = order {
-        key[..ISSUE_ORDER_LEN].copy_from_slice(&raw[..ISSUE_ORDER_LEN]);
+    if let Some(order) = issue_order(token) {
+        key[..ISSUE_ORDER_LEN].copy_from_slice(&order);
     }
     key
+}
+
+/// When a refresh token was issued (Unix seconds), for tokens that say so.
+pub fn refresh_token_issued_at(token: &str) -> Option<i64> {
+    let micros = u64::from_be_bytes(issue_order(token)?);
+    i64::try_from(micros / 1_000_000).ok()
+}
+
+fn issue_order(token: &str) -> Option<[u8; ISSUE_ORDER_LEN]> {
+    let raw = b64url_decode(token.strip_prefix(REFRESH_PREFIX)?)?;
+    if raw.len() != ISSUE_ORDER_LEN + 32 {
+        return None;
+    }
+    raw[..ISSUE_ORDER_LEN].try_into().ok()
 }
 
 /// Separates the grant's id from the random part in the `jti` of a JWT access token backed
@@ -426,7 +436,7 @@ mod tests {
             1_796_000_001_000_000,
         ]
         .into_iter()
-        .map(|t| refresh_token_key(&refresh_token_issued_at(t).unwrap()))
+        .map(|t| refresh_token_key(&new_refresh_token_at(t).unwrap()))
         .collect();
         assert!(keys.windows(2).all(|w| w[0] < w[1]), "{keys:?}");
     }
@@ -436,6 +446,7 @@ mod tests {
         // As issued before the order was added: 32 random bytes.
         let legacy = format!("{REFRESH_PREFIX}{}", b64url(&[7u8; 32]));
         assert_eq!(refresh_token_key(&legacy), sha256(legacy.as_bytes()));
+        assert_eq!(refresh_token_issued_at(&legacy), None);
         // Anything else that is not a token of ours is only hashed too.
         for other in [
             "",
@@ -446,6 +457,12 @@ mod tests {
         ] {
             assert_eq!(refresh_token_key(other), sha256(other.as_bytes()));
         }
+    }
+
+    #[test]
+    fn a_refresh_token_says_when_it_was_issued() {
+        let token = new_refresh_token_at(1_796_000_001_999_999).unwrap();
+        assert_eq!(refresh_token_issued_at(&token), Some(1_796_000_001));
     }
 
     #[test]

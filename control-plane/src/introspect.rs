@@ -1,5 +1,8 @@
 //! Token introspection (RFC 7662, `POST /admin/oauth2/introspect`): JWTs are checked against
 //! our own keys and the revocation list in memory; opaque tokens are looked up by hash.
+//! Refresh tokens are introspected too, as Hydra does ("both refresh and access"), with
+//! `token_use: refresh_token`: gateways (Oathkeeper's `oauth2_introspection`, the filter) refuse
+//! those as bearer tokens. [`inspect`] itself knows access tokens only.
 
 use crate::clock;
 use crate::crypto::{b64url_decode, sha256};
@@ -166,6 +169,45 @@ pub async fn inspect(svc: &Service, token: &str) -> Result<Option<ActiveToken>, 
     }
 }
 
+/// A refresh token as introspection shows it: redeemable (active, or rotated out within the
+/// grace period), unexpired, and issued to the current incarnation of its client.
+async fn inspect_refresh(
+    svc: &Service,
+    token: &str,
+    now: i64,
+) -> Result<Option<ActiveToken>, OAuth2Error> {
+    svc.require_current()?;
+    let key = crate::grant_tokens::refresh_token_key(token);
+    let Some(row) = crate::store::read(&svc.store, move |s| s.get_refresh_token(&key)).await?
+    else {
+        return Ok(None);
+    };
+    if !(row.active || crate::refresh::in_grace(svc, &row, now)) || row.expires_at <= now {
+        return Ok(None);
+    }
+    let Ok(state) = serde_json::from_str::<crate::grant_tokens::RefreshState>(&row.json) else {
+        return Ok(None);
+    };
+    let grant = state.grant;
+    // Tokens from before the issue time was in the token: their grant's time, which is no later.
+    let iat = crate::grant_tokens::refresh_token_issued_at(token).unwrap_or(grant.requested_at);
+    if !issued_to_current_client(svc, &row.client_id, iat) {
+        return Ok(None);
+    }
+    Ok(Some(ActiveToken {
+        sub: grant.subject,
+        client_id: row.client_id,
+        scopes: grant.scopes,
+        audience: grant.audience,
+        exp: row.expires_at,
+        iat,
+        nbf: iat,
+        jti: None,
+        kid: None,
+        ext: grant.access_token_claims,
+    }))
+}
+
 #[derive(Serialize)]
 struct Active<'a> {
     active: bool,
@@ -177,7 +219,9 @@ struct Active<'a> {
     nbf: i64,
     aud: &'a [String],
     iss: &'a str,
-    token_type: &'static str,
+    /// `Bearer` for access tokens; none for refresh tokens (as Hydra).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    token_type: Option<&'static str>,
     token_use: &'static str,
     #[serde(skip_serializing_if = "Value::is_null")]
     ext: &'a Value,
@@ -194,7 +238,13 @@ pub async fn introspect_endpoint(
         .get("scope")?
         .map(|s| s.split_whitespace().map(str::to_string).collect())
         .unwrap_or_default();
-    let found = inspect(&svc, token).await?.filter(|t| {
+    let refresh = token.starts_with(crate::grant_tokens::REFRESH_PREFIX);
+    let found = if refresh {
+        inspect_refresh(&svc, token, clock::now()).await?
+    } else {
+        inspect(&svc, token).await?
+    };
+    let found = found.filter(|t| {
         svc.config
             .scope_strategy
             .all_satisfied(&t.scopes, &required)
@@ -212,8 +262,12 @@ pub async fn introspect_endpoint(
             nbf: t.nbf,
             aud: &t.audience,
             iss: &svc.config.issuer,
-            token_type: "Bearer",
-            token_use: "access_token",
+            token_type: (!refresh).then_some("Bearer"),
+            token_use: if refresh {
+                "refresh_token"
+            } else {
+                "access_token"
+            },
             ext: &t.ext,
         })
         .into_response(),

@@ -10,9 +10,16 @@ use crate::grant_tokens::{self, Lifetimes, REFRESH_PREFIX, RefreshState};
 use crate::oauth2_error::{ErrorCode, OAuth2Error};
 use crate::request::Params;
 use crate::server::Service;
-use crate::store;
+use crate::store::{self, StoredRefreshToken};
 use axum::response::Response;
 use std::sync::Arc;
+
+/// Whether a rotated-out refresh token still works: used within the grace period
+/// (`--refresh-token-rotation-grace-period`, Hydra's `rotation_grace_period`).
+pub fn in_grace(svc: &Service, row: &StoredRefreshToken, now: i64) -> bool {
+    let grace = secs(svc.config.flows.refresh_grace_period);
+    !row.active && grace > 0 && row.used_at.is_some_and(|u| u.saturating_add(grace) > now)
+}
 
 fn invalid_grant(d: impl Into<String>) -> OAuth2Error {
     OAuth2Error::new(ErrorCode::InvalidGrant, d)
@@ -66,9 +73,7 @@ pub async fn exchange(
         ));
     }
     let now = clock::now();
-    let grace = secs(svc.config.flows.refresh_grace_period);
-    let in_grace =
-        !row.active && grace > 0 && row.used_at.is_some_and(|u| u.saturating_add(grace) > now);
+    let in_grace = in_grace(svc, &row, now);
     if !row.active && !in_grace {
         grant_tokens::revoke_grant(svc, row.chain_key(), &[]).await?;
         return Err(invalid_grant(

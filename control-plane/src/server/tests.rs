@@ -1590,27 +1590,32 @@ async fn userinfo_rows_only_for_access_tokens_the_refresh_chain_does_not_cover()
     assert_eq!(chain_of_jti(".x"), None);
 }
 
+/// A person client's id and secret, and a grant of `openid offline` to alice through it.
+async fn person_grant(h: &Harness, grant_id: &str) -> (String, String, crate::grant_tokens::Grant) {
+    let c = create_person_client(h).await;
+    let id = c["client_id"].as_str().unwrap().to_string();
+    let grant = crate::grant_tokens::Grant {
+        grant_id: grant_id.into(),
+        client_id: id.clone(),
+        subject: "alice".into(),
+        scopes: vec!["openid".into(), "offline".into()],
+        requested_at: crate::clock::now(),
+        ..Default::default()
+    };
+    (id, c["client_secret"].as_str().unwrap().to_string(), grant)
+}
+
 /// Refresh tokens issued before their store key was led by the issue time (32 random bytes,
 /// stored under their plain SHA-256) keep working after an upgrade: they rotate into tokens of
 /// the new form, and their reuse still revokes the chain.
 #[tokio::test]
 async fn refresh_tokens_stored_under_their_plain_hash_still_rotate() {
     use crate::crypto::{b64url, sha256};
-    use crate::grant_tokens::{Grant, Lifetimes, REFRESH_PREFIX, mint, refresh_token_key};
+    use crate::grant_tokens::{Lifetimes, REFRESH_PREFIX, mint, refresh_token_key};
     let h = harness(Alg::ES256);
-    let c = create_person_client(&h).await;
-    let (id, secret) = (
-        c["client_id"].as_str().unwrap(),
-        c["client_secret"].as_str().unwrap(),
-    );
+    let (id, secret, grant) = person_grant(&h, "grant-legacy").await;
+    let (id, secret) = (id.as_str(), secret.as_str());
     let client = h.svc.clients.lookup(id).unwrap();
-    let grant = Grant {
-        grant_id: "grant-legacy".into(),
-        client_id: id.into(),
-        subject: "alice".into(),
-        scopes: vec!["openid".into(), "offline".into()],
-        ..Grant::default()
-    };
     let life = Lifetimes {
         access: 3600,
         id: 60,
@@ -1645,4 +1650,81 @@ async fn refresh_tokens_stored_under_their_plain_hash_still_rotate() {
     assert_eq!(r.body["error"], "invalid_grant");
     let r = send(&h.public, refresh(&next)).await;
     assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.body);
+}
+
+/// Hydra introspects refresh tokens too (`token_use: refresh_token`, no `token_type`): active
+/// while redeemable, inactive once rotated out, and filtered by `scope` as access tokens are.
+#[tokio::test]
+async fn refresh_tokens_introspect_as_hydra_does() {
+    use crate::grant_tokens::{Grant, Lifetimes, mint};
+    let h = harness(Alg::ES256);
+    let (id, secret, grant) = person_grant(&h, "grant-introspected").await;
+    let (id, secret) = (id.as_str(), secret.as_str());
+    let client = h.svc.clients.lookup(id).unwrap();
+    let grant = Grant {
+        audience: vec!["api".into()],
+        access_token_claims: json!({"tier": "gold"}),
+        ..grant
+    };
+    let life = Lifetimes {
+        access: 3600,
+        id: 60,
+        refresh: 7200,
+    };
+    let issued = mint(&h.svc, &client, &grant, life).unwrap();
+    let row = issued.refresh_row.clone().unwrap();
+    h.svc.store.insert_refresh_token(&row).unwrap();
+    let token = issued.refresh_token.unwrap();
+    let introspect = |body: String| form("/admin/oauth2/introspect", &body, None);
+
+    let before = crate::clock::now();
+    let r = send(&h.admin, introspect(format!("token={token}"))).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let i = &r.body;
+    assert_eq!(i["active"], true, "{i}");
+    assert_eq!(i["token_use"], "refresh_token");
+    assert!(i.get("token_type").is_none(), "{i}");
+    assert_eq!(i["sub"], "alice");
+    assert_eq!(i["client_id"], id);
+    assert_eq!(i["scope"], "openid offline");
+    assert_eq!(i["aud"], json!(["api"]));
+    assert_eq!(i["ext"], json!({"tier": "gold"}));
+    assert_eq!(i["exp"], row.expires_at);
+    let iat = i["iat"].as_i64().unwrap();
+    assert!((before - 60..=before + 60).contains(&iat), "{i}");
+
+    let r = send(&h.admin, introspect(format!("token={token}&scope=openid"))).await;
+    assert_eq!(r.body["active"], true);
+    let r = send(&h.admin, introspect(format!("token={token}&scope=admin"))).await;
+    assert_eq!(r.body, json!({"active": false}));
+    // The access token of the same grant is still an access token.
+    let r = send(
+        &h.admin,
+        introspect(format!("token={}", issued.access_token)),
+    )
+    .await;
+    assert_eq!(r.body["token_use"], "access_token");
+    assert_eq!(r.body["token_type"], "Bearer");
+
+    // Rotated out: inactive; its successor is active.
+    let r = send(
+        &h.public,
+        form(
+            "/oauth2/token",
+            &format!("grant_type=refresh_token&refresh_token={token}"),
+            Some((id, secret)),
+        ),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let next = r.body["refresh_token"].as_str().unwrap().to_string();
+    let r = send(&h.admin, introspect(format!("token={token}"))).await;
+    assert_eq!(r.body, json!({"active": false}));
+    let r = send(&h.admin, introspect(format!("token={next}"))).await;
+    assert_eq!(r.body["active"], true);
+    assert_eq!(r.body["token_use"], "refresh_token");
+    for unknown in ["ory_rt_", "ory_rt_nope", &format!("{next}x")] {
+        let r = send(&h.admin, introspect(format!("token={unknown}"))).await;
+        assert_eq!(r.body, json!({"active": false}), "{unknown}");
+    }
 }
