@@ -1605,6 +1605,15 @@ async fn person_grant(h: &Harness, grant_id: &str) -> (String, String, crate::gr
     (id, c["client_secret"].as_str().unwrap().to_string(), grant)
 }
 
+/// `POST /oauth2/token` redeeming `token` as the client `(id, secret)`.
+fn refresh_grant(token: &str, client: (&str, &str)) -> Request<Body> {
+    form(
+        "/oauth2/token",
+        &format!("grant_type=refresh_token&refresh_token={token}"),
+        Some(client),
+    )
+}
+
 /// Refresh tokens issued before their store key was led by the issue time (32 random bytes,
 /// stored under their plain SHA-256) keep working after an upgrade: they rotate into tokens of
 /// the new form, and their reuse still revokes the chain.
@@ -1630,13 +1639,7 @@ async fn refresh_tokens_stored_under_their_plain_hash_still_rotate() {
     assert_eq!(refresh_token_key(&legacy), row.hash);
     h.svc.store.insert_refresh_token(&row).unwrap();
 
-    let refresh = |token: &str| {
-        form(
-            "/oauth2/token",
-            &format!("grant_type=refresh_token&refresh_token={token}"),
-            Some((id, secret)),
-        )
-    };
+    let refresh = |token: &str| refresh_grant(token, (id, secret));
     let r = send(&h.public, refresh(&legacy)).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
     let next = r.body["refresh_token"].as_str().unwrap().to_string();
@@ -1707,15 +1710,7 @@ async fn refresh_tokens_introspect_as_hydra_does() {
     assert_eq!(r.body["token_type"], "Bearer");
 
     // Rotated out: inactive; its successor is active.
-    let r = send(
-        &h.public,
-        form(
-            "/oauth2/token",
-            &format!("grant_type=refresh_token&refresh_token={token}"),
-            Some((id, secret)),
-        ),
-    )
-    .await;
+    let r = send(&h.public, refresh_grant(&token, (id, secret))).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
     let next = r.body["refresh_token"].as_str().unwrap().to_string();
     let r = send(&h.admin, introspect(format!("token={token}"))).await;
