@@ -29,11 +29,7 @@ fn invalid_grant(d: impl Into<String>) -> OAuth2Error {
 /// the access tokens issued with them), as Hydra. Unknown tokens are no error.
 pub async fn revoke(svc: &Service, client: &ClientRecord, token: &str) -> Result<(), OAuth2Error> {
     let hash = grant_tokens::refresh_token_key(token);
-    let store = Arc::clone(&svc.store);
-    let Some(row) = tokio::task::spawn_blocking(move || store.get_refresh_token(&hash))
-        .await
-        .map_err(OAuth2Error::server_error)??
-    else {
+    let Some(row) = store::read(&svc.store, move |s| s.get_refresh_token(&hash)).await? else {
         return Ok(());
     };
     if row.client_id != client.client.client_id {

@@ -1605,6 +1605,17 @@ async fn person_grant(h: &Harness, grant_id: &str) -> (String, String, crate::gr
     (id, c["client_secret"].as_str().unwrap().to_string(), grant)
 }
 
+/// The tokens of `grant` (an hour's access token, a two-hour refresh token), minted for its client.
+fn mint_grant(h: &Harness, grant: &crate::grant_tokens::Grant) -> crate::grant_tokens::Issued {
+    let client = h.svc.clients.lookup(&grant.client_id).unwrap();
+    let life = crate::grant_tokens::Lifetimes {
+        access: 3600,
+        id: 60,
+        refresh: 7200,
+    };
+    crate::grant_tokens::mint(&h.svc, &client, grant, life).unwrap()
+}
+
 /// `POST /oauth2/token` redeeming `token` as the client `(id, secret)`.
 fn refresh_grant(token: &str, client: (&str, &str)) -> Request<Body> {
     form(
@@ -1620,20 +1631,11 @@ fn refresh_grant(token: &str, client: (&str, &str)) -> Request<Body> {
 #[tokio::test]
 async fn refresh_tokens_stored_under_their_plain_hash_still_rotate() {
     use crate::crypto::{b64url, sha256};
-    use crate::grant_tokens::{Lifetimes, REFRESH_PREFIX, mint, refresh_token_key};
+    use crate::grant_tokens::{REFRESH_PREFIX, refresh_token_key};
     let h = harness(Alg::ES256);
     let (id, secret, grant) = person_grant(&h, "grant-legacy").await;
     let (id, secret) = (id.as_str(), secret.as_str());
-    let client = h.svc.clients.lookup(id).unwrap();
-    let life = Lifetimes {
-        access: 3600,
-        id: 60,
-        refresh: 3600,
-    };
-    let mut row = mint(&h.svc, &client, &grant, life)
-        .unwrap()
-        .refresh_row
-        .unwrap();
+    let mut row = mint_grant(&h, &grant).refresh_row.unwrap();
     let legacy = format!("{REFRESH_PREFIX}{}", b64url(&[5u8; 32]));
     row.hash = sha256(legacy.as_bytes());
     assert_eq!(refresh_token_key(&legacy), row.hash);
@@ -1659,22 +1661,16 @@ async fn refresh_tokens_stored_under_their_plain_hash_still_rotate() {
 /// while redeemable, inactive once rotated out, and filtered by `scope` as access tokens are.
 #[tokio::test]
 async fn refresh_tokens_introspect_as_hydra_does() {
-    use crate::grant_tokens::{Grant, Lifetimes, mint};
+    use crate::grant_tokens::Grant;
     let h = harness(Alg::ES256);
     let (id, secret, grant) = person_grant(&h, "grant-introspected").await;
     let (id, secret) = (id.as_str(), secret.as_str());
-    let client = h.svc.clients.lookup(id).unwrap();
     let grant = Grant {
         audience: vec!["api".into()],
         access_token_claims: json!({"tier": "gold"}),
         ..grant
     };
-    let life = Lifetimes {
-        access: 3600,
-        id: 60,
-        refresh: 7200,
-    };
-    let issued = mint(&h.svc, &client, &grant, life).unwrap();
+    let issued = mint_grant(&h, &grant);
     let row = issued.refresh_row.clone().unwrap();
     h.svc.store.insert_refresh_token(&row).unwrap();
     let token = issued.refresh_token.unwrap();
