@@ -16,7 +16,7 @@ export ENVOY_BIN        ?= $(VENV)/bin/envoy
 export PORTCULLIS_WASM  ?= $(DIST)/filter.wasm
 export PORTCULLIS_NOOP_WASM ?= $(DIST)/noop.wasm
 
-.PHONY: help envoy browser postgres wasm wasm-target wasm-filter wasm-noop test fmt clean bench bench-filter bench-edit bench-tokens bench-core run console-wasm wasm-bindgen-cli node binaryen tester-wasm-test fuzz fuzz-corpus fuzz-brief soak
+.PHONY: help envoy browser postgres wasm wasm-target wasm-filter wasm-noop wasm-noop-probe test fmt clean bench bench-filter bench-edit bench-tokens bench-core run console-wasm wasm-bindgen-cli node binaryen tester-wasm-test fuzz fuzz-corpus fuzz-brief soak
 
 help:
 	@echo "make run           control plane + Envoy with the filter + sample upstream, on loopback"
@@ -129,10 +129,17 @@ wasm-noop: wasm-target
 	@mkdir -p $(DIST)
 	cp $(WASM_OUT)/portcullis_bench_noop.wasm $(DIST)/noop.wasm
 
+# The no-op module plus the core's configuration compiler behind an export no host calls: the
+# memory table's evidence that Envoy's V8 compiles code whether or not it runs.
+wasm-noop-probe: wasm-target
+	cargo build -p portcullis-bench-noop --features core-probe --target $(WASM_TARGET) --profile wasm
+	@mkdir -p $(DIST)
+	cp $(WASM_OUT)/portcullis_bench_noop.wasm $(DIST)/noop-probe.wasm
+
 test: wasm-target
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets -- -D warnings
-	cargo clippy -p portcullis-filter -p portcullis-core -p portcullis-bench-noop --target $(WASM_TARGET) -- -D warnings
+	cargo clippy -p portcullis-filter -p portcullis-core -p portcullis-bench-noop --features portcullis-bench-noop/core-probe --target $(WASM_TARGET) -- -D warnings
 	$(MAKE) --no-print-directory wasm
 	$(MAKE) --no-print-directory envoy
 	$(MAKE) --no-print-directory browser
@@ -147,7 +154,7 @@ fmt:
 
 bench: bench-filter bench-tokens
 
-bench-filter: wasm-noop envoy
+bench-filter: wasm-noop wasm-noop-probe envoy
 	bench/filter/run.sh
 	$(MAKE) --no-print-directory bench-edit
 

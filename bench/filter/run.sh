@@ -16,8 +16,10 @@
 # Host: BENCH_HOST, whatever the variant.
 # Targets (issues 2, 13, 10): e >= 0.9 x b, f >= 0.9 x c, h >= 0.8 x e.
 # Then a memory table (issue 13): Envoy's RSS with 2 workers after 200 requests, one Envoy per
-# row: no filter, the no-op module, Portcullis with 100 and with 1,000 rules (BENCH_MEMORY_RULES,
-# default "100 1000"). BENCH_MEMORY=0 skips it; BENCH_MEMORY=only runs nothing else.
+# row: no filter, the no-op module, the no-op module carrying the core's configuration compiler
+# behind an export no host calls (`make wasm-noop-probe`: what code costs even if it never runs),
+# Portcullis with 100 and with 1,000 rules (BENCH_MEMORY_RULES, default "100 1000").
+# BENCH_MEMORY=0 skips it; BENCH_MEMORY=only runs nothing else.
 # Between them, 1,000 ÷ 1 rules for each rule shape (Kyma's, host-literal, any host, glob; target
 # >= 0.9): BENCH_SCALING=0 skips it, BENCH_SCALING=only runs nothing else; SCALING_RULES (1000).
 # Knobs: BENCH_DURATION (s, default 5), BENCH_ROUNDS (default 3), BENCH_VARIANTS (e.g. "b e" to
@@ -35,6 +37,7 @@ NTOKENS=${BENCH_TOKENS:-12000}
 CONNECTIONS=16
 ENVOY=${ENVOY_BIN:-$ROOT/.venv/bin/envoy}
 NOOP_WASM=${PORTCULLIS_NOOP_WASM:-$ROOT/dist/noop.wasm}
+PROBE_WASM=$ROOT/dist/noop-probe.wasm
 FILTER_WASM=${PORTCULLIS_WASM:-$ROOT/dist/filter.wasm}
 BENCH_HOST=bench.shop.svc.cluster.local
 export BENCH_HOST
@@ -100,8 +103,8 @@ print(" ".join(str(s.getsockname()[1]) for s in socks))' "$1"
 
 # One row of the memory table: Envoy with 2 workers and only variant $1's listener ($2 rules for
 # Portcullis), 200 requests on fresh connections (so both workers' VMs take part), then VmRSS.
-memory_row() { # variant rules -> MB
-  local v=$1 n=$2 dir=$WORK/memory-$1-$2 pid port code rss
+memory_row() { # variant rules [dir-suffix] -> MB
+  local v=$1 n=$2 dir=$WORK/memory-$1-$2${3:+-$3} pid port code rss
   local -A index=([nofilter]=0 [noop]=1 [portcullis]=4)
   mkdir -p "$dir"
   cp "$TOKDIR/jwks.json" "$dir/jwks.json"
@@ -130,14 +133,23 @@ memory_row() { # variant rules -> MB
 }
 
 memory_table() {
-  local none noop n rss
+  local none noop probe n rss
   local -A target=([100]=15 [1000]=30)
   log "memory: one Envoy per row, 2 workers, 200 requests each"
   none=$(memory_row nofilter 100)
   noop=$(memory_row noop 100)
+  [ -f "$PROBE_WASM" ] || make wasm-noop-probe >"$WORK/wasm-noop-probe.log" 2>&1 || true
+  probe=-
+  [ -f "$PROBE_WASM" ] && probe=$(NOOP_WASM=$PROBE_WASM memory_row noop 100 probe)
   echo
   echo "Envoy RSS (VmRSS), 2 workers, after 200 requests; module $(wc -c <"$FILTER_WASM") bytes"
   printf '  %-32s %6s MB\n' "no filter" "$none" "noop wasm module" "$noop"
+  if [ "$probe" != - ]; then
+    local extra=$(($(wc -c <"$PROBE_WASM") - $(wc -c <"$NOOP_WASM")))
+    printf '  %-32s %6s MB   (%+d over noop for %s more module bytes, never run: %s MB per MB)\n' \
+      "noop + core, never called" "$probe" "$((probe - noop))" "$extra" \
+      "$(awk -v d=$((probe - noop)) -v b="$extra" 'BEGIN { printf "%.0f", d / (b / 1e6) }')"
+  fi
   [ "$HAVE_FILTER" = 1 ] || { echo "  (Portcullis rows skipped: no filter module)"; return 0; }
   for n in ${BENCH_MEMORY_RULES:-100 1000}; do
     rss=$(memory_row portcullis "$n")

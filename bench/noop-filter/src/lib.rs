@@ -4,6 +4,11 @@
 //!
 //! Plugin configuration: the raw bytes are the header value (empty or absent means `noop`).
 //! Host results go through `hostcalls` so that an unexpected status never traps the VM.
+//!
+//! With the `core-probe` feature the module also carries the core's configuration compiler,
+//! reachable only from an export no host calls: Envoy's RSS with that module, against this one,
+//! is what code costs a sidecar whether or not it ever runs (docs/filter.md, "Why the memory
+//! targets are out of reach").
 
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
@@ -67,4 +72,21 @@ impl HttpContext for NoopHttp {
             hostcalls::set_map_value(MapType::HttpRequestHeaders, SET_HEADER, Some(&self.value));
         Action::Continue
     }
+}
+
+/// Never called by any host: it exists so that the linker keeps the core's configuration
+/// compiler (regex compilation, handler and template compilers, serde) in the module.
+#[cfg(feature = "core-probe")]
+#[allow(unsafe_code)] // `no_mangle` is what exports it; the body is safe code.
+#[unsafe(no_mangle)]
+pub extern "C" fn portcullis_core_probe() -> u32 {
+    let bytes = hostcalls::get_buffer(
+        proxy_wasm::types::BufferType::PluginConfiguration,
+        0,
+        usize::MAX,
+    )
+    .ok()
+    .flatten()
+    .unwrap_or_default();
+    u32::from(portcullis_core::config::Engine::from_json(&bytes).is_ok())
 }
