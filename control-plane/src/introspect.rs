@@ -133,12 +133,7 @@ pub async fn inspect_opaque(
     let hash = sha256(token.as_bytes());
     let row = match svc.store.cached_opaque_token(&hash) {
         Some(cached) => Some(cached),
-        None => {
-            let store = Arc::clone(&svc.store);
-            tokio::task::spawn_blocking(move || store.get_opaque_token(&hash))
-                .await
-                .map_err(OAuth2Error::server_error)??
-        }
+        None => crate::store::read(&svc.store, move |s| s.get_opaque_token(&hash)).await?,
     };
     Ok(row
         .filter(|r| r.expires_at > now && issued_to_current_client(svc, &r.client_id, r.issued_at))

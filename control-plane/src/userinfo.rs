@@ -7,7 +7,7 @@ use crate::grant_tokens::{Grant, RefreshState, chain_of_jti};
 use crate::oauth2_error::{ErrorCode, OAuth2Error};
 use crate::request::Params;
 use crate::server::Service;
-use crate::store::{ChainKey, StoredSession};
+use crate::store::{self, ChainKey, StoredSession};
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, Method, header};
@@ -102,7 +102,6 @@ async fn userinfo(
         .ok_or_else(|| invalid_token("The access token is invalid, expired or revoked."))?;
     let not_openid =
         || invalid_token("The access token was not issued to a person with scope openid.");
-    let store = Arc::clone(&svc.store);
     let grant = match active.jti.as_deref().and_then(chain_of_jti) {
         Some(chain) => {
             // The token's own person and client: a chain is found under them only.
@@ -111,9 +110,8 @@ async fn userinfo(
                 client_id: active.client_id.clone(),
                 chain: chain.to_string(),
             };
-            let row = tokio::task::spawn_blocking(move || store.refresh_token_of_chain(&key))
-                .await
-                .map_err(OAuth2Error::server_error)??
+            let row = store::read(&svc.store, move |s| s.refresh_token_of_chain(&key))
+                .await?
                 .ok_or_else(not_openid)?;
             let state: RefreshState =
                 serde_json::from_str(&row.json).map_err(OAuth2Error::server_error)?;
@@ -124,9 +122,8 @@ async fn userinfo(
                 Some(jti) => jti,
                 None => opaque_key(&crate::crypto::sha256(token.as_bytes())),
             };
-            let row = tokio::task::spawn_blocking(move || store.get_session(KIND, &key))
-                .await
-                .map_err(OAuth2Error::server_error)??
+            let row = store::read(&svc.store, move |s| s.get_session(KIND, &key))
+                .await?
                 .filter(|r| r.expires_at > now)
                 .ok_or_else(not_openid)?;
             serde_json::from_str::<Grant>(&row.json).map_err(OAuth2Error::server_error)?
