@@ -79,15 +79,6 @@ pub fn set_cookie(name: &str, value: &str, max_age: Option<i64>, secure: bool) -
     HeaderValue::from_str(&c).unwrap_or_else(|_| HeaderValue::from_static("invalid=; Max-Age=0"))
 }
 
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, crate::store::StoreError> + Send + 'static,
-) -> Result<T, OAuth2Error> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(OAuth2Error::server_error)?
-        .map_err(OAuth2Error::from)
-}
-
 /// The live login session the browser's cookie names, if any.
 pub async fn current_login(
     svc: &Service,
@@ -211,7 +202,7 @@ pub async fn record_participant(
         svc.config.flows.authentication_session_ttl,
     ));
     let subject = subject.to_string();
-    blocking(move || {
+    crate::store::on_blocking_pool(move || {
         let expires_at = store
             .get_session(LOGIN, &p.sid)?
             .map_or(fallback, |s| s.expires_at);
@@ -225,6 +216,7 @@ pub async fn record_participant(
         store.put_session(PARTICIPANT, &row)
     })
     .await
+    .map_err(OAuth2Error::from)
 }
 
 /// Which login sessions to end.
@@ -247,7 +239,7 @@ pub struct Ended {
 /// records too), so that they can be told.
 pub async fn end_logins(svc: &Service, which: Logins) -> Result<Ended, OAuth2Error> {
     let store = Arc::clone(&svc.store);
-    blocking(move || {
+    crate::store::on_blocking_pool(move || {
         let (subject, sid) = match which {
             Logins::Session(sid) => {
                 let Some(row) = store.get_session(LOGIN, &sid)? else {
@@ -280,6 +272,7 @@ pub async fn end_logins(svc: &Service, which: Logins) -> Result<Ended, OAuth2Err
         })
     })
     .await
+    .map_err(OAuth2Error::from)
 }
 
 #[cfg(test)]

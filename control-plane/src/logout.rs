@@ -60,15 +60,6 @@ fn post_logout_default(svc: &Service) -> String {
         .unwrap_or_else(|| format!("{}/oauth2/fallbacks/logout/callback", base(svc)))
 }
 
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, crate::store::StoreError> + Send + 'static,
-) -> Result<T, OAuth2Error> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(OAuth2Error::server_error)?
-        .map_err(OAuth2Error::from)
-}
-
 fn row(req: &LogoutRequest, stage: i64) -> Result<StoredFlow, OAuth2Error> {
     Ok(StoredFlow {
         id: req.id.clone(),
@@ -79,9 +70,8 @@ fn row(req: &LogoutRequest, stage: i64) -> Result<StoredFlow, OAuth2Error> {
 }
 
 async fn load(svc: &Service, id: &str) -> Result<Option<(LogoutRequest, i64)>, OAuth2Error> {
-    let store = Arc::clone(&svc.store);
     let id = id.to_string();
-    let Some(stored) = blocking(move || store.get_flow(&id)).await? else {
+    let Some(stored) = crate::store::read(&svc.store, move |s| s.get_flow(&id)).await? else {
         return Ok(None);
     };
     if stored.stage < REQUESTED || stored.expires_at <= clock::now() {
@@ -99,7 +89,9 @@ async fn advance(
 ) -> Result<bool, OAuth2Error> {
     let row = row(req, to)?;
     let store = Arc::clone(&svc.store);
-    blocking(move || store.advance_flow(from, &row)).await
+    crate::store::on_blocking_pool(move || store.advance_flow(from, &row))
+        .await
+        .map_err(OAuth2Error::from)
 }
 
 /// `GET|POST /oauth2/sessions/logout`.
@@ -217,7 +209,7 @@ async fn step(
     };
     let row = row(&req, REQUESTED)?;
     let store = Arc::clone(&svc.store);
-    blocking(move || store.insert_flow(&row)).await?;
+    crate::store::on_blocking_pool(move || store.insert_flow(&row)).await?;
     Ok(redirect(
         StatusCode::FOUND,
         &append_query(&app, &[("logout_challenge", &req.id)]),

@@ -12,21 +12,12 @@ use crate::grant_tokens::{Grant, RefreshState};
 use crate::oauth2_error::OAuth2Error;
 use crate::request::Params;
 use crate::server::Service;
-use crate::store::{StoreError, StoredSession};
+use crate::store::StoredSession;
 use axum::extract::{OriginalUri, RawQuery, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 use std::sync::Arc;
-
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
-) -> Result<T, OAuth2Error> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(OAuth2Error::server_error)?
-        .map_err(OAuth2Error::from)
-}
 
 fn params(q: Option<&str>) -> Result<Params, OAuth2Error> {
     Params::parse_urlencoded(q.unwrap_or("").as_bytes())
@@ -61,7 +52,8 @@ pub async fn list_consents(
     };
     let store = Arc::clone(&svc.store);
     let who = subject.clone();
-    let mut rows = blocking(move || store.list_sessions(CONSENT, &who)).await?;
+    let mut rows =
+        crate::store::on_blocking_pool(move || store.list_sessions(CONSENT, &who)).await?;
     rows.sort_by(|a, b| a.id.cmp(&b.id));
     let now = clock::now();
     let mut live = rows
@@ -136,7 +128,7 @@ pub async fn revoke_consents(
     }
     let store = Arc::clone(&svc.store);
     let (who, which) = (subject.clone(), client.clone());
-    let (refresh, records) = blocking(move || {
+    let (refresh, records) = crate::store::on_blocking_pool(move || {
         match &which {
             Some(c) => {
                 store.delete_session(CONSENT, &consent_key(c, &who))?;
