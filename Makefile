@@ -11,6 +11,12 @@ WASM_TARGET := wasm32-wasip1
 WASM_OUT    := $(ROOT)/target/$(WASM_TARGET)/wasm
 DIST        := $(ROOT)/dist
 
+# CI builds once from a fresh clone: incremental caches would only cost it disk (several GB
+# across the test binaries) and time. A developer's own setting is left alone.
+ifneq ($(CI),)
+export CARGO_INCREMENTAL ?= 0
+endif
+
 # The end-to-end harness reads these; its defaults are the same paths.
 export ENVOY_BIN        ?= $(VENV)/bin/envoy
 export PORTCULLIS_WASM  ?= $(DIST)/filter.wasm
