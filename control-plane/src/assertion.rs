@@ -185,11 +185,10 @@ pub async fn authenticate(
         .ok_or_else(|| failed(&client_id, "jti is missing"))?;
     let store = Arc::clone(&svc.store);
     let id = client_id.clone();
-    let first_use = tokio::task::spawn_blocking(move || {
+    let first_use = crate::store::on_blocking_pool(move || {
         store.use_assertion_jti(&id, &jti, claims.exp.max(now).saturating_add(60))
     })
-    .await
-    .map_err(OAuth2Error::server_error)??;
+    .await?;
     if !first_use {
         return Err(failed(&client_id, "jti has already been used"));
     }

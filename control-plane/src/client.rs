@@ -994,9 +994,7 @@ impl ClientService {
         }
         let store = Arc::clone(&self.store);
         let id = client_id.to_string();
-        let stored = tokio::task::spawn_blocking(move || store.get_client(&id))
-            .await
-            .map_err(|e| StoreError::Database(e.to_string()))??;
+        let stored = crate::store::on_blocking_pool(move || store.get_client(&id)).await?;
         self.apply_stored(client_id, stored.as_ref())?;
         Ok(self.lookup(client_id))
     }

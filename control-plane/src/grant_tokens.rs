@@ -389,9 +389,7 @@ pub async fn revoke_grant(
 ) -> Result<(), OAuth2Error> {
     let store = Arc::clone(&svc.store);
     let grant_id = grant.chain.clone();
-    let rows = tokio::task::spawn_blocking(move || store.revoke_refresh_chain(&grant))
-        .await
-        .map_err(OAuth2Error::server_error)??;
+    let rows = crate::store::on_blocking_pool(move || store.revoke_refresh_chain(&grant)).await?;
     let mut jtis: Vec<(String, i64)> = access.to_vec();
     for row in rows {
         if let Some(jwt) = serde_json::from_str::<RefreshState>(&row.json)

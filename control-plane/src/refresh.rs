@@ -112,13 +112,12 @@ pub async fn exchange(
     let won = if in_grace {
         // Within the grace period the used token rotates again, without a race to win.
         // A rare path: its writes need not share a commit.
-        tokio::task::spawn_blocking(move || {
+        store::on_blocking_pool(move || {
             store.insert_refresh_token(&new_row)?;
             store.put_step_rows(&rows)?;
-            Ok::<_, crate::store::StoreError>(true)
+            Ok(true)
         })
-        .await
-        .map_err(OAuth2Error::server_error)??
+        .await?
     } else {
         store
             .rotate_refresh_token_async(hash, new_row, now, rows)

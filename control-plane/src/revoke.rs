@@ -47,9 +47,7 @@ pub async fn revoke_endpoint(
         None => {
             let hash = sha256(token.as_bytes());
             let store = Arc::clone(&svc.store);
-            tokio::task::spawn_blocking(move || store.delete_opaque_token(&hash))
-                .await
-                .map_err(OAuth2Error::server_error)??;
+            crate::store::on_blocking_pool(move || store.delete_opaque_token(&hash)).await?;
         }
     }
     svc.metrics.revocation();

@@ -360,9 +360,7 @@ impl Service {
     pub async fn revoke_jti(&self, jti: String, exp: i64) -> Result<(), OAuth2Error> {
         let store = Arc::clone(&self.store);
         let j = jti.clone();
-        tokio::task::spawn_blocking(move || store.insert_revocation(&j, exp))
-            .await
-            .map_err(OAuth2Error::server_error)??;
+        crate::store::on_blocking_pool(move || store.insert_revocation(&j, exp)).await?;
         self.revoked_persisted(jti, exp);
         Ok(())
     }

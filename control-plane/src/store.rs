@@ -1,6 +1,6 @@
 //! Persistence behind one object-safe trait: the embedded SQLite store for one process, or
 //! PostgreSQL shared by several replicas. Methods are synchronous: async callers run them on the
-//! blocking pool (`tokio::task::spawn_blocking`), except on the request path of browser flows
+//! blocking pool ([`on_blocking_pool`]), except on the request path of browser flows
 //! and refresh grants, where a thread hand-off per store call costs more than the call: there
 //! the `_async` writes are awaited without a thread (the SQLite group commit answers through a
 //! oneshot; PostgreSQL keeps the blocking pool, since its calls are network round trips), and

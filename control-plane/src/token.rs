@@ -294,9 +294,7 @@ pub async fn issue(
             ext: None,
         };
         let store = Arc::clone(&svc.store);
-        tokio::task::spawn_blocking(move || store.insert_opaque_token(&row))
-            .await
-            .map_err(OAuth2Error::server_error)??;
+        crate::store::on_blocking_pool(move || store.insert_opaque_token(&row)).await?;
         svc.metrics.token_issued("opaque");
         return Ok((token, ttl));
     }

@@ -8,7 +8,7 @@
 //! - The caps fit under the process's file-descriptor limit with headroom for the database,
 //!   outbound fetches and the Kubernetes client ([`fit_to_fd_limit`]).
 //! - Request headers must arrive within [`Limits::header_timeout`] (hyper closes the
-//!   connection), bodies within [`Limits::body_timeout`] ([`deadline_body`], answered 408).
+//!   connection), bodies within [`Limits::body_timeout`] (`deadline_body`, answered 408).
 
 use crate::metrics::Metrics;
 use crate::oauth2_error::{ErrorCode, OAuth2Error};
